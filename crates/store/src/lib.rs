@@ -1,0 +1,287 @@
+//! Append-only, hash-chained event store.
+//!
+//! The store keeps *streams of opaque JSON events*. It knows nothing of incidents: a stream is
+//! a UUID, an event is an id, a type name and a JSON payload. What the events mean is the
+//! business of `incidentlog-projections`.
+//!
+//! Guarantees every backend gives (SPEC section 3 and 7):
+//! - `global_position` is 1..N, gap-free, equal to commit order; a reader that saw position `p`
+//!   never later finds a new event at a position `<= p`.
+//! - An append is atomic: all its events land, in order, or none do.
+//! - Optimistic concurrency through [`ExpectedVersion`].
+//! - Idempotency by `event_id` (see [`EventStore::append`]).
+//! - An `Ok` answer to an append means the events are durable (unless the operator chose
+//!   relaxed durability).
+//! - `recorded_at` never decreases along the global order, so "recorded at or before T" is a
+//!   prefix of the log.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+mod subscription;
+pub use subscription::subscribe;
+
+/// Identifies a stream (for incidentlog: an incident).
+pub type StreamId = Uuid;
+
+/// The version a stream must have for an append to go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must have exactly this many events (0: the stream must not exist yet).
+    Exact(u64),
+}
+
+/// An event as the caller hands it in.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    /// The payload, as the exact bytes to store. Idempotency compares these bytes, so callers
+    /// should hand in a canonical serialization.
+    pub data: Box<RawValue>,
+}
+
+/// One atomic append to one stream.
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    pub stream_id: StreamId,
+    pub expected_version: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+    /// Who appends (for incidentlog: the token's name). Stored on every event.
+    pub recorded_by: String,
+}
+
+/// The answer to a successful append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub stream_id: StreamId,
+    /// The stream's version after the append (for a duplicate: the version after the original
+    /// append's last event).
+    pub version: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+    /// True when every event was already recorded with identical type and data: nothing was
+    /// written and the positions are the original ones.
+    pub duplicate: bool,
+}
+
+/// An event as the store recorded it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    pub global_position: u64,
+    pub stream_id: StreamId,
+    pub stream_version: u64,
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: Box<RawValue>,
+    pub recorded_at: DateTime<Utc>,
+    pub recorded_by: String,
+    /// The record's chain hash: `hash(prev_hash || record)`, see `proto-docs/storage-format.md`.
+    #[serde(with = "hex_hash")]
+    pub hash: [u8; 32],
+}
+
+impl RecordedEvent {
+    /// Lowercase hex of [`RecordedEvent::hash`].
+    pub fn hash_hex(&self) -> String {
+        to_hex(&self.hash)
+    }
+}
+
+/// The durable head of the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Head {
+    /// Last durable global position (0 for an empty log).
+    pub position: u64,
+    /// Chain hash of the record at `position` (all zeroes for an empty log).
+    pub hash: [u8; 32],
+}
+
+/// Result of a full integrity check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub events: u64,
+    pub head_hash: [u8; 32],
+}
+
+/// How hard an append works before it is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// fdatasync (or a committed transaction) before every acknowledgement.
+    #[default]
+    Strict,
+    /// Acknowledge after the write; the OS flushes later. A crash may lose the latest appends.
+    Relaxed,
+}
+
+/// An API token as stored with the log. The store does not interpret `role`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub name: String,
+    pub role: String,
+    /// Hash of the secret; the secret itself is never stored.
+    #[serde(with = "hex_hash")]
+    pub secret_hash: [u8; 32],
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("wrong expected version for stream {stream_id}: expected {expected:?}, actual {actual}")]
+    WrongExpectedVersion {
+        stream_id: StreamId,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+    /// An event id was already recorded with other content (or only some events of the batch
+    /// were recorded before).
+    #[error("event id {event_id} already recorded with different content (at position {position})")]
+    EventIdConflict { event_id: Uuid, position: u64 },
+    /// The request itself is unusable (empty batch, event too large, duplicate ids in one batch).
+    #[error("invalid append: {0}")]
+    InvalidInput(String),
+    /// The store cannot take writes (a write or sync failed and the store must be reopened, or
+    /// the database is unreachable). Nothing of the failed request is visible.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The stored data is damaged.
+    #[error("corrupt log in {file} at offset {offset}: {reason}")]
+    Corrupt {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The operations every backend offers. Written once, tested once (`tests/conformance`).
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends one batch atomically.
+    ///
+    /// Order of checks: if every event id is already recorded with identical stream, type and
+    /// data (and the batch is exactly one earlier append's events, in order), the original
+    /// outcome is returned with `duplicate: true` and nothing is written. If any id is recorded
+    /// with other content, or only some ids are recorded: [`StoreError::EventIdConflict`].
+    /// Then the expected version is checked: [`StoreError::WrongExpectedVersion`].
+    fn append(
+        &self,
+        request: AppendRequest,
+    ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
+
+    /// Several independent appends sharing one write and one sync. Each request is atomic on
+    /// its own; the results are in request order.
+    fn append_many(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> impl Future<Output = Vec<Result<AppendOutcome, StoreError>>> + Send;
+
+    /// All events of one stream in order (empty when the stream does not exist).
+    fn read_stream(
+        &self,
+        stream_id: StreamId,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// Events with `global_position > after`, at most `limit`, in order, checksums verified.
+    fn read_all(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// The recorded event with this id, if any.
+    fn event_by_id(
+        &self,
+        event_id: Uuid,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
+
+    /// The current version of a stream (0 when it does not exist).
+    fn stream_version(
+        &self,
+        stream_id: StreamId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The last global position whose `recorded_at <= at` (0 if none).
+    fn position_at(
+        &self,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The durable head as this process knows it now.
+    fn head(&self) -> Head;
+
+    /// Follows the durable head position; changes after every durable append (from any
+    /// process sharing the backend).
+    fn watch_head(&self) -> watch::Receiver<u64>;
+
+    /// Recomputes every checksum and the whole hash chain.
+    fn verify(&self) -> impl Future<Output = Result<VerifyReport, StoreError>> + Send;
+
+    /// Stops taking appends, waits for the ones in flight, syncs. Later appends fail with
+    /// `Unavailable`; reads keep working.
+    fn close(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Tokens kept with the log.
+    fn tokens(&self) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send;
+
+    /// Adds a token; fails with `InvalidInput` when a token of that name exists (revoked or not).
+    fn add_token(&self, token: TokenRecord)
+        -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Marks a token revoked; returns false when no token has that name.
+    fn revoke_token(
+        &self,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// Lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    out
+}
+
+/// Parses 64 lowercase or uppercase hex digits.
+pub fn from_hex_32(s: &str) -> Option<[u8; 32]> {
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+mod hex_hash {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(hash: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::to_hex(hash))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = <&str>::deserialize(d)?;
+        super::from_hex_32(s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+    }
+}

@@ -1,0 +1,79 @@
+//! Catch-up-then-live subscriptions, written once for every backend.
+//!
+//! A subscription only ever asks for "positions after the last one I yielded", so the switch
+//! from catch-up to live cannot open a gap or yield a duplicate: there is no switch. It reads
+//! pages with [`EventStore::read_all`] until the log is exhausted, then sleeps on the durable
+//! head ([`EventStore::watch_head`]) until it moves past what it has seen.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures_util::Stream;
+
+use crate::{EventStore, RecordedEvent, StoreError};
+
+/// Page size of catch-up reads.
+const PAGE: usize = 1024;
+
+/// Every event with `global_position > after`, then every event appended later, in order,
+/// each exactly once. The stream ends after yielding an error, or when the store shuts down.
+pub fn subscribe<S: EventStore>(
+    store: Arc<S>,
+    after: u64,
+) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'static {
+    // Take the head receiver before the first read so that an append racing with the first
+    // read is seen as a change.
+    let head = store.watch_head();
+    let state = State {
+        store,
+        after,
+        head,
+        buffer: VecDeque::new(),
+        failed: false,
+    };
+    futures_util::stream::unfold(state, |mut state| async move {
+        let item = state.next().await?;
+        Some((item, state))
+    })
+}
+
+struct State<S> {
+    store: Arc<S>,
+    after: u64,
+    head: tokio::sync::watch::Receiver<u64>,
+    buffer: VecDeque<RecordedEvent>,
+    failed: bool,
+}
+
+impl<S: EventStore> State<S> {
+    async fn next(&mut self) -> Option<Result<RecordedEvent, StoreError>> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                self.after = event.global_position;
+                return Some(Ok(event));
+            }
+            // Mark the current head as seen *before* reading, so an append that lands after
+            // the read wakes the wait below.
+            let known_head = *self.head.borrow_and_update();
+            if known_head > self.after {
+                match self.store.read_all(self.after, PAGE).await {
+                    Ok(events) if !events.is_empty() => {
+                        self.buffer.extend(events);
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.failed = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            if self.head.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+}
