@@ -1,0 +1,565 @@
+//! The PostgreSQL backend: the same guarantees as the file store, several processes on one
+//! database.
+//!
+//! - One writer task per process batches concurrent appends into one transaction (group
+//!   commit) and assigns positions under a transaction-level advisory lock, so positions are
+//!   gap-free and equal to commit order across every process ([`writer`]).
+//! - Readers use a few pipelined connections ([`conn::Pool`]); everything committed is
+//!   durable (`synchronous_commit = on` unless relaxed durability was chosen).
+//! - The durable head follows `LISTEN/NOTIFY` on a dedicated connection, with polling every
+//!   500 ms as the fallback and after every reconnect, so each process sees every append.
+//! - A database that goes away makes operations fail fast with `Unavailable` (timeouts on
+//!   every call); connections come back by themselves when it returns.
+//!
+//! Design and schema: `proto-docs/postgres.md`.
+
+mod conn;
+mod record;
+mod schema;
+mod writer;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::Config;
+use uuid::Uuid;
+
+use self::conn::{parse_config, timed, Pool, OP_TIMEOUT};
+use self::record::{corrupt, event_hash, from_row};
+use self::writer::Msg;
+use crate::{
+    AppendOutcome, AppendRequest, Durability, EventStore, Head, RecordedEvent, StoreError,
+    StreamId, TokenRecord, VerifyReport,
+};
+
+/// The newest database schema version this build knows.
+pub const SCHEMA_VERSION: i32 = schema::SCHEMA_VERSION;
+
+/// Largest payload (type + data bytes) of one event.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+/// How often the head is polled when notifications are quiet (and the fallback when LISTEN
+/// is not delivering).
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Read connections per process (each pipelines any number of concurrent queries).
+const READ_CONNECTIONS: usize = 4;
+/// Rows per query when `verify` walks the log.
+const VERIFY_PAGE: i64 = 10_000;
+
+/// State shared by the store handle and its background tasks.
+pub(crate) struct Shared {
+    head: Mutex<Head>,
+    head_tx: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// Moves the known durable head forward (never back).
+    pub(crate) fn advance(&self, head: Head) {
+        let mut current = match self.head.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if head.position > current.position {
+            *current = head;
+            self.head_tx.send_replace(head.position);
+        }
+    }
+
+    fn head(&self) -> Head {
+        match self.head.lock() {
+            Ok(g) => *g,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+}
+
+/// An [`EventStore`] on a PostgreSQL database.
+pub struct PgStore {
+    shared: Arc<Shared>,
+    pool: Pool,
+    writer: mpsc::Sender<Msg>,
+    closed: AtomicBool,
+    durability: Durability,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("head", &self.shared.head())
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects, applies missing migrations, reads the head and starts the writer and the head
+    /// follower. `url` is a `postgres://` or `postgresql://` URL (libpq key=value works too).
+    pub async fn open(url: &str, durability: Durability) -> Result<PgStore, StoreError> {
+        let config = parse_config(url)?;
+        let client = conn::connect(&config).await?;
+        schema::migrate(&client).await?;
+        let head = read_head(&client).await?;
+        drop(client);
+
+        let (head_tx, _) = watch::channel(head.position);
+        let shared = Arc::new(Shared {
+            head: Mutex::new(head),
+            head_tx,
+        });
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(writer::run(
+            Arc::downgrade(&shared),
+            config.clone(),
+            durability,
+            rx,
+        ));
+        tokio::spawn(follow_head(Arc::downgrade(&shared), config.clone()));
+        Ok(PgStore {
+            shared,
+            pool: Pool::new(config, READ_CONNECTIONS),
+            writer: tx,
+            closed: AtomicBool::new(false),
+            durability,
+        })
+    }
+
+    async fn submit(&self, requests: Vec<AppendRequest>) -> Vec<Result<AppendOutcome, StoreError>> {
+        let n = requests.len();
+        let closed = || {
+            (0..n)
+                .map(|_| Err(StoreError::Unavailable("store is closed".to_owned())))
+                .collect()
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return closed();
+        }
+        let (reply, answer) = oneshot::channel();
+        if self
+            .writer
+            .send(Msg::Append(requests, reply))
+            .await
+            .is_err()
+        {
+            return closed();
+        }
+        answer.await.unwrap_or_else(|_| closed())
+    }
+
+    async fn read_events(
+        &self,
+        what: &str,
+        query: impl FnOnce(&conn::PooledConn) -> tokio_postgres::Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let c = self.pool.get().await?;
+        let stmt = query(&c);
+        timed(what, OP_TIMEOUT, c.client.query(&stmt, params)).await
+    }
+}
+
+/// Rejects what no backend may store, before it reaches the writer.
+fn validate(request: &AppendRequest) -> Result<(), StoreError> {
+    if request.events.is_empty() {
+        return Err(StoreError::InvalidInput(
+            "an append needs at least one event".to_owned(),
+        ));
+    }
+    let mut ids = HashSet::with_capacity(request.events.len());
+    for e in &request.events {
+        if !ids.insert(e.event_id) {
+            return Err(StoreError::InvalidInput(format!(
+                "event id {} appears twice in one append",
+                e.event_id
+            )));
+        }
+        let size = e.data.get().len() + e.event_type.len();
+        if size > MAX_EVENT_BYTES {
+            return Err(StoreError::InvalidInput(format!(
+                "event {} is {size} bytes; the limit is {MAX_EVENT_BYTES}",
+                e.event_id
+            )));
+        }
+        if e.event_type.is_empty() {
+            return Err(StoreError::InvalidInput(format!(
+                "event {} has an empty type",
+                e.event_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn read_head(client: &tokio_postgres::Client) -> Result<Head, StoreError> {
+    let row = timed(
+        "read head",
+        OP_TIMEOUT,
+        client.query_opt(
+            "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1",
+            &[],
+        ),
+    )
+    .await?;
+    head_from_row(row.as_ref())
+}
+
+fn head_from_row(row: Option<&tokio_postgres::Row>) -> Result<Head, StoreError> {
+    let Some(row) = row else {
+        return Ok(Head::default());
+    };
+    let position: i64 = row.get(0);
+    let hash: &[u8] = row.get(1);
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| corrupt(position, "hash is not 32 bytes"))?;
+    Ok(Head {
+        position: u64::try_from(position).unwrap_or(0),
+        hash,
+    })
+}
+
+/// Parses a NOTIFY payload `position:hexhash`.
+fn parse_head(payload: &str) -> Option<Head> {
+    let (position, hash) = payload.split_once(':')?;
+    Some(Head {
+        position: position.parse().ok()?,
+        hash: crate::from_hex_32(hash)?,
+    })
+}
+
+/// Follows appends of every process: LISTEN on a dedicated connection, poll as the fallback.
+async fn follow_head(shared: Weak<Shared>, config: Config) {
+    loop {
+        if shared.strong_count() == 0 {
+            return;
+        }
+        match conn::connect_listening(&config).await {
+            Ok((client, mut notifications)) => {
+                let listen = timed(
+                    "LISTEN",
+                    OP_TIMEOUT,
+                    client.batch_execute(&format!("LISTEN {}", writer::HEAD_CHANNEL)),
+                )
+                .await;
+                if let Err(e) = listen {
+                    tracing::debug!(error = %e, "LISTEN failed");
+                } else {
+                    // Catch up on whatever committed while we were not listening.
+                    loop {
+                        let Some(s) = shared.upgrade() else {
+                            return;
+                        };
+                        match read_head(&client).await {
+                            Ok(head) => s.advance(head),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "polling the head failed");
+                                break;
+                            }
+                        }
+                        drop(s);
+                        // Wait for a notification or the poll interval, whichever first.
+                        let deadline = tokio::time::sleep(POLL_INTERVAL);
+                        tokio::pin!(deadline);
+                        let mut lost = false;
+                        loop {
+                            tokio::select! {
+                                n = notifications.recv() => match n {
+                                    Some(payload) => {
+                                        let Some(s) = shared.upgrade() else { return };
+                                        if let Some(head) = parse_head(&payload) {
+                                            s.advance(head);
+                                        }
+                                    }
+                                    None => { lost = true; break; }
+                                },
+                                _ = &mut deadline => break,
+                            }
+                        }
+                        if lost {
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "head follower cannot connect"),
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+impl EventStore for PgStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        validate(&request)?;
+        self.submit(vec![request])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Unavailable("no answer from writer".to_owned())))
+    }
+
+    async fn append_many(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Vec<Result<AppendOutcome, StoreError>> {
+        let mut results: Vec<Option<Result<AppendOutcome, StoreError>>> =
+            Vec::with_capacity(requests.len());
+        let mut valid = Vec::with_capacity(requests.len());
+        for request in requests {
+            match validate(&request) {
+                Ok(()) => {
+                    results.push(None);
+                    valid.push(request);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let mut answers = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.submit(valid).await
+        }
+        .into_iter();
+        results
+            .into_iter()
+            .map(|r| match r {
+                Some(r) => r,
+                None => answers.next().unwrap_or_else(|| {
+                    Err(StoreError::Unavailable("no answer from writer".to_owned()))
+                }),
+            })
+            .collect()
+    }
+
+    async fn read_stream(&self, stream_id: StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = self
+            .read_events(
+                "read_stream",
+                |c| c.stmts.read_stream.clone(),
+                &[&stream_id],
+            )
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after_i = i64::try_from(after)
+            .map_err(|_| StoreError::InvalidInput(format!("position {after} out of range")))?;
+        let upto = after_i.saturating_add(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = self
+            .read_events("read_all", |c| c.stmts.read_all.clone(), &[&after_i, &upto])
+            .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        let mut prev: Option<[u8; 32]> = if after == 0 { Some([0; 32]) } else { None };
+        let mut expected = after + 1;
+        for row in &rows {
+            let e = from_row(row)?;
+            if e.global_position == after {
+                prev = Some(e.hash);
+                continue;
+            }
+            // Positions are gap-free: a hole here is damage, not a race.
+            if e.global_position != expected {
+                return Err(corrupt(
+                    e.global_position as i64,
+                    format!("expected position {expected}"),
+                ));
+            }
+            if let Some(p) = prev {
+                if event_hash(&p, &e) != e.hash {
+                    return Err(corrupt(e.global_position as i64, "hash chain mismatch"));
+                }
+            }
+            prev = Some(e.hash);
+            expected += 1;
+            events.push(e);
+        }
+        Ok(events)
+    }
+
+    async fn event_by_id(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        let rows = self
+            .read_events("event_by_id", |c| c.stmts.event_by_id.clone(), &[&event_id])
+            .await?;
+        rows.first().map(from_row).transpose()
+    }
+
+    async fn stream_version(&self, stream_id: StreamId) -> Result<u64, StoreError> {
+        let rows = self
+            .read_events(
+                "stream_version",
+                |c| c.stmts.stream_version.clone(),
+                &[&stream_id],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| r.get::<_, i64>(0))
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0))
+    }
+
+    async fn position_at(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        let rows = self
+            .read_events("position_at", |c| c.stmts.position_at.clone(), &[&at])
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| r.get::<_, i64>(0))
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0))
+    }
+
+    fn head(&self) -> Head {
+        self.shared.head()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.shared.head_tx.subscribe()
+    }
+
+    async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let c = self.pool.get().await?;
+        let mut prev = [0u8; 32];
+        let mut after: i64 = 0;
+        loop {
+            let upto = after + VERIFY_PAGE;
+            let rows = timed(
+                "verify",
+                OP_TIMEOUT,
+                c.client.query(&c.stmts.read_all, &[&(after + 1), &upto]),
+            )
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let e = from_row(row)?;
+                let expected = after + 1;
+                if e.global_position as i64 != expected {
+                    return Err(corrupt(expected, format!("position {expected} is missing")));
+                }
+                let computed = event_hash(&prev, &e);
+                if computed != e.hash {
+                    return Err(corrupt(
+                        expected,
+                        format!(
+                            "hash chain broken: stored {}, computed {}",
+                            e.hash_hex(),
+                            crate::to_hex(&computed)
+                        ),
+                    ));
+                }
+                prev = e.hash;
+                after = expected;
+            }
+        }
+        // A position beyond the walked prefix means a hole in the middle.
+        let max: Option<i64> = timed(
+            "verify",
+            OP_TIMEOUT,
+            c.client.query_one("SELECT max(position) FROM events", &[]),
+        )
+        .await?
+        .get(0);
+        if let Some(max) = max {
+            if max != after {
+                return Err(corrupt(
+                    after + 1,
+                    format!("position {} is missing", after + 1),
+                ));
+            }
+        }
+        Ok(VerifyReport {
+            events: u64::try_from(after).unwrap_or(0),
+            head_hash: prev,
+        })
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        if self.writer.send(Msg::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        Ok(())
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let c = self.pool.get().await?;
+        let rows = timed(
+            "tokens",
+            OP_TIMEOUT,
+            c.client.query(
+                "SELECT name, role, secret_hash, created_at, revoked_at FROM tokens ORDER BY name",
+                &[],
+            ),
+        )
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.get(0);
+                let hash: &[u8] = row.get(2);
+                let secret_hash: [u8; 32] = hash.try_into().map_err(|_| StoreError::Corrupt {
+                    file: "PostgreSQL table tokens".to_owned(),
+                    offset: 0,
+                    reason: format!("secret hash of token {name} is not 32 bytes"),
+                })?;
+                Ok(TokenRecord {
+                    name,
+                    role: row.get(1),
+                    secret_hash,
+                    created_at: row.get(3),
+                    revoked_at: row.get(4),
+                })
+            })
+            .collect()
+    }
+
+    async fn add_token(&self, token: TokenRecord) -> Result<(), StoreError> {
+        let c = self.pool.get().await?;
+        let inserted = timed(
+            "add_token",
+            OP_TIMEOUT,
+            c.client.execute(
+                "INSERT INTO tokens (name, role, secret_hash, created_at, revoked_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+                &[
+                    &token.name,
+                    &token.role,
+                    &token.secret_hash.as_slice(),
+                    &token.created_at,
+                    &token.revoked_at,
+                ],
+            ),
+        )
+        .await?;
+        if inserted == 0 {
+            return Err(StoreError::InvalidInput(format!(
+                "a token named {:?} already exists",
+                token.name
+            )));
+        }
+        Ok(())
+    }
+
+    async fn revoke_token(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let c = self.pool.get().await?;
+        // Revoking twice keeps the first revocation time.
+        let updated = timed(
+            "revoke_token",
+            OP_TIMEOUT,
+            c.client.execute(
+                "UPDATE tokens SET revoked_at = coalesce(revoked_at, $2) WHERE name = $1",
+                &[&name, &at],
+            ),
+        )
+        .await?;
+        Ok(updated > 0)
+    }
+}

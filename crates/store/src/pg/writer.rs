@@ -1,0 +1,513 @@
+//! The single writer task of one process: group commit under a cross-process lock.
+//!
+//! Appenders queue `(requests, reply)`; the writer drains whatever is queued and runs it as ONE
+//! transaction:
+//!
+//! ```text
+//! BEGIN; SELECT pg_advisory_xact_lock(APPEND_LOCK);
+//! read head (position, hash, recorded_at), known event ids, stream versions   -- pipelined
+//! decide every request in memory; assign positions head+1.. ; chain the hashes
+//! INSERT ... SELECT * FROM unnest(arrays); SELECT pg_notify(head); COMMIT     -- pipelined
+//! ```
+//!
+//! The advisory lock is held from before the head is read until after the commit is visible
+//! (PostgreSQL releases locks after it marks the transaction committed), so transactions of
+//! every process assign positions one after another, in the order they commit: positions are
+//! gap-free and a reader can never see position p+1 before p. See `proto-docs/postgres.md`.
+
+use std::collections::HashMap;
+use std::sync::Weak;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::{try_join, try_join3};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, Config, Statement};
+use uuid::Uuid;
+
+use super::conn::{connect, describe, timed, OP_TIMEOUT};
+use super::record::{chain_hash, truncate_to_micros, RecordFields};
+use super::Shared;
+use crate::{
+    AppendOutcome, AppendRequest, Durability, ExpectedVersion, Head, StoreError, StreamId,
+};
+
+/// Advisory lock key that serializes appends of every process on one database.
+pub(crate) const APPEND_LOCK: i64 = 0x696e_6369_6170_7031; // "inciapp1"
+/// NOTIFY channel carrying the new head (`position:hexhash`) after each commit.
+pub(crate) const HEAD_CHANNEL: &str = "incidentlog_head";
+
+/// Limits of one transaction (the queue itself is bounded by the channel).
+const MAX_BATCH_EVENTS: usize = 8192;
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+pub(crate) type Reply = oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>>;
+
+pub(crate) enum Msg {
+    Append(Vec<AppendRequest>, Reply),
+    /// Finish what is queued before it, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+struct WriterConn {
+    client: Client,
+    head: Statement,
+    ids: Statement,
+    versions: Statement,
+    insert: Statement,
+    notify: Statement,
+}
+
+impl WriterConn {
+    async fn open(config: &Config, durability: Durability) -> Result<WriterConn, StoreError> {
+        let client = connect(config).await?;
+        let prepare = async {
+            if durability == Durability::Relaxed {
+                // The operator accepted losing the latest appends on a crash.
+                client
+                    .batch_execute("SET synchronous_commit TO off")
+                    .await?;
+            }
+            let head = client.prepare(
+                "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1",
+            );
+            let ids = client.prepare(
+                "SELECT event_id, position, stream_id, stream_version, event_type, data, \
+                 append_first, append_last FROM events WHERE event_id = ANY($1)",
+            );
+            let versions = client.prepare(
+                "SELECT s, (SELECT e.stream_version FROM events e WHERE e.stream_id = s \
+                 ORDER BY e.stream_version DESC LIMIT 1) FROM unnest($1::uuid[]) AS s",
+            );
+            let insert = client.prepare(
+                "INSERT INTO events (position, stream_id, stream_version, event_id, event_type, \
+                 data, recorded_at, recorded_by, append_first, append_last, hash) \
+                 SELECT p, s, v, i, t, d, $7, b, af, al, h FROM unnest($1::bigint[], \
+                 $2::uuid[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], $8::text[], \
+                 $9::bigint[], $10::bigint[], $11::bytea[]) AS x(p, s, v, i, t, d, b, af, al, h)",
+            );
+            let notify_sql = format!("SELECT pg_notify('{HEAD_CHANNEL}', $1)");
+            let notify = client.prepare(&notify_sql);
+            let (head, ids, versions) = try_join3(head, ids, versions).await?;
+            let (insert, notify) = try_join(insert, notify).await?;
+            Ok((head, ids, versions, insert, notify))
+        };
+        let (head, ids, versions, insert, notify) = timed("prepare", OP_TIMEOUT, prepare).await?;
+        Ok(WriterConn {
+            client,
+            head,
+            ids,
+            versions,
+            insert,
+            notify,
+        })
+    }
+}
+
+/// The writer loop; ends on `Close`, when every sender is gone, or when the store is dropped.
+pub(crate) async fn run(
+    shared: Weak<Shared>,
+    config: Config,
+    durability: Durability,
+    mut rx: mpsc::Receiver<Msg>,
+) {
+    let mut conn: Option<WriterConn> = None;
+    let mut pending: Option<Msg> = None;
+    loop {
+        let first = match pending.take() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        let mut jobs = match first {
+            Msg::Close(done) => {
+                rx.close();
+                let _ = done.send(());
+                return;
+            }
+            Msg::Append(requests, reply) => vec![(requests, reply)],
+        };
+        // Group commit: take whatever else is already queued, within the batch limits.
+        let mut events: usize = jobs[0].0.iter().map(|r| r.events.len()).sum();
+        let mut bytes: usize = jobs[0].0.iter().map(request_bytes).sum();
+        while events < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(Msg::Append(requests, reply)) => {
+                    events += requests.iter().map(|r| r.events.len()).sum::<usize>();
+                    bytes += requests.iter().map(request_bytes).sum::<usize>();
+                    jobs.push((requests, reply));
+                }
+                Ok(close @ Msg::Close(_)) => {
+                    pending = Some(close);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+
+        let result = match conn.as_ref().filter(|c| !c.client.is_closed()) {
+            Some(c) => commit_batch(c, &jobs).await,
+            None => match WriterConn::open(&config, durability).await {
+                Ok(c) => {
+                    let r = commit_batch(&c, &jobs).await;
+                    conn = Some(c);
+                    r
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok((outcomes, head)) => {
+                if let Some(head) = head {
+                    shared.advance(head);
+                }
+                let mut outcomes = outcomes.into_iter();
+                for (requests, reply) in jobs {
+                    let mine: Vec<_> = outcomes.by_ref().take(requests.len()).collect();
+                    let _ = reply.send(mine);
+                }
+            }
+            Err(e) => {
+                // The transaction's fate may be unknown (e.g. the connection died during
+                // COMMIT): answer Unavailable, never success. A client retry with the same
+                // event ids is then either a duplicate or a fresh append: nothing is lost or
+                // doubled. Drop the connection; the next batch reconnects.
+                tracing::warn!(error = %e, "PostgreSQL append batch failed");
+                conn = None;
+                let message = e.to_string();
+                for (requests, reply) in jobs {
+                    let failed = requests
+                        .iter()
+                        .map(|_| Err(StoreError::Unavailable(message.clone())))
+                        .collect();
+                    let _ = reply.send(failed);
+                }
+            }
+        }
+    }
+}
+
+fn request_bytes(r: &AppendRequest) -> usize {
+    r.events
+        .iter()
+        .map(|e| e.data.get().len() + e.event_type.len() + 64)
+        .sum::<usize>()
+        + r.recorded_by.len()
+}
+
+/// An event already in the log (or earlier in this batch), as idempotency needs it.
+struct Known<'a> {
+    position: u64,
+    stream_id: Uuid,
+    stream_version: u64,
+    event_type: KnownStr<'a>,
+    data: KnownStr<'a>,
+    append_first: u64,
+    append_last: u64,
+}
+
+enum KnownStr<'a> {
+    Owned(String),
+    Borrowed(&'a str),
+}
+
+impl KnownStr<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            KnownStr::Owned(s) => s,
+            KnownStr::Borrowed(s) => s,
+        }
+    }
+}
+
+/// Columns of the rows to insert, one entry per event.
+#[derive(Default)]
+struct Rows<'a> {
+    position: Vec<i64>,
+    stream_id: Vec<Uuid>,
+    stream_version: Vec<i64>,
+    event_id: Vec<Uuid>,
+    event_type: Vec<&'a str>,
+    data: Vec<&'a str>,
+    recorded_by: Vec<&'a str>,
+    append_first: Vec<i64>,
+    append_last: Vec<i64>,
+    hash: Vec<[u8; 32]>,
+}
+
+type BatchResult = (Vec<Result<AppendOutcome, StoreError>>, Option<Head>);
+
+/// Runs one group-commit transaction. Decision errors (version, id conflict) are per request;
+/// an `Err` means the whole transaction failed and nothing of it is visible.
+async fn commit_batch(
+    c: &WriterConn,
+    jobs: &[(Vec<AppendRequest>, Reply)],
+) -> Result<BatchResult, StoreError> {
+    let fut = async {
+        let r = commit_batch_inner(c, jobs).await;
+        if r.is_err() && !c.client.is_closed() {
+            let _ = c.client.batch_execute("ROLLBACK").await;
+        }
+        r
+    };
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "PostgreSQL: append transaction timed out after {OP_TIMEOUT:?}"
+        ))),
+    }
+}
+
+async fn commit_batch_inner(
+    c: &WriterConn,
+    jobs: &[(Vec<AppendRequest>, Reply)],
+) -> Result<BatchResult, StoreError> {
+    let db =
+        |e: tokio_postgres::Error| StoreError::Unavailable(format!("PostgreSQL: {}", describe(&e)));
+    let requests: Vec<&AppendRequest> = jobs.iter().flat_map(|(r, _)| r.iter()).collect();
+    let all_ids: Vec<Uuid> = requests
+        .iter()
+        .flat_map(|r| r.events.iter().map(|e| e.event_id))
+        .collect();
+    let mut streams: Vec<StreamId> = requests.iter().map(|r| r.stream_id).collect();
+    streams.sort_unstable();
+    streams.dedup();
+
+    c.client
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
+        ))
+        .await
+        .map_err(db)?;
+    // A new statement after the lock: its snapshot includes every commit before ours.
+    let (head_row, id_rows, version_rows) = try_join3(
+        c.client.query_opt(&c.head, &[]),
+        c.client.query(&c.ids, &[&all_ids]),
+        c.client.query(&c.versions, &[&streams]),
+    )
+    .await
+    .map_err(db)?;
+
+    let (mut position, mut prev_hash, last_recorded_at) = match &head_row {
+        Some(row) => {
+            let p: i64 = row.get(0);
+            let h: &[u8] = row.get(1);
+            let h: [u8; 32] = h
+                .try_into()
+                .map_err(|_| super::record::corrupt(p, "hash is not 32 bytes"))?;
+            let at: DateTime<Utc> = row.get(2);
+            (u64::try_from(p).unwrap_or(0), h, Some(at))
+        }
+        None => (0, [0u8; 32], None),
+    };
+    let now = truncate_to_micros(Utc::now());
+    let recorded_at = match last_recorded_at {
+        Some(last) if last > now => last,
+        _ => now,
+    };
+
+    let mut known: HashMap<Uuid, Known<'_>> = HashMap::with_capacity(id_rows.len());
+    for row in &id_rows {
+        let g = |i: usize| -> u64 { u64::try_from(row.get::<_, i64>(i)).unwrap_or(0) };
+        known.insert(
+            row.get(0),
+            Known {
+                position: g(1),
+                stream_id: row.get(2),
+                stream_version: g(3),
+                event_type: KnownStr::Owned(row.get(4)),
+                data: KnownStr::Owned(row.get(5)),
+                append_first: g(6),
+                append_last: g(7),
+            },
+        );
+    }
+    let mut versions: HashMap<StreamId, u64> = HashMap::with_capacity(version_rows.len());
+    for row in &version_rows {
+        let v: Option<i64> = row.get(1);
+        versions.insert(
+            row.get(0),
+            v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
+        );
+    }
+
+    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut rows = Rows::default();
+    for request in &requests {
+        let outcome = decide(request, &known, &versions);
+        let outcome = match outcome {
+            Decision::Done(result) => result,
+            Decision::Append { version } => {
+                let n = request.events.len() as u64;
+                let first = position + 1;
+                let last = position + n;
+                for (i, e) in request.events.iter().enumerate() {
+                    let i = i as u64;
+                    let p = first + i;
+                    let v = version + 1 + i;
+                    let hash = chain_hash(
+                        &prev_hash,
+                        &RecordFields {
+                            global_position: p,
+                            stream_id: request.stream_id,
+                            stream_version: v,
+                            event_id: e.event_id,
+                            event_type: &e.event_type,
+                            data: &e.data,
+                            recorded_at: &recorded_at,
+                            recorded_by: &request.recorded_by,
+                        },
+                    );
+                    prev_hash = hash;
+                    rows.position.push(p as i64);
+                    rows.stream_id.push(request.stream_id);
+                    rows.stream_version.push(v as i64);
+                    rows.event_id.push(e.event_id);
+                    rows.event_type.push(&e.event_type);
+                    rows.data.push(e.data.get());
+                    rows.recorded_by.push(&request.recorded_by);
+                    rows.append_first.push(first as i64);
+                    rows.append_last.push(last as i64);
+                    rows.hash.push(hash);
+                    known.insert(
+                        e.event_id,
+                        Known {
+                            position: p,
+                            stream_id: request.stream_id,
+                            stream_version: v,
+                            event_type: KnownStr::Borrowed(&e.event_type),
+                            data: KnownStr::Borrowed(e.data.get()),
+                            append_first: first,
+                            append_last: last,
+                        },
+                    );
+                }
+                position = last;
+                versions.insert(request.stream_id, version + n);
+                Ok(AppendOutcome {
+                    stream_id: request.stream_id,
+                    version: version + n,
+                    first_position: first,
+                    last_position: last,
+                    duplicate: false,
+                })
+            }
+        };
+        outcomes.push(outcome);
+    }
+
+    if rows.position.is_empty() {
+        c.client.batch_execute("ROLLBACK").await.map_err(db)?;
+        return Ok((outcomes, None));
+    }
+    let hashes: Vec<&[u8]> = rows.hash.iter().map(|h| h.as_slice()).collect();
+    let payload = format!("{position}:{}", crate::to_hex(&prev_hash));
+    // Pipelined; the INSERT's own result tells whether COMMIT really committed (COMMIT of an
+    // aborted transaction answers ROLLBACK without an error).
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &rows.position,
+        &rows.stream_id,
+        &rows.stream_version,
+        &rows.event_id,
+        &rows.event_type,
+        &rows.data,
+        &recorded_at,
+        &rows.recorded_by,
+        &rows.append_first,
+        &rows.append_last,
+        &hashes,
+    ];
+    let insert = c.client.execute(&c.insert, &params);
+    let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&payload];
+    let notify = c.client.execute(&c.notify, &notify_params);
+    let commit = c.client.batch_execute("COMMIT");
+    let (inserted, notified, committed) = futures_util::future::join3(insert, notify, commit).await;
+    let inserted = inserted.map_err(db)?;
+    notified.map_err(db)?;
+    committed.map_err(db)?;
+    if inserted != rows.position.len() as u64 {
+        return Err(StoreError::Unavailable(format!(
+            "PostgreSQL: inserted {inserted} of {} rows",
+            rows.position.len()
+        )));
+    }
+    Ok((
+        outcomes,
+        Some(Head {
+            position,
+            hash: prev_hash,
+        }),
+    ))
+}
+
+enum Decision {
+    Done(Result<AppendOutcome, StoreError>),
+    Append { version: u64 },
+}
+
+/// Idempotency first, then the expected version (the order the trait documents).
+fn decide(
+    request: &AppendRequest,
+    known: &HashMap<Uuid, Known<'_>>,
+    versions: &HashMap<StreamId, u64>,
+) -> Decision {
+    let found: Vec<Option<&Known<'_>>> = request
+        .events
+        .iter()
+        .map(|e| known.get(&e.event_id))
+        .collect();
+    if let Some(first_known) = found.iter().position(Option::is_some) {
+        let conflict = |i: usize| -> Decision {
+            let position = found[i].map_or(0, |k| k.position);
+            Decision::Done(Err(StoreError::EventIdConflict {
+                event_id: request.events[i].event_id,
+                position,
+            }))
+        };
+        // Every event must match, in order, at consecutive positions of one earlier append.
+        let Some(Some(k0)) = found.first() else {
+            return conflict(first_known);
+        };
+        for (i, (e, k)) in request.events.iter().zip(&found).enumerate() {
+            let Some(k) = k else {
+                return conflict(first_known);
+            };
+            if k.stream_id != request.stream_id
+                || k.event_type.as_str() != e.event_type
+                || k.data.as_str() != e.data.get()
+                || k.position != k0.position + i as u64
+            {
+                return conflict(i);
+            }
+        }
+        let last = found[found.len() - 1].map_or(0, |k| k.position);
+        let whole_append = k0.append_first == k0.position
+            && found[found.len() - 1].is_some_and(|k| k.append_last == last);
+        if !whole_append {
+            return conflict(0);
+        }
+        let version = found[found.len() - 1].map_or(0, |k| k.stream_version);
+        return Decision::Done(Ok(AppendOutcome {
+            stream_id: request.stream_id,
+            version,
+            first_position: k0.position,
+            last_position: last,
+            duplicate: true,
+        }));
+    }
+    let actual = versions.get(&request.stream_id).copied().unwrap_or(0);
+    match request.expected_version {
+        ExpectedVersion::Exact(v) if v != actual => {
+            Decision::Done(Err(StoreError::WrongExpectedVersion {
+                stream_id: request.stream_id,
+                expected: request.expected_version,
+                actual,
+            }))
+        }
+        _ => Decision::Append { version: actual },
+    }
+}

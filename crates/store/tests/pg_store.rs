@@ -1,0 +1,224 @@
+//! PostgreSQL-specific behaviour of `PgStore`: migrations with several servers starting at
+//! once, several stores on one database (shared order, head followed through NOTIFY), the
+//! hash chain stored in the database, tokens. The generic semantics are in `pg_conformance`.
+
+mod pg_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use incidentlog_store::pg::PgStore;
+use incidentlog_store::{
+    subscribe, Durability, EventStore, ExpectedVersion, StoreError, TokenRecord,
+};
+use pg_support::*;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_servers_open_an_empty_database_at_once() {
+    let Some(url) = test_database("several_servers_open_an_empty_database_at_once").await else {
+        return;
+    };
+    let opens = (0..6).map(|_| PgStore::open(&url, Durability::Strict));
+    let stores: Vec<PgStore> = futures_util::future::join_all(opens)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every concurrent open succeeds"))
+        .collect();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap();
+    let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    let expected: Vec<i32> = (1..=incidentlog_store::pg::SCHEMA_VERSION).collect();
+    assert_eq!(versions, expected, "each migration recorded exactly once");
+    // Reopening is a no-op.
+    drop(stores);
+    let store = open(&url).await;
+    assert_eq!(store.head().position, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_database_share_one_order_and_follow_each_other() {
+    let Some(url) = test_database("two_stores_share_one_order").await else {
+        return;
+    };
+    let a = Arc::new(open(&url).await);
+    let b = Arc::new(open(&url).await);
+    let mut feed_a = Box::pin(subscribe(Arc::clone(&a), 0));
+    let mut feed_b = Box::pin(subscribe(Arc::clone(&b), 0));
+
+    let stream = Uuid::new_v4();
+    let mut expected_ids = Vec::new();
+    for i in 0..20u64 {
+        let store = if i % 2 == 0 { &a } else { &b };
+        let e = new_event(i);
+        expected_ids.push(e.event_id);
+        let out = store
+            .append(request(stream, ExpectedVersion::Exact(i), vec![e]))
+            .await
+            .unwrap();
+        assert_eq!(out.first_position, i + 1);
+        assert_eq!(out.version, i + 1);
+    }
+    // A store that did not write learns the head from the other one (NOTIFY or polling).
+    for (name, feed) in [("a", &mut feed_a), ("b", &mut feed_b)] {
+        let mut ids = Vec::new();
+        while ids.len() < expected_ids.len() {
+            let e = tokio::time::timeout(Duration::from_secs(60), feed.next())
+                .await
+                .unwrap_or_else(|_| panic!("store {name}'s subscription stalled"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(e.global_position, ids.len() as u64 + 1);
+            ids.push(e.event_id);
+        }
+        assert_eq!(ids, expected_ids, "store {name} sees the same order");
+    }
+    let mut wa = a.watch_head();
+    tokio::time::timeout(Duration::from_secs(60), wa.wait_for(|p| *p == 20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.head(), b.head());
+    let report = a.verify().await.unwrap();
+    assert_eq!(report.events, 20);
+    assert_eq!(report.head_hash, b.head().hash);
+
+    // Optimistic concurrency holds across stores.
+    let err = a
+        .append(request(
+            stream,
+            ExpectedVersion::Exact(5),
+            vec![new_event(99)],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WrongExpectedVersion { actual: 20, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_detects_a_tampered_row() {
+    let Some(url) = test_database("verify_detects_a_tampered_row").await else {
+        return;
+    };
+    let store = open(&url).await;
+    let stream = Uuid::new_v4();
+    for i in 0..5 {
+        store
+            .append(request(stream, ExpectedVersion::Any, vec![new_event(i)]))
+            .await
+            .unwrap();
+    }
+    let ok = store.verify().await.unwrap();
+    assert_eq!(ok.events, 5);
+    assert_eq!(ok.head_hash, store.head().hash);
+
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE events SET data = '{\"n\":1000}' WHERE position = 3",
+            &[],
+        )
+        .await
+        .unwrap();
+    match store.verify().await {
+        Err(StoreError::Corrupt { offset, .. }) => assert_eq!(offset, 3),
+        other => panic!("expected Corrupt at position 3, got {other:?}"),
+    }
+    // Reads that cover the damaged record report it too.
+    assert!(matches!(
+        store.read_all(0, 100).await,
+        Err(StoreError::Corrupt { offset: 3, .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_live_in_the_database() {
+    let Some(url) = test_database("tokens_live_in_the_database").await else {
+        return;
+    };
+    let a = open(&url).await;
+    let b = open(&url).await;
+    let now = chrono::DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap();
+    let token = TokenRecord {
+        name: "ops".to_owned(),
+        role: "admin".to_owned(),
+        secret_hash: [7; 32],
+        created_at: now,
+        revoked_at: None,
+    };
+    a.add_token(token.clone()).await.unwrap();
+    assert!(matches!(
+        b.add_token(token.clone()).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert_eq!(b.tokens().await.unwrap(), vec![token.clone()]);
+    assert!(b.revoke_token("ops", now).await.unwrap());
+    assert!(!b.revoke_token("nobody", now).await.unwrap());
+    let listed = a.tokens().await.unwrap();
+    assert_eq!(listed[0].revoked_at, Some(now));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_to_one_stream_never_double_assign_a_version() {
+    let Some(url) = test_database("concurrent_appends_one_stream").await else {
+        return;
+    };
+    let a = Arc::new(open(&url).await);
+    let b = Arc::new(open(&url).await);
+    let stream = Uuid::new_v4();
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let store = if w % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut won = 0u64;
+            for i in 0..20 {
+                let v = store.stream_version(stream).await.unwrap();
+                match store
+                    .append(request(
+                        stream,
+                        ExpectedVersion::Exact(v),
+                        vec![new_event(w * 100 + i)],
+                    ))
+                    .await
+                {
+                    Ok(out) => {
+                        assert_eq!(out.version, v + 1);
+                        won += 1;
+                    }
+                    Err(StoreError::WrongExpectedVersion { .. }) => {}
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            won
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let events = a.read_stream(stream).await.unwrap();
+    assert_eq!(events.len() as u64, total);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.stream_version, i as u64 + 1);
+    }
+}
