@@ -1,1 +1,4 @@
+#![forbid(unsafe_code)]
+#[allow(dead_code)]
+mod export;
 fn main() {}

@@ -1,0 +1,514 @@
+//! The offline commands: replay, verify, import, export, token.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand, ValueEnum};
+use incidentlog_api::auth::{hash_secret, try_new_secret, Role};
+use incidentlog_api::service::AppService;
+use incidentlog_projections::{Envelope, Projection, Region};
+use incidentlog_store::{to_hex, EventStore, RecordedEvent, StoreError, TokenRecord};
+use uuid::Uuid;
+
+use crate::export::{self, RegionInfo};
+use crate::{exit, open_store, StoreArgs, WriteArgs};
+
+/// Page size of sequential log reads.
+const PAGE: usize = 4096;
+
+/// Logs at least this large get a progress bar (when stderr is a terminal).
+const PROGRESS_MIN_EVENTS: u64 = 50_000;
+
+/// Marker error: the log is damaged (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("the log is damaged")]
+pub struct Damaged;
+
+fn progress_bar(len: Option<u64>, what: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = match len {
+        Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template(&format!(
+                "{{spinner}} {{wide_bar}} {{human_pos}}/{{human_len}} {what} ({{per_sec}}, {{eta}} left)"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template(&format!(
+                "{{spinner}} {{human_pos}} {what} ({{per_sec}}, {{elapsed}})"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+// ---------------------------------------------------------------------------------------------
+// replay
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Rebuild the state as of this time (RFC 3339, e.g. 2026-01-02T12:00:00Z): only events
+    /// recorded at or before it.
+    #[arg(long, value_name = "T", conflicts_with = "at_position", value_parser = parse_time)]
+    pub as_of: Option<DateTime<Utc>>,
+
+    /// Rebuild the state after this global position.
+    #[arg(long, value_name = "N")]
+    pub at_position: Option<u64>,
+
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); example: 2026-01-02T12:00:00Z"))
+}
+
+pub async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
+    let store = open_store(&args.store, &WriteArgs::default()).await?;
+    let head = store.head().position;
+    let at_position = match (args.as_of, args.at_position) {
+        (Some(t), _) => Some(
+            store
+                .position_at(t)
+                .await
+                .context("cannot map --as-of to a log position")?,
+        ),
+        (None, p) => p,
+    };
+    let target = at_position.map_or(head, |p| p.min(head));
+    let bar = if target >= PROGRESS_MIN_EVENTS {
+        progress_bar(Some(target), "events")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let progress_bar = bar.clone();
+    let progress = move |n: u64| progress_bar.set_position(n);
+    let started = Instant::now();
+    let report = incidentlog_api::service::replay(&store, at_position, &progress)
+        .await
+        .context("replay failed")?;
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        (report.events as f64 / secs).round() as u64
+    } else {
+        0
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "events": report.events,
+            "at_position": target,
+            "duration_ms": report.duration_ms,
+            "events_per_sec": rate,
+            "digest": report.digest,
+            "incidents": report.incidents,
+            "regions": report.regions,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out, "events:      {}", report.events)?;
+        writeln!(out, "at_position: {target}")?;
+        writeln!(out, "duration:    {} ms", report.duration_ms)?;
+        writeln!(out, "rate:        {rate} events/s")?;
+        writeln!(out, "digest:      {}", report.digest)?;
+        writeln!(out, "incidents:   {}", report.incidents)?;
+        writeln!(out, "regions:     {}", report.regions)?;
+    }
+    Ok(exit::OK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// verify
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
+    let store = open_store(&args.store, &WriteArgs::default()).await?;
+    match store.verify().await {
+        Ok(report) => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "ok")?;
+            writeln!(out, "events:    {}", report.events)?;
+            writeln!(out, "head_hash: {}", to_hex(&report.head_hash))?;
+            Ok(exit::OK)
+        }
+        Err(e @ StoreError::Corrupt { .. }) => Err(anyhow::Error::new(e).context("verify failed")),
+        Err(e) => Err(anyhow::Error::new(e).context("verify could not complete")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// import
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// NDJSON file: one `{"incident_id", "expected_version"?, "events": [...]}` per line, as for
+    /// POST /v1/events. `-` reads standard input.
+    #[arg(value_name = "FILE.ndjson")]
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub write: WriteArgs,
+
+    /// Name stored as `recorded_by` on every imported event.
+    #[arg(
+        long,
+        env = "INCIDENTLOG_RECORDED_BY",
+        default_value = "cli-import",
+        value_name = "NAME"
+    )]
+    pub recorded_by: String,
+}
+
+pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
+    let from_stdin = args.file.as_os_str() == "-";
+    // Open the input first: a typo in the file name should not touch the store.
+    let (input, size): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) = if from_stdin
+    {
+        (Box::new(tokio::io::stdin()), None)
+    } else {
+        let file = tokio::fs::File::open(&args.file)
+            .await
+            .with_context(|| format!("cannot open {}", args.file.display()))?;
+        let size = file.metadata().await.ok().map(|m| m.len());
+        (Box::new(file), size)
+    };
+    let reader = tokio::io::BufReader::with_capacity(1 << 20, input);
+    let store = Arc::new(open_store(&args.store, &args.write).await?);
+    let service = AppService::start(store.clone())
+        .await
+        .context("cannot build the views from the log")?;
+    // Lines are only known as they are read: a spinner with a count for big inputs.
+    let bar = if size.is_none_or(|s| s >= 4 << 20) {
+        progress_bar(None, "lines")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let progress_bar = bar.clone();
+    let progress = move |n: u64| progress_bar.set_position(n);
+    let result = service
+        .import_ndjson(reader, &args.recorded_by, &progress)
+        .await;
+    bar.finish_and_clear();
+    // Close (sync) even when the import failed half-way: what was acknowledged stays.
+    let closed = store.close().await;
+    let report = result.context("import failed")?;
+    closed.context("cannot close the store cleanly")?;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &report)?;
+    writeln!(out)?;
+    Ok(if report.rejected.is_empty() {
+        exit::OK
+    } else {
+        exit::REJECTED
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// export
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// The log: one recorded event per line, as GET /v1/events returns them.
+    Ndjson,
+    /// Incident views, ACLED's 31 columns in ACLED's order, then ours.
+    Csv,
+    /// Incident views with a location, as a FeatureCollection of Points.
+    Geojson,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "ndjson")]
+    pub format: ExportFormat,
+
+    /// Write to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// csv/geojson: include retracted incidents too (their `status` says so).
+    #[arg(long)]
+    pub include_retracted: bool,
+}
+
+pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
+    let store = open_store(&args.store, &WriteArgs::default()).await?;
+    let head = store.head().position;
+    let sink: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, sink);
+    let bar = if head >= PROGRESS_MIN_EVENTS && args.output.is_some() {
+        progress_bar(Some(head), "events")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    match args.format {
+        ExportFormat::Ndjson => {
+            for_each_page(&store, head, &bar, |events| {
+                for e in events {
+                    serde_json::to_writer(&mut out, &incidentlog_api::wire::WireEvent(e))?;
+                    out.write_all(b"\n")?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        ExportFormat::Csv | ExportFormat::Geojson => {
+            let mut projection = Projection::new();
+            let mut order: Vec<Uuid> = Vec::new();
+            let mut seen: HashSet<Uuid> = HashSet::new();
+            for_each_page(&store, head, &bar, |events| {
+                for e in events {
+                    if seen.insert(e.stream_id) {
+                        order.push(e.stream_id);
+                    }
+                    projection.apply(&envelope(e)).with_context(|| {
+                        format!("event at position {} does not decode", e.global_position)
+                    })?;
+                }
+                Ok(())
+            })
+            .await?;
+            let mut regions = RegionCache::default();
+            let views = order.iter().filter_map(|id| projection.incident(*id));
+            if args.format == ExportFormat::Csv {
+                export::write_csv_header(&mut out)?;
+            } else {
+                out.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[")?;
+            }
+            let mut first = true;
+            for view in views {
+                let v = serde_json::to_value(&view).context("cannot serialize a view")?;
+                let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("active");
+                if status != "active" && !args.include_retracted {
+                    continue;
+                }
+                let code = v.get("region").and_then(|s| s.as_str()).unwrap_or("");
+                let info = regions.get(code);
+                if args.format == ExportFormat::Csv {
+                    export::write_csv_record(&mut out, &export::csv_row(&v, info))?;
+                } else if let Some(feature) = export::geojson_feature(&v, info) {
+                    if !first {
+                        out.write_all(b",\n")?;
+                    } else {
+                        out.write_all(b"\n")?;
+                    }
+                    first = false;
+                    serde_json::to_writer(&mut out, &feature)?;
+                }
+            }
+            if args.format == ExportFormat::Geojson {
+                out.write_all(b"\n]}\n")?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    out.flush().context("cannot write the export")?;
+    Ok(exit::OK)
+}
+
+/// Reads the log up to `head` page by page.
+async fn for_each_page<S: EventStore>(
+    store: &S,
+    head: u64,
+    bar: &indicatif::ProgressBar,
+    mut f: impl FnMut(&[RecordedEvent]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut after = 0;
+    while after < head {
+        let page = store
+            .read_all(after, PAGE)
+            .await
+            .with_context(|| format!("cannot read the log after position {after}"))?;
+        let Some(last) = page.last() else { break };
+        after = last.global_position;
+        f(&page)?;
+        bar.set_position(after);
+    }
+    Ok(())
+}
+
+fn envelope(e: &RecordedEvent) -> Envelope<'_> {
+    Envelope {
+        global_position: e.global_position,
+        incident_id: e.stream_id,
+        stream_version: e.stream_version,
+        event_id: e.event_id,
+        event_type: &e.event_type,
+        data: &e.data,
+        recorded_at: e.recorded_at,
+        recorded_by: &e.recorded_by,
+    }
+}
+
+/// Region and country names by code, looked up once each.
+#[derive(Default)]
+struct RegionCache {
+    map: std::collections::HashMap<String, RegionInfo>,
+}
+
+impl RegionCache {
+    fn get(&mut self, code: &str) -> &RegionInfo {
+        self.map.entry(code.to_string()).or_insert_with(|| {
+            let mut info = RegionInfo::default();
+            if let Ok(region) = Region::parse(code) {
+                info.name = region.name().to_string();
+                info.country_code = region.country().to_string();
+            } else {
+                info.country_code = code.split('-').next().unwrap_or("").to_string();
+            }
+            if let Some(c) = rust_iso3166::from_alpha2(&info.country_code) {
+                info.country_name = c.name.to_string();
+                info.country_numeric = Some(c.numeric);
+            }
+            info
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// token
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token and print its secret, alone, on stdout (shown only now).
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Unique name; stored as `recorded_by` on the events this token appends.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// reader: GET; reporter: reader + append/import; admin: everything.
+        #[arg(long, value_name = "reader|reporter|admin")]
+        role: String,
+    },
+    /// List tokens: name, role, created, revoked (never the secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// One JSON object per token instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by name (servers stop accepting it within seconds).
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, value_name = "NAME")]
+        name: String,
+    },
+}
+
+fn check_token_name(name: &str) -> anyhow::Result<()> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+        bail!(
+            "invalid token name {name:?}: use 1 to 64 characters among letters, digits and - _ . @"
+        );
+    }
+    Ok(())
+}
+
+pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
+    match cmd {
+        TokenCommand::Create { store, name, role } => {
+            check_token_name(&name)?;
+            let role: Role = role.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let store = open_store(&store, &WriteArgs::default()).await?;
+            let secret = try_new_secret().map_err(|e| anyhow::anyhow!("{e}"))?;
+            store
+                .add_token(TokenRecord {
+                    name: name.clone(),
+                    role: role.to_string(),
+                    secret_hash: hash_secret(&secret),
+                    created_at: Utc::now(),
+                    revoked_at: None,
+                })
+                .await
+                .with_context(|| format!("cannot create token {name:?}"))?;
+            store.close().await.context("cannot close the store")?;
+            println!("{secret}");
+            tracing::info!(token = %name, role = %role, "token created");
+        }
+        TokenCommand::List { store, json } => {
+            let store = open_store(&store, &WriteArgs::default()).await?;
+            let tokens = store.tokens().await.context("cannot read the tokens")?;
+            let mut out = std::io::stdout().lock();
+            let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            if json {
+                for t in &tokens {
+                    let v = serde_json::json!({
+                        "name": t.name, "role": t.role, "created_at": time(&t.created_at),
+                        "revoked_at": t.revoked_at.as_ref().map(time),
+                    });
+                    writeln!(out, "{v}")?;
+                }
+            } else {
+                let width = tokens.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+                writeln!(
+                    out,
+                    "{:<width$}  {:<8}  {:<20}  REVOKED",
+                    "NAME", "ROLE", "CREATED"
+                )?;
+                for t in &tokens {
+                    writeln!(
+                        out,
+                        "{:<width$}  {:<8}  {:<20}  {}",
+                        t.name,
+                        t.role,
+                        time(&t.created_at),
+                        t.revoked_at.as_ref().map(time).unwrap_or_else(|| "-".into())
+                    )?;
+                }
+            }
+        }
+        TokenCommand::Revoke { store, name } => {
+            let store = open_store(&store, &WriteArgs::default()).await?;
+            let found = store
+                .revoke_token(&name, Utc::now())
+                .await
+                .with_context(|| format!("cannot revoke token {name:?}"))?;
+            store.close().await.context("cannot close the store")?;
+            if !found {
+                bail!("no token named {name:?}");
+            }
+            println!("revoked {name}");
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,158 @@
+//! `incidentlog serve`: the HTTP API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use incidentlog_api::service::AppService;
+use incidentlog_api::ServeConfig;
+
+use crate::{exit, open_store, parse_bytes, parse_duration, StoreArgs, WriteArgs};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub write: WriteArgs,
+
+    /// Address and port to listen on (`127.0.0.1:0` picks a free port; the line
+    /// `listening on http://ADDR` on stdout tells which).
+    #[arg(
+        long,
+        env = "INCIDENTLOG_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// Let requests without a token read (GET); appends and admin routes still need a token.
+    #[arg(long, env = "INCIDENTLOG_PUBLIC_READ")]
+    pub public_read: bool,
+
+    /// Largest request body accepted, except bulk import (larger: 413).
+    #[arg(
+        long,
+        env = "INCIDENTLOG_BODY_LIMIT",
+        default_value = "1MiB",
+        value_name = "BYTES",
+        value_parser = parse_bytes
+    )]
+    pub body_limit: u64,
+
+    /// Largest body of a bulk import (`POST /v1/events`).
+    #[arg(
+        long,
+        env = "INCIDENTLOG_BULK_BODY_LIMIT",
+        default_value = "64MiB",
+        value_name = "BYTES",
+        value_parser = parse_bytes
+    )]
+    pub bulk_body_limit: u64,
+
+    /// Time a request may take before it is cut off (e.g. 30s, 500ms). Does not apply to the
+    /// live feed.
+    #[arg(
+        long,
+        env = "INCIDENTLOG_REQUEST_TIMEOUT",
+        default_value = "30s",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub request_timeout: Duration,
+
+    /// Requests per second allowed per token (anonymous readers share one budget per client
+    /// address); beyond it: 429 with Retry-After. 0 turns the limit off.
+    #[arg(
+        long,
+        env = "INCIDENTLOG_RATE_LIMIT",
+        default_value_t = ServeConfig::default().rate_limit_per_sec,
+        value_name = "PER_SEC"
+    )]
+    pub rate_limit: u32,
+
+    /// Most live-feed (SSE) clients at once; more get 503.
+    #[arg(
+        long,
+        env = "INCIDENTLOG_MAX_SSE_CLIENTS",
+        default_value_t = ServeConfig::default().max_sse_clients,
+        value_name = "N"
+    )]
+    pub max_sse_clients: usize,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
+    let store = Arc::new(open_store(&args.store, &args.write).await?);
+    match incidentlog_api::auth::ensure_admin_token(&store)
+        .await
+        .context("cannot create the first admin token")?
+    {
+        Some(secret) => print_first_token(&secret, args.listen),
+        None => tracing::debug!("tokens exist; no first admin token created"),
+    }
+    let service = AppService::start(store.clone())
+        .await
+        .context("cannot build the views from the log")?;
+    let config = ServeConfig {
+        listen: args.listen,
+        public_read: args.public_read,
+        body_limit: usize::try_from(args.body_limit).unwrap_or(usize::MAX),
+        bulk_body_limit: usize::try_from(args.bulk_body_limit).unwrap_or(usize::MAX),
+        request_timeout: args.request_timeout,
+        rate_limit_per_sec: args.rate_limit,
+        max_sse_clients: args.max_sse_clients,
+        ..ServeConfig::default()
+    };
+    incidentlog_api::serve(service, config, shutdown_signal())
+        .await
+        .context("the server stopped with an error")?;
+    tracing::info!("stopped cleanly");
+    Ok(exit::OK)
+}
+
+/// Printed once, on stdout, when a data dir gets its first token.
+fn print_first_token(secret: &str, listen: SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // Ignore a closed stdout: the server must still run (the token can be replaced with
+    // `incidentlog token create`).
+    let _ = writeln!(
+        out,
+        "admin token: {secret}\n\
+         (first start: this admin token is shown only now and only its hash is stored; keep it.\n \
+         use it as `curl -H 'Authorization: Bearer {secret}' http://{listen}/v1/regions`,\n \
+         and create more with `incidentlog token create --name NAME --role reader|reporter|admin`)"
+    );
+    let _ = out.flush();
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received: shutting down"),
+        _ = terminate => tracing::info!("SIGTERM received: shutting down"),
+    }
+}

@@ -1,0 +1,272 @@
+//! The offline commands: import, export (ndjson, csv, geojson), replay, verify on an intact
+//! and on a damaged copy, tokens, help and exit codes.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const ACLED: [&str; 31] = [
+    "event_id_cnty", "event_date", "year", "time_precision", "disorder_type", "event_type",
+    "sub_event_type", "actor1", "assoc_actor_1", "inter1", "actor2", "assoc_actor_2", "inter2",
+    "interaction", "civilian_targeting", "iso", "region", "country", "admin1", "admin2",
+    "admin3", "location", "latitude", "longitude", "geo_precision", "source", "source_scale",
+    "notes", "fatalities", "tags", "timestamp",
+];
+
+fn d(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// One extra incident with a location, so that GeoJSON has a feature.
+fn located_incident_line() -> String {
+    let line = json!({
+        "incident_id": "5f0c7a52-3c1e-4d6b-9a51-0b7c2f9e1a99",
+        "expected_version": 0,
+        "events": [{
+            "event_id": "a1c3e0b4-6f2d-4e8a-9b1c-000000009901",
+            "type": "IncidentReported",
+            "data": {
+                "kind": "shelling", "occurred_at": "2026-01-03T06:15:00Z", "region": "UA-63",
+                "locality": "Kupiansk, \"centre\"",
+                "location": {"lat": 49.710751, "lon": 37.615662, "precision": "near"},
+                "summary": "Shelling of the town centre, one killed",
+                "source": {"name": "Wire, Inc.", "kind": "media"}
+            }
+        }, {
+            "event_id": "a1c3e0b4-6f2d-4e8a-9b1c-000000009902",
+            "type": "CasualtiesReported",
+            "data": {"killed": 1, "killed_high": 2, "injured": 3,
+                     "source": {"name": "Wire, Inc.", "kind": "media"}}
+        }]
+    });
+    format!("{line}\n")
+}
+
+/// Splits one CSV record (RFC 4180 quoting) — enough for the test's own rows.
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut row = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    rows
+}
+
+#[test]
+fn import_export_replay_verify() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let data_s = d(&data);
+
+    // Import from a file: the SPEC import report on stdout.
+    let out = cli_ok(&["import", d(&seed_path()), "--data-dir", data_s]);
+    let report: Value = serde_json::from_str(&out).expect("import report JSON");
+    assert_eq!(report, json!({"appended": 10, "duplicates": 0, "rejected": []}));
+
+    // From stdin, with a duplicate line, a bad line and a new one: exit 4, report says which.
+    let seed = String::from_utf8(seed_bytes()).unwrap();
+    let first_line = seed.lines().next().unwrap();
+    let input = format!("{first_line}\nnot json\n{}", located_incident_line());
+    let out = cli_with_stdin(&["import", "-", "--data-dir", data_s], Some(input.as_bytes()));
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["appended"], 2, "{report}");
+    assert_eq!(report["duplicates"], 2, "{report}");
+    let rejected = report["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{report}");
+    assert_eq!(rejected[0]["line"], 2);
+    assert_eq!(rejected[0]["status"], 400);
+
+    // A missing file: exit 1, the store untouched.
+    let out = cli(&["import", "/nonexistent/x.ndjson", "--data-dir", data_s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.ndjson"));
+
+    // Export ndjson: the log, recorded events in the SPEC shape.
+    let out = cli_ok(&["export", "--data-dir", data_s]);
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("ndjson line"))
+        .collect();
+    assert_eq!(events.len(), 12);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["global_position"], json!(i as u64 + 1));
+        let keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+        for k in [
+            "global_position", "incident_id", "stream_version", "event_id", "type", "data",
+            "recorded_at", "recorded_by", "hash",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {e}");
+        }
+    }
+    assert_eq!(events[0]["recorded_by"], "cli-import");
+    assert_eq!(events[0]["event_id"], "a1c3e0b4-6f2d-4e8a-9b1c-000000000101");
+
+    // CSV: ACLED's 31 columns in order, then ours; one row per active incident.
+    let csv_path = dir.path().join("incidents.csv");
+    cli_ok(&["export", "--format", "csv", "--output", d(&csv_path), "--data-dir", data_s]);
+    let text = std::fs::read_to_string(&csv_path).unwrap();
+    let rows = parse_csv(&text);
+    assert_eq!(&rows[0][..31], &ACLED[..]);
+    assert_eq!(rows[0][31], "incident_id");
+    assert_eq!(rows.len(), 1 + 5, "{text}");
+    assert!(rows.iter().all(|r| r.len() == rows[0].len()), "ragged CSV");
+    let col = |name: &str| rows[0].iter().position(|c| c == name).unwrap();
+    let kupiansk = rows
+        .iter()
+        .find(|r| r[col("incident_id")] == "5f0c7a52-3c1e-4d6b-9a51-0b7c2f9e1a99")
+        .expect("row of the located incident");
+    assert_eq!(kupiansk[col("event_date")], "2026-01-03");
+    assert_eq!(kupiansk[col("year")], "2026");
+    assert_eq!(kupiansk[col("event_type")], "Explosions/Remote violence");
+    assert_eq!(kupiansk[col("sub_event_type")], "Shelling/artillery/missile attack");
+    assert_eq!(kupiansk[col("country")], "Ukraine");
+    assert_eq!(kupiansk[col("admin1")], "Kharkivska oblast");
+    assert_eq!(kupiansk[col("location")], "Kupiansk, \"centre\"");
+    assert_eq!(kupiansk[col("latitude")], "49.7108");
+    assert_eq!(kupiansk[col("longitude")], "37.6157");
+    assert_eq!(kupiansk[col("geo_precision")], "2");
+    assert_eq!(kupiansk[col("source")], "Wire, Inc.");
+    assert_eq!(kupiansk[col("fatalities")], "1");
+    assert_eq!(kupiansk[col("killed_high")], "2");
+    let kharkiv = rows
+        .iter()
+        .find(|r| r[col("incident_id")] == "5f0c7a52-3c1e-4d6b-9a51-0b7c2f9e1a01")
+        .unwrap();
+    assert_eq!(kharkiv[col("time_precision")], "2", "week -> 2");
+    assert_eq!(kharkiv[col("sub_event_type")], "Shelling/artillery/missile attack");
+    let kherson_drone = rows
+        .iter()
+        .find(|r| r[col("incident_id")] == "5f0c7a52-3c1e-4d6b-9a51-0b7c2f9e1a03")
+        .unwrap();
+    assert_eq!(kherson_drone[col("sub_event_type")], "Air/drone strike");
+    assert_eq!(kherson_drone[col("claims_disputed")], "1");
+
+    // GeoJSON: a FeatureCollection with the one located incident as a Point [lon, lat].
+    let out = cli_ok(&["export", "--format", "geojson", "--data-dir", data_s]);
+    let fc: Value = serde_json::from_str(&out).expect("GeoJSON parses");
+    assert_eq!(fc["type"], "FeatureCollection");
+    let features = fc["features"].as_array().unwrap();
+    assert_eq!(features.len(), 1, "{fc}");
+    let f = &features[0];
+    assert_eq!(f["type"], "Feature");
+    assert_eq!(f["geometry"]["type"], "Point");
+    assert_eq!(f["geometry"]["coordinates"], json!([37.615662, 49.710751]));
+    assert_eq!(f["properties"]["location_precision"], "near");
+    assert_eq!(f["properties"]["time_precision"], "exact");
+    assert_eq!(f["properties"]["killed_best"], 1);
+
+    // Replay: all of it, a prefix by position, and as of a time before anything was recorded.
+    let out = cli_ok(&["replay", "--json", "--data-dir", data_s]);
+    let all: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(all["events"], 12, "{all}");
+    assert_eq!(all["incidents"], 5, "{all}");
+    assert_eq!(all["regions"], 3, "{all}");
+    let out = cli_ok(&["replay", "--json", "--at-position", "2", "--data-dir", data_s]);
+    let two: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(two["events"], 2, "{two}");
+    assert_ne!(two["digest"], all["digest"]);
+    let out = cli_ok(&["replay", "--json", "--as-of", "2000-01-01T00:00:00Z", "--data-dir", data_s]);
+    let none: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(none["events"], 0, "{none}");
+    let text = cli_ok(&["replay", "--data-dir", data_s]);
+    assert!(text.contains(&format!("digest:      {}", all["digest"].as_str().unwrap())), "{text}");
+
+    // Verify: passes on the intact log...
+    let ok = cli_ok(&["verify", "--data-dir", data_s]);
+    assert!(ok.contains("events:    12"), "{ok}");
+    // ... and fails, naming file and offset, on a copy with one byte flipped early in the log.
+    let damaged = dir.path().join("damaged");
+    copy_dir(&data, &damaged);
+    let segment = flip_a_byte_early_in_the_log(&damaged);
+    let out = cli(&["verify", "--data-dir", d(&damaged)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    assert!(stderr.contains(&segment), "must name the file {segment}: {stderr}");
+    assert!(stderr.contains("offset"), "must give the offset: {stderr}");
+    // The intact original still verifies.
+    cli_ok(&["verify", "--data-dir", data_s]);
+}
+
+/// Flips one byte inside the first record of the first segment file; returns its file name.
+fn flip_a_byte_early_in_the_log(data_dir: &Path) -> String {
+    let mut files: Vec<_> = walk(data_dir)
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).map(|m| m.len() > 512).unwrap_or(false))
+        .collect();
+    files.sort();
+    let segment = files.first().expect("a segment file of more than 512 bytes").clone();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // Past any file header, well before the last record (the log holds 12 events).
+    let at = bytes.len() / 5;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&segment, bytes).unwrap();
+    segment.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn tokens_help_and_usage_errors() {
+    let dir = temp_dir();
+    let data = d(dir.path());
+    let secret = create_token(dir.path(), "desk", "reporter");
+    // A duplicate name fails; a bad role is refused.
+    let out = cli(&["token", "create", "--data-dir", data, "--name", "desk", "--role", "reader"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let out = cli(&["token", "create", "--data-dir", data, "--name", "x", "--role", "root"]);
+    assert_ne!(out.status.code(), Some(0));
+    let list = cli_ok(&["token", "list", "--json", "--data-dir", data]);
+    let tokens: Vec<Value> = list.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0]["name"], "desk");
+    assert_eq!(tokens[0]["role"], "reporter");
+    assert_eq!(tokens[0]["revoked_at"], Value::Null);
+    assert!(!list.contains(&secret));
+    cli_ok(&["token", "revoke", "--data-dir", data, "--name", "desk"]);
+    let list = cli_ok(&["token", "list", "--json", "--data-dir", data]);
+    let t: Value = serde_json::from_str(list.trim()).unwrap();
+    assert!(t["revoked_at"].is_string(), "{t}");
+    let out = cli(&["token", "revoke", "--data-dir", data, "--name", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // Help explains the flags; a bad flag is a usage error (2).
+    let help = cli_ok(&["serve", "--help"]);
+    for flag in ["--data-dir", "--listen", "--store", "--public-read", "--durability", "INCIDENTLOG_LISTEN"] {
+        assert!(help.contains(flag), "serve --help lacks {flag}");
+    }
+    assert_eq!(cli(&["serve", "--no-such-flag"]).status.code(), Some(2));
+    assert_eq!(cli(&["replay", "--as-of", "yesterday", "--data-dir", data]).status.code(), Some(2));
+}

@@ -1,0 +1,231 @@
+//! Every error status of SPEC section 5, each answered as problem+json and each leaving the
+//! log exactly as it was (same event count, same head hash).
+
+use serde_json::json;
+
+use crate::common::*;
+
+/// Runs `f`, then checks that the log head did not move.
+fn records_nothing(srv: &Server, admin: &str, what: &str, f: impl FnOnce()) {
+    let before = srv.log_head(admin);
+    f();
+    let after = srv.log_head(admin);
+    assert_eq!(before, after, "{what} recorded something");
+}
+
+#[test]
+fn every_error_status_records_nothing() {
+    let (_dir, srv, t) = server_with_tokens(&[]);
+    let incident = new_id();
+    srv.append(
+        &t.reporter,
+        &incident,
+        &batch(json!(0), vec![reported("shelling", "UA-63", "2026-01-05")]),
+    )
+    .expect(201);
+    let path = format!("/v1/incidents/{incident}/events");
+
+    // 400: malformed JSON body, malformed query.
+    records_nothing(&srv, &t.admin, "400 body", || {
+        srv.req("POST", &path)
+            .token(&t.reporter)
+            .body("application/json", b"{\"events\": [".to_vec())
+            .send()
+            .expect_problem(400);
+    });
+    srv.get("/v1/events?after=minus-one", &t.reader)
+        .expect_problem(400);
+    srv.get("/v1/incidents/not-a-uuid", &t.reader)
+        .expect_problem(400);
+
+    // 401: no token, unknown token, malformed header.
+    records_nothing(&srv, &t.admin, "401", || {
+        let body = batch(json!("any"), vec![casualties("Wire", 1)]);
+        srv.append("", &incident, &body).expect_problem(401);
+        srv.append("il_not-a-real-token", &incident, &body)
+            .expect_problem(401);
+        srv.req("POST", &path)
+            .header("Authorization", "Basic dXNlcjpwYXNz")
+            .json(&body)
+            .send()
+            .expect_problem(401);
+    });
+    srv.get("/v1/regions", "").expect_problem(401);
+
+    // 403: a reader appends; a reporter calls an admin route.
+    records_nothing(&srv, &t.admin, "403", || {
+        let body = batch(json!("any"), vec![casualties("Wire", 1)]);
+        srv.append(&t.reader, &incident, &body).expect_problem(403);
+        srv.req("POST", "/v1/admin/replay")
+            .token(&t.reporter)
+            .send()
+            .expect_problem(403);
+    });
+
+    // 404: unknown incident; valid region code with nothing recorded.
+    srv.get(&format!("/v1/incidents/{}", new_id()), &t.reader)
+        .expect_problem(404);
+    srv.get("/v1/regions/UA-30", &t.reader).expect_problem(404);
+    // 422: a region code that does not exist.
+    srv.get("/v1/regions/XX-99", &t.reader).expect_problem(422);
+
+    // 409: version conflict, with expected and actual.
+    records_nothing(&srv, &t.admin, "409 version", || {
+        let p = srv
+            .append(
+                &t.reporter,
+                &incident,
+                &batch(json!(0), vec![casualties("Wire", 1)]),
+            )
+            .expect_problem(409);
+        assert_eq!(p["expected"], json!(0), "{p}");
+        assert_eq!(p["actual"], json!(1), "{p}");
+        let p = srv
+            .append(
+                &t.reporter,
+                &incident,
+                &batch(json!(7), vec![casualties("Wire", 1)]),
+            )
+            .expect_problem(409);
+        assert_eq!(p["expected"], json!(7), "{p}");
+        assert_eq!(p["actual"], json!(1), "{p}");
+    });
+    // 409: an event id reused with other content.
+    let first = casualties("Wire", 3);
+    srv.append(&t.reporter, &incident, &batch(json!(1), vec![first.clone()]))
+        .expect(201);
+    records_nothing(&srv, &t.admin, "409 event id", || {
+        let mut changed = first.clone();
+        changed["data"]["killed"] = json!(4);
+        let p = srv
+            .append(&t.reporter, &incident, &batch(json!("any"), vec![changed]))
+            .expect_problem(409);
+        assert!(p.get("expected").is_some() && p.get("actual").is_some(), "{p}");
+    });
+
+    // 413: a body over the limit (1 MiB by default).
+    records_nothing(&srv, &t.admin, "413", || {
+        let mut ev = casualties("Wire", 1);
+        ev["data"]["source"]["name"] = json!("x".repeat(1_100_000));
+        let r = srv
+            .req("POST", &path)
+            .token(&t.reporter)
+            .json(&batch(json!("any"), vec![ev]))
+            .try_send()
+            .expect("an answer to an over-large body");
+        r.expect_problem(413);
+    });
+
+    // 415: wrong content type (for an append, and for the bulk import).
+    records_nothing(&srv, &t.admin, "415", || {
+        let body = serde_json::to_vec(&batch(json!("any"), vec![casualties("Wire", 1)])).unwrap();
+        srv.req("POST", &path)
+            .token(&t.reporter)
+            .body("text/plain", body.clone())
+            .send()
+            .expect_problem(415);
+        srv.req("POST", "/v1/events")
+            .token(&t.reporter)
+            .body("application/json", b"{}".to_vec())
+            .send()
+            .expect_problem(415);
+    });
+
+    // 422: invalid events, one JSON pointer per bad field; the valid event in the same batch
+    // is not recorded either (atomic).
+    records_nothing(&srv, &t.admin, "422", || {
+        let mut bad = casualties("Wire", 1);
+        bad["data"]["killed"] = json!(-1);
+        let mut unknown_field = casualties("Wire", 1);
+        unknown_field["data"]["colour"] = json!("red");
+        let body = batch(
+            json!("any"),
+            vec![casualties("Wire", 2), bad, unknown_field],
+        );
+        let p = srv
+            .append(&t.reporter, &incident, &body)
+            .expect_problem(422);
+        let pointers: Vec<&str> = p["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .map(|e| e["pointer"].as_str().expect("pointer"))
+            .collect();
+        assert!(pointers.contains(&"/events/1/data/killed"), "{p}");
+        assert!(
+            pointers.iter().any(|ptr| ptr.starts_with("/events/2/data")),
+            "{p}"
+        );
+        // Unknown event type.
+        let p = srv
+            .append(
+                &t.reporter,
+                &incident,
+                &batch(
+                    json!("any"),
+                    vec![json!({"event_id": new_id(), "type": "IncidentTeleported", "data": {}})],
+                ),
+            )
+            .expect_problem(422);
+        assert!(!p["errors"].as_array().expect("errors").is_empty(), "{p}");
+        // A second IncidentReported on an existing incident breaks a domain rule.
+        srv.append(
+            &t.reporter,
+            &incident,
+            &batch(json!("any"), vec![reported("shelling", "UA-63", "2026-01-05")]),
+        )
+        .expect_problem(422);
+        // Casualties on an incident that was never reported.
+        srv.append(
+            &t.reporter,
+            &new_id(),
+            &batch(json!("any"), vec![casualties("Wire", 1)]),
+        )
+        .expect_problem(422);
+    });
+}
+
+#[test]
+fn rate_limit_answers_429_with_retry_after() {
+    let (_dir, srv, t) = server_with_tokens(&["--rate-limit", "1"]);
+    // With one request per second allowed, twenty in a row cannot all pass (each would have to
+    // take a second).
+    let mut accepted = 0u64;
+    let mut limited = None;
+    for _ in 0..20 {
+        let r = srv.append(
+            &t.reporter,
+            &new_id(),
+            &batch(json!(0), vec![reported("shelling", "UA-63", "2026-01-05")]),
+        );
+        match r.status {
+            201 => accepted += 1,
+            429 => {
+                limited = Some(r);
+                break;
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    let r = limited.expect("no 429 in 20 requests at 1 request/s");
+    r.expect_problem(429);
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After header")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // The log holds exactly the accepted appends: the limited one recorded nothing. (The admin
+    // token has its own budget; if it is spent, wait as told.)
+    let events = loop {
+        let r = srv.get("/v1/admin/verify", &t.admin);
+        if r.status == 429 {
+            let wait: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(1);
+            std::thread::sleep(std::time::Duration::from_secs(wait));
+            continue;
+        }
+        r.expect(200);
+        break r.json()["events"].as_u64().expect("events");
+    };
+    assert_eq!(events, accepted);
+}
