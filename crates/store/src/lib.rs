@@ -17,6 +17,8 @@
 #![forbid(unsafe_code)]
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,7 +26,10 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub mod file;
+pub mod pg;
 mod subscription;
+pub use file::FileStore;
 pub use subscription::subscribe;
 
 /// Identifies a stream (for incidentlog: an incident).
@@ -138,7 +143,9 @@ pub struct TokenRecord {
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("wrong expected version for stream {stream_id}: expected {expected:?}, actual {actual}")]
+    #[error(
+        "wrong expected version for stream {stream_id}: expected {expected:?}, actual {actual}"
+    )]
     WrongExpectedVersion {
         stream_id: StreamId,
         expected: ExpectedVersion,
@@ -146,7 +153,9 @@ pub enum StoreError {
     },
     /// An event id was already recorded with other content (or only some events of the batch
     /// were recorded before).
-    #[error("event id {event_id} already recorded with different content (at position {position})")]
+    #[error(
+        "event id {event_id} already recorded with different content (at position {position})"
+    )]
     EventIdConflict { event_id: Uuid, position: u64 },
     /// The request itself is unusable (empty batch, event too large, duplicate ids in one batch).
     #[error("invalid append: {0}")]
@@ -236,8 +245,7 @@ pub trait EventStore: Send + Sync + 'static {
     fn tokens(&self) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send;
 
     /// Adds a token; fails with `InvalidInput` when a token of that name exists (revoked or not).
-    fn add_token(&self, token: TokenRecord)
-        -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn add_token(&self, token: TokenRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Marks a token revoked; returns false when no token has that name.
     fn revoke_token(
@@ -283,5 +291,145 @@ mod hex_hash {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let s = <&str>::deserialize(d)?;
         super::from_hex_32(s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+    }
+}
+
+/// Which backend a [`Store`] uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded file log in `data_dir`.
+    File,
+    /// PostgreSQL at this URL.
+    Postgres(String),
+}
+
+impl FromStr for Backend {
+    type Err = String;
+
+    /// `file`, or a `postgres://` / `postgresql://` URL.
+    fn from_str(s: &str) -> Result<Backend, String> {
+        if s == "file" {
+            Ok(Backend::File)
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(Backend::Postgres(s.to_string()))
+        } else {
+            Err(format!(
+                "unknown store {s:?}: expected \"file\" or a postgres:// URL"
+            ))
+        }
+    }
+}
+
+/// Default segment size of the file store.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
+
+/// How to open a [`Store`].
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    pub data_dir: PathBuf,
+    pub backend: Backend,
+    pub durability: Durability,
+    /// File store: a new segment starts once the active one reaches this many bytes
+    /// (clamped to 4 KiB..=1 GiB).
+    pub segment_size: u64,
+}
+
+impl OpenOptions {
+    /// File backend in `data_dir`, strict durability, default segment size.
+    pub fn new(data_dir: impl Into<PathBuf>) -> OpenOptions {
+        OpenOptions {
+            data_dir: data_dir.into(),
+            backend: Backend::File,
+            durability: Durability::Strict,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+        }
+    }
+}
+
+/// The backend chosen at run time.
+#[derive(Debug)]
+pub enum Store {
+    File(file::FileStore),
+}
+
+/// Runs `$body` with `$s` bound to the backend inside `$store`. Add one arm per backend.
+macro_rules! with_backend {
+    ($store:expr, $s:ident => $body:expr) => {
+        match $store {
+            Store::File($s) => $body,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the backend `opts.backend` names.
+    pub async fn open(opts: &OpenOptions) -> Result<Store, StoreError> {
+        match &opts.backend {
+            Backend::File => Ok(Store::File(file::FileStore::open(opts).await?)),
+            Backend::Postgres(_) => Err(StoreError::Unavailable(
+                "the PostgreSQL backend is not available in this build".into(),
+            )),
+        }
+    }
+}
+
+impl EventStore for Store {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        with_backend!(self, s => s.append(request).await)
+    }
+
+    async fn append_many(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Vec<Result<AppendOutcome, StoreError>> {
+        with_backend!(self, s => s.append_many(requests).await)
+    }
+
+    async fn read_stream(&self, stream_id: StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
+        with_backend!(self, s => s.read_stream(stream_id).await)
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        with_backend!(self, s => s.read_all(after, limit).await)
+    }
+
+    async fn event_by_id(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        with_backend!(self, s => s.event_by_id(event_id).await)
+    }
+
+    async fn stream_version(&self, stream_id: StreamId) -> Result<u64, StoreError> {
+        with_backend!(self, s => s.stream_version(stream_id).await)
+    }
+
+    async fn position_at(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        with_backend!(self, s => s.position_at(at).await)
+    }
+
+    fn head(&self) -> Head {
+        with_backend!(self, s => s.head())
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        with_backend!(self, s => s.watch_head())
+    }
+
+    async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        with_backend!(self, s => s.verify().await)
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        with_backend!(self, s => s.close().await)
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        with_backend!(self, s => s.tokens().await)
+    }
+
+    async fn add_token(&self, token: TokenRecord) -> Result<(), StoreError> {
+        with_backend!(self, s => s.add_token(token).await)
+    }
+
+    async fn revoke_token(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        with_backend!(self, s => s.revoke_token(name, at).await)
     }
 }

@@ -178,7 +178,10 @@ pub(crate) async fn run(
                 // doubled. Drop the connection; the next batch reconnects.
                 tracing::warn!(error = %e, "PostgreSQL append batch failed");
                 conn = None;
-                let message = e.to_string();
+                let message = match e {
+                    StoreError::Unavailable(m) => m,
+                    other => other.to_string(),
+                };
                 for (requests, reply) in jobs {
                     let failed = requests
                         .iter()

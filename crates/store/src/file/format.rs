@@ -1,0 +1,283 @@
+//! The on-disk format, version 1 (see `proto-docs/storage-format.md`, kept in sync with this).
+//!
+//! Segment header (32 bytes):
+//! `magic "ILOGSEG\0" | format_version u16 | hash_alg u8 | checksum_alg u8 |
+//!  first_position u64 | reserved [8] = 0 | masked crc32c(bytes 0..28) u32`, all little endian.
+//!
+//! Record: `len u32 | masked crc32c(len) u32 | covered (len bytes) | masked crc32c(covered) u32`
+//! where `covered` = `global_position u64 | prev_hash [32] | stream_id [16] | event_id [16] |
+//! stream_version u64 | recorded_at_micros i64 | append_index u32 | append_len u32 | json body`.
+//! The record's chain hash is `BLAKE3(covered)`; it is the next record's `prev_hash`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::RecordedEvent;
+
+pub(crate) const MAGIC: [u8; 8] = *b"ILOGSEG\0";
+pub(crate) const FORMAT_VERSION: u16 = 1;
+pub(crate) const HASH_BLAKE3: u8 = 1;
+pub(crate) const CHECKSUM_CRC32C: u8 = 1;
+pub(crate) const HEADER_LEN: usize = 32;
+/// `len` and its checksum.
+pub(crate) const FRAME_HEAD: usize = 8;
+/// Trailing checksum.
+pub(crate) const FRAME_TAIL: usize = 4;
+/// Fixed-size part of `covered`, before the JSON body.
+pub(crate) const FIXED: usize = 8 + 32 + 16 + 16 + 8 + 8 + 4 + 4;
+/// Upper bound of `len`, checked before anything is allocated for a record.
+pub(crate) const MAX_COVERED: usize = 32 << 20;
+
+/// LevelDB-style CRC masking: a run of zero bytes never carries a valid checksum.
+pub(crate) fn mask(crc: u32) -> u32 {
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+fn masked_crc(bytes: &[u8]) -> u32 {
+    mask(crc32c::crc32c(bytes))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn arr16(b: &[u8], at: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[at..at + 16]);
+    a
+}
+
+fn arr32(b: &[u8], at: usize) -> [u8; 32] {
+    let mut a = [0u8; 32];
+    a.copy_from_slice(&b[at..at + 32]);
+    a
+}
+
+pub(crate) fn encode_header(first_position: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..8].copy_from_slice(&MAGIC);
+    h[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[10] = HASH_BLAKE3;
+    h[11] = CHECKSUM_CRC32C;
+    h[12..20].copy_from_slice(&first_position.to_le_bytes());
+    let crc = masked_crc(&h[0..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Parses a segment header; returns its first position or why it is unusable.
+pub(crate) fn parse_header(h: &[u8]) -> Result<u64, String> {
+    if h.len() < HEADER_LEN {
+        return Err(format!("segment header truncated ({} bytes)", h.len()));
+    }
+    if h[0..8] != MAGIC {
+        return Err("not a segment file (bad magic)".into());
+    }
+    if masked_crc(&h[0..28]) != u32_at(h, 28) {
+        return Err("segment header checksum mismatch".into());
+    }
+    let version = u16::from_le_bytes([h[8], h[9]]);
+    if version > FORMAT_VERSION {
+        return Err(format!(
+            "segment format version {version} is newer than this build supports ({FORMAT_VERSION})"
+        ));
+    }
+    if version == 0 {
+        return Err("segment format version 0 is invalid".into());
+    }
+    if h[10] != HASH_BLAKE3 || h[11] != CHECKSUM_CRC32C {
+        return Err(format!(
+            "unknown hash/checksum algorithm ({}, {})",
+            h[10], h[11]
+        ));
+    }
+    Ok(u64_at(h, 12))
+}
+
+/// Fixed fields of one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecordMeta {
+    pub position: u64,
+    pub prev_hash: [u8; 32],
+    pub stream_id: Uuid,
+    pub event_id: Uuid,
+    pub stream_version: u64,
+    pub recorded_at: i64,
+    /// Index of this event in its append (0-based) and the append's event count: recovery
+    /// uses them to cut an append that was only partly written.
+    pub append_index: u32,
+    pub append_len: u32,
+}
+
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    recorded_by: &'a str,
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct BodyOwned {
+    #[serde(rename = "type")]
+    event_type: String,
+    recorded_by: String,
+    data: Box<RawValue>,
+}
+
+/// Size of the encoded record, for batch accounting and bounds checks.
+pub(crate) fn encoded_len_estimate(event_type: &str, recorded_by: &str, data: &RawValue) -> usize {
+    FRAME_HEAD + FIXED + FRAME_TAIL + 40 + event_type.len() + recorded_by.len() + data.get().len()
+}
+
+/// Appends one record to `out`; returns its chain hash.
+pub(crate) fn encode_record(
+    out: &mut Vec<u8>,
+    meta: &RecordMeta,
+    event_type: &str,
+    recorded_by: &str,
+    data: &RawValue,
+) -> Result<[u8; 32], String> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEAD]);
+    let covered_start = out.len();
+    out.extend_from_slice(&meta.position.to_le_bytes());
+    out.extend_from_slice(&meta.prev_hash);
+    out.extend_from_slice(meta.stream_id.as_bytes());
+    out.extend_from_slice(meta.event_id.as_bytes());
+    out.extend_from_slice(&meta.stream_version.to_le_bytes());
+    out.extend_from_slice(&meta.recorded_at.to_le_bytes());
+    out.extend_from_slice(&meta.append_index.to_le_bytes());
+    out.extend_from_slice(&meta.append_len.to_le_bytes());
+    let body = BodyRef {
+        event_type,
+        recorded_by,
+        data,
+    };
+    if let Err(e) = serde_json::to_writer(&mut *out, &body) {
+        out.truncate(start);
+        return Err(e.to_string());
+    }
+    let covered_len = out.len() - covered_start;
+    if covered_len > MAX_COVERED {
+        out.truncate(start);
+        return Err(format!(
+            "event too large ({covered_len} bytes, at most {MAX_COVERED})"
+        ));
+    }
+    let covered = &out[covered_start..];
+    let crc = masked_crc(covered);
+    let hash = *blake3::hash(covered).as_bytes();
+    out.extend_from_slice(&crc.to_le_bytes());
+    let len = (covered_len as u32).to_le_bytes();
+    out[start..start + 4].copy_from_slice(&len);
+    out[start + 4..start + 8].copy_from_slice(&masked_crc(&len).to_le_bytes());
+    Ok(hash)
+}
+
+/// One record, borrowed from a buffer, with its checksums verified.
+pub(crate) struct RecordView<'a> {
+    pub meta: RecordMeta,
+    pub json: &'a [u8],
+    pub covered: &'a [u8],
+    /// Bytes the whole record takes in the file.
+    pub total_len: usize,
+}
+
+#[derive(Debug)]
+pub(crate) enum FrameError {
+    /// The buffer ends before the record does.
+    Incomplete,
+    /// The bytes are not a valid record.
+    Bad(&'static str),
+}
+
+/// Parses the record at the start of `buf`, checking both checksums and the length bound.
+pub(crate) fn parse_record(buf: &[u8]) -> Result<RecordView<'_>, FrameError> {
+    if buf.len() < FRAME_HEAD {
+        return Err(FrameError::Incomplete);
+    }
+    if masked_crc(&buf[0..4]) != u32_at(buf, 4) {
+        return Err(FrameError::Bad("length checksum mismatch"));
+    }
+    let len = u32_at(buf, 0) as usize;
+    if !(FIXED..=MAX_COVERED).contains(&len) {
+        return Err(FrameError::Bad("record length out of bounds"));
+    }
+    let total_len = FRAME_HEAD + len + FRAME_TAIL;
+    if buf.len() < total_len {
+        return Err(FrameError::Incomplete);
+    }
+    let covered = &buf[FRAME_HEAD..FRAME_HEAD + len];
+    if masked_crc(covered) != u32_at(buf, FRAME_HEAD + len) {
+        return Err(FrameError::Bad("record checksum mismatch"));
+    }
+    let c = covered;
+    let meta = RecordMeta {
+        position: u64_at(c, 0),
+        prev_hash: arr32(c, 8),
+        stream_id: Uuid::from_bytes(arr16(c, 40)),
+        event_id: Uuid::from_bytes(arr16(c, 56)),
+        stream_version: u64_at(c, 72),
+        recorded_at: u64_at(c, 80) as i64,
+        append_index: u32_at(c, 88),
+        append_len: u32_at(c, 92),
+    };
+    Ok(RecordView {
+        meta,
+        json: &c[FIXED..],
+        covered,
+        total_len,
+    })
+}
+
+impl RecordView<'_> {
+    pub(crate) fn hash(&self) -> [u8; 32] {
+        *blake3::hash(self.covered).as_bytes()
+    }
+
+    /// Decodes the JSON body into a full event.
+    pub(crate) fn to_event(&self, hash: [u8; 32]) -> Result<RecordedEvent, String> {
+        let body: BodyOwned =
+            serde_json::from_slice(self.json).map_err(|e| format!("bad record body: {e}"))?;
+        let recorded_at = chrono::DateTime::from_timestamp_micros(self.meta.recorded_at)
+            .ok_or_else(|| "recorded_at out of range".to_string())?;
+        Ok(RecordedEvent {
+            global_position: self.meta.position,
+            stream_id: self.meta.stream_id,
+            stream_version: self.meta.stream_version,
+            event_id: self.meta.event_id,
+            event_type: body.event_type,
+            data: body.data,
+            recorded_at,
+            recorded_by: body.recorded_by,
+            hash,
+        })
+    }
+}
+
+/// Fuzzing entry point: decodes arbitrary bytes as a sequence of records; must never panic.
+#[doc(hidden)]
+pub fn fuzz_decode(bytes: &[u8]) -> usize {
+    let mut at = if parse_header(bytes).is_ok() {
+        HEADER_LEN
+    } else {
+        0
+    };
+    let mut n = 0;
+    while let Ok(v) = parse_record(&bytes[at..]) {
+        let _ = v.to_event(v.hash());
+        at += v.total_len;
+        n += 1;
+    }
+    n
+}

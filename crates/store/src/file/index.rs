@@ -1,0 +1,310 @@
+//! In-memory indexes of the durable log, rebuilt by a sequential scan on open.
+//!
+//! Per event: its offset in its segment (u32), its `recorded_at` (i64 micros), the previous
+//! position of its stream (u32, a backwards linked list), and one entry in the event-id table
+//! keyed by 64 bits folded from the id (a colliding id goes to a small exact table). Positions
+//! are stored as u32 internally: the file store holds at most `u32::MAX` events.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::Head;
+
+/// Largest global position the file store accepts.
+pub(crate) const MAX_POSITION: u64 = u32::MAX as u64;
+
+/// A fast keyed hasher for random-looking ids (SipHash would dominate open time). The key is
+/// random per process so clients cannot aim at one bucket.
+#[derive(Clone, Copy)]
+pub(crate) struct MixState(u64);
+
+impl Default for MixState {
+    fn default() -> Self {
+        MixState(std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64))
+    }
+}
+
+pub(crate) struct MixHasher {
+    state: u64,
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        mix(self.state)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut a = [0u8; 8];
+            a[..chunk.len()].copy_from_slice(chunk);
+            self.state = mix(self.state ^ u64::from_le_bytes(a));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.state = mix(self.state ^ n);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+impl BuildHasher for MixState {
+    type Hasher = MixHasher;
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher { state: self.0 }
+    }
+}
+
+/// 64 bits folded from an event id, stored as two u32 so a table entry is 12 bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct IdKey([u32; 2]);
+
+impl IdKey {
+    fn of(id: &Uuid) -> IdKey {
+        let (hi, lo) = id.as_u64_pair();
+        let k = hi ^ lo.rotate_left(32);
+        IdKey([k as u32, (k >> 32) as u32])
+    }
+}
+
+impl std::hash::Hash for IdKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from(self.0[0]) | (u64::from(self.0[1]) << 32));
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StreamMeta {
+    pub last: u32,
+    pub version: u32,
+}
+
+pub(crate) struct Segment {
+    pub first_position: u64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    /// Bytes of the file that hold durable records (header included).
+    pub len: u64,
+}
+
+/// Result of an event-id lookup.
+pub(crate) enum IdLookup {
+    Absent,
+    /// Certainly this position.
+    Exact(u64),
+    /// This position if its record carries the id (64-bit key match only).
+    Candidate(u64),
+}
+
+pub(crate) struct Index {
+    pub segments: Vec<Segment>,
+    offsets: Vec<u32>,
+    recorded_at: Vec<i64>,
+    stream_prev: Vec<u32>,
+    streams: HashMap<Uuid, StreamMeta, MixState>,
+    ids: HashMap<IdKey, u32, MixState>,
+    id_overflow: HashMap<Uuid, u32, MixState>,
+    pub head: Head,
+    pub last_recorded_at: i64,
+}
+
+/// Where one record lives.
+#[derive(Clone)]
+pub(crate) struct Location {
+    pub file: Arc<File>,
+    pub path: PathBuf,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Index {
+    pub(crate) fn new() -> Index {
+        Index {
+            segments: Vec::new(),
+            offsets: Vec::new(),
+            recorded_at: Vec::new(),
+            stream_prev: Vec::new(),
+            streams: HashMap::default(),
+            ids: HashMap::default(),
+            id_overflow: HashMap::default(),
+            head: Head::default(),
+            last_recorded_at: i64::MIN,
+        }
+    }
+
+    /// Number of durable events (= the durable head position).
+    pub(crate) fn len(&self) -> u64 {
+        self.offsets.len() as u64
+    }
+
+    pub(crate) fn stream_version(&self, id: &Uuid) -> u64 {
+        self.streams.get(id).map_or(0, |s| u64::from(s.version))
+    }
+
+    pub(crate) fn lookup_id(&self, id: &Uuid) -> IdLookup {
+        if let Some(p) = self.id_overflow.get(id) {
+            return IdLookup::Exact(u64::from(*p));
+        }
+        match self.ids.get(&IdKey::of(id)) {
+            Some(p) => IdLookup::Candidate(u64::from(*p)),
+            None => IdLookup::Absent,
+        }
+    }
+
+    /// Adds the next event (position `len() + 1`), which lives in the last segment.
+    pub(crate) fn push(&mut self, offset: u32, recorded_at: i64, stream_id: Uuid, event_id: Uuid) {
+        let position = self.offsets.len() as u32 + 1;
+        self.offsets.push(offset);
+        self.recorded_at.push(recorded_at);
+        self.last_recorded_at = self.last_recorded_at.max(recorded_at);
+        let entry = self.streams.entry(stream_id).or_insert(StreamMeta {
+            last: 0,
+            version: 0,
+        });
+        self.stream_prev.push(entry.last);
+        entry.last = position;
+        entry.version += 1;
+        let key = IdKey::of(&event_id);
+        match self.ids.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.id_overflow.insert(event_id, position);
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(position);
+            }
+        }
+    }
+
+    fn segment_of(&self, position: u64) -> usize {
+        self.segments
+            .partition_point(|s| s.first_position <= position)
+            .saturating_sub(1)
+    }
+
+    /// Location of the durable record at `position` (1..=len()).
+    pub(crate) fn locate(&self, position: u64) -> Option<Location> {
+        if position == 0 || position > self.len() {
+            return None;
+        }
+        let (seg, start, end) = self.span(position, position)?;
+        Some(Location {
+            file: self.segments[seg].file.clone(),
+            path: self.segments[seg].path.clone(),
+            start,
+            end,
+        })
+    }
+
+    /// Segment index and byte range of positions `from..=to`, which must share a segment.
+    fn span(&self, from: u64, to: u64) -> Option<(usize, u64, u64)> {
+        let seg = self.segment_of(from);
+        let segment = self.segments.get(seg)?;
+        let start = u64::from(*self.offsets.get(from as usize - 1)?);
+        let next_in_same = to < self.len()
+            && self
+                .segments
+                .get(seg + 1)
+                .is_none_or(|n| n.first_position > to + 1);
+        let end = if next_in_same {
+            u64::from(self.offsets[to as usize])
+        } else {
+            segment.len
+        };
+        Some((seg, start, end))
+    }
+
+    /// Byte ranges covering positions `from..=to`, one per segment touched.
+    pub(crate) fn ranges(&self, from: u64, to: u64) -> Vec<(Location, u64, u64)> {
+        let mut out = Vec::new();
+        let mut p = from;
+        while p <= to && p <= self.len() {
+            let seg = self.segment_of(p);
+            let seg_last = match self.segments.get(seg + 1) {
+                Some(n) => to.min(n.first_position - 1),
+                None => to,
+            };
+            let Some((seg, start, end)) = self.span(p, seg_last) else {
+                break;
+            };
+            let s = &self.segments[seg];
+            out.push((
+                Location {
+                    file: s.file.clone(),
+                    path: s.path.clone(),
+                    start,
+                    end,
+                },
+                p,
+                seg_last,
+            ));
+            p = seg_last + 1;
+        }
+        out
+    }
+
+    /// Positions of a stream, in order.
+    pub(crate) fn stream_positions(&self, id: &Uuid) -> Vec<u64> {
+        let Some(meta) = self.streams.get(id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(meta.version as usize);
+        let mut p = meta.last;
+        while p != 0 {
+            out.push(u64::from(p));
+            p = self.stream_prev[p as usize - 1];
+        }
+        out.reverse();
+        out
+    }
+
+    /// Last position with `recorded_at <= micros` (0 if none).
+    pub(crate) fn position_at(&self, micros: i64) -> u64 {
+        self.recorded_at.partition_point(|t| *t <= micros) as u64
+    }
+
+    /// Bytes held by the index structures, from their capacities.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        fn table<K, V, S>(m: &HashMap<K, V, S>) -> usize {
+            let cap = m.capacity();
+            let buckets = if cap == 0 {
+                0
+            } else if cap < 8 {
+                (cap + 1).next_power_of_two()
+            } else {
+                (cap * 8 / 7).next_power_of_two()
+            };
+            buckets * (std::mem::size_of::<(K, V)>() + 1)
+        }
+        self.offsets.capacity() * 4
+            + self.recorded_at.capacity() * 8
+            + self.stream_prev.capacity() * 4
+            + table(&self.streams)
+            + table(&self.ids)
+            + table(&self.id_overflow)
+            + self.segments.capacity() * std::mem::size_of::<Segment>()
+    }
+
+    /// Pre-sizes the per-event vectors (open knows roughly how many events it will load).
+    pub(crate) fn reserve(&mut self, events: usize) {
+        self.offsets.reserve(events);
+        self.recorded_at.reserve(events);
+        self.stream_prev.reserve(events);
+        self.ids.reserve(events);
+    }
+
+    pub(crate) fn shrink(&mut self) {
+        self.offsets.shrink_to_fit();
+        self.recorded_at.shrink_to_fit();
+        self.stream_prev.shrink_to_fit();
+    }
+}

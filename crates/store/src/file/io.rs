@@ -1,0 +1,52 @@
+//! The narrow file interface the writer uses, so tests can inject write and sync failures.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+/// The active segment as the writer sees it.
+#[doc(hidden)]
+pub trait LogFile: Send + 'static {
+    /// Appends `buf` at the end of the file.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// fdatasync.
+    fn sync_data(&mut self) -> io::Result<()>;
+}
+
+/// Opens segment files for appending.
+#[doc(hidden)]
+pub trait LogIo: Send + Sync + 'static {
+    /// Opens `path` for appending at its end, creating it (which must not exist) when `create`.
+    fn open_append(&self, path: &Path, create: bool) -> io::Result<Box<dyn LogFile>>;
+}
+
+/// Real files.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealIo;
+
+struct RealFile(File);
+
+impl LogFile for RealFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl LogIo for RealIo {
+    fn open_append(&self, path: &Path, create: bool) -> io::Result<Box<dyn LogFile>> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(create)
+            .open(path)?;
+        Ok(Box::new(RealFile(file)))
+    }
+}
+
+/// fsync of a directory, so a created or renamed entry survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

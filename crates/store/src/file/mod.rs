@@ -1,0 +1,467 @@
+//! The embedded file store: segment files, one writer task with group commit.
+//!
+//! Layout of a data directory:
+//! - `log/<first position, 20 digits>.seg`: segments (format in `format.rs` and
+//!   `proto-docs/storage-format.md`);
+//! - `tokens.json`: API tokens, replaced atomically;
+//! - `LOCK`: held (flock) while a process has the store open.
+
+mod format;
+mod index;
+mod io;
+mod scan;
+mod tokens;
+mod writer;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+#[doc(hidden)]
+pub use format::fuzz_decode;
+#[doc(hidden)]
+pub use io::{LogFile, LogIo, RealIo};
+
+use format::{RecordMeta, RecordView};
+use index::{IdLookup, Index, Location};
+use writer::{Msg, Writer};
+
+use crate::{
+    AppendOutcome, AppendRequest, EventStore, Head, OpenOptions, RecordedEvent, StoreError,
+    TokenRecord, VerifyReport,
+};
+
+/// Queued append messages before appenders wait (backpressure).
+const QUEUE: usize = 1024;
+
+/// State shared by the store handle, the writer task and readers.
+pub(crate) struct Shared {
+    index: RwLock<Index>,
+    pub(crate) head_tx: watch::Sender<u64>,
+    poisoned: Mutex<Option<String>>,
+    pub(crate) closed: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn index_mut(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn poison_reason(&self) -> Option<String> {
+        self.poisoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    pub(crate) fn set_poisoned(&self, reason: String) {
+        let mut p = self.poisoned.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none() {
+            *p = Some(reason);
+        }
+    }
+}
+
+/// The file-backed event store.
+pub struct FileStore {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Msg>,
+    data_dir: PathBuf,
+    tokens_lock: tokio::sync::Mutex<()>,
+    /// Held for the store's lifetime: one process per data directory.
+    _lock: File,
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the store in `opts.data_dir`, recovering the log.
+    pub async fn open(opts: &OpenOptions) -> Result<FileStore, StoreError> {
+        Self::open_with_io(opts, Arc::new(RealIo)).await
+    }
+
+    /// [`FileStore::open`] with a custom file layer (fault injection in tests).
+    #[doc(hidden)]
+    pub async fn open_with_io(
+        opts: &OpenOptions,
+        io: Arc<dyn LogIo>,
+    ) -> Result<FileStore, StoreError> {
+        let data_dir = opts.data_dir.clone();
+        let log_dir = data_dir.join("log");
+        let dir = data_dir.clone();
+        let ld = log_dir.clone();
+        let (lock, recovered) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            std::fs::create_dir_all(&ld)?;
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join("LOCK"))?;
+            #[allow(clippy::incompatible_msrv)]
+            if lock.try_lock().is_err() {
+                return Err(StoreError::Unavailable(format!(
+                    "data directory {} is in use by another process",
+                    dir.display()
+                )));
+            }
+            Ok((lock, scan::recover(&ld)?))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??;
+
+        let file = {
+            let io = io.clone();
+            let path = recovered.active_path.clone();
+            tokio::task::spawn_blocking(move || io.open_append(&path, false))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??
+        };
+        let index = recovered.index;
+        let head = index.head;
+        let last_recorded_at = index.last_recorded_at.max(0);
+        let (head_tx, _) = watch::channel(head.position);
+        let shared = Arc::new(Shared {
+            index: RwLock::new(index),
+            head_tx,
+            poisoned: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let writer = Writer {
+            shared: shared.clone(),
+            io,
+            log_dir,
+            file: Some(file),
+            seg_len: recovered.active_len,
+            next_position: head.position + 1,
+            last_hash: head.hash,
+            last_recorded_at,
+            durability: opts.durability,
+            segment_size: opts.segment_size.clamp(4096, 1 << 30),
+            buf: Vec::with_capacity(1 << 20),
+            unsynced: false,
+        };
+        tokio::spawn(writer.run(rx));
+        Ok(FileStore {
+            shared,
+            tx,
+            data_dir,
+            tokens_lock: tokio::sync::Mutex::new(()),
+            _lock: lock,
+        })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Bytes held by the in-memory indexes (computed from their capacities).
+    pub fn index_memory_bytes(&self) -> usize {
+        self.shared.index().memory_bytes()
+    }
+
+    /// Why the store refuses appends, if it does.
+    pub fn unavailable_reason(&self) -> Option<String> {
+        if let Some(r) = self.shared.poison_reason() {
+            return Some(r);
+        }
+        self.shared
+            .closed
+            .load(Ordering::SeqCst)
+            .then(|| "the store is closed".to_string())
+    }
+
+    async fn send(&self, requests: Vec<AppendRequest>) -> Result<writer::Results, StoreError> {
+        if let Some(r) = self.unavailable_reason() {
+            return Err(StoreError::Unavailable(r));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Append { requests, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+/// Reads and decodes one durable record; `head` supplies the hash of the head record.
+pub(crate) fn read_record(
+    loc: &Location,
+    head: Option<Head>,
+) -> Result<(RecordMeta, RecordedEvent), StoreError> {
+    let mut buf = vec![0u8; (loc.end - loc.start) as usize];
+    loc.file.read_exact_at(&mut buf, loc.start)?;
+    let v = format::parse_record(&buf)
+        .map_err(|e| scan::corrupt(&loc.path, loc.start, format!("{e:?}")))?;
+    let hash = match head {
+        Some(h) if h.position == v.meta.position => h.hash,
+        _ => v.hash(),
+    };
+    let event = v
+        .to_event(hash)
+        .map_err(|r| scan::corrupt(&loc.path, loc.start, r))?;
+    Ok((v.meta, event))
+}
+
+/// Decodes the records of `buf` (positions `from..=to`, read from `loc`).
+fn decode_chunk(
+    buf: &[u8],
+    loc: &Location,
+    from: u64,
+    to: u64,
+    head: Head,
+    out: &mut Vec<RecordedEvent>,
+) -> Result<(), StoreError> {
+    let mut at = 0usize;
+    let mut pending: Option<(RecordView<'_>, u64)> = None;
+    let mut expected = from;
+    while at < buf.len() {
+        let offset = loc.start + at as u64;
+        let v = format::parse_record(&buf[at..])
+            .map_err(|e| scan::corrupt(&loc.path, offset, format!("{e:?}")))?;
+        if v.meta.position != expected {
+            return Err(scan::corrupt(
+                &loc.path,
+                offset,
+                format!(
+                    "record has position {}, expected {expected}",
+                    v.meta.position
+                ),
+            ));
+        }
+        at += v.total_len;
+        expected += 1;
+        // The previous record's chain hash is this record's prev_hash.
+        if let Some((p, off)) = pending.take() {
+            out.push(
+                p.to_event(v.meta.prev_hash)
+                    .map_err(|r| scan::corrupt(&loc.path, off, r))?,
+            );
+        }
+        pending = Some((v, offset));
+    }
+    if let Some((p, off)) = pending {
+        let hash = if p.meta.position == head.position {
+            head.hash
+        } else {
+            p.hash()
+        };
+        out.push(
+            p.to_event(hash)
+                .map_err(|r| scan::corrupt(&loc.path, off, r))?,
+        );
+    }
+    if expected != to + 1 {
+        return Err(scan::corrupt(
+            &loc.path,
+            loc.end,
+            "records missing from the segment",
+        ));
+    }
+    Ok(())
+}
+
+fn read_all_blocking(
+    shared: &Shared,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let (ranges, head) = {
+        let index = shared.index();
+        let len = index.len();
+        if after >= len || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let to = len.min(after.saturating_add(limit as u64));
+        (index.ranges(after + 1, to), index.head)
+    };
+    let total: u64 = ranges.iter().map(|(_, f, t)| t - f + 1).sum();
+    let mut out = Vec::with_capacity(total as usize);
+    for (loc, from, to) in ranges {
+        let mut buf = vec![0u8; (loc.end - loc.start) as usize];
+        loc.file.read_exact_at(&mut buf, loc.start)?;
+        decode_chunk(&buf, &loc, from, to, head, &mut out)?;
+    }
+    Ok(out)
+}
+
+impl EventStore for FileStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let mut results = self.send(vec![request]).await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Unavailable("no answer from the writer".into())))
+    }
+
+    async fn append_many(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Vec<Result<AppendOutcome, StoreError>> {
+        let n = requests.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        match self.send(requests).await {
+            Ok(results) => results,
+            Err(e) => {
+                let reason = e.to_string();
+                (0..n)
+                    .map(|_| Err(StoreError::Unavailable(reason.clone())))
+                    .collect()
+            }
+        }
+    }
+
+    async fn read_stream(&self, stream_id: Uuid) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.blocking(move |shared| {
+            let (locs, head) = {
+                let index = shared.index();
+                let locs: Vec<Location> = index
+                    .stream_positions(&stream_id)
+                    .into_iter()
+                    .filter_map(|p| index.locate(p))
+                    .collect();
+                (locs, index.head)
+            };
+            locs.iter()
+                .map(|loc| read_record(loc, Some(head)).map(|(_, e)| e))
+                .collect()
+        })
+        .await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.blocking(move |shared| read_all_blocking(shared, after, limit))
+            .await
+    }
+
+    async fn event_by_id(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        self.blocking(move |shared| {
+            let (loc, head) = {
+                let index = shared.index();
+                let loc = match index.lookup_id(&event_id) {
+                    IdLookup::Absent => None,
+                    IdLookup::Exact(p) | IdLookup::Candidate(p) => index.locate(p),
+                };
+                (loc, index.head)
+            };
+            let Some(loc) = loc else { return Ok(None) };
+            let (meta, event) = read_record(&loc, Some(head))?;
+            Ok((meta.event_id == event_id).then_some(event))
+        })
+        .await
+    }
+
+    async fn stream_version(&self, stream_id: Uuid) -> Result<u64, StoreError> {
+        Ok(self.shared.index().stream_version(&stream_id))
+    }
+
+    async fn position_at(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(self.shared.index().position_at(at.timestamp_micros()))
+    }
+
+    fn head(&self) -> Head {
+        self.shared.index().head
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.shared.head_tx.subscribe()
+    }
+
+    async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.blocking(|shared| {
+            let (segments, head) = {
+                let index = shared.index();
+                let segs: Vec<_> = index
+                    .segments
+                    .iter()
+                    .map(|s| (s.path.clone(), s.file.clone(), s.first_position, s.len))
+                    .collect();
+                (segs, index.head)
+            };
+            scan::verify(&segments, head)
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close { reply }).await.is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let _guard = self.tokens_lock.lock().await;
+        let dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || tokens::load(&dir))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("token task failed: {e}")))?
+    }
+
+    async fn add_token(&self, token: TokenRecord) -> Result<(), StoreError> {
+        let _guard = self.tokens_lock.lock().await;
+        let dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut all = tokens::load(&dir)?;
+            if all.iter().any(|t| t.name == token.name) {
+                return Err(StoreError::InvalidInput(format!(
+                    "a token named {:?} already exists",
+                    token.name
+                )));
+            }
+            all.push(token);
+            tokens::store(&dir, &all)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("token task failed: {e}")))?
+    }
+
+    async fn revoke_token(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let _guard = self.tokens_lock.lock().await;
+        let dir = self.data_dir.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut all = tokens::load(&dir)?;
+            let Some(t) = all.iter_mut().find(|t| t.name == name) else {
+                return Ok(false);
+            };
+            if t.revoked_at.is_none() {
+                t.revoked_at = Some(at);
+                tokens::store(&dir, &all)?;
+            }
+            Ok(true)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("token task failed: {e}")))?
+    }
+}

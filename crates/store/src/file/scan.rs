@@ -1,0 +1,439 @@
+//! Sequential scans of segment files: recovery on open and `verify`.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::format::{self, FrameError, RecordMeta, RecordView, HEADER_LEN};
+use super::index::{Index, Segment, MAX_POSITION};
+use crate::{Head, StoreError, VerifyReport};
+
+/// Bytes read per syscall while scanning.
+const CHUNK: usize = 8 << 20;
+
+pub(crate) fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        file: path.display().to_string(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// How a scan of a byte range ended.
+pub(crate) enum ScanEnd {
+    /// Every byte was part of a valid record.
+    Clean,
+    /// The record at `offset` failed its checks (or runs past the end: `reason` says so).
+    Bad { offset: u64, reason: &'static str },
+}
+
+/// Reads `file[start..end]` in large chunks and calls `f(record, offset)` for every valid
+/// record, in order. Stops at the first record that fails its checks.
+pub(crate) fn scan_range(
+    file: &File,
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(&RecordView<'_>, u64) -> Result<(), StoreError>,
+) -> Result<ScanEnd, StoreError> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut base = start; // file offset of buf[0]
+    let mut pos = 0usize;
+    let mut next = start; // next file offset to read
+    loop {
+        match format::parse_record(&buf[pos..]) {
+            Ok(v) => {
+                f(&v, base + pos as u64)?;
+                pos += v.total_len;
+            }
+            Err(FrameError::Incomplete) => {
+                if next >= end {
+                    return Ok(if pos == buf.len() {
+                        ScanEnd::Clean
+                    } else {
+                        ScanEnd::Bad {
+                            offset: base + pos as u64,
+                            reason: "record runs past the end of the file",
+                        }
+                    });
+                }
+                buf.drain(..pos);
+                base += pos as u64;
+                pos = 0;
+                // A record longer than a chunk: read at least all of it (len is bounded).
+                let mut want = CHUNK;
+                if buf.len() >= format::FRAME_HEAD {
+                    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                    want = want.max(len + format::FRAME_HEAD + format::FRAME_TAIL);
+                }
+                let n = want.min((end - next) as usize);
+                let old = buf.len();
+                buf.resize(old + n, 0);
+                file.read_exact_at(&mut buf[old..], next)?;
+                next += n as u64;
+            }
+            Err(FrameError::Bad(reason)) => {
+                return Ok(ScanEnd::Bad {
+                    offset: base + pos as u64,
+                    reason,
+                })
+            }
+        }
+    }
+}
+
+/// First offset in `file[from..end]` where a record with valid checksums starts, if any.
+fn valid_record_after(file: &File, from: u64, end: u64) -> Result<Option<u64>, StoreError> {
+    if from >= end {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; (end - from) as usize];
+    file.read_exact_at(&mut buf, from)?;
+    for i in 0..buf.len() {
+        if format::parse_record(&buf[i..]).is_ok() {
+            return Ok(Some(from + i as u64));
+        }
+    }
+    Ok(None)
+}
+
+pub(crate) fn segment_path(log_dir: &Path, first_position: u64) -> PathBuf {
+    log_dir.join(format!("{first_position:020}.seg"))
+}
+
+/// Segment files of a log directory, sorted by first position.
+fn list_segments(log_dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(log_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".seg") else {
+            continue;
+        };
+        if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(first) = stem.parse::<u64>() {
+            out.push((first, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// What recovery hands to the store.
+pub(crate) struct Recovered {
+    pub index: Index,
+    /// The segment appends continue in, and its length.
+    pub active_path: PathBuf,
+    pub active_len: u64,
+}
+
+/// Structural state carried across records: appends are contiguous and never cross segments.
+struct AppendState {
+    /// Records of the append in progress (not yet in the index).
+    pending: Vec<(u32, RecordMeta)>,
+    /// Offset where the append in progress starts.
+    start_offset: u64,
+    last_committed: Option<(usize, u64)>,
+}
+
+/// Scans every segment, rebuilds the index, cuts a torn tail. Creates the first segment of
+/// an empty log.
+pub(crate) fn recover(log_dir: &Path) -> Result<Recovered, StoreError> {
+    let mut segments = list_segments(log_dir)?;
+    let mut index = Index::new();
+    // Rough size hint: ~350 bytes per event.
+    let total: u64 = segments
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    index.reserve((total / 350) as usize);
+
+    // A last segment whose header never fully reached the disk was being created: drop it.
+    if let Some((_, path)) = segments.last() {
+        let len = std::fs::metadata(path)?.len();
+        if len <= HEADER_LEN as u64 {
+            let mut h = vec![0u8; len as usize];
+            File::open(path)?.read_exact_at(&mut h, 0)?;
+            if format::parse_header(&h).is_err() {
+                tracing::warn!(
+                    file = %path.display(),
+                    offset = 0,
+                    "removing a segment whose header was never completely written"
+                );
+                std::fs::remove_file(path)?;
+                super::io::sync_dir(log_dir)?;
+                segments.pop();
+            }
+        }
+    }
+
+    if segments.is_empty() {
+        let path = segment_path(log_dir, 1);
+        create_segment_file(&path, 1)?;
+        super::io::sync_dir(log_dir)?;
+        segments.push((1, path));
+    }
+
+    let count = segments.len();
+    let mut state = AppendState {
+        pending: Vec::new(),
+        start_offset: HEADER_LEN as u64,
+        last_committed: None,
+    };
+    let mut active_len = 0;
+    for (seg_idx, (name_first, path)) in segments.iter().enumerate() {
+        let is_last = seg_idx + 1 == count;
+        let file = File::open(path)?;
+        let file_len = file.metadata()?.len();
+        if file_len > u64::from(u32::MAX) {
+            return Err(corrupt(path, 0, "segment larger than 4 GiB"));
+        }
+        let mut header = [0u8; HEADER_LEN];
+        if file_len < HEADER_LEN as u64 {
+            return Err(corrupt(path, 0, "segment header truncated"));
+        }
+        file.read_exact_at(&mut header, 0)?;
+        let first = format::parse_header(&header).map_err(|r| corrupt(path, 0, r))?;
+        if first != *name_first {
+            return Err(corrupt(
+                path,
+                0,
+                "header's first position does not match the file name",
+            ));
+        }
+        let expected_first = index.len() + 1;
+        if first != expected_first {
+            return Err(corrupt(
+                path,
+                0,
+                format!("segment starts at position {first}, expected {expected_first}"),
+            ));
+        }
+        index.segments.push(Segment {
+            first_position: first,
+            path: path.clone(),
+            file: Arc::new(file),
+            len: HEADER_LEN as u64,
+        });
+        state.start_offset = HEADER_LEN as u64;
+        let file = index.segments[seg_idx].file.clone();
+        let end = scan_range(&file, HEADER_LEN as u64, file_len, |v, offset| {
+            on_record(&mut index, &mut state, seg_idx, v, offset, path)
+        })?;
+        // Where the valid, complete appends of this segment end.
+        let mut cut = match end {
+            ScanEnd::Clean => None,
+            ScanEnd::Bad { offset, reason } => {
+                if !is_last {
+                    return Err(corrupt(path, offset, reason));
+                }
+                if let Some(at) = valid_record_after(&file, offset + 1, file_len)? {
+                    return Err(corrupt(
+                        path,
+                        offset,
+                        format!("{reason}, followed by a valid record at offset {at}"),
+                    ));
+                }
+                Some((offset, reason))
+            }
+        };
+        if !state.pending.is_empty() {
+            if !is_last {
+                return Err(corrupt(path, state.start_offset, "incomplete append"));
+            }
+            cut = Some((state.start_offset, "incomplete append"));
+            state.pending.clear();
+        }
+        let good_len = match cut {
+            Some((offset, reason)) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    offset,
+                    reason,
+                    "torn tail in the last segment: truncating"
+                );
+                let f = std::fs::OpenOptions::new().write(true).open(path)?;
+                f.set_len(offset)?;
+                f.sync_all()?;
+                offset
+            }
+            None => file_len,
+        };
+        index.segments[seg_idx].len = good_len;
+        if is_last {
+            active_len = good_len;
+        }
+    }
+
+    // Head hash: the chain hash of the last record.
+    if let Some((seg, offset)) = state.last_committed {
+        let s = &index.segments[seg];
+        let mut buf = vec![0u8; (s.len - offset) as usize];
+        s.file.read_exact_at(&mut buf, offset)?;
+        let v =
+            format::parse_record(&buf).map_err(|_| corrupt(&s.path, offset, "re-read failed"))?;
+        index.head = Head {
+            position: v.meta.position,
+            hash: v.hash(),
+        };
+    }
+    index.shrink();
+    let active_path = index
+        .segments
+        .last()
+        .map(|s| s.path.clone())
+        .unwrap_or_default();
+    Ok(Recovered {
+        index,
+        active_path,
+        active_len,
+    })
+}
+
+fn on_record(
+    index: &mut Index,
+    state: &mut AppendState,
+    seg_idx: usize,
+    v: &RecordView<'_>,
+    offset: u64,
+    path: &Path,
+) -> Result<(), StoreError> {
+    let m = &v.meta;
+    let expected = index.len() + state.pending.len() as u64 + 1;
+    if m.position != expected {
+        return Err(corrupt(
+            path,
+            offset,
+            format!("record has position {}, expected {expected}", m.position),
+        ));
+    }
+    if m.position > MAX_POSITION {
+        return Err(corrupt(
+            path,
+            offset,
+            "position beyond the file store's limit",
+        ));
+    }
+    if m.append_len == 0 || m.append_index >= m.append_len {
+        return Err(corrupt(path, offset, "bad append index"));
+    }
+    match state.pending.last() {
+        Some((_, prev)) => {
+            if m.append_index != prev.append_index + 1
+                || m.append_len != prev.append_len
+                || m.stream_id != prev.stream_id
+            {
+                return Err(corrupt(
+                    path,
+                    offset,
+                    "append interrupted by another record",
+                ));
+            }
+        }
+        None => {
+            if m.append_index != 0 {
+                return Err(corrupt(path, offset, "append does not start at index 0"));
+            }
+            state.start_offset = offset;
+        }
+    }
+    let expected_version = index.stream_version(&m.stream_id) + u64::from(m.append_index) + 1;
+    if m.stream_version != expected_version {
+        return Err(corrupt(
+            path,
+            offset,
+            format!(
+                "stream version {} where {expected_version} was expected",
+                m.stream_version
+            ),
+        ));
+    }
+    if m.recorded_at < index.last_recorded_at
+        || state
+            .pending
+            .last()
+            .is_some_and(|(_, p)| m.recorded_at < p.recorded_at)
+    {
+        return Err(corrupt(path, offset, "recorded_at decreases"));
+    }
+    state.pending.push((offset as u32, *m));
+    if m.append_index + 1 == m.append_len {
+        for (off, meta) in state.pending.drain(..) {
+            index.push(off, meta.recorded_at, meta.stream_id, meta.event_id);
+        }
+        index.segments[seg_idx].len = offset + v.total_len as u64;
+        state.last_committed = Some((seg_idx, offset));
+    }
+    Ok(())
+}
+
+/// Creates a segment file holding only its header, synced.
+pub(crate) fn create_segment_file(path: &Path, first_position: u64) -> Result<(), StoreError> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    f.write_all(&format::encode_header(first_position))?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Recomputes every checksum and the whole hash chain of the durable log.
+pub(crate) fn verify(
+    segments: &[(PathBuf, Arc<File>, u64, u64)],
+    head: Head,
+) -> Result<VerifyReport, StoreError> {
+    let mut hash = [0u8; 32];
+    let mut next = 1u64;
+    for (path, file, first, len) in segments {
+        let mut header = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut header, 0)?;
+        let hf = format::parse_header(&header).map_err(|r| corrupt(path, 0, r))?;
+        if hf != *first || hf != next {
+            return Err(corrupt(
+                path,
+                0,
+                "segment does not start at the expected position",
+            ));
+        }
+        let end = scan_range(file, HEADER_LEN as u64, *len, |v, offset| {
+            if v.meta.position != next {
+                return Err(corrupt(
+                    path,
+                    offset,
+                    format!("record has position {}, expected {next}", v.meta.position),
+                ));
+            }
+            if v.meta.prev_hash != hash {
+                return Err(corrupt(
+                    path,
+                    offset,
+                    "hash chain broken (prev_hash mismatch)",
+                ));
+            }
+            hash = v.hash();
+            next += 1;
+            Ok(())
+        })?;
+        if let ScanEnd::Bad { offset, reason } = end {
+            return Err(corrupt(path, offset, reason));
+        }
+    }
+    let events = next - 1;
+    if events != head.position || hash != head.hash {
+        let (path, len) = segments
+            .last()
+            .map(|(p, _, _, l)| (p.clone(), *l))
+            .unwrap_or_default();
+        return Err(corrupt(&path, len, "log does not end at the recorded head"));
+    }
+    Ok(VerifyReport {
+        events,
+        head_hash: hash,
+    })
+}
