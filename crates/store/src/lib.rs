@@ -350,6 +350,7 @@ impl OpenOptions {
 #[derive(Debug)]
 pub enum Store {
     File(file::FileStore),
+    Postgres(pg::PgStore),
 }
 
 /// Runs `$body` with `$s` bound to the backend inside `$store`. Add one arm per backend.
@@ -357,6 +358,7 @@ macro_rules! with_backend {
     ($store:expr, $s:ident => $body:expr) => {
         match $store {
             Store::File($s) => $body,
+            Store::Postgres($s) => $body,
         }
     };
 }
@@ -366,8 +368,8 @@ impl Store {
     pub async fn open(opts: &OpenOptions) -> Result<Store, StoreError> {
         match &opts.backend {
             Backend::File => Ok(Store::File(file::FileStore::open(opts).await?)),
-            Backend::Postgres(_) => Err(StoreError::Unavailable(
-                "the PostgreSQL backend is not available in this build".into(),
+            Backend::Postgres(url) => Ok(Store::Postgres(
+                pg::PgStore::open(url, opts.durability).await?,
             )),
         }
     }
