@@ -106,7 +106,7 @@ pub(crate) async fn connect_listening(
 }
 
 const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, data, \
-                             recorded_at, recorded_by, hash";
+                             recorded_at, recorded_by, hash, append_first, append_last";
 
 /// The statements readers use, prepared once per connection.
 pub(crate) struct ReadStatements {

@@ -29,7 +29,7 @@ use tokio_postgres::Config;
 use uuid::Uuid;
 
 use self::conn::{parse_config, timed, Pool, OP_TIMEOUT};
-use self::record::{corrupt, event_hash, from_row};
+use self::record::{corrupt, from_row, stored_from_row};
 use self::writer::Msg;
 use crate::{
     AppendOutcome, AppendRequest, Durability, EventStore, Head, RecordedEvent, StoreError,
@@ -39,8 +39,10 @@ use crate::{
 /// The newest database schema version this build knows.
 pub const SCHEMA_VERSION: i32 = schema::SCHEMA_VERSION;
 
-/// Largest payload (type + data bytes) of one event.
-pub const MAX_EVENT_BYTES: usize = 1 << 20;
+/// Largest event (type + data + recorded_by bytes), as in the file store (32 MiB records).
+pub const MAX_EVENT_BYTES: usize = (32 << 20) - 256;
+/// Largest single append, as in the file store.
+pub const MAX_APPEND_BYTES: usize = 256 << 20;
 /// How often the head is polled when notifications are quiet (and the fallback when LISTEN
 /// is not delivering).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -168,6 +170,7 @@ fn validate(request: &AppendRequest) -> Result<(), StoreError> {
         ));
     }
     let mut ids = HashSet::with_capacity(request.events.len());
+    let mut total = 0usize;
     for e in &request.events {
         if !ids.insert(e.event_id) {
             return Err(StoreError::InvalidInput(format!(
@@ -175,19 +178,18 @@ fn validate(request: &AppendRequest) -> Result<(), StoreError> {
                 e.event_id
             )));
         }
-        let size = e.data.get().len() + e.event_type.len();
+        let size = e.data.get().len() + e.event_type.len() + request.recorded_by.len();
         if size > MAX_EVENT_BYTES {
             return Err(StoreError::InvalidInput(format!(
-                "event {} is {size} bytes; the limit is {MAX_EVENT_BYTES}",
-                e.event_id
+                "event too large ({size} bytes, at most {MAX_EVENT_BYTES})"
             )));
         }
-        if e.event_type.is_empty() {
-            return Err(StoreError::InvalidInput(format!(
-                "event {} has an empty type",
-                e.event_id
-            )));
-        }
+        total += size;
+    }
+    if total > MAX_APPEND_BYTES {
+        return Err(StoreError::InvalidInput(format!(
+            "append too large (at most {MAX_APPEND_BYTES} bytes)"
+        )));
     }
     Ok(())
 }
@@ -356,7 +358,8 @@ impl EventStore for PgStore {
         let mut prev: Option<[u8; 32]> = if after == 0 { Some([0; 32]) } else { None };
         let mut expected = after + 1;
         for row in &rows {
-            let e = from_row(row)?;
+            let stored = stored_from_row(row)?;
+            let e = &stored.event;
             if e.global_position == after {
                 prev = Some(e.hash);
                 continue;
@@ -369,13 +372,13 @@ impl EventStore for PgStore {
                 ));
             }
             if let Some(p) = prev {
-                if event_hash(&p, &e) != e.hash {
+                if stored.expected_hash(&p) != e.hash {
                     return Err(corrupt(e.global_position as i64, "hash chain mismatch"));
                 }
             }
             prev = Some(e.hash);
             expected += 1;
-            events.push(e);
+            events.push(stored.event);
         }
         Ok(events)
     }
@@ -437,12 +440,13 @@ impl EventStore for PgStore {
                 break;
             }
             for row in &rows {
-                let e = from_row(row)?;
+                let stored = stored_from_row(row)?;
+                let e = &stored.event;
                 let expected = after + 1;
                 if e.global_position as i64 != expected {
                     return Err(corrupt(expected, format!("position {expected} is missing")));
                 }
-                let computed = event_hash(&prev, &e);
+                let computed = stored.expected_hash(&prev);
                 if computed != e.hash {
                     return Err(corrupt(
                         expected,

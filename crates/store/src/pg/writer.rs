@@ -363,6 +363,8 @@ async fn commit_batch_inner(
                             data: &e.data,
                             recorded_at: &recorded_at,
                             recorded_by: &request.recorded_by,
+                            append_index: i as u32,
+                            append_len: n as u32,
                         },
                     );
                     prev_hash = hash;
