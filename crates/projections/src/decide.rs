@@ -1,0 +1,119 @@
+//! The decision step: accept or reject a whole batch against an incident's current state.
+use chrono::{DateTime, Duration, Utc};
+
+use crate::events::*;
+use crate::state::{IncidentState, Meta};
+use crate::FieldError;
+
+/// How far in the future `occurred_at` may be (clock skew, time zones).
+pub const MAX_FUTURE: Duration = Duration::hours(24);
+
+/// Accept or reject a whole batch against the current state (pure; `now` passed in).
+///
+/// Events are checked in order against the state as the earlier events of the batch leave it
+/// (a claim made at index 0 can be denied at index 1). Every problem is reported, with the
+/// pointer `{pointer_prefix}/{index}/...`.
+pub fn decide(
+    state: &IncidentState,
+    events: &[TypedEvent],
+    now: DateTime<Utc>,
+    pointer_prefix: &str,
+) -> Result<(), Vec<FieldError>> {
+    let mut errs = Vec::new();
+    let mut st = state.clone();
+    let limit = now + MAX_FUTURE;
+    for (i, te) in events.iter().enumerate() {
+        let before = errs.len();
+        let ptr = format!("{pointer_prefix}/{i}");
+        let data = format!("{ptr}/data");
+        let mut err = |field: Option<&str>, msg: String| {
+            let p = match field {
+                Some("../type") => format!("{ptr}/type"),
+                Some(f) => format!("{data}/{f}"),
+                None => ptr.clone(),
+            };
+            errs.push(FieldError::new(p, msg));
+        };
+        if let Some(r) = st.retraction.as_deref() {
+            err(
+                None,
+                format!(
+                    "the incident was retracted ({}); a retracted incident accepts no further events \
+                     (report a new incident instead)",
+                    r.reason
+                ),
+            );
+            continue;
+        }
+        if let Err((field, msg)) = st.check(&te.event) {
+            // A rule about the event as a whole is about its type (first event, only once).
+            err(Some(field.unwrap_or("../type")), msg);
+        }
+        let future = |t: &crate::OccurredAt| t.to_datetime() > limit;
+        match &te.event {
+            IncidentEvent::IncidentReported(r) => {
+                if future(&r.occurred_at) {
+                    err(Some("occurred_at"), future_msg(&r.occurred_at, now));
+                }
+            }
+            IncidentEvent::IncidentCorrected(c) => {
+                if let Some(t) = c.occurred_at.as_ref().filter(|t| future(t)) {
+                    err(Some("occurred_at"), future_msg(t, now));
+                }
+                if let (Some(core), None, Some(tp)) =
+                    (st.core.as_deref(), c.occurred_at, c.time_precision)
+                {
+                    if !tp.fits(&core.occurred_at) {
+                        err(
+                            Some("time_precision"),
+                            format!(
+                                "{} precision needs a timestamp; the incident's occurred_at is the plain date {}",
+                                tp.as_str(),
+                                core.occurred_at
+                            ),
+                        );
+                    }
+                }
+                if st.core.is_some() && !st.correction_changes(c) {
+                    err(
+                        None,
+                        "the correction changes nothing: every given field already has that value"
+                            .into(),
+                    );
+                }
+            }
+            IncidentEvent::IncidentRetracted(r) => {
+                if let (Some(d), Some(id)) = (r.duplicate_of, st.id) {
+                    if d == id {
+                        err(
+                            Some("duplicate_of"),
+                            "an incident cannot be a duplicate of itself".into(),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+        if errs.len() == before {
+            st.apply_event(
+                te.event.clone(),
+                Meta {
+                    position: st.last_position,
+                    recorded_at: now,
+                },
+            );
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}
+
+fn future_msg(t: &crate::OccurredAt, now: DateTime<Utc>) -> String {
+    format!(
+        "{t} is more than 24 hours in the future (server time {})",
+        crate::time::fmt_recorded(&now)
+    )
+}

@@ -1,0 +1,422 @@
+//! Typed domain events (schema version 1, SPEC section 4).
+//!
+//! Once a value of these types exists it is valid: [`crate::parse_events`] is the only way in
+//! from the wire, and stored events (already canonical) decode straight into them with serde.
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use uuid::Uuid;
+
+use crate::{OccurredAt, Region};
+
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($var:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum $name { $(#[serde(rename = $s)] $var),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+            pub fn as_str(&self) -> &'static str { match self { $($name::$var => $s),+ } }
+            /// The accepted spellings, for error messages.
+            pub fn expected() -> String {
+                let v: Vec<String> = Self::ALL.iter().map(|k| format!("\"{}\"", k.as_str())).collect();
+                v.join(", ")
+            }
+        }
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s { $($s => Ok($name::$var),)+ _ => Err(format!("{s:?} is not one of {}", Self::expected())) }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+
+wire_enum!(
+    /// What happened.
+    Kind {
+        MissileStrike = "missile_strike",
+        DroneStrike = "drone_strike",
+        AirStrike = "air_strike",
+        Shelling = "shelling",
+        ArmedClash = "armed_clash",
+        Explosion = "explosion",
+        AttackOnCivilians = "attack_on_civilians",
+        Interception = "interception",
+        Other = "other",
+    }
+);
+
+impl Kind {
+    /// The first four kinds are strikes; an interception is not (ACLED's "Disrupted weapons use").
+    pub fn is_strike(&self) -> bool {
+        (*self as u8) < 4
+    }
+}
+
+wire_enum!(
+    /// Who a source is.
+    SourceKind {
+        Official = "official",
+        Media = "media",
+        Ngo = "ngo",
+        SocialMedia = "social_media",
+        Witness = "witness",
+        Other = "other",
+    }
+);
+
+wire_enum!(
+    /// How precise a location is.
+    LocationPrecision {
+        Exact = "exact",
+        Near = "near",
+        Admin2 = "admin2",
+        Admin1 = "admin1",
+    }
+);
+
+wire_enum!(
+    /// How precise `occurred_at` is.
+    TimePrecision {
+        Exact = "exact",
+        Hour = "hour",
+        Day = "day",
+        Week = "week",
+        Month = "month",
+    }
+);
+
+impl TimePrecision {
+    /// `exact` for a timestamp, `day` for a date.
+    pub fn default_for(t: &OccurredAt) -> TimePrecision {
+        if t.is_date() {
+            TimePrecision::Day
+        } else {
+            TimePrecision::Exact
+        }
+    }
+    /// A date cannot be more precise than a day.
+    pub fn fits(&self, t: &OccurredAt) -> bool {
+        !(t.is_date() && matches!(self, TimePrecision::Exact | TimePrecision::Hour))
+    }
+}
+
+wire_enum!(
+    /// The verdict of a claim assessment.
+    Assessment {
+        Confirmed = "confirmed",
+        Refuted = "refuted",
+    }
+);
+
+wire_enum!(
+    /// Where a claim stands (SPEC 4, "Claim status").
+    ClaimStatus {
+        Unverified = "unverified",
+        Disputed = "disputed",
+        Confirmed = "confirmed",
+        Refuted = "refuted",
+    }
+);
+
+wire_enum!(
+    /// Whether an incident still counts.
+    IncidentStatus {
+        Active = "active",
+        Retracted = "retracted",
+    }
+);
+
+/// SHA-256 digest of captured evidence; lowercase hex on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Sha256(pub [u8; 32]);
+
+impl Sha256 {
+    pub fn parse(s: &str) -> Result<Sha256, String> {
+        let b = s.as_bytes();
+        if b.len() != 64 || !b.iter().all(u8::is_ascii_hexdigit) {
+            return Err("must be a SHA-256 digest: 64 hexadecimal characters".into());
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+            *o = hex(b[2 * i]) << 4 | hex(b[2 * i + 1]);
+        }
+        Ok(Sha256(out))
+    }
+}
+
+impl std::fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Sha256 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Cow::<'de, str>::deserialize(d)?;
+        Sha256::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Who said it (Berkeley Protocol: keep the URL, an archive copy and the evidence hash).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<SourceKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<OccurredAt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Sha256>,
+}
+
+/// A WGS84 point.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    pub lat: f64,
+    pub lon: f64,
+    /// Defaults to `exact`.
+    #[serde(default = "exact")]
+    pub precision: LocationPrecision,
+}
+
+fn exact() -> LocationPrecision {
+    LocationPrecision::Exact
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentReported {
+    pub kind: Kind,
+    pub occurred_at: OccurredAt,
+    /// Filled with the default (`exact` for a timestamp, `day` for a date) by `parse_events`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_precision: Option<TimePrecision>,
+    pub region: Region,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perpetrator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CasualtiesReported {
+    pub source: Source,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injured: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed_low: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed_high: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub civilians_killed: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children_killed: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMade {
+    pub claim_id: Uuid,
+    pub claimant: String,
+    pub statement: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributed_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimDenied {
+    pub claim_id: Uuid,
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimAssessed {
+    pub claim_id: Uuid,
+    pub assessment: Assessment,
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceAdded {
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentCorrected {
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<OccurredAt>,
+    /// Filled with the default for a corrected `occurred_at` given without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_precision: Option<TimePrecision>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<Region>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perpetrator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentRetracted {
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<Uuid>,
+}
+
+/// One domain event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum IncidentEvent {
+    IncidentReported(IncidentReported),
+    CasualtiesReported(CasualtiesReported),
+    ClaimMade(ClaimMade),
+    ClaimDenied(ClaimDenied),
+    ClaimAssessed(ClaimAssessed),
+    SourceAdded(SourceAdded),
+    IncidentCorrected(IncidentCorrected),
+    IncidentRetracted(IncidentRetracted),
+}
+
+/// The eight event type names, in SPEC order.
+pub const EVENT_TYPES: [&str; 8] = [
+    "IncidentReported",
+    "CasualtiesReported",
+    "ClaimMade",
+    "ClaimDenied",
+    "ClaimAssessed",
+    "SourceAdded",
+    "IncidentCorrected",
+    "IncidentRetracted",
+];
+
+impl IncidentEvent {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            IncidentEvent::IncidentReported(_) => EVENT_TYPES[0],
+            IncidentEvent::CasualtiesReported(_) => EVENT_TYPES[1],
+            IncidentEvent::ClaimMade(_) => EVENT_TYPES[2],
+            IncidentEvent::ClaimDenied(_) => EVENT_TYPES[3],
+            IncidentEvent::ClaimAssessed(_) => EVENT_TYPES[4],
+            IncidentEvent::SourceAdded(_) => EVENT_TYPES[5],
+            IncidentEvent::IncidentCorrected(_) => EVENT_TYPES[6],
+            IncidentEvent::IncidentRetracted(_) => EVENT_TYPES[7],
+        }
+    }
+
+    /// Decodes stored data (the fast path of the fold: serde straight into the typed structs;
+    /// unknown fields are an error).
+    pub fn decode(event_type: &str, data: &str) -> Result<IncidentEvent, DecodeError> {
+        use serde_json::from_str as de;
+        let r = match event_type {
+            "IncidentReported" => de(data).map(IncidentEvent::IncidentReported),
+            "CasualtiesReported" => de(data).map(IncidentEvent::CasualtiesReported),
+            "ClaimMade" => de(data).map(IncidentEvent::ClaimMade),
+            "ClaimDenied" => de(data).map(IncidentEvent::ClaimDenied),
+            "ClaimAssessed" => de(data).map(IncidentEvent::ClaimAssessed),
+            "SourceAdded" => de(data).map(IncidentEvent::SourceAdded),
+            "IncidentCorrected" => de(data).map(IncidentEvent::IncidentCorrected),
+            "IncidentRetracted" => de(data).map(IncidentEvent::IncidentRetracted),
+            _ => return Err(DecodeError::UnknownType),
+        };
+        r.map_err(|e| DecodeError::Data(e.to_string()))
+    }
+
+    fn to_json(&self) -> Result<String, serde_json::Error> {
+        match self {
+            IncidentEvent::IncidentReported(d) => serde_json::to_string(d),
+            IncidentEvent::CasualtiesReported(d) => serde_json::to_string(d),
+            IncidentEvent::ClaimMade(d) => serde_json::to_string(d),
+            IncidentEvent::ClaimDenied(d) => serde_json::to_string(d),
+            IncidentEvent::ClaimAssessed(d) => serde_json::to_string(d),
+            IncidentEvent::SourceAdded(d) => serde_json::to_string(d),
+            IncidentEvent::IncidentCorrected(d) => serde_json::to_string(d),
+            IncidentEvent::IncidentRetracted(d) => serde_json::to_string(d),
+        }
+    }
+}
+
+/// Why stored data did not decode.
+#[derive(Debug)]
+pub enum DecodeError {
+    UnknownType,
+    Data(String),
+}
+
+/// A validated event of an append request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TypedEvent {
+    pub event_id: Uuid,
+    pub event: IncidentEvent,
+}
+
+impl TypedEvent {
+    pub fn event_type(&self) -> &'static str {
+        self.event.event_type()
+    }
+
+    /// The deterministic bytes stored for this event: fields in struct (SPEC) order, no
+    /// whitespace, absent optional fields left out, defaults filled in by `parse_events`,
+    /// timestamps in UTC. Idempotency compares these bytes.
+    pub fn canonical_data(&self) -> Box<RawValue> {
+        // Serializing these plain structs cannot fail (no maps with non-string keys, no
+        // non-finite floats: validation rejects them); keep a valid fallback regardless.
+        let s = self.event.to_json().unwrap_or_else(|_| "{}".to_owned());
+        RawValue::from_string(s).unwrap_or_else(|_| empty_object())
+    }
+}
+
+fn empty_object() -> Box<RawValue> {
+    serde_json::from_str("{}").unwrap_or_else(|_| unreachable!("\"{{}}\" is valid JSON"))
+}

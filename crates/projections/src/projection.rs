@@ -1,0 +1,289 @@
+//! The live views of the whole log: incidents, regional summaries, as-of, digest.
+use std::collections::HashMap;
+use uuid::Uuid;
+
+use crate::events::*;
+use crate::state::{decode_envelope, IncidentState};
+use crate::summary::{Link, Summaries};
+use crate::view::{IncidentView, RegionSummary};
+use crate::{Envelope, FieldError, ProjectionError, Region, Window};
+
+/// Default and largest page size of the incident listing.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+/// Filters of `GET /v1/incidents`.
+#[derive(Clone, Debug, Default)]
+pub struct IncidentQuery {
+    pub region: Option<Region>,
+    pub kind: Option<Kind>,
+    /// Incidents with at least one claim in this status.
+    pub claim_status: Option<ClaimStatus>,
+    /// Window on `occurred_at`.
+    pub window: Window,
+    /// `None` = active incidents only; retracted ones only with `Some(Retracted)`.
+    pub status: Option<IncidentStatus>,
+    /// Default 100, at most 1000.
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of the incident listing, in order of the incidents' first global position.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IncidentPage {
+    pub incidents: Vec<IncidentView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    state: IncidentState,
+    link: Option<Link>,
+}
+
+/// Memory held by a projection (estimated from sizes and capacities).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryUsage {
+    pub incidents: u64,
+    /// Live incident state (views and decision state) including the id index.
+    pub live_bytes: u64,
+    /// Summary buckets with their as-of history.
+    pub history_bytes: u64,
+    pub events: u64,
+}
+
+/// Every view of the log, kept by folding events in position order.
+#[derive(Clone, Debug, Default)]
+pub struct Projection {
+    position: u64,
+    events: u64,
+    ids: HashMap<Uuid, u32>,
+    /// In order of first position (so also of first appearance).
+    slots: Vec<Slot>,
+    summaries: Summaries,
+}
+
+impl Projection {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Folds one recorded event. Positions must increase (gaps are tolerated). On error
+    /// nothing changes.
+    pub fn apply(&mut self, e: &Envelope) -> Result<(), ProjectionError> {
+        if e.global_position <= self.position {
+            return Err(ProjectionError::OutOfOrder {
+                position: e.global_position,
+                last: self.position,
+            });
+        }
+        let ev = decode_envelope(e)?;
+        let (idx, old_link) = match self.ids.get(&e.incident_id) {
+            Some(i) => {
+                let slot = &mut self.slots[*i as usize];
+                slot.state.apply_decoded(e, ev)?;
+                (*i as usize, slot.link)
+            }
+            None => {
+                let mut state = IncidentState::new();
+                state.apply_decoded(e, ev)?;
+                self.ids.insert(e.incident_id, self.slots.len() as u32);
+                self.slots.push(Slot { state, link: None });
+                (self.slots.len() - 1, None)
+            }
+        };
+        let slot = &mut self.slots[idx];
+        let st = &slot.state;
+        let new = match (&st.core, &st.retraction) {
+            (Some(c), None) => Some((c.region, c.occurred_at, c.kind, st.contrib())),
+            _ => None,
+        };
+        slot.link = self.summaries.update(e.global_position, old_link, new);
+        self.position = e.global_position;
+        self.events += 1;
+        Ok(())
+    }
+
+    /// Last applied global position.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Number of events applied.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Number of incidents (retracted ones included).
+    pub fn incident_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Number of regions that ever had an incident.
+    pub fn region_count(&self) -> usize {
+        self.summaries.regions.len()
+    }
+
+    /// The live view of one incident.
+    pub fn incident(&self, id: Uuid) -> Option<IncidentView> {
+        let i = self.ids.get(&id)?;
+        IncidentView::from_state(&self.slots[*i as usize].state)
+    }
+
+    /// One page of incidents matching `q`.
+    pub fn incidents(&self, q: &IncidentQuery) -> Result<IncidentPage, FieldError> {
+        let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(FieldError::new(
+                "/limit",
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        let after = match &q.cursor {
+            None => 0,
+            Some(c) => decode_cursor(c).ok_or_else(|| {
+                FieldError::new(
+                    "/cursor",
+                    "is not a cursor this server returned (use next_cursor as is)",
+                )
+            })?,
+        };
+        let status = q.status.unwrap_or(IncidentStatus::Active);
+        let start = self
+            .slots
+            .partition_point(|s| s.state.first_position <= after);
+        let mut matching = self.slots[start..].iter().filter(|s| {
+            let st = &s.state;
+            let Some(core) = st.core.as_deref() else {
+                return false;
+            };
+            let retracted = st.retraction.is_some();
+            (retracted == (status == IncidentStatus::Retracted))
+                && q.region.is_none_or(|r| r == core.region)
+                && q.kind.is_none_or(|k| k == core.kind)
+                && q.window.contains(core.occurred_at)
+                && q.claim_status
+                    .is_none_or(|cs| st.claims.iter().any(|c| c.status() == cs))
+        });
+        let mut incidents = Vec::new();
+        let mut last = 0;
+        for s in matching.by_ref().take(limit) {
+            if let Some(v) = IncidentView::from_state(&s.state) {
+                incidents.push(v);
+                last = s.state.first_position;
+            }
+        }
+        let next_cursor = if incidents.len() == limit && matching.next().is_some() {
+            Some(encode_cursor(last))
+        } else {
+            None
+        };
+        Ok(IncidentPage {
+            incidents,
+            next_cursor,
+        })
+    }
+
+    fn clamp(&self, at_position: Option<u64>) -> u64 {
+        at_position.map_or(self.position, |p| p.min(self.position))
+    }
+
+    /// The summary of one region after `at_position` (default: now; clamped to the projection's
+    /// position). None when nothing was ever recorded in the region by then.
+    pub fn region_summary(
+        &self,
+        region: &Region,
+        window: &Window,
+        at_position: Option<u64>,
+    ) -> Option<RegionSummary> {
+        self.summaries
+            .summary(region, window, self.clamp(at_position))
+    }
+
+    /// Summaries of every region with at least one counted incident (window and position
+    /// applied), sorted by region code.
+    pub fn region_summaries(
+        &self,
+        window: &Window,
+        at_position: Option<u64>,
+    ) -> Vec<RegionSummary> {
+        let p = self.clamp(at_position);
+        self.summaries
+            .index
+            .values()
+            .map(|i| &self.summaries.regions[*i as usize])
+            .filter(|r| r.first_position <= p)
+            .map(|r| r.summary(window, p))
+            .filter(|s| s.incidents > 0)
+            .collect()
+    }
+
+    /// BLAKE3 (hex) of the complete view state: the position, every incident view sorted by id,
+    /// every region's summary. Equal states give equal digests on any machine.
+    pub fn digest(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(b"incidentlog views v1\n");
+        h.update(format!("position {}\n", self.position).as_bytes());
+        let mut order: Vec<(Uuid, u32)> = self.ids.iter().map(|(k, v)| (*k, *v)).collect();
+        order.sort_unstable();
+        for (_, i) in order {
+            if let Some(v) = IncidentView::from_state(&self.slots[i as usize].state) {
+                // Serializing these plain structs into a hasher cannot fail.
+                let _ = serde_json::to_writer(&mut h, &v);
+                h.update(b"\n");
+            }
+        }
+        for r in self.summaries.index.values() {
+            let s = self.summaries.regions[*r as usize].summary(&Window::all(), self.position);
+            let _ = serde_json::to_writer(&mut h, &s);
+            h.update(b"\n");
+        }
+        h.finalize().to_hex().to_string()
+    }
+
+    /// Decision state of one incident as of the last applied position (version 0 if unknown).
+    pub fn decision_state(&self, id: Uuid) -> IncidentState {
+        match self.ids.get(&id) {
+            Some(i) => self.slots[*i as usize].state.clone(),
+            None => IncidentState::with_id(id),
+        }
+    }
+
+    /// Memory held, estimated from sizes and capacities.
+    pub fn memory(&self) -> MemoryUsage {
+        let index = self.ids.capacity() * (std::mem::size_of::<(Uuid, u32)>() + 1);
+        let live: usize = self
+            .slots
+            .iter()
+            .map(|s| std::mem::size_of::<Slot>() + s.state.heap_bytes())
+            .sum::<usize>()
+            + index
+            + (self.slots.capacity() - self.slots.len()) * std::mem::size_of::<Slot>();
+        MemoryUsage {
+            incidents: self.slots.len() as u64,
+            live_bytes: live as u64,
+            history_bytes: self.summaries.history_bytes() as u64,
+            events: self.events,
+        }
+    }
+}
+
+fn encode_cursor(first_position: u64) -> String {
+    format!("p{first_position:x}")
+}
+
+fn decode_cursor(c: &str) -> Option<u64> {
+    u64::from_str_radix(c.strip_prefix('p')?, 16).ok()
+}
+
+/// The view of one incident from its events (used for as-of of one incident).
+pub fn fold_incident<'a>(
+    events: impl IntoIterator<Item = Envelope<'a>>,
+) -> Result<Option<IncidentView>, ProjectionError> {
+    let mut st = IncidentState::new();
+    for e in events {
+        st.apply(&e)?;
+    }
+    Ok(IncidentView::from_state(&st))
+}

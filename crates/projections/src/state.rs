@@ -1,0 +1,682 @@
+//! The fold of one incident's stream: decision state and the data of its view.
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::events::*;
+use crate::{Envelope, OccurredAt, ProjectionError, Region};
+
+/// A source as kept in memory (the rarely given parts boxed to keep incidents small).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SourceRec {
+    pub(crate) name: Box<str>,
+    pub(crate) kind: Option<SourceKind>,
+    pub(crate) extra: Option<Box<SourceExtra>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SourceExtra {
+    pub(crate) url: Option<Box<str>>,
+    pub(crate) archive_url: Option<Box<str>>,
+    pub(crate) published_at: Option<OccurredAt>,
+    pub(crate) sha256: Option<Sha256>,
+}
+
+impl SourceRec {
+    fn from_source(s: Source) -> SourceRec {
+        let extra = if s.url.is_some()
+            || s.archive_url.is_some()
+            || s.published_at.is_some()
+            || s.sha256.is_some()
+        {
+            Some(Box::new(SourceExtra {
+                url: s.url.map(String::into_boxed_str),
+                archive_url: s.archive_url.map(String::into_boxed_str),
+                published_at: s.published_at,
+                sha256: s.sha256,
+            }))
+        } else {
+            None
+        };
+        SourceRec {
+            name: s.name.into_boxed_str(),
+            kind: s.kind,
+            extra,
+        }
+    }
+
+    fn same_as(&self, s: &Source) -> bool {
+        if *self.name != *s.name || self.kind != s.kind {
+            return false;
+        }
+        match &self.extra {
+            None => {
+                s.url.is_none()
+                    && s.archive_url.is_none()
+                    && s.published_at.is_none()
+                    && s.sha256.is_none()
+            }
+            Some(x) => {
+                x.url.as_deref() == s.url.as_deref()
+                    && x.archive_url.as_deref() == s.archive_url.as_deref()
+                    && x.published_at == s.published_at
+                    && x.sha256 == s.sha256
+            }
+        }
+    }
+
+    pub(crate) fn to_source(&self) -> Source {
+        let x = self.extra.as_deref();
+        Source {
+            name: self.name.to_string(),
+            kind: self.kind,
+            url: x.and_then(|x| x.url.as_deref().map(str::to_owned)),
+            archive_url: x.and_then(|x| x.archive_url.as_deref().map(str::to_owned)),
+            published_at: x.and_then(|x| x.published_at),
+            sha256: x.and_then(|x| x.sha256),
+        }
+    }
+}
+
+/// The incident's own fields (as reported, then corrected).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Core {
+    pub(crate) kind: Kind,
+    pub(crate) time_precision: TimePrecision,
+    pub(crate) occurred_at: OccurredAt,
+    pub(crate) region: Region,
+    pub(crate) location: Option<Location>,
+    pub(crate) locality: Option<Box<str>>,
+    pub(crate) perpetrator: Option<Box<str>>,
+    pub(crate) target: Option<Box<str>>,
+    pub(crate) summary: Option<Box<str>>,
+}
+
+/// The latest figures one source (by name) gave.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SourceFigures {
+    /// Index into `sources` of a source with this name.
+    pub(crate) source: u32,
+    /// (low, high) of its latest report that gave `killed`.
+    pub(crate) killed: Option<(u32, u32)>,
+    /// Its latest `injured`.
+    pub(crate) injured: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Casualties {
+    pub(crate) killed_best: Option<u32>,
+    pub(crate) injured_best: Option<u32>,
+    pub(crate) civilians: Option<u32>,
+    pub(crate) children: Option<u32>,
+    pub(crate) by_source: Vec<SourceFigures>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Denial {
+    pub(crate) by: Box<str>,
+    pub(crate) statement: Option<Box<str>>,
+    pub(crate) source: Option<u32>,
+    pub(crate) recorded_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct AssessmentRec {
+    pub(crate) assessment: Assessment,
+    pub(crate) by: Box<str>,
+    pub(crate) evidence: Option<Box<str>>,
+    pub(crate) recorded_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Claim {
+    pub(crate) id: Uuid,
+    pub(crate) claimant: Box<str>,
+    pub(crate) statement: Box<str>,
+    pub(crate) attributed_to: Option<Box<str>>,
+    pub(crate) source: Option<u32>,
+    pub(crate) recorded_at: DateTime<Utc>,
+    pub(crate) denials: Vec<Denial>,
+    pub(crate) assessments: Vec<AssessmentRec>,
+}
+
+impl Claim {
+    pub(crate) fn status(&self) -> ClaimStatus {
+        match self.assessments.last() {
+            Some(a) => match a.assessment {
+                Assessment::Confirmed => ClaimStatus::Confirmed,
+                Assessment::Refuted => ClaimStatus::Refuted,
+            },
+            None if !self.denials.is_empty() => ClaimStatus::Disputed,
+            None => ClaimStatus::Unverified,
+        }
+    }
+}
+
+/// Field names a correction can change, in bit order of `Correction::fields`.
+pub(crate) const CORRECTABLE: [&str; 9] = [
+    "kind",
+    "occurred_at",
+    "time_precision",
+    "region",
+    "locality",
+    "location",
+    "perpetrator",
+    "target",
+    "summary",
+];
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Correction {
+    pub(crate) reason: Box<str>,
+    /// Bit i set: `CORRECTABLE[i]` changed.
+    pub(crate) fields: u16,
+    pub(crate) recorded_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Retraction {
+    pub(crate) reason: Box<str>,
+    pub(crate) duplicate_of: Option<Uuid>,
+    pub(crate) recorded_at: DateTime<Utc>,
+}
+
+/// What an incident adds to its region's summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Contrib {
+    pub(crate) killed: [u32; 3],
+    pub(crate) injured: [u32; 3],
+    pub(crate) civilians: u32,
+    pub(crate) children: u32,
+    /// unverified, disputed, confirmed, refuted
+    pub(crate) claims: [u32; 4],
+}
+
+/// Decision state of one incident (a fold of its stream); also the data of its view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IncidentState {
+    pub(crate) id: Option<Uuid>,
+    pub(crate) version: u64,
+    pub(crate) first_position: u64,
+    pub(crate) last_position: u64,
+    pub(crate) first_recorded_at: DateTime<Utc>,
+    pub(crate) last_recorded_at: DateTime<Utc>,
+    pub(crate) core: Option<Box<Core>>,
+    pub(crate) retraction: Option<Box<Retraction>>,
+    pub(crate) casualties: Casualties,
+    pub(crate) claims: Vec<Claim>,
+    pub(crate) sources: Vec<SourceRec>,
+    pub(crate) corrections: Vec<Correction>,
+}
+
+impl Default for IncidentState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where and when an event was recorded (from the envelope, or a stand-in in `decide`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Meta {
+    pub(crate) position: u64,
+    pub(crate) recorded_at: DateTime<Utc>,
+}
+
+/// A broken state rule: message and the data field it is about (None: the event as a whole).
+pub(crate) type RuleError = (Option<&'static str>, String);
+
+impl IncidentState {
+    /// Version 0: the incident does not exist.
+    pub fn new() -> Self {
+        IncidentState {
+            id: None,
+            version: 0,
+            first_position: 0,
+            last_position: 0,
+            first_recorded_at: DateTime::<Utc>::UNIX_EPOCH,
+            last_recorded_at: DateTime::<Utc>::UNIX_EPOCH,
+            core: None,
+            retraction: None,
+            casualties: Casualties::default(),
+            claims: Vec::new(),
+            sources: Vec::new(),
+            corrections: Vec::new(),
+        }
+    }
+
+    /// Version 0 of a known incident id (lets `decide` reject `duplicate_of` = itself even in
+    /// the batch that creates the incident).
+    pub fn with_id(id: Uuid) -> Self {
+        let mut s = Self::new();
+        s.id = Some(id);
+        s
+    }
+
+    /// Number of events folded.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The incident id, once known.
+    pub fn incident_id(&self) -> Option<Uuid> {
+        self.id
+    }
+
+    /// Has `IncidentRetracted` been applied?
+    pub fn is_retracted(&self) -> bool {
+        self.retraction.is_some()
+    }
+
+    /// Folds one recorded event of this incident's stream.
+    pub fn apply(&mut self, e: &Envelope) -> Result<(), ProjectionError> {
+        let ev = decode_envelope(e)?;
+        self.apply_decoded(e, ev)
+    }
+
+    pub(crate) fn apply_decoded(
+        &mut self,
+        e: &Envelope,
+        ev: IncidentEvent,
+    ) -> Result<(), ProjectionError> {
+        if let Some(id) = self.id {
+            if id != e.incident_id {
+                return Err(ProjectionError::Rule {
+                    position: e.global_position,
+                    incident: e.incident_id,
+                    message: format!(
+                        "event of incident {} folded into incident {id}",
+                        e.incident_id
+                    ),
+                });
+            }
+        }
+        if e.stream_version != self.version + 1 {
+            return Err(ProjectionError::StreamVersion {
+                position: e.global_position,
+                incident: e.incident_id,
+                current: self.version,
+                got: e.stream_version,
+            });
+        }
+        if let Err((_, message)) = self.check(&ev) {
+            return Err(ProjectionError::Rule {
+                position: e.global_position,
+                incident: e.incident_id,
+                message,
+            });
+        }
+        self.id = Some(e.incident_id);
+        self.apply_event(
+            ev,
+            Meta {
+                position: e.global_position,
+                recorded_at: e.recorded_at,
+            },
+        );
+        Ok(())
+    }
+
+    /// The rules every stored event obeys (also checked by `decide`).
+    pub(crate) fn check(&self, ev: &IncidentEvent) -> Result<(), RuleError> {
+        match ev {
+            IncidentEvent::IncidentReported(_) => {
+                if self.version > 0 || self.core.is_some() {
+                    return Err((
+                        None,
+                        "IncidentReported must be the first event of an incident and occurs only once; \
+                         this incident already exists (use IncidentCorrected to change it)"
+                            .into(),
+                    ));
+                }
+            }
+            _ if self.core.is_none() => {
+                return Err((
+                    None,
+                    format!(
+                        "the first event of an incident must be IncidentReported, not {}",
+                        ev.event_type()
+                    ),
+                ));
+            }
+            IncidentEvent::ClaimMade(c) => {
+                if self.claim(c.claim_id).is_some() {
+                    return Err((
+                        Some("claim_id"),
+                        format!(
+                            "claim {} already exists in this incident; claim ids must be new",
+                            c.claim_id
+                        ),
+                    ));
+                }
+            }
+            IncidentEvent::ClaimDenied(ClaimDenied { claim_id, .. })
+            | IncidentEvent::ClaimAssessed(ClaimAssessed { claim_id, .. }) => {
+                if self.claim(*claim_id).is_none() {
+                    return Err((
+                        Some("claim_id"),
+                        format!("claim {claim_id} does not exist in this incident (record it with ClaimMade first)"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub(crate) fn claim(&self, id: Uuid) -> Option<usize> {
+        self.claims.iter().position(|c| c.id == id)
+    }
+
+    fn add_source(&mut self, s: Source) -> u32 {
+        if let Some(i) = self.sources.iter().position(|r| r.same_as(&s)) {
+            return i as u32;
+        }
+        self.sources.push(SourceRec::from_source(s));
+        (self.sources.len() - 1) as u32
+    }
+
+    /// Applies an event that passed `check`.
+    pub(crate) fn apply_event(&mut self, ev: IncidentEvent, m: Meta) {
+        if self.version == 0 {
+            self.first_position = m.position;
+            self.first_recorded_at = m.recorded_at;
+        }
+        self.version += 1;
+        self.last_position = m.position;
+        self.last_recorded_at = m.recorded_at;
+        match ev {
+            IncidentEvent::IncidentReported(r) => {
+                let time_precision = r
+                    .time_precision
+                    .unwrap_or_else(|| TimePrecision::default_for(&r.occurred_at));
+                self.core = Some(Box::new(Core {
+                    kind: r.kind,
+                    time_precision,
+                    occurred_at: r.occurred_at,
+                    region: r.region,
+                    location: r.location,
+                    locality: r.locality.map(String::into_boxed_str),
+                    perpetrator: r.perpetrator.map(String::into_boxed_str),
+                    target: r.target.map(String::into_boxed_str),
+                    summary: r.summary.map(String::into_boxed_str),
+                }));
+                self.add_source(r.source);
+            }
+            IncidentEvent::CasualtiesReported(c) => self.apply_casualties(c),
+            IncidentEvent::ClaimMade(c) => {
+                let source = c.source.map(|s| self.add_source(s));
+                self.claims.push(Claim {
+                    id: c.claim_id,
+                    claimant: c.claimant.into_boxed_str(),
+                    statement: c.statement.into_boxed_str(),
+                    attributed_to: c.attributed_to.map(String::into_boxed_str),
+                    source,
+                    recorded_at: m.recorded_at,
+                    denials: Vec::new(),
+                    assessments: Vec::new(),
+                });
+            }
+            IncidentEvent::ClaimDenied(d) => {
+                let source = d.source.map(|s| self.add_source(s));
+                if let Some(i) = self.claim(d.claim_id) {
+                    self.claims[i].denials.push(Denial {
+                        by: d.by.into_boxed_str(),
+                        statement: d.statement.map(String::into_boxed_str),
+                        source,
+                        recorded_at: m.recorded_at,
+                    });
+                }
+            }
+            IncidentEvent::ClaimAssessed(a) => {
+                if let Some(i) = self.claim(a.claim_id) {
+                    self.claims[i].assessments.push(AssessmentRec {
+                        assessment: a.assessment,
+                        by: a.by.into_boxed_str(),
+                        evidence: a.evidence.map(String::into_boxed_str),
+                        recorded_at: m.recorded_at,
+                    });
+                }
+            }
+            IncidentEvent::SourceAdded(s) => {
+                self.add_source(s.source);
+            }
+            IncidentEvent::IncidentCorrected(c) => {
+                let fields = self.apply_correction(&c);
+                self.corrections.push(Correction {
+                    reason: c.reason.into_boxed_str(),
+                    fields,
+                    recorded_at: m.recorded_at,
+                });
+            }
+            IncidentEvent::IncidentRetracted(r) => {
+                self.retraction = Some(Box::new(Retraction {
+                    reason: r.reason.into_boxed_str(),
+                    duplicate_of: r.duplicate_of,
+                    recorded_at: m.recorded_at,
+                }));
+            }
+        }
+    }
+
+    fn apply_casualties(&mut self, c: CasualtiesReported) {
+        let idx = self
+            .casualties
+            .by_source
+            .iter()
+            .position(|f| *self.sources[f.source as usize].name == *c.source.name);
+        let killed = c
+            .killed
+            .map(|k| (c.killed_low.unwrap_or(k), c.killed_high.unwrap_or(k)));
+        let cas = &mut self.casualties;
+        if c.killed.is_some() {
+            cas.killed_best = c.killed;
+        }
+        if c.injured.is_some() {
+            cas.injured_best = c.injured;
+        }
+        if c.civilians_killed.is_some() {
+            cas.civilians = c.civilians_killed;
+        }
+        if c.children_killed.is_some() {
+            cas.children = c.children_killed;
+        }
+        let injured = c.injured;
+        let idx = match idx {
+            Some(i) => {
+                self.add_source(c.source);
+                i
+            }
+            None => {
+                let source = self.add_source(c.source);
+                self.casualties.by_source.push(SourceFigures {
+                    source,
+                    killed: None,
+                    injured: None,
+                });
+                self.casualties.by_source.len() - 1
+            }
+        };
+        let f = &mut self.casualties.by_source[idx];
+        if killed.is_some() {
+            f.killed = killed;
+        }
+        if injured.is_some() {
+            f.injured = injured;
+        }
+    }
+
+    /// Applies the given fields; returns the bit set of the fields that changed.
+    fn apply_correction(&mut self, c: &IncidentCorrected) -> u16 {
+        let Some(core) = self.core.as_deref_mut() else {
+            return 0;
+        };
+        let mut changed = 0u16;
+        fn set<T: PartialEq + Clone>(dst: &mut T, v: Option<&T>, bit: u16, changed: &mut u16) {
+            if let Some(v) = v {
+                if dst != v {
+                    *dst = v.clone();
+                    *changed |= 1 << bit;
+                }
+            }
+        }
+        fn set_text(dst: &mut Option<Box<str>>, v: Option<&String>, bit: u16, changed: &mut u16) {
+            if let Some(v) = v {
+                if dst.as_deref() != Some(v.as_str()) {
+                    *dst = Some(v.as_str().into());
+                    *changed |= 1 << bit;
+                }
+            }
+        }
+        set(&mut core.kind, c.kind.as_ref(), 0, &mut changed);
+        set(
+            &mut core.occurred_at,
+            c.occurred_at.as_ref(),
+            1,
+            &mut changed,
+        );
+        set(
+            &mut core.time_precision,
+            c.time_precision.as_ref(),
+            2,
+            &mut changed,
+        );
+        set(&mut core.region, c.region.as_ref(), 3, &mut changed);
+        set_text(&mut core.locality, c.locality.as_ref(), 4, &mut changed);
+        if let Some(l) = c.location {
+            if core.location != Some(l) {
+                core.location = Some(l);
+                changed |= 1 << 5;
+            }
+        }
+        set_text(
+            &mut core.perpetrator,
+            c.perpetrator.as_ref(),
+            6,
+            &mut changed,
+        );
+        set_text(&mut core.target, c.target.as_ref(), 7, &mut changed);
+        set_text(&mut core.summary, c.summary.as_ref(), 8, &mut changed);
+        changed
+    }
+
+    /// Would this correction change anything?
+    pub(crate) fn correction_changes(&self, c: &IncidentCorrected) -> bool {
+        let mut probe = self.clone();
+        probe.apply_correction(c) != 0
+    }
+
+    /// Casualty figures by the SPEC rule: best = latest report, low/high = min/max over each
+    /// source's latest report.
+    pub(crate) fn figures(&self) -> ([u32; 3], [u32; 3]) {
+        let cas = &self.casualties;
+        let mut k: Option<(u32, u32)> = None;
+        let mut i: Option<(u32, u32)> = None;
+        for f in &cas.by_source {
+            if let Some((lo, hi)) = f.killed {
+                k = Some(k.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+            }
+            if let Some(n) = f.injured {
+                i = Some(i.map_or((n, n), |(a, b)| (a.min(n), b.max(n))));
+            }
+        }
+        let (klo, khi) = k.unwrap_or((0, 0));
+        let (ilo, ihi) = i.unwrap_or((0, 0));
+        (
+            [klo, cas.killed_best.unwrap_or(0), khi],
+            [ilo, cas.injured_best.unwrap_or(0), ihi],
+        )
+    }
+
+    pub(crate) fn contrib(&self) -> Contrib {
+        let (killed, injured) = self.figures();
+        let mut claims = [0u32; 4];
+        for c in &self.claims {
+            claims[c.status() as usize] += 1;
+        }
+        Contrib {
+            killed,
+            injured,
+            civilians: self.casualties.civilians.unwrap_or(0),
+            children: self.casualties.children.unwrap_or(0),
+            claims,
+        }
+    }
+}
+
+pub(crate) fn decode_envelope(e: &Envelope) -> Result<IncidentEvent, ProjectionError> {
+    IncidentEvent::decode(e.event_type, e.data.get()).map_err(|err| match err {
+        DecodeError::UnknownType => ProjectionError::UnknownType {
+            position: e.global_position,
+            event_type: e.event_type.to_owned(),
+        },
+        DecodeError::Data(message) => ProjectionError::Decode {
+            position: e.global_position,
+            event_type: e.event_type.to_owned(),
+            message,
+        },
+    })
+}
+
+fn text_bytes(s: &Option<Box<str>>) -> usize {
+    s.as_deref().map_or(0, str::len)
+}
+
+impl SourceRec {
+    fn heap_bytes(&self) -> usize {
+        self.name.len()
+            + self.extra.as_deref().map_or(0, |x| {
+                std::mem::size_of::<SourceExtra>() + text_bytes(&x.url) + text_bytes(&x.archive_url)
+            })
+    }
+}
+
+impl IncidentState {
+    /// Heap bytes owned by this state (estimated from lengths and capacities).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let core = self.core.as_deref().map_or(0, |c| {
+            size_of::<Core>()
+                + text_bytes(&c.locality)
+                + text_bytes(&c.perpetrator)
+                + text_bytes(&c.target)
+                + text_bytes(&c.summary)
+        });
+        let retraction = self
+            .retraction
+            .as_deref()
+            .map_or(0, |r| size_of::<Retraction>() + r.reason.len());
+        let sources = self.sources.capacity() * size_of::<SourceRec>()
+            + self
+                .sources
+                .iter()
+                .map(SourceRec::heap_bytes)
+                .sum::<usize>();
+        let figures = self.casualties.by_source.capacity() * size_of::<SourceFigures>();
+        let claims = self.claims.capacity() * size_of::<Claim>()
+            + self
+                .claims
+                .iter()
+                .map(|c| {
+                    c.claimant.len()
+                        + c.statement.len()
+                        + text_bytes(&c.attributed_to)
+                        + c.denials.capacity() * size_of::<Denial>()
+                        + c.denials
+                            .iter()
+                            .map(|d| d.by.len() + text_bytes(&d.statement))
+                            .sum::<usize>()
+                        + c.assessments.capacity() * size_of::<AssessmentRec>()
+                        + c.assessments
+                            .iter()
+                            .map(|a| a.by.len() + text_bytes(&a.evidence))
+                            .sum::<usize>()
+                })
+                .sum::<usize>();
+        let corrections = self.corrections.capacity() * size_of::<Correction>()
+            + self
+                .corrections
+                .iter()
+                .map(|c| c.reason.len())
+                .sum::<usize>();
+        core + retraction + sources + figures + claims + corrections
+    }
+}

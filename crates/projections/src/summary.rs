@@ -1,0 +1,340 @@
+//! Regional summaries: per-(region, day) buckets that keep their own history, so a summary
+//! for any window at any position touches only the buckets of the window.
+//!
+//! Every bucket keeps
+//! - `entries`: each version of each incident's contribution that ever lived in this bucket,
+//!   with the positions it was added and superseded at (an arena; append-only except for
+//!   stamping `removed`),
+//! - `changes`: one record per position that changed the bucket (added and/or removed entry),
+//! - `checkpoints`: the bucket's totals after every `CHECKPOINT_EVERY` changes.
+//!
+//! Totals at position p = newest checkpoint at or before p + fewer than `CHECKPOINT_EVERY`
+//! changes. The live state is the same query at the current position. Days only partly inside
+//! a timestamp window, and the min/max `occurred_at`, scan the entries of one bucket.
+use std::collections::BTreeMap;
+
+use crate::events::Kind;
+use crate::state::Contrib;
+use crate::view::{ByKind, CasualtiesView, ClaimCounts, Figure, RegionSummary, StrikeCounts};
+use crate::{OccurredAt, Region, Window};
+
+pub(crate) const CHECKPOINT_EVERY: usize = 32;
+const NONE: u32 = u32::MAX;
+
+/// One version of one incident's contribution to a bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) created: u64,
+    /// Position it was superseded at (u64::MAX while live).
+    pub(crate) removed: u64,
+    pub(crate) occurred_at: OccurredAt,
+    pub(crate) kind: Kind,
+    pub(crate) contrib: Contrib,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Change {
+    pos: u64,
+    added: u32,
+    removed: u32,
+}
+
+/// Totals of a set of entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sums {
+    incidents: u64,
+    strikes: [u64; 4],
+    killed: [u64; 3],
+    injured: [u64; 3],
+    civilians: u64,
+    children: u64,
+    claims: [u64; 4],
+}
+
+impl Sums {
+    /// `sign` = 1 adds, u64::MAX (i.e. -1 in wrapping arithmetic) subtracts.
+    fn add_entry(&mut self, e: &Entry, sign: u64) {
+        let m = |x: u32| u64::from(x).wrapping_mul(sign);
+        self.incidents = self.incidents.wrapping_add(sign);
+        if e.kind.is_strike() {
+            let k = e.kind as usize;
+            self.strikes[k] = self.strikes[k].wrapping_add(sign);
+        }
+        for i in 0..3 {
+            self.killed[i] = self.killed[i].wrapping_add(m(e.contrib.killed[i]));
+            self.injured[i] = self.injured[i].wrapping_add(m(e.contrib.injured[i]));
+        }
+        self.civilians = self.civilians.wrapping_add(m(e.contrib.civilians));
+        self.children = self.children.wrapping_add(m(e.contrib.children));
+        for i in 0..4 {
+            self.claims[i] = self.claims[i].wrapping_add(m(e.contrib.claims[i]));
+        }
+    }
+
+    fn add(&mut self, o: &Sums) {
+        self.incidents += o.incidents;
+        for i in 0..4 {
+            self.strikes[i] += o.strikes[i];
+            self.claims[i] += o.claims[i];
+        }
+        for i in 0..3 {
+            self.killed[i] += o.killed[i];
+            self.injured[i] += o.injured[i];
+        }
+        self.civilians += o.civilians;
+        self.children += o.children;
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Bucket {
+    entries: Vec<Entry>,
+    changes: Vec<Change>,
+    checkpoints: Vec<Sums>,
+}
+
+impl Bucket {
+    fn apply_change(&self, s: &mut Sums, c: &Change) {
+        if c.removed != NONE {
+            s.add_entry(&self.entries[c.removed as usize], u64::MAX);
+        }
+        if c.added != NONE {
+            s.add_entry(&self.entries[c.added as usize], 1);
+        }
+    }
+
+    fn push_change(&mut self, c: Change) {
+        self.changes.push(c);
+        let n = self.changes.len();
+        if n % CHECKPOINT_EVERY == 0 {
+            let mut s = self.checkpoints.last().copied().unwrap_or_default();
+            for c in &self.changes[n - CHECKPOINT_EVERY..] {
+                self.apply_change(&mut s, c);
+            }
+            self.checkpoints.push(s);
+        }
+    }
+
+    /// Totals of the whole bucket after position `p`.
+    fn sums_at(&self, p: u64) -> Sums {
+        let n = self.changes.partition_point(|c| c.pos <= p);
+        let k = n / CHECKPOINT_EVERY;
+        let mut s = if k > 0 {
+            self.checkpoints[k - 1]
+        } else {
+            Sums::default()
+        };
+        for c in &self.changes[k * CHECKPOINT_EVERY..n] {
+            self.apply_change(&mut s, c);
+        }
+        s
+    }
+
+    /// Entries live after position `p` (each incident at most once).
+    fn live_at(&self, p: u64) -> impl Iterator<Item = &Entry> {
+        let n = self.entries.partition_point(|e| e.created <= p);
+        self.entries[..n].iter().filter(move |e| e.removed > p)
+    }
+
+    fn scan_sums(&self, p: u64, w: &Window) -> Sums {
+        let mut s = Sums::default();
+        for e in self.live_at(p).filter(|e| w.contains(e.occurred_at)) {
+            s.add_entry(e, 1);
+        }
+        s
+    }
+
+    fn min_max(&self, p: u64, w: &Window) -> Option<(OccurredAt, OccurredAt)> {
+        let mut it = self
+            .live_at(p)
+            .filter(|e| w.contains(e.occurred_at))
+            .map(|e| e.occurred_at);
+        let first = it.next()?;
+        Some(it.fold((first, first), |(lo, hi), t| (lo.min(t), hi.max(t))))
+    }
+
+    pub(crate) fn history_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.changes.capacity() * std::mem::size_of::<Change>()
+            + self.checkpoints.capacity() * std::mem::size_of::<Sums>()
+    }
+}
+
+/// Where an incident's live entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Link {
+    pub(crate) region: u32,
+    pub(crate) day: i32,
+    pub(crate) entry: u32,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RegionBuckets {
+    pub(crate) region: Region,
+    /// Position of the first entry ever created in this region.
+    pub(crate) first_position: u64,
+    pub(crate) days: BTreeMap<i32, Bucket>,
+}
+
+/// All regions' buckets.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Summaries {
+    pub(crate) regions: Vec<RegionBuckets>,
+    /// code -> index in `regions` (sorted by code, so iteration is in code order).
+    pub(crate) index: BTreeMap<&'static str, u32>,
+}
+
+impl Summaries {
+    fn region_id(&mut self, r: Region, pos: u64) -> u32 {
+        if let Some(i) = self.index.get(r.code()) {
+            return *i;
+        }
+        let i = self.regions.len() as u32;
+        self.regions.push(RegionBuckets {
+            region: r,
+            first_position: pos,
+            days: BTreeMap::new(),
+        });
+        self.index.insert(r.code(), i);
+        i
+    }
+
+    pub(crate) fn entry(&self, l: Link) -> Option<&Entry> {
+        self.regions
+            .get(l.region as usize)?
+            .days
+            .get(&l.day)?
+            .entries
+            .get(l.entry as usize)
+    }
+
+    /// Replaces an incident's entry (`old`) by `new` at position `pos`; returns the new link.
+    /// Does nothing when the contribution is unchanged.
+    pub(crate) fn update(
+        &mut self,
+        pos: u64,
+        old: Option<Link>,
+        new: Option<(Region, OccurredAt, Kind, Contrib)>,
+    ) -> Option<Link> {
+        if let (Some(l), Some((r, t, k, c))) = (old, new) {
+            if let Some(e) = self.entry(l) {
+                let same_region = self.regions[l.region as usize].region == r;
+                if same_region && e.occurred_at == t && e.kind == k && e.contrib == c {
+                    return old;
+                }
+            }
+        }
+        let new_link = new.map(|(r, t, k, c)| {
+            let region = self.region_id(r, pos);
+            let day = t.day();
+            let b = self.regions[region as usize].days.entry(day).or_default();
+            b.entries.push(Entry {
+                created: pos,
+                removed: u64::MAX,
+                occurred_at: t,
+                kind: k,
+                contrib: c,
+            });
+            Link {
+                region,
+                day,
+                entry: (b.entries.len() - 1) as u32,
+            }
+        });
+        let same_bucket =
+            matches!((old, new_link), (Some(a), Some(b)) if a.region == b.region && a.day == b.day);
+        if let Some(l) = old {
+            if let Some(b) = self.regions[l.region as usize].days.get_mut(&l.day) {
+                b.entries[l.entry as usize].removed = pos;
+                let added = match (same_bucket, new_link) {
+                    (true, Some(n)) => n.entry,
+                    _ => NONE,
+                };
+                b.push_change(Change {
+                    pos,
+                    added,
+                    removed: l.entry,
+                });
+            }
+        }
+        if let Some(n) = new_link.filter(|_| !same_bucket) {
+            if let Some(b) = self.regions[n.region as usize].days.get_mut(&n.day) {
+                b.push_change(Change {
+                    pos,
+                    added: n.entry,
+                    removed: NONE,
+                });
+            }
+        }
+        new_link
+    }
+
+    /// The summary of one region after position `p` (None: nothing recorded there by then).
+    pub(crate) fn summary(&self, region: &Region, w: &Window, p: u64) -> Option<RegionSummary> {
+        let id = *self.index.get(region.code())?;
+        let rb = &self.regions[id as usize];
+        if rb.first_position > p {
+            return None;
+        }
+        Some(rb.summary(w, p))
+    }
+
+    pub(crate) fn history_bytes(&self) -> usize {
+        self.regions
+            .iter()
+            .flat_map(|r| r.days.values())
+            .map(|b| b.history_bytes() + 48)
+            .sum()
+    }
+}
+
+impl RegionBuckets {
+    pub(crate) fn summary(&self, w: &Window, p: u64) -> RegionSummary {
+        let mut total = Sums::default();
+        let mut first: Option<i32> = None;
+        let mut last: Option<i32> = None;
+        for (day, b) in self.days.range(w.lo_day()..=w.hi_day()) {
+            let s = if w.covers_day(*day) {
+                b.sums_at(p)
+            } else {
+                b.scan_sums(p, w)
+            };
+            if s.incidents > 0 {
+                first.get_or_insert(*day);
+                last = Some(*day);
+                total.add(&s);
+            }
+        }
+        let mm = |d: Option<i32>| {
+            d.and_then(|d| self.days.get(&d))
+                .and_then(|b| b.min_max(p, w))
+        };
+        let mut out = RegionSummary::empty(&self.region, p);
+        out.incidents = total.incidents;
+        out.strikes = StrikeCounts {
+            total: total.strikes.iter().sum(),
+            by_kind: ByKind(total.strikes),
+        };
+        let fig = |f: [u64; 3]| Figure {
+            low: f[0],
+            best: f[1],
+            high: f[2],
+        };
+        out.casualties = CasualtiesView {
+            killed: fig(total.killed),
+            injured: fig(total.injured),
+            civilians_killed: total.civilians,
+            children_killed: total.children,
+        };
+        out.claims = ClaimCounts {
+            total: total.claims.iter().sum(),
+            unverified: total.claims[0],
+            disputed: total.claims[1],
+            confirmed: total.claims[2],
+            refuted: total.claims[3],
+        };
+        out.first_occurred_at = mm(first).map(|(lo, _)| lo);
+        out.last_occurred_at = mm(last).map(|(_, hi)| hi);
+        out
+    }
+}

@@ -1,0 +1,190 @@
+//! `occurred_at` values (RFC 3339 timestamp or plain date) and inclusive windows over them.
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
+
+use crate::FieldError;
+
+pub(crate) const NANOS_PER_DAY: i64 = 86_400_000_000_000;
+
+/// When something happened: a UTC instant (nanosecond resolution) or a whole day.
+///
+/// Ordered by instant; a date counts as midnight UTC of that day (and sorts before a timestamp
+/// at exactly midnight). Timestamps are kept in UTC: the offset a client gave is not stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OccurredAt {
+    nanos: i64,
+    /// `false` for a date, `true` for a timestamp (so a date sorts first at the same instant).
+    timestamp: bool,
+}
+
+impl OccurredAt {
+    /// Parses `YYYY-MM-DD` or an RFC 3339 timestamp (years 1678..=2261, the span of i64 ns).
+    pub fn parse(s: &str) -> Result<OccurredAt, String> {
+        if s.len() == 10 && !s.contains(['T', 't', ' ']) {
+            let b = s.as_bytes();
+            let shape = b.iter().enumerate().all(|(i, c)| {
+                if i == 4 || i == 7 {
+                    *c == b'-'
+                } else {
+                    c.is_ascii_digit()
+                }
+            });
+            if !shape {
+                return Err(format!("{s:?} is not a date YYYY-MM-DD"));
+            }
+            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map_err(|_| format!("{s:?} is not a valid calendar date"))?;
+            return Self::from_date(d)
+                .ok_or_else(|| format!("{s:?} is out of the supported range"));
+        }
+        let t = DateTime::parse_from_rfc3339(s).map_err(|_| {
+            format!("{s:?} is neither an RFC 3339 timestamp (2026-01-02T10:30:00Z) nor a date (2026-01-02)")
+        })?;
+        let nanos = t
+            .timestamp_nanos_opt()
+            .ok_or_else(|| format!("{s:?} is out of the supported range (years 1678 to 2261)"))?;
+        Ok(OccurredAt {
+            nanos,
+            timestamp: true,
+        })
+    }
+
+    pub fn from_date(d: NaiveDate) -> Option<OccurredAt> {
+        let nanos = d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_nanos_opt()?;
+        Some(OccurredAt {
+            nanos,
+            timestamp: false,
+        })
+    }
+
+    pub fn from_datetime(t: DateTime<Utc>) -> Option<OccurredAt> {
+        Some(OccurredAt {
+            nanos: t.timestamp_nanos_opt()?,
+            timestamp: true,
+        })
+    }
+
+    /// Nanoseconds since the Unix epoch (a date: its midnight UTC).
+    pub fn nanos(&self) -> i64 {
+        self.nanos
+    }
+
+    /// True for a plain date.
+    pub fn is_date(&self) -> bool {
+        !self.timestamp
+    }
+
+    /// Days since 1970-01-01 (UTC) of this instant: the key of the per-day buckets.
+    pub(crate) fn day(&self) -> i32 {
+        day_of(self.nanos)
+    }
+
+    pub fn to_datetime(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_nanos(self.nanos)
+    }
+}
+
+pub(crate) fn day_of(nanos: i64) -> i32 {
+    // |nanos| / NANOS_PER_DAY < 2^17, fits in i32.
+    nanos.div_euclid(NANOS_PER_DAY) as i32
+}
+
+impl std::fmt::Display for OccurredAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.to_datetime();
+        if self.timestamp {
+            f.write_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        } else {
+            write!(f, "{}", t.format("%Y-%m-%d"))
+        }
+    }
+}
+
+impl Serialize for OccurredAt {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for OccurredAt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Cow::<'de, str>::deserialize(d)?;
+        OccurredAt::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An inclusive window on `occurred_at`. `from`/`to` may be dates (a date `to` covers its whole
+/// day) or RFC 3339 timestamps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window {
+    /// Inclusive bounds in ns since the epoch.
+    pub(crate) lo: i64,
+    pub(crate) hi: i64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window::all()
+    }
+}
+
+impl Window {
+    /// The whole time line.
+    pub fn all() -> Window {
+        Window {
+            lo: i64::MIN,
+            hi: i64::MAX,
+        }
+    }
+
+    /// Parses the `from` and `to` query parameters (pointers `/from`, `/to`).
+    pub fn parse(from: Option<&str>, to: Option<&str>) -> Result<Window, FieldError> {
+        let mut w = Window::all();
+        if let Some(f) = from {
+            let t = OccurredAt::parse(f).map_err(|m| FieldError::new("/from", m))?;
+            w.lo = t.nanos;
+        }
+        if let Some(s) = to {
+            let t = OccurredAt::parse(s).map_err(|m| FieldError::new("/to", m))?;
+            w.hi = if t.timestamp {
+                t.nanos
+            } else {
+                t.nanos.saturating_add(NANOS_PER_DAY - 1)
+            };
+        }
+        if w.lo > w.hi {
+            return Err(FieldError::new(
+                "/from",
+                "`from` is after `to`: the window is empty",
+            ));
+        }
+        Ok(w)
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.lo == i64::MIN && self.hi == i64::MAX
+    }
+
+    pub fn contains(&self, t: OccurredAt) -> bool {
+        self.lo <= t.nanos && t.nanos <= self.hi
+    }
+
+    pub(crate) fn lo_day(&self) -> i32 {
+        day_of(self.lo)
+    }
+
+    pub(crate) fn hi_day(&self) -> i32 {
+        day_of(self.hi)
+    }
+
+    /// Does the window cover the whole of `day`?
+    pub(crate) fn covers_day(&self, day: i32) -> bool {
+        let start = i64::from(day) * NANOS_PER_DAY;
+        self.lo <= start && start.saturating_add(NANOS_PER_DAY - 1) <= self.hi
+    }
+}
+
+pub(crate) fn fmt_recorded(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}

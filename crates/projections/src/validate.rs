@@ -1,0 +1,780 @@
+//! Strict decoding of append requests, reporting every problem with a JSON pointer.
+//!
+//! This walks `serde_json::Value` by hand (serde stops at the first error; a client fixing a
+//! request wants all of them at once) and builds the typed events only when nothing is wrong.
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::events::*;
+use crate::{FieldError, OccurredAt, Region};
+
+/// Longest accepted name-like text (source names, actors, localities), in characters.
+pub const MAX_NAME_CHARS: usize = 300;
+/// Longest accepted free text (summary, statement, reason, evidence), in characters.
+pub const MAX_TEXT_CHARS: usize = 5_000;
+/// Longest accepted URL, in bytes.
+pub const MAX_URL_BYTES: usize = 2_048;
+/// Largest accepted casualty count (far above any single incident ever recorded).
+pub const MAX_COUNT: u64 = 10_000_000;
+
+/// Strict decoding of an append body's `events` array (`pointer_prefix` = "/events"): every
+/// problem reported with a JSON pointer like "/events/1/data/killed".
+pub fn parse_events(
+    events: &Value,
+    pointer_prefix: &str,
+) -> Result<Vec<TypedEvent>, Vec<FieldError>> {
+    let mut errs = Vec::new();
+    let Some(items) = events.as_array() else {
+        return Err(vec![FieldError::new(
+            pointer_prefix,
+            "must be an array of events",
+        )]);
+    };
+    if items.is_empty() {
+        return Err(vec![FieldError::new(
+            pointer_prefix,
+            "must contain at least one event",
+        )]);
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let ptr = format!("{pointer_prefix}/{i}");
+        if let Some(ev) = parse_one(item, &ptr, &mut errs) {
+            out.push(ev);
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs)
+    }
+}
+
+fn parse_one(item: &Value, ptr: &str, errs: &mut Vec<FieldError>) -> Option<TypedEvent> {
+    let m = object(item, ptr, &["event_id", "type", "data"], errs)?;
+    let event_id = uuid_field(m, "event_id", ptr, true, errs);
+    let ty = match m.get("type") {
+        None | Some(Value::Null) => {
+            push(errs, ptr, "type", "is required");
+            None
+        }
+        Some(Value::String(s)) if EVENT_TYPES.contains(&s.as_str()) => Some(s.as_str()),
+        Some(Value::String(s)) => {
+            push(
+                errs,
+                ptr,
+                "type",
+                format!(
+                    "unknown event type {s:?}; expected one of {}",
+                    EVENT_TYPES.join(", ")
+                ),
+            );
+            None
+        }
+        Some(_) => {
+            push(errs, ptr, "type", "must be a string");
+            None
+        }
+    };
+    let dptr = format!("{ptr}/data");
+    let data = match m.get("data") {
+        None | Some(Value::Null) => {
+            push(errs, ptr, "data", "is required");
+            None
+        }
+        Some(d) => Some(d),
+    };
+    let (ty, data) = (ty?, data?);
+    let event = match ty {
+        "IncidentReported" => {
+            incident_reported(data, &dptr, errs).map(IncidentEvent::IncidentReported)
+        }
+        "CasualtiesReported" => {
+            casualties(data, &dptr, errs).map(IncidentEvent::CasualtiesReported)
+        }
+        "ClaimMade" => claim_made(data, &dptr, errs).map(IncidentEvent::ClaimMade),
+        "ClaimDenied" => claim_denied(data, &dptr, errs).map(IncidentEvent::ClaimDenied),
+        "ClaimAssessed" => claim_assessed(data, &dptr, errs).map(IncidentEvent::ClaimAssessed),
+        "SourceAdded" => source_added(data, &dptr, errs).map(IncidentEvent::SourceAdded),
+        "IncidentCorrected" => corrected(data, &dptr, errs).map(IncidentEvent::IncidentCorrected),
+        _ => retracted(data, &dptr, errs).map(IncidentEvent::IncidentRetracted),
+    }?;
+    Some(TypedEvent {
+        event_id: event_id?,
+        event,
+    })
+}
+
+// ---- helpers -------------------------------------------------------------------------------
+
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn push(errs: &mut Vec<FieldError>, ptr: &str, key: &str, msg: impl Into<String>) {
+    errs.push(FieldError::new(format!("{ptr}/{}", escape(key)), msg));
+}
+
+/// `v` must be an object with only `allowed` keys; every unknown key is reported.
+fn object<'v>(
+    v: &'v Value,
+    ptr: &str,
+    allowed: &[&str],
+    errs: &mut Vec<FieldError>,
+) -> Option<&'v Map<String, Value>> {
+    let Some(m) = v.as_object() else {
+        errs.push(FieldError::new(ptr, "must be a JSON object"));
+        return None;
+    };
+    for k in m.keys() {
+        if !allowed.contains(&k.as_str()) {
+            push(
+                errs,
+                ptr,
+                k,
+                format!("unknown field {k:?}; allowed here: {}", allowed.join(", ")),
+            );
+        }
+    }
+    Some(m)
+}
+
+/// A present, non-null value. A `null` optional field counts as absent.
+fn present<'v>(
+    m: &'v Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    required: bool,
+    errs: &mut Vec<FieldError>,
+) -> Option<&'v Value> {
+    match m.get(key) {
+        None | Some(Value::Null) => {
+            if required {
+                push(errs, ptr, key, "is required");
+            }
+            None
+        }
+        Some(v) => Some(v),
+    }
+}
+
+fn string_field<'v>(
+    m: &'v Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    required: bool,
+    errs: &mut Vec<FieldError>,
+) -> Option<&'v str> {
+    let v = present(m, key, ptr, required, errs)?;
+    match v.as_str() {
+        Some(s) => Some(s),
+        None => {
+            push(errs, ptr, key, "must be a string");
+            None
+        }
+    }
+}
+
+/// Text: non-blank, at most `max` characters, no control characters (`multiline` allows
+/// line breaks and tabs).
+fn text(
+    m: &Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    required: bool,
+    max: usize,
+    multiline: bool,
+    errs: &mut Vec<FieldError>,
+) -> Option<String> {
+    let s = string_field(m, key, ptr, required, errs)?;
+    if s.trim().is_empty() {
+        push(errs, ptr, key, "must not be empty");
+        return None;
+    }
+    let n = s.chars().count();
+    if n > max {
+        push(
+            errs,
+            ptr,
+            key,
+            format!("is too long: {n} characters, at most {max} allowed"),
+        );
+        return None;
+    }
+    let bad = s
+        .chars()
+        .any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')));
+    if bad {
+        let what = if multiline {
+            "must not contain control characters other than line breaks and tabs"
+        } else {
+            "must be a single line without control characters"
+        };
+        push(errs, ptr, key, what);
+        return None;
+    }
+    Some(s.to_owned())
+}
+
+fn name(
+    m: &Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    required: bool,
+    errs: &mut Vec<FieldError>,
+) -> Option<String> {
+    text(m, key, ptr, required, MAX_NAME_CHARS, false, errs)
+}
+
+fn long_text(
+    m: &Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    required: bool,
+    errs: &mut Vec<FieldError>,
+) -> Option<String> {
+    text(m, key, ptr, required, MAX_TEXT_CHARS, true, errs)
+}
+
+fn enum_field<T: std::str::FromStr<Err = String>>(
+    m: &Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    required: bool,
+    errs: &mut Vec<FieldError>,
+) -> Option<T> {
+    let s = string_field(m, key, ptr, required, errs)?;
+    match s.parse::<T>() {
+        Ok(v) => Some(v),
+        Err(msg) => {
+            push(errs, ptr, key, msg);
+            None
+        }
+    }
+}
+
+fn uuid_field(
+    m: &Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    required: bool,
+    errs: &mut Vec<FieldError>,
+) -> Option<Uuid> {
+    let s = string_field(m, key, ptr, required, errs)?;
+    // Only the hyphenated form: the other forms uuid accepts are easy to get wrong by accident.
+    match Uuid::try_parse(s) {
+        Ok(u) if s.len() == 36 => Some(u),
+        _ => {
+            push(
+                errs,
+                ptr,
+                key,
+                format!("{s:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
+            );
+            None
+        }
+    }
+}
+
+fn time_field(
+    m: &Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    required: bool,
+    errs: &mut Vec<FieldError>,
+) -> Option<OccurredAt> {
+    let s = string_field(m, key, ptr, required, errs)?;
+    match OccurredAt::parse(s) {
+        Ok(t) => Some(t),
+        Err(msg) => {
+            push(errs, ptr, key, msg);
+            None
+        }
+    }
+}
+
+fn region_field(
+    m: &Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    required: bool,
+    errs: &mut Vec<FieldError>,
+) -> Option<Region> {
+    let s = string_field(m, key, ptr, required, errs)?;
+    match Region::parse(s) {
+        Ok(r) => Some(r),
+        Err(msg) => {
+            push(errs, ptr, key, msg);
+            None
+        }
+    }
+}
+
+fn count(m: &Map<String, Value>, key: &str, ptr: &str, errs: &mut Vec<FieldError>) -> Option<u32> {
+    let v = present(m, key, ptr, false, errs)?;
+    match v {
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                if u > MAX_COUNT {
+                    push(errs, ptr, key, format!("must be at most {MAX_COUNT}"));
+                    None
+                } else {
+                    Some(u as u32)
+                }
+            } else if n.as_i64().is_some() {
+                push(errs, ptr, key, "must be 0 or more");
+                None
+            } else {
+                push(errs, ptr, key, "must be a whole number");
+                None
+            }
+        }
+        _ => {
+            push(errs, ptr, key, "must be a number");
+            None
+        }
+    }
+}
+
+fn url_field(
+    m: &Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<String> {
+    let s = string_field(m, key, ptr, false, errs)?;
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    let host_ok = rest
+        .map(|r| r.split(['/', '?', '#']).next().unwrap_or(""))
+        .is_some_and(|h| !h.is_empty() && !h.starts_with(':'));
+    if s.len() > MAX_URL_BYTES {
+        push(
+            errs,
+            ptr,
+            key,
+            format!("is too long: at most {MAX_URL_BYTES} bytes"),
+        );
+        None
+    } else if !host_ok || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        push(
+            errs,
+            ptr,
+            key,
+            "must be an absolute http(s) URL with a host and no spaces",
+        );
+        None
+    } else {
+        Some(s.to_owned())
+    }
+}
+
+fn coord(
+    m: &Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    limit: f64,
+    errs: &mut Vec<FieldError>,
+) -> Option<f64> {
+    let v = present(m, key, ptr, true, errs)?;
+    match v.as_f64() {
+        Some(x) if x.is_finite() && (-limit..=limit).contains(&x) => Some(x),
+        Some(_) => {
+            push(
+                errs,
+                ptr,
+                key,
+                format!("must be between -{limit} and {limit} (WGS84 degrees)"),
+            );
+            None
+        }
+        None => {
+            push(errs, ptr, key, "must be a number (WGS84 degrees)");
+            None
+        }
+    }
+}
+
+fn source(
+    m: &Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    required: bool,
+    errs: &mut Vec<FieldError>,
+) -> Option<Source> {
+    let v = present(m, key, ptr, required, errs)?;
+    let sptr = format!("{ptr}/{key}");
+    let before = errs.len();
+    let s = object(
+        v,
+        &sptr,
+        &[
+            "name",
+            "kind",
+            "url",
+            "archive_url",
+            "published_at",
+            "sha256",
+        ],
+        errs,
+    )?;
+    let name = name(s, "name", &sptr, true, errs);
+    let kind = enum_field::<SourceKind>(s, "kind", &sptr, false, errs);
+    let url = url_field(s, "url", &sptr, errs);
+    let archive_url = url_field(s, "archive_url", &sptr, errs);
+    let published_at = time_field(s, "published_at", &sptr, false, errs);
+    let sha256 = match string_field(s, "sha256", &sptr, false, errs) {
+        Some(h) => match Sha256::parse(h) {
+            Ok(d) => Some(d),
+            Err(msg) => {
+                push(errs, &sptr, "sha256", msg);
+                None
+            }
+        },
+        None => None,
+    };
+    if errs.len() > before {
+        return None;
+    }
+    Some(Source {
+        name: name?,
+        kind,
+        url,
+        archive_url,
+        published_at,
+        sha256,
+    })
+}
+
+fn location(m: &Map<String, Value>, ptr: &str, errs: &mut Vec<FieldError>) -> Option<Location> {
+    let v = present(m, "location", ptr, false, errs)?;
+    let lptr = format!("{ptr}/location");
+    let l = object(v, &lptr, &["lat", "lon", "precision"], errs)?;
+    let lat = coord(l, "lat", &lptr, 90.0, errs);
+    let lon = coord(l, "lon", &lptr, 180.0, errs);
+    let precision = enum_field::<LocationPrecision>(l, "precision", &lptr, false, errs);
+    let precision = match (l.get("precision"), precision) {
+        (Some(Value::String(_)), None) => return None,
+        (_, p) => p.unwrap_or(LocationPrecision::Exact),
+    };
+    Some(Location {
+        lat: lat?,
+        lon: lon?,
+        precision,
+    })
+}
+
+/// Runs `build` only when the fields parsed since `before` raised no error.
+fn finish<T>(errs: &[FieldError], before: usize, build: impl FnOnce() -> Option<T>) -> Option<T> {
+    if errs.len() > before {
+        None
+    } else {
+        build()
+    }
+}
+
+// ---- one function per event type -----------------------------------------------------------
+
+fn incident_reported(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<IncidentReported> {
+    let before = errs.len();
+    let m = object(
+        v,
+        p,
+        &[
+            "kind",
+            "occurred_at",
+            "time_precision",
+            "region",
+            "locality",
+            "location",
+            "perpetrator",
+            "target",
+            "summary",
+            "source",
+        ],
+        errs,
+    )?;
+    let kind = enum_field::<Kind>(m, "kind", p, true, errs);
+    let occurred_at = time_field(m, "occurred_at", p, true, errs);
+    let tp = enum_field::<TimePrecision>(m, "time_precision", p, false, errs);
+    if let (Some(t), Some(tp)) = (occurred_at, tp) {
+        if !tp.fits(&t) {
+            push(errs, p, "time_precision", format!(
+                "{tp:?} precision needs a timestamp; occurred_at is a plain date (use day, week or month)"
+            ).to_lowercase());
+        }
+    }
+    let region = region_field(m, "region", p, true, errs);
+    let locality = name(m, "locality", p, false, errs);
+    let location = location(m, p, errs);
+    let perpetrator = name(m, "perpetrator", p, false, errs);
+    let target = name(m, "target", p, false, errs);
+    let summary = long_text(m, "summary", p, false, errs);
+    let source = source(m, "source", p, true, errs);
+    finish(errs, before, || {
+        let occurred_at = occurred_at?;
+        Some(IncidentReported {
+            kind: kind?,
+            occurred_at,
+            time_precision: Some(tp.unwrap_or_else(|| TimePrecision::default_for(&occurred_at))),
+            region: region?,
+            locality,
+            location,
+            perpetrator,
+            target,
+            summary,
+            source: source?,
+        })
+    })
+}
+
+fn casualties(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<CasualtiesReported> {
+    let before = errs.len();
+    let m = object(
+        v,
+        p,
+        &[
+            "source",
+            "killed",
+            "injured",
+            "killed_low",
+            "killed_high",
+            "civilians_killed",
+            "children_killed",
+        ],
+        errs,
+    )?;
+    let source = source(m, "source", p, true, errs);
+    let killed = count(m, "killed", p, errs);
+    let injured = count(m, "injured", p, errs);
+    let killed_low = count(m, "killed_low", p, errs);
+    let killed_high = count(m, "killed_high", p, errs);
+    let civilians = count(m, "civilians_killed", p, errs);
+    let children = count(m, "children_killed", p, errs);
+    if errs.len() == before {
+        let given = |k: &str| m.get(k).is_some_and(|v| !v.is_null());
+        if [
+            "killed",
+            "injured",
+            "killed_low",
+            "killed_high",
+            "civilians_killed",
+            "children_killed",
+        ]
+        .iter()
+        .all(|k| !given(k))
+        {
+            errs.push(FieldError::new(
+                p,
+                "give at least one count (killed, injured, killed_low, killed_high, civilians_killed or children_killed)",
+            ));
+        }
+        match killed {
+            None => {
+                for (k, v) in [("killed_low", killed_low), ("killed_high", killed_high)] {
+                    if v.is_some() {
+                        push(
+                            errs,
+                            p,
+                            k,
+                            format!("{k} qualifies killed: give killed (the best estimate) too"),
+                        );
+                    }
+                }
+            }
+            Some(k) => {
+                if let Some(lo) = killed_low.filter(|lo| *lo > k) {
+                    push(
+                        errs,
+                        p,
+                        "killed_low",
+                        format!("killed_low ({lo}) must not exceed killed ({k})"),
+                    );
+                }
+                if let Some(hi) = killed_high.filter(|hi| *hi < k) {
+                    push(
+                        errs,
+                        p,
+                        "killed_high",
+                        format!("killed_high ({hi}) must not be below killed ({k})"),
+                    );
+                }
+                if let Some(c) = civilians.filter(|c| *c > k) {
+                    push(
+                        errs,
+                        p,
+                        "civilians_killed",
+                        format!("civilians_killed ({c}) must not exceed killed ({k})"),
+                    );
+                }
+                if let Some(c) = children.filter(|c| *c > k) {
+                    push(
+                        errs,
+                        p,
+                        "children_killed",
+                        format!("children_killed ({c}) must not exceed killed ({k})"),
+                    );
+                }
+            }
+        }
+    }
+    finish(errs, before, || {
+        Some(CasualtiesReported {
+            source: source?,
+            killed,
+            injured,
+            killed_low,
+            killed_high,
+            civilians_killed: civilians,
+            children_killed: children,
+        })
+    })
+}
+
+fn claim_made(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<ClaimMade> {
+    let before = errs.len();
+    let m = object(
+        v,
+        p,
+        &[
+            "claim_id",
+            "claimant",
+            "statement",
+            "attributed_to",
+            "source",
+        ],
+        errs,
+    )?;
+    let claim_id = uuid_field(m, "claim_id", p, true, errs);
+    let claimant = name(m, "claimant", p, true, errs);
+    let statement = long_text(m, "statement", p, true, errs);
+    let attributed_to = name(m, "attributed_to", p, false, errs);
+    let source = source(m, "source", p, false, errs);
+    finish(errs, before, || {
+        Some(ClaimMade {
+            claim_id: claim_id?,
+            claimant: claimant?,
+            statement: statement?,
+            attributed_to,
+            source,
+        })
+    })
+}
+
+fn claim_denied(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<ClaimDenied> {
+    let before = errs.len();
+    let m = object(v, p, &["claim_id", "by", "statement", "source"], errs)?;
+    let claim_id = uuid_field(m, "claim_id", p, true, errs);
+    let by = name(m, "by", p, true, errs);
+    let statement = long_text(m, "statement", p, false, errs);
+    let source = source(m, "source", p, false, errs);
+    finish(errs, before, || {
+        Some(ClaimDenied {
+            claim_id: claim_id?,
+            by: by?,
+            statement,
+            source,
+        })
+    })
+}
+
+fn claim_assessed(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<ClaimAssessed> {
+    let before = errs.len();
+    let m = object(v, p, &["claim_id", "assessment", "by", "evidence"], errs)?;
+    let claim_id = uuid_field(m, "claim_id", p, true, errs);
+    let assessment = enum_field::<Assessment>(m, "assessment", p, true, errs);
+    let by = name(m, "by", p, true, errs);
+    let evidence = long_text(m, "evidence", p, false, errs);
+    finish(errs, before, || {
+        Some(ClaimAssessed {
+            claim_id: claim_id?,
+            assessment: assessment?,
+            by: by?,
+            evidence,
+        })
+    })
+}
+
+fn source_added(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<SourceAdded> {
+    let before = errs.len();
+    let m = object(v, p, &["source"], errs)?;
+    let source = source(m, "source", p, true, errs);
+    finish(errs, before, || Some(SourceAdded { source: source? }))
+}
+
+fn corrected(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<IncidentCorrected> {
+    let before = errs.len();
+    const FIELDS: [&str; 9] = [
+        "kind",
+        "occurred_at",
+        "time_precision",
+        "region",
+        "locality",
+        "location",
+        "perpetrator",
+        "target",
+        "summary",
+    ];
+    let mut allowed = vec!["reason"];
+    allowed.extend_from_slice(&FIELDS);
+    let m = object(v, p, &allowed, errs)?;
+    let reason = long_text(m, "reason", p, true, errs);
+    let kind = enum_field::<Kind>(m, "kind", p, false, errs);
+    let occurred_at = time_field(m, "occurred_at", p, false, errs);
+    let tp = enum_field::<TimePrecision>(m, "time_precision", p, false, errs);
+    if let (Some(t), Some(tp)) = (occurred_at, tp) {
+        if !tp.fits(&t) {
+            push(errs, p, "time_precision", format!(
+                "{tp:?} precision needs a timestamp; occurred_at is a plain date (use day, week or month)"
+            ).to_lowercase());
+        }
+    }
+    let region = region_field(m, "region", p, false, errs);
+    let locality = name(m, "locality", p, false, errs);
+    let location = location(m, p, errs);
+    let perpetrator = name(m, "perpetrator", p, false, errs);
+    let target = name(m, "target", p, false, errs);
+    let summary = long_text(m, "summary", p, false, errs);
+    if !FIELDS
+        .iter()
+        .any(|k| m.get(*k).is_some_and(|v| !v.is_null()))
+    {
+        errs.push(FieldError::new(
+            p,
+            format!(
+                "a correction must give at least one field to change: {}",
+                FIELDS.join(", ")
+            ),
+        ));
+    }
+    finish(errs, before, || {
+        // A corrected occurred_at carries its own precision (the default for its form).
+        let time_precision = tp.or_else(|| occurred_at.map(|t| TimePrecision::default_for(&t)));
+        Some(IncidentCorrected {
+            reason: reason?,
+            kind,
+            occurred_at,
+            time_precision,
+            region,
+            locality,
+            location,
+            perpetrator,
+            target,
+            summary,
+        })
+    })
+}
+
+fn retracted(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<IncidentRetracted> {
+    let before = errs.len();
+    let m = object(v, p, &["reason", "duplicate_of"], errs)?;
+    let reason = long_text(m, "reason", p, true, errs);
+    let duplicate_of = uuid_field(m, "duplicate_of", p, false, errs);
+    finish(errs, before, || {
+        Some(IncidentRetracted {
+            reason: reason?,
+            duplicate_of,
+        })
+    })
+}

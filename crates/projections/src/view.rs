@@ -1,0 +1,290 @@
+//! The JSON shapes users read (SPEC section 5).
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
+
+use crate::events::*;
+use crate::state::{IncidentState, CORRECTABLE};
+use crate::{OccurredAt, Region};
+
+/// low / best / high of one count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Figure {
+    pub low: u64,
+    pub best: u64,
+    pub high: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CasualtiesView {
+    pub killed: Figure,
+    pub injured: Figure,
+    pub civilians_killed: u64,
+    pub children_killed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DenialView {
+    pub by: String,
+    pub statement: Option<String>,
+    pub source: Option<Source>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AssessmentView {
+    pub assessment: Assessment,
+    pub by: String,
+    pub evidence: Option<String>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClaimView {
+    pub claim_id: Uuid,
+    pub claimant: String,
+    pub statement: String,
+    pub attributed_to: Option<String>,
+    pub source: Option<Source>,
+    pub status: ClaimStatus,
+    pub denials: Vec<DenialView>,
+    pub assessments: Vec<AssessmentView>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CorrectionView {
+    pub reason: String,
+    /// The fields this correction changed.
+    pub fields: Vec<String>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetractionView {
+    pub reason: String,
+    pub duplicate_of: Option<Uuid>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// `GET /v1/incidents/{id}`: the current state of one incident.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IncidentView {
+    pub incident_id: Uuid,
+    pub kind: Kind,
+    pub occurred_at: OccurredAt,
+    pub time_precision: TimePrecision,
+    /// ISO 3166-2 code.
+    pub region: String,
+    pub region_name: String,
+    /// ISO 3166-1 alpha-2.
+    pub country: String,
+    pub locality: Option<String>,
+    pub location: Option<Location>,
+    pub perpetrator: Option<String>,
+    pub target: Option<String>,
+    pub summary: Option<String>,
+    pub status: IncidentStatus,
+    pub retraction: Option<RetractionView>,
+    pub casualties: CasualtiesView,
+    pub claims: Vec<ClaimView>,
+    /// Every distinct source cited by any event, in order of first appearance.
+    pub sources: Vec<Source>,
+    pub corrections: Vec<CorrectionView>,
+    pub version: u64,
+    pub first_recorded_at: DateTime<Utc>,
+    pub last_recorded_at: DateTime<Utc>,
+}
+
+fn s(b: &Option<Box<str>>) -> Option<String> {
+    b.as_deref().map(str::to_owned)
+}
+
+impl IncidentView {
+    /// None for a state without IncidentReported (version 0).
+    pub(crate) fn from_state(st: &IncidentState) -> Option<IncidentView> {
+        let core = st.core.as_deref()?;
+        let src = |i: Option<u32>| {
+            i.and_then(|i| st.sources.get(i as usize))
+                .map(|r| r.to_source())
+        };
+        let (killed, injured) = st.figures();
+        let fig = |f: [u32; 3]| Figure {
+            low: f[0].into(),
+            best: f[1].into(),
+            high: f[2].into(),
+        };
+        Some(IncidentView {
+            incident_id: st.id.unwrap_or_default(),
+            kind: core.kind,
+            occurred_at: core.occurred_at,
+            time_precision: core.time_precision,
+            region: core.region.code().to_owned(),
+            region_name: core.region.name().to_owned(),
+            country: core.region.country().to_owned(),
+            locality: s(&core.locality),
+            location: core.location,
+            perpetrator: s(&core.perpetrator),
+            target: s(&core.target),
+            summary: s(&core.summary),
+            status: if st.retraction.is_some() {
+                IncidentStatus::Retracted
+            } else {
+                IncidentStatus::Active
+            },
+            retraction: st.retraction.as_deref().map(|r| RetractionView {
+                reason: r.reason.to_string(),
+                duplicate_of: r.duplicate_of,
+                recorded_at: r.recorded_at,
+            }),
+            casualties: CasualtiesView {
+                killed: fig(killed),
+                injured: fig(injured),
+                civilians_killed: st.casualties.civilians.unwrap_or(0).into(),
+                children_killed: st.casualties.children.unwrap_or(0).into(),
+            },
+            claims: st
+                .claims
+                .iter()
+                .map(|c| ClaimView {
+                    claim_id: c.id,
+                    claimant: c.claimant.to_string(),
+                    statement: c.statement.to_string(),
+                    attributed_to: s(&c.attributed_to),
+                    source: src(c.source),
+                    status: c.status(),
+                    denials: c
+                        .denials
+                        .iter()
+                        .map(|d| DenialView {
+                            by: d.by.to_string(),
+                            statement: s(&d.statement),
+                            source: src(d.source),
+                            recorded_at: d.recorded_at,
+                        })
+                        .collect(),
+                    assessments: c
+                        .assessments
+                        .iter()
+                        .map(|a| AssessmentView {
+                            assessment: a.assessment,
+                            by: a.by.to_string(),
+                            evidence: s(&a.evidence),
+                            recorded_at: a.recorded_at,
+                        })
+                        .collect(),
+                    recorded_at: c.recorded_at,
+                })
+                .collect(),
+            sources: st.sources.iter().map(|r| r.to_source()).collect(),
+            corrections: st
+                .corrections
+                .iter()
+                .map(|c| CorrectionView {
+                    reason: c.reason.to_string(),
+                    fields: CORRECTABLE
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| c.fields & (1 << i) != 0)
+                        .map(|(_, f)| (*f).to_owned())
+                        .collect(),
+                    recorded_at: c.recorded_at,
+                })
+                .collect(),
+            version: st.version,
+            first_recorded_at: st.first_recorded_at,
+            last_recorded_at: st.last_recorded_at,
+        })
+    }
+}
+
+/// Strike counts by kind: only the four strike kinds, in SPEC order, zeros left out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ByKind(pub [u64; 4]);
+
+impl ByKind {
+    pub fn get(&self, k: Kind) -> u64 {
+        if k.is_strike() {
+            self.0[k as usize]
+        } else {
+            0
+        }
+    }
+}
+
+impl Serialize for ByKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let n = self.0.iter().filter(|v| **v > 0).count();
+        let mut m = s.serialize_map(Some(n))?;
+        for (i, v) in self.0.iter().enumerate() {
+            if *v > 0 {
+                m.serialize_entry(Kind::ALL[i].as_str(), v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ByKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = std::collections::BTreeMap::<Kind, u64>::deserialize(d)?;
+        let mut out = [0u64; 4];
+        for (k, v) in m {
+            if !k.is_strike() {
+                return Err(serde::de::Error::custom(format!(
+                    "{k} is not a strike kind"
+                )));
+            }
+            out[k as usize] = v;
+        }
+        Ok(ByKind(out))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrikeCounts {
+    pub total: u64,
+    pub by_kind: ByKind,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimCounts {
+    pub total: u64,
+    pub unverified: u64,
+    pub disputed: u64,
+    pub confirmed: u64,
+    pub refuted: u64,
+}
+
+/// `GET /v1/regions/{code}`: totals over the region's non-retracted incidents in the window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionSummary {
+    pub region: String,
+    pub name: String,
+    pub country: String,
+    pub incidents: u64,
+    pub strikes: StrikeCounts,
+    pub casualties: CasualtiesView,
+    pub claims: ClaimCounts,
+    pub first_occurred_at: Option<OccurredAt>,
+    pub last_occurred_at: Option<OccurredAt>,
+    pub as_of_position: u64,
+}
+
+impl RegionSummary {
+    pub(crate) fn empty(region: &Region, as_of_position: u64) -> RegionSummary {
+        RegionSummary {
+            region: region.code().to_owned(),
+            name: region.name().to_owned(),
+            country: region.country().to_owned(),
+            incidents: 0,
+            strikes: StrikeCounts::default(),
+            casualties: CasualtiesView::default(),
+            claims: ClaimCounts::default(),
+            first_occurred_at: None,
+            last_occurred_at: None,
+            as_of_position,
+        }
+    }
+}
