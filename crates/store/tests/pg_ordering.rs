@@ -66,7 +66,10 @@ async fn write_load(url: &str, writers: u64, tag: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process of concurrent_writers_in_several_processes_never_let_a_reader_skip"]
 async fn ordering_child() {
-    let url = std::env::var(CHILD_ENV).expect("run by the parent test");
+    let Ok(url) = std::env::var(CHILD_ENV) else {
+        eprintln!("ordering_child only runs under its parent test");
+        return;
+    };
     let tag: u64 = std::env::var("INCIDENTLOG_PG_ORDERING_TAG")
         .ok()
         .and_then(|t| t.parse().ok())
