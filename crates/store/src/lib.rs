@@ -347,6 +347,8 @@ impl OpenOptions {
 }
 
 /// The backend chosen at run time.
+// One Store lives per process (behind an Arc): the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Store {
     File(file::FileStore),

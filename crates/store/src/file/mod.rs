@@ -153,6 +153,7 @@ impl FileStore {
             segment_size: opts.segment_size.clamp(4096, 1 << 30),
             buf: Vec::with_capacity(1 << 20),
             unsynced: false,
+            closed: false,
         };
         tokio::spawn(writer.run(rx));
         Ok(FileStore {

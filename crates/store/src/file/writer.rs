@@ -46,6 +46,8 @@ pub(crate) struct Writer {
     pub buf: Vec<u8>,
     /// Relaxed durability: bytes written but not yet synced.
     pub unsynced: bool,
+    /// A close request was processed: appends queued after it fail.
+    pub closed: bool,
 }
 
 /// What the writer knows about an event id already recorded (durably or earlier in the batch).
@@ -117,7 +119,7 @@ impl Writer {
         if let Some(reason) = self.shared.poison_reason() {
             return Some(reason);
         }
-        if self.shared.closed.load(Ordering::SeqCst) || self.file.is_none() {
+        if self.closed || self.file.is_none() {
             return Some("the store is closed".into());
         }
         None
@@ -249,6 +251,7 @@ impl Writer {
     }
 
     async fn close(&mut self) -> Result<(), StoreError> {
+        self.closed = true;
         self.shared.closed.store(true, Ordering::SeqCst);
         if self.shared.poison_reason().is_none() && self.unsynced {
             if let Err(why) = self.sync().await {

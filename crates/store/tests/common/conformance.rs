@@ -1,0 +1,838 @@
+//! The conformance suite: every check is written once, generic over [`EventStore`], and run
+//! against every backend. A backend's test file instantiates all of them with
+//! `common::conformance::conformance_suite!(factory);` where
+//! `async fn factory() -> (Arc<S>, G)` returns a fresh, empty store and a guard kept alive for
+//! the test (a temp dir, a database schema, ...).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use incidentlog_store::{
+    subscribe, AppendOutcome, AppendRequest, EventStore, ExpectedVersion, NewEvent, RecordedEvent,
+    StoreError, TokenRecord,
+};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// Instantiates every check as a `#[tokio::test]` for one backend factory.
+macro_rules! conformance_suite {
+    ($factory:path) => {
+        $crate::common::conformance::conformance_suite!(@each $factory;
+            append_and_read_back,
+            expected_version_checks,
+            one_winner_per_expected_version,
+            idempotent_retries,
+            idempotency_conflicts,
+            invalid_requests,
+            append_many_is_per_request_atomic,
+            append_many_requests_see_each_other,
+            concurrent_batches_stay_contiguous,
+            read_all_paging,
+            position_at_is_a_prefix,
+            subscription_catch_up_then_live,
+            subscription_from_the_middle,
+            watch_head_follows_appends,
+            verify_matches_head,
+            tokens_roundtrip,
+            close_refuses_appends_keeps_reads,
+        );
+    };
+    (@each $factory:path; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let (store, _guard) = $factory().await;
+                $crate::common::conformance::$check(store).await;
+            }
+        )*
+    };
+}
+pub(crate) use conformance_suite;
+
+/// Generous bound for anything that waits (loaded CI machines).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn event(event_type: &str, json: &str) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: event_type.to_string(),
+        data: RawValue::from_string(json.to_string()).expect("test json"),
+    }
+}
+
+pub fn request(stream_id: Uuid, expected: ExpectedVersion, events: Vec<NewEvent>) -> AppendRequest {
+    AppendRequest {
+        stream_id,
+        expected_version: expected,
+        events,
+        recorded_by: "tester".to_string(),
+    }
+}
+
+fn events(n: usize, tag: &str) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| event("Thing", &format!("{{\"tag\":\"{tag}\",\"i\":{i}}}")))
+        .collect()
+}
+
+async fn all<S: EventStore>(store: &S) -> Vec<RecordedEvent> {
+    store.read_all(0, usize::MAX).await.expect("read_all")
+}
+
+fn assert_gap_free(events: &[RecordedEvent]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e.global_position,
+            i as u64 + 1,
+            "positions must be 1..N, gap-free"
+        );
+    }
+}
+
+pub async fn append_and_read_back<S: EventStore>(store: Arc<S>) {
+    assert_eq!(store.head().position, 0);
+    assert_eq!(store.head().hash, [0u8; 32]);
+    let stream = Uuid::new_v4();
+    let batch = vec![
+        event("A", r#"{"x":1}"#),
+        event("B", r#"{"nested":{"y":[1,2,3]},"s":"é\"q"}"#),
+        event("C", "{}"),
+    ];
+    let out = store
+        .append(request(stream, ExpectedVersion::Exact(0), batch.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        AppendOutcome {
+            stream_id: stream,
+            version: 3,
+            first_position: 1,
+            last_position: 3,
+            duplicate: false
+        }
+    );
+    let read = store.read_stream(stream).await.unwrap();
+    assert_eq!(read.len(), 3);
+    for (i, (r, e)) in read.iter().zip(&batch).enumerate() {
+        assert_eq!(r.global_position, i as u64 + 1);
+        assert_eq!(r.stream_version, i as u64 + 1);
+        assert_eq!(r.stream_id, stream);
+        assert_eq!(r.event_id, e.event_id);
+        assert_eq!(r.event_type, e.event_type);
+        assert_eq!(r.data.get(), e.data.get(), "payload bytes are stored as is");
+        assert_eq!(r.recorded_by, "tester");
+    }
+    assert!(read
+        .windows(2)
+        .all(|w| w[0].recorded_at <= w[1].recorded_at));
+    assert!(read.windows(2).all(|w| w[0].hash != w[1].hash));
+
+    let other = Uuid::new_v4();
+    store
+        .append(request(other, ExpectedVersion::Any, events(2, "o")))
+        .await
+        .unwrap();
+    let everything = all(&*store).await;
+    assert_eq!(everything.len(), 5);
+    assert_gap_free(&everything);
+    assert_eq!(
+        &everything[..3]
+            .iter()
+            .map(|e| e.event_id)
+            .collect::<Vec<_>>(),
+        &read.iter().map(|e| e.event_id).collect::<Vec<_>>()
+    );
+    for (a, b) in everything[..3].iter().zip(&read) {
+        assert_eq!(a.hash, b.hash, "read_all and read_stream agree on hashes");
+    }
+    assert_eq!(store.head().position, 5);
+    assert_eq!(store.head().hash, everything[4].hash);
+    assert_eq!(store.stream_version(stream).await.unwrap(), 3);
+    assert_eq!(store.stream_version(other).await.unwrap(), 2);
+    assert_eq!(store.stream_version(Uuid::new_v4()).await.unwrap(), 0);
+    assert!(store.read_stream(Uuid::new_v4()).await.unwrap().is_empty());
+
+    let by_id = store.event_by_id(batch[1].event_id).await.unwrap().unwrap();
+    assert_eq!(by_id.global_position, 2);
+    assert_eq!(by_id.data.get(), batch[1].data.get());
+    assert_eq!(by_id.hash, read[1].hash);
+    assert!(store.event_by_id(Uuid::new_v4()).await.unwrap().is_none());
+    assert!(store.read_all(5, 10).await.unwrap().is_empty());
+    assert!(store.read_all(99, 10).await.unwrap().is_empty());
+}
+
+pub async fn expected_version_checks<S: EventStore>(store: Arc<S>) {
+    let s = Uuid::new_v4();
+    // A stream that does not exist has version 0.
+    let err = store
+        .append(request(s, ExpectedVersion::Exact(1), events(1, "a")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WrongExpectedVersion { actual: 0, .. }),
+        "{err:?}"
+    );
+    store
+        .append(request(s, ExpectedVersion::Exact(0), events(2, "a")))
+        .await
+        .unwrap();
+    for wrong in [0, 1, 3, 100] {
+        let err = store
+            .append(request(s, ExpectedVersion::Exact(wrong), events(1, "b")))
+            .await
+            .unwrap_err();
+        match err {
+            StoreError::WrongExpectedVersion {
+                stream_id,
+                expected,
+                actual,
+            } => {
+                assert_eq!(stream_id, s);
+                assert_eq!(expected, ExpectedVersion::Exact(wrong));
+                assert_eq!(actual, 2);
+            }
+            other => panic!("expected WrongExpectedVersion, got {other:?}"),
+        }
+    }
+    assert_eq!(store.head().position, 2, "a rejected append writes nothing");
+    let out = store
+        .append(request(s, ExpectedVersion::Exact(2), events(1, "c")))
+        .await
+        .unwrap();
+    assert_eq!((out.version, out.first_position), (3, 3));
+    let out = store
+        .append(request(s, ExpectedVersion::Any, events(1, "d")))
+        .await
+        .unwrap();
+    assert_eq!(out.version, 4);
+    assert_eq!(all(&*store).await.len(), 4);
+}
+
+pub async fn one_winner_per_expected_version<S: EventStore>(store: Arc<S>) {
+    const CONTENDERS: usize = 12;
+    const ROUNDS: u64 = 6;
+    let s = Uuid::new_v4();
+    for round in 0..ROUNDS {
+        let barrier = Arc::new(tokio::sync::Barrier::new(CONTENDERS));
+        let mut tasks = Vec::new();
+        for c in 0..CONTENDERS {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .append(request(
+                        s,
+                        ExpectedVersion::Exact(round * 2),
+                        events(2, &format!("{round}-{c}")),
+                    ))
+                    .await
+            }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(out) => {
+                    winners += 1;
+                    assert_eq!(out.version, (round + 1) * 2);
+                }
+                Err(StoreError::WrongExpectedVersion { .. }) => {}
+                Err(other) => panic!("unexpected error {other:?}"),
+            }
+        }
+        assert_eq!(winners, 1, "exactly one winner in round {round}");
+        assert_eq!(store.stream_version(s).await.unwrap(), (round + 1) * 2);
+    }
+    let read = store.read_stream(s).await.unwrap();
+    assert_eq!(read.len() as u64, ROUNDS * 2);
+    for (i, e) in read.iter().enumerate() {
+        assert_eq!(e.stream_version, i as u64 + 1);
+    }
+}
+
+pub async fn idempotent_retries<S: EventStore>(store: Arc<S>) {
+    let s = Uuid::new_v4();
+    store
+        .append(request(
+            Uuid::new_v4(),
+            ExpectedVersion::Any,
+            events(1, "x"),
+        ))
+        .await
+        .unwrap();
+    let batch = events(3, "orig");
+    let req = request(s, ExpectedVersion::Exact(0), batch.clone());
+    let first = store.append(req.clone()).await.unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(
+        (first.first_position, first.last_position, first.version),
+        (2, 4, 3)
+    );
+    let head = store.head();
+
+    let again = store.append(req.clone()).await.unwrap();
+    assert_eq!(
+        again,
+        AppendOutcome {
+            duplicate: true,
+            ..first
+        }
+    );
+    assert_eq!(store.head(), head, "a duplicate writes nothing");
+
+    // The stream moved on; a retry still answers with the original outcome, and the
+    // expected version is not checked for a duplicate.
+    store
+        .append(request(s, ExpectedVersion::Exact(3), events(2, "later")))
+        .await
+        .unwrap();
+    let late = store.append(req.clone()).await.unwrap();
+    assert_eq!(
+        late,
+        AppendOutcome {
+            duplicate: true,
+            ..first
+        }
+    );
+    let mut other_expectation = req.clone();
+    other_expectation.expected_version = ExpectedVersion::Exact(42);
+    assert_eq!(
+        store.append(other_expectation).await.unwrap(),
+        AppendOutcome {
+            duplicate: true,
+            ..first
+        }
+    );
+    // recorded_by is not content.
+    let mut other_author = req.clone();
+    other_author.recorded_by = "someone else".into();
+    assert!(store.append(other_author).await.unwrap().duplicate);
+
+    // Concurrent retries of one new request: one write, the rest duplicates.
+    let s2 = Uuid::new_v4();
+    let req2 = request(s2, ExpectedVersion::Exact(0), events(2, "race"));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let req2 = req2.clone();
+            tokio::spawn(async move { store.append(req2).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| !o.duplicate).count(), 1);
+    assert!(outcomes
+        .windows(2)
+        .all(|w| w[0].first_position == w[1].first_position));
+    assert_eq!(store.read_stream(s2).await.unwrap().len(), 2);
+    let everything = all(&*store).await;
+    assert_gap_free(&everything);
+    let ids: BTreeSet<_> = everything.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), everything.len(), "no event id recorded twice");
+}
+
+pub async fn idempotency_conflicts<S: EventStore>(store: Arc<S>) {
+    let s = Uuid::new_v4();
+    let batch = events(2, "orig");
+    store
+        .append(request(s, ExpectedVersion::Exact(0), batch.clone()))
+        .await
+        .unwrap();
+    let head = store.head();
+    let conflict = |r: Result<AppendOutcome, StoreError>| match r {
+        Err(StoreError::EventIdConflict { event_id, position }) => (event_id, position),
+        other => panic!("expected EventIdConflict, got {other:?}"),
+    };
+
+    // Same id, other data.
+    let mut changed = batch.clone();
+    changed[1].data = RawValue::from_string(r#"{"tag":"changed"}"#.into()).unwrap();
+    let (id, pos) = conflict(
+        store
+            .append(request(s, ExpectedVersion::Any, changed))
+            .await,
+    );
+    assert_eq!((id, pos), (batch[1].event_id, 2));
+    // Same id, other type.
+    let mut retyped = batch.clone();
+    retyped[0].event_type = "Other".into();
+    let (id, pos) = conflict(
+        store
+            .append(request(s, ExpectedVersion::Any, retyped))
+            .await,
+    );
+    assert_eq!((id, pos), (batch[0].event_id, 1));
+    // Same content, other stream.
+    conflict(
+        store
+            .append(request(Uuid::new_v4(), ExpectedVersion::Any, batch.clone()))
+            .await,
+    );
+    // Partly recorded: one old id, one new.
+    let partial = vec![batch[0].clone(), event("New", "{}")];
+    let (id, _) = conflict(
+        store
+            .append(request(s, ExpectedVersion::Any, partial))
+            .await,
+    );
+    assert_eq!(id, batch[0].event_id);
+    let partial = vec![event("New", "{}"), batch[1].clone()];
+    let (id, pos) = conflict(
+        store
+            .append(request(s, ExpectedVersion::Any, partial))
+            .await,
+    );
+    assert_eq!((id, pos), (batch[1].event_id, 2));
+    // A subset or a reordering of the original append is not that append.
+    conflict(
+        store
+            .append(request(s, ExpectedVersion::Any, vec![batch[0].clone()]))
+            .await,
+    );
+    conflict(
+        store
+            .append(request(
+                s,
+                ExpectedVersion::Any,
+                vec![batch[1].clone(), batch[0].clone()],
+            ))
+            .await,
+    );
+    // Two earlier appends glued together are not one append either.
+    let more = events(1, "more");
+    store
+        .append(request(s, ExpectedVersion::Exact(2), more.clone()))
+        .await
+        .unwrap();
+    let head2 = store.head();
+    assert_eq!(head2.position, head.position + 1);
+    let glued = vec![batch[0].clone(), batch[1].clone(), more[0].clone()];
+    conflict(store.append(request(s, ExpectedVersion::Any, glued)).await);
+    assert_eq!(store.head(), head2, "conflicts write nothing");
+    assert_eq!(all(&*store).await.len(), 3);
+}
+
+pub async fn invalid_requests<S: EventStore>(store: Arc<S>) {
+    let s = Uuid::new_v4();
+    let err = store
+        .append(request(s, ExpectedVersion::Any, vec![]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    let e = event("A", "{}");
+    let err = store
+        .append(request(s, ExpectedVersion::Any, vec![e.clone(), e]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    assert_eq!(store.head().position, 0);
+    assert!(store.append_many(vec![]).await.is_empty());
+}
+
+pub async fn append_many_is_per_request_atomic<S: EventStore>(store: Arc<S>) {
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    store
+        .append(request(b, ExpectedVersion::Any, events(1, "b0")))
+        .await
+        .unwrap();
+    let results = store
+        .append_many(vec![
+            request(a, ExpectedVersion::Exact(0), events(3, "a")),
+            request(b, ExpectedVersion::Exact(0), events(2, "b")), // wrong version
+            request(c, ExpectedVersion::Any, vec![]),              // invalid
+            request(c, ExpectedVersion::Exact(0), events(2, "c")),
+        ])
+        .await;
+    assert_eq!(results.len(), 4);
+    let ra = results[0].as_ref().unwrap();
+    assert!(matches!(
+        results[1],
+        Err(StoreError::WrongExpectedVersion { actual: 1, .. })
+    ));
+    assert!(matches!(results[2], Err(StoreError::InvalidInput(_))));
+    let rc = results[3].as_ref().unwrap();
+    assert_eq!((ra.first_position, ra.last_position, ra.version), (2, 4, 3));
+    assert_eq!((rc.first_position, rc.last_position, rc.version), (5, 6, 2));
+    assert_eq!(store.stream_version(b).await.unwrap(), 1);
+    let everything = all(&*store).await;
+    assert_eq!(everything.len(), 6);
+    assert_gap_free(&everything);
+}
+
+pub async fn append_many_requests_see_each_other<S: EventStore>(store: Arc<S>) {
+    let s = Uuid::new_v4();
+    let first = request(s, ExpectedVersion::Exact(0), events(1, "1"));
+    let results = store
+        .append_many(vec![
+            first.clone(),
+            request(s, ExpectedVersion::Exact(1), events(2, "2")),
+            request(s, ExpectedVersion::Exact(1), events(1, "stale")),
+            first.clone(),
+            request(s, ExpectedVersion::Exact(3), events(1, "3")),
+        ])
+        .await;
+    let r0 = results[0].as_ref().unwrap();
+    assert_eq!((r0.version, r0.duplicate), (1, false));
+    assert_eq!(results[1].as_ref().unwrap().version, 3);
+    assert!(matches!(
+        results[2],
+        Err(StoreError::WrongExpectedVersion { actual: 3, .. })
+    ));
+    let dup = results[3].as_ref().unwrap();
+    assert_eq!(
+        *dup,
+        AppendOutcome {
+            duplicate: true,
+            ..*r0
+        }
+    );
+    assert_eq!(results[4].as_ref().unwrap().version, 4);
+    let read = store.read_stream(s).await.unwrap();
+    assert_eq!(read.len(), 4);
+    assert!(read
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.stream_version == i as u64 + 1));
+}
+
+pub async fn concurrent_batches_stay_contiguous<S: EventStore>(store: Arc<S>) {
+    const TASKS: usize = 16;
+    const APPENDS: usize = 8;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let s = Uuid::new_v4();
+                let mut outs = Vec::new();
+                for i in 0..APPENDS {
+                    let n = 1 + (t + i) % 4;
+                    let out = store
+                        .append(request(
+                            s,
+                            ExpectedVersion::Exact(outs.iter().map(|(_, n)| *n as u64).sum()),
+                            events(n, "c"),
+                        ))
+                        .await
+                        .unwrap();
+                    outs.push((out, n));
+                }
+                (s, outs)
+            })
+        })
+        .collect();
+    let mut by_position = HashMap::new();
+    for t in tasks {
+        let (s, outs) = t.await.unwrap();
+        for (out, n) in outs {
+            assert_eq!(
+                out.last_position - out.first_position + 1,
+                n as u64,
+                "contiguous"
+            );
+            for (k, p) in (out.first_position..=out.last_position).enumerate() {
+                by_position.insert(p, (s, out.version - n as u64 + k as u64 + 1));
+            }
+        }
+    }
+    let everything = all(&*store).await;
+    assert_gap_free(&everything);
+    assert_eq!(everything.len(), by_position.len());
+    for e in &everything {
+        assert_eq!(
+            by_position[&e.global_position],
+            (e.stream_id, e.stream_version)
+        );
+    }
+    assert!(everything
+        .windows(2)
+        .all(|w| w[0].recorded_at <= w[1].recorded_at));
+}
+
+pub async fn read_all_paging<S: EventStore>(store: Arc<S>) {
+    for i in 0..21 {
+        store
+            .append(request(
+                Uuid::new_v4(),
+                ExpectedVersion::Any,
+                events(1 + i % 3, "p"),
+            ))
+            .await
+            .unwrap();
+    }
+    let everything = all(&*store).await;
+    assert_eq!(everything.len(), 42);
+    assert_gap_free(&everything);
+    for page in [1usize, 3, 7, 42, 1000] {
+        let mut after = 0;
+        let mut got = Vec::new();
+        loop {
+            let chunk = store.read_all(after, page).await.unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            assert!(chunk.len() <= page);
+            after = chunk.last().unwrap().global_position;
+            got.extend(chunk);
+        }
+        assert_eq!(got.len(), everything.len());
+        for (a, b) in got.iter().zip(&everything) {
+            assert_eq!(
+                (a.global_position, a.event_id, a.hash),
+                (b.global_position, b.event_id, b.hash)
+            );
+        }
+    }
+    assert!(store.read_all(0, 0).await.unwrap().is_empty());
+    let tail = store.read_all(40, 10).await.unwrap();
+    assert_eq!(
+        tail.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        vec![41, 42]
+    );
+}
+
+pub async fn position_at_is_a_prefix<S: EventStore>(store: Arc<S>) {
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    assert_eq!(store.position_at(Utc::now()).await.unwrap(), 0);
+    for _ in 0..4 {
+        store
+            .append(request(
+                Uuid::new_v4(),
+                ExpectedVersion::Any,
+                events(2, "t"),
+            ))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let everything = all(&*store).await;
+    assert_eq!(store.position_at(before).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .position_at(Utc::now() + chrono::Duration::days(1))
+            .await
+            .unwrap(),
+        everything.len() as u64
+    );
+    for e in &everything {
+        let p = store.position_at(e.recorded_at).await.unwrap();
+        assert!(p >= e.global_position);
+        let at_p = &everything[p as usize - 1];
+        assert!(at_p.recorded_at <= e.recorded_at);
+        if let Some(next) = everything.get(p as usize) {
+            assert!(
+                next.recorded_at > e.recorded_at,
+                "position_at returns the last such position"
+            );
+        }
+    }
+}
+
+/// Collects a subscription until it yields position `until`.
+async fn collect_until<S: EventStore>(store: Arc<S>, after: u64, until: u64) -> Vec<u64> {
+    let sub = subscribe(store, after);
+    tokio::pin!(sub);
+    let mut seen = Vec::new();
+    while seen.last().copied().unwrap_or(after) < until {
+        let next = tokio::time::timeout(PATIENCE, sub.next())
+            .await
+            .expect("subscription stalled")
+            .expect("subscription ended")
+            .expect("subscription error");
+        seen.push(next.global_position);
+    }
+    seen
+}
+
+pub async fn subscription_catch_up_then_live<S: EventStore>(store: Arc<S>) {
+    const BEFORE: u64 = 60;
+    const WRITERS: u64 = 6;
+    const PER_WRITER: u64 = 30;
+    for _ in 0..BEFORE {
+        store
+            .append(request(
+                Uuid::new_v4(),
+                ExpectedVersion::Any,
+                events(1, "pre"),
+            ))
+            .await
+            .unwrap();
+    }
+    let total = BEFORE + WRITERS * PER_WRITER;
+    // Subscribers start at different moments while writers race with their catch-up.
+    let mut subs = Vec::new();
+    subs.push(tokio::spawn(collect_until(store.clone(), 0, total)));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for _ in 0..PER_WRITER {
+                    store
+                        .append(request(
+                            Uuid::new_v4(),
+                            ExpectedVersion::Any,
+                            events(1, "live"),
+                        ))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+        subs.push(tokio::spawn(collect_until(store.clone(), 0, total)));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    for s in subs {
+        let seen = s.await.unwrap();
+        assert_eq!(
+            seen,
+            (1..=total).collect::<Vec<_>>(),
+            "every position exactly once, in order"
+        );
+    }
+}
+
+pub async fn subscription_from_the_middle<S: EventStore>(store: Arc<S>) {
+    for _ in 0..10 {
+        store
+            .append(request(
+                Uuid::new_v4(),
+                ExpectedVersion::Any,
+                events(1, "m"),
+            ))
+            .await
+            .unwrap();
+    }
+    let seen = collect_until(store.clone(), 7, 10).await;
+    assert_eq!(seen, vec![8, 9, 10]);
+    let sub = tokio::spawn(collect_until(store.clone(), 10, 12));
+    store
+        .append(request(
+            Uuid::new_v4(),
+            ExpectedVersion::Any,
+            events(2, "n"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(sub.await.unwrap(), vec![11, 12]);
+}
+
+pub async fn watch_head_follows_appends<S: EventStore>(store: Arc<S>) {
+    let mut rx = store.watch_head();
+    assert_eq!(*rx.borrow_and_update(), 0);
+    let out = store
+        .append(request(
+            Uuid::new_v4(),
+            ExpectedVersion::Any,
+            events(3, "w"),
+        ))
+        .await
+        .unwrap();
+    tokio::time::timeout(PATIENCE, rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*rx.borrow_and_update(), out.last_position);
+    assert_eq!(store.head().position, 3);
+    // Once the head says 3, the events are readable.
+    assert_eq!(store.read_all(0, 10).await.unwrap().len(), 3);
+}
+
+pub async fn verify_matches_head<S: EventStore>(store: Arc<S>) {
+    let empty = store.verify().await.unwrap();
+    assert_eq!((empty.events, empty.head_hash), (0, [0u8; 32]));
+    for i in 0..5 {
+        store
+            .append(request(
+                Uuid::new_v4(),
+                ExpectedVersion::Any,
+                events(1 + i, "v"),
+            ))
+            .await
+            .unwrap();
+    }
+    let report = store.verify().await.unwrap();
+    assert_eq!(report.events, 15);
+    assert_eq!(report.head_hash, store.head().hash);
+    assert_eq!(report.head_hash, all(&*store).await.last().unwrap().hash);
+}
+
+pub async fn tokens_roundtrip<S: EventStore>(store: Arc<S>) {
+    assert!(store.tokens().await.unwrap().is_empty());
+    let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    let token = |name: &str| TokenRecord {
+        name: name.into(),
+        role: "admin".into(),
+        secret_hash: [7u8; 32],
+        created_at: now,
+        revoked_at: None,
+    };
+    store.add_token(token("alice")).await.unwrap();
+    store.add_token(token("bob")).await.unwrap();
+    let err = store.add_token(token("alice")).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
+    let later = now + chrono::Duration::hours(1);
+    assert!(store.revoke_token("bob", later).await.unwrap());
+    assert!(!store.revoke_token("nobody", later).await.unwrap());
+    let mut list = store.tokens().await.unwrap();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0], token("alice"));
+    assert_eq!(list[1].revoked_at, Some(later));
+    assert_eq!(list[1].secret_hash, [7u8; 32]);
+    // A revoked name stays taken.
+    assert!(store.add_token(token("bob")).await.is_err());
+}
+
+pub async fn close_refuses_appends_keeps_reads<S: EventStore>(store: Arc<S>) {
+    let s = Uuid::new_v4();
+    // Appends in flight when close is called complete (or fail cleanly), never half.
+    let inflight: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(request(
+                        Uuid::new_v4(),
+                        ExpectedVersion::Any,
+                        events(2, "f"),
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    store
+        .append(request(s, ExpectedVersion::Any, events(2, "c")))
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let mut ok = 0;
+    for t in inflight {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::Unavailable(_)) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    let err = store
+        .append(request(s, ExpectedVersion::Any, events(1, "late")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let everything = all(&*store).await;
+    assert_eq!(everything.len(), 2 + 2 * ok);
+    assert_gap_free(&everything);
+    assert_eq!(store.read_stream(s).await.unwrap().len(), 2);
+    assert_eq!(store.head().position, everything.len() as u64);
+    store.close().await.unwrap();
+}

@@ -1,0 +1,4 @@
+//! Shared test code: the backend-generic conformance suite and helpers.
+#![allow(dead_code)]
+
+pub mod conformance;
