@@ -489,9 +489,13 @@ fn decide(
                 return conflict(i);
             }
         }
-        let last = found[found.len() - 1].map_or(0, |k| k.position);
-        let whole_append = k0.append_first == k0.position
-            && found[found.len() - 1].is_some_and(|k| k.append_last == last);
+        // ... and those positions must be one whole earlier append, not a part of one or
+        // several glued together.
+        let last = k0.position + found.len() as u64 - 1;
+        let whole_append = found
+            .iter()
+            .flatten()
+            .all(|k| k.append_first == k0.position && k.append_last == last);
         if !whole_append {
             return conflict(0);
         }
