@@ -5,6 +5,8 @@
 //! skips loudly when `INCIDENTLOG_TEST_PG` is unset (and fails with `CI=true`).
 //! `every_conformance_check_runs_on_postgres` keeps the list in sync with the suite.
 
+// The suite's own macro is not used here (see above).
+#[allow(unused_macros, unused_imports)]
 mod common;
 mod pg_support;
 
