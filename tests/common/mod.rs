@@ -94,7 +94,14 @@ pub fn cli_ok(args: &[&str]) -> String {
 pub fn create_token(data_dir: &Path, name: &str, role: &str) -> String {
     let dir = data_dir.to_str().expect("utf-8 path");
     let out = cli_ok(&[
-        "token", "create", "--data-dir", dir, "--name", name, "--role", role,
+        "token",
+        "create",
+        "--data-dir",
+        dir,
+        "--name",
+        name,
+        "--role",
+        role,
     ]);
     let secret = out.trim().to_string();
     assert!(
@@ -332,7 +339,12 @@ impl Response {
     /// Asserts the status, showing the body when it differs.
     #[track_caller]
     pub fn expect(&self, status: u16) -> &Self {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.text());
+        assert_eq!(
+            self.status,
+            status,
+            "unexpected status; body: {}",
+            self.text()
+        );
         self
     }
 
@@ -347,7 +359,11 @@ impl Response {
             self.text()
         );
         let v = self.json();
-        assert_eq!(v["status"].as_u64(), Some(u64::from(status)), "problem: {v}");
+        assert_eq!(
+            v["status"].as_u64(),
+            Some(u64::from(status)),
+            "problem: {v}"
+        );
         assert!(v["title"].is_string(), "problem without title: {v}");
         assert!(v["type"].is_string(), "problem without type: {v}");
         v

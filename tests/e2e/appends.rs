@@ -49,7 +49,11 @@ fn idempotent_retries_and_version_conflicts() {
             &batch(json!(2), vec![casualties("Wire", 5)]),
         )
         .expect_problem(409);
-    assert_eq!((p["expected"].clone(), p["actual"].clone()), (json!(2), json!(3)), "{p}");
+    assert_eq!(
+        (p["expected"].clone(), p["actual"].clone()),
+        (json!(2), json!(3)),
+        "{p}"
+    );
     // The retry of the request that did go through is still recognised.
     srv.append(&t.reporter, &incident, &next).expect(200);
 
@@ -64,7 +68,9 @@ fn idempotent_retries_and_version_conflicts() {
 
     // Figures per SPEC 4: best = latest report (6); low/high over each source's latest
     // report: Regional authorities 3, Wire 4, Other wire 6.
-    let v = srv.get(&format!("/v1/incidents/{incident}"), &t.reader).json();
+    let v = srv
+        .get(&format!("/v1/incidents/{incident}"), &t.reader)
+        .json();
     assert_eq!(
         v["casualties"]["killed"],
         json!({"low": 3, "best": 6, "high": 6}),
@@ -101,7 +107,10 @@ fn racing_writers_on_one_version_exactly_one_wins() {
             std::thread::spawn(move || {
                 Req::new(addr, "POST", &format!("/v1/incidents/{incident}/events"))
                     .token(&token)
-                    .json(&batch(json!(1), vec![casualties(&format!("Source {i}"), i)]))
+                    .json(&batch(
+                        json!(1),
+                        vec![casualties(&format!("Source {i}"), i)],
+                    ))
                     .send()
                     .status
             })
@@ -110,6 +119,8 @@ fn racing_writers_on_one_version_exactly_one_wins() {
     let mut statuses: Vec<u16> = writers.into_iter().map(|h| h.join().unwrap()).collect();
     statuses.sort();
     assert_eq!(statuses, vec![201, 409, 409, 409, 409, 409, 409, 409]);
-    let v = srv.get(&format!("/v1/incidents/{incident}"), &t.reader).json();
+    let v = srv
+        .get(&format!("/v1/incidents/{incident}"), &t.reader)
+        .json();
     assert_eq!(v["version"], 2, "{v}");
 }

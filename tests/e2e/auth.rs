@@ -12,7 +12,10 @@ fn statuses(srv: &Server, token: &str) -> [u16; 3] {
         .append(
             token,
             &new_id(),
-            &batch(json!(0), vec![reported("air_strike", "UA-63", "2026-01-06")]),
+            &batch(
+                json!(0),
+                vec![reported("air_strike", "UA-63", "2026-01-06")],
+            ),
         )
         .status;
     let admin = srv.get("/v1/admin/verify", token).status;
@@ -23,7 +26,11 @@ fn statuses(srv: &Server, token: &str) -> [u16; 3] {
 fn auth_matrix() {
     let (dir, srv, t) = server_with_tokens(&[]);
     assert_eq!(statuses(&srv, ""), [401, 401, 401], "no token");
-    assert_eq!(statuses(&srv, "il_0123456789abcdef"), [401, 401, 401], "unknown token");
+    assert_eq!(
+        statuses(&srv, "il_0123456789abcdef"),
+        [401, 401, 401],
+        "unknown token"
+    );
     assert_eq!(statuses(&srv, &t.reader), [200, 403, 403], "reader");
     assert_eq!(statuses(&srv, &t.reporter), [200, 201, 403], "reporter");
     assert_eq!(statuses(&srv, &t.admin), [200, 201, 200], "admin");
@@ -74,7 +81,11 @@ fn auth_matrix() {
 #[test]
 fn public_read_lets_anonymous_gets_through_only() {
     let (_dir, srv, t) = server_with_tokens(&["--public-read"]);
-    assert_eq!(statuses(&srv, ""), [200, 401, 401], "anonymous with --public-read");
+    assert_eq!(
+        statuses(&srv, ""),
+        [200, 401, 401],
+        "anonymous with --public-read"
+    );
     assert_eq!(statuses(&srv, &t.reader), [200, 403, 403], "reader");
     assert_eq!(statuses(&srv, &t.admin), [200, 201, 200], "admin");
     // A bad token is still refused, even for a read.

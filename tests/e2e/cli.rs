@@ -8,11 +8,37 @@ use serde_json::{json, Value};
 use crate::common::*;
 
 const ACLED: [&str; 31] = [
-    "event_id_cnty", "event_date", "year", "time_precision", "disorder_type", "event_type",
-    "sub_event_type", "actor1", "assoc_actor_1", "inter1", "actor2", "assoc_actor_2", "inter2",
-    "interaction", "civilian_targeting", "iso", "region", "country", "admin1", "admin2",
-    "admin3", "location", "latitude", "longitude", "geo_precision", "source", "source_scale",
-    "notes", "fatalities", "tags", "timestamp",
+    "event_id_cnty",
+    "event_date",
+    "year",
+    "time_precision",
+    "disorder_type",
+    "event_type",
+    "sub_event_type",
+    "actor1",
+    "assoc_actor_1",
+    "inter1",
+    "actor2",
+    "assoc_actor_2",
+    "inter2",
+    "interaction",
+    "civilian_targeting",
+    "iso",
+    "region",
+    "country",
+    "admin1",
+    "admin2",
+    "admin3",
+    "location",
+    "latitude",
+    "longitude",
+    "geo_precision",
+    "source",
+    "source_scale",
+    "notes",
+    "fatalities",
+    "tags",
+    "timestamp",
 ];
 
 fn d(p: &Path) -> &str {
@@ -81,14 +107,25 @@ fn import_export_replay_verify() {
     // Import from a file: the SPEC import report on stdout.
     let out = cli_ok(&["import", d(&seed_path()), "--data-dir", data_s]);
     let report: Value = serde_json::from_str(&out).expect("import report JSON");
-    assert_eq!(report, json!({"appended": 10, "duplicates": 0, "rejected": []}));
+    assert_eq!(
+        report,
+        json!({"appended": 10, "duplicates": 0, "rejected": []})
+    );
 
     // From stdin, with a duplicate line, a bad line and a new one: exit 4, report says which.
     let seed = String::from_utf8(seed_bytes()).unwrap();
     let first_line = seed.lines().next().unwrap();
     let input = format!("{first_line}\nnot json\n{}", located_incident_line());
-    let out = cli_with_stdin(&["import", "-", "--data-dir", data_s], Some(input.as_bytes()));
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli_with_stdin(
+        &["import", "-", "--data-dir", data_s],
+        Some(input.as_bytes()),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).expect("report");
     assert_eq!(report["appended"], 2, "{report}");
     assert_eq!(report["duplicates"], 2, "{report}");
@@ -113,18 +150,36 @@ fn import_export_replay_verify() {
         assert_eq!(e["global_position"], json!(i as u64 + 1));
         let keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
         for k in [
-            "global_position", "incident_id", "stream_version", "event_id", "type", "data",
-            "recorded_at", "recorded_by", "hash",
+            "global_position",
+            "incident_id",
+            "stream_version",
+            "event_id",
+            "type",
+            "data",
+            "recorded_at",
+            "recorded_by",
+            "hash",
         ] {
             assert!(keys.contains(&k), "missing {k} in {e}");
         }
     }
     assert_eq!(events[0]["recorded_by"], "cli-import");
-    assert_eq!(events[0]["event_id"], "a1c3e0b4-6f2d-4e8a-9b1c-000000000101");
+    assert_eq!(
+        events[0]["event_id"],
+        "a1c3e0b4-6f2d-4e8a-9b1c-000000000101"
+    );
 
     // CSV: ACLED's 31 columns in order, then ours; one row per active incident.
     let csv_path = dir.path().join("incidents.csv");
-    cli_ok(&["export", "--format", "csv", "--output", d(&csv_path), "--data-dir", data_s]);
+    cli_ok(&[
+        "export",
+        "--format",
+        "csv",
+        "--output",
+        d(&csv_path),
+        "--data-dir",
+        data_s,
+    ]);
     let text = std::fs::read_to_string(&csv_path).unwrap();
     let rows = parse_csv(&text);
     assert_eq!(&rows[0][..31], &ACLED[..]);
@@ -139,7 +194,10 @@ fn import_export_replay_verify() {
     assert_eq!(kupiansk[col("event_date")], "2026-01-03");
     assert_eq!(kupiansk[col("year")], "2026");
     assert_eq!(kupiansk[col("event_type")], "Explosions/Remote violence");
-    assert_eq!(kupiansk[col("sub_event_type")], "Shelling/artillery/missile attack");
+    assert_eq!(
+        kupiansk[col("sub_event_type")],
+        "Shelling/artillery/missile attack"
+    );
     assert_eq!(kupiansk[col("country")], "Ukraine");
     assert_eq!(kupiansk[col("admin1")], "Kharkivska oblast");
     assert_eq!(kupiansk[col("location")], "Kupiansk, \"centre\"");
@@ -154,7 +212,10 @@ fn import_export_replay_verify() {
         .find(|r| r[col("incident_id")] == "5f0c7a52-3c1e-4d6b-9a51-0b7c2f9e1a01")
         .unwrap();
     assert_eq!(kharkiv[col("time_precision")], "2", "week -> 2");
-    assert_eq!(kharkiv[col("sub_event_type")], "Shelling/artillery/missile attack");
+    assert_eq!(
+        kharkiv[col("sub_event_type")],
+        "Shelling/artillery/missile attack"
+    );
     let kherson_drone = rows
         .iter()
         .find(|r| r[col("incident_id")] == "5f0c7a52-3c1e-4d6b-9a51-0b7c2f9e1a03")
@@ -182,15 +243,32 @@ fn import_export_replay_verify() {
     assert_eq!(all["events"], 12, "{all}");
     assert_eq!(all["incidents"], 5, "{all}");
     assert_eq!(all["regions"], 3, "{all}");
-    let out = cli_ok(&["replay", "--json", "--at-position", "2", "--data-dir", data_s]);
+    let out = cli_ok(&[
+        "replay",
+        "--json",
+        "--at-position",
+        "2",
+        "--data-dir",
+        data_s,
+    ]);
     let two: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(two["events"], 2, "{two}");
     assert_ne!(two["digest"], all["digest"]);
-    let out = cli_ok(&["replay", "--json", "--as-of", "2000-01-01T00:00:00Z", "--data-dir", data_s]);
+    let out = cli_ok(&[
+        "replay",
+        "--json",
+        "--as-of",
+        "2000-01-01T00:00:00Z",
+        "--data-dir",
+        data_s,
+    ]);
     let none: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(none["events"], 0, "{none}");
     let text = cli_ok(&["replay", "--data-dir", data_s]);
-    assert!(text.contains(&format!("digest:      {}", all["digest"].as_str().unwrap())), "{text}");
+    assert!(
+        text.contains(&format!("digest:      {}", all["digest"].as_str().unwrap())),
+        "{text}"
+    );
 
     // Verify: passes on the intact log...
     let ok = cli_ok(&["verify", "--data-dir", data_s]);
@@ -202,7 +280,10 @@ fn import_export_replay_verify() {
     let out = cli(&["verify", "--data-dir", d(&damaged)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
-    assert!(stderr.contains(&segment), "must name the file {segment}: {stderr}");
+    assert!(
+        stderr.contains(&segment),
+        "must name the file {segment}: {stderr}"
+    );
     assert!(stderr.contains("offset"), "must give the offset: {stderr}");
     // The intact original still verifies.
     cli_ok(&["verify", "--data-dir", data_s]);
@@ -212,10 +293,10 @@ fn import_export_replay_verify() {
 fn flip_a_byte_early_in_the_log(data_dir: &Path) -> String {
     let mut files: Vec<_> = walk(data_dir)
         .into_iter()
-        .filter(|p| std::fs::metadata(p).map(|m| m.len() > 512).unwrap_or(false))
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
         .collect();
     files.sort();
-    let segment = files.first().expect("a segment file of more than 512 bytes").clone();
+    let segment = files.first().expect("a segment file (log/*.seg)").clone();
     let mut bytes = std::fs::read(&segment).unwrap();
     // Past any file header, well before the last record (the log holds 12 events).
     let at = bytes.len() / 5;
@@ -243,13 +324,34 @@ fn tokens_help_and_usage_errors() {
     let data = d(dir.path());
     let secret = create_token(dir.path(), "desk", "reporter");
     // A duplicate name fails; a bad role is refused.
-    let out = cli(&["token", "create", "--data-dir", data, "--name", "desk", "--role", "reader"]);
+    let out = cli(&[
+        "token",
+        "create",
+        "--data-dir",
+        data,
+        "--name",
+        "desk",
+        "--role",
+        "reader",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
-    let out = cli(&["token", "create", "--data-dir", data, "--name", "x", "--role", "root"]);
+    let out = cli(&[
+        "token",
+        "create",
+        "--data-dir",
+        data,
+        "--name",
+        "x",
+        "--role",
+        "root",
+    ]);
     assert_ne!(out.status.code(), Some(0));
     let list = cli_ok(&["token", "list", "--json", "--data-dir", data]);
-    let tokens: Vec<Value> = list.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let tokens: Vec<Value> = list
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(tokens.len(), 1);
     assert_eq!(tokens[0]["name"], "desk");
     assert_eq!(tokens[0]["role"], "reporter");
@@ -264,9 +366,21 @@ fn tokens_help_and_usage_errors() {
 
     // Help explains the flags; a bad flag is a usage error (2).
     let help = cli_ok(&["serve", "--help"]);
-    for flag in ["--data-dir", "--listen", "--store", "--public-read", "--durability", "INCIDENTLOG_LISTEN"] {
+    for flag in [
+        "--data-dir",
+        "--listen",
+        "--store",
+        "--public-read",
+        "--durability",
+        "INCIDENTLOG_LISTEN",
+    ] {
         assert!(help.contains(flag), "serve --help lacks {flag}");
     }
     assert_eq!(cli(&["serve", "--no-such-flag"]).status.code(), Some(2));
-    assert_eq!(cli(&["replay", "--as-of", "yesterday", "--data-dir", data]).status.code(), Some(2));
+    assert_eq!(
+        cli(&["replay", "--as-of", "yesterday", "--data-dir", data])
+            .status
+            .code(),
+        Some(2)
+    );
 }

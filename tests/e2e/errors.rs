@@ -92,15 +92,22 @@ fn every_error_status_records_nothing() {
     });
     // 409: an event id reused with other content.
     let first = casualties("Wire", 3);
-    srv.append(&t.reporter, &incident, &batch(json!(1), vec![first.clone()]))
-        .expect(201);
+    srv.append(
+        &t.reporter,
+        &incident,
+        &batch(json!(1), vec![first.clone()]),
+    )
+    .expect(201);
     records_nothing(&srv, &t.admin, "409 event id", || {
         let mut changed = first.clone();
         changed["data"]["killed"] = json!(4);
         let p = srv
             .append(&t.reporter, &incident, &batch(json!("any"), vec![changed]))
             .expect_problem(409);
-        assert!(p.get("expected").is_some() && p.get("actual").is_some(), "{p}");
+        assert!(
+            p.get("expected").is_some() && p.get("actual").is_some(),
+            "{p}"
+        );
     });
 
     // 413: a body over the limit (1 MiB by default).
@@ -172,7 +179,10 @@ fn every_error_status_records_nothing() {
         srv.append(
             &t.reporter,
             &incident,
-            &batch(json!("any"), vec![reported("shelling", "UA-63", "2026-01-05")]),
+            &batch(
+                json!("any"),
+                vec![reported("shelling", "UA-63", "2026-01-05")],
+            ),
         )
         .expect_problem(422);
         // Casualties on an incident that was never reported.
@@ -220,7 +230,10 @@ fn rate_limit_answers_429_with_retry_after() {
     let events = loop {
         let r = srv.get("/v1/admin/verify", &t.admin);
         if r.status == 429 {
-            let wait: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let wait: u64 = r
+                .header("retry-after")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
             std::thread::sleep(std::time::Duration::from_secs(wait));
             continue;
         }

@@ -14,7 +14,10 @@ use crate::common::*;
 fn first_start_prints_an_admin_token_once() {
     let dir = temp_dir();
     let mut srv = Server::start(dir.path(), &[]);
-    let admin = srv.admin_token.clone().expect("first start prints the admin token");
+    let admin = srv
+        .admin_token
+        .clone()
+        .expect("first start prints the admin token");
     assert!(admin.len() >= 20, "token too short: {admin}");
     srv.get("/v1/admin/verify", &admin).expect(200);
     // The token list names it and never shows a secret.
@@ -57,7 +60,11 @@ fn sigterm_with_appends_in_flight_loses_nothing_acknowledged() {
                     }
                     // Shutting down: refused or cut off. Anything else is a bug.
                     Ok(r) if r.status == 503 => return,
-                    Ok(r) => panic!("unexpected status {} during shutdown: {}", r.status, r.text()),
+                    Ok(r) => panic!(
+                        "unexpected status {} during shutdown: {}",
+                        r.status,
+                        r.text()
+                    ),
                     Err(_) => return,
                 }
             })

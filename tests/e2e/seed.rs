@@ -93,10 +93,17 @@ fn check_summaries(srv: &Server, token: &str) {
     assert_eq!(v["region"], "UA-65", "{v}");
     let claims = v["claims"].as_array().expect("claims");
     assert_eq!(claims.len(), 1, "{v}");
-    assert_eq!(claims[0]["claim_id"], "c1a1e000-0000-4000-8000-000000000301");
+    assert_eq!(
+        claims[0]["claim_id"],
+        "c1a1e000-0000-4000-8000-000000000301"
+    );
     assert_eq!(claims[0]["status"], "disputed", "{v}");
     assert_eq!(claims[0]["claimant"], "Russian government");
-    assert_eq!(claims[0]["denials"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(
+        claims[0]["denials"].as_array().map(Vec::len),
+        Some(1),
+        "{v}"
+    );
 }
 
 fn live_digest(srv: &Server, admin: &str) -> String {

@@ -25,7 +25,12 @@ fn read_until(stream: &mut SseStream, from: u64, until: u64) -> Vec<Value> {
     let mut expect = from;
     while expect <= until {
         let ev = stream.next_event().expect("the feed ended early");
-        let id: u64 = ev.id.as_deref().expect("SSE id").parse().expect("numeric id");
+        let id: u64 = ev
+            .id
+            .as_deref()
+            .expect("SSE id")
+            .parse()
+            .expect("numeric id");
         assert_eq!(id, expect, "gap or duplicate in the feed");
         let data: Value = serde_json::from_str(&ev.data).expect("data is a recorded event");
         assert_eq!(data["global_position"], json!(id));

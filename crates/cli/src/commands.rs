@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use incidentlog_api::auth::{hash_secret, try_new_secret, Role};
 use incidentlog_api::service::AppService;
-use incidentlog_projections::{Envelope, Projection, Region};
+use incidentlog_projections::{Projection, Region};
 use incidentlog_store::{to_hex, EventStore, RecordedEvent, StoreError, TokenRecord};
 use uuid::Uuid;
 
@@ -189,8 +189,7 @@ pub struct ImportArgs {
 pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
     let from_stdin = args.file.as_os_str() == "-";
     // Open the input first: a typo in the file name should not touch the store.
-    let (input, size): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) = if from_stdin
-    {
+    let (input, size): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) = if from_stdin {
         (Box::new(tokio::io::stdin()), None)
     } else {
         let file = tokio::fs::File::open(&args.file)
@@ -217,9 +216,11 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
         .await;
     bar.finish_and_clear();
     // Close (sync) even when the import failed half-way: what was acknowledged stays.
-    let closed = store.close().await;
+    let closed = service.close().await;
     let report = result.context("import failed")?;
-    closed.context("cannot close the store cleanly")?;
+    closed
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("cannot close the store cleanly")?;
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &report)?;
     writeln!(out)?;
@@ -297,9 +298,11 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
                     if seen.insert(e.stream_id) {
                         order.push(e.stream_id);
                     }
-                    projection.apply(&envelope(e)).with_context(|| {
-                        format!("event at position {} does not decode", e.global_position)
-                    })?;
+                    projection
+                        .apply(&incidentlog_api::service::envelope(e))
+                        .with_context(|| {
+                            format!("event at position {} does not decode", e.global_position)
+                        })?;
                 }
                 Ok(())
             })
@@ -361,19 +364,6 @@ async fn for_each_page<S: EventStore>(
         bar.set_position(after);
     }
     Ok(())
-}
-
-fn envelope(e: &RecordedEvent) -> Envelope<'_> {
-    Envelope {
-        global_position: e.global_position,
-        incident_id: e.stream_id,
-        stream_version: e.stream_version,
-        event_id: e.event_id,
-        event_type: &e.event_type,
-        data: &e.data,
-        recorded_at: e.recorded_at,
-        recorded_by: &e.recorded_by,
-    }
 }
 
 /// Region and country names by code, looked up once each.
@@ -444,15 +434,128 @@ fn check_token_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the token commands read and write tokens.
+enum TokenAccess {
+    Store(incidentlog_store::Store),
+    /// The file store is held by a running server: edit its `tokens.json` directly (atomic
+    /// replace); the server re-reads it on an unknown secret and periodically.
+    File(PathBuf),
+}
+
+impl TokenAccess {
+    async fn open(args: &StoreArgs) -> anyhow::Result<TokenAccess> {
+        match open_store(args, &WriteArgs::default()).await {
+            Ok(store) => Ok(TokenAccess::Store(store)),
+            Err(e) => {
+                let locked = matches!(args.store, incidentlog_store::Backend::File)
+                    && e.chain().any(|c| {
+                        matches!(
+                            c.downcast_ref::<StoreError>(),
+                            Some(StoreError::Unavailable(_))
+                        )
+                    })
+                    && args.data_dir.join("LOCK").exists();
+                if locked {
+                    tracing::info!("the store is in use by a server; editing its token file");
+                    Ok(TokenAccess::File(args.data_dir.clone()))
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn list(&self) -> anyhow::Result<Vec<TokenRecord>> {
+        match self {
+            TokenAccess::Store(s) => Ok(s.tokens().await?),
+            TokenAccess::File(dir) => token_file::load(dir),
+        }
+    }
+
+    async fn add(&self, token: TokenRecord) -> anyhow::Result<()> {
+        match self {
+            TokenAccess::Store(s) => Ok(s.add_token(token).await?),
+            TokenAccess::File(dir) => {
+                let mut all = token_file::load(dir)?;
+                if all.iter().any(|t| t.name == token.name) {
+                    bail!("a token named {:?} already exists", token.name);
+                }
+                all.push(token);
+                token_file::save(dir, &all)
+            }
+        }
+    }
+
+    async fn revoke(&self, name: &str, at: DateTime<Utc>) -> anyhow::Result<bool> {
+        match self {
+            TokenAccess::Store(s) => Ok(s.revoke_token(name, at).await?),
+            TokenAccess::File(dir) => {
+                let mut all = token_file::load(dir)?;
+                let Some(t) = all.iter_mut().find(|t| t.name == name) else {
+                    return Ok(false);
+                };
+                if t.revoked_at.is_none() {
+                    t.revoked_at = Some(at);
+                    token_file::save(dir, &all)?;
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    async fn close(&self) -> anyhow::Result<()> {
+        if let TokenAccess::Store(s) = self {
+            s.close().await.context("cannot close the store")?;
+        }
+        Ok(())
+    }
+}
+
+/// The file store's `tokens.json` (a JSON array of `TokenRecord`), for use while a server
+/// holds the store. Same format and same atomic replace as the store's own code.
+mod token_file {
+    use std::io::Write;
+    use std::path::Path;
+
+    use anyhow::Context;
+    use incidentlog_store::TokenRecord;
+
+    const FILE: &str = "tokens.json";
+
+    pub fn load(dir: &Path) -> anyhow::Result<Vec<TokenRecord>> {
+        let path = dir.join(FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid", path.display()))
+    }
+
+    pub fn save(dir: &Path, tokens: &[TokenRecord]) -> anyhow::Result<()> {
+        let tmp = dir.join(format!("{FILE}.cli-{}.tmp", std::process::id()));
+        let bytes = serde_json::to_vec_pretty(tokens)?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, dir.join(FILE))?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().with_context(|| format!("cannot write {}", dir.join(FILE).display()))
+    }
+}
+
 pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
     match cmd {
         TokenCommand::Create { store, name, role } => {
             check_token_name(&name)?;
             let role: Role = role.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let store = open_store(&store, &WriteArgs::default()).await?;
+            let access = TokenAccess::open(&store).await?;
             let secret = try_new_secret().map_err(|e| anyhow::anyhow!("{e}"))?;
-            store
-                .add_token(TokenRecord {
+            access
+                .add(TokenRecord {
                     name: name.clone(),
                     role: role.to_string(),
                     secret_hash: hash_secret(&secret),
@@ -461,13 +564,13 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
                 })
                 .await
                 .with_context(|| format!("cannot create token {name:?}"))?;
-            store.close().await.context("cannot close the store")?;
+            access.close().await?;
             println!("{secret}");
             tracing::info!(token = %name, role = %role, "token created");
         }
         TokenCommand::List { store, json } => {
-            let store = open_store(&store, &WriteArgs::default()).await?;
-            let tokens = store.tokens().await.context("cannot read the tokens")?;
+            let access = TokenAccess::open(&store).await?;
+            let tokens = access.list().await.context("cannot read the tokens")?;
             let mut out = std::io::stdout().lock();
             let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             if json {
@@ -479,7 +582,12 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
                     writeln!(out, "{v}")?;
                 }
             } else {
-                let width = tokens.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+                let width = tokens
+                    .iter()
+                    .map(|t| t.name.len())
+                    .max()
+                    .unwrap_or(4)
+                    .max(4);
                 writeln!(
                     out,
                     "{:<width$}  {:<8}  {:<20}  REVOKED",
@@ -492,18 +600,21 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
                         t.name,
                         t.role,
                         time(&t.created_at),
-                        t.revoked_at.as_ref().map(time).unwrap_or_else(|| "-".into())
+                        t.revoked_at
+                            .as_ref()
+                            .map(time)
+                            .unwrap_or_else(|| "-".into())
                     )?;
                 }
             }
         }
         TokenCommand::Revoke { store, name } => {
-            let store = open_store(&store, &WriteArgs::default()).await?;
-            let found = store
-                .revoke_token(&name, Utc::now())
+            let access = TokenAccess::open(&store).await?;
+            let found = access
+                .revoke(&name, Utc::now())
                 .await
                 .with_context(|| format!("cannot revoke token {name:?}"))?;
-            store.close().await.context("cannot close the store")?;
+            access.close().await?;
             if !found {
                 bail!("no token named {name:?}");
             }

@@ -357,12 +357,30 @@ pub fn geojson_feature(view: &Value, region: &RegionInfo) -> Option<Value> {
     put("perpetrator", text("perpetrator"));
     put("target", text("target"));
     put("summary", text("summary"));
-    put("killed_low", json!(n(view, &["casualties", "killed", "low"])));
-    put("killed_best", json!(n(view, &["casualties", "killed", "best"])));
-    put("killed_high", json!(n(view, &["casualties", "killed", "high"])));
-    put("injured_low", json!(n(view, &["casualties", "injured", "low"])));
-    put("injured_best", json!(n(view, &["casualties", "injured", "best"])));
-    put("injured_high", json!(n(view, &["casualties", "injured", "high"])));
+    put(
+        "killed_low",
+        json!(n(view, &["casualties", "killed", "low"])),
+    );
+    put(
+        "killed_best",
+        json!(n(view, &["casualties", "killed", "best"])),
+    );
+    put(
+        "killed_high",
+        json!(n(view, &["casualties", "killed", "high"])),
+    );
+    put(
+        "injured_low",
+        json!(n(view, &["casualties", "injured", "low"])),
+    );
+    put(
+        "injured_best",
+        json!(n(view, &["casualties", "injured", "best"])),
+    );
+    put(
+        "injured_high",
+        json!(n(view, &["casualties", "injured", "high"])),
+    );
     put(
         "civilians_killed",
         json!(n(view, &["casualties", "civilians_killed"])),
@@ -474,7 +492,10 @@ mod tests {
             acled_types("shelling").2,
             "Shelling/artillery/missile attack"
         );
-        assert_eq!(acled_types("attack_on_civilians").1, "Violence against civilians");
+        assert_eq!(
+            acled_types("attack_on_civilians").1,
+            "Violence against civilians"
+        );
         assert_eq!(acled_types("other").2, "Other");
     }
 

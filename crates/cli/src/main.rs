@@ -1,4 +1,295 @@
+//! `incidentlog`: the event-sourced conflict-incident log. One binary: the HTTP server and the
+//! offline tools (replay, verify, import, export, tokens). Each command is a thin call into
+//! `incidentlog-api`'s service layer, the store and the projections.
 #![forbid(unsafe_code)]
-#[allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use incidentlog_store::{Backend, Durability, OpenOptions, Store, StoreError};
+
+mod commands;
 mod export;
-fn main() {}
+mod serve;
+
+/// Exit codes (documented in proto-docs/cli.md).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Any failure not listed below (I/O, store unavailable, bad input file, ...).
+    pub const FAILURE: u8 = 1;
+    /// Usage error: unknown flag, bad value (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The log is damaged: a checksum or the hash chain does not match (file and offset printed).
+    pub const DAMAGED: u8 = 3;
+    /// `import` finished, but some lines were rejected (the report lists them).
+    pub const REJECTED: u8 = 4;
+}
+
+/// incidentlog: an append-only, event-sourced log of conflict incidents with an HTTP API.
+///
+/// Every flag can also be set through the environment variable named in its help
+/// (INCIDENTLOG_*); a flag on the command line wins over the variable.
+#[derive(Parser, Debug)]
+#[command(name = "incidentlog", version, propagate_version = true)]
+struct Cli {
+    /// Log level or filter for the logs on stderr (error, warn, info, debug, trace, or an
+    /// EnvFilter directive such as `incidentlog_api=debug`). Without it RUST_LOG is used, else
+    /// `info`.
+    #[arg(long, global = true, env = "INCIDENTLOG_LOG", value_name = "LEVEL")]
+    log: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the HTTP API until SIGTERM or SIGINT (then: stop accepting, finish in-flight
+    /// appends, sync, exit 0). On a data dir without tokens, creates an admin token and
+    /// prints it once.
+    Serve(serve::ServeArgs),
+    /// Rebuild every view from the log offline and print the event count, time, rate, digest,
+    /// incident and region counts.
+    Replay(commands::ReplayArgs),
+    /// Check every record's checksum and the whole hash chain. Prints the event count and head
+    /// hash; exits 3 naming the file and offset of the first damage.
+    Verify(commands::VerifyArgs),
+    /// Import an NDJSON file (the lines of POST /v1/events, same validation) and print the
+    /// import report as JSON. Exits 4 when some lines were rejected.
+    Import(commands::ImportArgs),
+    /// Write the log (ndjson: recorded events) or the incident views (csv: ACLED-style columns;
+    /// geojson: a FeatureCollection of the incidents that have a location).
+    Export(commands::ExportArgs),
+    /// Manage API tokens (they live with the store; only a hash of each secret is kept).
+    Token {
+        #[command(subcommand)]
+        command: commands::TokenCommand,
+    },
+}
+
+/// Where the log lives: shared by every command.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Directory of the embedded file store (created if missing; its tokens live here too).
+    #[arg(
+        long,
+        env = "INCIDENTLOG_DATA_DIR",
+        default_value = "./data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Storage backend: `file` (the embedded log in --data-dir) or a PostgreSQL URL
+    /// (`postgres://user:pass@host:5432/db`).
+    #[arg(
+        long,
+        env = "INCIDENTLOG_STORE",
+        default_value = "file",
+        value_name = "file|postgres://...",
+        value_parser = parse_backend
+    )]
+    pub store: Backend,
+}
+
+/// Durability and segment size: only commands that write take them.
+#[derive(Args, Debug, Clone)]
+pub struct WriteArgs {
+    /// `strict`: every acknowledged append is fsynced first. `relaxed`: acknowledge after the
+    /// write and let the OS flush (a machine crash may lose the latest appends).
+    #[arg(
+        long,
+        env = "INCIDENTLOG_DURABILITY",
+        default_value = "strict",
+        value_enum
+    )]
+    pub durability: DurabilityArg,
+
+    /// Size at which the file store starts a new segment file (e.g. 256MiB, 64MiB, 1000000).
+    #[arg(
+        long,
+        env = "INCIDENTLOG_SEGMENT_SIZE",
+        default_value = "256MiB",
+        value_name = "BYTES",
+        value_parser = parse_bytes
+    )]
+    pub segment_size: u64,
+}
+
+impl Default for WriteArgs {
+    fn default() -> Self {
+        WriteArgs {
+            durability: DurabilityArg::Strict,
+            segment_size: 256 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DurabilityArg {
+    Strict,
+    Relaxed,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(d: DurabilityArg) -> Self {
+        match d {
+            DurabilityArg::Strict => Durability::Strict,
+            DurabilityArg::Relaxed => Durability::Relaxed,
+        }
+    }
+}
+
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    s.parse::<Backend>().map_err(|e| e.to_string())
+}
+
+/// `1048576`, `512KiB`, `64MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 1048576, 512KiB, 64MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    num.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `30` (seconds), `30s`, `500ms`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 30s, 500ms, 2m)"))?;
+    match unit.trim() {
+        "" | "s" => Ok(Duration::from_secs(num)),
+        "ms" => Ok(Duration::from_millis(num)),
+        "m" | "min" => Ok(Duration::from_secs(num.saturating_mul(60))),
+        other => Err(format!("unknown duration unit {other:?} (use ms, s or m)")),
+    }
+}
+
+/// Opens the store the flags name.
+pub async fn open_store(store: &StoreArgs, write: &WriteArgs) -> anyhow::Result<Store> {
+    let opts = OpenOptions {
+        data_dir: store.data_dir.clone(),
+        backend: store.store.clone(),
+        durability: write.durability.into(),
+        segment_size: write.segment_size,
+    };
+    Store::open(&opts)
+        .await
+        .with_context(|| match &store.store {
+            Backend::File => format!("cannot open the store in {}", store.data_dir.display()),
+            Backend::Postgres(_) => "cannot open the PostgreSQL store".to_string(),
+        })
+}
+
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+    };
+    let filter = filter.unwrap_or_else(|e| {
+        eprintln!("warning: bad log filter ({e}); using `info`");
+        EnvFilter::new("info")
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}
+
+/// The exit code an error deserves.
+fn exit_code_of(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(StoreError::Corrupt { .. }) = cause.downcast_ref::<StoreError>() {
+            return exit::DAMAGED;
+        }
+        if let Some(commands::Damaged) = cause.downcast_ref::<commands::Damaged>() {
+            return exit::DAMAGED;
+        }
+    }
+    exit::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Replay(args) => commands::replay(args).await,
+            Command::Verify(args) => commands::verify(args).await,
+            Command::Import(args) => commands::import(args).await,
+            Command::Export(args) => commands::export(args).await,
+            Command::Token { command } => commands::token(command).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code_of(&err))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1 KiB"), Ok(1024));
+        assert_eq!(parse_bytes("2kb"), Ok(2000));
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -74,6 +74,45 @@ pub struct ServeArgs {
     )]
     pub rate_limit: u32,
 
+    /// Burst allowed above the rate limit (requests); 0 means one second's worth.
+    #[arg(
+        long,
+        env = "INCIDENTLOG_RATE_LIMIT_BURST",
+        default_value_t = ServeConfig::default().rate_limit_burst,
+        value_name = "N"
+    )]
+    pub rate_limit_burst: u32,
+
+    /// Requests handled at once (the live feed not counted); more wait up to the request
+    /// timeout, then get 503.
+    #[arg(
+        long,
+        env = "INCIDENTLOG_MAX_CONCURRENT_REQUESTS",
+        default_value_t = ServeConfig::default().max_concurrent_requests,
+        value_name = "N"
+    )]
+    pub max_concurrent_requests: usize,
+
+    /// Interval of the heartbeat comments on the live feed (keeps proxies from closing it).
+    #[arg(
+        long,
+        env = "INCIDENTLOG_SSE_HEARTBEAT",
+        default_value = "15s",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub sse_heartbeat: Duration,
+
+    /// How often the server re-reads the token table (how soon a revocation takes effect).
+    #[arg(
+        long,
+        env = "INCIDENTLOG_TOKEN_REFRESH",
+        default_value = "5s",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub token_refresh: Duration,
+
     /// Most live-feed (SSE) clients at once; more get 503.
     #[arg(
         long,
@@ -103,8 +142,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         bulk_body_limit: usize::try_from(args.bulk_body_limit).unwrap_or(usize::MAX),
         request_timeout: args.request_timeout,
         rate_limit_per_sec: args.rate_limit,
+        rate_limit_burst: args.rate_limit_burst,
         max_sse_clients: args.max_sse_clients,
-        ..ServeConfig::default()
+        max_concurrent_requests: args.max_concurrent_requests,
+        sse_heartbeat: args.sse_heartbeat,
+        token_refresh: args.token_refresh,
     };
     incidentlog_api::serve(service, config, shutdown_signal())
         .await
