@@ -1,0 +1,222 @@
+//! Bearer tokens: roles, secrets, hashing, and the token table the server checks against.
+//!
+//! Secrets are 192 random bits, hex-encoded with an `il_` prefix (url-safe, easy to grep for
+//! in leaked configs). Only `blake3(secret)` is stored. A presented secret is hashed and
+//! looked up by that hash; the final comparison is `blake3::Hash` equality, which is
+//! constant-time, and a lookup keyed by a hash leaks nothing usable about the secret.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use chrono::Utc;
+use incidentlog_store::{EventStore, Store, TokenRecord};
+
+use crate::error::ApiError;
+
+/// What a token may do. Ordered: each role includes the ones below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// GET requests (not `/v1/admin/*`).
+    Reader,
+    /// Reader, plus appends and bulk import.
+    Reporter,
+    /// Everything, `/v1/admin/*` included.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Reporter => "reporter",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = ApiError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reader" => Ok(Role::Reader),
+            "reporter" => Ok(Role::Reporter),
+            "admin" => Ok(Role::Admin),
+            other => Err(ApiError::bad_request(format!(
+                "unknown role {other:?}: expected reader, reporter or admin"
+            ))),
+        }
+    }
+}
+
+/// A new random secret (192 bits from the OS), or an error when the OS has no randomness.
+pub fn try_new_secret() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ApiError::Internal(format!("no randomness from the OS: {e}")))?;
+    Ok(format!("il_{}", incidentlog_store::to_hex(&bytes)))
+}
+
+/// A new random secret. Panics only when the operating system cannot provide randomness,
+/// in which case no secret could be made safely anyway.
+pub fn new_secret() -> String {
+    match try_new_secret() {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The stored form of a secret.
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    *blake3::hash(secret.as_bytes()).as_bytes()
+}
+
+/// Name of the token created on a first start.
+pub const FIRST_ADMIN_NAME: &str = "admin";
+
+/// When the store has no token at all, creates an admin token and returns its secret (to be
+/// printed once); otherwise returns `None`.
+pub async fn ensure_admin_token(store: &Store) -> Result<Option<String>, ApiError> {
+    if !store.tokens().await?.is_empty() {
+        return Ok(None);
+    }
+    let secret = try_new_secret()?;
+    store
+        .add_token(TokenRecord {
+            name: FIRST_ADMIN_NAME.to_string(),
+            role: Role::Admin.as_str().to_string(),
+            secret_hash: hash_secret(&secret),
+            created_at: Utc::now(),
+            revoked_at: None,
+        })
+        .await?;
+    Ok(Some(secret))
+}
+
+/// Who is making a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// Token name (`recorded_by`), `None` for an anonymous request under `--public-read`.
+    pub name: Option<Arc<str>>,
+    pub role: Role,
+}
+
+#[derive(Clone)]
+struct Entry {
+    name: Arc<str>,
+    role: Role,
+    hash: blake3::Hash,
+}
+
+/// The server's copy of the token table, refreshed from the store: periodically (so that
+/// revocations take effect) and, rate-limited, when an unknown secret is presented (so that a
+/// token created by the CLI or by another server works at once).
+pub struct TokenTable {
+    entries: RwLock<Arc<HashMap<[u8; 32], Entry>>>,
+    /// Token bucket for reloads caused by unknown secrets: (tokens, last refill).
+    miss_budget: Mutex<(f64, Instant)>,
+    reload_guard: tokio::sync::Mutex<()>,
+}
+
+/// Reloads caused by unknown secrets: bursts of up to 10, then 4 per second, so that a
+/// new token works on first use while a flood of bad secrets cannot hammer the store.
+const MISS_RELOAD_BURST: f64 = 10.0;
+const MISS_RELOADS_PER_SEC: f64 = 4.0;
+
+/// Outcome of checking a secret.
+pub enum Lookup {
+    Valid(Principal),
+    Unknown,
+}
+
+impl Default for TokenTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TokenTable {
+    pub fn new() -> Self {
+        TokenTable {
+            entries: RwLock::new(Arc::new(HashMap::new())),
+            miss_budget: Mutex::new((MISS_RELOAD_BURST, Instant::now())),
+            reload_guard: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Re-reads every token from the store. Revoked tokens and unknown roles are left out.
+    pub async fn reload(&self, store: &Store) -> Result<(), ApiError> {
+        let _one_at_a_time = self.reload_guard.lock().await;
+        let records = store.tokens().await?;
+        let mut map = HashMap::with_capacity(records.len());
+        for r in records {
+            if r.revoked_at.is_some() {
+                continue;
+            }
+            let Ok(role) = r.role.parse::<Role>() else {
+                tracing::warn!(token = %r.name, role = %r.role, "token with unknown role ignored");
+                continue;
+            };
+            map.insert(
+                r.secret_hash,
+                Entry {
+                    name: Arc::from(r.name.as_str()),
+                    role,
+                    hash: blake3::Hash::from_bytes(r.secret_hash),
+                },
+            );
+        }
+        *self.entries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+        Ok(())
+    }
+
+    fn find(&self, presented: &blake3::Hash) -> Option<Principal> {
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let entry = entries.get(presented.as_bytes())?;
+        // Constant-time equality (blake3::Hash's PartialEq).
+        (entry.hash == *presented).then(|| Principal {
+            name: Some(entry.name.clone()),
+            role: entry.role,
+        })
+    }
+
+    /// Checks a secret; on a miss, reloads from the store (rate-limited) and retries.
+    pub async fn check(&self, store: &Store, secret: &str) -> Result<Lookup, ApiError> {
+        let presented = blake3::hash(secret.as_bytes());
+        if let Some(p) = self.find(&presented) {
+            return Ok(Lookup::Valid(p));
+        }
+        let due = {
+            let mut budget = self.miss_budget.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let refill = now.duration_since(budget.1).as_secs_f64() * MISS_RELOADS_PER_SEC;
+            budget.0 = (budget.0 + refill).min(MISS_RELOAD_BURST);
+            budget.1 = now;
+            let due = budget.0 >= 1.0;
+            if due {
+                budget.0 -= 1.0;
+            }
+            due
+        };
+        if due {
+            self.reload(store).await?;
+            if let Some(p) = self.find(&presented) {
+                return Ok(Lookup::Valid(p));
+            }
+        }
+        Ok(Lookup::Unknown)
+    }
+}

@@ -1,0 +1,279 @@
+//! The one error type of the api crate, rendered as RFC 9457 `application/problem+json`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use incidentlog_projections::{FieldError, ProjectionError};
+use incidentlog_store::StoreError;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Everything the service and the HTTP layer can answer with instead of a success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: malformed JSON, query or path.
+    #[error("{detail}")]
+    BadRequest {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    /// 401: no token, unknown token or revoked token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the token's role is too low.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: unknown incident, region or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: known route, other method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 408: the request body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// 409: version conflict (`expected` is the client's expectation, `actual` the stream's
+    /// version) or event id reuse with other content (`event_id`, `position` set too).
+    #[error("{detail}")]
+    Conflict {
+        detail: String,
+        expected: serde_json::Value,
+        actual: u64,
+        event_id: Option<Uuid>,
+        position: Option<u64>,
+    },
+    /// 413.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: an invalid event or parameter, one pointer per problem.
+    #[error("{detail}")]
+    Unprocessable {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    /// 429 with `Retry-After` (whole seconds, at least 1).
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after_secs: u64 },
+    /// 503: the store cannot take the request (or the server is shutting down / full).
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: logged with the request id, never shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// One problem with one field of a request.
+pub fn field_error(pointer: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        pointer: pointer.into(),
+        message: message.into(),
+    }
+}
+
+impl ApiError {
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn bad_field(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        let message = message.into();
+        ApiError::BadRequest {
+            detail: message.clone(),
+            errors: vec![field_error(pointer, message)],
+        }
+    }
+
+    pub fn invalid(errors: Vec<FieldError>) -> Self {
+        let detail = match errors.as_slice() {
+            [one] => format!("{}: {}", one.pointer, one.message),
+            many => format!("{} problems in the request", many.len()),
+        };
+        ApiError::Unprocessable { detail, errors }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The text shown to clients (internal details never are).
+    pub fn public_detail(&self) -> String {
+        match self {
+            ApiError::Internal(_) => {
+                "internal error; see the server log for this request id".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Renders the problem document (status, body) without the HTTP wrapping.
+    pub fn problem(&self) -> Problem {
+        let status = self.status();
+        let (errors, expected, actual, event_id, position) = match self {
+            ApiError::BadRequest { errors, .. } | ApiError::Unprocessable { errors, .. } => {
+                (errors.clone(), None, None, None, None)
+            }
+            ApiError::Conflict {
+                expected,
+                actual,
+                event_id,
+                position,
+                ..
+            } => (
+                Vec::new(),
+                Some(expected.clone()),
+                Some(*actual),
+                *event_id,
+                *position,
+            ),
+            _ => (Vec::new(), None, None, None, None),
+        };
+        let slug = match status.as_u16() {
+            400 => "bad-request",
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not-found",
+            405 => "method-not-allowed",
+            408 => "request-timeout",
+            409 => "conflict",
+            413 => "payload-too-large",
+            415 => "unsupported-media-type",
+            422 => "invalid",
+            429 => "rate-limited",
+            503 => "unavailable",
+            _ => "internal",
+        };
+        Problem {
+            problem_type: format!("https://incidentlog.dev/problems/{slug}"),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail: self.public_detail(),
+            errors,
+            expected,
+            actual,
+            event_id,
+            position,
+        }
+    }
+}
+
+/// RFC 9457 problem details, as every error response carries them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// One entry per bad field: a JSON pointer into the request and a message.
+    #[schema(value_type = Vec<crate::wire::FieldErrorDoc>)]
+    pub errors: Vec<FieldError>,
+    /// 409 only: the version the client expected (integer or "any").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub expected: Option<serde_json::Value>,
+    /// 409 only: the stream's actual version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actual: Option<u64>,
+    /// 409 for event id reuse: the reused id and where it is recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
+/// Carried in the response extensions of a 500 so the request-id middleware can log it.
+#[derive(Clone, Debug)]
+pub struct InternalDetail(pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (self.status(), body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match &self {
+            ApiError::RateLimited { retry_after_secs } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            ApiError::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Internal(detail) => {
+                response
+                    .extensions_mut()
+                    .insert(InternalDetail(detail.clone()));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::WrongExpectedVersion {
+                stream_id,
+                expected,
+                actual,
+            } => ApiError::Conflict {
+                detail: format!(
+                    "incident {stream_id} is at version {actual}, not the expected version"
+                ),
+                expected: crate::wire::expected_json(expected),
+                actual,
+                event_id: None,
+                position: None,
+            },
+            StoreError::EventIdConflict { event_id, position } => ApiError::Conflict {
+                detail: format!(
+                    "event_id {event_id} is already recorded (position {position}) with other content"
+                ),
+                expected: serde_json::Value::Null,
+                actual: 0,
+                event_id: Some(event_id),
+                position: Some(position),
+            },
+            StoreError::InvalidInput(msg) => ApiError::Unprocessable {
+                detail: msg.clone(),
+                errors: vec![field_error("/events", msg)],
+            },
+            StoreError::Unavailable(msg) => ApiError::Unavailable(format!("store unavailable: {msg}")),
+            other @ (StoreError::Corrupt { .. } | StoreError::Io(_)) => {
+                ApiError::Internal(other.to_string())
+            }
+        }
+    }
+}
+
+impl From<ProjectionError> for ApiError {
+    fn from(e: ProjectionError) -> Self {
+        ApiError::Internal(format!("stored event does not decode: {e}"))
+    }
+}

@@ -1,0 +1,131 @@
+//! Extractors whose rejections are problem+json like every other error.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::AppState;
+use crate::error::ApiError;
+
+/// Which media types a body may have.
+#[derive(Clone, Copy)]
+pub enum Media {
+    Json,
+    Ndjson,
+}
+
+fn media_ok(req: &Request, media: Media) -> bool {
+    let Some(ct) = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media {
+        Media::Json => {
+            essence == "application/json"
+                || (essence.starts_with("application/") && essence.ends_with("+json"))
+        }
+        Media::Ndjson => matches!(
+            essence.as_str(),
+            "application/x-ndjson"
+                | "application/ndjson"
+                | "application/jsonl"
+                | "application/x-jsonlines"
+        ),
+    }
+}
+
+/// Reads the whole body within the request timeout; axum's body-limit rejection becomes 413.
+pub async fn read_body(req: Request, state: &AppState, media: Media) -> Result<Bytes, ApiError> {
+    if !media_ok(&req, media) {
+        let want = match media {
+            Media::Json => "application/json",
+            Media::Ndjson => "application/x-ndjson",
+        };
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "expected Content-Type: {want}"
+        )));
+    }
+    let read = Bytes::from_request(req, state);
+    match tokio::time::timeout(state.config.request_timeout, read).await {
+        Err(_) => Err(ApiError::RequestTimeout(
+            "the request body did not arrive in time".into(),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::PayloadTooLarge(format!(
+                "request body too large (limit {} bytes)",
+                match media {
+                    Media::Json => state.config.body_limit,
+                    Media::Ndjson => state.config.bulk_body_limit,
+                }
+            )))
+        }
+        Ok(Err(rejection)) => Err(ApiError::bad_request(rejection.body_text())),
+    }
+}
+
+/// A JSON request body, syntax-checked (400), with `Content-Type: application/json` (415).
+pub struct JsonBody(pub Value);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(req, state, Media::Json).await?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+    }
+}
+
+/// An NDJSON request body.
+pub struct NdjsonBody(pub Bytes);
+
+impl FromRequest<AppState> for NdjsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        read_body(req, state, Media::Ndjson).await.map(NdjsonBody)
+    }
+}
+
+/// Query parameters; a malformed or unknown parameter is a 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|r| ApiError::bad_request(format!("malformed query: {}", r.body_text())))
+    }
+}
+
+/// Path parameters; a malformed one is a 400.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|r| ApiError::bad_request(format!("malformed path: {}", r.body_text())))
+    }
+}

@@ -1,0 +1,638 @@
+//! Route handlers. Each one parses its input into typed values, calls the service, and
+//! serializes the answer; errors are `ApiError` (problem+json).
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use incidentlog_projections::{Region, Window};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::extract::{ApiPath, ApiQuery, JsonBody, NdjsonBody};
+use super::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, Problem};
+use crate::service::{parse_command, AsOf, ImportReport, RejectedLine};
+use crate::wire::{
+    self, AppendResponse, HealthResponse, ReplayResponse, VerifyResponse, WireEvent, WireEvents,
+};
+
+/// Serializes `value` as the JSON body of a response with `status`.
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut r = (status, body).into_response();
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Err(e) => ApiError::Internal(format!("serializing a response: {e}")).into_response(),
+    }
+}
+
+fn recorded_by(p: &Principal) -> Result<&str, ApiError> {
+    p.name
+        .as_deref()
+        .ok_or_else(|| ApiError::Unauthorized("appends need a token".into()))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "incidentlog",
+        description = "Append-only, event-sourced log of conflict incidents. Errors are RFC 9457 application/problem+json.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        append, bulk_import, incident, incident_events, incidents, log_page, stream, regions,
+        region, admin_replay, admin_verify, healthz, readyz, metrics, openapi
+    ),
+    components(schemas(
+        Problem, wire::FieldErrorDoc, wire::AppendBodyDoc, wire::EventInputDoc, wire::ImportLineDoc,
+        AppendResponse, ImportReport, RejectedLine, wire::RecordedEventDoc, wire::StreamEventsDoc,
+        wire::LogPageDoc, wire::IncidentViewDoc, wire::IncidentPageDoc, wire::RegionSummaryDoc,
+        wire::RegionListDoc, ReplayResponse, VerifyResponse, HealthResponse
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "events", description = "Appending and reading the log"),
+        (name = "views", description = "Incident views and regional summaries"),
+        (name = "admin", description = "Admin role only"),
+        (name = "ops", description = "Health, readiness, metrics")
+    )
+)]
+pub(crate) struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+// ---- appends ----
+
+/// Append events to one incident (atomic; optimistic concurrency; idempotent by event_id).
+#[utoipa::path(
+    post, path = "/v1/incidents/{id}/events", tag = "events",
+    params(("id" = Uuid, Path, description = "Incident id (client-chosen UUID)")),
+    request_body(content = wire::AppendBodyDoc, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Recorded", body = AppendResponse),
+        (status = 200, description = "Idempotent repeat: nothing recorded, original positions", body = AppendResponse),
+        (status = 400, description = "Malformed JSON or path", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Version conflict or event_id reuse (expected, actual)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid event (a JSON pointer per problem)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate-limited (Retry-After)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn append(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(id): ApiPath<Uuid>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let by = recorded_by(&principal)?;
+    let cmd = parse_command(&body, Some(id))?;
+    let appended = state.service.append(cmd, by).await?;
+    let status = if appended.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(status, &appended.response))
+}
+
+/// Bulk import: NDJSON, one `{"incident_id", "expected_version"?, "events"}` per line, each
+/// line its own atomic append with the same validation.
+#[utoipa::path(
+    post, path = "/v1/events", tag = "events",
+    request_body(content = wire::ImportLineDoc, content_type = "application/x-ndjson", description = "One append per line"),
+    responses(
+        (status = 200, description = "Counts of events appended and repeated; rejected lines (nothing of them recorded)", body = ImportReport),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Role too low", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large (64 MiB)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/x-ndjson", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn bulk_import(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    NdjsonBody(body): NdjsonBody,
+) -> Result<Response, ApiError> {
+    let by = recorded_by(&principal)?;
+    let report = state.service.import_ndjson(&body[..], by, &|_| {}).await?;
+    Ok(json(StatusCode::OK, &report))
+}
+
+// ---- reads ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AsOfParams {
+    as_of: Option<String>,
+    at_position: Option<u64>,
+}
+
+fn as_of(as_of: Option<&str>, at_position: Option<u64>) -> Result<AsOf, ApiError> {
+    match (as_of, at_position) {
+        (Some(_), Some(_)) => Err(ApiError::bad_field(
+            "/at_position",
+            "give either as_of or at_position, not both",
+        )),
+        (Some(t), None) => DateTime::parse_from_rfc3339(t)
+            .map(|t| AsOf::Time(t.with_timezone(&Utc)))
+            .map_err(|e| {
+                ApiError::bad_field("/as_of", format!("expected an RFC 3339 timestamp: {e}"))
+            }),
+        (None, Some(p)) => Ok(AsOf::Position(p)),
+        (None, None) => Ok(AsOf::Live),
+    }
+}
+
+/// The current state of one incident (or as of a time or position).
+#[utoipa::path(
+    get, path = "/v1/incidents/{id}", tag = "views",
+    params(
+        ("id" = Uuid, Path, description = "Incident id"),
+        ("as_of" = Option<String>, Query, description = "RFC 3339: the state from events recorded at or before it"),
+        ("at_position" = Option<u64>, Query, description = "The state after this global position (clamped to the head)")
+    ),
+    responses(
+        (status = 200, description = "The incident", body = wire::IncidentViewDoc),
+        (status = 400, description = "Malformed id or query", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown incident (at that point)", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn incident(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<AsOfParams>,
+) -> Result<Response, ApiError> {
+    let at = as_of(q.as_of.as_deref(), q.at_position)?;
+    let view = state.service.incident(id, at).await?;
+    Ok(json(StatusCode::OK, &view))
+}
+
+/// The events of one incident, in order.
+#[utoipa::path(
+    get, path = "/v1/incidents/{id}/events", tag = "events",
+    params(("id" = Uuid, Path, description = "Incident id")),
+    responses(
+        (status = 200, description = "The stream", body = wire::StreamEventsDoc),
+        (status = 404, description = "Unknown incident", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn incident_events(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let events = state.service.stream_events(id).await?;
+    if events.is_empty() {
+        return Err(ApiError::NotFound(format!("no incident {id}")));
+    }
+    #[derive(Serialize)]
+    struct Body<'a> {
+        events: WireEvents<'a>,
+    }
+    Ok(json(
+        StatusCode::OK,
+        &Body {
+            events: WireEvents(&events),
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListParams {
+    region: Option<String>,
+    kind: Option<String>,
+    claim_status: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// Incident views, filtered, paged by cursor.
+#[utoipa::path(
+    get, path = "/v1/incidents", tag = "views",
+    params(
+        ("region" = Option<String>, Query, description = "ISO 3166-2 code"),
+        ("kind" = Option<String>, Query, description = "Incident kind"),
+        ("claim_status" = Option<String>, Query, description = "unverified, disputed, confirmed or refuted: incidents with such a claim"),
+        ("from" = Option<String>, Query, description = "occurred_at from (date or RFC 3339, inclusive)"),
+        ("to" = Option<String>, Query, description = "occurred_at to (date or RFC 3339, inclusive)"),
+        ("status" = Option<String>, Query, description = "active (default) or retracted"),
+        ("limit" = Option<usize>, Query, description = "Default 100, max 1000"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")
+    ),
+    responses(
+        (status = 200, description = "A page", body = wire::IncidentPageDoc),
+        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn incidents(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> Result<Response, ApiError> {
+    let query = super::query::incident_query(
+        q.region.as_deref(),
+        q.kind.as_deref(),
+        q.claim_status.as_deref(),
+        q.from.as_deref(),
+        q.to.as_deref(),
+        q.status.as_deref(),
+        q.limit,
+        q.cursor,
+    )?;
+    let page = state.service.incidents(&query)?;
+    Ok(json(StatusCode::OK, &page))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogParams {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+const MAX_PAGE: usize = 1000;
+
+/// The global log: events with position > `after`.
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events",
+    params(
+        ("after" = Option<u64>, Query, description = "Position to read after (default 0)"),
+        ("limit" = Option<usize>, Query, description = "Default 100, max 1000 (larger values are clamped)")
+    ),
+    responses(
+        (status = 200, description = "A page of the log", body = wire::LogPageDoc),
+        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn log_page(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<LogParams>,
+) -> Result<Response, ApiError> {
+    let after = q.after.unwrap_or(0);
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let events = state.service.log_page(after, limit).await?;
+    let next_after = events.last().map_or(after, |e| e.global_position);
+    #[derive(Serialize)]
+    struct Body<'a> {
+        events: WireEvents<'a>,
+        next_after: u64,
+    }
+    Ok(json(
+        StatusCode::OK,
+        &Body {
+            events: WireEvents(&events),
+            next_after,
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamParams {
+    after: Option<u64>,
+}
+
+/// Server-Sent Events: catch-up from `after` (or `Last-Event-ID`, which wins when both are
+/// given, as on a reconnect), then live. `id` = global position, `event` = type, `data` = the
+/// recorded event. Heartbeat comments every 15 s.
+#[utoipa::path(
+    get, path = "/v1/events/stream", tag = "events",
+    params(
+        ("after" = Option<u64>, Query, description = "Position to start after (default 0)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position")
+    ),
+    responses(
+        (status = 200, description = "text/event-stream of recorded events", content_type = "text/event-stream"),
+        (status = 503, description = "Too many SSE clients", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<StreamParams>,
+) -> Result<Response, ApiError> {
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a global position"))?,
+        ),
+    };
+    let after = last_event_id.or(q.after).unwrap_or(0);
+    let Ok(permit) = state.sse_slots.clone().try_acquire_owned() else {
+        let mut r =
+            ApiError::Unavailable("too many SSE clients; try again later".into()).into_response();
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        return Ok(r);
+    };
+    let mut stopping = state.stopping.clone();
+    let stop = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    let events = incidentlog_store::subscribe(state.service.store().clone(), after)
+        .take_while(|item| {
+            if let Err(e) = item {
+                tracing::warn!(error = %e, "SSE stream ended by a store error");
+            }
+            futures_util::future::ready(item.is_ok())
+        })
+        .filter_map(|item| futures_util::future::ready(item.ok()))
+        .map(move |e| {
+            // The permit lives as long as the stream: the slot frees when the client goes.
+            let _slot = &permit;
+            let data = serde_json::to_string(&WireEvent(&e)).unwrap_or_default();
+            Ok::<_, Infallible>(
+                Event::default()
+                    .id(e.global_position.to_string())
+                    .event(e.event_type.as_str())
+                    .data(data),
+            )
+        })
+        .take_until(Box::pin(stop));
+    let sse = Sse::new(events).keep_alive(
+        KeepAlive::new()
+            .interval(state.config.sse_heartbeat)
+            .text("heartbeat"),
+    );
+    Ok(sse.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SummaryParams {
+    from: Option<String>,
+    to: Option<String>,
+    as_of: Option<String>,
+    at_position: Option<u64>,
+}
+
+fn window(q: &SummaryParams) -> Result<Window, ApiError> {
+    Window::parse(q.from.as_deref(), q.to.as_deref()).map_err(|e| ApiError::BadRequest {
+        detail: format!("{}: {}", e.pointer, e.message),
+        errors: vec![e],
+    })
+}
+
+/// Summaries of every region with incidents.
+#[utoipa::path(
+    get, path = "/v1/regions", tag = "views",
+    params(
+        ("from" = Option<String>, Query, description = "occurred_at window start (date or RFC 3339, inclusive)"),
+        ("to" = Option<String>, Query, description = "occurred_at window end (inclusive)"),
+        ("as_of" = Option<String>, Query, description = "RFC 3339 knowledge time"),
+        ("at_position" = Option<u64>, Query, description = "Global position (clamped to the head)")
+    ),
+    responses(
+        (status = 200, description = "One summary per region with incidents", body = wire::RegionListDoc),
+        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn regions(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<SummaryParams>,
+) -> Result<Response, ApiError> {
+    let window = window(&q)?;
+    let at = as_of(q.as_of.as_deref(), q.at_position)?;
+    let regions = state.service.region_summaries(&window, at).await?;
+    #[derive(Serialize)]
+    struct Body<T> {
+        regions: T,
+    }
+    Ok(json(StatusCode::OK, &Body { regions }))
+}
+
+/// The summary of one region.
+#[utoipa::path(
+    get, path = "/v1/regions/{code}", tag = "views",
+    params(
+        ("code" = String, Path, description = "ISO 3166-2 subdivision code, e.g. UA-63"),
+        ("from" = Option<String>, Query, description = "occurred_at window start (date or RFC 3339, inclusive)"),
+        ("to" = Option<String>, Query, description = "occurred_at window end (inclusive)"),
+        ("as_of" = Option<String>, Query, description = "RFC 3339 knowledge time"),
+        ("at_position" = Option<u64>, Query, description = "Global position (clamped to the head)")
+    ),
+    responses(
+        (status = 200, description = "The summary", body = wire::RegionSummaryDoc),
+        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Valid code, nothing recorded", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not an ISO 3166-2 code", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn region(
+    State(state): State<AppState>,
+    ApiPath(code): ApiPath<String>,
+    ApiQuery(q): ApiQuery<SummaryParams>,
+) -> Result<Response, ApiError> {
+    let region = Region::parse(&code).map_err(|m| ApiError::Unprocessable {
+        detail: format!("{code:?} is not an ISO 3166-2 subdivision code: {m}"),
+        errors: vec![crate::error::field_error("/code", m)],
+    })?;
+    let window = window(&q)?;
+    let at = as_of(q.as_of.as_deref(), q.at_position)?;
+    let summary = state.service.region_summary(&region, &window, at).await?;
+    Ok(json(StatusCode::OK, &summary))
+}
+
+// ---- admin ----
+
+/// Rebuild every view from the log into a fresh projection and swap it in.
+#[utoipa::path(
+    post, path = "/v1/admin/replay", tag = "admin",
+    responses(
+        (status = 200, description = "Events folded, time taken, digest of the rebuilt views", body = ReplayResponse),
+        (status = 403, description = "Not admin", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn admin_replay(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let r = state.service.replay_live().await?;
+    Ok(json(
+        StatusCode::OK,
+        &ReplayResponse {
+            events: r.events,
+            duration_ms: r.duration_ms,
+            digest: r.digest,
+        },
+    ))
+}
+
+/// Check every record's checksum and the hash chain. A damaged log answers 200 with
+/// `ok: false` and what is damaged where.
+#[utoipa::path(
+    get, path = "/v1/admin/verify", tag = "admin",
+    responses(
+        (status = 200, description = "The result of the check", body = VerifyResponse),
+        (status = 403, description = "Not admin", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn admin_verify(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let body = match state.service.verify().await {
+        Ok(r) => VerifyResponse {
+            ok: true,
+            events: r.events,
+            head_hash: Some(incidentlog_store::to_hex(&r.head_hash)),
+            error: None,
+        },
+        Err(
+            e @ (incidentlog_store::StoreError::Corrupt { .. }
+            | incidentlog_store::StoreError::Io(_)),
+        ) => VerifyResponse {
+            ok: false,
+            events: 0,
+            head_hash: None,
+            error: Some(e.to_string()),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+// ---- ops ----
+
+fn health(state: &AppState) -> HealthResponse {
+    HealthResponse {
+        status: if state.service.is_ready() {
+            "ok"
+        } else {
+            "starting"
+        },
+        position: state.service.applied_position(),
+        head: state.service.store_head(),
+    }
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops", security(()),
+    responses((status = 200, description = "Alive", body = HealthResponse)))]
+pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
+    let mut h = health(&state);
+    h.status = "ok";
+    json(StatusCode::OK, &h)
+}
+
+/// Readiness: the store is open and the views have caught up with the log seen at start.
+#[utoipa::path(get, path = "/readyz", tag = "ops", security(()),
+    responses(
+        (status = 200, description = "Ready", body = HealthResponse),
+        (status = 503, description = "Not ready (catching up or shutting down)", body = HealthResponse)
+    ))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    let h = health(&state);
+    let status = if h.status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &h)
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "ops", security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let mut out = String::with_capacity(16 * 1024);
+    state.http_metrics.render(&mut out);
+    state.service.metrics().render(&mut out);
+    let sse = state.config.max_sse_clients
+        - state
+            .sse_slots
+            .available_permits()
+            .min(state.config.max_sse_clients);
+    let head = state.service.store_head();
+    let applied = state.service.applied_position();
+    for (name, help, kind, v) in [
+        (
+            "incidentlog_sse_subscribers",
+            "Connected SSE clients.",
+            "gauge",
+            sse as u64,
+        ),
+        (
+            "incidentlog_events_total",
+            "Events in the log (durable head position).",
+            "gauge",
+            head,
+        ),
+        (
+            "incidentlog_projection_position",
+            "Last position applied to the live views.",
+            "gauge",
+            applied,
+        ),
+        (
+            "incidentlog_projection_lag_events",
+            "Events durable but not yet in the live views.",
+            "gauge",
+            head.saturating_sub(applied),
+        ),
+        (
+            "incidentlog_requests_in_flight",
+            "Requests being handled (SSE not counted).",
+            "gauge",
+            (state.config.max_concurrent_requests.max(1) - state.in_flight.available_permits())
+                as u64,
+        ),
+    ] {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+    let mut r = out.into_response();
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+pub(crate) async fn openapi() -> Response {
+    let mut r = crate::openapi_json().into_response();
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,362 @@
+//! The HTTP face of the service: routes, auth, limits, metrics, SSE, shutdown.
+
+mod extract;
+mod handlers;
+mod metrics;
+mod query;
+mod ratelimit;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::{watch, Semaphore};
+
+use crate::auth::{Lookup, Principal, Role};
+use crate::error::{ApiError, InternalDetail};
+use crate::service::AppService;
+
+pub(crate) use handlers::ApiDoc;
+pub use metrics::ROUTES;
+
+/// Server settings (flags and `INCIDENTLOG_*` variables of the binary map onto these).
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    /// Let anonymous GETs through (not `/v1/admin/*`).
+    pub public_read: bool,
+    /// Body limit of every request but the bulk import (bytes).
+    pub body_limit: usize,
+    /// Body limit of `POST /v1/events` (bytes).
+    pub bulk_body_limit: usize,
+    /// Time limit of reads (not SSE, not admin) and of receiving a request body. Appends are
+    /// never cut off once handed to the store: an answer after the events are recorded must
+    /// not be an error.
+    pub request_timeout: Duration,
+    /// Requests per second per token (anonymous: per client IP); 0 = no limit.
+    pub rate_limit_per_sec: u32,
+    /// Burst size of the rate limit; 0 = one second's worth.
+    pub rate_limit_burst: u32,
+    /// Concurrent SSE clients; more get 503.
+    pub max_sse_clients: usize,
+    /// Requests handled at once (SSE not counted); more wait, up to `request_timeout`, then 503.
+    pub max_concurrent_requests: usize,
+    /// Interval of SSE heartbeat comments.
+    pub sse_heartbeat: Duration,
+    /// Interval at which the token table is re-read from the store (revocations).
+    pub token_refresh: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_read: false,
+            body_limit: 1024 * 1024,
+            bulk_body_limit: 64 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            rate_limit_per_sec: 0,
+            rate_limit_burst: 0,
+            max_sse_clients: 256,
+            max_concurrent_requests: 1024,
+            sse_heartbeat: Duration::from_secs(15),
+            token_refresh: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub service: AppService,
+    pub config: Arc<ServeConfig>,
+    pub http_metrics: Arc<metrics::HttpMetrics>,
+    pub sse_slots: Arc<Semaphore>,
+    pub in_flight: Arc<Semaphore>,
+    pub limiter: Arc<ratelimit::RateLimiter>,
+    /// Turns true when the server stops accepting: SSE streams end.
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// The router with every route and layer, for in-process use (tests); SSE streams end when
+/// the service closes.
+pub fn router(service: AppService, config: &ServeConfig) -> Router {
+    let stopping = service.closing();
+    build_router(service, config, stopping)
+}
+
+fn build_router(
+    service: AppService,
+    config: &ServeConfig,
+    stopping: watch::Receiver<bool>,
+) -> Router {
+    let state = AppState {
+        service,
+        config: Arc::new(config.clone()),
+        http_metrics: Arc::new(metrics::HttpMetrics::default()),
+        sse_slots: Arc::new(Semaphore::new(config.max_sse_clients)),
+        in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+        limiter: Arc::new(ratelimit::RateLimiter::new(
+            config.rate_limit_per_sec,
+            config.rate_limit_burst,
+        )),
+        stopping,
+    };
+    let api = Router::new()
+        .route(
+            "/v1/incidents/{id}/events",
+            post(handlers::append).get(handlers::incident_events),
+        )
+        .route("/v1/incidents/{id}", get(handlers::incident))
+        .route("/v1/incidents", get(handlers::incidents))
+        .route(
+            "/v1/events",
+            post(handlers::bulk_import)
+                .layer(DefaultBodyLimit::max(config.bulk_body_limit))
+                .get(handlers::log_page),
+        )
+        .route("/v1/events/stream", get(handlers::stream))
+        .route("/v1/regions", get(handlers::regions))
+        .route("/v1/regions/{code}", get(handlers::region))
+        .route("/v1/admin/replay", post(handlers::admin_replay))
+        .route("/v1/admin/verify", get(handlers::admin_verify))
+        .route("/openapi.json", get(handlers::openapi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// The role a request needs.
+fn required_role(method: &Method, path: &str) -> Role {
+    if path.starts_with("/v1/admin/") {
+        Role::Admin
+    } else if method == Method::GET || method == Method::HEAD {
+        Role::Reader
+    } else {
+        Role::Reporter
+    }
+}
+
+fn bearer(req: &Request) -> Option<Result<&str, ApiError>> {
+    let value = req.headers().get(header::AUTHORIZATION)?;
+    let parsed = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (scheme, secret) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| secret.trim())
+        })
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("expected Authorization: Bearer <token>".into()));
+    Some(parsed)
+}
+
+/// Auth: who is calling, and may they? Also the per-caller rate limit.
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let required = required_role(req.method(), req.uri().path());
+    let principal = match bearer(&req) {
+        None if state.config.public_read && required == Role::Reader => Principal {
+            name: None,
+            role: Role::Reader,
+        },
+        None => return ApiError::Unauthorized("a bearer token is required".into()).into_response(),
+        Some(Err(e)) => return e.into_response(),
+        Some(Ok(secret)) => {
+            match state
+                .service
+                .tokens()
+                .check(state.service.store(), secret)
+                .await
+            {
+                Ok(Lookup::Valid(p)) => p,
+                Ok(Lookup::Unknown) => {
+                    return ApiError::Unauthorized("unknown or revoked token".into())
+                        .into_response()
+                }
+                Err(e) => return e.into_response(),
+            }
+        }
+    };
+    if principal.role < required {
+        return ApiError::Forbidden(format!(
+            "this needs the {required} role; the token has {}",
+            principal.role
+        ))
+        .into_response();
+    }
+    if state.limiter.enabled() {
+        let key = match &principal.name {
+            Some(name) => format!("token:{name}"),
+            None => match req.extensions().get::<ConnectInfo<SocketAddr>>() {
+                Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
+                None => "anonymous".to_string(),
+            },
+        };
+        if let Err(retry_after_secs) = state.limiter.check(&key) {
+            return ApiError::RateLimited { retry_after_secs }.into_response();
+        }
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// Concurrency limit (not SSE) and the read timeout (not SSE, not admin, not appends).
+async fn limits(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/v1/events/stream" {
+        return next.run(req).await;
+    }
+    let timeout = state.config.request_timeout;
+    let permit = match tokio::time::timeout(timeout, state.in_flight.clone().acquire_owned()).await
+    {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) | Err(_) => {
+            return ApiError::Unavailable("server busy; try again".into()).into_response()
+        }
+    };
+    let is_read = (req.method() == Method::GET || req.method() == Method::HEAD)
+        && !path.starts_with("/v1/admin/");
+    let response = if is_read {
+        match tokio::time::timeout(timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::Unavailable("the request took too long".into()).into_response(),
+        }
+    } else {
+        next.run(req).await
+    };
+    drop(permit);
+    response
+}
+
+/// The route template of a path (metrics labels), `None` for unknown paths.
+fn route_of(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    Some(match segments.as_slice() {
+        ["v1", "incidents", _, "events"] => "/v1/incidents/{id}/events",
+        ["v1", "incidents", _] => "/v1/incidents/{id}",
+        ["v1", "incidents"] => "/v1/incidents",
+        ["v1", "events"] => "/v1/events",
+        ["v1", "events", "stream"] => "/v1/events/stream",
+        ["v1", "regions"] => "/v1/regions",
+        ["v1", "regions", _] => "/v1/regions/{code}",
+        ["v1", "admin", "replay"] => "/v1/admin/replay",
+        ["v1", "admin", "verify"] => "/v1/admin/verify",
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["metrics"] => "/metrics",
+        ["openapi.json"] => "/openapi.json",
+        _ => return None,
+    })
+}
+
+static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Request ids, metrics, and logging of internal errors (with the request id).
+async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:016x}", REQUEST_COUNTER.fetch_add(1, Relaxed)));
+    let route = route_of(req.uri().path());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let mut response = next.run(req).await;
+    let status = response.status();
+    if let Some(InternalDetail(detail)) = response.extensions_mut().remove::<InternalDetail>() {
+        tracing::error!(request_id = %request_id, %method, %path, error = %detail, "internal error");
+    } else if status.is_server_error() {
+        tracing::warn!(request_id = %request_id, %method, %path, status = status.as_u16(), "request failed");
+    } else {
+        tracing::debug!(request_id = %request_id, %method, %path, status = status.as_u16(), "request");
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    state
+        .http_metrics
+        .observe(route, method.as_str(), status.as_u16(), started.elapsed());
+    response
+}
+
+/// The request id of the current request (an extension).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Serves until `shutdown` resolves; then stops accepting, ends SSE streams, finishes the
+/// requests in flight, closes the store (sync) and returns. Prints `listening on http://ADDR`
+/// on stdout once bound.
+pub async fn serve(
+    service: AppService,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ApiError::Internal(format!("local address: {e}")))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = build_router(service.clone(), &config, stop_rx);
+
+    // Revocations and tokens made elsewhere take effect without a restart.
+    let refresher = {
+        let service = service.clone();
+        let every = config.token_refresh.max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = service.tokens().reload(service.store()).await {
+                    tracing::warn!(error = %e, "reloading tokens failed");
+                }
+            }
+        })
+    };
+
+    tracing::info!(%addr, "listening");
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on http://{addr}");
+        let _ = out.flush();
+    }
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        stop_tx.send_replace(true);
+    })
+    .await;
+    refresher.abort();
+    let closed = service.close().await;
+    result.map_err(|e| ApiError::Internal(format!("server failed: {e}")))?;
+    closed?;
+    tracing::info!("store closed; bye");
+    Ok(())
+}

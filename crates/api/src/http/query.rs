@@ -1,0 +1,45 @@
+//! Query parameters of `GET /v1/incidents` into the projections' typed query.
+
+use incidentlog_projections::{ClaimStatus, IncidentQuery, IncidentStatus, Kind, Region, Window};
+
+use crate::error::ApiError;
+
+fn parse<T: std::str::FromStr<Err = String>>(
+    name: &str,
+    v: Option<&str>,
+) -> Result<Option<T>, ApiError> {
+    v.map(|s| s.parse::<T>())
+        .transpose()
+        .map_err(|m| ApiError::bad_field(format!("/{name}"), m))
+}
+
+/// Builds the typed query; a bad value is a 400 with a pointer to the parameter.
+#[allow(clippy::too_many_arguments)]
+pub fn incident_query(
+    region: Option<&str>,
+    kind: Option<&str>,
+    claim_status: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+    status: Option<&str>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+) -> Result<IncidentQuery, ApiError> {
+    let region = region
+        .map(Region::parse)
+        .transpose()
+        .map_err(|m| ApiError::bad_field("/region", m))?;
+    let window = Window::parse(from, to).map_err(|e| ApiError::BadRequest {
+        detail: format!("{}: {}", e.pointer, e.message),
+        errors: vec![e],
+    })?;
+    Ok(IncidentQuery {
+        region,
+        kind: parse::<Kind>("kind", kind)?,
+        claim_status: parse::<ClaimStatus>("claim_status", claim_status)?,
+        window,
+        status: parse::<IncidentStatus>("status", status)?,
+        limit,
+        cursor,
+    })
+}

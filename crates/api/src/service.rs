@@ -1,0 +1,1104 @@
+//! The application layer: appends decided under the incident's version, bulk import, live
+//! views, as-of queries, replay and verify. No HTTP types here; `http` maps this to routes.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use incidentlog_projections::{
+    decide, fold_incident, parse_events, Envelope, IncidentPage, IncidentQuery, IncidentState,
+    IncidentView, Projection, Region, RegionSummary, TypedEvent, Window,
+};
+use incidentlog_store::{
+    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Store,
+    StoreError, VerifyReport,
+};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::sync::{watch, OwnedMutexGuard};
+use uuid::Uuid;
+
+use crate::auth::TokenTable;
+use crate::error::{field_error, ApiError};
+use crate::metrics::ServiceMetrics;
+use crate::wire::{expected_json, AppendResponse};
+
+/// Page size of catch-up and replay reads: large, so that the fold is not dominated by
+/// per-call overhead.
+const REPLAY_PAGE: usize = 16 * 1024;
+/// Events per `append_many` call of a bulk import (one sync each).
+const IMPORT_CHUNK_EVENTS: usize = 16 * 1024;
+/// Attempts for `expected_version: "any"` when another writer wins the race.
+const ANY_ATTEMPTS: usize = 16;
+/// Per-incident lock stripes: in-process writers of one incident take turns, so that
+/// decide-then-append never runs on state another writer of this process is changing.
+const STRIPES: usize = 1024;
+/// How long an acknowledged append waits for the live views before answering anyway.
+const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(30);
+
+/// The borrowed form of a recorded event, as the projections crate reads it.
+pub fn envelope(e: &RecordedEvent) -> Envelope<'_> {
+    Envelope {
+        global_position: e.global_position,
+        incident_id: e.stream_id,
+        stream_version: e.stream_version,
+        event_id: e.event_id,
+        event_type: &e.event_type,
+        data: &e.data,
+        recorded_at: e.recorded_at,
+        recorded_by: &e.recorded_by,
+    }
+}
+
+/// A parsed append: what `POST /v1/incidents/{id}/events` and each bulk line turn into.
+#[derive(Debug)]
+pub struct AppendCommand {
+    pub incident_id: Uuid,
+    pub expected: ExpectedVersion,
+    pub events: Vec<TypedEvent>,
+}
+
+/// Parses an append body `{"expected_version"?, "events": [...]}` (and, for bulk lines,
+/// `"incident_id"`). Every problem is reported with a JSON pointer.
+pub fn parse_command(body: &Value, path_incident: Option<Uuid>) -> Result<AppendCommand, ApiError> {
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::invalid(vec![field_error(
+            "",
+            "expected a JSON object",
+        )]));
+    };
+    let mut errors = Vec::new();
+    for key in obj.keys() {
+        let known = matches!(key.as_str(), "expected_version" | "events")
+            || (path_incident.is_none() && key == "incident_id");
+        if !known {
+            errors.push(field_error(
+                format!("/{}", escape_pointer(key)),
+                "unknown field",
+            ));
+        }
+    }
+    let incident_id = match path_incident {
+        Some(id) => Some(id),
+        None => match obj.get("incident_id") {
+            None => {
+                errors.push(field_error("/incident_id", "required"));
+                None
+            }
+            Some(v) => match v.as_str().and_then(|s| Uuid::parse_str(s).ok()) {
+                Some(id) => Some(id),
+                None => {
+                    errors.push(field_error("/incident_id", "expected a UUID"));
+                    None
+                }
+            },
+        },
+    };
+    let expected = match obj.get("expected_version") {
+        None | Some(Value::Null) => Some(ExpectedVersion::Any),
+        Some(Value::String(s)) if s == "any" => Some(ExpectedVersion::Any),
+        Some(v) => match v.as_u64() {
+            Some(n) => Some(ExpectedVersion::Exact(n)),
+            None => {
+                errors.push(field_error(
+                    "/expected_version",
+                    "expected a non-negative integer or \"any\"",
+                ));
+                None
+            }
+        },
+    };
+    let events = match obj.get("events") {
+        None => {
+            errors.push(field_error("/events", "required"));
+            None
+        }
+        Some(Value::Array(a)) if a.is_empty() => {
+            errors.push(field_error("/events", "at least one event is required"));
+            None
+        }
+        Some(v @ Value::Array(_)) => match parse_events(v, "/events") {
+            Ok(events) => Some(events),
+            Err(mut e) => {
+                errors.append(&mut e);
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(field_error("/events", "expected an array of events"));
+            None
+        }
+    };
+    match (incident_id, expected, events) {
+        (Some(incident_id), Some(expected), Some(events)) if errors.is_empty() => {
+            Ok(AppendCommand {
+                incident_id,
+                expected,
+                events,
+            })
+        }
+        _ => Err(ApiError::invalid(errors)),
+    }
+}
+
+/// RFC 6901 escaping of one reference token.
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The result of an append: the SPEC body, and whether it recorded anything (201) or was an
+/// idempotent repeat (200).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub response: AppendResponse,
+    pub created: bool,
+}
+
+/// A rejected bulk line.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct RejectedLine {
+    /// 1-based line number.
+    pub line: u64,
+    /// The HTTP status this line would have had as a single append.
+    pub status: u16,
+    pub detail: String,
+}
+
+/// Answer of a bulk import. `appended` and `duplicates` count events.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct ImportReport {
+    pub appended: u64,
+    pub duplicates: u64,
+    pub rejected: Vec<RejectedLine>,
+}
+
+/// Outcome of rebuilding the views from the log.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub events: u64,
+    pub duration_ms: u64,
+    pub digest: String,
+    pub incidents: u64,
+    pub regions: u64,
+}
+
+/// Which state a read wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsOf {
+    Live,
+    /// Built from the events recorded at or before this time.
+    Time(DateTime<Utc>),
+    /// Built from the events up to this global position (clamped to the head).
+    Position(u64),
+}
+
+/// The application service. Cheap to clone.
+#[derive(Clone)]
+pub struct AppService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    projection: RwLock<Projection>,
+    /// Last position applied to `projection`.
+    applied: watch::Sender<u64>,
+    /// Head of the log when the service started; ready once applied reaches it.
+    start_head: u64,
+    closing: watch::Sender<bool>,
+    closed: AtomicBool,
+    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
+    import_lock: tokio::sync::Mutex<()>,
+    replay_lock: tokio::sync::Mutex<()>,
+    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(crate) tokens: TokenTable,
+    pub(crate) metrics: ServiceMetrics,
+}
+
+impl AppService {
+    /// Opens the service on a store: folds the whole log into the live views, then follows
+    /// new events in the background. Also loads the token table.
+    pub async fn start(store: Arc<Store>) -> Result<AppService, ApiError> {
+        let started = Instant::now();
+        let (projection, position) = rebuild(&*store, None, &|_| {}).await?;
+        tracing::info!(
+            events = position,
+            ms = started.elapsed().as_millis() as u64,
+            "live views caught up"
+        );
+        let (applied, _) = watch::channel(position);
+        let (closing, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            store,
+            projection: RwLock::new(projection),
+            applied,
+            start_head: position,
+            closing,
+            closed: AtomicBool::new(false),
+            stripes: (0..STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
+            import_lock: tokio::sync::Mutex::new(()),
+            replay_lock: tokio::sync::Mutex::new(()),
+            follower: Mutex::new(None),
+            tokens: TokenTable::new(),
+            metrics: ServiceMetrics::default(),
+        });
+        inner.tokens.reload(&inner.store).await?;
+        let handle = tokio::spawn(follow(inner.clone(), position));
+        *lock(&inner.follower) = Some(handle);
+        Ok(AppService { inner })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    pub(crate) fn tokens(&self) -> &TokenTable {
+        &self.inner.tokens
+    }
+
+    /// Re-reads the token table from the store now (the server also does this periodically).
+    pub async fn reload_tokens(&self) -> Result<(), ApiError> {
+        self.inner.tokens.reload(&self.inner.store).await
+    }
+
+    pub fn metrics(&self) -> &ServiceMetrics {
+        &self.inner.metrics
+    }
+
+    /// The store's durable head position.
+    pub fn store_head(&self) -> u64 {
+        self.inner.store.head().position
+    }
+
+    /// Last position applied to the live views.
+    pub fn applied_position(&self) -> u64 {
+        *self.inner.applied.borrow()
+    }
+
+    /// A receiver that follows the live views' position.
+    pub fn watch_applied(&self) -> watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+
+    /// Ready: the store is open and the views have caught up with the head seen at start.
+    pub fn is_ready(&self) -> bool {
+        !self.inner.closed.load(Relaxed) && self.applied_position() >= self.inner.start_head
+    }
+
+    /// Resolves when the service starts closing (used to end SSE streams).
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
+    }
+
+    /// Stops the follower and closes the store (waits for in-flight appends, syncs).
+    pub async fn close(&self) -> Result<(), ApiError> {
+        self.inner.closed.store(true, Relaxed);
+        self.inner.closing.send_replace(true);
+        self.inner.store.close().await?;
+        let handle = lock(&self.inner.follower).take();
+        if let Some(handle) = handle {
+            handle.abort();
+        }
+        Ok(())
+    }
+
+    fn read_projection(&self) -> RwLockReadGuard<'_, Projection> {
+        self.inner
+            .projection
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stripe(&self, id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        self.inner.stripes[(h.finish() as usize) % STRIPES].clone()
+    }
+
+    /// Waits until the live views include `position` (read-your-writes).
+    pub async fn wait_applied(&self, position: u64) {
+        if self.applied_position() >= position {
+            return;
+        }
+        let mut rx = self.inner.applied.subscribe();
+        let reached = tokio::time::timeout(READ_YOUR_WRITES_WAIT, rx.wait_for(|p| *p >= position))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !reached {
+            tracing::warn!(
+                position,
+                applied = self.applied_position(),
+                "live views did not reach an acknowledged position in time"
+            );
+        }
+    }
+
+    /// The decision state of an incident as the store has it now.
+    async fn decision_state(&self, id: Uuid) -> Result<IncidentState, ApiError> {
+        let version = self.inner.store.stream_version(id).await?;
+        if version == 0 {
+            return Ok(IncidentState::new());
+        }
+        let state = self.read_projection().decision_state(id);
+        if state.version() == version {
+            return Ok(state);
+        }
+        // The views lag the store by a moment: wait for them to reach the durable head once
+        // before re-reading the whole stream.
+        let head = self.inner.store.head().position;
+        let mut rx = self.inner.applied.subscribe();
+        let _ = tokio::time::timeout(Duration::from_millis(200), rx.wait_for(|p| *p >= head)).await;
+        let state = self.read_projection().decision_state(id);
+        if state.version() == version {
+            return Ok(state);
+        }
+        let events = self.inner.store.read_stream(id).await?;
+        let mut state = IncidentState::new();
+        for e in &events {
+            state.apply(&envelope(e))?;
+        }
+        Ok(state)
+    }
+
+    /// Appends one batch of events to one incident (SPEC 3): idempotent repeats answer with
+    /// the original positions, the batch is decided against the incident's state at the
+    /// version it is appended under, and the answer waits for the live views.
+    pub async fn append(
+        &self,
+        cmd: AppendCommand,
+        recorded_by: &str,
+    ) -> Result<Appended, ApiError> {
+        let stripe = self.stripe(cmd.incident_id);
+        let guard = stripe.lock().await;
+        let result = self.append_locked(&cmd, recorded_by).await;
+        drop(guard);
+        match result {
+            Ok(outcome) => {
+                self.wait_applied(outcome.last_position).await;
+                Ok(self.appended(&cmd, outcome))
+            }
+            Err(e) => {
+                self.inner.metrics.appends_rejected.fetch_add(1, Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    fn appended(&self, cmd: &AppendCommand, outcome: AppendOutcome) -> Appended {
+        let n = cmd.events.len() as u64;
+        let m = &self.inner.metrics;
+        m.append_batch_size.observe(n as f64);
+        if outcome.duplicate {
+            m.events_duplicate.fetch_add(n, Relaxed);
+        } else {
+            m.events_appended.fetch_add(n, Relaxed);
+        }
+        Appended {
+            response: AppendResponse {
+                incident_id: outcome.stream_id,
+                version: outcome.version,
+                first_position: outcome.first_position,
+                last_position: outcome.last_position,
+            },
+            created: !outcome.duplicate,
+        }
+    }
+
+    async fn append_locked(
+        &self,
+        cmd: &AppendCommand,
+        recorded_by: &str,
+    ) -> Result<AppendOutcome, ApiError> {
+        let store = &self.inner.store;
+        for attempt in 0..ANY_ATTEMPTS {
+            let state = self.decision_state(cmd.incident_id).await?;
+            let version = state.version();
+            if let ExpectedVersion::Exact(n) = cmd.expected {
+                if n != version {
+                    let err = self.conflict(cmd, version);
+                    return self.unless_repeat(cmd, recorded_by, err).await;
+                }
+            }
+            if let Err(errors) = decide(&state, &cmd.events, Utc::now(), "/events") {
+                return self
+                    .unless_repeat(cmd, recorded_by, ApiError::invalid(errors))
+                    .await;
+            }
+            let request = AppendRequest {
+                stream_id: cmd.incident_id,
+                expected_version: ExpectedVersion::Exact(version),
+                events: new_events(&cmd.events),
+                recorded_by: recorded_by.to_string(),
+            };
+            let started = Instant::now();
+            let result = store.append(request).await;
+            self.inner
+                .metrics
+                .store_append_seconds
+                .observe_duration(started.elapsed());
+            match result {
+                Ok(outcome) => return Ok(outcome),
+                Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                    if cmd.expected == ExpectedVersion::Any && attempt + 1 < ANY_ATTEMPTS {
+                        self.inner.metrics.append_retries.fetch_add(1, Relaxed);
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    return Err(self.conflict(cmd, actual));
+                }
+                Err(e @ StoreError::EventIdConflict { .. }) => {
+                    return Err(self.with_versions(cmd, e.into()).await)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Unavailable(
+            "too many concurrent writers on this incident; try again".into(),
+        ))
+    }
+
+    fn conflict(&self, cmd: &AppendCommand, actual: u64) -> ApiError {
+        ApiError::Conflict {
+            detail: format!(
+                "incident {} is at version {actual}, expected {}",
+                cmd.incident_id,
+                expected_json(cmd.expected)
+            ),
+            expected: expected_json(cmd.expected),
+            actual,
+            event_id: None,
+            position: None,
+        }
+    }
+
+    /// Fills `expected`/`actual` of an event-id conflict with the client's expectation and
+    /// the incident's current version.
+    async fn with_versions(&self, cmd: &AppendCommand, err: ApiError) -> ApiError {
+        match err {
+            ApiError::Conflict {
+                detail,
+                event_id,
+                position,
+                ..
+            } => {
+                let actual = self
+                    .inner
+                    .store
+                    .stream_version(cmd.incident_id)
+                    .await
+                    .unwrap_or(0);
+                ApiError::Conflict {
+                    detail,
+                    expected: expected_json(cmd.expected),
+                    actual,
+                    event_id,
+                    position,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// On a failed check: if some event id of the batch is already recorded, this is a
+    /// repeat (or a reuse), and the store decides which: the original outcome, or an
+    /// event-id conflict. The store writes nothing in either case, since a batch with a
+    /// recorded id is never new. Otherwise the original error stands.
+    async fn unless_repeat(
+        &self,
+        cmd: &AppendCommand,
+        recorded_by: &str,
+        err: ApiError,
+    ) -> Result<AppendOutcome, ApiError> {
+        let mut any_recorded = false;
+        for e in &cmd.events {
+            if self.inner.store.event_by_id(e.event_id).await?.is_some() {
+                any_recorded = true;
+                break;
+            }
+        }
+        if !any_recorded {
+            return Err(err);
+        }
+        let request = AppendRequest {
+            stream_id: cmd.incident_id,
+            expected_version: cmd.expected,
+            events: new_events(&cmd.events),
+            recorded_by: recorded_by.to_string(),
+        };
+        match self.inner.store.append(request).await {
+            Ok(outcome) if outcome.duplicate => Ok(outcome),
+            Ok(outcome) => {
+                // Cannot happen (a recorded id is never new); never hide a write.
+                tracing::error!(?outcome, "append with a recorded event id was written");
+                Ok(outcome)
+            }
+            Err(e @ StoreError::EventIdConflict { .. }) => {
+                Err(self.with_versions(cmd, e.into()).await)
+            }
+            Err(StoreError::WrongExpectedVersion { .. }) => Err(err),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Bulk import of NDJSON lines (the format of `POST /v1/events`): each line its own atomic
+    /// append with the same validation as a single append; accepted lines are written in
+    /// chunks that share one sync. Lines of one chunk touching the same incident are checked
+    /// in line order against each other. Rejected lines record nothing.
+    pub async fn import_ndjson<R: AsyncBufRead + Unpin>(
+        &self,
+        mut input: R,
+        recorded_by: &str,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<ImportReport, ApiError> {
+        let _one_import = self.inner.import_lock.lock().await;
+        let mut chunk = Chunk::default();
+        let mut report = ImportReport::default();
+        let mut last_position = 0u64;
+        let mut line_no = 0u64;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            buf.clear();
+            let n = input
+                .read_until(b'\n', &mut buf)
+                .await
+                .map_err(|e| ApiError::bad_request(format!("reading the input failed: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            let text = trim_ascii(&buf);
+            if text.is_empty() {
+                continue;
+            }
+            let cmd = match serde_json::from_slice::<Value>(text) {
+                Err(e) => {
+                    reject(&mut report, line_no, 400, format!("malformed JSON: {e}"));
+                    continue;
+                }
+                Ok(v) => match parse_command(&v, None) {
+                    Ok(cmd) => cmd,
+                    Err(e) => {
+                        reject(&mut report, line_no, e.status().as_u16(), e.public_detail());
+                        continue;
+                    }
+                },
+            };
+            // An event id already pending in this chunk: write the chunk first, so that the
+            // line is recognised as a repeat (or reuse) of a recorded one.
+            if cmd
+                .events
+                .iter()
+                .any(|e| chunk.event_ids.contains(&e.event_id))
+            {
+                self.flush(&mut chunk, recorded_by, &mut report, &mut last_position)
+                    .await?;
+            }
+            self.stage(
+                &mut chunk,
+                cmd,
+                line_no,
+                recorded_by,
+                &mut report,
+                &mut last_position,
+            )
+            .await?;
+            if chunk.events >= IMPORT_CHUNK_EVENTS {
+                self.flush(&mut chunk, recorded_by, &mut report, &mut last_position)
+                    .await?;
+                progress(line_no);
+            }
+        }
+        self.flush(&mut chunk, recorded_by, &mut report, &mut last_position)
+            .await?;
+        progress(line_no);
+        self.wait_applied(last_position).await;
+        report.rejected.sort_by_key(|r| r.line);
+        Ok(report)
+    }
+
+    /// Validates one line against the chunk's running state and queues it.
+    async fn stage(
+        &self,
+        chunk: &mut Chunk,
+        cmd: AppendCommand,
+        line: u64,
+        recorded_by: &str,
+        report: &mut ImportReport,
+        last_position: &mut u64,
+    ) -> Result<(), ApiError> {
+        let id = cmd.incident_id;
+        if !chunk.states.contains_key(&id) {
+            let stripe = self.stripe(id);
+            let idx = Arc::as_ptr(&stripe) as usize;
+            if let std::collections::hash_map::Entry::Vacant(slot) = chunk.guards.entry(idx) {
+                slot.insert(stripe.lock_owned().await);
+            }
+            let state = self.decision_state(id).await?;
+            chunk.states.insert(id, state);
+        }
+        let state = chunk
+            .states
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(IncidentState::new);
+        let version = state.version();
+        let failure = match cmd.expected {
+            ExpectedVersion::Exact(n) if n != version => Some(self.conflict(&cmd, version)),
+            _ => decide(&state, &cmd.events, Utc::now(), "/events")
+                .err()
+                .map(ApiError::invalid),
+        };
+        if let Some(err) = failure {
+            // Maybe a repeat of recorded events: settle it with the store after writing what
+            // is pending (so that order is kept).
+            self.flush(chunk, recorded_by, report, last_position)
+                .await?;
+            self.inner
+                .metrics
+                .append_batch_size
+                .observe(cmd.events.len() as f64);
+            match self.unless_repeat(&cmd, recorded_by, err).await {
+                Ok(outcome) => {
+                    report.duplicates += cmd.events.len() as u64;
+                    self.inner
+                        .metrics
+                        .events_duplicate
+                        .fetch_add(cmd.events.len() as u64, Relaxed);
+                    *last_position = (*last_position).max(outcome.last_position);
+                }
+                Err(e) => {
+                    self.inner.metrics.appends_rejected.fetch_add(1, Relaxed);
+                    reject(report, line, e.status().as_u16(), e.public_detail());
+                }
+            }
+            return Ok(());
+        }
+        // Accepted against the running state: fold it in for the next lines of this incident.
+        let mut next = state;
+        let now = Utc::now();
+        let mut new = Vec::with_capacity(cmd.events.len());
+        for (i, e) in cmd.events.iter().enumerate() {
+            let data = e.canonical_data();
+            next.apply(&Envelope {
+                global_position: 0,
+                incident_id: id,
+                stream_version: version + 1 + i as u64,
+                event_id: e.event_id,
+                event_type: e.event_type(),
+                data: &data,
+                recorded_at: now,
+                recorded_by,
+            })?;
+            new.push(NewEvent {
+                event_id: e.event_id,
+                event_type: e.event_type().to_string(),
+                data,
+            });
+        }
+        chunk.states.insert(id, next);
+        chunk.events += cmd.events.len();
+        chunk
+            .event_ids
+            .extend(cmd.events.iter().map(|e| e.event_id));
+        chunk.lines.push(Staged {
+            line,
+            request: AppendRequest {
+                stream_id: id,
+                expected_version: ExpectedVersion::Exact(version),
+                events: new,
+                recorded_by: recorded_by.to_string(),
+            },
+            cmd,
+        });
+        Ok(())
+    }
+
+    /// Writes the staged lines with one `append_many` (one sync) and settles each result.
+    async fn flush(
+        &self,
+        chunk: &mut Chunk,
+        recorded_by: &str,
+        report: &mut ImportReport,
+        last_position: &mut u64,
+    ) -> Result<(), ApiError> {
+        let staged = std::mem::take(&mut chunk.lines);
+        if staged.is_empty() {
+            chunk.clear();
+            return Ok(());
+        }
+        let (requests, rest): (Vec<_>, Vec<_>) = staged
+            .into_iter()
+            .map(|s| (s.request, (s.line, s.cmd)))
+            .unzip();
+        let started = Instant::now();
+        let results = self.inner.store.append_many(requests).await;
+        let m = &self.inner.metrics;
+        m.store_append_seconds.observe_duration(started.elapsed());
+        let mut retry = Vec::new();
+        let mut failed_incidents = HashSet::new();
+        for ((line, cmd), result) in rest.into_iter().zip(results) {
+            let n = cmd.events.len() as u64;
+            m.append_batch_size.observe(n as f64);
+            match result {
+                Ok(outcome) => {
+                    *last_position = (*last_position).max(outcome.last_position);
+                    if outcome.duplicate {
+                        report.duplicates += n;
+                        m.events_duplicate.fetch_add(n, Relaxed);
+                    } else {
+                        report.appended += n;
+                        m.events_appended.fetch_add(n, Relaxed);
+                    }
+                }
+                // Another process wrote to the incident between validation and write; with
+                // "any" (or after an earlier line of this incident failed) decide again.
+                Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                    let dependent = !failed_incidents.insert(cmd.incident_id);
+                    if cmd.expected == ExpectedVersion::Any || dependent {
+                        retry.push((line, cmd));
+                    } else {
+                        m.appends_rejected.fetch_add(1, Relaxed);
+                        let e = self.conflict(&cmd, actual);
+                        reject(report, line, 409, e.public_detail());
+                    }
+                }
+                Err(StoreError::Unavailable(msg)) => {
+                    return Err(ApiError::Unavailable(format!(
+                        "store unavailable at line {line} ({} events appended before): {msg}",
+                        report.appended
+                    )));
+                }
+                Err(e) => {
+                    m.appends_rejected.fetch_add(1, Relaxed);
+                    failed_incidents.insert(cmd.incident_id);
+                    let e = self.with_versions(&cmd, e.into()).await;
+                    reject(report, line, e.status().as_u16(), e.public_detail());
+                }
+            }
+        }
+        // Release the stripes before single appends retake them.
+        chunk.clear();
+        for (line, cmd) in retry {
+            match self.append(cmd, recorded_by).await {
+                Ok(a) => {
+                    *last_position = (*last_position).max(a.response.last_position);
+                    let n = a.response.last_position + 1 - a.response.first_position;
+                    if a.created {
+                        report.appended += n;
+                    } else {
+                        report.duplicates += n;
+                    }
+                }
+                Err(ApiError::Unavailable(msg)) => return Err(ApiError::Unavailable(msg)),
+                Err(e) => reject(report, line, e.status().as_u16(), e.public_detail()),
+            }
+        }
+        Ok(())
+    }
+
+    // ---- reads ----
+
+    /// The log position a read at `at` refers to: `None` for the live state.
+    pub async fn resolve(&self, at: AsOf) -> Result<Option<u64>, ApiError> {
+        let position = match at {
+            AsOf::Live => return Ok(None),
+            AsOf::Time(t) => self.inner.store.position_at(t).await?,
+            AsOf::Position(p) => p,
+        };
+        // Beyond what the views have applied: clamp (everything acknowledged is applied).
+        Ok(Some(position.min(self.applied_position())))
+    }
+
+    /// The view of one incident, live or as of a time/position; `NotFound` when it has no
+    /// events (at that point).
+    pub async fn incident(&self, id: Uuid, at: AsOf) -> Result<IncidentView, ApiError> {
+        let not_found = || ApiError::NotFound(format!("no incident {id}"));
+        match self.resolve(at).await? {
+            None => self.read_projection().incident(id).ok_or_else(not_found),
+            Some(p) => {
+                let events = self.inner.store.read_stream(id).await?;
+                let view = fold_incident(
+                    events
+                        .iter()
+                        .take_while(|e| e.global_position <= p)
+                        .map(envelope),
+                )?;
+                view.ok_or_else(not_found)
+            }
+        }
+    }
+
+    /// A page of incident views (live).
+    pub fn incidents(&self, query: &IncidentQuery) -> Result<IncidentPage, ApiError> {
+        self.read_projection()
+            .incidents(query)
+            .map_err(|e| ApiError::BadRequest {
+                detail: format!("{}: {}", e.pointer, e.message),
+                errors: vec![e],
+            })
+    }
+
+    /// The summary of one region; `NotFound` when nothing is recorded for it.
+    pub async fn region_summary(
+        &self,
+        region: &Region,
+        window: &Window,
+        at: AsOf,
+    ) -> Result<RegionSummary, ApiError> {
+        let at = self.resolve(at).await?;
+        self.read_projection()
+            .region_summary(region, window, at)
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("nothing recorded for region {}", region.code()))
+            })
+    }
+
+    /// Summaries of every region with incidents.
+    pub async fn region_summaries(
+        &self,
+        window: &Window,
+        at: AsOf,
+    ) -> Result<Vec<RegionSummary>, ApiError> {
+        let at = self.resolve(at).await?;
+        Ok(self.read_projection().region_summaries(window, at))
+    }
+
+    /// Events of one incident, in order.
+    pub async fn stream_events(&self, id: Uuid) -> Result<Vec<RecordedEvent>, ApiError> {
+        Ok(self.inner.store.read_stream(id).await?)
+    }
+
+    /// A page of the global log.
+    pub async fn log_page(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, ApiError> {
+        Ok(self.inner.store.read_all(after, limit).await?)
+    }
+
+    /// The digest of the live views (for comparison with a replay).
+    pub fn live_digest(&self) -> (u64, String) {
+        let p = self.read_projection();
+        (p.position(), p.digest())
+    }
+
+    /// Rebuilds every view from the log into a fresh projection and swaps it in.
+    pub async fn replay_live(&self) -> Result<ReplayReport, ApiError> {
+        let _one_replay = self.inner.replay_lock.lock().await;
+        let started = Instant::now();
+        let store = &*self.inner.store;
+        let (mut fresh, events) = rebuild(store, None, &|_| {}).await?;
+        let report = report_of(&fresh, events, started);
+        // Bring the fresh views up to the live ones, then swap under the write lock when no
+        // event slipped in between.
+        for _ in 0..1000 {
+            let live = self.applied_position();
+            while fresh.position() < live {
+                let page = store.read_all(fresh.position(), REPLAY_PAGE).await?;
+                if page.is_empty() {
+                    break;
+                }
+                for e in page.iter().take_while(|e| e.global_position <= live) {
+                    apply_logged(&mut fresh, e);
+                }
+            }
+            let mut guard = self
+                .inner
+                .projection
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if guard.position() == fresh.position() {
+                *guard = fresh;
+                return Ok(report);
+            }
+        }
+        Err(ApiError::Unavailable(
+            "the log moves too fast to swap the rebuilt views in; try again".into(),
+        ))
+    }
+
+    /// Checks every record's checksum and the hash chain.
+    pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.inner.store.verify().await
+    }
+}
+
+#[derive(Default)]
+struct Chunk {
+    lines: Vec<Staged>,
+    states: HashMap<Uuid, IncidentState>,
+    event_ids: HashSet<Uuid>,
+    guards: HashMap<usize, OwnedMutexGuard<()>>,
+    events: usize,
+}
+
+impl Chunk {
+    fn clear(&mut self) {
+        self.lines.clear();
+        self.states.clear();
+        self.event_ids.clear();
+        self.guards.clear();
+        self.events = 0;
+    }
+}
+
+struct Staged {
+    line: u64,
+    request: AppendRequest,
+    cmd: AppendCommand,
+}
+
+fn reject(report: &mut ImportReport, line: u64, status: u16, detail: String) {
+    report.rejected.push(RejectedLine {
+        line,
+        status,
+        detail,
+    });
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &b[start..end.max(start)]
+}
+
+fn new_events(events: &[TypedEvent]) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|e| NewEvent {
+            event_id: e.event_id,
+            event_type: e.event_type().to_string(),
+            data: e.canonical_data(),
+        })
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Applies one event; a stored event that does not decode is logged and skipped so that one
+/// bad record never freezes the views (`verify` reports damage separately).
+fn apply_logged(p: &mut Projection, e: &RecordedEvent) {
+    if let Err(err) = p.apply(&envelope(e)) {
+        tracing::error!(position = e.global_position, error = %err, "event skipped by the views");
+    }
+}
+
+fn report_of(p: &Projection, events: u64, started: Instant) -> ReplayReport {
+    let regions = p.region_summaries(&Window::all(), None);
+    ReplayReport {
+        events,
+        duration_ms: started.elapsed().as_millis() as u64,
+        digest: p.digest(),
+        incidents: regions.iter().map(|r| r.incidents).sum(),
+        regions: regions.len() as u64,
+    }
+}
+
+/// Folds the log (up to `at_position`, clamped to the head) into a fresh projection; returns
+/// it and the last position folded. Reads in large pages, one page ahead of the fold.
+async fn rebuild<S: EventStore>(
+    store: &S,
+    at_position: Option<u64>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(Projection, u64), ApiError> {
+    let head = store.head().position;
+    let target = at_position.map_or(head, |p| p.min(head));
+    let mut projection = Projection::new();
+    let mut position = 0u64;
+    if target == 0 {
+        return Ok((projection, 0));
+    }
+    let mut page = store.read_all(0, REPLAY_PAGE.min(target as usize)).await?;
+    while let Some(last) = page.last().map(|e| e.global_position) {
+        let upto = last.min(target);
+        let fold = async {
+            for e in page.iter().take_while(|e| e.global_position <= target) {
+                apply_logged(&mut projection, e);
+            }
+        };
+        if upto >= target {
+            fold.await;
+            position = upto;
+            progress(position);
+            break;
+        }
+        // Read the next page while this one is folded.
+        let want = REPLAY_PAGE.min((target - upto) as usize);
+        let (next, ()) = futures_util::future::join(store.read_all(upto, want), fold).await;
+        position = upto;
+        progress(position);
+        page = next?;
+    }
+    Ok((projection, position))
+}
+
+/// Rebuilds the views from the log offline (the CLI's `replay`): events, duration, digest.
+pub async fn replay<S: EventStore>(
+    store: &S,
+    at_position: Option<u64>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<ReplayReport, ApiError> {
+    let started = Instant::now();
+    let (projection, events) = rebuild(store, at_position, progress).await?;
+    Ok(report_of(&projection, events, started))
+}
+
+/// Keeps the live views up to date: follows the store from `from`, applies what arrives in
+/// chunks under one write lock each, and publishes the applied position.
+async fn follow(inner: Arc<Inner>, from: u64) {
+    let mut closing = inner.closing.subscribe();
+    let mut position = from;
+    loop {
+        let stream = incidentlog_store::subscribe(inner.store.clone(), position).ready_chunks(4096);
+        futures_util::pin_mut!(stream);
+        loop {
+            let chunk = tokio::select! {
+                chunk = stream.next() => chunk,
+                _ = closing.wait_for(|c| *c) => return,
+            };
+            let Some(chunk) = chunk else { break };
+            let mut failed = None;
+            {
+                let mut p = inner.projection.write().unwrap_or_else(|p| p.into_inner());
+                for item in &chunk {
+                    match item {
+                        Ok(e) if e.global_position > position => {
+                            apply_logged(&mut p, e);
+                            position = e.global_position;
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            failed = Some(err.to_string());
+                            break;
+                        }
+                    }
+                }
+            }
+            inner
+                .metrics
+                .events_applied
+                .fetch_add(chunk.len() as u64, Relaxed);
+            inner.applied.send_replace(position);
+            if let Some(err) = failed {
+                tracing::error!(error = %err, position, "reading the log for the live views failed; retrying");
+                break;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = closing.wait_for(|c| *c) => return,
+        }
+    }
+}

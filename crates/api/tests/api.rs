@@ -1,0 +1,910 @@
+//! In-process tests of the service rules over the real router (tower `oneshot`), on the file
+//! store in a temp dir.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use chrono::Utc;
+use futures_util::StreamExt;
+use incidentlog_api::auth::{ensure_admin_token, hash_secret, new_secret};
+use incidentlog_api::service::AppService;
+use incidentlog_api::{router, ServeConfig};
+use incidentlog_store::{EventStore, OpenOptions, Store, TokenRecord};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use uuid::Uuid;
+
+struct App {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    service: AppService,
+    router: Router,
+    admin: String,
+    reporter: String,
+    reader: String,
+}
+
+async fn add_token(store: &Store, name: &str, role: &str) -> String {
+    let secret = new_secret();
+    store
+        .add_token(TokenRecord {
+            name: name.into(),
+            role: role.into(),
+            secret_hash: hash_secret(&secret),
+            created_at: Utc::now(),
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    secret
+}
+
+async fn app_with(config: ServeConfig) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&OpenOptions::new(dir.path())).await.unwrap());
+    let admin = ensure_admin_token(&store)
+        .await
+        .unwrap()
+        .expect("first start creates admin");
+    assert!(ensure_admin_token(&store).await.unwrap().is_none());
+    let reporter = add_token(&store, "rep", "reporter").await;
+    let reader = add_token(&store, "ro", "reader").await;
+    let service = AppService::start(store.clone()).await.unwrap();
+    let router = router(service.clone(), &config);
+    App {
+        _dir: dir,
+        store,
+        service,
+        router,
+        admin,
+        reporter,
+        reader,
+    }
+}
+
+async fn app() -> App {
+    app_with(ServeConfig::default()).await
+}
+
+struct Resp {
+    status: StatusCode,
+    content_type: String,
+    body: Value,
+}
+
+impl App {
+    async fn send(&self, req: Request<Body>) -> Resp {
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let content_type = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Resp {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    async fn get_as(&self, path: &str, token: Option<&str>) -> Resp {
+        let mut b = Request::get(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        self.send(b.body(Body::empty()).unwrap()).await
+    }
+
+    async fn get(&self, path: &str) -> Resp {
+        self.get_as(path, Some(&self.reader.clone())).await
+    }
+
+    async fn post_as(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        ct: &str,
+        body: impl Into<Body>,
+    ) -> Resp {
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::CONTENT_TYPE, ct);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        self.send(b.body(body.into()).unwrap()).await
+    }
+
+    async fn append(&self, id: Uuid, body: Value) -> Resp {
+        self.post_as(
+            &format!("/v1/incidents/{id}/events"),
+            Some(&self.reporter.clone()),
+            "application/json",
+            body.to_string(),
+        )
+        .await
+    }
+
+    async fn head(&self) -> u64 {
+        self.store.head().position
+    }
+}
+
+fn reported(event_id: Uuid, region: &str, kind: &str) -> Value {
+    json!({"event_id": event_id, "type": "IncidentReported", "data": {
+        "kind": kind, "occurred_at": "2026-01-02", "region": region,
+        "source": {"name": "Regional authorities", "kind": "official"}}})
+}
+
+fn casualties(event_id: Uuid, killed: i64) -> Value {
+    json!({"event_id": event_id, "type": "CasualtiesReported", "data": {
+        "killed": killed, "source": {"name": "Regional authorities", "kind": "official"}}})
+}
+
+fn claim(event_id: Uuid, claim_id: Uuid) -> Value {
+    json!({"event_id": event_id, "type": "ClaimMade", "data": {
+        "claim_id": claim_id, "claimant": "Ministry", "statement": "It was a military target."}})
+}
+
+fn denial(event_id: Uuid, claim_id: Uuid) -> Value {
+    json!({"event_id": event_id, "type": "ClaimDenied", "data": {
+        "claim_id": claim_id, "by": "Other ministry"}})
+}
+
+fn assert_problem(r: &Resp, status: u16) {
+    assert_eq!(r.status.as_u16(), status, "body: {}", r.body);
+    assert_eq!(
+        r.content_type, "application/problem+json",
+        "body: {}",
+        r.body
+    );
+    assert_eq!(r.body["status"], status);
+    for field in ["type", "title", "detail"] {
+        assert!(r.body[field].is_string(), "{field} missing in {}", r.body);
+    }
+    assert!(r.body["errors"].is_array(), "errors missing in {}", r.body);
+}
+
+#[tokio::test]
+async fn append_is_read_your_writes_and_idempotent() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    let (e1, e2) = (Uuid::new_v4(), Uuid::new_v4());
+    let body = json!({"expected_version": 0, "events": [reported(e1, "UA-63", "missile_strike"), casualties(e2, 3)]});
+    let r = app.append(id, body.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"incident_id": id, "version": 2, "first_position": 1, "last_position": 2})
+    );
+
+    // Read-your-writes: the views include it as soon as the append is answered.
+    let view = app.get(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(view.status, StatusCode::OK, "{}", view.body);
+    assert_eq!(view.body["version"], 2);
+    let region = app.get("/v1/regions/UA-63").await;
+    assert_eq!(region.status, StatusCode::OK, "{}", region.body);
+    assert_eq!(region.body["incidents"], 1);
+    assert_eq!(region.body["as_of_position"], 2);
+
+    // The same request again: 200, same body, nothing recorded.
+    let again = app.append(id, body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body, r.body);
+    // Only part of the original batch is not a repeat: 409.
+    let part = app.append(id, json!({"events": [casualties(e2, 3)]})).await;
+    assert_problem(&part, 409);
+    assert_eq!(app.head().await, 2);
+
+    // The recorded events have the SPEC shape.
+    let log = app.get("/v1/events?after=0&limit=10").await;
+    assert_eq!(log.status, StatusCode::OK);
+    assert_eq!(log.body["next_after"], 2);
+    let ev = &log.body["events"][0];
+    let mut keys: Vec<&str> = ev.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "data",
+            "event_id",
+            "global_position",
+            "hash",
+            "incident_id",
+            "recorded_at",
+            "recorded_by",
+            "stream_version",
+            "type"
+        ]
+    );
+    assert_eq!(ev["recorded_by"], "rep");
+    assert_eq!(ev["type"], "IncidentReported");
+    let at = ev["recorded_at"].as_str().unwrap();
+    assert!(
+        at.ends_with('Z') && at.len() == "2026-01-02T03:04:05.123456Z".len(),
+        "{at}"
+    );
+    let hash = ev["hash"].as_str().unwrap();
+    assert!(
+        hash.len() == 64
+            && hash
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
+    let stream = app.get(&format!("/v1/incidents/{id}/events")).await;
+    assert_eq!(stream.body["events"].as_array().unwrap().len(), 2);
+    assert_eq!(stream.body["events"][1]["stream_version"], 2);
+    let empty = app.get("/v1/events?after=2").await;
+    assert_eq!(empty.body["next_after"], 2);
+    assert_eq!(empty.body["events"], json!([]));
+}
+
+#[tokio::test]
+async fn conflicts_are_409_with_expected_and_actual_and_record_nothing() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    let e1 = Uuid::new_v4();
+    let r = app
+        .append(
+            id,
+            json!({"expected_version": 0, "events": [reported(e1, "UA-65", "shelling")]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+
+    // Wrong expected version.
+    let r = app
+        .append(
+            id,
+            json!({"expected_version": 0, "events": [casualties(Uuid::new_v4(), 1)]}),
+        )
+        .await;
+    assert_problem(&r, 409);
+    assert_eq!(r.body["expected"], 0);
+    assert_eq!(r.body["actual"], 1);
+    let r = app.append(Uuid::new_v4(), json!({"expected_version": 5, "events": [reported(Uuid::new_v4(), "UA-65", "shelling")]})).await;
+    assert_problem(&r, 409);
+    assert_eq!(
+        (r.body["expected"].clone(), r.body["actual"].clone()),
+        (json!(5), json!(0))
+    );
+
+    // event_id reuse with other content.
+    let mut changed = reported(e1, "UA-65", "shelling");
+    changed["data"]["kind"] = json!("air_strike");
+    let r = app.append(id, json!({"events": [changed]})).await;
+    assert_problem(&r, 409);
+    assert!(
+        r.body.get("expected").is_some() && r.body.get("actual").is_some(),
+        "{}",
+        r.body
+    );
+    // ...also when the reused id comes with a new one.
+    let r = app
+        .append(
+            id,
+            json!({"events": [casualties(e1, 2), casualties(Uuid::new_v4(), 1)]}),
+        )
+        .await;
+    assert_problem(&r, 409);
+
+    assert_eq!(app.head().await, 1);
+    let r = app
+        .append(
+            id,
+            json!({"expected_version": 1, "events": [casualties(Uuid::new_v4(), 1)]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
+#[tokio::test]
+async fn invalid_events_are_422_with_pointers() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    let mut bad = reported(Uuid::new_v4(), "UA-63", "missile_strike");
+    bad["data"]["kind"] = json!("picnic");
+    bad["data"]["bogus"] = json!(1);
+    let r = app
+        .append(id, json!({"events": [bad], "extra": true}))
+        .await;
+    assert_problem(&r, 422);
+    let pointers: Vec<&str> = r.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert!(pointers.contains(&"/extra"), "{pointers:?}");
+    assert!(pointers.contains(&"/events/0/data/kind"), "{pointers:?}");
+    assert!(pointers.contains(&"/events/0/data/bogus"), "{pointers:?}");
+
+    // Rule violations: a claim denial for a claim that does not exist, on a new incident.
+    let r = app
+        .append(id, json!({"events": [reported(Uuid::new_v4(), "UA-63", "missile_strike"), denial(Uuid::new_v4(), Uuid::new_v4())]}))
+        .await;
+    assert_problem(&r, 422);
+    assert!(
+        r.body["errors"][0]["pointer"]
+            .as_str()
+            .unwrap()
+            .starts_with("/events/1"),
+        "{}",
+        r.body
+    );
+
+    // Structure problems.
+    for body in [
+        json!([]),
+        json!({"events": []}),
+        json!({"events": {}}),
+        json!({"expected_version": -1, "events": [casualties(Uuid::new_v4(), 1)]}),
+    ] {
+        let r = app.append(id, body).await;
+        assert_problem(&r, 422);
+    }
+    assert_eq!(app.head().await, 0);
+    assert_eq!(
+        app.get(&format!("/v1/incidents/{id}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn axum_rejections_are_problem_json() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    let path = format!("/v1/incidents/{id}/events");
+    let rep = app.reporter.clone();
+    let r = app
+        .post_as(&path, Some(&rep), "application/json", "{\"events\": [")
+        .await;
+    assert_problem(&r, 400);
+    let r = app.post_as(&path, Some(&rep), "text/plain", "{}").await;
+    assert_problem(&r, 415);
+    let big = format!(
+        "{{\"events\": [], \"pad\": \"{}\"}}",
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let r = app
+        .post_as(&path, Some(&rep), "application/json", big)
+        .await;
+    assert_problem(&r, 413);
+    let r = app
+        .post_as(
+            "/v1/incidents/not-a-uuid/events",
+            Some(&rep),
+            "application/json",
+            "{}",
+        )
+        .await;
+    assert_problem(&r, 400);
+    let r = app.get("/v1/events?after=minus-one").await;
+    assert_problem(&r, 400);
+    let r = app.get("/v1/regions?as_of=yesterday").await;
+    assert_problem(&r, 400);
+    let r = app.get("/v1/nothing-here").await;
+    assert_problem(&r, 404);
+    let r = app.get("/v1/regions/XX-NOPE").await;
+    assert_problem(&r, 422);
+    let r = app.get("/v1/regions/UA-63").await;
+    assert_problem(&r, 404);
+    let r = app.get(&format!("/v1/incidents/{id}")).await;
+    assert_problem(&r, 404);
+    let r = app
+        .post_as("/v1/events", Some(&rep), "application/json", "{}")
+        .await;
+    assert_problem(&r, 415);
+    assert_eq!(app.head().await, 0);
+}
+
+#[tokio::test]
+async fn bulk_import_reports_each_line_and_records_only_accepted_ones() {
+    let app = app().await;
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let claim_id = Uuid::new_v4();
+    let line1 = json!({"incident_id": a, "expected_version": 0, "events": [reported(Uuid::new_v4(), "UA-63", "drone_strike"), claim(Uuid::new_v4(), claim_id)]});
+    let lines = [
+        line1.to_string(),
+        // 2: depends on line 1 (same chunk): the claim exists only through line 1.
+        json!({"incident_id": a, "expected_version": 2, "events": [denial(Uuid::new_v4(), claim_id)]}).to_string(),
+        // 3: a repeat of line 1.
+        line1.to_string(),
+        // 4: malformed JSON.
+        "{\"incident_id\": ".to_string(),
+        // 5: invalid event.
+        json!({"incident_id": b, "events": [casualties(Uuid::new_v4(), -4)]}).to_string(),
+        // 6: version conflict.
+        json!({"incident_id": a, "expected_version": 1, "events": [casualties(Uuid::new_v4(), 1)]}).to_string(),
+        String::new(),
+        // 8: a fine new incident.
+        json!({"incident_id": c, "events": [reported(Uuid::new_v4(), "UA-65", "shelling"), casualties(Uuid::new_v4(), 2)]}).to_string(),
+        // 9: denial of a claim that does not exist.
+        json!({"incident_id": c, "events": [denial(Uuid::new_v4(), Uuid::new_v4())]}).to_string(),
+    ];
+    let body = lines.join("\n") + "\n";
+    let r = app
+        .post_as(
+            "/v1/events",
+            Some(&app.reporter.clone()),
+            "application/x-ndjson",
+            body,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["appended"], 5, "{}", r.body);
+    assert_eq!(r.body["duplicates"], 2, "{}", r.body);
+    let rejected: Vec<(u64, u64)> = r.body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["line"].as_u64().unwrap(), x["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        rejected,
+        [(4, 400), (5, 422), (6, 409), (9, 422)],
+        "{}",
+        r.body
+    );
+    assert_eq!(app.head().await, 5);
+    // Read-your-writes after the bulk answer too.
+    let view = app.get(&format!("/v1/incidents/{a}")).await;
+    assert_eq!(view.body["version"], 3, "{}", view.body);
+    assert_eq!(
+        app.get(&format!("/v1/incidents/{b}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The CLI path: the same service code.
+    let more = json!({"incident_id": Uuid::new_v4(), "events": [reported(Uuid::new_v4(), "RU-MOS", "explosion")]}).to_string();
+    let report = app
+        .service
+        .import_ndjson(format!("{more}\n{more}\n").as_bytes(), "cli", &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.appended, report.duplicates, report.rejected.len()),
+        (1, 1, 0)
+    );
+    assert_eq!(app.head().await, 6);
+}
+
+#[tokio::test]
+async fn bulk_import_of_many_lines_spans_chunks() {
+    let app = app().await;
+    let mut body = String::new();
+    let ids: Vec<Uuid> = (0..9000).map(|_| Uuid::new_v4()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let region = if i % 2 == 0 { "UA-63" } else { "UA-65" };
+        body.push_str(&json!({"incident_id": id, "expected_version": 0, "events": [reported(Uuid::new_v4(), region, "shelling"), casualties(Uuid::new_v4(), 1)]}).to_string());
+        body.push('\n');
+    }
+    // Second events for every incident, after the first ones (other chunk for most).
+    for id in &ids {
+        body.push_str(&json!({"incident_id": id, "expected_version": 2, "events": [casualties(Uuid::new_v4(), 2)]}).to_string());
+        body.push('\n');
+    }
+    let report = app
+        .service
+        .import_ndjson(body.as_bytes(), "cli", &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.rejected, vec![]);
+    assert_eq!(report.appended, 27000);
+    let r = app.get("/v1/regions/UA-63").await;
+    assert_eq!(r.body["incidents"], 4500);
+    assert_eq!(r.body["casualties"]["killed"]["best"], 9000);
+}
+
+#[tokio::test]
+async fn concurrent_any_appends_to_one_incident_all_land() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    app.append(
+        id,
+        json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let router = app.router.clone();
+        let token = app.reporter.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"events": [casualties(Uuid::new_v4(), i)]}).to_string();
+            let req = Request::post(format!("/v1/incidents/{id}/events"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::from(body))
+                .unwrap();
+            router.oneshot(req).await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::CREATED);
+    }
+    let view = app.get(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(view.body["version"], 21);
+}
+
+#[tokio::test]
+async fn as_of_and_at_position() {
+    let app = app().await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    app.append(a, json!({"events": [reported(Uuid::new_v4(), "UA-63", "missile_strike"), casualties(Uuid::new_v4(), 2)]})).await;
+    app.append(
+        b,
+        json!({"events": [reported(Uuid::new_v4(), "UA-63", "drone_strike")]}),
+    )
+    .await;
+    app.append(a, json!({"events": [casualties(Uuid::new_v4(), 5)]}))
+        .await;
+
+    let r = app.get("/v1/regions/UA-63?at_position=2").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["incidents"], 1);
+    assert_eq!(r.body["as_of_position"], 2);
+    assert_eq!(r.body["casualties"]["killed"]["best"], 2);
+    // Beyond the head: clamped to it.
+    let r = app.get("/v1/regions/UA-63?at_position=999").await;
+    assert_eq!(r.body["as_of_position"], 4);
+    assert_eq!(r.body["incidents"], 2);
+    // Before anything: nothing recorded for the region then.
+    assert_eq!(
+        app.get("/v1/regions/UA-63?at_position=0").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let all = app.get("/v1/regions?at_position=3").await;
+    assert_eq!(all.body["regions"][0]["incidents"], 2);
+
+    // as_of = recorded_at of position 2.
+    let log = app.get("/v1/events").await;
+    let t2 = log.body["events"][1]["recorded_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t2q = t2.replace(':', "%3A");
+    let r = app.get(&format!("/v1/regions/UA-63?as_of={t2q}")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body["as_of_position"].as_u64().unwrap() >= 2);
+    let r = app
+        .get("/v1/regions/UA-63?as_of=2000-01-01T00%3A00%3A00Z")
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    let v = app.get(&format!("/v1/incidents/{a}?at_position=2")).await;
+    assert_eq!(v.body["version"], 2, "{}", v.body);
+    let v = app.get(&format!("/v1/incidents/{a}?at_position=1")).await;
+    assert_eq!(v.body["version"], 1);
+    let v = app.get(&format!("/v1/incidents/{b}?at_position=2")).await;
+    assert_eq!(v.status, StatusCode::NOT_FOUND);
+    let r = app
+        .get(&format!("/v1/incidents/{a}?at_position=1&as_of={t2q}"))
+        .await;
+    assert_problem(&r, 400);
+}
+
+#[tokio::test]
+async fn auth_matrix() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    let body = json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}).to_string();
+    let path = format!("/v1/incidents/{id}/events");
+    let (admin, rep, ro) = (app.admin.clone(), app.reporter.clone(), app.reader.clone());
+
+    // No token: 401 everywhere but health, readiness and metrics.
+    for p in [
+        "/v1/regions",
+        "/v1/events",
+        "/openapi.json",
+        "/v1/admin/verify",
+    ] {
+        assert_problem(&app.get_as(p, None).await, 401);
+    }
+    for p in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(app.get_as(p, None).await.status, StatusCode::OK, "{p}");
+    }
+    assert_problem(&app.get_as("/v1/regions", Some("il_wrong")).await, 401);
+    assert_problem(
+        &app.post_as(&path, None, "application/json", body.clone())
+            .await,
+        401,
+    );
+    // Role too low.
+    assert_problem(
+        &app.post_as(&path, Some(&ro), "application/json", body.clone())
+            .await,
+        403,
+    );
+    assert_problem(&app.get_as("/v1/admin/verify", Some(&rep)).await, 403);
+    assert_problem(
+        &app.post_as("/v1/admin/replay", Some(&rep), "application/json", "")
+            .await,
+        403,
+    );
+    assert_eq!(app.head().await, 0);
+    // Enough.
+    assert_eq!(
+        app.get_as("/v1/regions", Some(&ro)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post_as(&path, Some(&rep), "application/json", body.clone())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let v = app.get_as("/v1/admin/verify", Some(&admin)).await;
+    assert_eq!(v.status, StatusCode::OK);
+    assert_eq!(v.body["ok"], true);
+    assert_eq!(v.body["events"], 1);
+    assert_eq!(v.body["head_hash"].as_str().unwrap().len(), 64);
+    let replay = app
+        .post_as("/v1/admin/replay", Some(&admin), "application/json", "")
+        .await;
+    assert_eq!(replay.status, StatusCode::OK, "{}", replay.body);
+    assert_eq!(replay.body["events"], 1);
+    assert_eq!(replay.body["digest"], app.service.live_digest().1);
+
+    // A token created after start works at once; a revoked one stops working on reload.
+    let late = add_token(&app.store, "late", "reader").await;
+    assert_eq!(
+        app.get_as("/v1/regions", Some(&late)).await.status,
+        StatusCode::OK
+    );
+    assert!(app.store.revoke_token("late", Utc::now()).await.unwrap());
+    app.service.reload_tokens().await.unwrap();
+    assert_problem(&app.get_as("/v1/regions", Some(&late)).await, 401);
+}
+
+#[tokio::test]
+async fn public_read_lets_anonymous_gets_through_but_not_admin_or_writes() {
+    let app = app_with(ServeConfig {
+        public_read: true,
+        ..ServeConfig::default()
+    })
+    .await;
+    assert_eq!(app.get_as("/v1/regions", None).await.status, StatusCode::OK);
+    assert_eq!(app.get_as("/v1/events", None).await.status, StatusCode::OK);
+    assert_problem(&app.get_as("/v1/admin/verify", None).await, 401);
+    let body = json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}).to_string();
+    let path = format!("/v1/incidents/{}/events", Uuid::new_v4());
+    assert_problem(
+        &app.post_as(&path, None, "application/json", body).await,
+        401,
+    );
+    // A bad token is still an error.
+    assert_problem(&app.get_as("/v1/regions", Some("il_wrong")).await, 401);
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let app = app_with(ServeConfig {
+        rate_limit_per_sec: 1,
+        rate_limit_burst: 2,
+        ..ServeConfig::default()
+    })
+    .await;
+    let ro = app.reader.clone();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let req = Request::get("/v1/regions")
+            .header(header::AUTHORIZATION, format!("Bearer {ro}"))
+            .body(Body::empty())
+            .unwrap();
+        let res = app.router.clone().oneshot(req).await.unwrap();
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(res.headers().get(header::RETRY_AFTER).is_some());
+        }
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(&statuses[..2], &[200, 200]);
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+}
+
+async fn next_sse_event(
+    body: &mut (impl futures_util::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin),
+    buf: &mut String,
+) -> (u64, String, Value) {
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let (mut id, mut event, mut data) = (None, String::new(), String::new());
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.parse().unwrap());
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            if let Some(id) = id {
+                return (id, event, serde_json::from_str(&data).unwrap());
+            }
+            continue; // a comment (heartbeat)
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(30), body.next())
+            .await
+            .expect("SSE event in time")
+            .expect("stream open")
+            .unwrap();
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn sse_catches_up_then_follows_live() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    app.append(id, json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling"), casualties(Uuid::new_v4(), 1)]})).await;
+    app.append(id, json!({"events": [casualties(Uuid::new_v4(), 2)]}))
+        .await;
+
+    let req = Request::get("/v1/events/stream?after=1")
+        .header(header::AUTHORIZATION, format!("Bearer {}", app.reader))
+        .body(Body::empty())
+        .unwrap();
+    let res = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = res.into_body().into_data_stream();
+    let mut buf = String::new();
+    let (p, ty, data) = next_sse_event(&mut body, &mut buf).await;
+    assert_eq!((p, ty.as_str()), (2, "CasualtiesReported"));
+    assert_eq!(data["global_position"], 2);
+    assert_eq!(data["incident_id"], json!(id));
+    let (p, _, _) = next_sse_event(&mut body, &mut buf).await;
+    assert_eq!(p, 3);
+    // Live.
+    app.append(id, json!({"events": [casualties(Uuid::new_v4(), 3)]}))
+        .await;
+    let (p, _, data) = next_sse_event(&mut body, &mut buf).await;
+    assert_eq!(p, 4);
+    assert_eq!(data["stream_version"], 4);
+
+    // Last-Event-ID wins over `after` (a reconnect).
+    let req = Request::get("/v1/events/stream?after=0")
+        .header(header::AUTHORIZATION, format!("Bearer {}", app.reader))
+        .header("last-event-id", "3")
+        .body(Body::empty())
+        .unwrap();
+    let res = app.router.clone().oneshot(req).await.unwrap();
+    let mut body = res.into_body().into_data_stream();
+    let mut buf = String::new();
+    let (p, _, _) = next_sse_event(&mut body, &mut buf).await;
+    assert_eq!(p, 4);
+}
+
+#[tokio::test]
+async fn sse_clients_are_capped() {
+    let app = app_with(ServeConfig {
+        max_sse_clients: 1,
+        ..ServeConfig::default()
+    })
+    .await;
+    let open = || {
+        Request::get("/v1/events/stream")
+            .header(header::AUTHORIZATION, format!("Bearer {}", app.reader))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let first = app.router.clone().oneshot(open()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = app.send(open()).await;
+    assert_problem(&second, 503);
+    drop(first);
+    let third = app.router.clone().oneshot(open()).await.unwrap();
+    assert_eq!(third.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_and_health() {
+    let app = app().await;
+    app.append(
+        Uuid::new_v4(),
+        json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+    )
+    .await;
+    let r = app.get_as("/readyz", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["position"], 1);
+    let res = app
+        .router
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("incidentlog_http_request_duration_seconds_count{route=\"/v1/incidents/{id}/events\",method=\"POST\",status=\"201\"} 1"), "{text}");
+    assert!(text.contains("incidentlog_events_total 1"), "{text}");
+    assert!(
+        text.contains("incidentlog_events_appended_total 1"),
+        "{text}"
+    );
+    assert!(text.contains("incidentlog_sse_subscribers 0"), "{text}");
+}
+
+#[tokio::test]
+async fn serve_shuts_down_cleanly_and_closes_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&OpenOptions::new(dir.path())).await.unwrap());
+    let service = AppService::start(store.clone()).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let config = ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServeConfig::default()
+    };
+    let server = tokio::spawn(incidentlog_api::serve(service, config, async move {
+        let _ = rx.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("serve returns after shutdown")
+        .unwrap()
+        .unwrap();
+    // The store was closed: appends are refused.
+    let r = store
+        .append(incidentlog_store::AppendRequest {
+            stream_id: Uuid::new_v4(),
+            expected_version: incidentlog_store::ExpectedVersion::Any,
+            events: vec![incidentlog_store::NewEvent {
+                event_id: Uuid::new_v4(),
+                event_type: "X".into(),
+                data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            }],
+            recorded_by: "t".into(),
+        })
+        .await;
+    assert!(r.is_err());
+}
+
+#[test]
+fn checked_in_openapi_is_current() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto-docs/openapi.json");
+    let generated = incidentlog_api::openapi_json();
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "proto-docs/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test -p incidentlog-api checked_in_openapi_is_current`"
+    );
+    let doc: Value = serde_json::from_str(&generated).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for p in [
+        "/v1/incidents/{id}/events",
+        "/v1/events",
+        "/v1/events/stream",
+        "/v1/regions/{code}",
+        "/v1/admin/replay",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p} missing");
+    }
+}
