@@ -287,22 +287,22 @@ fn decode_chunk(
     Ok(())
 }
 
-fn read_all_blocking(
-    shared: &Shared,
-    after: u64,
-    limit: usize,
-) -> Result<Vec<RecordedEvent>, StoreError> {
+/// Positions to read from `after`, and the head they are read against.
+fn read_all_plan(shared: &Shared, after: u64, limit: usize) -> Option<(u64, u64)> {
+    let len = shared.index().len();
+    if after >= len || limit == 0 {
+        return None;
+    }
+    Some((after + 1, len.min(after.saturating_add(limit as u64))))
+}
+
+/// Reads and decodes positions `from..=to` (all durable).
+fn read_positions(shared: &Shared, from: u64, to: u64) -> Result<Vec<RecordedEvent>, StoreError> {
     let (ranges, head) = {
         let index = shared.index();
-        let len = index.len();
-        if after >= len || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let to = len.min(after.saturating_add(limit as u64));
-        (index.ranges(after + 1, to), index.head)
+        (index.ranges(from, to), index.head)
     };
-    let total: u64 = ranges.iter().map(|(_, f, t)| t - f + 1).sum();
-    let mut out = Vec::with_capacity(total as usize);
+    let mut out = Vec::with_capacity((to - from + 1) as usize);
     for (loc, from, to) in ranges {
         let mut buf = vec![0u8; (loc.end - loc.start) as usize];
         loc.file.read_exact_at(&mut buf, loc.start)?;
@@ -310,6 +310,9 @@ fn read_all_blocking(
     }
     Ok(out)
 }
+
+/// Large reads are split into this many events per decoding thread at least.
+const PARALLEL_MIN: u64 = 4096;
 
 impl EventStore for FileStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
@@ -357,8 +360,33 @@ impl EventStore for FileStore {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.blocking(move |shared| read_all_blocking(shared, after, limit))
-            .await
+        let Some((from, to)) = read_all_plan(&self.shared, after, limit) else {
+            return Ok(Vec::new());
+        };
+        // Decoding (checksums, JSON) is the cost: spread a large read over the cores.
+        let n = to - from + 1;
+        let parts = std::thread::available_parallelism()
+            .map_or(1, |p| p.get() as u64)
+            .min(n / PARALLEL_MIN)
+            .max(1);
+        if parts == 1 {
+            return self
+                .blocking(move |shared| read_positions(shared, from, to))
+                .await;
+        }
+        let step = n.div_ceil(parts);
+        let tasks: Vec<_> = (0..parts)
+            .map(|k| {
+                let a = from + k * step;
+                let b = to.min(a + step - 1);
+                self.blocking(move |shared| read_positions(shared, a, b))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n as usize);
+        for part in futures_util::future::join_all(tasks).await {
+            out.extend(part?);
+        }
+        Ok(out)
     }
 
     async fn event_by_id(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {

@@ -19,6 +19,8 @@ const MAX_BATCH_EVENTS: usize = 8192;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Largest single append.
 const MAX_APPEND_BYTES: usize = 256 << 20;
+/// How often the writer yields to let more appends join a batch before writing it.
+const MAX_YIELDS: usize = 4;
 
 pub(crate) type Results = Vec<Result<AppendOutcome, StoreError>>;
 
@@ -85,6 +87,7 @@ impl Writer {
             let mut events = 0usize;
             let mut bytes = 0usize;
             let mut close = None;
+            let mut yields = 0;
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Append { requests, reply } => {
@@ -101,6 +104,13 @@ impl Writer {
                     break;
                 }
                 next = rx.try_recv().ok();
+                if next.is_none() && yields < MAX_YIELDS {
+                    // Appenders woken by the previous batch's answers are still preparing
+                    // their next request: let them run, so they share this sync.
+                    yields += 1;
+                    tokio::task::yield_now().await;
+                    next = rx.try_recv().ok();
+                }
             }
             if !batch.is_empty() {
                 self.commit(std::mem::take(&mut batch)).await;
