@@ -214,7 +214,7 @@ impl Projection {
             .values()
             .map(|i| &self.summaries.regions[*i as usize])
             .filter(|r| r.first_position <= p)
-            .map(|r| r.summary(window, p))
+            .map(|r| r.summary(&self.summaries.buckets, window, p))
             .filter(|s| s.incidents > 0)
             .collect()
     }
@@ -235,7 +235,11 @@ impl Projection {
             }
         }
         for r in self.summaries.index.values() {
-            let s = self.summaries.regions[*r as usize].summary(&Window::all(), self.position);
+            let s = self.summaries.regions[*r as usize].summary(
+                &self.summaries.buckets,
+                &Window::all(),
+                self.position,
+            );
             let _ = serde_json::to_writer(&mut h, &s);
             h.update(b"\n");
         }

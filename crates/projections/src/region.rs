@@ -4,9 +4,24 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
 
 /// A valid ISO 3166-2 subdivision code, such as `UA-63`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug)]
 pub struct Region {
     sub: &'static Subdivision,
+}
+
+impl PartialEq for Region {
+    fn eq(&self, other: &Self) -> bool {
+        // Entries of the static table are unique per code: pointer equality is the fast path.
+        std::ptr::eq(self.sub, other.sub) || self.sub.code == other.sub.code
+    }
+}
+
+impl Eq for Region {}
+
+impl std::hash::Hash for Region {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.sub.code.hash(state)
+    }
 }
 
 impl Region {

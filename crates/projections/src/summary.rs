@@ -88,6 +88,7 @@ impl Sums {
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Bucket {
+    region: u32,
     entries: Vec<Entry>,
     changes: Vec<Change>,
     checkpoints: Vec<Sums>,
@@ -160,11 +161,10 @@ impl Bucket {
     }
 }
 
-/// Where an incident's live entry is.
+/// Where an incident's live entry is (indexes, so updates need no map lookup).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Link {
-    pub(crate) region: u32,
-    pub(crate) day: i32,
+    pub(crate) bucket: u32,
     pub(crate) entry: u32,
 }
 
@@ -173,12 +173,14 @@ pub(crate) struct RegionBuckets {
     pub(crate) region: Region,
     /// Position of the first entry ever created in this region.
     pub(crate) first_position: u64,
-    pub(crate) days: BTreeMap<i32, Bucket>,
+    /// day -> index in `Summaries::buckets`.
+    pub(crate) days: BTreeMap<i32, u32>,
 }
 
 /// All regions' buckets.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Summaries {
+    pub(crate) buckets: Vec<Bucket>,
     pub(crate) regions: Vec<RegionBuckets>,
     /// code -> index in `regions` (sorted by code, so iteration is in code order).
     pub(crate) index: BTreeMap<&'static str, u32>,
@@ -200,12 +202,26 @@ impl Summaries {
     }
 
     pub(crate) fn entry(&self, l: Link) -> Option<&Entry> {
-        self.regions
-            .get(l.region as usize)?
-            .days
-            .get(&l.day)?
+        self.buckets
+            .get(l.bucket as usize)?
             .entries
             .get(l.entry as usize)
+    }
+
+    fn bucket_id(&mut self, r: Region, day: i32, pos: u64) -> u32 {
+        let region = self.region_id(r, pos);
+        let next = self.buckets.len() as u32;
+        let b = *self.regions[region as usize]
+            .days
+            .entry(day)
+            .or_insert(next);
+        if b == next {
+            self.buckets.push(Bucket {
+                region,
+                ..Bucket::default()
+            });
+        }
+        b
     }
 
     /// Replaces an incident's entry (`old`) by `new` at position `pos`; returns the new link.
@@ -216,18 +232,26 @@ impl Summaries {
         old: Option<Link>,
         new: Option<(Region, OccurredAt, Kind, Contrib)>,
     ) -> Option<Link> {
+        // The common case (casualties, claims, sources): same region and day, so the same
+        // bucket; no map lookup at all.
+        let mut same_bucket = None;
         if let (Some(l), Some((r, t, k, c))) = (old, new) {
             if let Some(e) = self.entry(l) {
-                let same_region = self.regions[l.region as usize].region == r;
-                if same_region && e.occurred_at == t && e.kind == k && e.contrib == c {
-                    return old;
+                let b = &self.buckets[l.bucket as usize];
+                if self.regions[b.region as usize].region == r && e.occurred_at.day() == t.day() {
+                    if e.occurred_at == t && e.kind == k && e.contrib == c {
+                        return old;
+                    }
+                    same_bucket = Some(l.bucket);
                 }
             }
         }
         let new_link = new.map(|(r, t, k, c)| {
-            let region = self.region_id(r, pos);
-            let day = t.day();
-            let b = self.regions[region as usize].days.entry(day).or_default();
+            let bucket = match same_bucket {
+                Some(b) => b,
+                None => self.bucket_id(r, t.day(), pos),
+            };
+            let b = &mut self.buckets[bucket as usize];
             b.entries.push(Entry {
                 created: pos,
                 removed: u64::MAX,
@@ -236,35 +260,29 @@ impl Summaries {
                 contrib: c,
             });
             Link {
-                region,
-                day,
+                bucket,
                 entry: (b.entries.len() - 1) as u32,
             }
         });
-        let same_bucket =
-            matches!((old, new_link), (Some(a), Some(b)) if a.region == b.region && a.day == b.day);
         if let Some(l) = old {
-            if let Some(b) = self.regions[l.region as usize].days.get_mut(&l.day) {
-                b.entries[l.entry as usize].removed = pos;
-                let added = match (same_bucket, new_link) {
-                    (true, Some(n)) => n.entry,
-                    _ => NONE,
-                };
-                b.push_change(Change {
-                    pos,
-                    added,
-                    removed: l.entry,
-                });
-            }
+            let b = &mut self.buckets[l.bucket as usize];
+            b.entries[l.entry as usize].removed = pos;
+            let added = match (same_bucket, new_link) {
+                (Some(_), Some(n)) => n.entry,
+                _ => NONE,
+            };
+            b.push_change(Change {
+                pos,
+                added,
+                removed: l.entry,
+            });
         }
-        if let Some(n) = new_link.filter(|_| !same_bucket) {
-            if let Some(b) = self.regions[n.region as usize].days.get_mut(&n.day) {
-                b.push_change(Change {
-                    pos,
-                    added: n.entry,
-                    removed: NONE,
-                });
-            }
+        if let Some(n) = new_link.filter(|_| same_bucket.is_none()) {
+            self.buckets[n.bucket as usize].push_change(Change {
+                pos,
+                added: n.entry,
+                removed: NONE,
+            });
         }
         new_link
     }
@@ -276,24 +294,28 @@ impl Summaries {
         if rb.first_position > p {
             return None;
         }
-        Some(rb.summary(w, p))
+        Some(rb.summary(&self.buckets, w, p))
     }
 
     pub(crate) fn history_bytes(&self) -> usize {
-        self.regions
-            .iter()
-            .flat_map(|r| r.days.values())
-            .map(|b| b.history_bytes() + 48)
-            .sum()
+        let maps: usize = self.regions.iter().map(|r| r.days.len() * 16).sum();
+        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+            + self
+                .buckets
+                .iter()
+                .map(Bucket::history_bytes)
+                .sum::<usize>()
+            + maps
     }
 }
 
 impl RegionBuckets {
-    pub(crate) fn summary(&self, w: &Window, p: u64) -> RegionSummary {
+    pub(crate) fn summary(&self, buckets: &[Bucket], w: &Window, p: u64) -> RegionSummary {
         let mut total = Sums::default();
         let mut first: Option<i32> = None;
         let mut last: Option<i32> = None;
         for (day, b) in self.days.range(w.lo_day()..=w.hi_day()) {
+            let b = &buckets[*b as usize];
             let s = if w.covers_day(*day) {
                 b.sums_at(p)
             } else {
@@ -307,7 +329,7 @@ impl RegionBuckets {
         }
         let mm = |d: Option<i32>| {
             d.and_then(|d| self.days.get(&d))
-                .and_then(|b| b.min_max(p, w))
+                .and_then(|b| buckets[*b as usize].min_max(p, w))
         };
         let mut out = RegionSummary::empty(&self.region, p);
         out.incidents = total.incidents;

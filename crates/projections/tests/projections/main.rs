@@ -1,0 +1,3 @@
+//! Integration tests of incidentlog-projections (one test binary).
+mod common;
+mod seed;
