@@ -45,6 +45,7 @@ start_server() {
   INCIDENTLOG_RATE_LIMIT="${INCIDENTLOG_RATE_LIMIT:-0}" \
     "$BIN" serve --listen 127.0.0.1:0 "$@" >"$SERVER_OUT" 2>"$SERVER_ERR" &
   SERVER_PID=$!
+  echo "$SERVER_PID" >>"$WORK/pids"
   local deadline=$(( $(date +%s) + ${SERVER_START_TIMEOUT:-300} ))
   SERVER_ADDR=""
   while [[ $(date +%s) -lt $deadline ]]; do
@@ -104,4 +105,17 @@ machine_meta() {
   echo "META date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "META git=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "META rustc=$(rustc --version 2>/dev/null | awk '{print $2}')"
+}
+
+# Kills (SIGKILL, by pid) every process this run started and recorded in $WORK/pids.
+kill_recorded() {
+  [[ -f "$WORK/pids" ]] || return 0
+  local p
+  while read -r p; do
+    # Only if that pid is still one of ours (pids get reused).
+    if [[ -n "$p" ]] && grep -q incidentlog "/proc/$p/cmdline" 2>/dev/null; then
+      kill -9 "$p" 2>/dev/null || true
+    fi
+  done <"$WORK/pids"
+  : >"$WORK/pids"
 }

@@ -37,7 +37,7 @@ RES="$WORK/results.txt"
 SERVER_PID=""
 cleanup() {
   local rc=$?
-  [[ -n "${SERVER_PID:-}" ]] && kill9_server "$SERVER_PID"
+  kill_recorded
   rm -rf "$WORK"
   exit "$rc"
 }

@@ -26,7 +26,13 @@ struct RegionInfo {
     side: Side,
 }
 
-const fn r(code: &'static str, locality: &'static str, lat: f64, lon: f64, side: Side) -> RegionInfo {
+const fn r(
+    code: &'static str,
+    locality: &'static str,
+    lat: f64,
+    lon: f64,
+    side: Side,
+) -> RegionInfo {
     RegionInfo {
         code,
         locality,
@@ -93,7 +99,12 @@ fn perpetrators(side: Side) -> &'static [&'static str] {
     match side {
         Side::Ua => &["Russian armed forces", "Russian air force", "unknown"],
         Side::Ru => &["Ukrainian armed forces", "unknown"],
-        Side::Sy => &["Syrian government forces", "Russian air force", "armed opposition", "unknown"],
+        Side::Sy => &[
+            "Syrian government forces",
+            "Russian air force",
+            "armed opposition",
+            "unknown",
+        ],
         Side::Sd => &["Rapid Support Forces", "Sudanese Armed Forces", "unknown"],
         Side::Ps => &["Israel Defense Forces", "Hamas", "unknown"],
         Side::Lb => &["Israel Defense Forces", "Hezbollah", "unknown"],
@@ -236,6 +247,7 @@ struct Live {
     version: u64,
     region: usize,
     day: i64,
+    kind: &'static str,
     claims: Vec<String>,
     killed: u64,
     injured: u64,
@@ -308,7 +320,12 @@ impl Synth {
         } else {
             let minute = self.rng.below(24 * 60);
             (
-                format!("{}T{:02}:{:02}:00Z", date_string(day), minute / 60, minute % 60),
+                format!(
+                    "{}T{:02}:{:02}:00Z",
+                    date_string(day),
+                    minute / 60,
+                    minute % 60
+                ),
                 if self.rng.chance(50) { "exact" } else { "hour" },
             )
         };
@@ -346,6 +363,7 @@ impl Synth {
             version: 0,
             region,
             day,
+            kind,
             claims: Vec::new(),
             killed: 0,
             injured: 0,
@@ -360,8 +378,16 @@ impl Synth {
             let injured = killed + self.rng.below(12);
             live.killed = killed;
             live.injured = injured;
-            let civilians = if killed > 0 { self.rng.below(killed + 1) } else { 0 };
-            let children = if civilians > 0 { self.rng.below(civilians + 1) / 2 } else { 0 };
+            let civilians = if killed > 0 {
+                self.rng.below(killed + 1)
+            } else {
+                0
+            };
+            let children = if civilians > 0 {
+                self.rng.below(civilians + 1) / 2
+            } else {
+                0
+            };
             events.push(GenEvent {
                 event_id: self.rng.uuid(),
                 event_type: "CasualtiesReported",
@@ -408,7 +434,10 @@ impl Synth {
             }
             ("CasualtiesReported", d)
         } else if roll < 58 {
-            ("SourceAdded", json!({"source": self.source(side, locality)}))
+            (
+                "SourceAdded",
+                json!({"source": self.source(side, locality)}),
+            )
         } else if roll < 70 || live.claims.is_empty() && roll < 86 {
             let claim_id = self.rng.uuid();
             live.claims.push(claim_id.clone());
@@ -436,7 +465,11 @@ impl Synth {
             )
         } else if roll < 86 {
             let claim_id = self.rng.pick(&live.claims).clone();
-            let assessment = if self.rng.chance(50) { "confirmed" } else { "refuted" };
+            let assessment = if self.rng.chance(50) {
+                "confirmed"
+            } else {
+                "refuted"
+            };
             (
                 "ClaimAssessed",
                 json!({
@@ -447,23 +480,35 @@ impl Synth {
                 }),
             )
         } else if roll < 97 {
-            let mut d = json!({"reason": "Location and date corrected after geolocation of footage."});
+            let mut d =
+                json!({"reason": "Location and date corrected after geolocation of footage."});
             match self.rng.below(3) {
                 0 => {
                     // Move to another region of the same side (a reporter mixed up oblasts).
-                    let same: Vec<usize> = (0..REGIONS.len()).filter(|&i| REGIONS[i].side == side).collect();
+                    let same: Vec<usize> = (0..REGIONS.len())
+                        .filter(|&i| REGIONS[i].side == side && i != live.region)
+                        .collect();
+                    let same = if same.is_empty() {
+                        (0..REGIONS.len()).filter(|&i| i != live.region).collect()
+                    } else {
+                        same
+                    };
                     let to = *self.rng.pick(&same);
                     live.region = to;
                     d["region"] = json!(REGIONS[to].code);
                     d["locality"] = json!(REGIONS[to].locality);
                 }
                 1 => {
-                    live.day = (live.day - 1 - self.rng.below(3) as i64).max(DAY0);
+                    let back = live.day - 1 - self.rng.below(3) as i64;
+                    live.day = if back >= DAY0 { back } else { live.day + 1 };
                     d["occurred_at"] = json!(date_string(live.day));
                     d["time_precision"] = json!("day");
                 }
                 _ => {
-                    d["kind"] = json!(*self.rng.pick(KINDS));
+                    let others: Vec<&'static str> =
+                        KINDS.iter().copied().filter(|k| *k != live.kind).collect();
+                    live.kind = *self.rng.pick(&others);
+                    d["kind"] = json!(live.kind);
                 }
             }
             ("IncidentCorrected", d)
@@ -484,22 +529,33 @@ impl Synth {
     fn source(&mut self, side: Side, locality: &str) -> Value {
         let (name, kind) = *self.rng.pick(sources(side));
         let name = match name {
-            "Regional Military Administration" | "Regional governor" => format!("{locality} {name}"),
+            "Regional Military Administration" | "Regional governor" => {
+                format!("{locality} {name}")
+            }
             n => n.to_string(),
         };
         let mut s = json!({"name": name, "kind": kind});
         if self.rng.chance(60) {
-            s["url"] = json!(format!("https://example.org/reports/{}", self.rng.below(10_000_000)));
+            s["url"] = json!(format!(
+                "https://example.org/reports/{}",
+                self.rng.below(10_000_000)
+            ));
         }
         s
     }
 
     fn claimant(&mut self, side: Side) -> &'static str {
         match side {
-            Side::Ua | Side::Ru => *self.rng.pick(&["Russian Ministry of Defence", "Ukrainian General Staff"]),
+            Side::Ua | Side::Ru => *self
+                .rng
+                .pick(&["Russian Ministry of Defence", "Ukrainian General Staff"]),
             Side::Sy => *self.rng.pick(&["Syrian government", "Syrian opposition"]),
-            Side::Sd => *self.rng.pick(&["Sudanese Armed Forces", "Rapid Support Forces"]),
-            Side::Ps | Side::Lb => *self.rng.pick(&["Israel Defense Forces", "Hamas", "Hezbollah"]),
+            Side::Sd => *self
+                .rng
+                .pick(&["Sudanese Armed Forces", "Rapid Support Forces"]),
+            Side::Ps | Side::Lb => *self
+                .rng
+                .pick(&["Israel Defense Forces", "Hamas", "Hezbollah"]),
         }
     }
 }
@@ -561,7 +617,10 @@ mod tests {
         for _ in 0..20_000 {
             let line = s.next_line();
             let v = versions.entry(line.incident_id.clone()).or_insert(0);
-            assert_eq!(*v, line.expected_version, "expected versions follow the stream");
+            assert_eq!(
+                *v, line.expected_version,
+                "expected versions follow the stream"
+            );
             if line.expected_version == 0 {
                 assert_eq!(line.events[0].event_type, "IncidentReported");
             }
@@ -576,7 +635,10 @@ mod tests {
                         assert!(!cl.iter().any(|c| c == id));
                         cl.push(id.to_string());
                     } else {
-                        assert!(cl.iter().any(|c| c == id), "claim exists before denial/assessment");
+                        assert!(
+                            cl.iter().any(|c| c == id),
+                            "claim exists before denial/assessment"
+                        );
                     }
                 }
                 if e.event_type == "CasualtiesReported" {
@@ -602,7 +664,10 @@ mod tests {
             "IncidentCorrected",
             "IncidentRetracted",
         ] {
-            assert!(types.get(t).copied().unwrap_or(0) > 50, "{t} generated: {types:?}");
+            assert!(
+                types.get(t).copied().unwrap_or(0) > 50,
+                "{t} generated: {types:?}"
+            );
         }
         let avg = bytes / events;
         assert!((150..600).contains(&avg), "average event size {avg} bytes");
