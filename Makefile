@@ -5,7 +5,7 @@ CARGO ?= cargo
 DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test test-fast bench drill fmt lint demo build release clean-data
+.PHONY: run test test-fast bench bench-quick bench-scaling drill drill-quick fmt lint demo build release clean-data
 
 build:
 	$(CARGO) build --workspace
@@ -32,5 +32,14 @@ demo:
 bench:
 	scripts/bench.sh
 
+bench-quick:
+	scripts/bench.sh --quick
+
+bench-scaling:
+	scripts/bench.sh --scaling
+
 drill:
 	scripts/drill.sh
+
+drill-quick:
+	scripts/drill.sh --quick

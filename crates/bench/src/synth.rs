@@ -545,18 +545,13 @@ impl Synth {
     }
 
     fn claimant(&mut self, side: Side) -> &'static str {
-        match side {
-            Side::Ua | Side::Ru => *self
-                .rng
-                .pick(&["Russian Ministry of Defence", "Ukrainian General Staff"]),
-            Side::Sy => *self.rng.pick(&["Syrian government", "Syrian opposition"]),
-            Side::Sd => *self
-                .rng
-                .pick(&["Sudanese Armed Forces", "Rapid Support Forces"]),
-            Side::Ps | Side::Lb => *self
-                .rng
-                .pick(&["Israel Defense Forces", "Hamas", "Hezbollah"]),
-        }
+        let options: &'static [&'static str] = match side {
+            Side::Ua | Side::Ru => &["Russian Ministry of Defence", "Ukrainian General Staff"],
+            Side::Sy => &["Syrian government", "Syrian opposition"],
+            Side::Sd => &["Sudanese Armed Forces", "Rapid Support Forces"],
+            Side::Ps | Side::Lb => &["Israel Defense Forces", "Hamas", "Hezbollah"],
+        };
+        options[self.rng.below(options.len() as u64) as usize]
     }
 }
 
