@@ -24,7 +24,8 @@ fn statuses(srv: &Server, token: &str) -> [u16; 3] {
 
 #[test]
 fn auth_matrix() {
-    let (dir, srv, t) = server_with_tokens(&[]);
+    // A short refresh so the revocation below takes effect quickly.
+    let (dir, srv, t) = server_with_tokens(&["--token-refresh", "300ms"]);
     assert_eq!(statuses(&srv, ""), [401, 401, 401], "no token");
     assert_eq!(
         statuses(&srv, "il_0123456789abcdef"),

@@ -92,3 +92,31 @@ fn catch_up_then_live_without_gap_or_duplicate() {
     let anon = SseStream::open(srv.addr, "/v1/events/stream", &[]);
     assert_eq!(anon.status, 401);
 }
+
+#[test]
+fn sse_clients_beyond_the_cap_get_503() {
+    let (_dir, srv, t) = server_with_tokens(&["--max-sse-clients", "1"]);
+    let before = srv.log_head(&t.admin);
+    let auth = format!("Bearer {}", t.reader);
+    let first = SseStream::open(srv.addr, "/v1/events/stream", &[("Authorization", &auth)]);
+    assert_eq!(first.status, 200);
+    let r = srv.get("/v1/events/stream", &t.reader);
+    let p = r.expect_problem(503);
+    assert!(p["detail"].is_string(), "{p}");
+    drop(first);
+    assert_eq!(srv.log_head(&t.admin), before);
+    // Once the first client is gone, a new one is served again.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let s = SseStream::open(srv.addr, "/v1/events/stream", &[("Authorization", &auth)]);
+        if s.status == 200 {
+            break;
+        }
+        assert_eq!(s.status, 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the SSE slot was never freed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

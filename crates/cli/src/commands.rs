@@ -436,7 +436,7 @@ fn check_token_name(name: &str) -> anyhow::Result<()> {
 
 /// Where the token commands read and write tokens.
 enum TokenAccess {
-    Store(incidentlog_store::Store),
+    Store(Box<incidentlog_store::Store>),
     /// The file store is held by a running server: edit its `tokens.json` directly (atomic
     /// replace); the server re-reads it on an unknown secret and periodically.
     File(PathBuf),
@@ -445,7 +445,7 @@ enum TokenAccess {
 impl TokenAccess {
     async fn open(args: &StoreArgs) -> anyhow::Result<TokenAccess> {
         match open_store(args, &WriteArgs::default()).await {
-            Ok(store) => Ok(TokenAccess::Store(store)),
+            Ok(store) => Ok(TokenAccess::Store(Box::new(store))),
             Err(e) => {
                 let locked = matches!(args.store, incidentlog_store::Backend::File)
                     && e.chain().any(|c| {
