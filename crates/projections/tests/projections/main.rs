@@ -1,3 +1,6 @@
 //! Integration tests of incidentlog-projections (one test binary).
 mod common;
+mod rules;
 mod seed;
+mod validation;
+mod views;

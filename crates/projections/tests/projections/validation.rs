@@ -1,0 +1,434 @@
+//! Strict decoding: every problem reported, each with a pointer and a readable message.
+use incidentlog_projections::*;
+use serde_json::{json, Value};
+
+const EID: &str = "a1c3e0b4-6f2d-4e8a-9b1c-000000000101";
+const CID: &str = "c1a1e000-0000-4000-8000-000000000301";
+
+fn ev(ty: &str, data: Value) -> Value {
+    json!({"event_id": EID, "type": ty, "data": data})
+}
+
+fn reported() -> Value {
+    json!({"kind": "missile_strike", "occurred_at": "2026-01-02", "region": "UA-63",
+           "source": {"name": "Kharkiv regional authorities", "kind": "official"}})
+}
+
+fn with(mut base: Value, key: &str, v: Value) -> Value {
+    base[key] = v;
+    base
+}
+
+fn cas(fields: Value) -> Value {
+    let mut d = json!({"source": {"name": "OHCHR"}});
+    for (k, v) in fields.as_object().unwrap() {
+        d[k] = v.clone();
+    }
+    ev("CasualtiesReported", d)
+}
+
+/// (events array, expected [(pointer, message fragment)]); an empty list means "accepted".
+fn check(events: Value, expected: &[(&str, &str)]) {
+    let got = match parse_events(&events, "/events") {
+        Ok(_) => vec![],
+        Err(errs) => errs,
+    };
+    let got_ptrs: Vec<&str> = got.iter().map(|e| e.pointer.as_str()).collect();
+    let want_ptrs: Vec<&str> = expected.iter().map(|(p, _)| *p).collect();
+    assert_eq!(got_ptrs, want_ptrs, "for {events}: {got:#?}");
+    for (e, (_, frag)) in got.iter().zip(expected) {
+        assert!(
+            e.message.contains(frag),
+            "{:?} should mention {frag:?}",
+            e.message
+        );
+    }
+}
+
+#[test]
+fn validation_table() {
+    let cases: Vec<(Value, Vec<(&str, &str)>)> = vec![
+        // the seed's first event is fine
+        (json!([ev("IncidentReported", reported())]), vec![]),
+        (json!({}), vec![("/events", "array")]),
+        (json!([]), vec![("/events", "at least one")]),
+        (json!([42]), vec![("/events/0", "object")]),
+        (
+            json!([{"type": "IncidentReported", "data": reported(), "extra": 1}]),
+            vec![
+                ("/events/0/extra", "unknown field"),
+                ("/events/0/event_id", "required"),
+            ],
+        ),
+        (
+            json!([{"event_id": "not-a-uuid", "type": "Nope", "data": {}}]),
+            vec![
+                ("/events/0/event_id", "UUID"),
+                ("/events/0/type", "unknown event type"),
+            ],
+        ),
+        (
+            json!([{"event_id": "a1c3e0b46f2d4e8a9b1c000000000101", "type": "SourceAdded", "data": {"source": {"name": "x"}}}]),
+            vec![("/events/0/event_id", "UUID")],
+        ),
+        (
+            json!([{"event_id": EID, "type": "SourceAdded"}]),
+            vec![("/events/0/data", "required")],
+        ),
+        (
+            json!([ev("IncidentReported", json!({}))]),
+            vec![
+                ("/events/0/data/kind", "required"),
+                ("/events/0/data/occurred_at", "required"),
+                ("/events/0/data/region", "required"),
+                ("/events/0/data/source", "required"),
+            ],
+        ),
+        (
+            json!([ev("IncidentReported", with(reported(), "bogus", json!(1)))]),
+            vec![("/events/0/data/bogus", "unknown field")],
+        ),
+        (
+            json!([ev("IncidentReported", with(reported(), "a/b~c", json!(1)))]),
+            vec![("/events/0/data/a~1b~0c", "unknown field")],
+        ),
+        (
+            json!([ev(
+                "IncidentReported",
+                with(
+                    with(
+                        with(reported(), "kind", json!("nuke")),
+                        "region",
+                        json!("XX-99")
+                    ),
+                    "occurred_at",
+                    json!("2026-13-01")
+                )
+            )]),
+            vec![
+                ("/events/0/data/kind", "missile_strike"),
+                ("/events/0/data/occurred_at", "calendar date"),
+                ("/events/0/data/region", "ISO 3166-2"),
+            ],
+        ),
+        (
+            json!([ev(
+                "IncidentReported",
+                with(reported(), "occurred_at", json!("yesterday"))
+            )]),
+            vec![("/events/0/data/occurred_at", "RFC 3339")],
+        ),
+        (
+            json!([ev(
+                "IncidentReported",
+                with(reported(), "occurred_at", json!("2026-1-02"))
+            )]),
+            vec![("/events/0/data/occurred_at", "RFC 3339")],
+        ),
+        (
+            json!([ev(
+                "IncidentReported",
+                with(reported(), "time_precision", json!("exact"))
+            )]),
+            vec![("/events/0/data/time_precision", "plain date")],
+        ),
+        (
+            json!([ev(
+                "IncidentReported",
+                with(reported(), "time_precision", json!("decade"))
+            )]),
+            vec![("/events/0/data/time_precision", "\"week\"")],
+        ),
+        (
+            json!([ev(
+                "IncidentReported",
+                with(
+                    reported(),
+                    "location",
+                    json!({"lat": 91, "lon": -180.5, "precision": "city", "alt": 3})
+                )
+            )]),
+            vec![
+                ("/events/0/data/location/alt", "unknown field"),
+                ("/events/0/data/location/lat", "between -90 and 90"),
+                ("/events/0/data/location/lon", "between -180 and 180"),
+                ("/events/0/data/location/precision", "\"admin2\""),
+            ],
+        ),
+        (
+            json!([ev(
+                "IncidentReported",
+                with(reported(), "location", json!({"lat": "50", "lon": 36.2}))
+            )]),
+            vec![("/events/0/data/location/lat", "number")],
+        ),
+        (
+            json!([ev(
+                "IncidentReported",
+                with(
+                    reported(),
+                    "source",
+                    json!({"kind": "blog", "url": "ftp://x.org/a", "archive_url": "https://", "sha256": "abc", "published_at": "soon"})
+                )
+            )]),
+            vec![
+                ("/events/0/data/source/name", "required"),
+                ("/events/0/data/source/kind", "\"social_media\""),
+                ("/events/0/data/source/url", "http(s) URL"),
+                ("/events/0/data/source/archive_url", "http(s) URL"),
+                ("/events/0/data/source/published_at", "RFC 3339"),
+                ("/events/0/data/source/sha256", "64 hexadecimal"),
+            ],
+        ),
+        (
+            json!([ev(
+                "IncidentReported",
+                with(
+                    with(reported(), "summary", json!("   ")),
+                    "locality",
+                    json!("a\u{0007}b")
+                )
+            )]),
+            vec![
+                ("/events/0/data/locality", "control characters"),
+                ("/events/0/data/summary", "empty"),
+            ],
+        ),
+        (
+            json!([ev(
+                "IncidentReported",
+                with(
+                    with(reported(), "summary", json!("x".repeat(5001))),
+                    "target",
+                    json!(7)
+                )
+            )]),
+            vec![
+                ("/events/0/data/target", "string"),
+                ("/events/0/data/summary", "too long: 5001"),
+            ],
+        ),
+        // null optional fields count as absent
+        (
+            json!([ev(
+                "IncidentReported",
+                with(reported(), "summary", Value::Null)
+            )]),
+            vec![],
+        ),
+        // casualties
+        (
+            json!([cas(
+                json!({"killed": 3, "killed_low": 2, "killed_high": 5, "injured": 0, "civilians_killed": 3, "children_killed": 1})
+            )]),
+            vec![],
+        ),
+        (json!([cas(json!({"injured": 4}))]), vec![]),
+        (
+            json!([cas(json!({}))]),
+            vec![("/events/0/data", "at least one count")],
+        ),
+        (
+            json!([cas(json!({"killed": -1}))]),
+            vec![("/events/0/data/killed", "0 or more")],
+        ),
+        (
+            json!([cas(json!({"killed": 1.5}))]),
+            vec![("/events/0/data/killed", "whole number")],
+        ),
+        (
+            json!([cas(json!({"killed": "3"}))]),
+            vec![("/events/0/data/killed", "must be a number")],
+        ),
+        (
+            json!([cas(json!({"killed": 20_000_000}))]),
+            vec![("/events/0/data/killed", "at most")],
+        ),
+        (
+            json!([cas(
+                json!({"killed": 3, "killed_low": 4, "killed_high": 2, "civilians_killed": 5, "children_killed": 4})
+            )]),
+            vec![
+                ("/events/0/data/killed_low", "must not exceed killed (3)"),
+                ("/events/0/data/killed_high", "must not be below killed (3)"),
+                ("/events/0/data/civilians_killed", "must not exceed killed"),
+                ("/events/0/data/children_killed", "must not exceed killed"),
+            ],
+        ),
+        (
+            json!([cas(json!({"killed_low": 1}))]),
+            vec![("/events/0/data/killed_low", "give killed")],
+        ),
+        (
+            json!([ev("CasualtiesReported", json!({"killed": 1}))]),
+            vec![("/events/0/data/source", "required")],
+        ),
+        // claims
+        (
+            json!([ev(
+                "ClaimMade",
+                json!({"claim_id": CID, "claimant": "MoD", "statement": "s"})
+            )]),
+            vec![],
+        ),
+        (
+            json!([ev("ClaimMade", json!({"claim_id": "x", "statement": ""}))]),
+            vec![
+                ("/events/0/data/claim_id", "UUID"),
+                ("/events/0/data/claimant", "required"),
+                ("/events/0/data/statement", "empty"),
+            ],
+        ),
+        (
+            json!([ev("ClaimDenied", json!({"claim_id": CID}))]),
+            vec![("/events/0/data/by", "required")],
+        ),
+        (
+            json!([ev(
+                "ClaimAssessed",
+                json!({"claim_id": CID, "assessment": "likely", "by": "ACLED"})
+            )]),
+            vec![("/events/0/data/assessment", "\"confirmed\", \"refuted\"")],
+        ),
+        (
+            json!([ev("SourceAdded", json!({}))]),
+            vec![("/events/0/data/source", "required")],
+        ),
+        // corrections and retractions
+        (
+            json!([ev("IncidentCorrected", json!({"reason": "typo"}))]),
+            vec![("/events/0/data", "at least one field")],
+        ),
+        (
+            json!([ev("IncidentCorrected", json!({"region": "UA-65"}))]),
+            vec![("/events/0/data/reason", "required")],
+        ),
+        (
+            json!([ev(
+                "IncidentCorrected",
+                json!({"reason": "r", "region": "UA-65"})
+            )]),
+            vec![],
+        ),
+        (
+            json!([ev("IncidentRetracted", json!({"duplicate_of": "nope"}))]),
+            vec![
+                ("/events/0/data/reason", "required"),
+                ("/events/0/data/duplicate_of", "UUID"),
+            ],
+        ),
+        // every event is checked, problems of all of them reported
+        (
+            json!([
+                ev("IncidentReported", reported()),
+                cas(json!({})),
+                ev("SourceAdded", json!({"source": {"name": ""}}))
+            ]),
+            vec![
+                ("/events/1/data", "at least one count"),
+                ("/events/2/data/source/name", "empty"),
+            ],
+        ),
+    ];
+    for (events, expected) in cases {
+        check(events, &expected);
+    }
+}
+
+#[test]
+fn canonical_data_is_deterministic_with_defaults_filled() {
+    let a = json!([{"type": "IncidentReported", "event_id": EID, "data": {
+        "source": {"kind": "official", "name": "Authorities"}, "region": "ua-63",
+        "occurred_at": "2026-01-02T12:30:00+02:00", "kind": "shelling", "summary": null,
+        "location": {"lon": 36.25, "lat": 49.99}}}]);
+    let t = parse_events(&a, "/events").unwrap();
+    assert_eq!(t[0].event_type(), "IncidentReported");
+    assert_eq!(
+        t[0].canonical_data().get(),
+        r#"{"kind":"shelling","occurred_at":"2026-01-02T10:30:00Z","time_precision":"exact","region":"UA-63","location":{"lat":49.99,"lon":36.25,"precision":"exact"},"source":{"name":"Authorities","kind":"official"}}"#
+    );
+    let d = json!([ev("IncidentReported", reported())]);
+    let t = parse_events(&d, "/events").unwrap();
+    assert_eq!(
+        t[0].canonical_data().get(),
+        r#"{"kind":"missile_strike","occurred_at":"2026-01-02","time_precision":"day","region":"UA-63","source":{"name":"Kharkiv regional authorities","kind":"official"}}"#
+    );
+    // A corrected date gets the default precision of its form.
+    let c = json!([ev(
+        "IncidentCorrected",
+        json!({"occurred_at": "2026-01-01", "reason": "r"})
+    )]);
+    let t = parse_events(&c, "/events").unwrap();
+    assert_eq!(
+        t[0].canonical_data().get(),
+        r#"{"reason":"r","occurred_at":"2026-01-01","time_precision":"day"}"#
+    );
+    // Canonical bytes decode back into the same typed event.
+    for e in parse_events(
+        &json!([
+            ev("IncidentReported", reported()),
+            cas(json!({"killed": 2, "killed_high": 4}))
+        ]),
+        "/events",
+    )
+    .unwrap()
+    {
+        let back = IncidentEvent::decode(e.event_type(), e.canonical_data().get()).unwrap();
+        assert_eq!(back, e.event);
+    }
+}
+
+#[test]
+fn stored_data_is_decoded_strictly() {
+    assert!(IncidentEvent::decode("SourceAdded", r#"{"source":{"name":"x"},"more":1}"#).is_err());
+    assert!(
+        IncidentEvent::decode("SourceAdded", r#"{"source":{"name":"x","colour":"red"}}"#).is_err()
+    );
+    assert!(IncidentEvent::decode("Unknown", r#"{}"#).is_err());
+    assert!(IncidentEvent::decode("IncidentRetracted", r#"{"reason":"dup"}"#).is_ok());
+}
+
+#[test]
+fn regions_come_from_the_iso_table() {
+    let r = Region::parse("UA-63").unwrap();
+    assert_eq!(
+        (r.code(), r.name(), r.country()),
+        ("UA-63", "Kharkivska oblast", "UA")
+    );
+    let r = Region::parse("fr-75c").unwrap_or_else(|_| Region::parse("FR-IDF").unwrap());
+    assert_eq!(r.country(), "FR");
+    assert_eq!(
+        Region::parse("RU-MOS").unwrap().name(),
+        "Moskovskaja oblast'"
+    );
+    assert_eq!(Region::parse("us-ca").unwrap().code(), "US-CA");
+    for bad in [
+        "",
+        "UA",
+        "UA-99",
+        "XX-01",
+        "UA-63 ",
+        "ÜA-63",
+        "UA-63-63-63-63",
+    ] {
+        assert!(Region::parse(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn windows_parse_dates_and_timestamps() {
+    assert!(Window::parse(None, None).unwrap().is_all());
+    let e = Window::parse(Some("2026-01-03"), Some("2026-01-02")).unwrap_err();
+    assert_eq!(e.pointer, "/from");
+    assert_eq!(
+        Window::parse(None, Some("tomorrow")).unwrap_err().pointer,
+        "/to"
+    );
+    let w = Window::parse(Some("2026-01-02"), Some("2026-01-02")).unwrap();
+    let at = |s: &str| OccurredAt::parse(s).unwrap();
+    assert!(w.contains(at("2026-01-02")));
+    assert!(w.contains(at("2026-01-02T23:59:59.999999999Z")));
+    assert!(!w.contains(at("2026-01-03T00:00:00Z")));
+    assert!(!w.contains(at("2026-01-01T23:59:59Z")));
+    assert!(w.contains(at("2026-01-03T01:00:00+02:00")));
+}
