@@ -72,7 +72,7 @@ async fn fresh_database(base: &str, tag: &str) -> String {
     with_database(base, &name)
 }
 
-async fn store_append_rate(url: &str, run: Duration) -> (f64, u64) {
+async fn store_append_rate(url: &str, run: Duration) -> (f64, u64, i64) {
     let store = Arc::new(PgStore::open(url, Durability::Strict).await.unwrap());
     // Warm up: connections, prepared statements.
     store.append(request(Uuid::new_v4())).await.unwrap();
@@ -98,8 +98,25 @@ async fn store_append_rate(url: &str, run: Duration) -> (f64, u64) {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let n = count.load(Ordering::Relaxed);
+    let commits = commits_in(url).await;
     let report = store.verify().await.unwrap();
-    (n as f64 / elapsed, report.events)
+    (n as f64 / elapsed, report.events, commits)
+}
+
+/// Transactions committed in the database of `url` so far (statistics are approximate).
+async fn commits_in(url: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(0)
 }
 
 fn pgbench_rate(url: &str, secs: u64) -> Option<f64> {
@@ -154,8 +171,16 @@ fn main() {
         })
         .await
         .unwrap();
-        let (store_rate, events) = store_append_rate(&store_db, Duration::from_secs(secs)).await;
+        let (store_rate, events, commits) =
+            store_append_rate(&store_db, Duration::from_secs(secs)).await;
         report("pg_store_append_c64", store_rate, "events/s");
+        if commits > 0 {
+            report(
+                "pg_store_events_per_txn_c64",
+                events as f64 / commits as f64,
+                "events/txn",
+            );
+        }
         eprintln!("(log verified: {events} events)");
         if let Some(peer) = pgbench {
             report("pgbench_insert_c64", peer, "rows/s");

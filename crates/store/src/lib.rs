@@ -111,6 +111,13 @@ pub struct Head {
     pub hash: [u8; 32],
 }
 
+impl Head {
+    /// Lowercase hex of [`Head::hash`].
+    pub fn hash_hex(&self) -> String {
+        to_hex(&self.hash)
+    }
+}
+
 /// Result of a full integrity check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -330,7 +337,7 @@ pub struct OpenOptions {
     pub backend: Backend,
     pub durability: Durability,
     /// File store: a new segment starts once the active one reaches this many bytes
-    /// (clamped to 4 KiB..=1 GiB).
+    /// (clamped to 512 B..=1 GiB).
     pub segment_size: u64,
 }
 

@@ -1,18 +1,350 @@
 //! Tests of the file store: the shared conformance suite plus file-specific ones
-//! (recovery, corruption, fault injection, crash drill, golden log).
+//! (recovery, corruption, fault injection, crash drill, golden log, model test).
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 
-use incidentlog_store::{FileStore, OpenOptions};
+use common::files::*;
+use incidentlog_store::{EventStore, FileStore, StoreError};
+use uuid::Uuid;
 
 async fn file_store() -> (Arc<FileStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = OpenOptions::new(dir.path());
     // Small segments so every check also crosses segment boundaries.
-    opts.segment_size = 4096;
-    (Arc::new(FileStore::open(&opts).await.unwrap()), dir)
+    let store = FileStore::open(&opts(dir.path(), 4096)).await.unwrap();
+    (Arc::new(store), dir)
 }
 
 common::conformance::conformance_suite!(file_store);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reopen, rollover
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_keeps_everything_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let appends = build_log(dir.path(), 600, 30).await;
+    assert!(segments(dir.path()).len() > 3, "small segments roll over");
+    let store = FileStore::open(&opts(dir.path(), 600)).await.unwrap();
+    let ids: Vec<Uuid> = appends.concat();
+    assert_eq!(log_ids(&store).await, ids);
+    let report = store.verify().await.unwrap();
+    assert_eq!(report.events, ids.len() as u64);
+    assert_eq!(report.head_hash, store.head().hash);
+    // Appends continue where the log ended, in the last segment or a new one.
+    let out = store
+        .append(append_req(Uuid::new_v4(), vec![new_event(1)]))
+        .await
+        .unwrap();
+    assert_eq!(out.first_position, ids.len() as u64 + 1);
+    assert_eq!(store.verify().await.unwrap().events, ids.len() as u64 + 1);
+    // The hash chain continues across the reopen.
+    let all = store.read_all(0, usize::MAX).await.unwrap();
+    assert_eq!(all.last().unwrap().hash, store.head().hash);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_cannot_open_the_same_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = FileStore::open(&opts(dir.path(), 4096)).await.unwrap();
+    let err = FileStore::open(&opts(dir.path(), 4096)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden log of format version 1
+
+const GOLDEN_EVENTS: u64 = 12;
+const GOLDEN_HEAD: &str = "e715fc52a0752acd67bcd6b82e4a258e612b0ed30818d5dea291e8a24478ac26";
+
+fn golden_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden-v1")
+}
+
+fn golden_event(i: u64) -> incidentlog_store::NewEvent {
+    incidentlog_store::NewEvent {
+        event_id: Uuid::from_u128(0xe000_0000_0000_4000_8000_0000_0000_0000 + u128::from(i)),
+        event_type: ["IncidentReported", "CasualtiesReported", "SourceAdded"][i as usize % 3]
+            .into(),
+        data: serde_json::value::RawValue::from_string(format!(
+            r#"{{"n":{i},"text":"Харків \"{i}\"","nested":{{"a":[1,2,{{"b":null}}]}}}}"#
+        ))
+        .unwrap(),
+    }
+}
+
+/// Writes the golden log. Run once per format version:
+/// `INCIDENTLOG_WRITE_GOLDEN=1 cargo test -p incidentlog-store --test file_store write_golden -- --ignored`
+#[tokio::test]
+#[ignore = "writes the golden fixture; run by hand for a new format version"]
+async fn write_golden() {
+    if std::env::var_os("INCIDENTLOG_WRITE_GOLDEN").is_none() {
+        return;
+    }
+    let dir = golden_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = FileStore::open(&opts(&dir, 1024)).await.unwrap();
+    let streams = [Uuid::from_u128(0x5a), Uuid::from_u128(0x5b)];
+    let mut i = 0;
+    for a in 0..6u64 {
+        let n = 1 + a % 3;
+        let events = (i..i + n).map(golden_event).collect();
+        i += n;
+        store
+            .append(append_req(streams[a as usize % 2], events))
+            .await
+            .unwrap();
+    }
+    assert_eq!(i, GOLDEN_EVENTS);
+    store.close().await.unwrap();
+    println!("head {}", store.head().hash_hex());
+    drop(store);
+    let _ = std::fs::remove_file(dir.join("LOCK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_log_v1() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&golden_dir(), dir.path());
+    assert!(
+        segments(dir.path()).len() >= 2,
+        "the golden log spans segments"
+    );
+    let store = FileStore::open(&opts(dir.path(), 1024)).await.unwrap();
+    assert_eq!(store.head().position, GOLDEN_EVENTS);
+    assert_eq!(store.head().hash_hex(), GOLDEN_HEAD);
+    let report = store.verify().await.unwrap();
+    assert_eq!(report.events, GOLDEN_EVENTS);
+    assert_eq!(incidentlog_store::to_hex(&report.head_hash), GOLDEN_HEAD);
+    let all = store.read_all(0, 100).await.unwrap();
+    for (i, e) in all.iter().enumerate() {
+        let expected = golden_event(i as u64);
+        assert_eq!(e.global_position, i as u64 + 1);
+        assert_eq!(e.event_id, expected.event_id);
+        assert_eq!(e.event_type, expected.event_type);
+        assert_eq!(e.data.get(), expected.data.get());
+        assert_eq!(e.recorded_by, "t");
+    }
+    assert_eq!(all.last().unwrap().hash_hex(), GOLDEN_HEAD);
+    let s = store.read_stream(Uuid::from_u128(0x5a)).await.unwrap();
+    assert_eq!(
+        s.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        (1..=s.len() as u64).collect::<Vec<_>>()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Truncation and corruption
+
+/// A small log of one segment, its bytes, and the end offset of every append.
+async fn small_log(dir: &Path, appends: usize) -> (Vec<u8>, Vec<(usize, Vec<Uuid>)>) {
+    let ids = build_log(dir, 1 << 20, appends).await;
+    let segs = segments(dir);
+    assert_eq!(segs.len(), 1);
+    let bytes = std::fs::read(&segs[0]).unwrap();
+    let spans = record_spans(&bytes);
+    let mut ends = Vec::new();
+    let mut k = 0;
+    for append in ids {
+        k += append.len();
+        ends.push((spans[k - 1].1, append));
+    }
+    assert_eq!(ends.last().unwrap().0, bytes.len());
+    (bytes, ends)
+}
+
+#[test]
+fn truncation_at_every_offset_opens_to_the_complete_prefix() {
+    let rt = rt();
+    let src = tempfile::tempdir().unwrap();
+    let (bytes, ends) = rt.block_on(small_log(src.path(), 7));
+    let seg_name = segments(src.path())[0].file_name().unwrap().to_owned();
+    let work = tempfile::tempdir().unwrap();
+    for cut in 0..=bytes.len() {
+        let dir = work.path().join(cut.to_string());
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        std::fs::write(dir.join("log").join(&seg_name), &bytes[..cut]).unwrap();
+        rt.block_on(async {
+            let store = FileStore::open(&opts(&dir, 1 << 20))
+                .await
+                .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            // Every append that was fully present survives; nothing else appears.
+            let expected: Vec<Uuid> = ends
+                .iter()
+                .filter(|(end, _)| *end <= cut)
+                .flat_map(|(_, ids)| ids.clone())
+                .collect();
+            assert_eq!(log_ids(&store).await, expected, "cut at {cut}");
+            let report = store.verify().await.unwrap();
+            assert_eq!(report.events, expected.len() as u64);
+            // The store takes appends after recovering.
+            store
+                .append(append_req(Uuid::new_v4(), vec![new_event(0)]))
+                .await
+                .unwrap();
+            assert_eq!(
+                store.verify().await.unwrap().events,
+                expected.len() as u64 + 1
+            );
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Opens `dir` and says whether the damage was noticed: open fails with `Corrupt`, open cut
+/// events (a torn tail, logged), or verify fails.
+fn damage_detected(rt: &tokio::runtime::Runtime, dir: &Path, events: u64) -> bool {
+    rt.block_on(async {
+        match FileStore::open(&opts(dir, 1024)).await {
+            Err(e) => {
+                assert!(is_corrupt(&e), "damage must be reported as Corrupt: {e:?}");
+                true
+            }
+            Ok(store) => {
+                if store.head().position < events {
+                    return true;
+                }
+                match store.verify().await {
+                    Err(e) => is_corrupt(&e),
+                    Ok(_) => false,
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn a_flipped_byte_anywhere_is_detected() {
+    let rt = rt();
+    let src = tempfile::tempdir().unwrap();
+    let events = rt.block_on(build_log(src.path(), 1024, 9)).concat().len() as u64;
+    let segs = segments(src.path());
+    assert!(segs.len() >= 2);
+    let work = tempfile::tempdir().unwrap();
+    for (s, seg) in segs.iter().enumerate() {
+        let original = std::fs::read(seg).unwrap();
+        let last = s + 1 == segs.len();
+        for offset in 0..original.len() {
+            let dir = work.path().join(format!("{s}-{offset}"));
+            copy_dir(src.path(), &dir);
+            let mut bytes = original.clone();
+            bytes[offset] ^= 0x20;
+            std::fs::write(dir.join("log").join(seg.file_name().unwrap()), &bytes).unwrap();
+            assert!(
+                damage_detected(&rt, &dir, events),
+                "flip at {} offset {offset} went unnoticed",
+                seg.display()
+            );
+            if !last {
+                // Damage in a sealed segment is never mistaken for a torn tail.
+                let err = rt.block_on(FileStore::open(&opts(&dir, 1024))).unwrap_err();
+                match err {
+                    StoreError::Corrupt {
+                        file, offset: at, ..
+                    } => {
+                        assert!(file.ends_with(seg.file_name().unwrap().to_str().unwrap()));
+                        assert!(at <= offset as u64);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_record_followed_by_valid_ones_is_damage_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut bytes, ends) = small_log(dir.path(), 6).await;
+    let seg = segments(dir.path())[0].clone();
+    // Damage the body of the first record: valid records follow it.
+    let spans = record_spans(&bytes);
+    let (start, end) = spans[0];
+    bytes[end - 6] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = FileStore::open(&opts(dir.path(), 1 << 20))
+        .await
+        .unwrap_err();
+    match err {
+        StoreError::Corrupt {
+            file,
+            offset,
+            reason,
+        } => {
+            assert_eq!(offset, start as u64);
+            assert!(file.ends_with(".seg"));
+            assert!(reason.contains("valid record"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing was truncated by the failed open.
+    assert_eq!(std::fs::read(&seg).unwrap().len(), ends.last().unwrap().0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 1 << 20, 2).await;
+    let seg = segments(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[8] = 2; // format_version = 2, with a valid header checksum
+    let crc = crc32c::crc32c(&bytes[0..28]);
+    let masked = crc.rotate_right(15).wrapping_add(0xa282_ead8);
+    bytes[28..32].copy_from_slice(&masked.to_le_bytes());
+    std::fs::write(&seg, &bytes).unwrap();
+    match FileStore::open(&opts(dir.path(), 1 << 20))
+        .await
+        .unwrap_err()
+    {
+        StoreError::Corrupt {
+            offset: 0, reason, ..
+        } => assert!(reason.contains("newer"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_append_is_cut_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(&opts(dir.path(), 1 << 20)).await.unwrap();
+    let s = Uuid::new_v4();
+    let first = vec![new_event(1)];
+    let second: Vec<_> = (0..3).map(new_event).collect();
+    store.append(append_req(s, first.clone())).await.unwrap();
+    store.append(append_req(s, second)).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    // Drop the last record: two complete records of a three-event append remain.
+    let seg = segments(dir.path())[0].clone();
+    let bytes = std::fs::read(&seg).unwrap();
+    let spans = record_spans(&bytes);
+    std::fs::write(&seg, &bytes[..spans[3].0]).unwrap();
+    let store = FileStore::open(&opts(dir.path(), 1 << 20)).await.unwrap();
+    assert_eq!(log_ids(&store).await, vec![first[0].event_id]);
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        spans[1].0 as u64,
+        "cut at the append's start"
+    );
+    assert_eq!(store.stream_version(s).await.unwrap(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+#[path = "file_store/drill.rs"]
+mod drill;
+#[path = "file_store/faults.rs"]
+mod faults;
+#[path = "file_store/model.rs"]
+mod model;

@@ -150,7 +150,7 @@ impl FileStore {
             last_hash: head.hash,
             last_recorded_at,
             durability: opts.durability,
-            segment_size: opts.segment_size.clamp(4096, 1 << 30),
+            segment_size: opts.segment_size.clamp(512, 1 << 30),
             buf: Vec::with_capacity(1 << 20),
             unsynced: false,
             closed: false,
