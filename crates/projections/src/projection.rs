@@ -69,6 +69,16 @@ impl Projection {
         Self::default()
     }
 
+    /// A projection that checkpoints each summary bucket's totals every `n` changes of that
+    /// bucket (default 32): smaller is faster as-of, larger uses less memory. Tests use tiny
+    /// values to exercise the checkpoint path.
+    pub fn with_checkpoint_every(n: usize) -> Self {
+        Projection {
+            summaries: Summaries::with_checkpoint_every(n),
+            ..Self::default()
+        }
+    }
+
     /// Folds one recorded event. Positions must increase (gaps are tolerated). On error
     /// nothing changes.
     pub fn apply(&mut self, e: &Envelope) -> Result<(), ProjectionError> {
@@ -214,7 +224,7 @@ impl Projection {
             .values()
             .map(|i| &self.summaries.regions[*i as usize])
             .filter(|r| r.first_position <= p)
-            .map(|r| r.summary(&self.summaries.buckets, window, p))
+            .map(|r| r.summary(&self.summaries, window, p))
             .filter(|s| s.incidents > 0)
             .collect()
     }
@@ -236,7 +246,7 @@ impl Projection {
         }
         for r in self.summaries.index.values() {
             let s = self.summaries.regions[*r as usize].summary(
-                &self.summaries.buckets,
+                &self.summaries,
                 &Window::all(),
                 self.position,
             );

@@ -18,6 +18,7 @@ use crate::state::Contrib;
 use crate::view::{ByKind, CasualtiesView, ClaimCounts, Figure, RegionSummary, StrikeCounts};
 use crate::{OccurredAt, Region, Window};
 
+/// Default number of changes of a bucket between two checkpoints of its totals.
 pub(crate) const CHECKPOINT_EVERY: usize = 32;
 const NONE: u32 = u32::MAX;
 
@@ -104,12 +105,12 @@ impl Bucket {
         }
     }
 
-    fn push_change(&mut self, c: Change) {
+    fn push_change(&mut self, c: Change, every: usize) {
         self.changes.push(c);
         let n = self.changes.len();
-        if n % CHECKPOINT_EVERY == 0 {
+        if n % every == 0 {
             let mut s = self.checkpoints.last().copied().unwrap_or_default();
-            for c in &self.changes[n - CHECKPOINT_EVERY..] {
+            for c in &self.changes[n - every..] {
                 self.apply_change(&mut s, c);
             }
             self.checkpoints.push(s);
@@ -117,15 +118,15 @@ impl Bucket {
     }
 
     /// Totals of the whole bucket after position `p`.
-    fn sums_at(&self, p: u64) -> Sums {
+    fn sums_at(&self, p: u64, every: usize) -> Sums {
         let n = self.changes.partition_point(|c| c.pos <= p);
-        let k = n / CHECKPOINT_EVERY;
+        let k = n / every;
         let mut s = if k > 0 {
             self.checkpoints[k - 1]
         } else {
             Sums::default()
         };
-        for c in &self.changes[k * CHECKPOINT_EVERY..n] {
+        for c in &self.changes[k * every..n] {
             self.apply_change(&mut s, c);
         }
         s
@@ -178,15 +179,31 @@ pub(crate) struct RegionBuckets {
 }
 
 /// All regions' buckets.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Summaries {
+    pub(crate) checkpoint_every: usize,
     pub(crate) buckets: Vec<Bucket>,
     pub(crate) regions: Vec<RegionBuckets>,
     /// code -> index in `regions` (sorted by code, so iteration is in code order).
     pub(crate) index: BTreeMap<&'static str, u32>,
 }
 
+impl Default for Summaries {
+    fn default() -> Self {
+        Summaries::with_checkpoint_every(CHECKPOINT_EVERY)
+    }
+}
+
 impl Summaries {
+    pub(crate) fn with_checkpoint_every(every: usize) -> Self {
+        Summaries {
+            checkpoint_every: every.max(1),
+            buckets: Vec::new(),
+            regions: Vec::new(),
+            index: BTreeMap::new(),
+        }
+    }
+
     fn region_id(&mut self, r: Region, pos: u64) -> u32 {
         if let Some(i) = self.index.get(r.code()) {
             return *i;
@@ -271,18 +288,24 @@ impl Summaries {
                 (Some(_), Some(n)) => n.entry,
                 _ => NONE,
             };
-            b.push_change(Change {
-                pos,
-                added,
-                removed: l.entry,
-            });
+            b.push_change(
+                Change {
+                    pos,
+                    added,
+                    removed: l.entry,
+                },
+                self.checkpoint_every,
+            );
         }
         if let Some(n) = new_link.filter(|_| same_bucket.is_none()) {
-            self.buckets[n.bucket as usize].push_change(Change {
-                pos,
-                added: n.entry,
-                removed: NONE,
-            });
+            self.buckets[n.bucket as usize].push_change(
+                Change {
+                    pos,
+                    added: n.entry,
+                    removed: NONE,
+                },
+                self.checkpoint_every,
+            );
         }
         new_link
     }
@@ -294,7 +317,7 @@ impl Summaries {
         if rb.first_position > p {
             return None;
         }
-        Some(rb.summary(&self.buckets, w, p))
+        Some(rb.summary(self, w, p))
     }
 
     pub(crate) fn history_bytes(&self) -> usize {
@@ -310,14 +333,15 @@ impl Summaries {
 }
 
 impl RegionBuckets {
-    pub(crate) fn summary(&self, buckets: &[Bucket], w: &Window, p: u64) -> RegionSummary {
+    pub(crate) fn summary(&self, all: &Summaries, w: &Window, p: u64) -> RegionSummary {
+        let buckets = &all.buckets;
         let mut total = Sums::default();
         let mut first: Option<i32> = None;
         let mut last: Option<i32> = None;
         for (day, b) in self.days.range(w.lo_day()..=w.hi_day()) {
             let b = &buckets[*b as usize];
             let s = if w.covers_day(*day) {
-                b.sums_at(p)
+                b.sums_at(p, all.checkpoint_every)
             } else {
                 b.scan_sums(p, w)
             };

@@ -44,6 +44,8 @@ pub fn id(n: u128) -> Uuid {
 pub struct Log {
     pub recs: Vec<Rec>,
     pub next_event: u128,
+    /// Record every event at `now()` (so that interleavings give identical views).
+    pub fixed_time: bool,
 }
 
 impl Log {
@@ -89,7 +91,11 @@ impl Log {
                 event_id: t.event_id,
                 event_type: t.event_type().to_owned(),
                 data: t.canonical_data(),
-                recorded_at: now() + Duration::seconds(position as i64),
+                recorded_at: if self.fixed_time {
+                    now()
+                } else {
+                    now() + Duration::seconds(position as i64)
+                },
             });
         }
         Ok(self.recs.len() as u64)
@@ -104,7 +110,10 @@ impl Log {
     }
 
     pub fn projection(&self) -> Projection {
-        let mut p = Projection::new();
+        self.projection_with(Projection::new())
+    }
+
+    pub fn projection_with(&self, mut p: Projection) -> Projection {
         for r in &self.recs {
             p.apply(&r.env()).unwrap();
         }

@@ -1,5 +1,6 @@
 //! Integration tests of incidentlog-projections (one test binary).
 mod common;
+mod props;
 mod rules;
 mod seed;
 mod validation;
