@@ -2,6 +2,7 @@
 mod common;
 mod props;
 mod rules;
+mod schemas;
 mod seed;
 mod validation;
 mod views;
