@@ -30,6 +30,14 @@ pub(crate) fn parse_config(url: &str) -> Result<Config, StoreError> {
     config.keepalives_idle(Duration::from_secs(10));
     config.keepalives_interval(Duration::from_secs(2));
     config.keepalives_retries(3);
+    // Plan every execution of a prepared statement for the table as it is now: a generic
+    // plan made while `events` was tiny (a sequential scan) would otherwise stay cached
+    // while the table grows, turning every index lookup into a full scan.
+    let options = match config.get_options() {
+        Some(o) => format!("{o} -c plan_cache_mode=force_custom_plan"),
+        None => "-c plan_cache_mode=force_custom_plan".to_owned(),
+    };
+    config.options(options);
     if config.get_application_name().is_none() {
         config.application_name("incidentlog");
     }

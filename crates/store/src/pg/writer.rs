@@ -39,6 +39,8 @@ pub(crate) const HEAD_CHANNEL: &str = "incidentlog_head";
 /// Limits of one transaction (the queue itself is bounded by the channel).
 const MAX_BATCH_EVENTS: usize = 8192;
 const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Yields without a new request before a batch is closed.
+const GATHER_YIELDS: u32 = 3;
 
 pub(crate) type Reply = oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>>;
 
@@ -128,19 +130,24 @@ pub(crate) async fn run(
             }
             Msg::Append(requests, reply) => vec![(requests, reply)],
         };
-        // Group commit: take whatever else is already queued, within the batch limits.
+        // Group commit: take whatever else is queued, within the batch limits. Appenders
+        // answered by the previous batch are often about to send again: yielding a few times
+        // lets them (no timer, so a lone appender is not delayed).
         let mut events: usize = jobs[0].0.iter().map(|r| r.events.len()).sum();
         let mut bytes: usize = jobs[0].0.iter().map(request_bytes).sum();
-        while events < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
+        let mut quiet_yields = 0;
+        while events < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES && pending.is_none() {
             match rx.try_recv() {
                 Ok(Msg::Append(requests, reply)) => {
                     events += requests.iter().map(|r| r.events.len()).sum::<usize>();
                     bytes += requests.iter().map(request_bytes).sum::<usize>();
                     jobs.push((requests, reply));
+                    quiet_yields = 0;
                 }
-                Ok(close @ Msg::Close(_)) => {
-                    pending = Some(close);
-                    break;
+                Ok(close @ Msg::Close(_)) => pending = Some(close),
+                Err(_) if quiet_yields < GATHER_YIELDS => {
+                    quiet_yields += 1;
+                    tokio::task::yield_now().await;
                 }
                 Err(_) => break,
             }
@@ -280,14 +287,12 @@ async fn commit_batch_inner(
     streams.sort_unstable();
     streams.dedup();
 
-    c.client
-        .batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
-        ))
-        .await
-        .map_err(db)?;
-    // A new statement after the lock: its snapshot includes every commit before ours.
-    let (head_row, id_rows, version_rows) = try_join3(
+    // One round trip: the server runs pipelined statements one after the other, and each
+    // SELECT takes its snapshot when it starts, i.e. after the lock is granted, so it sees
+    // every batch committed before ours.
+    let lock_sql = format!("BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})");
+    let (_, head_row, id_rows, version_rows) = futures_util::future::try_join4(
+        c.client.batch_execute(&lock_sql),
         c.client.query_opt(&c.head, &[]),
         c.client.query(&c.ids, &[&all_ids]),
         c.client.query(&c.versions, &[&streams]),
