@@ -1,0 +1,236 @@
+//! Several servers, one truth: two `incidentlog serve --store postgres://...` processes on one
+//! database. An event posted to either is in both servers' logs, views and SSE feeds, in the
+//! same order; tokens made with `incidentlog token create --store postgres://...` (before or
+//! while the servers run) work on both.
+//!
+//! Needs `INCIDENTLOG_TEST_PG` (see `scripts/with-postgres.sh`): unset, the test fails with
+//! `CI=true` and is skipped loudly otherwise. It works in a database of its own.
+#![forbid(unsafe_code)]
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn pg_base() -> Option<String> {
+    match std::env::var("INCIDENTLOG_TEST_PG") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "INCIDENTLOG_TEST_PG is not set and CI=true: run through scripts/with-postgres.sh"
+            );
+            eprintln!(
+                "\n########## SKIPPED pg_two_servers: INCIDENTLOG_TEST_PG is not set \
+                 (run through scripts/with-postgres.sh or `make test`) ##########\n"
+            );
+            None
+        }
+    }
+}
+
+/// Creates a database with a random name through `psql`; returns its URL.
+fn fresh_database(base: &str) -> String {
+    let psql = std::env::var("INCIDENTLOG_TEST_PG_BIN")
+        .map(|b| Path::new(&b).join("psql"))
+        .unwrap_or_else(|_| "psql".into());
+    let name = format!("il_e2e_{}", uuid::Uuid::new_v4().simple());
+    let out = Command::new(&psql)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", base, "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", psql.display()));
+    assert!(
+        out.status.success(),
+        "CREATE DATABASE failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = head.find("://").map_or(0, |i| i + 3);
+    let root = match head[scheme_end..].find('/') {
+        Some(i) => &head[..scheme_end + i],
+        None => head,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+fn token_create(url: &str, dir: &Path, name: &str, role: &str) -> String {
+    let out = cli_ok(&[
+        "token",
+        "create",
+        "--store",
+        url,
+        "--data-dir",
+        dir.to_str().expect("utf-8 path"),
+        "--name",
+        name,
+        "--role",
+        role,
+    ]);
+    out.trim().to_string()
+}
+
+/// `(global_position, event_id, type)` of the whole log as one server serves it.
+fn log_of(server: &Server, token: &str) -> Vec<(u64, String, String)> {
+    let r = server.get("/v1/events?after=0&limit=1000", token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            (
+                e["global_position"].as_u64().expect("global_position"),
+                e["event_id"].as_str().expect("event_id").to_string(),
+                e["type"].as_str().expect("type").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Polls `GET path` until `done` holds for the body (another server learns of an append
+/// through NOTIFY or polling, so its views follow shortly after).
+fn eventually(server: &Server, token: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let r = server.get(path, token);
+        if r.status == 200 {
+            let v = r.json();
+            if done(&v) {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} on {} never reached the expected state (last: {} {})",
+            server.addr,
+            r.status,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_servers_on_one_database_see_the_same_log_views_feeds_and_tokens() {
+    let Some(base) = pg_base() else {
+        return;
+    };
+    let url = fresh_database(&base);
+    let (dir_a, dir_b) = (temp_dir(), temp_dir());
+    // Tokens made offline, before any server runs, live in the database.
+    let admin = token_create(&url, dir_a.path(), "root", "admin");
+    let reporter = token_create(&url, dir_b.path(), "field-desk", "reporter");
+
+    let a = Server::start(dir_a.path(), &["--store", &url]);
+    let b = Server::start(dir_b.path(), &["--store", &url]);
+    assert!(a.admin_token.is_none() && b.admin_token.is_none());
+
+    let auth = format!("Bearer {admin}");
+    let mut feed_a = SseStream::open(a.addr, "/v1/events/stream", &[("Authorization", &auth)]);
+    let mut feed_b = SseStream::open(b.addr, "/v1/events/stream", &[("Authorization", &auth)]);
+    assert_eq!((feed_a.status, feed_b.status), (200, 200));
+
+    // Appends alternate between the servers, on two incidents.
+    let (i1, i2) = (new_id(), new_id());
+    let plan: Vec<(&Server, &str, Value, Value)> = vec![
+        (
+            &a,
+            &i1,
+            json!(0),
+            reported("missile_strike", "UA-63", "2025-03-01T04:15:00Z"),
+        ),
+        (&b, &i1, json!(1), casualties("Regional administration", 2)),
+        (
+            &b,
+            &i2,
+            json!(0),
+            reported("drone_strike", "UA-63", "2025-03-02T21:40:00Z"),
+        ),
+        (&a, &i2, json!("any"), casualties("Local media", 1)),
+        (&a, &i1, json!("any"), casualties("Ministry", 3)),
+        (&b, &i2, json!(2), casualties("Ministry", 4)),
+    ];
+    let mut expected = Vec::new();
+    for (n, (server, incident, version, event)) in plan.into_iter().enumerate() {
+        let id = event["event_id"].as_str().unwrap().to_string();
+        let ty = event["type"].as_str().unwrap().to_string();
+        let r = server.append(&reporter, incident, &batch(version, vec![event]));
+        assert_eq!(r.status, 201, "append {n}: {}", r.text());
+        let body = r.json();
+        let position = n as u64 + 1;
+        assert_eq!(body["first_position"], json!(position), "{body}");
+        expected.push((position, id, ty));
+    }
+
+    // Both logs: every event, same positions, same order.
+    assert_eq!(log_of(&a, &admin), expected);
+    assert_eq!(log_of(&b, &admin), expected);
+
+    // Both views, once each server's live views have caught up.
+    for incident in [&i1, &i2] {
+        let path = format!("/v1/incidents/{incident}");
+        let va = eventually(&a, &admin, &path, |v| v["version"] == json!(3));
+        let vb = eventually(&b, &admin, &path, |v| v["version"] == json!(3));
+        assert_eq!(va, vb, "both servers show the same view of {incident}");
+    }
+    let summary = |s: &Server| {
+        eventually(s, &admin, "/v1/regions/UA-63", |v| {
+            v["as_of_position"] == json!(6)
+        })
+    };
+    assert_eq!(summary(&a), summary(&b));
+
+    // Both SSE feeds: every event, same order, the SSE id being the global position.
+    for (name, feed) in [("a", &mut feed_a), ("b", &mut feed_b)] {
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            let ev = feed
+                .next_event()
+                .unwrap_or_else(|| panic!("feed {name} ended early"));
+            let data: Value = serde_json::from_str(&ev.data).expect("SSE data is JSON");
+            let position = data["global_position"].as_u64().expect("global_position");
+            assert_eq!(ev.id.as_deref(), Some(position.to_string().as_str()));
+            got.push((
+                position,
+                data["event_id"].as_str().unwrap().to_string(),
+                ev.event.clone().unwrap_or_default(),
+            ));
+        }
+        assert_eq!(got, expected, "feed of server {name}");
+    }
+
+    // A token made while the servers run works on both at once.
+    let late = token_create(&url, dir_a.path(), "late-desk", "reporter");
+    let r = a.get(&format!("/v1/incidents/{i1}"), &late);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let extra = casualties("Late wire", 5);
+    let extra_id = extra["event_id"].as_str().unwrap().to_string();
+    let r = b.append(&late, &i2, &batch(json!(3), vec![extra]));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let ev = feed_a
+        .next_event()
+        .expect("server a's feed gets b's append");
+    let data: Value = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(data["event_id"], json!(extra_id));
+    assert_eq!(data["recorded_by"], json!("late-desk"));
+    assert_eq!(data["global_position"], json!(7));
+
+    // One hash chain: both servers verify the same head.
+    let (n_a, hash_a) = a.log_head(&admin);
+    let (n_b, hash_b) = b.log_head(&admin);
+    assert_eq!(n_a, 7);
+    assert_eq!((n_a, &hash_a), (n_b, &hash_b));
+}
