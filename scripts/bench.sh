@@ -62,7 +62,10 @@ run_bench() {
 }
 bench_value() { awk -v k="$1" '$1 == "BENCH" { split($2, kv, "="); if (kv[1] == k) v = kv[2] } END { print v }' "$RES"; }
 
+QUICK_ARG=()
 if [[ "$QUICK" == 1 ]]; then
+  QUICK_ARG=(--quick)
+  export INCIDENTLOG_BENCH_QUICK=1
   N_BIG="${BENCH_EVENTS:-100000}"; DUR=4; PGB_T=4; Q_DUR=3
 else
   N_BIG="${BENCH_EVENTS:-1000000}"; DUR=15; PGB_T=15; Q_DUR=10
@@ -85,19 +88,19 @@ main_run() {
   # Store and projections benches (their own BENCH lines), each bounded.
   if [[ -f crates/store/benches/store.rs ]]; then
     log "store bench (cargo bench -p incidentlog-store --bench store)"
-    run_bench 600 cargo bench -q -p incidentlog-store --bench store || record "MISSING store bench failed"
+    run_bench 600 cargo bench -q -p incidentlog-store --bench store -- "${QUICK_ARG[@]}" || record "MISSING store bench failed"
   else
     record "MISSING crates/store/benches/store.rs"
   fi
   if [[ -f crates/projections/benches/fold.rs ]]; then
     log "fold bench (cargo bench -p incidentlog-projections --bench fold)"
-    run_bench 600 cargo bench -q -p incidentlog-projections --bench fold || record "MISSING fold bench failed"
+    run_bench 600 cargo bench -q -p incidentlog-projections --bench fold -- "${QUICK_ARG[@]}" || record "MISSING fold bench failed"
   else
     record "MISSING crates/projections/benches/fold.rs"
   fi
   if [[ -f crates/store/benches/pg.rs && -n "$PG_URL" ]]; then
     log "PostgreSQL store bench (cargo bench -p incidentlog-store --bench pg)"
-    run_bench 600 cargo bench -q -p incidentlog-store --bench pg || record "MISSING pg store bench failed"
+    run_bench 600 cargo bench -q -p incidentlog-store --bench pg -- "${QUICK_ARG[@]}" || record "MISSING pg store bench failed"
   fi
 
   log "generating a synthetic log of $N_BIG events (+ the same rows for COPY)"

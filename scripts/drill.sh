@@ -302,7 +302,8 @@ drill_fuzz() {
     local t
     for t in record_decoder event_decoding; do
       log "cargo fuzz run $t for ${FUZZ_SECS}s"
-      if ! (cd fuzz && RUSTC_BOOTSTRAP=1 timeout $((FUZZ_SECS + 900)) cargo fuzz run "$t" -- \
+      mkdir -p "fuzz/corpus/$t"
+      if ! (cd fuzz && RUSTC_BOOTSTRAP=1 timeout $((FUZZ_SECS + 900)) cargo fuzz run "$t" "corpus/$t" "seeds/$t" -- \
           -max_total_time="$FUZZ_SECS" -rss_limit_mb=2048 -timeout=10 >"$WORK/fuzz-$t.log" 2>&1); then
         tail -n 40 "$WORK/fuzz-$t.log" >&2
         die "cargo fuzz $t found a crash (artifact under fuzz/artifacts/$t; add it to crates/bench/fuzz-regressions/)"
