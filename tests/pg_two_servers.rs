@@ -1,7 +1,7 @@
 //! Several servers, one truth: two `incidentlog serve --store postgres://...` processes on one
 //! database. An event posted to either is in both servers' logs, views and SSE feeds, in the
 //! same order; tokens made with `incidentlog token create --store postgres://...` (before or
-//! while the servers run) work on both.
+//! while the servers run) work on both. And the database going away: 503, then recovery.
 //!
 //! Needs `INCIDENTLOG_TEST_PG` (see `scripts/with-postgres.sh`): unset, the test fails with
 //! `CI=true` and is skipped loudly otherwise. It works in a database of its own.
@@ -233,4 +233,184 @@ fn two_servers_on_one_database_see_the_same_log_views_feeds_and_tokens() {
     let (n_b, hash_b) = b.log_head(&admin);
     assert_eq!(n_a, 7);
     assert_eq!((n_a, &hash_a), (n_b, &hash_b));
+}
+
+const OUTAGE_CHILD_MARK: &str = "INCIDENTLOG_PG_OUTAGE_CHILD";
+
+/// The database goes away under load: the server answers 503 (never hangs, never acknowledges
+/// what it cannot prove), recovers by itself when the database returns, and keeps every
+/// acknowledged event. The scenario stops its cluster, so it runs in a child process under a
+/// private cluster of its own (`scripts/with-postgres.sh`), leaving the shared one alone.
+#[test]
+fn serve_answers_503_while_the_database_is_away_and_recovers() {
+    if pg_base().is_none() {
+        return;
+    }
+    let pg_bin = std::env::var("INCIDENTLOG_TEST_PG_BIN")
+        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned());
+    let out = Command::new(repo_root().join("scripts/with-postgres.sh"))
+        .arg(std::env::current_exe().expect("current exe"))
+        .args([
+            "outage_child",
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+        ])
+        .env_remove("INCIDENTLOG_TEST_PG")
+        .env("INCIDENTLOG_PG_BIN", &pg_bin)
+        .env("CI", "true") // the private cluster must start: no silent skip inside
+        .env(OUTAGE_CHILD_MARK, "1")
+        .output()
+        .expect("run the outage scenario under a private cluster");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("OUTAGE SCENARIO OK"),
+        "outage scenario failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for line in stdout.lines().filter(|l| l.starts_with("scenario:")) {
+        eprintln!("{line}");
+    }
+}
+
+fn pg_ctl(action: &str) {
+    let ctl = std::env::var("INCIDENTLOG_TEST_PG_CTL").expect("INCIDENTLOG_TEST_PG_CTL");
+    let status = Command::new(&ctl).arg(action).status().expect("run pg_ctl");
+    assert!(status.success(), "{ctl} {action}: {status}");
+}
+
+#[test]
+#[ignore = "child process of serve_answers_503_while_the_database_is_away_and_recovers"]
+fn outage_child() {
+    if std::env::var(OUTAGE_CHILD_MARK).as_deref() != Ok("1") {
+        eprintln!("outage_child only runs under its parent test");
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let base = std::env::var("INCIDENTLOG_TEST_PG").expect("private cluster URL");
+    let url = fresh_database(&base);
+    let dir = temp_dir();
+    let admin = token_create(&url, dir.path(), "root", "admin");
+    let server = Arc::new(Server::start(dir.path(), &["--store", &url]));
+
+    // Appenders: each request is (incident, body); a 201 is acknowledged, a 503 is kept to be
+    // retried after the outage. Any other answer fails the test.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let refused: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (server, admin, acked, refused, stop) = (
+                Arc::clone(&server),
+                admin.clone(),
+                Arc::clone(&acked),
+                Arc::clone(&refused),
+                Arc::clone(&stop),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    let incident = new_id();
+                    let event = reported("missile_strike", "UA-63", "2025-03-01T04:15:00Z");
+                    let id = event["event_id"].as_str().unwrap().to_string();
+                    let body = batch(json!(0), vec![event]);
+                    let r = server.append(&admin, &incident, &body);
+                    match r.status {
+                        201 => acked.lock().unwrap().push(id),
+                        503 => {
+                            refused.lock().unwrap().push((incident, body));
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        other => panic!("append answered {other}: {}", r.text()),
+                    }
+                }
+            })
+        })
+        .collect();
+    let wait_acked = |n: usize, what: &str| {
+        let deadline = Instant::now() + TIMEOUT;
+        while acked.lock().unwrap().len() < n {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_acked(40, "appends before the outage");
+
+    let t0 = Instant::now();
+    pg_ctl("stop");
+    println!("scenario: cluster stopped in {:?}", t0.elapsed());
+    let before = acked.lock().unwrap().len();
+    let t0 = Instant::now();
+    // While the database is away: 503 from appends and from log reads, promptly.
+    let r = server.append(
+        &admin,
+        &new_id(),
+        &batch(json!(0), vec![casualties("x", 1)]),
+    );
+    assert_eq!(r.status, 503, "append while down: {}", r.text());
+    let r = server.get("/v1/events?after=0&limit=10", &admin);
+    assert_eq!(r.status, 503, "log read while down: {}", r.text());
+    let deadline = Instant::now() + TIMEOUT;
+    while refused.lock().unwrap().len() < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "appenders got no answers while down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        acked.lock().unwrap().len(),
+        before,
+        "nothing acknowledged while down"
+    );
+    println!("scenario: 503s while down took {:?}", t0.elapsed());
+
+    let t0 = Instant::now();
+    pg_ctl("start");
+    wait_acked(before + 40, "appends after the database returned");
+    println!(
+        "scenario: recovered {:?} after the restart began",
+        t0.elapsed()
+    );
+    stop.store(true, Ordering::Release);
+    for w in workers {
+        w.join().expect("appender thread");
+    }
+
+    // A retry of a refused request is a fresh append (201) or, if its transaction did commit
+    // after all, an idempotent repeat (200): never a conflict, never a double.
+    let refused = refused.lock().unwrap().clone();
+    for (incident, body) in &refused {
+        let r = server.append(&admin, incident, body);
+        assert!(
+            r.status == 201 || r.status == 200,
+            "retry answered {}: {}",
+            r.status,
+            r.text()
+        );
+    }
+    let log = log_of(&server, &admin);
+    let ids: std::collections::HashSet<&str> = log.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), log.len(), "no event twice");
+    for id in acked.lock().unwrap().iter() {
+        assert!(ids.contains(id.as_str()), "acknowledged event {id} lost");
+    }
+    for (_, body) in &refused {
+        let id = body["events"][0]["event_id"].as_str().unwrap();
+        assert!(ids.contains(id), "retried event {id} missing");
+    }
+    for (i, (position, _, _)) in log.iter().enumerate() {
+        assert_eq!(*position, i as u64 + 1);
+    }
+    let (events, _) = server.log_head(&admin);
+    assert_eq!(events, log.len() as u64);
+    println!(
+        "scenario: {} acknowledged, {} refused while down and retried, {} in the log",
+        acked.lock().unwrap().len(),
+        refused.len(),
+        log.len()
+    );
+    println!("OUTAGE SCENARIO OK");
 }

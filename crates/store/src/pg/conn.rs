@@ -33,9 +33,13 @@ pub(crate) fn parse_config(url: &str) -> Result<Config, StoreError> {
     // Plan every execution of a prepared statement for the table as it is now: a generic
     // plan made while `events` was tiny (a sequential scan) would otherwise stay cached
     // while the table grows, turning every index lookup into a full scan.
+    // And if a client of ours dies inside a transaction (the writer holds the append lock
+    // there), the server ends it instead of keeping the lock until TCP notices.
+    const SESSION: &str =
+        "-c plan_cache_mode=force_custom_plan -c idle_in_transaction_session_timeout=10000";
     let options = match config.get_options() {
-        Some(o) => format!("{o} -c plan_cache_mode=force_custom_plan"),
-        None => "-c plan_cache_mode=force_custom_plan".to_owned(),
+        Some(o) => format!("{o} {SESSION}"),
+        None => SESSION.to_owned(),
     };
     config.options(options);
     if config.get_application_name().is_none() {

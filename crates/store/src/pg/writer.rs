@@ -4,7 +4,7 @@
 //! transaction:
 //!
 //! ```text
-//! BEGIN; SELECT pg_advisory_xact_lock(APPEND_LOCK);
+//! BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(APPEND_LOCK);
 //! read head (position, hash, recorded_at), known event ids, stream versions   -- pipelined
 //! decide every request in memory; assign positions head+1.. ; chain the hashes
 //! INSERT ... SELECT * FROM unnest(arrays); SELECT pg_notify(head); COMMIT     -- pipelined
@@ -290,7 +290,11 @@ async fn commit_batch_inner(
     // One round trip: the server runs pipelined statements one after the other, and each
     // SELECT takes its snapshot when it starts, i.e. after the lock is granted, so it sees
     // every batch committed before ours.
-    let lock_sql = format!("BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})");
+    // READ COMMITTED explicitly: under REPEATABLE READ the snapshot would be taken by the lock
+    // statement itself, before the lock is granted.
+    let lock_sql = format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
+    );
     let (_, head_row, id_rows, version_rows) = futures_util::future::try_join4(
         c.client.batch_execute(&lock_sql),
         c.client.query_opt(&c.head, &[]),
