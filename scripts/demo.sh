@@ -16,9 +16,15 @@ for tool in cargo curl; do
 done
 if command -v jq >/dev/null 2>&1; then
   pretty() { jq .; }
+  each_region() { jq -c '.regions[]'; }
   claim_only() { jq '{incident_id, kind, region, region_name, occurred_at, summary, status, claims}'; }
 else
   pretty() { python3 -m json.tool; }
+  each_region() {
+    python3 -c 'import json, sys
+for r in json.load(sys.stdin)["regions"]:
+    print(json.dumps(r, separators=(",", ":"), ensure_ascii=False))'
+  }
   claim_only() {
     python3 -c 'import json, sys
 v = json.load(sys.stdin)
@@ -78,8 +84,8 @@ curl -sS -H "$AUTH" -H 'Content-Type: application/x-ndjson' \
   --data-binary "@$SEED" "$URL/v1/events" | pretty
 
 echo
-echo "==> GET $URL/v1/regions  (regional summaries)"
-curl -sS -H "$AUTH" "$URL/v1/regions" | pretty
+echo "==> GET $URL/v1/regions  (regional summaries, one region per line)"
+curl -sS -H "$AUTH" "$URL/v1/regions" | each_region
 
 echo
 echo "==> GET $URL/v1/incidents/$KHERSON_DRONE  (a disputed claim)"

@@ -115,7 +115,15 @@ fn import_export_replay_verify() {
     // From stdin, with a duplicate line, a bad line and a new one: exit 4, report says which.
     let seed = String::from_utf8(seed_bytes()).unwrap();
     let first_line = seed.lines().next().unwrap();
-    let input = format!("{first_line}\nnot json\n{}", located_incident_line());
+    let invalid = json!({
+        "incident_id": "5f0c7a52-3c1e-4d6b-9a51-0b7c2f9e1a01",
+        "events": [{"event_id": "a1c3e0b4-6f2d-4e8a-9b1c-000000009801", "type": "CasualtiesReported",
+                    "data": {"killed": -1, "source": {"name": "Wire"}}}]
+    });
+    let input = format!(
+        "{first_line}\nnot json\n{invalid}\n{}",
+        located_incident_line()
+    );
     let out = cli_with_stdin(
         &["import", "-", "--data-dir", data_s],
         Some(input.as_bytes()),
@@ -130,9 +138,15 @@ fn import_export_replay_verify() {
     assert_eq!(report["appended"], 2, "{report}");
     assert_eq!(report["duplicates"], 2, "{report}");
     let rejected = report["rejected"].as_array().unwrap();
-    assert_eq!(rejected.len(), 1, "{report}");
+    assert_eq!(rejected.len(), 2, "{report}");
     assert_eq!(rejected[0]["line"], 2);
     assert_eq!(rejected[0]["status"], 400);
+    assert_eq!(rejected[1]["line"], 3);
+    assert_eq!(rejected[1]["status"], 422);
+    assert!(
+        rejected[1]["detail"].as_str().unwrap().contains("killed"),
+        "{report}"
+    );
 
     // A missing file: exit 1, the store untouched.
     let out = cli(&["import", "/nonexistent/x.ndjson", "--data-dir", data_s]);
@@ -383,4 +397,30 @@ fn tokens_help_and_usage_errors() {
             .code(),
         Some(2)
     );
+}
+
+#[test]
+fn flags_come_from_incidentlog_env_vars() {
+    let dir = temp_dir();
+    create_token(dir.path(), "env-desk", "reader");
+    // INCIDENTLOG_DATA_DIR stands in for --data-dir.
+    let out = std::process::Command::new(bin())
+        .args(["token", "list", "--json"])
+        .env("INCIDENTLOG_DATA_DIR", dir.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\"env-desk\""), "{text}");
+    // A bad value in the environment is a usage error, like a bad flag.
+    let out = std::process::Command::new(bin())
+        .args(["token", "list"])
+        .env("INCIDENTLOG_STORE", "mysql://nope")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -158,14 +158,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
 /// Printed once, on stdout, when a data dir gets its first token.
 fn print_first_token(secret: &str, listen: SocketAddr) {
     use std::io::Write;
+    // With port 0 the real address is only known once bound (the `listening on` line).
+    let url = if listen.port() == 0 {
+        "http://ADDR".to_string()
+    } else {
+        format!("http://{listen}")
+    };
     let mut out = std::io::stdout().lock();
-    // Ignore a closed stdout: the server must still run (the token can be replaced with
+    // Ignore a closed stdout: the server must still run (a token can be added later with
     // `incidentlog token create`).
     let _ = writeln!(
         out,
         "admin token: {secret}\n\
          (first start: this admin token is shown only now and only its hash is stored; keep it.\n \
-         use it as `curl -H 'Authorization: Bearer {secret}' http://{listen}/v1/regions`,\n \
+         use it as `curl -H 'Authorization: Bearer {secret}' {url}/v1/regions`,\n \
          and create more with `incidentlog token create --name NAME --role reader|reporter|admin`)"
     );
     let _ = out.flush();
