@@ -2,7 +2,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use crate::events::*;
-use crate::state::{IncidentState, Meta};
+use crate::state::{IncidentState, Interner, Meta};
 use crate::FieldError;
 
 /// How far in the future `occurred_at` may be (clock skew, time zones).
@@ -21,6 +21,7 @@ pub fn decide(
 ) -> Result<(), Vec<FieldError>> {
     let mut errs = Vec::new();
     let mut st = state.clone();
+    let mut names = Interner::off();
     let limit = now + MAX_FUTURE;
     for (i, te) in events.iter().enumerate() {
         let before = errs.len();
@@ -101,6 +102,7 @@ pub fn decide(
                     position: st.last_position,
                     recorded_at: now,
                 },
+                &mut names,
             );
         }
     }

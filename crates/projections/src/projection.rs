@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::events::*;
-use crate::state::{decode_envelope, IncidentState};
+use crate::state::{decode_envelope, IncidentState, Interner};
 use crate::summary::{Link, Summaries};
 use crate::view::{IncidentView, RegionSummary};
 use crate::{Envelope, FieldError, ProjectionError, Region, Window};
@@ -54,7 +54,7 @@ pub struct MemoryUsage {
 }
 
 /// Every view of the log, kept by folding events in position order.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Projection {
     position: u64,
     events: u64,
@@ -62,6 +62,21 @@ pub struct Projection {
     /// In order of first position (so also of first appearance).
     slots: Vec<Slot>,
     summaries: Summaries,
+    /// One copy of each name shared by all incidents.
+    names: Interner,
+}
+
+impl Default for Projection {
+    fn default() -> Self {
+        Projection {
+            position: 0,
+            events: 0,
+            ids: HashMap::new(),
+            slots: Vec::new(),
+            summaries: Summaries::default(),
+            names: Interner::on(),
+        }
+    }
 }
 
 impl Projection {
@@ -92,12 +107,12 @@ impl Projection {
         let (idx, old_link) = match self.ids.get(&e.incident_id) {
             Some(i) => {
                 let slot = &mut self.slots[*i as usize];
-                slot.state.apply_decoded(e, ev)?;
+                slot.state.apply_decoded(e, ev, &mut self.names)?;
                 (*i as usize, slot.link)
             }
             None => {
                 let mut state = IncidentState::new();
-                state.apply_decoded(e, ev)?;
+                state.apply_decoded(e, ev, &mut self.names)?;
                 self.ids.insert(e.incident_id, self.slots.len() as u32);
                 self.slots.push(Slot { state, link: None });
                 (self.slots.len() - 1, None)
@@ -273,6 +288,7 @@ impl Projection {
             .map(|s| std::mem::size_of::<Slot>() + s.state.heap_bytes())
             .sum::<usize>()
             + index
+            + self.names.heap_bytes()
             + (self.slots.capacity() - self.slots.len()) * std::mem::size_of::<Slot>();
         MemoryUsage {
             incidents: self.slots.len() as u64,

@@ -1,14 +1,70 @@
 //! The fold of one incident's stream: decision state and the data of its view.
 use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::events::*;
 use crate::{Envelope, OccurredAt, ProjectionError, Region};
 
+/// A name-like text (source, actor, place): these repeat across incidents, so a projection
+/// keeps one copy of each.
+pub(crate) type Name = Arc<str>;
+
+/// Shares equal names between incidents. `off()` makes fresh copies (folds of one stream).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Interner {
+    on: bool,
+    set: HashSet<Name>,
+}
+
+impl Interner {
+    pub(crate) fn on() -> Self {
+        Interner {
+            on: true,
+            set: HashSet::new(),
+        }
+    }
+
+    pub(crate) fn off() -> Self {
+        Interner::default()
+    }
+
+    pub(crate) fn name(&mut self, s: String) -> Name {
+        if !self.on {
+            return s.into();
+        }
+        if let Some(n) = self.set.get(s.as_str()) {
+            return n.clone();
+        }
+        let n: Name = s.into();
+        self.set.insert(n.clone());
+        n
+    }
+
+    fn opt(&mut self, s: Option<String>) -> Option<Name> {
+        s.map(|s| self.name(s))
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.set.capacity() * (std::mem::size_of::<Name>() + 1)
+            + self.set.iter().map(|n| n.len() + 16).sum::<usize>()
+    }
+}
+
+/// Pushes with exact growth while small: most incidents have a handful of claims, sources and
+/// corrections, and the default first allocation (4 slots) would triple their size.
+pub(crate) fn push_small<T>(v: &mut Vec<T>, item: T) {
+    if v.len() == v.capacity() && v.len() < 8 {
+        v.reserve_exact(1);
+    }
+    v.push(item);
+}
+
 /// A source as kept in memory (the rarely given parts boxed to keep incidents small).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct SourceRec {
-    pub(crate) name: Box<str>,
+    pub(crate) name: Name,
     pub(crate) kind: Option<SourceKind>,
     pub(crate) extra: Option<Box<SourceExtra>>,
 }
@@ -22,7 +78,7 @@ pub(crate) struct SourceExtra {
 }
 
 impl SourceRec {
-    fn from_source(s: Source) -> SourceRec {
+    fn from_source(s: Source, names: &mut Interner) -> SourceRec {
         let extra = if s.url.is_some()
             || s.archive_url.is_some()
             || s.published_at.is_some()
@@ -38,7 +94,7 @@ impl SourceRec {
             None
         };
         SourceRec {
-            name: s.name.into_boxed_str(),
+            name: names.name(s.name),
             kind: s.kind,
             extra,
         }
@@ -85,9 +141,9 @@ pub(crate) struct Core {
     pub(crate) occurred_at: OccurredAt,
     pub(crate) region: Region,
     pub(crate) location: Option<Location>,
-    pub(crate) locality: Option<Box<str>>,
-    pub(crate) perpetrator: Option<Box<str>>,
-    pub(crate) target: Option<Box<str>>,
+    pub(crate) locality: Option<Name>,
+    pub(crate) perpetrator: Option<Name>,
+    pub(crate) target: Option<Name>,
     pub(crate) summary: Option<Box<str>>,
 }
 
@@ -113,7 +169,7 @@ pub(crate) struct Casualties {
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Denial {
-    pub(crate) by: Box<str>,
+    pub(crate) by: Name,
     pub(crate) statement: Option<Box<str>>,
     pub(crate) source: Option<u32>,
     pub(crate) recorded_at: DateTime<Utc>,
@@ -122,7 +178,7 @@ pub(crate) struct Denial {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct AssessmentRec {
     pub(crate) assessment: Assessment,
-    pub(crate) by: Box<str>,
+    pub(crate) by: Name,
     pub(crate) evidence: Option<Box<str>>,
     pub(crate) recorded_at: DateTime<Utc>,
 }
@@ -130,9 +186,9 @@ pub(crate) struct AssessmentRec {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Claim {
     pub(crate) id: Uuid,
-    pub(crate) claimant: Box<str>,
+    pub(crate) claimant: Name,
     pub(crate) statement: Box<str>,
-    pub(crate) attributed_to: Option<Box<str>>,
+    pub(crate) attributed_to: Option<Name>,
     pub(crate) source: Option<u32>,
     pub(crate) recorded_at: DateTime<Utc>,
     pub(crate) denials: Vec<Denial>,
@@ -269,13 +325,14 @@ impl IncidentState {
     /// Folds one recorded event of this incident's stream.
     pub fn apply(&mut self, e: &Envelope) -> Result<(), ProjectionError> {
         let ev = decode_envelope(e)?;
-        self.apply_decoded(e, ev)
+        self.apply_decoded(e, ev, &mut Interner::off())
     }
 
     pub(crate) fn apply_decoded(
         &mut self,
         e: &Envelope,
         ev: IncidentEvent,
+        names: &mut Interner,
     ) -> Result<(), ProjectionError> {
         if let Some(id) = self.id {
             if id != e.incident_id {
@@ -311,6 +368,7 @@ impl IncidentState {
                 position: e.global_position,
                 recorded_at: e.recorded_at,
             },
+            names,
         );
         Ok(())
     }
@@ -366,16 +424,16 @@ impl IncidentState {
         self.claims.iter().position(|c| c.id == id)
     }
 
-    fn add_source(&mut self, s: Source) -> u32 {
+    fn add_source(&mut self, s: Source, names: &mut Interner) -> u32 {
         if let Some(i) = self.sources.iter().position(|r| r.same_as(&s)) {
             return i as u32;
         }
-        self.sources.push(SourceRec::from_source(s));
+        push_small(&mut self.sources, SourceRec::from_source(s, names));
         (self.sources.len() - 1) as u32
     }
 
     /// Applies an event that passed `check`.
-    pub(crate) fn apply_event(&mut self, ev: IncidentEvent, m: Meta) {
+    pub(crate) fn apply_event(&mut self, ev: IncidentEvent, m: Meta, names: &mut Interner) {
         if self.version == 0 {
             self.first_position = m.position;
             self.first_recorded_at = m.recorded_at;
@@ -394,58 +452,70 @@ impl IncidentState {
                     occurred_at: r.occurred_at,
                     region: r.region,
                     location: r.location,
-                    locality: r.locality.map(String::into_boxed_str),
-                    perpetrator: r.perpetrator.map(String::into_boxed_str),
-                    target: r.target.map(String::into_boxed_str),
+                    locality: names.opt(r.locality),
+                    perpetrator: names.opt(r.perpetrator),
+                    target: names.opt(r.target),
                     summary: r.summary.map(String::into_boxed_str),
                 }));
-                self.add_source(r.source);
+                self.add_source(r.source, names);
             }
-            IncidentEvent::CasualtiesReported(c) => self.apply_casualties(c),
+            IncidentEvent::CasualtiesReported(c) => self.apply_casualties(c, names),
             IncidentEvent::ClaimMade(c) => {
-                let source = c.source.map(|s| self.add_source(s));
-                self.claims.push(Claim {
-                    id: c.claim_id,
-                    claimant: c.claimant.into_boxed_str(),
-                    statement: c.statement.into_boxed_str(),
-                    attributed_to: c.attributed_to.map(String::into_boxed_str),
-                    source,
-                    recorded_at: m.recorded_at,
-                    denials: Vec::new(),
-                    assessments: Vec::new(),
-                });
-            }
-            IncidentEvent::ClaimDenied(d) => {
-                let source = d.source.map(|s| self.add_source(s));
-                if let Some(i) = self.claim(d.claim_id) {
-                    self.claims[i].denials.push(Denial {
-                        by: d.by.into_boxed_str(),
-                        statement: d.statement.map(String::into_boxed_str),
+                let source = c.source.map(|s| self.add_source(s, names));
+                push_small(
+                    &mut self.claims,
+                    Claim {
+                        id: c.claim_id,
+                        claimant: names.name(c.claimant),
+                        statement: c.statement.into_boxed_str(),
+                        attributed_to: names.opt(c.attributed_to),
                         source,
                         recorded_at: m.recorded_at,
-                    });
+                        denials: Vec::new(),
+                        assessments: Vec::new(),
+                    },
+                );
+            }
+            IncidentEvent::ClaimDenied(d) => {
+                let source = d.source.map(|s| self.add_source(s, names));
+                if let Some(i) = self.claim(d.claim_id) {
+                    push_small(
+                        &mut self.claims[i].denials,
+                        Denial {
+                            by: names.name(d.by),
+                            statement: d.statement.map(String::into_boxed_str),
+                            source,
+                            recorded_at: m.recorded_at,
+                        },
+                    );
                 }
             }
             IncidentEvent::ClaimAssessed(a) => {
                 if let Some(i) = self.claim(a.claim_id) {
-                    self.claims[i].assessments.push(AssessmentRec {
-                        assessment: a.assessment,
-                        by: a.by.into_boxed_str(),
-                        evidence: a.evidence.map(String::into_boxed_str),
-                        recorded_at: m.recorded_at,
-                    });
+                    push_small(
+                        &mut self.claims[i].assessments,
+                        AssessmentRec {
+                            assessment: a.assessment,
+                            by: names.name(a.by),
+                            evidence: a.evidence.map(String::into_boxed_str),
+                            recorded_at: m.recorded_at,
+                        },
+                    );
                 }
             }
             IncidentEvent::SourceAdded(s) => {
-                self.add_source(s.source);
+                self.add_source(s.source, names);
             }
             IncidentEvent::IncidentCorrected(c) => {
                 let fields = self.apply_correction(&c);
-                self.corrections.push(Correction {
-                    reason: c.reason.into_boxed_str(),
-                    fields,
-                    recorded_at: m.recorded_at,
-                });
+                push_small(
+                    &mut self.corrections,
+                    Correction {
+                        reason: c.reason.into_boxed_str(),
+                        fields,
+                        recorded_at: m.recorded_at,
+                    },
+                );
             }
             IncidentEvent::IncidentRetracted(r) => {
                 self.retraction = Some(Box::new(Retraction {
@@ -457,7 +527,7 @@ impl IncidentState {
         }
     }
 
-    fn apply_casualties(&mut self, c: CasualtiesReported) {
+    fn apply_casualties(&mut self, c: CasualtiesReported, names: &mut Interner) {
         let idx = self
             .casualties
             .by_source
@@ -482,16 +552,19 @@ impl IncidentState {
         let injured = c.injured;
         let idx = match idx {
             Some(i) => {
-                self.add_source(c.source);
+                self.add_source(c.source, names);
                 i
             }
             None => {
-                let source = self.add_source(c.source);
-                self.casualties.by_source.push(SourceFigures {
-                    source,
-                    killed: None,
-                    injured: None,
-                });
+                let source = self.add_source(c.source, names);
+                push_small(
+                    &mut self.casualties.by_source,
+                    SourceFigures {
+                        source,
+                        killed: None,
+                        injured: None,
+                    },
+                );
                 self.casualties.by_source.len() - 1
             }
         };
@@ -518,7 +591,10 @@ impl IncidentState {
                 }
             }
         }
-        fn set_text(dst: &mut Option<Box<str>>, v: Option<&String>, bit: u16, changed: &mut u16) {
+        fn set_text<T>(dst: &mut Option<T>, v: Option<&String>, bit: u16, changed: &mut u16)
+        where
+            T: std::ops::Deref<Target = str> + for<'a> From<&'a str>,
+        {
             if let Some(v) = v {
                 if dst.as_deref() != Some(v.as_str()) {
                     *dst = Some(v.as_str().into());
@@ -620,9 +696,18 @@ fn text_bytes(s: &Option<Box<str>>) -> usize {
     s.as_deref().map_or(0, str::len)
 }
 
+/// A shared name counts its share of the allocation.
+fn name_bytes(n: &Name) -> usize {
+    (n.len() + 16) / Arc::strong_count(n).max(1)
+}
+
+fn opt_name_bytes(n: &Option<Name>) -> usize {
+    n.as_ref().map_or(0, name_bytes)
+}
+
 impl SourceRec {
     fn heap_bytes(&self) -> usize {
-        self.name.len()
+        name_bytes(&self.name)
             + self.extra.as_deref().map_or(0, |x| {
                 std::mem::size_of::<SourceExtra>() + text_bytes(&x.url) + text_bytes(&x.archive_url)
             })
@@ -635,9 +720,9 @@ impl IncidentState {
         use std::mem::size_of;
         let core = self.core.as_deref().map_or(0, |c| {
             size_of::<Core>()
-                + text_bytes(&c.locality)
-                + text_bytes(&c.perpetrator)
-                + text_bytes(&c.target)
+                + opt_name_bytes(&c.locality)
+                + opt_name_bytes(&c.perpetrator)
+                + opt_name_bytes(&c.target)
                 + text_bytes(&c.summary)
         });
         let retraction = self
@@ -656,18 +741,18 @@ impl IncidentState {
                 .claims
                 .iter()
                 .map(|c| {
-                    c.claimant.len()
+                    name_bytes(&c.claimant)
                         + c.statement.len()
-                        + text_bytes(&c.attributed_to)
+                        + opt_name_bytes(&c.attributed_to)
                         + c.denials.capacity() * size_of::<Denial>()
                         + c.denials
                             .iter()
-                            .map(|d| d.by.len() + text_bytes(&d.statement))
+                            .map(|d| name_bytes(&d.by) + text_bytes(&d.statement))
                             .sum::<usize>()
                         + c.assessments.capacity() * size_of::<AssessmentRec>()
                         + c.assessments
                             .iter()
-                            .map(|a| a.by.len() + text_bytes(&a.evidence))
+                            .map(|a| name_bytes(&a.by) + text_bytes(&a.evidence))
                             .sum::<usize>()
                 })
                 .sum::<usize>();

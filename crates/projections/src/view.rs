@@ -96,7 +96,7 @@ pub struct IncidentView {
     pub last_recorded_at: DateTime<Utc>,
 }
 
-fn s(b: &Option<Box<str>>) -> Option<String> {
+fn s<T: std::ops::Deref<Target = str>>(b: &Option<T>) -> Option<String> {
     b.as_deref().map(str::to_owned)
 }
 
