@@ -141,8 +141,8 @@ fn plan(rng: &mut Rng) -> Vec<IncidentEvent> {
                 injured: rng.chance(70).then(|| rng.below(80) as u32),
                 killed_low: ranged.then(|| killed.saturating_sub(2)),
                 killed_high: ranged.then_some(killed + 3),
-                civilians_killed: rng.chance(50).then(|| killed / 2),
-                children_killed: rng.chance(20).then(|| killed / 8),
+                civilians_killed: rng.chance(50).then_some(killed / 2),
+                children_killed: rng.chance(20).then_some(killed / 8),
             })
         } else if r < 60 {
             IncidentEvent::SourceAdded(SourceAdded {

@@ -52,10 +52,8 @@ pub fn decide(
         }
         let future = |t: &crate::OccurredAt| t.to_datetime() > limit;
         match &te.event {
-            IncidentEvent::IncidentReported(r) => {
-                if future(&r.occurred_at) {
-                    err(Some("occurred_at"), future_msg(&r.occurred_at, now));
-                }
+            IncidentEvent::IncidentReported(r) if future(&r.occurred_at) => {
+                err(Some("occurred_at"), future_msg(&r.occurred_at, now));
             }
             IncidentEvent::IncidentCorrected(c) => {
                 if let Some(t) = c.occurred_at.as_ref().filter(|t| future(t)) {

@@ -375,49 +375,43 @@ impl IncidentState {
 
     /// The rules every stored event obeys (also checked by `decide`).
     pub(crate) fn check(&self, ev: &IncidentEvent) -> Result<(), RuleError> {
-        match ev {
-            IncidentEvent::IncidentReported(_) => {
-                if self.version > 0 || self.core.is_some() {
-                    return Err((
-                        None,
-                        "IncidentReported must be the first event of an incident and occurs only once; \
-                         this incident already exists (use IncidentCorrected to change it)"
-                            .into(),
-                    ));
-                }
-            }
-            _ if self.core.is_none() => {
-                return Err((
-                    None,
-                    format!(
-                        "the first event of an incident must be IncidentReported, not {}",
-                        ev.event_type()
-                    ),
-                ));
-            }
-            IncidentEvent::ClaimMade(c) => {
-                if self.claim(c.claim_id).is_some() {
-                    return Err((
-                        Some("claim_id"),
-                        format!(
-                            "claim {} already exists in this incident; claim ids must be new",
-                            c.claim_id
-                        ),
-                    ));
-                }
-            }
-            IncidentEvent::ClaimDenied(ClaimDenied { claim_id, .. })
-            | IncidentEvent::ClaimAssessed(ClaimAssessed { claim_id, .. }) => {
-                if self.claim(*claim_id).is_none() {
-                    return Err((
-                        Some("claim_id"),
-                        format!("claim {claim_id} does not exist in this incident (record it with ClaimMade first)"),
-                    ));
-                }
-            }
-            _ => {}
+        let reported = matches!(ev, IncidentEvent::IncidentReported(_));
+        if reported && (self.version > 0 || self.core.is_some()) {
+            return Err((
+                None,
+                "IncidentReported must be the first event of an incident and occurs only once; \
+                 this incident already exists (use IncidentCorrected to change it)"
+                    .into(),
+            ));
         }
-        Ok(())
+        if !reported && self.core.is_none() {
+            return Err((
+                None,
+                format!(
+                    "the first event of an incident must be IncidentReported, not {}",
+                    ev.event_type()
+                ),
+            ));
+        }
+        let (claim_id, must_exist) = match ev {
+            IncidentEvent::ClaimMade(c) => (c.claim_id, false),
+            IncidentEvent::ClaimDenied(ClaimDenied { claim_id, .. })
+            | IncidentEvent::ClaimAssessed(ClaimAssessed { claim_id, .. }) => (*claim_id, true),
+            _ => return Ok(()),
+        };
+        match (self.claim(claim_id).is_some(), must_exist) {
+            (true, false) => Err((
+                Some("claim_id"),
+                format!("claim {claim_id} already exists in this incident; claim ids must be new"),
+            )),
+            (false, true) => Err((
+                Some("claim_id"),
+                format!(
+                    "claim {claim_id} does not exist in this incident (record it with ClaimMade first)"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn claim(&self, id: Uuid) -> Option<usize> {

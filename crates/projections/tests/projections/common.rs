@@ -80,9 +80,8 @@ impl Log {
             .collect();
         let typed = parse_events(&Value::Array(body), "/events")?;
         decide(&self.state(incident), &typed, now(), "/events")?;
-        let mut version = self.version(incident);
-        for t in typed {
-            version += 1;
+        let base = self.version(incident);
+        for (version, t) in (base + 1..).zip(typed) {
             let position = self.recs.len() as u64 + 1;
             self.recs.push(Rec {
                 position,
@@ -135,9 +134,8 @@ impl Log {
             let incident: Uuid = v["incident_id"].as_str().unwrap().parse().unwrap();
             let typed = parse_events(&v["events"], "/events").unwrap();
             decide(&self.state(incident), &typed, now(), "/events").unwrap();
-            let mut version = self.version(incident);
-            for t in typed {
-                version += 1;
+            let base = self.version(incident);
+            for (version, t) in (base + 1..).zip(typed) {
                 let position = self.recs.len() as u64 + 1;
                 self.recs.push(Rec {
                     position,

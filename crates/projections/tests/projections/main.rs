@@ -1,4 +1,6 @@
 //! Integration tests of incidentlog-projections (one test binary).
+// Test tables are tuples by design.
+#![allow(clippy::type_complexity)]
 mod common;
 mod props;
 mod rules;

@@ -1,5 +1,6 @@
 //! The shared seed incidents, with their summaries computed by hand.
 use crate::common::*;
+
 use incidentlog_projections::*;
 use serde_json::json;
 
@@ -102,10 +103,10 @@ fn seed_summaries_as_of_and_windows() {
 fn seed_incident_view() {
     let log = seed_log();
     let p = log.projection();
-    let v = serde_json::to_value(p.incident(id(0xa01).into()).unwrap_or_else(|| {
+    let v = serde_json::to_value(
         p.incident("5f0c7a52-3c1e-4d6b-9a51-0b7c2f9e1a01".parse().unwrap())
-            .unwrap()
-    }))
+            .unwrap(),
+    )
     .unwrap();
     assert_eq!(v["kind"], "missile_strike");
     assert_eq!(v["occurred_at"], "2026-01-02");
