@@ -3,8 +3,10 @@
 # Every wait is bounded.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="${INCIDENTLOG_BIN:-$ROOT/target/release/incidentlog}"
-LOAD="${INCIDENTLOG_LOAD_BIN:-$ROOT/target/release/incidentlog-load}"
+# release (default) or debug: CI's short drills reuse the debug build `make test` already made.
+PROFILE="${INCIDENTLOG_PROFILE:-release}"
+BIN="${INCIDENTLOG_BIN:-$ROOT/target/$PROFILE/incidentlog}"
+LOAD="${INCIDENTLOG_LOAD_BIN:-$ROOT/target/$PROFILE/incidentlog-load}"
 export RUST_BACKTRACE=0
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -15,8 +17,10 @@ now_ns() { date +%s%N; }
 secs_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 
 build_release() {
-  log "building release binaries (incidentlog, incidentlog-load)"
-  (cd "$ROOT" && cargo build --release -p incidentlog -p incidentlog-bench --bins) >&2
+  log "building $PROFILE binaries (incidentlog, incidentlog-load)"
+  local flag=()
+  [[ "$PROFILE" == release ]] && flag=(--release)
+  (cd "$ROOT" && cargo build "${flag[@]}" -p incidentlog -p incidentlog-bench --bins) >&2
   [[ -x "$BIN" ]] || die "no $BIN after the build"
   [[ -x "$LOAD" ]] || die "no $LOAD after the build"
 }

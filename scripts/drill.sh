@@ -6,6 +6,7 @@
 #                                outage, 1,200 hostile requests, fuzzing for a bounded time)
 #   scripts/drill.sh --quick     the short version CI runs (a few minutes)
 #   scripts/drill.sh --only kill9,hostile   a subset (kill9 enospc damage pg hostile fuzz)
+#   INCIDENTLOG_PROFILE=debug scripts/drill.sh --quick   on the debug build (CI: no release build)
 #
 # Loopback only; every loop bounded. ENOSPC needs root (a small tmpfs); without it that drill
 # is reported as skipped.
@@ -312,7 +313,9 @@ drill_fuzz() {
     done
   fi
   log "stable fuzz fallback: the same targets over seeds + mutations, bounded"
-  FUZZ_FALLBACK_SECS=$(( QUICK == 1 ? 20 : 60 )) timeout 900 cargo test -q --release -p incidentlog-bench --features fuzzing \
+  local flag=()
+  [[ "$PROFILE" == release ]] && flag=(--release)
+  FUZZ_FALLBACK_SECS=$(( QUICK == 1 ? 15 : 60 )) timeout 900 cargo test -q "${flag[@]}" -p incidentlog-bench --features fuzzing \
     --test fuzz_fallback -- --nocapture >"$WORK/fuzz-fallback.log" 2>&1 \
     || { tail -n 40 "$WORK/fuzz-fallback.log" >&2; die "fuzz fallback found a failure"; }
   summary+="fallback: $(grep -E '^FUZZ ' "$WORK/fuzz-fallback.log" | sed 's/^FUZZ //' | tr '\n' ' ')"
