@@ -99,8 +99,10 @@ async fn main() {
     };
     let log_events: u64 = if quick { 200_000 } else { 1_000_000 };
 
+    // `INCIDENTLOG_BENCH_ONLY=log` skips the append figures (for profiling the read side).
+    let only_log = std::env::var("INCIDENTLOG_BENCH_ONLY").is_ok_and(|v| v == "log");
     let mut by_64 = 0.0;
-    for appenders in [1, 16, 64] {
+    for appenders in [1, 16, 64].into_iter().filter(|_| !only_log) {
         let rate = append_throughput(appenders, run).await;
         if appenders == 64 {
             by_64 = rate;
@@ -112,25 +114,30 @@ async fn main() {
             &format!("durable appends, {appenders} concurrent appenders"),
         );
     }
-    let disk = sync_per_event(run);
-    report(
-        "fsync_per_event",
-        disk,
-        "events/s",
-        "one fdatasync per 300-byte write",
-    );
-    report(
-        "append_64_vs_fsync",
-        by_64 / disk,
-        "x",
-        "64 appenders / one-sync-per-event",
-    );
+    if !only_log {
+        let disk = sync_per_event(run);
+        report(
+            "fsync_per_event",
+            disk,
+            "events/s",
+            "one fdatasync per 300-byte write",
+        );
+        report(
+            "append_64_vs_fsync",
+            by_64 / disk,
+            "x",
+            "64 appenders / one-sync-per-event",
+        );
+    }
 
     // Build a log of `log_events` events (relaxed, in large batches), then reopen it.
-    let dir = tempfile::tempdir().unwrap();
-    let mut opts = OpenOptions::new(dir.path());
+    // `INCIDENTLOG_BENCH_LOG_DIR` keeps (and reuses) the log between runs.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::env::var_os("INCIDENTLOG_BENCH_LOG_DIR")
+        .map_or_else(|| tmp.path().to_path_buf(), std::path::PathBuf::from);
+    let mut opts = OpenOptions::new(&dir);
     opts.durability = Durability::Relaxed;
-    {
+    if !dir.join("log").exists() {
         let store = FileStore::open(&opts).await.unwrap();
         let streams: Vec<Uuid> = (0..log_events / 5).map(|_| Uuid::new_v4()).collect();
         let mut i = 0u64;
@@ -144,6 +151,10 @@ async fn main() {
             }
         }
         store.close().await.unwrap();
+    }
+    let opens = std::env::var("INCIDENTLOG_BENCH_OPENS").map_or(1, |v| v.parse().unwrap_or(1));
+    for _ in 1..opens {
+        drop(FileStore::open(&opts).await.unwrap());
     }
     let start = Instant::now();
     let store = FileStore::open(&opts).await.unwrap();
@@ -165,6 +176,16 @@ async fn main() {
     let start = Instant::now();
     let mut after = 0;
     let mut n = 0u64;
+    let reads = std::env::var("INCIDENTLOG_BENCH_READS").map_or(1, |v| v.parse().unwrap_or(1));
+    for _ in 1..reads {
+        let mut after = 0;
+        loop {
+            let page = store.read_all(after, 10_000).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.global_position;
+        }
+    }
+    let start = if reads > 1 { Instant::now() } else { start };
     loop {
         let page = store.read_all(after, 10_000).await.unwrap();
         let Some(last) = page.last() else { break };

@@ -83,6 +83,62 @@ impl std::hash::Hash for IdKey {
     }
 }
 
+/// Event id -> position: a 12-byte entry keyed by 64 bits of the id; an id whose key is taken
+/// goes to a small exact table. A hit in the main table is a candidate to confirm.
+#[derive(Default)]
+pub(crate) struct IdTable {
+    ids: HashMap<IdKey, u32, MixState>,
+    overflow: HashMap<Uuid, u32, MixState>,
+}
+
+impl IdTable {
+    pub(crate) fn with_capacity(n: usize) -> IdTable {
+        IdTable {
+            ids: HashMap::with_capacity_and_hasher(n, MixState::default()),
+            overflow: HashMap::default(),
+        }
+    }
+
+    pub(crate) fn insert(&mut self, event_id: Uuid, position: u32) {
+        match self.ids.entry(IdKey::of(&event_id)) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.overflow.insert(event_id, position);
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(position);
+            }
+        }
+    }
+
+    fn lookup(&self, id: &Uuid) -> IdLookup {
+        if let Some(p) = self.overflow.get(id) {
+            return IdLookup::Exact(u64::from(*p));
+        }
+        match self.ids.get(&IdKey::of(id)) {
+            Some(p) => IdLookup::Candidate(u64::from(*p)),
+            None => IdLookup::Absent,
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        table(&self.ids) + table(&self.overflow)
+    }
+}
+
+/// Bytes of a hash table, from its capacity (hashbrown: power-of-two buckets at 7/8 load,
+/// one control byte per bucket).
+fn table<K, V, S>(m: &HashMap<K, V, S>) -> usize {
+    let cap = m.capacity();
+    let buckets = if cap == 0 {
+        0
+    } else if cap < 8 {
+        (cap + 1).next_power_of_two()
+    } else {
+        (cap * 8 / 7).next_power_of_two()
+    };
+    buckets * (std::mem::size_of::<(K, V)>() + 1)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct StreamMeta {
     pub last: u32,
@@ -112,8 +168,7 @@ pub(crate) struct Index {
     recorded_at: Vec<i64>,
     stream_prev: Vec<u32>,
     streams: HashMap<Uuid, StreamMeta, MixState>,
-    ids: HashMap<IdKey, u32, MixState>,
-    id_overflow: HashMap<Uuid, u32, MixState>,
+    pub ids: IdTable,
     pub head: Head,
     pub last_recorded_at: i64,
 }
@@ -135,8 +190,7 @@ impl Index {
             recorded_at: Vec::new(),
             stream_prev: Vec::new(),
             streams: HashMap::default(),
-            ids: HashMap::default(),
-            id_overflow: HashMap::default(),
+            ids: IdTable::default(),
             head: Head::default(),
             last_recorded_at: i64::MIN,
         }
@@ -152,17 +206,23 @@ impl Index {
     }
 
     pub(crate) fn lookup_id(&self, id: &Uuid) -> IdLookup {
-        if let Some(p) = self.id_overflow.get(id) {
-            return IdLookup::Exact(u64::from(*p));
-        }
-        match self.ids.get(&IdKey::of(id)) {
-            Some(p) => IdLookup::Candidate(u64::from(*p)),
-            None => IdLookup::Absent,
-        }
+        self.ids.lookup(id)
     }
 
     /// Adds the next event (position `len() + 1`), which lives in the last segment.
     pub(crate) fn push(&mut self, offset: u32, recorded_at: i64, stream_id: Uuid, event_id: Uuid) {
+        let position = self.push_without_id(offset, recorded_at, stream_id).0;
+        self.ids.insert(event_id, position);
+    }
+
+    /// [`Index::push`] minus the event-id table (recovery fills that one on another thread).
+    /// Returns the position and the stream version given to the event.
+    pub(crate) fn push_without_id(
+        &mut self,
+        offset: u32,
+        recorded_at: i64,
+        stream_id: Uuid,
+    ) -> (u32, u32) {
         let position = self.offsets.len() as u32 + 1;
         self.offsets.push(offset);
         self.recorded_at.push(recorded_at);
@@ -174,15 +234,7 @@ impl Index {
         self.stream_prev.push(entry.last);
         entry.last = position;
         entry.version += 1;
-        let key = IdKey::of(&event_id);
-        match self.ids.entry(key) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.id_overflow.insert(event_id, position);
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(position);
-            }
-        }
+        (position, entry.version)
     }
 
     fn segment_of(&self, position: u64) -> usize {
@@ -274,23 +326,11 @@ impl Index {
 
     /// Bytes held by the index structures, from their capacities.
     pub(crate) fn memory_bytes(&self) -> usize {
-        fn table<K, V, S>(m: &HashMap<K, V, S>) -> usize {
-            let cap = m.capacity();
-            let buckets = if cap == 0 {
-                0
-            } else if cap < 8 {
-                (cap + 1).next_power_of_two()
-            } else {
-                (cap * 8 / 7).next_power_of_two()
-            };
-            buckets * (std::mem::size_of::<(K, V)>() + 1)
-        }
         self.offsets.capacity() * 4
             + self.recorded_at.capacity() * 8
             + self.stream_prev.capacity() * 4
             + table(&self.streams)
-            + table(&self.ids)
-            + table(&self.id_overflow)
+            + self.ids.memory_bytes()
             + self.segments.capacity() * std::mem::size_of::<Segment>()
     }
 
@@ -299,7 +339,6 @@ impl Index {
         self.offsets.reserve(events);
         self.recorded_at.reserve(events);
         self.stream_prev.reserve(events);
-        self.ids.reserve(events);
     }
 
     pub(crate) fn shrink(&mut self) {

@@ -5,8 +5,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use uuid::Uuid;
+
 use super::format::{self, FrameError, RecordMeta, RecordView, HEADER_LEN};
-use super::index::{Index, Segment, MAX_POSITION};
+use super::index::{IdTable, Index, Segment, MAX_POSITION};
 use crate::{Head, StoreError, VerifyReport};
 
 /// Bytes read per syscall while scanning.
@@ -137,6 +139,20 @@ struct AppendState {
     /// Offset where the append in progress starts.
     start_offset: u64,
     last_committed: Option<(usize, u64)>,
+    /// Committed (event id, position) pairs not yet sent to the id-table thread.
+    ids: Vec<(Uuid, u32)>,
+    ids_tx: std::sync::mpsc::Sender<Vec<(Uuid, u32)>>,
+}
+
+/// Ids are handed to the id-table thread in batches of this many.
+const ID_BATCH: usize = 16 * 1024;
+
+impl AppendState {
+    fn flush_ids(&mut self) {
+        let batch = std::mem::replace(&mut self.ids, Vec::with_capacity(ID_BATCH));
+        // The receiver only goes away if its thread panicked; join reports that.
+        let _ = self.ids_tx.send(batch);
+    }
 }
 
 /// Scans every segment, rebuilds the index, cuts a torn tail. Creates the first segment of
@@ -150,7 +166,7 @@ pub(crate) fn recover(log_dir: &Path) -> Result<Recovered, StoreError> {
         .filter_map(|(_, p)| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
-    index.reserve((total / 350) as usize);
+    index.reserve((total / 300) as usize);
 
     // A last segment whose header never fully reached the disk was being created: drop it.
     if let Some((_, path)) = segments.last() {
@@ -178,11 +194,28 @@ pub(crate) fn recover(log_dir: &Path) -> Result<Recovered, StoreError> {
         segments.push((1, path));
     }
 
+    // The event-id table is the costliest index (a random access per event): build it on a
+    // second thread while this one scans and builds the rest.
+    let (ids_tx, ids_rx) = std::sync::mpsc::channel::<Vec<(Uuid, u32)>>();
+    let expected_events = (total / 300) as usize;
+    let id_thread = std::thread::Builder::new()
+        .name("incidentlog-open-ids".into())
+        .spawn(move || {
+            let mut table = IdTable::with_capacity(expected_events);
+            for batch in ids_rx {
+                for (id, position) in batch {
+                    table.insert(id, position);
+                }
+            }
+            table
+        })?;
     let count = segments.len();
     let mut state = AppendState {
         pending: Vec::new(),
         start_offset: HEADER_LEN as u64,
         last_committed: None,
+        ids: Vec::with_capacity(ID_BATCH),
+        ids_tx,
     };
     let mut active_len = 0;
     for (seg_idx, (name_first, path)) in segments.iter().enumerate() {
@@ -269,6 +302,12 @@ pub(crate) fn recover(log_dir: &Path) -> Result<Recovered, StoreError> {
         }
     }
 
+    state.flush_ids();
+    drop(state.ids_tx);
+    index.ids = id_thread
+        .join()
+        .map_err(|_| StoreError::Unavailable("building the event-id index failed".into()))?;
+
     // Head hash: the chain hash of the last record.
     if let Some((seg, offset)) = state.last_committed {
         let s = &index.segments[seg];
@@ -341,17 +380,6 @@ fn on_record(
             state.start_offset = offset;
         }
     }
-    let expected_version = index.stream_version(&m.stream_id) + u64::from(m.append_index) + 1;
-    if m.stream_version != expected_version {
-        return Err(corrupt(
-            path,
-            offset,
-            format!(
-                "stream version {} where {expected_version} was expected",
-                m.stream_version
-            ),
-        ));
-    }
     if m.recorded_at < index.last_recorded_at
         || state
             .pending
@@ -363,7 +391,21 @@ fn on_record(
     state.pending.push((offset as u32, *m));
     if m.append_index + 1 == m.append_len {
         for (off, meta) in state.pending.drain(..) {
-            index.push(off, meta.recorded_at, meta.stream_id, meta.event_id);
+            let (position, version) = index.push_without_id(off, meta.recorded_at, meta.stream_id);
+            if u64::from(version) != meta.stream_version {
+                return Err(corrupt(
+                    path,
+                    u64::from(off),
+                    format!(
+                        "stream version {} where {version} was expected",
+                        meta.stream_version
+                    ),
+                ));
+            }
+            state.ids.push((meta.event_id, position));
+        }
+        if state.ids.len() >= ID_BATCH {
+            state.flush_ids();
         }
         index.segments[seg_idx].len = offset + v.total_len as u64;
         state.last_committed = Some((seg_idx, offset));
