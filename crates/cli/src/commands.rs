@@ -37,13 +37,13 @@ fn progress_bar(len: Option<u64>, what: &str) -> indicatif::ProgressBar {
     let bar = match len {
         Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()).with_style(
             ProgressStyle::with_template(&format!(
-                "{{spinner}} {{wide_bar}} {{human_pos}}/{{human_len}} {what} ({{per_sec}}, {{eta}} left)"
+                "{{spinner}} [{{wide_bar}}] {{human_pos}}/{{human_len}} {what} ({{eta}} left)"
             ))
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         ),
         None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
             ProgressStyle::with_template(&format!(
-                "{{spinner}} {{human_pos}} {what} ({{per_sec}}, {{elapsed}})"
+                "{{spinner}} {{human_pos}} {what} ({{elapsed}})"
             ))
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         ),
@@ -117,7 +117,8 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
         let v = serde_json::json!({
             "events": report.events,
             "at_position": target,
-            "duration_ms": report.duration_ms,
+            "duration_ms": elapsed.as_millis() as u64,
+            "fold_ms": report.duration_ms,
             "events_per_sec": rate,
             "digest": report.digest,
             "incidents": report.incidents,
@@ -127,7 +128,12 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     } else {
         writeln!(out, "events:      {}", report.events)?;
         writeln!(out, "at_position: {target}")?;
-        writeln!(out, "duration:    {} ms", report.duration_ms)?;
+        writeln!(
+            out,
+            "duration:    {} ms (fold {} ms, then digest and counts)",
+            elapsed.as_millis(),
+            report.duration_ms
+        )?;
         writeln!(out, "rate:        {rate} events/s")?;
         writeln!(out, "digest:      {}", report.digest)?;
         writeln!(out, "incidents:   {}", report.incidents)?;
