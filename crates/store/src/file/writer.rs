@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::format::{self, RecordMeta, HEADER_LEN};
-use super::index::{IdLookup, Segment, MAX_POSITION};
+use super::index::{IdLookup, MixState, Segment, MAX_POSITION};
 use super::io::{LogFile, LogIo};
 use super::{read_record, Shared};
 use crate::{AppendOutcome, AppendRequest, Durability, ExpectedVersion, Head, StoreError};
@@ -66,8 +66,8 @@ struct Existing {
 /// Events accepted earlier in the batch, not yet durable.
 #[derive(Default)]
 struct BatchCtx {
-    streams: HashMap<Uuid, u64>,
-    ids: HashMap<Uuid, (usize, usize, usize, RecordMeta)>,
+    streams: HashMap<Uuid, u64, MixState>,
+    ids: HashMap<Uuid, (usize, usize, usize, RecordMeta), MixState>,
     /// (segment offset, recorded_at, stream, event id) of every record in the buffer.
     entries: Vec<(u32, i64, Uuid, Uuid)>,
 }
@@ -364,14 +364,25 @@ impl Writer {
                 "an append needs at least one event".into(),
             ));
         }
-        let mut seen = HashSet::with_capacity(n);
-        for e in &req.events {
-            if !seen.insert(e.event_id) {
-                return Err(StoreError::InvalidInput(format!(
-                    "event id {} appears twice in one append",
-                    e.event_id
-                )));
-            }
+        // Most appends carry one or a few events: compare pairs rather than build a set.
+        let dup = if n <= 16 {
+            (1..n).find_map(|i| {
+                let id = req.events[i].event_id;
+                req.events[..i]
+                    .iter()
+                    .any(|e| e.event_id == id)
+                    .then_some(id)
+            })
+        } else {
+            let mut seen = HashSet::with_capacity(n);
+            req.events
+                .iter()
+                .find_map(|e| (!seen.insert(e.event_id)).then_some(e.event_id))
+        };
+        if let Some(id) = dup {
+            return Err(StoreError::InvalidInput(format!(
+                "event id {id} appears twice in one append"
+            )));
         }
         if request_bytes(req) > MAX_APPEND_BYTES {
             return Err(StoreError::InvalidInput(format!(
