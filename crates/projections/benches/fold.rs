@@ -3,6 +3,8 @@
 //! Prints one `BENCH name=value unit` line per figure.
 use std::time::Instant;
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use incidentlog_projections::*;
 use serde_json::value::RawValue;
@@ -74,7 +76,7 @@ struct Rec {
     recorded_at: DateTime<Utc>,
 }
 
-fn text(rng: &mut Rng, words: usize) -> String {
+fn text(rng: &mut Rng, words: usize) -> Cow<'static, str> {
     let mut s = String::new();
     for i in 0..words {
         if i > 0 {
@@ -82,16 +84,17 @@ fn text(rng: &mut Rng, words: usize) -> String {
         }
         s.push_str(rng.pick(&WORDS));
     }
-    s
+    s.into()
 }
 
-fn source(rng: &mut Rng) -> Source {
-    let name = (rng.pick(&SOURCES)).to_owned();
+fn source(rng: &mut Rng) -> Source<'static> {
+    let i = rng.below(SOURCES.len() as u64) as usize;
     let with_url = rng.chance(30);
     Source {
-        url: with_url.then(|| format!("https://news.example.org/{}", rng.below(1_000_000))),
-        kind: Some(rng.pick(SourceKind::ALL)),
-        name,
+        name: SOURCES[i].into(),
+        // each source has its own kind
+        kind: Some(SourceKind::ALL[i % SourceKind::ALL.len()]),
+        url: with_url.then(|| format!("https://news.example.org/{}", rng.below(1_000_000)).into()),
         archive_url: None,
         published_at: None,
         sha256: None,
@@ -109,7 +112,7 @@ fn day(rng: &mut Rng) -> OccurredAt {
 }
 
 /// The plan of one incident: its events in stream order.
-fn plan(rng: &mut Rng) -> Vec<IncidentEvent> {
+fn plan(rng: &mut Rng) -> Vec<IncidentEvent<'static>> {
     let mut ev = Vec::new();
     let occurred_at = day(rng);
     ev.push(IncidentEvent::IncidentReported(IncidentReported {
@@ -117,7 +120,7 @@ fn plan(rng: &mut Rng) -> Vec<IncidentEvent> {
         occurred_at,
         time_precision: Some(TimePrecision::default_for(&occurred_at)),
         region: Region::parse(rng.pick(&REGIONS)).unwrap(),
-        locality: Some(format!("Settlement {}", rng.below(5000))),
+        locality: Some(format!("Settlement {}", rng.below(5000)).into()),
         location: Some(Location {
             lat: 44.0 + rng.below(8_000_000) as f64 / 1e6,
             lon: 22.0 + rng.below(18_000_000) as f64 / 1e6,
@@ -206,7 +209,7 @@ fn plan(rng: &mut Rng) -> Vec<IncidentEvent> {
 fn generate(target: usize) -> Vec<Rec> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut out = Vec::with_capacity(target + 64);
-    let mut open: Vec<(Uuid, u64, std::vec::IntoIter<IncidentEvent>)> = Vec::new();
+    let mut open: Vec<(Uuid, u64, std::vec::IntoIter<IncidentEvent<'static>>)> = Vec::new();
     let t0 = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
     while out.len() < target {
         while open.len() < 1000 {

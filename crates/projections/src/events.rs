@@ -175,14 +175,15 @@ impl<'de> Deserialize<'de> for Sha256 {
 /// Who said it (Berkeley Protocol: keep the URL, an archive copy and the evidence hash).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Source {
-    pub name: String,
+pub struct Source<'a> {
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<SourceKind>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub archive_url: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub url: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub archive_url: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_at: Option<OccurredAt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,30 +207,32 @@ fn exact() -> LocationPrecision {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IncidentReported {
+pub struct IncidentReported<'a> {
     pub kind: Kind,
     pub occurred_at: OccurredAt,
     /// Filled with the default (`exact` for a timestamp, `day` for a date) by `parse_events`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_precision: Option<TimePrecision>,
     pub region: Region,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub perpetrator: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub summary: Option<String>,
-    pub source: Source,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub perpetrator: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub source: Source<'a>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CasualtiesReported {
-    pub source: Source,
+pub struct CasualtiesReported<'a> {
+    #[serde(borrow)]
+    pub source: Source<'a>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub killed: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -246,47 +249,53 @@ pub struct CasualtiesReported {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClaimMade {
+pub struct ClaimMade<'a> {
     pub claim_id: Uuid,
-    pub claimant: String,
-    pub statement: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attributed_to: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<Source>,
+    #[serde(borrow)]
+    pub claimant: Cow<'a, str>,
+    #[serde(borrow)]
+    pub statement: Cow<'a, str>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub attributed_to: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source<'a>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClaimDenied {
+pub struct ClaimDenied<'a> {
     pub claim_id: Uuid,
-    pub by: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub statement: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<Source>,
+    #[serde(borrow)]
+    pub by: Cow<'a, str>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source<'a>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClaimAssessed {
+pub struct ClaimAssessed<'a> {
     pub claim_id: Uuid,
     pub assessment: Assessment,
-    pub by: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evidence: Option<String>,
+    #[serde(borrow)]
+    pub by: Cow<'a, str>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Cow<'a, str>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SourceAdded {
-    pub source: Source,
+pub struct SourceAdded<'a> {
+    #[serde(borrow)]
+    pub source: Source<'a>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IncidentCorrected {
-    pub reason: String,
+pub struct IncidentCorrected<'a> {
+    #[serde(borrow)]
+    pub reason: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<Kind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -296,37 +305,38 @@ pub struct IncidentCorrected {
     pub time_precision: Option<TimePrecision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<Region>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub perpetrator: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub summary: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub perpetrator: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Cow<'a, str>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IncidentRetracted {
-    pub reason: String,
+pub struct IncidentRetracted<'a> {
+    #[serde(borrow)]
+    pub reason: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate_of: Option<Uuid>,
 }
 
 /// One domain event.
 #[derive(Clone, Debug, PartialEq)]
-pub enum IncidentEvent {
-    IncidentReported(IncidentReported),
-    CasualtiesReported(CasualtiesReported),
-    ClaimMade(ClaimMade),
-    ClaimDenied(ClaimDenied),
-    ClaimAssessed(ClaimAssessed),
-    SourceAdded(SourceAdded),
-    IncidentCorrected(IncidentCorrected),
-    IncidentRetracted(IncidentRetracted),
+pub enum IncidentEvent<'a> {
+    IncidentReported(IncidentReported<'a>),
+    CasualtiesReported(CasualtiesReported<'a>),
+    ClaimMade(ClaimMade<'a>),
+    ClaimDenied(ClaimDenied<'a>),
+    ClaimAssessed(ClaimAssessed<'a>),
+    SourceAdded(SourceAdded<'a>),
+    IncidentCorrected(IncidentCorrected<'a>),
+    IncidentRetracted(IncidentRetracted<'a>),
 }
 
 /// The eight event type names, in SPEC order.
@@ -341,7 +351,7 @@ pub const EVENT_TYPES: [&str; 8] = [
     "IncidentRetracted",
 ];
 
-impl IncidentEvent {
+impl<'a> IncidentEvent<'a> {
     pub fn event_type(&self) -> &'static str {
         match self {
             IncidentEvent::IncidentReported(_) => EVENT_TYPES[0],
@@ -357,7 +367,8 @@ impl IncidentEvent {
 
     /// Decodes stored data (the fast path of the fold: serde straight into the typed structs;
     /// unknown fields are an error).
-    pub fn decode(event_type: &str, data: &str) -> Result<IncidentEvent, DecodeError> {
+    /// Strings without escapes are borrowed from `data`.
+    pub fn decode(event_type: &str, data: &'a str) -> Result<IncidentEvent<'a>, DecodeError> {
         use serde_json::from_str as de;
         let r = match event_type {
             "IncidentReported" => de(data).map(IncidentEvent::IncidentReported),
@@ -398,7 +409,7 @@ pub enum DecodeError {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TypedEvent {
     pub event_id: Uuid,
-    pub event: IncidentEvent,
+    pub event: IncidentEvent<'static>,
 }
 
 impl TypedEvent {

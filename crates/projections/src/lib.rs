@@ -42,7 +42,7 @@ pub use time::{OccurredAt, Window};
 pub use validate::{parse_events, MAX_COUNT, MAX_NAME_CHARS, MAX_TEXT_CHARS, MAX_URL_BYTES};
 pub use view::{
     AssessmentView, ByKind, CasualtiesView, ClaimCounts, ClaimView, CorrectionView, DenialView,
-    Figure, IncidentView, RegionSummary, RetractionView, StrikeCounts,
+    Figure, IncidentView, RegionSummary, RetractionView, SourceView, StrikeCounts,
 };
 
 /// A recorded event, borrowed from any store.

@@ -1,10 +1,12 @@
 //! The fold of one incident's stream: decision state and the data of its view.
 use chrono::{DateTime, Utc};
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::events::*;
+use crate::view::SourceView;
 use crate::{Envelope, OccurredAt, ProjectionError, Region};
 
 /// A name-like text (source, actor, place): these repeat across incidents, so a projection
@@ -30,25 +32,33 @@ impl Interner {
         Interner::default()
     }
 
-    pub(crate) fn name(&mut self, s: String) -> Name {
+    pub(crate) fn name(&mut self, s: Cow<'_, str>) -> Name {
         if !self.on {
-            return s.into();
+            return Name::from(&*s);
         }
-        if let Some(n) = self.set.get(s.as_str()) {
+        if let Some(n) = self.set.get(&*s) {
             return n.clone();
         }
-        let n: Name = s.into();
+        let n = Name::from(&*s);
         self.set.insert(n.clone());
         n
     }
 
-    fn opt(&mut self, s: Option<String>) -> Option<Name> {
+    fn opt(&mut self, s: Option<Cow<'_, str>>) -> Option<Name> {
         s.map(|s| self.name(s))
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
         self.set.capacity() * (std::mem::size_of::<Name>() + 1)
             + self.set.iter().map(|n| n.len() + 16).sum::<usize>()
+    }
+}
+
+/// An owned copy of decoded text (no copy when serde already had to allocate it).
+fn boxed(c: Cow<'_, str>) -> Box<str> {
+    match c {
+        Cow::Borrowed(s) => s.into(),
+        Cow::Owned(s) => s.into_boxed_str(),
     }
 }
 
@@ -78,15 +88,15 @@ pub(crate) struct SourceExtra {
 }
 
 impl SourceRec {
-    fn from_source(s: Source, names: &mut Interner) -> SourceRec {
+    fn from_source(s: Source<'_>, names: &mut Interner) -> SourceRec {
         let extra = if s.url.is_some()
             || s.archive_url.is_some()
             || s.published_at.is_some()
             || s.sha256.is_some()
         {
             Some(Box::new(SourceExtra {
-                url: s.url.map(String::into_boxed_str),
-                archive_url: s.archive_url.map(String::into_boxed_str),
+                url: s.url.map(boxed),
+                archive_url: s.archive_url.map(boxed),
                 published_at: s.published_at,
                 sha256: s.sha256,
             }))
@@ -100,7 +110,7 @@ impl SourceRec {
         }
     }
 
-    fn same_as(&self, s: &Source) -> bool {
+    fn same_as(&self, s: &Source<'_>) -> bool {
         if *self.name != *s.name || self.kind != s.kind {
             return false;
         }
@@ -120,9 +130,9 @@ impl SourceRec {
         }
     }
 
-    pub(crate) fn to_source(&self) -> Source {
+    pub(crate) fn to_view(&self) -> SourceView {
         let x = self.extra.as_deref();
-        Source {
+        SourceView {
             name: self.name.to_string(),
             kind: self.kind,
             url: x.and_then(|x| x.url.as_deref().map(str::to_owned)),
@@ -331,7 +341,7 @@ impl IncidentState {
     pub(crate) fn apply_decoded(
         &mut self,
         e: &Envelope,
-        ev: IncidentEvent,
+        ev: IncidentEvent<'_>,
         names: &mut Interner,
     ) -> Result<(), ProjectionError> {
         if let Some(id) = self.id {
@@ -374,7 +384,7 @@ impl IncidentState {
     }
 
     /// The rules every stored event obeys (also checked by `decide`).
-    pub(crate) fn check(&self, ev: &IncidentEvent) -> Result<(), RuleError> {
+    pub(crate) fn check(&self, ev: &IncidentEvent<'_>) -> Result<(), RuleError> {
         let reported = matches!(ev, IncidentEvent::IncidentReported(_));
         if reported && (self.version > 0 || self.core.is_some()) {
             return Err((
@@ -418,7 +428,7 @@ impl IncidentState {
         self.claims.iter().position(|c| c.id == id)
     }
 
-    fn add_source(&mut self, s: Source, names: &mut Interner) -> u32 {
+    fn add_source(&mut self, s: Source<'_>, names: &mut Interner) -> u32 {
         if let Some(i) = self.sources.iter().position(|r| r.same_as(&s)) {
             return i as u32;
         }
@@ -427,7 +437,7 @@ impl IncidentState {
     }
 
     /// Applies an event that passed `check`.
-    pub(crate) fn apply_event(&mut self, ev: IncidentEvent, m: Meta, names: &mut Interner) {
+    pub(crate) fn apply_event(&mut self, ev: IncidentEvent<'_>, m: Meta, names: &mut Interner) {
         if self.version == 0 {
             self.first_position = m.position;
             self.first_recorded_at = m.recorded_at;
@@ -449,7 +459,7 @@ impl IncidentState {
                     locality: names.opt(r.locality),
                     perpetrator: names.opt(r.perpetrator),
                     target: names.opt(r.target),
-                    summary: r.summary.map(String::into_boxed_str),
+                    summary: r.summary.map(boxed),
                 }));
                 self.add_source(r.source, names);
             }
@@ -461,7 +471,7 @@ impl IncidentState {
                     Claim {
                         id: c.claim_id,
                         claimant: names.name(c.claimant),
-                        statement: c.statement.into_boxed_str(),
+                        statement: boxed(c.statement),
                         attributed_to: names.opt(c.attributed_to),
                         source,
                         recorded_at: m.recorded_at,
@@ -477,7 +487,7 @@ impl IncidentState {
                         &mut self.claims[i].denials,
                         Denial {
                             by: names.name(d.by),
-                            statement: d.statement.map(String::into_boxed_str),
+                            statement: d.statement.map(boxed),
                             source,
                             recorded_at: m.recorded_at,
                         },
@@ -491,7 +501,7 @@ impl IncidentState {
                         AssessmentRec {
                             assessment: a.assessment,
                             by: names.name(a.by),
-                            evidence: a.evidence.map(String::into_boxed_str),
+                            evidence: a.evidence.map(boxed),
                             recorded_at: m.recorded_at,
                         },
                     );
@@ -505,7 +515,7 @@ impl IncidentState {
                 push_small(
                     &mut self.corrections,
                     Correction {
-                        reason: c.reason.into_boxed_str(),
+                        reason: boxed(c.reason),
                         fields,
                         recorded_at: m.recorded_at,
                     },
@@ -513,7 +523,7 @@ impl IncidentState {
             }
             IncidentEvent::IncidentRetracted(r) => {
                 self.retraction = Some(Box::new(Retraction {
-                    reason: r.reason.into_boxed_str(),
+                    reason: boxed(r.reason),
                     duplicate_of: r.duplicate_of,
                     recorded_at: m.recorded_at,
                 }));
@@ -521,7 +531,7 @@ impl IncidentState {
         }
     }
 
-    fn apply_casualties(&mut self, c: CasualtiesReported, names: &mut Interner) {
+    fn apply_casualties(&mut self, c: CasualtiesReported<'_>, names: &mut Interner) {
         let idx = self
             .casualties
             .by_source
@@ -572,7 +582,7 @@ impl IncidentState {
     }
 
     /// Applies the given fields; returns the bit set of the fields that changed.
-    fn apply_correction(&mut self, c: &IncidentCorrected) -> u16 {
+    fn apply_correction(&mut self, c: &IncidentCorrected<'_>) -> u16 {
         let Some(core) = self.core.as_deref_mut() else {
             return 0;
         };
@@ -585,13 +595,13 @@ impl IncidentState {
                 }
             }
         }
-        fn set_text<T>(dst: &mut Option<T>, v: Option<&String>, bit: u16, changed: &mut u16)
+        fn set_text<T>(dst: &mut Option<T>, v: Option<&Cow<'_, str>>, bit: u16, changed: &mut u16)
         where
             T: std::ops::Deref<Target = str> + for<'a> From<&'a str>,
         {
             if let Some(v) = v {
-                if dst.as_deref() != Some(v.as_str()) {
-                    *dst = Some(v.as_str().into());
+                if dst.as_deref() != Some(&**v) {
+                    *dst = Some(T::from(&**v));
                     *changed |= 1 << bit;
                 }
             }
@@ -629,7 +639,7 @@ impl IncidentState {
     }
 
     /// Would this correction change anything?
-    pub(crate) fn correction_changes(&self, c: &IncidentCorrected) -> bool {
+    pub(crate) fn correction_changes(&self, c: &IncidentCorrected<'_>) -> bool {
         let mut probe = self.clone();
         probe.apply_correction(c) != 0
     }
@@ -672,7 +682,7 @@ impl IncidentState {
     }
 }
 
-pub(crate) fn decode_envelope(e: &Envelope) -> Result<IncidentEvent, ProjectionError> {
+pub(crate) fn decode_envelope<'a>(e: &Envelope<'a>) -> Result<IncidentEvent<'a>, ProjectionError> {
     IncidentEvent::decode(e.event_type, e.data.get()).map_err(|err| match err {
         DecodeError::UnknownType => ProjectionError::UnknownType {
             position: e.global_position,

@@ -3,6 +3,7 @@
 //! This walks `serde_json::Value` by hand (serde stops at the first error; a client fixing a
 //! request wants all of them at once) and builds the typed events only when nothing is wrong.
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use uuid::Uuid;
 
 use crate::events::*;
@@ -185,7 +186,7 @@ fn text(
     max: usize,
     multiline: bool,
     errs: &mut Vec<FieldError>,
-) -> Option<String> {
+) -> Option<Cow<'static, str>> {
     let s = string_field(m, key, ptr, required, errs)?;
     if s.trim().is_empty() {
         push(errs, ptr, key, "must not be empty");
@@ -213,7 +214,7 @@ fn text(
         push(errs, ptr, key, what);
         return None;
     }
-    Some(s.to_owned())
+    Some(Cow::Owned(s.to_owned()))
 }
 
 fn name(
@@ -222,7 +223,7 @@ fn name(
     ptr: &str,
     required: bool,
     errs: &mut Vec<FieldError>,
-) -> Option<String> {
+) -> Option<Cow<'static, str>> {
     text(m, key, ptr, required, MAX_NAME_CHARS, false, errs)
 }
 
@@ -232,7 +233,7 @@ fn long_text(
     ptr: &str,
     required: bool,
     errs: &mut Vec<FieldError>,
-) -> Option<String> {
+) -> Option<Cow<'static, str>> {
     text(m, key, ptr, required, MAX_TEXT_CHARS, true, errs)
 }
 
@@ -341,7 +342,7 @@ fn url_field(
     key: &str,
     ptr: &str,
     errs: &mut Vec<FieldError>,
-) -> Option<String> {
+) -> Option<Cow<'static, str>> {
     let s = string_field(m, key, ptr, false, errs)?;
     let rest = s
         .strip_prefix("https://")
@@ -366,7 +367,7 @@ fn url_field(
         );
         None
     } else {
-        Some(s.to_owned())
+        Some(Cow::Owned(s.to_owned()))
     }
 }
 
@@ -402,7 +403,7 @@ fn source(
     ptr: &str,
     required: bool,
     errs: &mut Vec<FieldError>,
-) -> Option<Source> {
+) -> Option<Source<'static>> {
     let v = present(m, key, ptr, required, errs)?;
     let sptr = format!("{ptr}/{key}");
     let before = errs.len();
@@ -476,7 +477,11 @@ fn finish<T>(errs: &[FieldError], before: usize, build: impl FnOnce() -> Option<
 
 // ---- one function per event type -----------------------------------------------------------
 
-fn incident_reported(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<IncidentReported> {
+fn incident_reported(
+    v: &Value,
+    p: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<IncidentReported<'static>> {
     let before = errs.len();
     let m = object(
         v,
@@ -529,7 +534,11 @@ fn incident_reported(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<I
     })
 }
 
-fn casualties(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<CasualtiesReported> {
+fn casualties(
+    v: &Value,
+    p: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<CasualtiesReported<'static>> {
     let before = errs.len();
     let m = object(
         v,
@@ -632,7 +641,7 @@ fn casualties(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<Casualti
     })
 }
 
-fn claim_made(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<ClaimMade> {
+fn claim_made(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<ClaimMade<'static>> {
     let before = errs.len();
     let m = object(
         v,
@@ -662,7 +671,7 @@ fn claim_made(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<ClaimMad
     })
 }
 
-fn claim_denied(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<ClaimDenied> {
+fn claim_denied(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<ClaimDenied<'static>> {
     let before = errs.len();
     let m = object(v, p, &["claim_id", "by", "statement", "source"], errs)?;
     let claim_id = uuid_field(m, "claim_id", p, true, errs);
@@ -679,7 +688,11 @@ fn claim_denied(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<ClaimD
     })
 }
 
-fn claim_assessed(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<ClaimAssessed> {
+fn claim_assessed(
+    v: &Value,
+    p: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<ClaimAssessed<'static>> {
     let before = errs.len();
     let m = object(v, p, &["claim_id", "assessment", "by", "evidence"], errs)?;
     let claim_id = uuid_field(m, "claim_id", p, true, errs);
@@ -696,14 +709,14 @@ fn claim_assessed(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<Clai
     })
 }
 
-fn source_added(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<SourceAdded> {
+fn source_added(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<SourceAdded<'static>> {
     let before = errs.len();
     let m = object(v, p, &["source"], errs)?;
     let source = source(m, "source", p, true, errs);
     finish(errs, before, || Some(SourceAdded { source: source? }))
 }
 
-fn corrected(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<IncidentCorrected> {
+fn corrected(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<IncidentCorrected<'static>> {
     let before = errs.len();
     const FIELDS: [&str; 9] = [
         "kind",
@@ -766,7 +779,7 @@ fn corrected(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<IncidentC
     })
 }
 
-fn retracted(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<IncidentRetracted> {
+fn retracted(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<IncidentRetracted<'static>> {
     let before = errs.len();
     let m = object(v, p, &["reason", "duplicate_of"], errs)?;
     let reason = long_text(m, "reason", p, true, errs);

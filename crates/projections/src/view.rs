@@ -7,6 +7,22 @@ use crate::events::*;
 use crate::state::{IncidentState, CORRECTABLE};
 use crate::{OccurredAt, Region};
 
+/// A source as views show it (the event's shape: absent fields left out).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceView {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<SourceKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<OccurredAt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Sha256>,
+}
+
 /// low / best / high of one count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Figure {
@@ -27,7 +43,7 @@ pub struct CasualtiesView {
 pub struct DenialView {
     pub by: String,
     pub statement: Option<String>,
-    pub source: Option<Source>,
+    pub source: Option<SourceView>,
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -45,7 +61,7 @@ pub struct ClaimView {
     pub claimant: String,
     pub statement: String,
     pub attributed_to: Option<String>,
-    pub source: Option<Source>,
+    pub source: Option<SourceView>,
     pub status: ClaimStatus,
     pub denials: Vec<DenialView>,
     pub assessments: Vec<AssessmentView>,
@@ -89,7 +105,7 @@ pub struct IncidentView {
     pub casualties: CasualtiesView,
     pub claims: Vec<ClaimView>,
     /// Every distinct source cited by any event, in order of first appearance.
-    pub sources: Vec<Source>,
+    pub sources: Vec<SourceView>,
     pub corrections: Vec<CorrectionView>,
     pub version: u64,
     pub first_recorded_at: DateTime<Utc>,
@@ -106,7 +122,7 @@ impl IncidentView {
         let core = st.core.as_deref()?;
         let src = |i: Option<u32>| {
             i.and_then(|i| st.sources.get(i as usize))
-                .map(|r| r.to_source())
+                .map(|r| r.to_view())
         };
         let (killed, injured) = st.figures();
         let fig = |f: [u32; 3]| Figure {
@@ -176,7 +192,7 @@ impl IncidentView {
                     recorded_at: c.recorded_at,
                 })
                 .collect(),
-            sources: st.sources.iter().map(|r| r.to_source()).collect(),
+            sources: st.sources.iter().map(|r| r.to_view()).collect(),
             corrections: st
                 .corrections
                 .iter()

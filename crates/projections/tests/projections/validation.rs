@@ -373,7 +373,8 @@ fn canonical_data_is_deterministic_with_defaults_filled() {
     )
     .unwrap()
     {
-        let back = IncidentEvent::decode(e.event_type(), e.canonical_data().get()).unwrap();
+        let bytes = e.canonical_data();
+        let back = IncidentEvent::decode(e.event_type(), bytes.get()).unwrap();
         assert_eq!(back, e.event);
     }
 }
