@@ -24,6 +24,11 @@ fn first_start_prints_an_admin_token_once() {
     let list = cli_ok(&["token", "list", "--data-dir", dir.path().to_str().unwrap()]);
     assert!(list.contains("admin"), "{list}");
     assert!(!list.contains(&admin), "token list leaked a secret: {list}");
+    // The offline commands refuse a data dir a server holds, and say why.
+    let out = cli(&["replay", "--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
     assert!(srv.terminate().success());
     let srv = Server::start(dir.path(), &[]);
     assert_eq!(srv.admin_token, None, "{:?}", srv.startup_stdout);

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use incidentlog_store::{Backend, Durability, OpenOptions, Store, StoreError};
 
@@ -193,12 +192,23 @@ pub async fn open_store(store: &StoreArgs, write: &WriteArgs) -> anyhow::Result<
         durability: write.durability.into(),
         segment_size: write.segment_size,
     };
-    Store::open(&opts)
-        .await
-        .with_context(|| match &store.store {
-            Backend::File => format!("cannot open the store in {}", store.data_dir.display()),
+    Store::open(&opts).await.map_err(|e| {
+        let hint = match (&store.store, &e) {
+            // The file store is locked by the process that has it open.
+            (Backend::File, StoreError::Unavailable(_)) => {
+                " (is a server running on it? stop it first, or use the HTTP API)"
+            }
+            _ => "",
+        };
+        let what = match &store.store {
+            Backend::File => format!(
+                "cannot open the store in {}{hint}",
+                store.data_dir.display()
+            ),
             Backend::Postgres(_) => "cannot open the PostgreSQL store".to_string(),
-        })
+        };
+        anyhow::Error::new(e).context(what)
+    })
 }
 
 fn init_logging(level: Option<&str>) {
