@@ -53,11 +53,23 @@ pub fn cli(args: &[&str]) -> Output {
     cli_with_stdin(args, None)
 }
 
-pub fn cli_with_stdin(args: &[&str], stdin: Option<&[u8]>) -> Output {
+/// A command for the binary with none of the caller's `INCIDENTLOG_*` settings (they would
+/// change what the tests run), except the test harness's own `INCIDENTLOG_TEST_*`.
+pub fn command() -> Command {
     let mut cmd = Command::new(bin());
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("INCIDENTLOG_") && !k.starts_with("INCIDENTLOG_TEST_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+pub fn cli_with_stdin(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = command();
     cmd.args(args)
-        .env("RUST_LOG", "warn")
-        .env_remove("INCIDENTLOG_LOG")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -143,14 +155,12 @@ impl Server {
     /// Starts `incidentlog serve --data-dir DIR --listen 127.0.0.1:0 EXTRA...` and waits until
     /// it listens and `/readyz` answers 200.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(bin())
+        let mut child = command()
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("RUST_LOG", "warn")
-            .env_remove("INCIDENTLOG_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             // Logs go to the test's own stderr: nextest shows them when a test fails.

@@ -404,7 +404,7 @@ fn flags_come_from_incidentlog_env_vars() {
     let dir = temp_dir();
     create_token(dir.path(), "env-desk", "reader");
     // INCIDENTLOG_DATA_DIR stands in for --data-dir.
-    let out = std::process::Command::new(bin())
+    let out = command()
         .args(["token", "list", "--json"])
         .env("INCIDENTLOG_DATA_DIR", dir.path())
         .output()
@@ -417,7 +417,7 @@ fn flags_come_from_incidentlog_env_vars() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("\"env-desk\""), "{text}");
     // A bad value in the environment is a usage error, like a bad flag.
-    let out = std::process::Command::new(bin())
+    let out = command()
         .args(["token", "list"])
         .env("INCIDENTLOG_STORE", "mysql://nope")
         .output()

@@ -62,15 +62,21 @@ pub struct ReplayArgs {
 
     /// Rebuild the state as of this time (RFC 3339, e.g. 2026-01-02T12:00:00Z): only events
     /// recorded at or before it.
-    #[arg(long, value_name = "T", conflicts_with = "at_position", value_parser = parse_time)]
+    #[arg(
+        long,
+        env = "INCIDENTLOG_AS_OF",
+        value_name = "T",
+        conflicts_with = "at_position",
+        value_parser = parse_time
+    )]
     pub as_of: Option<DateTime<Utc>>,
 
     /// Rebuild the state after this global position.
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "INCIDENTLOG_AT_POSITION", value_name = "N")]
     pub at_position: Option<u64>,
 
     /// Print the report as one JSON object instead of text.
-    #[arg(long)]
+    #[arg(long, env = "INCIDENTLOG_JSON")]
     pub json: bool,
 }
 
@@ -256,15 +262,15 @@ pub struct ExportArgs {
     pub store: StoreArgs,
 
     /// Output format.
-    #[arg(long, value_enum, default_value = "ndjson")]
+    #[arg(long, env = "INCIDENTLOG_FORMAT", value_enum, default_value = "ndjson")]
     pub format: ExportFormat,
 
     /// Write to this file instead of standard output.
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, short, env = "INCIDENTLOG_OUTPUT", value_name = "FILE")]
     pub output: Option<PathBuf>,
 
     /// csv/geojson: include retracted incidents too (their `status` says so).
-    #[arg(long)]
+    #[arg(long, env = "INCIDENTLOG_INCLUDE_RETRACTED")]
     pub include_retracted: bool,
 }
 
@@ -407,10 +413,14 @@ pub enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
         /// Unique name; stored as `recorded_by` on the events this token appends.
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, env = "INCIDENTLOG_TOKEN_NAME", value_name = "NAME")]
         name: String,
         /// reader: GET; reporter: reader + append/import; admin: everything.
-        #[arg(long, value_name = "reader|reporter|admin")]
+        #[arg(
+            long,
+            env = "INCIDENTLOG_TOKEN_ROLE",
+            value_name = "reader|reporter|admin"
+        )]
         role: String,
     },
     /// List tokens: name, role, created, revoked (never the secrets).
@@ -418,14 +428,15 @@ pub enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
         /// One JSON object per token instead of a table.
-        #[arg(long)]
+        #[arg(long, env = "INCIDENTLOG_JSON")]
         json: bool,
     },
     /// Revoke a token by name (servers stop accepting it within seconds).
     Revoke {
         #[command(flatten)]
         store: StoreArgs,
-        #[arg(long, value_name = "NAME")]
+        /// The token to revoke.
+        #[arg(long, env = "INCIDENTLOG_TOKEN_NAME", value_name = "NAME")]
         name: String,
     },
 }

@@ -89,6 +89,8 @@ pub struct StoreArgs {
         env = "INCIDENTLOG_STORE",
         default_value = "file",
         value_name = "file|postgres://...",
+        // The URL may hold a password: never echo it in --help.
+        hide_env_values = true,
         value_parser = parse_backend
     )]
     pub store: Backend,
