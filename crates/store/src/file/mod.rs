@@ -37,6 +37,9 @@ use crate::{
     TokenRecord, VerifyReport,
 };
 
+/// Tries (50 ms apart) to take the data directory's lock before giving up.
+const LOCK_ATTEMPTS: u32 = 40;
+
 /// Queued append messages before appenders wait (backpressure).
 const QUEUE: usize = 1024;
 
@@ -110,12 +113,19 @@ impl FileStore {
                 .truncate(false)
                 .write(true)
                 .open(dir.join("LOCK"))?;
+            // A forked child briefly shares our descriptors (until its exec closes them), so
+            // a lock released a moment ago may still look taken: retry for a little while.
+            let mut attempts = 0;
             #[allow(clippy::incompatible_msrv)]
-            if lock.try_lock().is_err() {
-                return Err(StoreError::Unavailable(format!(
-                    "data directory {} is in use by another process",
-                    dir.display()
-                )));
+            while lock.try_lock().is_err() {
+                attempts += 1;
+                if attempts >= LOCK_ATTEMPTS {
+                    return Err(StoreError::Unavailable(format!(
+                        "data directory {} is in use by another process",
+                        dir.display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
             Ok((lock, scan::recover(&ld)?))
         })

@@ -141,7 +141,17 @@ struct AppendState {
     last_committed: Option<(usize, u64)>,
     /// Committed (event id, position) pairs not yet sent to the id-table thread.
     ids: Vec<(Uuid, u32)>,
-    ids_tx: std::sync::mpsc::Sender<Vec<(Uuid, u32)>>,
+    ids_sink: IdSink,
+}
+
+/// Where committed ids go: the id-table thread, or (if it could not be started) a table
+/// built on this thread.
+enum IdSink {
+    Thread(
+        std::sync::mpsc::Sender<Vec<(Uuid, u32)>>,
+        std::thread::JoinHandle<IdTable>,
+    ),
+    Local(IdTable),
 }
 
 /// Ids are handed to the id-table thread in batches of this many.
@@ -150,8 +160,17 @@ const ID_BATCH: usize = 16 * 1024;
 impl AppendState {
     fn flush_ids(&mut self) {
         let batch = std::mem::replace(&mut self.ids, Vec::with_capacity(ID_BATCH));
-        // The receiver only goes away if its thread panicked; join reports that.
-        let _ = self.ids_tx.send(batch);
+        match &mut self.ids_sink {
+            // The receiver only goes away if its thread panicked; join reports that.
+            IdSink::Thread(tx, _) => {
+                let _ = tx.send(batch);
+            }
+            IdSink::Local(table) => {
+                for (id, position) in batch {
+                    table.insert(id, position);
+                }
+            }
+        }
     }
 }
 
@@ -198,7 +217,7 @@ pub(crate) fn recover(log_dir: &Path) -> Result<Recovered, StoreError> {
     // second thread while this one scans and builds the rest.
     let (ids_tx, ids_rx) = std::sync::mpsc::channel::<Vec<(Uuid, u32)>>();
     let expected_events = (total / 300) as usize;
-    let id_thread = std::thread::Builder::new()
+    let ids_sink = match std::thread::Builder::new()
         .name("incidentlog-open-ids".into())
         .spawn(move || {
             let mut table = IdTable::with_capacity(expected_events);
@@ -208,14 +227,18 @@ pub(crate) fn recover(log_dir: &Path) -> Result<Recovered, StoreError> {
                 }
             }
             table
-        })?;
+        }) {
+        Ok(handle) => IdSink::Thread(ids_tx, handle),
+        // No thread to spare (resource limits): do the work here.
+        Err(_) => IdSink::Local(IdTable::with_capacity(expected_events)),
+    };
     let count = segments.len();
     let mut state = AppendState {
         pending: Vec::new(),
         start_offset: HEADER_LEN as u64,
         last_committed: None,
         ids: Vec::with_capacity(ID_BATCH),
-        ids_tx,
+        ids_sink,
     };
     let mut active_len = 0;
     for (seg_idx, (name_first, path)) in segments.iter().enumerate() {
@@ -303,10 +326,15 @@ pub(crate) fn recover(log_dir: &Path) -> Result<Recovered, StoreError> {
     }
 
     state.flush_ids();
-    drop(state.ids_tx);
-    index.ids = id_thread
-        .join()
-        .map_err(|_| StoreError::Unavailable("building the event-id index failed".into()))?;
+    index.ids = match state.ids_sink {
+        IdSink::Thread(tx, handle) => {
+            drop(tx);
+            handle
+                .join()
+                .map_err(|_| StoreError::Unavailable("building the event-id index failed".into()))?
+        }
+        IdSink::Local(table) => table,
+    };
 
     // Head hash: the chain hash of the last record.
     if let Some((seg, offset)) = state.last_committed {
