@@ -29,7 +29,9 @@ fn first_start_prints_an_admin_token_once() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use"), "{err}");
-    assert!(srv.terminate().success());
+    // SIGINT (Ctrl-C) stops it as cleanly as SIGTERM.
+    srv.signal("INT");
+    assert_eq!(srv.wait_exit().code(), Some(0), "SIGINT must exit 0");
     let srv = Server::start(dir.path(), &[]);
     assert_eq!(srv.admin_token, None, "{:?}", srv.startup_stdout);
     srv.get("/v1/admin/verify", &admin).expect(200);
