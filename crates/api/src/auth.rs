@@ -193,6 +193,11 @@ impl TokenTable {
         })
     }
 
+    /// Checks a secret against the table as loaded (no I/O).
+    pub fn find_secret(&self, secret: &str) -> Option<Principal> {
+        self.find(&blake3::hash(secret.as_bytes()))
+    }
+
     /// Checks a secret; on a miss, reloads from the store (rate-limited) and retries.
     pub async fn check(&self, store: &Store, secret: &str) -> Result<Lookup, ApiError> {
         let presented = blake3::hash(secret.as_bytes());

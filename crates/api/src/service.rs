@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use incidentlog_projections::{
     decide, fold_incident, parse_events, Envelope, IncidentPage, IncidentQuery, IncidentState,
     IncidentView, Projection, Region, RegionSummary, TypedEvent, Window,
@@ -28,6 +28,21 @@ use crate::error::{field_error, ApiError};
 use crate::metrics::ServiceMetrics;
 use crate::wire::{expected_json, AppendResponse};
 
+/// Calls a store method without inflating the caller's future: the file store's futures are
+/// small and awaited in place; other backends' (large) futures are boxed. Futures of the
+/// request path are moved through every middleware layer, so their size is paid per request.
+macro_rules! lean {
+    ($store:expr, $method:ident ( $($arg:expr),* )) => {
+        match {
+            let s: &Store = &$store;
+            s
+        } {
+            Store::File(f) => f.$method($($arg),*).await,
+            other => Box::pin(other.$method($($arg),*)).await,
+        }
+    };
+}
+
 /// Page size of catch-up and replay reads: large, so that the fold is not dominated by
 /// per-call overhead.
 const REPLAY_PAGE: usize = 16 * 1024;
@@ -38,6 +53,10 @@ const ANY_ATTEMPTS: usize = 16;
 /// Per-incident lock stripes: in-process writers of one incident take turns, so that
 /// decide-then-append never runs on state another writer of this process is changing.
 const STRIPES: usize = 1024;
+/// Most events the follower takes from the subscription at once.
+const FOLLOW_BATCH: usize = 4096;
+/// Events applied to the live views per write-lock hold.
+const APPLY_SLICE: usize = 256;
 /// How long an acknowledged append waits for the live views before answering anyway.
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(30);
 
@@ -342,7 +361,7 @@ impl AppService {
 
     /// The decision state of an incident as the store has it now.
     async fn decision_state(&self, id: Uuid) -> Result<IncidentState, ApiError> {
-        let version = self.inner.store.stream_version(id).await?;
+        let version = lean!(self.inner.store, stream_version(id))?;
         if version == 0 {
             return Ok(IncidentState::new());
         }
@@ -359,7 +378,7 @@ impl AppService {
         if state.version() == version {
             return Ok(state);
         }
-        let events = self.inner.store.read_stream(id).await?;
+        let events = lean!(self.inner.store, read_stream(id))?;
         let mut state = IncidentState::new();
         for e in &events {
             state.apply(&envelope(e))?;
@@ -438,7 +457,7 @@ impl AppService {
                 recorded_by: recorded_by.to_string(),
             };
             let started = Instant::now();
-            let result = store.append(request).await;
+            let result = lean!(store, append(request));
             self.inner
                 .metrics
                 .store_append_seconds
@@ -488,12 +507,7 @@ impl AppService {
                 position,
                 ..
             } => {
-                let actual = self
-                    .inner
-                    .store
-                    .stream_version(cmd.incident_id)
-                    .await
-                    .unwrap_or(0);
+                let actual = lean!(self.inner.store, stream_version(cmd.incident_id)).unwrap_or(0);
                 ApiError::Conflict {
                     detail,
                     expected: expected_json(cmd.expected),
@@ -518,7 +532,7 @@ impl AppService {
     ) -> Result<AppendOutcome, ApiError> {
         let mut any_recorded = false;
         for e in &cmd.events {
-            if self.inner.store.event_by_id(e.event_id).await?.is_some() {
+            if lean!(self.inner.store, event_by_id(e.event_id))?.is_some() {
                 any_recorded = true;
                 break;
             }
@@ -532,7 +546,7 @@ impl AppService {
             events: new_events(&cmd.events),
             recorded_by: recorded_by.to_string(),
         };
-        match self.inner.store.append(request).await {
+        match lean!(self.inner.store, append(request)) {
             Ok(outcome) if outcome.duplicate => Ok(outcome),
             Ok(outcome) => {
                 // Cannot happen (a recorded id is never new); never hide a write.
@@ -738,7 +752,7 @@ impl AppService {
             .map(|s| (s.request, (s.line, s.cmd)))
             .unzip();
         let started = Instant::now();
-        let results = self.inner.store.append_many(requests).await;
+        let results = lean!(self.inner.store, append_many(requests));
         let m = &self.inner.metrics;
         m.store_append_seconds.observe_duration(started.elapsed());
         let mut retry = Vec::new();
@@ -809,7 +823,7 @@ impl AppService {
     pub async fn resolve(&self, at: AsOf) -> Result<Option<u64>, ApiError> {
         let position = match at {
             AsOf::Live => return Ok(None),
-            AsOf::Time(t) => self.inner.store.position_at(t).await?,
+            AsOf::Time(t) => lean!(self.inner.store, position_at(t))?,
             AsOf::Position(p) => p,
         };
         // Beyond what the views have applied: clamp (everything acknowledged is applied).
@@ -823,7 +837,7 @@ impl AppService {
         match self.resolve(at).await? {
             None => self.read_projection().incident(id).ok_or_else(not_found),
             Some(p) => {
-                let events = self.inner.store.read_stream(id).await?;
+                let events = lean!(self.inner.store, read_stream(id))?;
                 let view = fold_incident(
                     events
                         .iter()
@@ -872,12 +886,12 @@ impl AppService {
 
     /// Events of one incident, in order.
     pub async fn stream_events(&self, id: Uuid) -> Result<Vec<RecordedEvent>, ApiError> {
-        Ok(self.inner.store.read_stream(id).await?)
+        Ok(lean!(self.inner.store, read_stream(id))?)
     }
 
     /// A page of the global log.
     pub async fn log_page(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, ApiError> {
-        Ok(self.inner.store.read_all(after, limit).await?)
+        Ok(lean!(self.inner.store, read_all(after, limit))?)
     }
 
     /// The digest of the live views (for comparison with a replay).
@@ -1061,36 +1075,54 @@ async fn follow(inner: Arc<Inner>, from: u64) {
     let mut closing = inner.closing.subscribe();
     let mut position = from;
     loop {
-        let stream = incidentlog_store::subscribe(inner.store.clone(), position).ready_chunks(4096);
+        let stream = incidentlog_store::subscribe(inner.store.clone(), position);
         futures_util::pin_mut!(stream);
         loop {
-            let chunk = tokio::select! {
-                chunk = stream.next() => chunk,
+            let first = tokio::select! {
+                item = stream.next() => item,
                 _ = closing.wait_for(|c| *c) => return,
             };
+            // Take whatever else is ready too (no fixed-capacity chunk buffers: they would
+            // allocate a large vector per wake-up).
+            let chunk = first.map(|first| {
+                let mut chunk = vec![first];
+                while chunk.len() < FOLLOW_BATCH {
+                    match stream.next().now_or_never() {
+                        Some(Some(item)) => chunk.push(item),
+                        _ => break,
+                    }
+                }
+                chunk
+            });
             let Some(chunk) = chunk else { break };
             let mut failed = None;
-            {
-                let mut p = inner.projection.write().unwrap_or_else(|p| p.into_inner());
-                for item in &chunk {
-                    match item {
-                        Ok(e) if e.global_position > position => {
-                            apply_logged(&mut p, e);
-                            position = e.global_position;
-                        }
-                        Ok(_) => {}
-                        Err(err) => {
-                            failed = Some(err.to_string());
-                            break;
+            // Short write-lock holds, so that reads keep a low latency under heavy appends.
+            for slice in chunk.chunks(APPLY_SLICE) {
+                {
+                    let mut p = inner.projection.write().unwrap_or_else(|p| p.into_inner());
+                    for item in slice {
+                        match item {
+                            Ok(e) if e.global_position > position => {
+                                apply_logged(&mut p, e);
+                                position = e.global_position;
+                            }
+                            Ok(_) => {}
+                            Err(err) => {
+                                failed = Some(err.to_string());
+                                break;
+                            }
                         }
                     }
+                }
+                inner.applied.send_replace(position);
+                if failed.is_some() {
+                    break;
                 }
             }
             inner
                 .metrics
                 .events_applied
                 .fetch_add(chunk.len() as u64, Relaxed);
-            inner.applied.send_replace(position);
             if let Some(err) = failed {
                 tracing::error!(error = %err, position, "reading the log for the live views failed; retrying");
                 break;

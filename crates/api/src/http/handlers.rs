@@ -113,7 +113,7 @@ pub(crate) async fn append(
 ) -> Result<Response, ApiError> {
     let by = recorded_by(&principal)?;
     let cmd = parse_command(&body, Some(id))?;
-    let appended = state.service.append(cmd, by).await?;
+    let appended = Box::pin(state.service.append(cmd, by)).await?;
     let status = if appended.created {
         StatusCode::CREATED
     } else {
@@ -142,7 +142,7 @@ pub(crate) async fn bulk_import(
     NdjsonBody(body): NdjsonBody,
 ) -> Result<Response, ApiError> {
     let by = recorded_by(&principal)?;
-    let report = state.service.import_ndjson(&body[..], by, &|_| {}).await?;
+    let report = Box::pin(state.service.import_ndjson(&body[..], by, &|_| {})).await?;
     Ok(json(StatusCode::OK, &report))
 }
 

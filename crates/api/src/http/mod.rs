@@ -74,8 +74,18 @@ impl Default for ServeConfig {
     }
 }
 
+/// Shared by every handler (one `Arc` clone per extractor, not one per field).
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub(crate) struct Shared {
     pub service: AppService,
     pub config: Arc<ServeConfig>,
     pub http_metrics: Arc<metrics::HttpMetrics>,
@@ -98,7 +108,7 @@ fn build_router(
     config: &ServeConfig,
     stopping: watch::Receiver<bool>,
 ) -> Router {
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         service,
         config: Arc::new(config.clone()),
         http_metrics: Arc::new(metrics::HttpMetrics::default()),
@@ -109,8 +119,8 @@ fn build_router(
             config.rate_limit_burst,
         )),
         stopping,
-    };
-    let api = Router::new()
+    }));
+    Router::new()
         .route(
             "/v1/incidents/{id}/events",
             post(handlers::append).get(handlers::incident_events),
@@ -129,17 +139,13 @@ fn build_router(
         .route("/v1/admin/replay", post(handlers::admin_replay))
         .route("/v1/admin/verify", get(handlers::admin_verify))
         .route("/openapi.json", get(handlers::openapi))
-        .route_layer(middleware::from_fn_with_state(state.clone(), limits))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .merge(api)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }
 
@@ -168,71 +174,118 @@ fn bearer(req: &Request) -> Option<Result<&str, ApiError>> {
     Some(parsed)
 }
 
-/// Auth: who is calling, and may they? Also the per-caller rate limit.
-async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// What auth needs from a request, taken without holding the request (a `&Request` is not
+/// `Send`, so it cannot live across an await).
+struct Credentials {
+    required: Role,
+    client_ip: Option<std::net::IpAddr>,
+    /// `Ok` when the secret is in the loaded table, `Err(secret)` when it must be looked up.
+    presented: Option<Result<Principal, String>>,
+}
+
+fn credentials(state: &AppState, req: &Request) -> Result<Credentials, Response> {
     let required = required_role(req.method(), req.uri().path());
-    let principal = match bearer(&req) {
+    let client_ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let presented = match bearer(req) {
+        None => None,
+        Some(Err(e)) => return Err(e.into_response()),
+        Some(Ok(secret)) => Some(
+            state
+                .service
+                .tokens()
+                .find_secret(secret)
+                .ok_or_else(|| secret.to_string()),
+        ),
+    };
+    Ok(Credentials {
+        required,
+        client_ip,
+        presented,
+    })
+}
+
+/// Who is calling, and may they? `Err` is the response to send instead.
+async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal, Response> {
+    let Credentials {
+        required,
+        client_ip,
+        presented,
+    } = creds;
+    let principal = match presented {
         None if state.config.public_read && required == Role::Reader => Principal {
             name: None,
             role: Role::Reader,
         },
-        None => return ApiError::Unauthorized("a bearer token is required".into()).into_response(),
-        Some(Err(e)) => return e.into_response(),
-        Some(Ok(secret)) => {
-            match state
-                .service
-                .tokens()
-                .check(state.service.store(), secret)
-                .await
-            {
+        None => {
+            return Err(ApiError::Unauthorized("a bearer token is required".into()).into_response())
+        }
+        Some(Ok(p)) => p,
+        // Not in the table as loaded: reload from the store (rate-limited; boxed, a large
+        // future kept off the hot path).
+        Some(Err(secret)) => {
+            match Box::pin(state.service.tokens().check(state.service.store(), &secret)).await {
                 Ok(Lookup::Valid(p)) => p,
                 Ok(Lookup::Unknown) => {
-                    return ApiError::Unauthorized("unknown or revoked token".into())
-                        .into_response()
+                    return Err(
+                        ApiError::Unauthorized("unknown or revoked token".into()).into_response()
+                    )
                 }
-                Err(e) => return e.into_response(),
+                Err(e) => return Err(e.into_response()),
             }
         }
     };
     if principal.role < required {
-        return ApiError::Forbidden(format!(
+        return Err(ApiError::Forbidden(format!(
             "this needs the {required} role; the token has {}",
             principal.role
         ))
-        .into_response();
+        .into_response());
     }
     if state.limiter.enabled() {
-        let key = match &principal.name {
-            Some(name) => format!("token:{name}"),
-            None => match req.extensions().get::<ConnectInfo<SocketAddr>>() {
-                Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
-                None => "anonymous".to_string(),
-            },
+        let key = match (&principal.name, client_ip) {
+            (Some(name), _) => format!("token:{name}"),
+            (None, Some(ip)) => format!("ip:{ip}"),
+            (None, None) => "anonymous".to_string(),
         };
         if let Err(retry_after_secs) = state.limiter.check(&key) {
-            return ApiError::RateLimited { retry_after_secs }.into_response();
+            return Err(ApiError::RateLimited { retry_after_secs }.into_response());
         }
     }
-    req.extensions_mut().insert(principal);
-    next.run(req).await
+    Ok(principal)
 }
 
-/// Concurrency limit (not SSE) and the read timeout (not SSE, not admin, not appends).
-async fn limits(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    if path == "/v1/events/stream" {
+/// Auth, rate limit, concurrency limit (not SSE) and the read timeout (not SSE, not admin,
+/// not appends) for the API routes.
+async fn guarded(state: &AppState, route: &str, mut req: Request, next: Next) -> Response {
+    let creds = match credentials(state, &req) {
+        Ok(c) => c,
+        Err(response) => return response,
+    };
+    let principal = match authenticate(state, creds).await {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
+    req.extensions_mut().insert(principal);
+    if route == "/v1/events/stream" {
         return next.run(req).await;
     }
     let timeout = state.config.request_timeout;
-    let permit = match tokio::time::timeout(timeout, state.in_flight.clone().acquire_owned()).await
-    {
-        Ok(Ok(permit)) => permit,
-        Ok(Err(_)) | Err(_) => {
-            return ApiError::Unavailable("server busy; try again".into()).into_response()
+    let permit = match state.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            match tokio::time::timeout(timeout, state.in_flight.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) | Err(_) => {
+                    return ApiError::Unavailable("server busy; try again".into()).into_response()
+                }
+            }
         }
     };
     let is_read = (req.method() == Method::GET || req.method() == Method::HEAD)
-        && !path.starts_with("/v1/admin/");
+        && !route.starts_with("/v1/admin/");
     let response = if is_read {
         match tokio::time::timeout(timeout, next.run(req)).await {
             Ok(r) => r,
@@ -245,64 +298,68 @@ async fn limits(State(state): State<AppState>, req: Request, next: Next) -> Resp
     response
 }
 
-/// The route template of a path (metrics labels), `None` for unknown paths.
+/// The route template of a path (metrics labels, which routes need a token), `None` for
+/// unknown paths.
 fn route_of(path: &str) -> Option<&'static str> {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    Some(match segments.as_slice() {
-        ["v1", "incidents", _, "events"] => "/v1/incidents/{id}/events",
-        ["v1", "incidents", _] => "/v1/incidents/{id}",
-        ["v1", "incidents"] => "/v1/incidents",
-        ["v1", "events"] => "/v1/events",
-        ["v1", "events", "stream"] => "/v1/events/stream",
-        ["v1", "regions"] => "/v1/regions",
-        ["v1", "regions", _] => "/v1/regions/{code}",
-        ["v1", "admin", "replay"] => "/v1/admin/replay",
-        ["v1", "admin", "verify"] => "/v1/admin/verify",
-        ["healthz"] => "/healthz",
-        ["readyz"] => "/readyz",
-        ["metrics"] => "/metrics",
-        ["openapi.json"] => "/openapi.json",
+    let mut it = path.trim_end_matches('/').split('/').skip(1);
+    let parts = [it.next(), it.next(), it.next(), it.next(), it.next()];
+    Some(match parts {
+        [Some("v1"), Some("incidents"), Some(_), Some("events"), None] => {
+            "/v1/incidents/{id}/events"
+        }
+        [Some("v1"), Some("incidents"), Some(_), None, _] => "/v1/incidents/{id}",
+        [Some("v1"), Some("incidents"), None, ..] => "/v1/incidents",
+        [Some("v1"), Some("events"), None, ..] => "/v1/events",
+        [Some("v1"), Some("events"), Some("stream"), None, _] => "/v1/events/stream",
+        [Some("v1"), Some("regions"), None, ..] => "/v1/regions",
+        [Some("v1"), Some("regions"), Some(_), None, _] => "/v1/regions/{code}",
+        [Some("v1"), Some("admin"), Some("replay"), None, _] => "/v1/admin/replay",
+        [Some("v1"), Some("admin"), Some("verify"), None, _] => "/v1/admin/verify",
+        [Some("healthz"), None, ..] => "/healthz",
+        [Some("readyz"), None, ..] => "/readyz",
+        [Some("metrics"), None, ..] => "/metrics",
+        [Some("openapi.json"), None, ..] => "/openapi.json",
         _ => return None,
     })
 }
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Request ids, metrics, and logging of internal errors (with the request id).
-async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// The one middleware (each `from_fn` layer clones the inner service per request, so there is
+/// only one): request id, auth and limits for the API routes, metrics, logging of internal
+/// errors with the request id.
+async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = req
         .headers()
         .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{:016x}", REQUEST_COUNTER.fetch_add(1, Relaxed)));
+        .filter(|v| v.len() <= 64 && !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned();
+    let request_id =
+        request_id.unwrap_or_else(|| HeaderValue::from(REQUEST_COUNTER.fetch_add(1, Relaxed)));
     let route = route_of(req.uri().path());
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    req.extensions_mut().insert(RequestId(request_id.clone()));
-    let mut response = next.run(req).await;
+    let uri = req.uri().clone();
+    let mut response = match route {
+        // Unknown paths reach the 404 fallback without auth; ops endpoints are open.
+        None | Some("/healthz" | "/readyz" | "/metrics") => next.run(req).await,
+        Some(route) => guarded(&state, route, req, next).await,
+    };
     let status = response.status();
+    let rid = request_id.to_str().unwrap_or("-");
     if let Some(InternalDetail(detail)) = response.extensions_mut().remove::<InternalDetail>() {
-        tracing::error!(request_id = %request_id, %method, %path, error = %detail, "internal error");
+        tracing::error!(request_id = %rid, %method, %uri, error = %detail, "internal error");
     } else if status.is_server_error() {
-        tracing::warn!(request_id = %request_id, %method, %path, status = status.as_u16(), "request failed");
+        tracing::warn!(request_id = %rid, %method, %uri, status = status.as_u16(), "request failed");
     } else {
-        tracing::debug!(request_id = %request_id, %method, %path, status = status.as_u16(), "request");
+        tracing::debug!(request_id = %rid, %method, %uri, status = status.as_u16(), "request");
     }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", v);
-    }
+    response.headers_mut().insert("x-request-id", request_id);
     state
         .http_metrics
         .observe(route, method.as_str(), status.as_u16(), started.elapsed());
     response
 }
-
-/// The request id of the current request (an extension).
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
 
 /// Serves until `shutdown` resolves; then stops accepting, ends SSE streams, finishes the
 /// requests in flight, closes the store (sync) and returns. Prints `listening on http://ADDR`
