@@ -183,7 +183,7 @@ struct Credentials {
     presented: Option<Result<Principal, String>>,
 }
 
-fn credentials(state: &AppState, req: &Request) -> Result<Credentials, Response> {
+fn credentials(state: &AppState, req: &Request) -> Result<Credentials, ApiError> {
     let required = required_role(req.method(), req.uri().path());
     let client_ip = req
         .extensions()
@@ -191,7 +191,7 @@ fn credentials(state: &AppState, req: &Request) -> Result<Credentials, Response>
         .map(|ConnectInfo(addr)| addr.ip());
     let presented = match bearer(req) {
         None => None,
-        Some(Err(e)) => return Err(e.into_response()),
+        Some(Err(e)) => return Err(e),
         Some(Ok(secret)) => Some(
             state
                 .service
@@ -208,7 +208,7 @@ fn credentials(state: &AppState, req: &Request) -> Result<Credentials, Response>
 }
 
 /// Who is calling, and may they? `Err` is the response to send instead.
-async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal, Response> {
+async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal, ApiError> {
     let Credentials {
         required,
         client_ip,
@@ -219,9 +219,7 @@ async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal,
             name: None,
             role: Role::Reader,
         },
-        None => {
-            return Err(ApiError::Unauthorized("a bearer token is required".into()).into_response())
-        }
+        None => return Err(ApiError::Unauthorized("a bearer token is required".into())),
         Some(Ok(p)) => p,
         // Not in the table as loaded: reload from the store (rate-limited; boxed, a large
         // future kept off the hot path).
@@ -229,11 +227,9 @@ async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal,
             match Box::pin(state.service.tokens().check(state.service.store(), &secret)).await {
                 Ok(Lookup::Valid(p)) => p,
                 Ok(Lookup::Unknown) => {
-                    return Err(
-                        ApiError::Unauthorized("unknown or revoked token".into()).into_response()
-                    )
+                    return Err(ApiError::Unauthorized("unknown or revoked token".into()))
                 }
-                Err(e) => return Err(e.into_response()),
+                Err(e) => return Err(e),
             }
         }
     };
@@ -241,8 +237,7 @@ async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal,
         return Err(ApiError::Forbidden(format!(
             "this needs the {required} role; the token has {}",
             principal.role
-        ))
-        .into_response());
+        )));
     }
     if state.limiter.enabled() {
         let key = match (&principal.name, client_ip) {
@@ -251,7 +246,7 @@ async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal,
             (None, None) => "anonymous".to_string(),
         };
         if let Err(retry_after_secs) = state.limiter.check(&key) {
-            return Err(ApiError::RateLimited { retry_after_secs }.into_response());
+            return Err(ApiError::RateLimited { retry_after_secs });
         }
     }
     Ok(principal)
@@ -262,11 +257,11 @@ async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal,
 async fn guarded(state: &AppState, route: &str, mut req: Request, next: Next) -> Response {
     let creds = match credentials(state, &req) {
         Ok(c) => c,
-        Err(response) => return response,
+        Err(e) => return e.into_response(),
     };
     let principal = match authenticate(state, creds).await {
         Ok(p) => p,
-        Err(response) => return response,
+        Err(e) => return e.into_response(),
     };
     req.extensions_mut().insert(principal);
     if route == "/v1/events/stream" {
