@@ -73,6 +73,11 @@ verify_ok() {
 check_acks() {
   timeout 300 "$LOAD" check-acks --target "$SERVER_ADDR" --token "$TOKEN" --acks "$@" >&2 || die "acknowledged events missing"
 }
+# Every request got an answer: the log must hold exactly the acknowledged events.
+check_acks_exact() {
+  timeout 300 "$LOAD" check-acks --exact --target "$SERVER_ADDR" --token "$TOKEN" --acks "$@" >&2 \
+    || die "the log differs from the acknowledged events (missing, or recorded although answered with an error)"
+}
 
 # Starts the load generator in the background (pid in LOAD_PID, output in $WORK/$name.load).
 start_load() {
@@ -128,11 +133,11 @@ drill_enospc() {
   start_server enospc --data-dir "$d" --segment-size 4MiB
   # Some acknowledged events first, then fill the filesystem but ~256 KiB.
   timeout 120 "$LOAD" append --target "$SERVER_ADDR" --token "$TOKEN" --connections 8 --max-requests 500 \
-    --duration-secs 30 --ack-file "$WORK/acks-enospc-0" >"$WORK/enospc-0.load" 2>&1 || die "first appends failed"
+    --duration-secs 30 --seed 100 --ack-file "$WORK/acks-enospc-0" >"$WORK/enospc-0.load" 2>&1 || die "first appends failed"
   local avail; avail=$(df --output=avail -B1 "$m" | tail -n 1)
   head -c $((avail - 262144)) /dev/zero >"$m/filler" 2>/dev/null || true
   timeout 120 "$LOAD" append --target "$SERVER_ADDR" --token "$TOKEN" --connections 16 --duration-secs 6 \
-    --ack-file "$WORK/acks-enospc-1" >"$WORK/enospc-1.load" 2>&1 || true
+    --seed 101 --ack-file "$WORK/acks-enospc-1" >"$WORK/enospc-1.load" 2>&1 || true
   cat "$WORK/enospc-1.load" | grep -E '^STATUS' >&2 || true
   local n503; n503=$(status_count "$WORK/enospc-1.load" 503)
   [[ -n "$n503" && "$n503" -gt 0 ]] || die "no 503 while the disk was full: $(grep STATUS "$WORK/enospc-1.load")"
@@ -148,15 +153,15 @@ drill_enospc() {
   rm -f "$m/filler"
   local after_free
   after_free=$(timeout 60 "$LOAD" append --target "$SERVER_ADDR" --token "$TOKEN" --connections 1 --max-requests 1 \
-    --duration-secs 10 --ack-file "$WORK/acks-enospc-2" 2>&1 | grep '^STATUS' || true)
+    --duration-secs 10 --seed 102 --ack-file "$WORK/acks-enospc-2" 2>&1 | grep '^STATUS' || true)
   log "one append after freeing space, before restart: $after_free"
   stop_server || true
   start_server enospc-restart --data-dir "$d" --segment-size 4MiB
   timeout 120 "$LOAD" append --target "$SERVER_ADDR" --token "$TOKEN" --connections 8 --max-requests 200 \
-    --duration-secs 30 --ack-file "$WORK/acks-enospc-3" >"$WORK/enospc-3.load" 2>&1 || die "appends after restart failed"
+    --duration-secs 30 --seed 103 --ack-file "$WORK/acks-enospc-3" >"$WORK/enospc-3.load" 2>&1 || die "appends after restart failed"
   local ok; ok=$(status_count "$WORK/enospc-3.load" 201)
   [[ "${ok:-0}" -eq 200 ]] || die "appends after restart: $(grep STATUS "$WORK/enospc-3.load")"
-  check_acks "$WORK"/acks-enospc-*
+  check_acks_exact "$WORK"/acks-enospc-*
   stop_server || die "graceful stop failed"
   verify_ok --data-dir "$d"
   umount "$m" || true
@@ -244,8 +249,9 @@ drill_pg() {
     return 0
   fi
   local pg_bin="${INCIDENTLOG_TEST_PG_BIN:-/usr/lib/postgresql/15/bin}"
-  local url="${INCIDENTLOG_TEST_PG%/*}/drill"
-  "$pg_bin/psql" -X -q "${INCIDENTLOG_TEST_PG%/*}/postgres" -c "CREATE DATABASE drill"
+  local db="drill_$$_$RANDOM"
+  local url="${INCIDENTLOG_TEST_PG%/*}/$db"
+  "$pg_bin/psql" -X -q "${INCIDENTLOG_TEST_PG%/*}/postgres" -c "CREATE DATABASE $db"
   TOKEN="$(make_token --store "$url")" || die "token create --store failed"
   start_server pg --store "$url" --data-dir "$WORK/pg-unused"
   start_load pg-1 --connections 64 --duration-secs "$PG_LOAD" --ack-file "$WORK/acks-pg-1" --timeout-secs 20
@@ -254,10 +260,9 @@ drill_pg() {
   "$INCIDENTLOG_TEST_PG_CTL" stop >/dev/null
   sleep 2
   local t0 code; t0=$(now_ns)
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 -X POST -H "Authorization: Bearer $TOKEN" \
-    -H 'Content-Type: application/json' --data '{"events":[]}' "http://$SERVER_ADDR/v1/incidents/00000000-0000-4000-8000-000000000001/events" || true)
-  log "an append while the database is down answered $code after $(secs_between "$t0" "$(now_ns)")s"
-  code=$(timeout 60 "$LOAD" append --target "$SERVER_ADDR" --token "$TOKEN" --connections 1 --max-requests 1 --duration-secs 25 --timeout-secs 20 2>&1 | grep '^STATUS' || true)
+  code=$(timeout 60 "$LOAD" append --target "$SERVER_ADDR" --token "$TOKEN" --connections 1 --max-requests 1 \
+    --duration-secs 25 --timeout-secs 20 --seed 199 2>&1 | grep '^STATUS' || true)
+  log "an append while the database is down: $code after $(secs_between "$t0" "$(now_ns)")s"
   [[ "$code" == *"503="* ]] || die "an append while the database was down did not get 503: $code"
   sleep 2
   log "starting PostgreSQL again"
@@ -268,7 +273,7 @@ drill_pg() {
   local i ok=0
   for i in $(seq 1 30); do
     timeout 60 "$LOAD" append --target "$SERVER_ADDR" --token "$TOKEN" --connections 8 --max-requests 100 \
-      --duration-secs 20 --ack-file "$WORK/acks-pg-2" >"$WORK/pg-2.load" 2>&1 || true
+      --duration-secs 20 --seed $((200 + i)) --ack-file "$WORK/acks-pg-2-$i" >"$WORK/pg-2.load" 2>&1 || true
     if [[ "$(status_count "$WORK/pg-2.load" 201)" == 100 ]]; then ok=1; break; fi
     sleep 1
   done
@@ -315,10 +320,10 @@ drill_fuzz() {
   log "stable fuzz fallback: the same targets over seeds + mutations, bounded"
   local flag=()
   [[ "$PROFILE" == release ]] && flag=(--release)
-  FUZZ_FALLBACK_SECS=$(( QUICK == 1 ? 15 : 60 )) timeout 900 cargo test -q "${flag[@]}" -p incidentlog-bench --features fuzzing \
+  FUZZ_FALLBACK_ITERS=100000000 FUZZ_FALLBACK_SECS=$(( QUICK == 1 ? 15 : 60 )) timeout 900 cargo test -q "${flag[@]}" -p incidentlog-bench --features fuzzing \
     --test fuzz_fallback -- --nocapture >"$WORK/fuzz-fallback.log" 2>&1 \
     || { tail -n 40 "$WORK/fuzz-fallback.log" >&2; die "fuzz fallback found a failure"; }
-  summary+="fallback: $(grep -E '^FUZZ ' "$WORK/fuzz-fallback.log" | sed 's/^FUZZ //' | tr '\n' ' ')"
+  summary+="fallback: $(grep -oE 'FUZZ [a-z_]+: [0-9]+ inputs in [0-9.]+s' "$WORK/fuzz-fallback.log" | sed 's/^FUZZ //' | tr '\n' ';')"
   echo "fuzz: $summary"
 }
 

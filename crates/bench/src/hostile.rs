@@ -295,7 +295,8 @@ fn build(i: usize, rng: &mut Rng, synth: &mut Synth, token: Option<&str>) -> Hos
                     b
                 }
                 6 => format!("POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nabc\r\n0\r\n\r\n", token.unwrap_or("")).into_bytes(),
-                7 => format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "y".repeat(100 << 10)).into_bytes(),
+                // Headers beyond any sane limit (hyper's default buffer is ~400 KiB).
+                7 => format!("GET /v1/regions HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "y".repeat(600 << 10)).into_bytes(),
                 _ => format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").into_bytes(),
             };
             Hostile {

@@ -141,8 +141,12 @@ enum Cmd {
     CheckAcks {
         #[command(flatten)]
         t: Target,
-        #[arg(long, required = true)]
+        #[arg(long, required = true, num_args = 1..)]
         acks: Vec<PathBuf>,
+        /// Also fail when the log holds events that were never acknowledged (when every
+        /// request got an answer, an error answer must have recorded nothing).
+        #[arg(long)]
+        exact: bool,
     },
     /// Count the events in the server's log (pages GET /v1/events); prints `EVENTS n`.
     Count {
@@ -245,7 +249,7 @@ async fn async_main(cmd: Cmd) -> Result<()> {
             path,
             name,
         } => get(t, connections, duration_secs, max_requests, path, name).await,
-        Cmd::CheckAcks { t, acks } => check_acks(t, acks).await,
+        Cmd::CheckAcks { t, acks, exact } => check_acks(t, acks, exact).await,
         Cmd::Count { t } => {
             let addr = t.addr()?;
             let (ids, _) = log_event_ids(&t, addr).await?;
@@ -770,7 +774,7 @@ pub(crate) async fn log_event_ids(t: &Target, addr: SocketAddr) -> Result<(Vec<S
     bail!("log too long to page through")
 }
 
-async fn check_acks(t: Target, acks: Vec<PathBuf>) -> Result<()> {
+async fn check_acks(t: Target, acks: Vec<PathBuf>, exact: bool) -> Result<()> {
     let addr = t.addr()?;
     let (ids, head) = log_event_ids(&t, addr).await?;
     let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
@@ -783,6 +787,7 @@ async fn check_acks(t: Target, acks: Vec<PathBuf>) -> Result<()> {
     }
     let mut acked = 0u64;
     let mut missing = Vec::new();
+    let mut acked_ids: HashSet<String> = HashSet::new();
     for p in &acks {
         let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
         for id in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -790,13 +795,28 @@ async fn check_acks(t: Target, acks: Vec<PathBuf>) -> Result<()> {
             if !present.contains(id) {
                 missing.push(id.to_string());
             }
+            acked_ids.insert(id.to_string());
         }
     }
+    let extra: Vec<&String> = ids
+        .iter()
+        .filter(|id| !acked_ids.contains(id.as_str()))
+        .collect();
     println!(
-        "ACKS acknowledged={acked} log_events={} head={head} missing={}",
+        "ACKS acknowledged={acked} log_events={} head={head} missing={} unacknowledged_in_log={}",
         ids.len(),
-        missing.len()
+        missing.len(),
+        extra.len()
     );
+    if exact && !extra.is_empty() {
+        for e in extra.iter().take(10) {
+            eprintln!("in the log but never acknowledged (its request got an error answer): {e}");
+        }
+        bail!(
+            "{} events are in the log although their requests were answered with an error",
+            extra.len()
+        );
+    }
     if !missing.is_empty() {
         for m in missing.iter().take(20) {
             eprintln!("missing acknowledged event {m}");
