@@ -1,8 +1,7 @@
 //! The application layer: appends decided under the incident's version, bulk import, live
 //! views, as-of queries, replay and verify. No HTTP types here; `http` maps this to routes.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
@@ -46,6 +45,10 @@ macro_rules! lean {
 /// Page size of catch-up and replay reads: large, so that the fold is not dominated by
 /// per-call overhead.
 const REPLAY_PAGE: usize = 16 * 1024;
+/// Lines (and bytes) per parsing task of a bulk import, and how many tasks run ahead.
+const PARSE_BATCH_LINES: usize = 2048;
+const PARSE_BATCH_BYTES: usize = 4 << 20;
+const PARSE_AHEAD: usize = 2;
 /// Events per `append_many` call of a bulk import (one sync each).
 const IMPORT_CHUNK_EVENTS: usize = 16 * 1024;
 /// Attempts for `expected_version: "any"` when another writer wins the race.
@@ -336,9 +339,10 @@ impl AppService {
     }
 
     fn stripe(&self, id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut h);
-        self.inner.stripes[(h.finish() as usize) % STRIPES].clone()
+        // Client-chosen ids may share prefixes: mix both halves.
+        let (hi, lo) = id.as_u64_pair();
+        let mixed = (hi ^ lo.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.inner.stripes[(mixed >> 32) as usize % STRIPES].clone()
     }
 
     /// Waits until the live views include `position` (read-your-writes).
@@ -576,58 +580,79 @@ impl AppService {
         let mut report = ImportReport::default();
         let mut last_position = 0u64;
         let mut line_no = 0u64;
-        let mut buf = Vec::with_capacity(4096);
+        let mut eof = false;
+        // Lines are parsed (JSON, typed events, canonical bytes) in batches on blocking
+        // threads, a batch ahead of the validation, which must go in line order.
+        let mut parsing: VecDeque<tokio::task::JoinHandle<Vec<(u64, Parsed)>>> = VecDeque::new();
         loop {
-            buf.clear();
-            let n = input
-                .read_until(b'\n', &mut buf)
-                .await
-                .map_err(|e| ApiError::bad_request(format!("reading the input failed: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            line_no += 1;
-            let text = trim_ascii(&buf);
-            if text.is_empty() {
-                continue;
-            }
-            let cmd = match serde_json::from_slice::<Value>(text) {
-                Err(e) => {
-                    reject(&mut report, line_no, 400, format!("malformed JSON: {e}"));
+            if !eof && parsing.len() < PARSE_AHEAD {
+                let mut batch = LineBatch::default();
+                while batch.lines.len() < PARSE_BATCH_LINES && batch.bytes.len() < PARSE_BATCH_BYTES
+                {
+                    let start = batch.bytes.len();
+                    let n = input
+                        .read_until(b'\n', &mut batch.bytes)
+                        .await
+                        .map_err(|e| {
+                            ApiError::bad_request(format!("reading the input failed: {e}"))
+                        })?;
+                    if n == 0 {
+                        eof = true;
+                        break;
+                    }
+                    line_no += 1;
+                    batch.lines.push((line_no, start, batch.bytes.len()));
+                }
+                if !batch.lines.is_empty() {
+                    parsing.push_back(tokio::task::spawn_blocking(move || batch.parse()));
+                }
+                if !eof && parsing.len() < PARSE_AHEAD {
                     continue;
                 }
-                Ok(v) => match parse_command(&v, None) {
-                    Ok(cmd) => cmd,
-                    Err(e) => {
-                        reject(&mut report, line_no, e.status().as_u16(), e.public_detail());
+            }
+            let Some(next) = parsing.pop_front() else {
+                break;
+            };
+            let parsed = next
+                .await
+                .map_err(|e| ApiError::Internal(format!("parsing task failed: {e}")))?;
+            let mut last_line = 0;
+            for (line, p) in parsed {
+                last_line = line;
+                let (cmd, new) = match p {
+                    Parsed::Blank => continue,
+                    Parsed::Rejected(status, detail) => {
+                        reject(&mut report, line, status, detail);
                         continue;
                     }
-                },
-            };
-            // An event id already pending in this chunk: write the chunk first, so that the
-            // line is recognised as a repeat (or reuse) of a recorded one.
-            if cmd
-                .events
-                .iter()
-                .any(|e| chunk.event_ids.contains(&e.event_id))
-            {
-                self.flush(&mut chunk, recorded_by, &mut report, &mut last_position)
-                    .await?;
+                    Parsed::Command(cmd, new) => (cmd, new),
+                };
+                // An event id already pending in this chunk: write the chunk first, so that the
+                // line is recognised as a repeat (or reuse) of a recorded one.
+                if cmd
+                    .events
+                    .iter()
+                    .any(|e| chunk.event_ids.contains(&e.event_id))
+                {
+                    self.flush(&mut chunk, recorded_by, &mut report, &mut last_position)
+                        .await?;
+                }
+                self.stage(
+                    &mut chunk,
+                    cmd,
+                    new,
+                    line,
+                    recorded_by,
+                    &mut report,
+                    &mut last_position,
+                )
+                .await?;
+                if chunk.events >= IMPORT_CHUNK_EVENTS {
+                    self.flush(&mut chunk, recorded_by, &mut report, &mut last_position)
+                        .await?;
+                }
             }
-            self.stage(
-                &mut chunk,
-                cmd,
-                line_no,
-                recorded_by,
-                &mut report,
-                &mut last_position,
-            )
-            .await?;
-            if chunk.events >= IMPORT_CHUNK_EVENTS {
-                self.flush(&mut chunk, recorded_by, &mut report, &mut last_position)
-                    .await?;
-                progress(line_no);
-            }
+            progress(last_line);
         }
         self.flush(&mut chunk, recorded_by, &mut report, &mut last_position)
             .await?;
@@ -638,10 +663,12 @@ impl AppService {
     }
 
     /// Validates one line against the chunk's running state and queues it.
+    #[allow(clippy::too_many_arguments)]
     async fn stage(
         &self,
         chunk: &mut Chunk,
         cmd: AppendCommand,
+        new: Vec<NewEvent>,
         line: u64,
         recorded_by: &str,
         report: &mut ImportReport,
@@ -655,17 +682,38 @@ impl AppService {
                 slot.insert(stripe.lock_owned().await);
             }
             let state = self.decision_state(id).await?;
-            chunk.states.insert(id, state);
+            chunk.states.insert(
+                id,
+                Overlay {
+                    state,
+                    unapplied: Vec::new(),
+                },
+            );
         }
-        let state = chunk
-            .states
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(IncidentState::new);
-        let version = state.version();
+        let Some(overlay) = chunk.states.get_mut(&id) else {
+            return Err(ApiError::Internal("staged incident state vanished".into()));
+        };
+        // Fold the earlier accepted lines of this incident in (only now that they matter).
+        for idx in std::mem::take(&mut overlay.unapplied) {
+            let staged = &chunk.lines[idx];
+            let base = staged.base_version;
+            for (k, e) in staged.request.events.iter().enumerate() {
+                overlay.state.apply(&Envelope {
+                    global_position: 0,
+                    incident_id: id,
+                    stream_version: base + 1 + k as u64,
+                    event_id: e.event_id,
+                    event_type: &e.event_type,
+                    data: &e.data,
+                    recorded_at: chunk.now,
+                    recorded_by,
+                })?;
+            }
+        }
+        let version = overlay.state.version() + overlay.pending_events(&chunk.lines);
         let failure = match cmd.expected {
             ExpectedVersion::Exact(n) if n != version => Some(self.conflict(&cmd, version)),
-            _ => decide(&state, &cmd.events, Utc::now(), "/events")
+            _ => decide(&overlay.state, &cmd.events, Utc::now(), "/events")
                 .err()
                 .map(ApiError::invalid),
         };
@@ -694,35 +742,14 @@ impl AppService {
             }
             return Ok(());
         }
-        // Accepted against the running state: fold it in for the next lines of this incident.
-        let mut next = state;
-        let now = Utc::now();
-        let mut new = Vec::with_capacity(cmd.events.len());
-        for (i, e) in cmd.events.iter().enumerate() {
-            let data = e.canonical_data();
-            next.apply(&Envelope {
-                global_position: 0,
-                incident_id: id,
-                stream_version: version + 1 + i as u64,
-                event_id: e.event_id,
-                event_type: e.event_type(),
-                data: &data,
-                recorded_at: now,
-                recorded_by,
-            })?;
-            new.push(NewEvent {
-                event_id: e.event_id,
-                event_type: e.event_type().to_string(),
-                data,
-            });
-        }
-        chunk.states.insert(id, next);
+        overlay.unapplied.push(chunk.lines.len());
         chunk.events += cmd.events.len();
         chunk
             .event_ids
             .extend(cmd.events.iter().map(|e| e.event_id));
         chunk.lines.push(Staged {
             line,
+            base_version: version,
             request: AppendRequest {
                 stream_id: id,
                 expected_version: ExpectedVersion::Exact(version),
@@ -941,13 +968,27 @@ impl AppService {
     }
 }
 
-#[derive(Default)]
 struct Chunk {
     lines: Vec<Staged>,
-    states: HashMap<Uuid, IncidentState>,
+    states: HashMap<Uuid, Overlay>,
     event_ids: HashSet<Uuid>,
     guards: HashMap<usize, OwnedMutexGuard<()>>,
     events: usize,
+    /// `recorded_at` stand-in for folding staged events into decision states.
+    now: DateTime<Utc>,
+}
+
+impl Default for Chunk {
+    fn default() -> Self {
+        Chunk {
+            lines: Vec::new(),
+            states: HashMap::new(),
+            event_ids: HashSet::new(),
+            guards: HashMap::new(),
+            events: 0,
+            now: Utc::now(),
+        }
+    }
 }
 
 impl Chunk {
@@ -957,13 +998,71 @@ impl Chunk {
         self.event_ids.clear();
         self.guards.clear();
         self.events = 0;
+        self.now = Utc::now();
+    }
+}
+
+/// An incident's decision state during a chunk: the state before the chunk plus the accepted
+/// lines not yet folded into it (folded only when another line of the incident comes).
+struct Overlay {
+    state: IncidentState,
+    unapplied: Vec<usize>,
+}
+
+impl Overlay {
+    fn pending_events(&self, lines: &[Staged]) -> u64 {
+        self.unapplied
+            .iter()
+            .map(|i| lines[*i].request.events.len() as u64)
+            .sum()
     }
 }
 
 struct Staged {
     line: u64,
+    base_version: u64,
     request: AppendRequest,
     cmd: AppendCommand,
+}
+
+/// Lines read for one parsing task: the bytes, and (line number, start, end) of each line.
+#[derive(Default)]
+struct LineBatch {
+    bytes: Vec<u8>,
+    lines: Vec<(u64, usize, usize)>,
+}
+
+enum Parsed {
+    Blank,
+    Rejected(u16, String),
+    Command(AppendCommand, Vec<NewEvent>),
+}
+
+impl LineBatch {
+    /// Parses every line (pure CPU work, run on a blocking thread).
+    fn parse(self) -> Vec<(u64, Parsed)> {
+        self.lines
+            .iter()
+            .map(|&(line, start, end)| {
+                let text = trim_ascii(&self.bytes[start..end]);
+                let parsed = if text.is_empty() {
+                    Parsed::Blank
+                } else {
+                    match serde_json::from_slice::<Value>(text) {
+                        Err(e) => Parsed::Rejected(400, format!("malformed JSON: {e}")),
+                        Ok(v) => match parse_command(&v, None) {
+                            Ok(cmd) => {
+                                let new = new_events(&cmd.events);
+                                Parsed::Command(cmd, new)
+                            }
+                            Err(e) => Parsed::Rejected(e.status().as_u16(), e.public_detail()),
+                        },
+                    }
+                };
+                (line, parsed)
+            })
+            .collect()
+    }
 }
 
 fn reject(report: &mut ImportReport, line: u64, status: u16, detail: String) {
