@@ -247,8 +247,12 @@ impl RecordView<'_> {
 
     /// Decodes the JSON body into a full event.
     pub(crate) fn to_event(&self, hash: [u8; 32]) -> Result<RecordedEvent, String> {
-        let body: BodyOwned =
-            serde_json::from_slice(self.json).map_err(|e| format!("bad record body: {e}"))?;
+        let body = match fast_body(self.json) {
+            Some(body) => body,
+            None => {
+                serde_json::from_slice(self.json).map_err(|e| format!("bad record body: {e}"))?
+            }
+        };
         let recorded_at = chrono::DateTime::from_timestamp_micros(self.meta.recorded_at)
             .ok_or_else(|| "recorded_at out of range".to_string())?;
         Ok(RecordedEvent {
@@ -263,6 +267,57 @@ impl RecordView<'_> {
             hash,
         })
     }
+}
+
+/// A JSON string starting at `b[0] == '"'`: its value and the bytes it took.
+fn json_string(b: &[u8]) -> Option<(String, usize)> {
+    if b.first() != Some(&b'"') {
+        return None;
+    }
+    let mut i = 1;
+    let mut escaped = false;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let raw = &b[..=i];
+                let value = if escaped {
+                    serde_json::from_slice::<String>(raw).ok()?
+                } else {
+                    let inner = std::str::from_utf8(&raw[1..i]).ok()?;
+                    if inner.bytes().any(|c| c < 0x20) {
+                        return None;
+                    }
+                    inner.to_string()
+                };
+                return Some((value, i + 1));
+            }
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Decodes the body as this writer lays it out (`{"type":..,"recorded_by":..,"data":..}`,
+/// compact) without a general JSON parse of the envelope; `None` for any other layout, which
+/// the caller then hands to serde. Only `data` is validated as JSON (`RawValue` requires it).
+fn fast_body(json: &[u8]) -> Option<BodyOwned> {
+    let rest = json.strip_prefix(br#"{"type":"#)?;
+    let (event_type, used) = json_string(rest)?;
+    let rest = rest[used..].strip_prefix(br#","recorded_by":"#)?;
+    let (recorded_by, used) = json_string(rest)?;
+    let rest = rest[used..].strip_prefix(br#","data":"#)?;
+    let data = rest.strip_suffix(b"}")?;
+    let data = std::str::from_utf8(data).ok()?;
+    let data = RawValue::from_string(data.to_string()).ok()?;
+    Some(BodyOwned {
+        event_type,
+        recorded_by,
+        data,
+    })
 }
 
 /// Fuzzing entry point: decodes arbitrary bytes as a sequence of records; must never panic.
@@ -280,4 +335,90 @@ pub fn fuzz_decode(bytes: &[u8]) -> usize {
         n += 1;
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode_body(event_type: &str, recorded_by: &str, data: &str) -> Vec<u8> {
+        let data = RawValue::from_string(data.to_string()).unwrap();
+        serde_json::to_vec(&BodyRef {
+            event_type,
+            recorded_by,
+            data: &data,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn fast_body_agrees_with_serde() {
+        let cases = [
+            ("IncidentReported", "alice", r#"{"a":1}"#),
+            ("T\"q\\", "bob \u{1}\n\t", r#"[1,"}",{"x":"\"}"}]"#),
+            ("Харків", "日本", r#""just a string""#),
+            ("", "", "null"),
+            ("x", "y", r#"{"data":{"type":"z"},"recorded_by":"w"}"#),
+        ];
+        for (t, r, d) in cases {
+            let body = encode_body(t, r, d);
+            let fast = fast_body(&body).expect("our own layout decodes");
+            let slow: BodyOwned = serde_json::from_slice(&body).unwrap();
+            assert_eq!(fast.event_type, t);
+            assert_eq!(fast.recorded_by, r);
+            assert_eq!(fast.event_type, slow.event_type);
+            assert_eq!(fast.recorded_by, slow.recorded_by);
+            assert_eq!(fast.data.get(), slow.data.get());
+            assert_eq!(fast.data.get(), d);
+        }
+        // Other layouts fall back to serde.
+        assert!(fast_body(br#"{"recorded_by":"a","type":"b","data":1}"#).is_none());
+        assert!(fast_body(br#"{"type":"a","recorded_by":"b","data":1,"x":2}"#).is_none());
+        assert!(fast_body(br#"{"type":"a","recorded_by":"b","data":}"#).is_none());
+    }
+
+    #[test]
+    fn record_roundtrip_and_checks() {
+        let meta = RecordMeta {
+            position: 7,
+            prev_hash: [3; 32],
+            stream_id: Uuid::from_u128(1),
+            event_id: Uuid::from_u128(2),
+            stream_version: 4,
+            recorded_at: 1_700_000_000_000_000,
+            append_index: 1,
+            append_len: 2,
+        };
+        let data = RawValue::from_string(r#"{"k":[1,2]}"#.into()).unwrap();
+        let mut buf = Vec::new();
+        let hash = encode_record(&mut buf, &meta, "T", "me", &data).unwrap();
+        let v = parse_record(&buf).unwrap();
+        assert_eq!(v.meta, meta);
+        assert_eq!(v.total_len, buf.len());
+        assert_eq!(v.hash(), hash);
+        let e = v.to_event(hash).unwrap();
+        assert_eq!(
+            (e.event_type.as_str(), e.recorded_by.as_str(), e.data.get()),
+            ("T", "me", r#"{"k":[1,2]}"#)
+        );
+        // Every strict prefix is incomplete; every single-byte change is rejected.
+        for cut in 0..buf.len() {
+            assert!(matches!(
+                parse_record(&buf[..cut]),
+                Err(FrameError::Incomplete)
+            ));
+        }
+        for i in 0..buf.len() {
+            let mut b = buf.clone();
+            b[i] ^= 1;
+            assert!(parse_record(&b).is_err(), "flip at {i} accepted");
+        }
+        // Zeroes never validate.
+        assert!(matches!(parse_record(&[0u8; 200]), Err(FrameError::Bad(_))));
+        // The header round-trips and a newer version is refused.
+        let mut h = encode_header(42);
+        assert_eq!(parse_header(&h), Ok(42));
+        h[8] = 9;
+        assert!(parse_header(&h).is_err());
+    }
 }
