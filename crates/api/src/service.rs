@@ -911,6 +911,31 @@ impl AppService {
         Ok(self.read_projection().region_summaries(window, at))
     }
 
+    /// The summary of one region at a resolved position (`None`: live), and the position the
+    /// answer describes (read under the same lock).
+    pub fn region_summary_at(
+        &self,
+        region: &Region,
+        window: &Window,
+        at: Option<u64>,
+    ) -> (Option<RegionSummary>, u64) {
+        let p = self.read_projection();
+        (
+            p.region_summary(region, window, at),
+            at.unwrap_or(p.position()),
+        )
+    }
+
+    /// Summaries of every region at a resolved position (`None`: live), and that position.
+    pub fn region_summaries_at(
+        &self,
+        window: &Window,
+        at: Option<u64>,
+    ) -> (Vec<RegionSummary>, u64) {
+        let p = self.read_projection();
+        (p.region_summaries(window, at), at.unwrap_or(p.position()))
+    }
+
     /// Events of one incident, in order.
     pub async fn stream_events(&self, id: Uuid) -> Result<Vec<RecordedEvent>, ApiError> {
         Ok(lean!(self.inner.store, read_stream(id))?)

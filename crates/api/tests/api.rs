@@ -545,13 +545,27 @@ async fn as_of_and_at_position() {
     let app = app().await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     app.append(a, json!({"events": [reported(Uuid::new_v4(), "UA-63", "missile_strike"), casualties(Uuid::new_v4(), 2)]})).await;
+    // Live summaries are cached per position; every append must show at once.
+    assert_eq!(app.get("/v1/regions/UA-63").await.body["incidents"], 1);
+    assert_eq!(
+        app.get("/v1/regions").await.body["regions"][0]["incidents"],
+        1
+    );
     app.append(
         b,
         json!({"events": [reported(Uuid::new_v4(), "UA-63", "drone_strike")]}),
     )
     .await;
+    assert_eq!(app.get("/v1/regions/UA-63").await.body["incidents"], 2);
+    assert_eq!(
+        app.get("/v1/regions").await.body["regions"][0]["incidents"],
+        2
+    );
     app.append(a, json!({"events": [casualties(Uuid::new_v4(), 5)]}))
         .await;
+    let live = app.get("/v1/regions/UA-63").await;
+    assert_eq!(live.body["casualties"]["killed"]["best"], 5);
+    assert_eq!(live.body["as_of_position"], 4);
 
     let r = app.get("/v1/regions/UA-63?at_position=2").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);

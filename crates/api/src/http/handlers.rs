@@ -37,6 +37,20 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     }
 }
 
+fn to_json<T: Serialize>(value: &T) -> Result<axum::body::Bytes, ApiError> {
+    serde_json::to_vec(value)
+        .map(axum::body::Bytes::from)
+        .map_err(|e| ApiError::Internal(format!("serializing a response: {e}")))
+}
+
+/// A 200 with an already serialized JSON body.
+fn json_bytes(body: axum::body::Bytes) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
 fn recorded_by(p: &Principal) -> Result<&str, ApiError> {
     p.name
         .as_deref()
@@ -425,13 +439,22 @@ pub(crate) async fn regions(
     ApiQuery(q): ApiQuery<SummaryParams>,
 ) -> Result<Response, ApiError> {
     let window = window(&q)?;
-    let at = as_of(q.as_of.as_deref(), q.at_position)?;
-    let regions = state.service.region_summaries(&window, at).await?;
+    let at = state
+        .service
+        .resolve(as_of(q.as_of.as_deref(), q.at_position)?)
+        .await?;
+    let key = ("*".to_string(), q.from, q.to, at);
+    if let Some(body) = state.summaries.get(&key, state.service.applied_position()) {
+        return Ok(json_bytes(body));
+    }
+    let (regions, position) = state.service.region_summaries_at(&window, at);
     #[derive(Serialize)]
     struct Body<T> {
         regions: T,
     }
-    Ok(json(StatusCode::OK, &Body { regions }))
+    let body = to_json(&Body { regions })?;
+    state.summaries.put(key, position, body.clone());
+    Ok(json_bytes(body))
 }
 
 /// The summary of one region.
@@ -461,9 +484,21 @@ pub(crate) async fn region(
         errors: vec![crate::error::field_error("/code", m)],
     })?;
     let window = window(&q)?;
-    let at = as_of(q.as_of.as_deref(), q.at_position)?;
-    let summary = state.service.region_summary(&region, &window, at).await?;
-    Ok(json(StatusCode::OK, &summary))
+    let at = state
+        .service
+        .resolve(as_of(q.as_of.as_deref(), q.at_position)?)
+        .await?;
+    let key = (region.code().to_string(), q.from, q.to, at);
+    if let Some(body) = state.summaries.get(&key, state.service.applied_position()) {
+        return Ok(json_bytes(body));
+    }
+    let (summary, position) = state.service.region_summary_at(&region, &window, at);
+    let summary = summary.ok_or_else(|| {
+        ApiError::NotFound(format!("nothing recorded for region {}", region.code()))
+    })?;
+    let body = to_json(&summary)?;
+    state.summaries.put(key, position, body.clone());
+    Ok(json_bytes(body))
 }
 
 // ---- admin ----

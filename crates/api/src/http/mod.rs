@@ -1,5 +1,6 @@
 //! The HTTP face of the service: routes, auth, limits, metrics, SSE, shutdown.
 
+mod cache;
 mod extract;
 mod handlers;
 mod metrics;
@@ -94,6 +95,7 @@ pub(crate) struct Shared {
     pub limiter: Arc<ratelimit::RateLimiter>,
     /// Turns true when the server stops accepting: SSE streams end.
     pub stopping: watch::Receiver<bool>,
+    pub summaries: cache::SummaryCache,
 }
 
 /// The router with every route and layer, for in-process use (tests); SSE streams end when
@@ -119,6 +121,7 @@ fn build_router(
             config.rate_limit_burst,
         )),
         stopping,
+        summaries: cache::SummaryCache::default(),
     }));
     Router::new()
         .route(
