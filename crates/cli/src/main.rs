@@ -231,6 +231,15 @@ fn init_logging(level: Option<&str>) {
         .init();
 }
 
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+    })
+}
+
 /// The exit code an error deserves.
 fn exit_code_of(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -269,6 +278,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code),
+        Err(err) if is_broken_pipe(&err) => {
+            // `incidentlog export | head`: the reader left; not an error (as in ripgrep).
+            ExitCode::from(exit::OK)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(exit_code_of(&err))
