@@ -16,7 +16,7 @@ mod writer;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
@@ -30,7 +30,7 @@ pub use io::{LogFile, LogIo, RealIo};
 
 use format::{RecordMeta, RecordView};
 use index::{IdLookup, Index, Location};
-use writer::{Msg, Writer};
+use writer::{IoStage, Msg, Writer};
 
 use crate::{
     AppendOutcome, AppendRequest, EventStore, Head, OpenOptions, RecordedEvent, StoreError,
@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) head_tx: watch::Sender<u64>,
     poisoned: Mutex<Option<String>>,
     pub(crate) closed: AtomicBool,
+    /// Sequence number of the last batch the I/O thread has finished with.
+    pub(crate) durable_seq: AtomicU64,
 }
 
 impl Shared {
@@ -148,22 +150,32 @@ impl FileStore {
             head_tx,
             poisoned: Mutex::new(None),
             closed: AtomicBool::new(false),
+            durable_seq: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        let writer = Writer {
+        let (jobs_tx, jobs_rx) = mpsc::channel(1);
+        let stage = IoStage {
             shared: shared.clone(),
             io,
             log_dir,
             file: Some(file),
+            durability: opts.durability,
+            unsynced: false,
+        };
+        std::thread::Builder::new()
+            .name("incidentlog-log-io".into())
+            .spawn(move || stage.run(jobs_rx))?;
+        let writer = Writer {
+            shared: shared.clone(),
+            jobs: jobs_tx,
             seg_len: recovered.active_len,
             next_position: head.position + 1,
             last_hash: head.hash,
             last_recorded_at,
-            durability: opts.durability,
             segment_size: opts.segment_size.clamp(512, 1 << 30),
-            buf: Vec::with_capacity(1 << 20),
-            unsynced: false,
             closed: false,
+            inflight: std::collections::VecDeque::new(),
+            seq: 0,
         };
         tokio::spawn(writer.run(rx));
         Ok(FileStore {

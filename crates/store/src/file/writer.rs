@@ -1,6 +1,12 @@
-//! The single writer task: group commit of queued appends, one write and one sync per batch.
+//! The writer: group commit of queued appends, one write and one sync per batch, pipelined.
+//!
+//! Two stages. The writer task collects the appends queued at that moment, validates them
+//! against the durable index *and* the batches still on their way to disk, and encodes them into
+//! one buffer. The I/O thread writes that buffer with one `write`, syncs it once, publishes the
+//! new durable head and answers. While one batch syncs, the next one is being collected and
+//! encoded, so the disk never waits for the CPU and vice versa.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,22 +40,35 @@ pub(crate) enum Msg {
     },
 }
 
+/// One encoded batch on its way to disk.
+pub(crate) struct Job {
+    seq: u64,
+    /// Start a new segment at this first position before writing.
+    roll: Option<u64>,
+    buf: Vec<u8>,
+    /// (segment offset, recorded_at, stream, event id) of every record in `buf`.
+    entries: Vec<(u32, i64, Uuid, Uuid)>,
+    head: Head,
+    /// Length of the active segment once `buf` is written.
+    seg_len: u64,
+    /// Answers to give once durable (or `Unavailable` for all if the write fails).
+    replies: Vec<(oneshot::Sender<Results>, Results)>,
+    close: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
-    pub io: Arc<dyn LogIo>,
-    pub log_dir: PathBuf,
-    pub file: Option<Box<dyn LogFile>>,
+    pub jobs: mpsc::Sender<Job>,
     pub seg_len: u64,
     pub next_position: u64,
     pub last_hash: [u8; 32],
     pub last_recorded_at: i64,
-    pub durability: Durability,
     pub segment_size: u64,
-    pub buf: Vec<u8>,
-    /// Relaxed durability: bytes written but not yet synced.
-    pub unsynced: bool,
     /// A close request was processed: appends queued after it fail.
     pub closed: bool,
+    /// Batches handed to the I/O thread and maybe not durable yet (oldest first).
+    pub inflight: VecDeque<Overlay>,
+    pub seq: u64,
 }
 
 /// What the writer knows about an event id already recorded (durably or earlier in the batch).
@@ -63,12 +82,25 @@ struct Existing {
     append_len: u32,
 }
 
-/// Events accepted earlier in the batch, not yet durable.
+/// The events of one batch, by stream and by id (positions refer into `requests`).
 #[derive(Default)]
-struct BatchCtx {
+pub(crate) struct Maps {
     streams: HashMap<Uuid, u64, MixState>,
     ids: HashMap<Uuid, (usize, usize, usize, RecordMeta), MixState>,
-    /// (segment offset, recorded_at, stream, event id) of every record in the buffer.
+}
+
+/// A batch handed to the I/O thread: what later batches must see until it is in the index.
+pub(crate) struct Overlay {
+    seq: u64,
+    requests: Vec<Vec<AppendRequest>>,
+    maps: Maps,
+}
+
+/// The batch being built.
+#[derive(Default)]
+struct BatchCtx {
+    maps: Maps,
+    buf: Vec<u8>,
     entries: Vec<(u32, i64, Uuid, Uuid)>,
 }
 
@@ -77,6 +109,20 @@ fn request_bytes(r: &AppendRequest) -> usize {
         .iter()
         .map(|e| format::encoded_len_estimate(&e.event_type, &r.recorded_by, &e.data))
         .sum()
+}
+
+fn find(maps: &Maps, requests: &[Vec<AppendRequest>], id: &Uuid) -> Option<Existing> {
+    let (mi, ri, ei, meta) = maps.ids.get(id)?;
+    let e = &requests[*mi][*ri].events[*ei];
+    Some(Existing {
+        position: meta.position,
+        stream_id: meta.stream_id,
+        stream_version: meta.stream_version,
+        event_type: e.event_type.clone(),
+        data: e.data.get().to_string(),
+        append_index: meta.append_index,
+        append_len: meta.append_len,
+    })
 }
 
 impl Writer {
@@ -116,214 +162,130 @@ impl Writer {
                 self.commit(std::mem::take(&mut batch)).await;
             }
             if let Some(reply) = close {
-                let _ = reply.send(self.close().await);
+                self.closed = true;
+                let job = Job {
+                    seq: self.seq,
+                    roll: None,
+                    buf: Vec::new(),
+                    entries: Vec::new(),
+                    head: Head::default(),
+                    seg_len: self.seg_len,
+                    replies: Vec::new(),
+                    close: Some(reply),
+                };
+                // If the I/O thread is gone the reply is dropped: close then reports Ok.
+                let _ = self.jobs.send(job).await;
             }
         }
-        // Every handle is gone: flush what relaxed durability left unsynced.
-        if self.unsynced && self.shared.poison_reason().is_none() {
-            let _ = self.sync().await;
-        }
+        // Dropping `jobs` lets the I/O thread finish (and sync what relaxed mode left).
     }
 
     fn unavailable(&self) -> Option<String> {
         if let Some(reason) = self.shared.poison_reason() {
             return Some(reason);
         }
-        if self.closed || self.file.is_none() {
+        if self.closed {
             return Some("the store is closed".into());
         }
         None
     }
 
-    fn poison(&mut self, reason: String) {
-        tracing::error!(%reason, "log write failed: refusing appends until the store is reopened");
-        self.shared.set_poisoned(reason);
-    }
-
     async fn commit(&mut self, batch: Vec<(Vec<AppendRequest>, oneshot::Sender<Results>)>) {
-        let fail_all = |batch: Vec<(Vec<AppendRequest>, oneshot::Sender<Results>)>, why: &str| {
+        if let Some(why) = self.unavailable() {
             for (reqs, reply) in batch {
                 let _ = reply.send(
                     reqs.iter()
-                        .map(|_| Err(StoreError::Unavailable(why.to_string())))
+                        .map(|_| Err(StoreError::Unavailable(why.clone())))
                         .collect(),
                 );
             }
-        };
-        if let Some(why) = self.unavailable() {
-            fail_all(batch, &why);
             return;
         }
-        if self.seg_len >= self.segment_size && self.seg_len > HEADER_LEN as u64 {
-            if let Err(e) = self.roll().await {
-                let why = format!("starting a new segment failed: {e}");
-                self.poison(why.clone());
-                fail_all(batch, &why);
-                return;
-            }
+        // Batches the I/O thread has published are in the index now.
+        let durable = self.shared.durable_seq.load(Ordering::Acquire);
+        while self.inflight.front().is_some_and(|o| o.seq <= durable) {
+            self.inflight.pop_front();
         }
+        let roll = if self.seg_len >= self.segment_size && self.seg_len > HEADER_LEN as u64 {
+            self.seg_len = HEADER_LEN as u64;
+            Some(self.next_position)
+        } else {
+            None
+        };
         let now = chrono::Utc::now()
             .timestamp_micros()
             .max(self.last_recorded_at);
-        let mut ctx = BatchCtx::default();
-        self.buf.clear();
-        let mut results: Vec<Results> = Vec::with_capacity(batch.len());
-        for (mi, (reqs, _)) in batch.iter().enumerate() {
+        let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let mut ctx = BatchCtx {
+            buf: Vec::with_capacity(requests.iter().flatten().map(request_bytes).sum()),
+            ..BatchCtx::default()
+        };
+        let mut results: Vec<Results> = Vec::with_capacity(requests.len());
+        for (mi, reqs) in requests.iter().enumerate() {
             let mut rs = Vec::with_capacity(reqs.len());
             for (ri, req) in reqs.iter().enumerate() {
-                rs.push(self.accept(&batch, mi, ri, req, &mut ctx, now));
+                rs.push(self.accept(&requests, mi, ri, req, &mut ctx, now));
             }
             results.push(rs);
         }
         if !ctx.entries.is_empty() {
-            if let Err(why) = self.write_batch().await {
-                self.poison(why.clone());
-                fail_all(batch, &why);
-                return;
-            }
             self.last_recorded_at = now;
-            let head = Head {
+        }
+        self.seg_len += ctx.buf.len() as u64;
+        self.seq += 1;
+        let job = Job {
+            seq: self.seq,
+            roll,
+            buf: ctx.buf,
+            entries: ctx.entries,
+            head: Head {
                 position: self.next_position - 1,
                 hash: self.last_hash,
-            };
-            {
-                let mut index = self.shared.index_mut();
-                for (offset, at, stream, id) in ctx.entries.drain(..) {
-                    index.push(offset, at, stream, id);
-                }
-                if let Some(s) = index.segments.last_mut() {
-                    s.len = self.seg_len;
-                }
-                index.head = head;
-            }
-            // Readers see the events through the index first, then learn of the new head.
-            self.shared.head_tx.send_replace(head.position);
-        }
-        for ((_, reply), rs) in batch.into_iter().zip(results) {
-            let _ = reply.send(rs);
-        }
-    }
-
-    /// One write and (strict) one sync of the buffer. On failure the caller poisons the store.
-    async fn write_batch(&mut self) -> Result<(), String> {
-        let Some(mut file) = self.file.take() else {
-            return Err("the store is closed".into());
+            },
+            seg_len: self.seg_len,
+            replies: replies.into_iter().zip(results).collect(),
+            close: None,
         };
-        let buf = std::mem::take(&mut self.buf);
-        let strict = self.durability == Durability::Strict;
-        let joined = tokio::task::spawn_blocking(move || {
-            let r = file
-                .write_all(&buf)
-                .map_err(|e| format!("write failed: {e}"))
-                .and_then(|()| {
-                    if strict {
-                        file.sync_data()
-                            .map_err(|e| format!("fdatasync failed: {e}"))
-                    } else {
-                        Ok(())
-                    }
-                });
-            (file, buf, r)
-        })
-        .await;
-        match joined {
-            Ok((file, buf, r)) => {
-                self.file = Some(file);
-                let written = buf.len() as u64;
-                self.buf = buf;
-                r?;
-                self.seg_len += written;
-                self.unsynced = !strict;
-                Ok(())
-            }
-            Err(e) => Err(format!("writer I/O task failed: {e}")),
-        }
-    }
-
-    async fn sync(&mut self) -> Result<(), String> {
-        let Some(mut file) = self.file.take() else {
-            return Ok(());
-        };
-        let joined = tokio::task::spawn_blocking(move || {
-            let r = file.sync_data();
-            (file, r)
-        })
-        .await;
-        match joined {
-            Ok((file, r)) => {
-                self.file = Some(file);
-                r.map_err(|e| format!("fdatasync failed: {e}"))?;
-                self.unsynced = false;
-                Ok(())
-            }
-            Err(e) => Err(format!("writer I/O task failed: {e}")),
-        }
-    }
-
-    async fn close(&mut self) -> Result<(), StoreError> {
-        self.closed = true;
-        self.shared.closed.store(true, Ordering::SeqCst);
-        if self.shared.poison_reason().is_none() && self.unsynced {
-            if let Err(why) = self.sync().await {
-                self.poison(why.clone());
-                return Err(StoreError::Unavailable(why));
-            }
-        }
-        self.file = None;
-        Ok(())
-    }
-
-    /// Seals the active segment and starts the next one at `next_position`.
-    async fn roll(&mut self) -> Result<(), String> {
-        if self.unsynced {
-            self.sync().await?;
-        }
-        let first = self.next_position;
-        let path = super::scan::segment_path(&self.log_dir, first);
-        let io = self.io.clone();
-        let dir = self.log_dir.clone();
-        let p = path.clone();
-        let joined = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let mut f = io.open_append(&p, true)?;
-            f.write_all(&format::encode_header(first))?;
-            f.sync_data()?;
-            super::io::sync_dir(&dir)?;
-            let reader = std::fs::File::open(&p)?;
-            Ok((f, reader))
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        let (f, reader) = joined.map_err(|e| e.to_string())?;
-        self.file = Some(f);
-        self.seg_len = HEADER_LEN as u64;
-        self.shared.index_mut().segments.push(Segment {
-            first_position: first,
-            path,
-            file: Arc::new(reader),
-            len: HEADER_LEN as u64,
+        self.inflight.push_back(Overlay {
+            seq: self.seq,
+            requests,
+            maps: ctx.maps,
         });
-        Ok(())
+        if self.jobs.send(job).await.is_err() {
+            // The I/O thread is gone (it only stops when poisoned or closed): the replies
+            // were dropped with the job, so those appenders see `Unavailable`.
+            self.shared
+                .set_poisoned("the log I/O thread has stopped".into());
+        }
     }
 
-    /// Looks an event id up among the events of this batch, then in the durable log.
+    /// The stream's version counting the batch being built and the batches in flight.
+    fn stream_version(&self, ctx: &BatchCtx, stream: &Uuid) -> u64 {
+        if let Some(v) = ctx.maps.streams.get(stream) {
+            return *v;
+        }
+        for o in self.inflight.iter().rev() {
+            if let Some(v) = o.maps.streams.get(stream) {
+                return *v;
+            }
+        }
+        self.shared.index().stream_version(stream)
+    }
+
+    /// Looks an event id up in this batch, the batches in flight, then the durable log.
     fn existing(
         &self,
-        batch: &[(Vec<AppendRequest>, oneshot::Sender<Results>)],
+        requests: &[Vec<AppendRequest>],
         ctx: &BatchCtx,
         id: &Uuid,
     ) -> Result<Option<Existing>, StoreError> {
-        if let Some((mi, ri, ei, meta)) = ctx.ids.get(id) {
-            let req = &batch[*mi].0[*ri];
-            let e = &req.events[*ei];
-            return Ok(Some(Existing {
-                position: meta.position,
-                stream_id: meta.stream_id,
-                stream_version: meta.stream_version,
-                event_type: e.event_type.clone(),
-                data: e.data.get().to_string(),
-                append_index: meta.append_index,
-                append_len: meta.append_len,
-            }));
+        if let Some(x) = find(&ctx.maps, requests, id) {
+            return Ok(Some(x));
+        }
+        for o in self.inflight.iter().rev() {
+            if let Some(x) = find(&o.maps, &o.requests, id) {
+                return Ok(Some(x));
+            }
         }
         let loc = {
             let index = self.shared.index();
@@ -351,7 +313,7 @@ impl Writer {
     /// Validates one request against the log and the batch so far; encodes it when accepted.
     fn accept(
         &mut self,
-        batch: &[(Vec<AppendRequest>, oneshot::Sender<Results>)],
+        requests: &[Vec<AppendRequest>],
         mi: usize,
         ri: usize,
         req: &AppendRequest,
@@ -393,7 +355,7 @@ impl Writer {
         // Idempotency first.
         let mut found = Vec::with_capacity(n);
         for e in &req.events {
-            found.push(self.existing(batch, ctx, &e.event_id)?);
+            found.push(self.existing(requests, ctx, &e.event_id)?);
         }
         if found.iter().any(Option::is_some) {
             let first = found
@@ -448,10 +410,7 @@ impl Writer {
         }
 
         // Then the expected version.
-        let current = match ctx.streams.get(&req.stream_id) {
-            Some(v) => *v,
-            None => self.shared.index().stream_version(&req.stream_id),
-        };
+        let current = self.stream_version(ctx, &req.stream_id);
         if let ExpectedVersion::Exact(v) = req.expected_version {
             if v != current {
                 return Err(StoreError::WrongExpectedVersion {
@@ -467,10 +426,10 @@ impl Writer {
         }
 
         // Encode; roll back this request's bytes if one event cannot be encoded.
-        let mark = (self.buf.len(), self.last_hash, ctx.entries.len());
+        let mark = (ctx.buf.len(), self.last_hash, ctx.entries.len());
         let mut metas = Vec::with_capacity(n);
         for (i, e) in req.events.iter().enumerate() {
-            let offset = self.seg_len + self.buf.len() as u64;
+            let offset = self.seg_len + ctx.buf.len() as u64;
             let meta = RecordMeta {
                 position: first + i as u64,
                 prev_hash: self.last_hash,
@@ -482,7 +441,7 @@ impl Writer {
                 append_len: n as u32,
             };
             match format::encode_record(
-                &mut self.buf,
+                &mut ctx.buf,
                 &meta,
                 &e.event_type,
                 &req.recorded_by,
@@ -490,14 +449,14 @@ impl Writer {
             ) {
                 Ok(hash) => self.last_hash = hash,
                 Err(reason) => {
-                    self.buf.truncate(mark.0);
+                    ctx.buf.truncate(mark.0);
                     self.last_hash = mark.1;
                     ctx.entries.truncate(mark.2);
                     return Err(StoreError::InvalidInput(reason));
                 }
             }
             let Ok(offset) = u32::try_from(offset) else {
-                self.buf.truncate(mark.0);
+                ctx.buf.truncate(mark.0);
                 self.last_hash = mark.1;
                 ctx.entries.truncate(mark.2);
                 return Err(StoreError::Unavailable("segment offset overflow".into()));
@@ -506,9 +465,9 @@ impl Writer {
             metas.push(meta);
         }
         for (ei, meta) in metas.into_iter().enumerate() {
-            ctx.ids.insert(meta.event_id, (mi, ri, ei, meta));
+            ctx.maps.ids.insert(meta.event_id, (mi, ri, ei, meta));
         }
-        ctx.streams.insert(req.stream_id, current + n as u64);
+        ctx.maps.streams.insert(req.stream_id, current + n as u64);
         self.next_position += n as u64;
         Ok(AppendOutcome {
             stream_id: req.stream_id,
@@ -517,5 +476,145 @@ impl Writer {
             last_position: first + n as u64 - 1,
             duplicate: false,
         })
+    }
+}
+
+/// The I/O stage: owns the active segment file; writes, syncs, publishes, answers.
+pub(crate) struct IoStage {
+    pub shared: Arc<Shared>,
+    pub io: Arc<dyn LogIo>,
+    pub log_dir: PathBuf,
+    pub file: Option<Box<dyn LogFile>>,
+    pub durability: Durability,
+    /// Relaxed durability: bytes written but not yet synced.
+    pub unsynced: bool,
+}
+
+impl IoStage {
+    pub(crate) fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.blocking_recv() {
+            self.handle(job);
+        }
+        // Every handle is gone: flush what relaxed durability left unsynced.
+        if self.unsynced && self.shared.poison_reason().is_none() {
+            let _ = self.sync();
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        let Job {
+            seq,
+            roll,
+            buf,
+            entries,
+            head,
+            seg_len,
+            replies,
+            close,
+        } = job;
+        let written = match self.shared.poison_reason() {
+            Some(why) => Err(why),
+            None => self.write(roll, &buf),
+        };
+        match written {
+            Ok(()) => {
+                if !entries.is_empty() {
+                    {
+                        let mut index = self.shared.index_mut();
+                        for (offset, at, stream, id) in entries {
+                            index.push(offset, at, stream, id);
+                        }
+                        if let Some(s) = index.segments.last_mut() {
+                            s.len = seg_len;
+                        }
+                        index.head = head;
+                    }
+                    // Readers see the events through the index first, then learn of the head.
+                    self.shared.head_tx.send_replace(head.position);
+                }
+                self.shared.durable_seq.store(seq, Ordering::Release);
+                for (reply, results) in replies {
+                    let _ = reply.send(results);
+                }
+            }
+            Err(why) => {
+                if self.shared.poison_reason().is_none() {
+                    tracing::error!(reason = %why, "log write failed: refusing appends until the store is reopened");
+                    self.shared.set_poisoned(why.clone());
+                }
+                for (reply, results) in replies {
+                    let _ = reply.send(
+                        results
+                            .iter()
+                            .map(|_| Err(StoreError::Unavailable(why.clone())))
+                            .collect(),
+                    );
+                }
+            }
+        }
+        if let Some(reply) = close {
+            let _ = reply.send(self.close());
+        }
+    }
+
+    fn write(&mut self, roll: Option<u64>, buf: &[u8]) -> Result<(), String> {
+        if let Some(first) = roll {
+            self.roll(first)
+                .map_err(|e| format!("starting a new segment failed: {e}"))?;
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let file = self.file.as_mut().ok_or("the store is closed")?;
+        file.write_all(buf)
+            .map_err(|e| format!("write failed: {e}"))?;
+        if self.durability == Durability::Strict {
+            file.sync_data()
+                .map_err(|e| format!("fdatasync failed: {e}"))?;
+        } else {
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        if let Some(file) = self.file.as_mut() {
+            file.sync_data()
+                .map_err(|e| format!("fdatasync failed: {e}"))?;
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), StoreError> {
+        if self.shared.poison_reason().is_none() && self.unsynced {
+            if let Err(why) = self.sync() {
+                self.shared.set_poisoned(why.clone());
+                return Err(StoreError::Unavailable(why));
+            }
+        }
+        self.file = None;
+        Ok(())
+    }
+
+    /// Seals the active segment and starts the next one at `first`.
+    fn roll(&mut self, first: u64) -> std::io::Result<()> {
+        if self.unsynced {
+            self.sync().map_err(std::io::Error::other)?;
+        }
+        let path = super::scan::segment_path(&self.log_dir, first);
+        let mut f = self.io.open_append(&path, true)?;
+        f.write_all(&format::encode_header(first))?;
+        f.sync_data()?;
+        super::io::sync_dir(&self.log_dir)?;
+        let reader = std::fs::File::open(&path)?;
+        self.file = Some(f);
+        self.shared.index_mut().segments.push(Segment {
+            first_position: first,
+            path,
+            file: Arc::new(reader),
+            len: HEADER_LEN as u64,
+        });
+        Ok(())
     }
 }
