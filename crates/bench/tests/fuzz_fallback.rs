@@ -261,3 +261,4 @@ fn synthetic_lines_pass_validation() {
         projection.region_count()
     );
 }
+
