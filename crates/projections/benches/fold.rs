@@ -270,7 +270,13 @@ fn main() {
     let n = if quick { 100_000 } else { 1_000_000 };
     let t = Instant::now();
     let log = generate(n);
-    eprintln!("generated {} events in {:.1?}", log.len(), t.elapsed());
+    let bytes: usize = log.iter().map(|r| r.data.get().len()).sum();
+    eprintln!(
+        "generated {} events ({} bytes of data on average) in {:.1?}",
+        log.len(),
+        bytes / log.len().max(1),
+        t.elapsed()
+    );
 
     let t = Instant::now();
     for r in &log {

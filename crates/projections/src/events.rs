@@ -172,6 +172,14 @@ impl<'de> Deserialize<'de> for Sha256 {
     }
 }
 
+/// `Option<Cow<str>>` that borrows from the input when it can (serde's own impl for
+/// `Option<Cow<str>>` always copies).
+fn opt_cow<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
+}
+
 /// Who said it (Berkeley Protocol: keep the URL, an archive copy and the evidence hash).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,9 +188,19 @@ pub struct Source<'a> {
     pub name: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<SourceKind>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub url: Option<Cow<'a, str>>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub archive_url: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_at: Option<OccurredAt>,
@@ -214,15 +232,35 @@ pub struct IncidentReported<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_precision: Option<TimePrecision>,
     pub region: Region,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub locality: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub perpetrator: Option<Cow<'a, str>>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub target: Option<Cow<'a, str>>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub summary: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub source: Source<'a>,
@@ -255,7 +293,12 @@ pub struct ClaimMade<'a> {
     pub claimant: Cow<'a, str>,
     #[serde(borrow)]
     pub statement: Cow<'a, str>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub attributed_to: Option<Cow<'a, str>>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source<'a>>,
@@ -267,7 +310,12 @@ pub struct ClaimDenied<'a> {
     pub claim_id: Uuid,
     #[serde(borrow)]
     pub by: Cow<'a, str>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub statement: Option<Cow<'a, str>>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source<'a>>,
@@ -280,7 +328,12 @@ pub struct ClaimAssessed<'a> {
     pub assessment: Assessment,
     #[serde(borrow)]
     pub by: Cow<'a, str>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub evidence: Option<Cow<'a, str>>,
 }
 
@@ -305,15 +358,35 @@ pub struct IncidentCorrected<'a> {
     pub time_precision: Option<TimePrecision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<Region>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub locality: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub perpetrator: Option<Cow<'a, str>>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub target: Option<Cow<'a, str>>,
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "opt_cow",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub summary: Option<Cow<'a, str>>,
 }
 

@@ -62,11 +62,12 @@ fn boxed(c: Cow<'_, str>) -> Box<str> {
     }
 }
 
-/// Pushes with exact growth while small: most incidents have a handful of claims, sources and
-/// corrections, and the default first allocation (4 slots) would triple their size.
+/// Pushes growing 1, 2, 4, 8, ... slots: most incidents have one or two claims and
+/// corrections and a handful of sources, and the default first allocation (4 slots) would
+/// triple their size.
 pub(crate) fn push_small<T>(v: &mut Vec<T>, item: T) {
-    if v.len() == v.capacity() && v.len() < 8 {
-        v.reserve_exact(1);
+    if v.len() == v.capacity() {
+        v.reserve_exact(v.len().max(1));
     }
     v.push(item);
 }
@@ -431,6 +432,11 @@ impl IncidentState {
     fn add_source(&mut self, s: Source<'_>, names: &mut Interner) -> u32 {
         if let Some(i) = self.sources.iter().position(|r| r.same_as(&s)) {
             return i as u32;
+        }
+        // Incidents collect several sources (report, casualty updates, corroboration): start
+        // at 4 to save the first reallocations.
+        if self.sources.capacity() == 0 {
+            self.sources.reserve_exact(4);
         }
         push_small(&mut self.sources, SourceRec::from_source(s, names));
         (self.sources.len() - 1) as u32

@@ -21,6 +21,13 @@ pub struct OccurredAt {
 impl OccurredAt {
     /// Parses `YYYY-MM-DD` or an RFC 3339 timestamp (years 1678..=2261, the span of i64 ns).
     pub fn parse(s: &str) -> Result<OccurredAt, String> {
+        if let Some(t) = parse_canonical(s.as_bytes()) {
+            return Ok(t);
+        }
+        Self::parse_general(s)
+    }
+
+    fn parse_general(s: &str) -> Result<OccurredAt, String> {
         if s.len() == 10 && !s.contains(['T', 't', ' ']) {
             let b = s.as_bytes();
             let shape = b.iter().enumerate().all(|(i, c)| {
@@ -82,6 +89,118 @@ impl OccurredAt {
 
     pub fn to_datetime(&self) -> DateTime<Utc> {
         DateTime::from_timestamp_nanos(self.nanos)
+    }
+}
+
+/// Fast path for the forms the log stores (`YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`);
+/// anything else (offsets, leap seconds, out-of-range values) goes to chrono. Both give the
+/// same value for the same instant (tested).
+fn parse_canonical(b: &[u8]) -> Option<OccurredAt> {
+    fn num(b: &[u8]) -> Option<i64> {
+        b.iter().try_fold(0i64, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
+    }
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (y, m, d) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let dim = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if d < 1 || d > dim {
+        return None;
+    }
+    // days from civil (H. Hinnant)
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    if b.len() == 10 {
+        let nanos = days.checked_mul(NANOS_PER_DAY)?;
+        return Some(OccurredAt {
+            nanos,
+            timestamp: false,
+        });
+    }
+    if b.len() < 20 || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[b.len() - 1] != b'Z' {
+        return None;
+    }
+    let (h, mi, sec) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    if h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let frac = &b[19..b.len() - 1];
+    let sub = match frac {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            num(digits)? * 10i64.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
+    let nanos = secs.checked_mul(1_000_000_000)?.checked_add(sub)?;
+    Some(OccurredAt {
+        nanos,
+        timestamp: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_path_agrees_with_chrono() {
+        for s in [
+            "2026-01-02",
+            "1970-01-01",
+            "1969-12-31",
+            "2000-02-29",
+            "2024-02-29",
+            "1700-03-01",
+            "2261-12-31",
+            "2026-01-02T10:30:00Z",
+            "2026-01-02T23:59:59.5Z",
+            "2026-01-02T00:00:00.000000001Z",
+            "2026-01-02T10:30:00.123456789Z",
+            "1999-12-31T23:59:59Z",
+            "1677-09-22T00:00:00Z",
+        ] {
+            let fast = parse_canonical(s.as_bytes());
+            let general = OccurredAt::parse_general(s).ok();
+            assert_eq!(fast, general, "{s}");
+            assert!(fast.is_some(), "{s}");
+        }
+        for s in [
+            "2026-02-29",
+            "2100-02-29",
+            "2026-13-01",
+            "2026-00-10",
+            "2026-01-32",
+            "2026-01-02T24:00:00Z",
+            "2026-01-02T10:30:00+02:00",
+            "2026-01-02T10:30:60Z",
+            "2026-01-02T10:30:00.Z",
+            "2026-01-02T10:30:00.1234567891Z",
+            "2026-01-02t10:30:00Z",
+            "+2026-01-02",
+            "1500-01-01",
+        ] {
+            assert_eq!(parse_canonical(s.as_bytes()), None, "{s}");
+        }
+        // out of the i64 range: rejected by both paths
+        assert!(OccurredAt::parse("1500-01-01").is_err());
+        assert!(OccurredAt::parse("2300-01-01T00:00:00Z").is_err());
+        assert!(OccurredAt::parse("2026-01-02T10:30:00+02:00").is_ok());
     }
 }
 
