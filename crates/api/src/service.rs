@@ -63,6 +63,30 @@ const APPLY_SLICE: usize = 256;
 /// How long an acknowledged append waits for the live views before answering anyway.
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(30);
 
+impl Inner {
+    fn new(store: Arc<Store>, projection: Projection, position: u64, live: bool) -> Inner {
+        let (applied, _) = watch::channel(position);
+        let (closing, _) = watch::channel(false);
+        Inner {
+            store,
+            projection: RwLock::new(projection),
+            applied,
+            start_head: position,
+            closing,
+            closed: AtomicBool::new(false),
+            stripes: (0..STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
+            import_lock: tokio::sync::Mutex::new(()),
+            replay_lock: tokio::sync::Mutex::new(()),
+            follower: Mutex::new(None),
+            tokens: TokenTable::new(),
+            metrics: ServiceMetrics::default(),
+            live,
+        }
+    }
+}
+
 /// The borrowed form of a recorded event, as the projections crate reads it.
 pub fn envelope(e: &RecordedEvent) -> Envelope<'_> {
     Envelope {
@@ -240,6 +264,8 @@ struct Inner {
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) tokens: TokenTable,
     pub(crate) metrics: ServiceMetrics,
+    /// False for an offline service (`start_offline`): no views, decisions from the store.
+    live: bool,
 }
 
 impl AppService {
@@ -253,27 +279,19 @@ impl AppService {
             ms = started.elapsed().as_millis() as u64,
             "live views caught up"
         );
-        let (applied, _) = watch::channel(position);
-        let (closing, _) = watch::channel(false);
-        let inner = Arc::new(Inner {
-            store,
-            projection: RwLock::new(projection),
-            applied,
-            start_head: position,
-            closing,
-            closed: AtomicBool::new(false),
-            stripes: (0..STRIPES)
-                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
-                .collect(),
-            import_lock: tokio::sync::Mutex::new(()),
-            replay_lock: tokio::sync::Mutex::new(()),
-            follower: Mutex::new(None),
-            tokens: TokenTable::new(),
-            metrics: ServiceMetrics::default(),
-        });
+        let inner = Arc::new(Inner::new(store, projection, position, true));
         inner.tokens.reload(&inner.store).await?;
         let handle = tokio::spawn(follow(inner.clone(), position));
         *lock(&inner.follower) = Some(handle);
+        Ok(AppService { inner })
+    }
+
+    /// A service without live views, for offline writers such as `incidentlog import`: it
+    /// neither folds the log at start nor follows it, and decides every append on the
+    /// incident's stream as the store has it (the same rules, the same validation). Reads
+    /// of views answer from an empty projection; use `start` for serving.
+    pub async fn start_offline(store: Arc<Store>) -> Result<AppService, ApiError> {
+        let inner = Arc::new(Inner::new(store, Projection::new(), 0, false));
         Ok(AppService { inner })
     }
 
@@ -347,7 +365,7 @@ impl AppService {
 
     /// Waits until the live views include `position` (read-your-writes).
     pub async fn wait_applied(&self, position: u64) {
-        if self.applied_position() >= position {
+        if !self.inner.live || self.applied_position() >= position {
             return;
         }
         let mut rx = self.inner.applied.subscribe();
@@ -369,18 +387,21 @@ impl AppService {
         if version == 0 {
             return Ok(IncidentState::new());
         }
-        let state = self.read_projection().decision_state(id);
-        if state.version() == version {
-            return Ok(state);
-        }
-        // The views lag the store by a moment: wait for them to reach the durable head once
-        // before re-reading the whole stream.
-        let head = self.inner.store.head().position;
-        let mut rx = self.inner.applied.subscribe();
-        let _ = tokio::time::timeout(Duration::from_millis(200), rx.wait_for(|p| *p >= head)).await;
-        let state = self.read_projection().decision_state(id);
-        if state.version() == version {
-            return Ok(state);
+        if self.inner.live {
+            let state = self.read_projection().decision_state(id);
+            if state.version() == version {
+                return Ok(state);
+            }
+            // The views lag the store by a moment: wait for them to reach the durable head
+            // once before re-reading the whole stream.
+            let head = self.inner.store.head().position;
+            let mut rx = self.inner.applied.subscribe();
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), rx.wait_for(|p| *p >= head)).await;
+            let state = self.read_projection().decision_state(id);
+            if state.version() == version {
+                return Ok(state);
+            }
         }
         let events = lean!(self.inner.store, read_stream(id))?;
         let mut state = IncidentState::new();
@@ -1134,13 +1155,13 @@ fn apply_logged(p: &mut Projection, e: &RecordedEvent) {
 }
 
 fn report_of(p: &Projection, events: u64, started: Instant) -> ReplayReport {
-    let regions = p.region_summaries(&Window::all(), None);
+    let digest = p.digest();
     ReplayReport {
         events,
         duration_ms: started.elapsed().as_millis() as u64,
-        digest: p.digest(),
-        incidents: regions.iter().map(|r| r.incidents).sum(),
-        regions: regions.len() as u64,
+        digest,
+        incidents: p.incident_count() as u64,
+        regions: p.region_count() as u64,
     }
 }
 

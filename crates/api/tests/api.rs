@@ -922,3 +922,44 @@ fn checked_in_openapi_is_current() {
         assert!(doc["paths"].get(p).is_some(), "{p} missing");
     }
 }
+
+#[tokio::test]
+async fn offline_import_applies_the_same_rules() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    let claim_id = Uuid::new_v4();
+    let first = json!({"events": [reported(Uuid::new_v4(), "UA-65", "shelling"), claim(Uuid::new_v4(), claim_id)]});
+    assert_eq!(
+        app.append(id, first.clone()).await.status,
+        StatusCode::CREATED
+    );
+
+    let offline = AppService::start_offline(app.store.clone()).await.unwrap();
+    let mut repeat = first.clone();
+    repeat["incident_id"] = json!(id);
+    let lines = [
+        repeat.to_string(),
+        // Depends on the stored stream (the claim exists there).
+        json!({"incident_id": id, "expected_version": 2, "events": [denial(Uuid::new_v4(), claim_id)]}).to_string(),
+        // Stale expectation.
+        json!({"incident_id": id, "expected_version": 2, "events": [casualties(Uuid::new_v4(), 1)]}).to_string(),
+        // Unknown claim.
+        json!({"incident_id": id, "events": [denial(Uuid::new_v4(), Uuid::new_v4())]}).to_string(),
+    ];
+    let report = offline
+        .import_ndjson(lines.join("\n").as_bytes(), "offline", &|_| {})
+        .await
+        .unwrap();
+    assert_eq!((report.appended, report.duplicates), (1, 2), "{report:?}");
+    let rejected: Vec<(u64, u16)> = report.rejected.iter().map(|r| (r.line, r.status)).collect();
+    assert_eq!(rejected, [(3, 409), (4, 422)]);
+    assert_eq!(app.head().await, 3);
+    app.service.wait_applied(3).await;
+    let view = app.get(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(view.body["version"], 3);
+    assert_eq!(
+        view.body["claims"][0]["status"], "disputed",
+        "{}",
+        view.body
+    );
+}
