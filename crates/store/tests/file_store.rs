@@ -61,6 +61,40 @@ async fn a_second_process_cannot_open_the_same_dir() {
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn position_at_over_many_events_and_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path(), 4096);
+    let mut store = FileStore::open(&o).await.unwrap();
+    for b in 0..60u64 {
+        let evs = (0..1 + b % 7).map(new_event).collect();
+        store.append(append_req(Uuid::new_v4(), evs)).await.unwrap();
+        if b % 3 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    let all = store.read_all(0, usize::MAX).await.unwrap();
+    assert!(all.len() > 200, "spans several in-memory samples");
+    let expect = |t| all.iter().filter(|e| e.recorded_at <= t).count() as u64;
+    for round in 0..2 {
+        if round == 1 {
+            store.close().await.unwrap();
+            drop(store);
+            store = FileStore::open(&o).await.unwrap();
+        }
+        let micro = chrono::Duration::microseconds(1);
+        for e in all.iter().step_by(3) {
+            for t in [e.recorded_at, e.recorded_at - micro, e.recorded_at + micro] {
+                assert_eq!(
+                    store.position_at(t).await.unwrap(),
+                    expect(t),
+                    "round {round}"
+                );
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Golden log of format version 1
 

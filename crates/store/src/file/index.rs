@@ -1,6 +1,6 @@
 //! In-memory indexes of the durable log, rebuilt by a sequential scan on open.
 //!
-//! Per event: its offset in its segment (u32), its `recorded_at` (i64 micros), the previous
+//! Per event: its offset in its segment (u32), the previous
 //! position of its stream (u32, a backwards linked list), and one entry in the event-id table
 //! keyed by 64 bits folded from the id (a colliding id goes to a small exact table). Positions
 //! are stored as u32 internally: the file store holds at most `u32::MAX` events.
@@ -14,6 +14,9 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::Head;
+
+/// One in this many positions keeps its `recorded_at` in memory.
+pub(crate) const RECORDED_AT_STRIDE: u32 = 64;
 
 /// Largest global position the file store accepts.
 pub(crate) const MAX_POSITION: u64 = u32::MAX as u64;
@@ -165,6 +168,8 @@ pub(crate) enum IdLookup {
 pub(crate) struct Index {
     pub segments: Vec<Segment>,
     offsets: Vec<u32>,
+    /// `recorded_at` of every `RECORDED_AT_STRIDE`-th position (1, 1 + stride, ...); the rest is
+    /// read from the records when `position_at` needs it.
     recorded_at: Vec<i64>,
     stream_prev: Vec<u32>,
     streams: HashMap<Uuid, StreamMeta, MixState>,
@@ -225,7 +230,9 @@ impl Index {
     ) -> (u32, u32) {
         let position = self.offsets.len() as u32 + 1;
         self.offsets.push(offset);
-        self.recorded_at.push(recorded_at);
+        if (position - 1) % RECORDED_AT_STRIDE == 0 {
+            self.recorded_at.push(recorded_at);
+        }
         self.last_recorded_at = self.last_recorded_at.max(recorded_at);
         let entry = self.streams.entry(stream_id).or_insert(StreamMeta {
             last: 0,
@@ -319,9 +326,18 @@ impl Index {
         out
     }
 
-    /// Last position with `recorded_at <= micros` (0 if none).
-    pub(crate) fn position_at(&self, micros: i64) -> u64 {
-        self.recorded_at.partition_point(|t| *t <= micros) as u64
+    /// Narrows "last position with `recorded_at <= micros`" to a range: `None` when no event
+    /// qualifies, else `(lo, hi)` where `lo` qualifies, `hi + 1` does not (or is past the head),
+    /// and the answer is in `lo..=hi` (at most `RECORDED_AT_STRIDE` positions).
+    pub(crate) fn position_at_range(&self, micros: i64) -> Option<(u64, u64)> {
+        let k = self.recorded_at.partition_point(|t| *t <= micros) as u64;
+        if k == 0 {
+            return None;
+        }
+        let stride = u64::from(RECORDED_AT_STRIDE);
+        let lo = (k - 1) * stride + 1;
+        let hi = (k * stride).min(self.len());
+        Some((lo, hi))
     }
 
     /// Bytes held by the index structures, from their capacities.
@@ -337,7 +353,8 @@ impl Index {
     /// Pre-sizes the per-event vectors (open knows roughly how many events it will load).
     pub(crate) fn reserve(&mut self, events: usize) {
         self.offsets.reserve(events);
-        self.recorded_at.reserve(events);
+        self.recorded_at
+            .reserve(events / RECORDED_AT_STRIDE as usize + 1);
         self.stream_prev.reserve(events);
     }
 

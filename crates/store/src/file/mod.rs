@@ -251,6 +251,11 @@ pub(crate) fn read_record(
     Ok((v.meta, event))
 }
 
+/// `recorded_at` of the durable record at `loc`, from its checked fixed fields.
+fn read_recorded_at(loc: &Location) -> Result<i64, StoreError> {
+    Ok(read_record(loc, None)?.0.recorded_at)
+}
+
 /// Decodes the records of `buf` (positions `from..=to`, read from `loc`).
 fn decode_chunk(
     buf: &[u8],
@@ -433,7 +438,29 @@ impl EventStore for FileStore {
     }
 
     async fn position_at(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(self.shared.index().position_at(at.timestamp_micros()))
+        let micros = at.timestamp_micros();
+        let Some((lo, hi)) = self.shared.index().position_at_range(micros) else {
+            return Ok(0);
+        };
+        if lo == hi {
+            return Ok(lo);
+        }
+        // Binary search the few candidates on disk (fixed fields only, no JSON).
+        self.blocking(move |shared| {
+            let (mut lo, mut hi) = (lo, hi);
+            while lo < hi {
+                let mid = lo + (hi - lo).div_ceil(2);
+                let loc = shared.index().locate(mid);
+                let Some(loc) = loc else { break };
+                if read_recorded_at(&loc)? <= micros {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            Ok(lo)
+        })
+        .await
     }
 
     fn head(&self) -> Head {
