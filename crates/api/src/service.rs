@@ -55,7 +55,7 @@ const IMPORT_CHUNK_EVENTS: usize = 16 * 1024;
 const ANY_ATTEMPTS: usize = 16;
 /// Per-incident lock stripes: in-process writers of one incident take turns, so that
 /// decide-then-append never runs on state another writer of this process is changing.
-const STRIPES: usize = 1024;
+const STRIPES: usize = 8192;
 /// Most events the follower takes from the subscription at once.
 const FOLLOW_BATCH: usize = 4096;
 /// Events applied to the live views per write-lock hold.
