@@ -62,6 +62,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 if [[ ${#AS_PG[@]} -gt 0 ]]; then
   chown postgres: "$DIR"
@@ -94,9 +95,10 @@ for _ in 1 2 3 4 5 6 7 8; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
     continue
   fi
+  # Set before starting: a signal during `pg_ctl start` must still stop the server.
+  started=1
   if "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$DATA" -l "$LOG" -o "-p $candidate" -w -t 60 start >/dev/null 2>&1; then
     port=$candidate
-    started=1
     break
   fi
 done

@@ -6,7 +6,9 @@
 //!   (the shape of one HTTP append), strict durability;
 //! - `pgbench_insert_c64`: `pgbench -n -c 64 -j 2 -T 10 -f scripts/pgbench-insert.sql`, the
 //!   same row, one INSERT per transaction, into a table of the same schema;
-//! - their ratio.
+//! - `pg_store_version_read_and_append_c64`: the same with a `stream_version` read before each
+//!   append, the store calls one HTTP append makes;
+//! - the ratio of the first to pgbench.
 //!
 //! Prints one `BENCH name=value unit` line per figure.
 
@@ -72,7 +74,9 @@ async fn fresh_database(base: &str, tag: &str) -> String {
     with_database(base, &name)
 }
 
-async fn store_append_rate(url: &str, run: Duration) -> (f64, u64, i64) {
+/// `with_version_read`: each append preceded by `stream_version`, as the HTTP service does
+/// (it checks its decision state against the store's version).
+async fn store_append_rate(url: &str, run: Duration, with_version_read: bool) -> (f64, u64, i64) {
     let store = Arc::new(PgStore::open(url, Durability::Strict).await.unwrap());
     // Warm up: connections, prepared statements.
     store.append(request(Uuid::new_v4())).await.unwrap();
@@ -85,6 +89,9 @@ async fn store_append_rate(url: &str, run: Duration) -> (f64, u64, i64) {
             tokio::spawn(async move {
                 let stream = Uuid::new_v4();
                 while !stop.load(Ordering::Relaxed) {
+                    if with_version_read {
+                        store.stream_version(stream).await.unwrap();
+                    }
                     store.append(request(stream)).await.unwrap();
                     count.fetch_add(1, Ordering::Relaxed);
                 }
@@ -145,6 +152,11 @@ fn pgbench_rate(url: &str, secs: u64) -> Option<f64> {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; test runners (`cargo test --all-targets`, nextest's
+    // `--list`) run bench binaries without it: there is no test here, do nothing.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
     let Ok(base) = std::env::var("INCIDENTLOG_TEST_PG") else {
         eprintln!(
             "pg bench skipped: INCIDENTLOG_TEST_PG is not set (run through scripts/with-postgres.sh)"
@@ -172,7 +184,7 @@ fn main() {
         .await
         .unwrap();
         let (store_rate, events, commits) =
-            store_append_rate(&store_db, Duration::from_secs(secs)).await;
+            store_append_rate(&store_db, Duration::from_secs(secs), false).await;
         report("pg_store_append_c64", store_rate, "events/s");
         if commits > 0 {
             report(
@@ -182,11 +194,19 @@ fn main() {
             );
         }
         eprintln!("(log verified: {events} events)");
+        let decide_db = fresh_database(&base, "decide").await;
+        let (decide_rate, _, _) =
+            store_append_rate(&decide_db, Duration::from_secs(secs), true).await;
+        report(
+            "pg_store_version_read_and_append_c64",
+            decide_rate,
+            "appends/s",
+        );
         if let Some(peer) = pgbench {
             report("pgbench_insert_c64", peer, "rows/s");
             report("pg_store_vs_pgbench_ratio", store_rate / peer, "x");
         }
-        for db in [&store_db, &peer_db] {
+        for db in [&store_db, &peer_db, &decide_db] {
             let name = db.rsplit('/').next().unwrap_or_default();
             sql(
                 &base,

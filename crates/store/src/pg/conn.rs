@@ -30,13 +30,13 @@ pub(crate) fn parse_config(url: &str) -> Result<Config, StoreError> {
     config.keepalives_idle(Duration::from_secs(10));
     config.keepalives_interval(Duration::from_secs(2));
     config.keepalives_retries(3);
-    // Plan every execution of a prepared statement for the table as it is now: a generic
-    // plan made while `events` was tiny (a sequential scan) would otherwise stay cached
-    // while the table grows, turning every index lookup into a full scan.
-    // And if a client of ours dies inside a transaction (the writer holds the append lock
-    // there), the server ends it instead of keeping the lock until TCP notices.
-    const SESSION: &str =
-        "-c plan_cache_mode=force_custom_plan -c idle_in_transaction_session_timeout=10000";
+    // Every query of this store is an index lookup or an index range. Prepared statements
+    // get a generic plan after a few runs, and one made while `events` was tiny is a
+    // sequential scan that stays cached while the table grows (every lookup a full scan);
+    // with sequential scans off the generic plans are index scans, at no planning cost per
+    // call. And if a client of ours dies inside a transaction (the writer holds the append
+    // lock there), the server ends it instead of keeping the lock until TCP notices.
+    const SESSION: &str = "-c enable_seqscan=off -c idle_in_transaction_session_timeout=10000";
     let options = match config.get_options() {
         Some(o) => format!("{o} {SESSION}"),
         None => SESSION.to_owned(),
@@ -141,8 +141,9 @@ impl ReadStatements {
                 "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version"
             ),
             format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"),
-            "SELECT stream_version FROM events WHERE stream_id = $1 \
-             ORDER BY stream_version DESC LIMIT 1"
+            // Many streams at once: concurrent `stream_version` calls share one query.
+            "SELECT s, (SELECT e.stream_version FROM events e WHERE e.stream_id = s \
+             ORDER BY e.stream_version DESC LIMIT 1) FROM unnest($1::uuid[]) AS s"
                 .to_owned(),
             "SELECT position FROM events WHERE recorded_at <= $1 \
              ORDER BY recorded_at DESC, position DESC LIMIT 1"

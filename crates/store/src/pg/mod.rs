@@ -18,7 +18,7 @@ mod record;
 mod schema;
 mod writer;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -81,8 +81,9 @@ impl Shared {
 /// An [`EventStore`] on a PostgreSQL database.
 pub struct PgStore {
     shared: Arc<Shared>,
-    pool: Pool,
+    pool: Arc<Pool>,
     writer: mpsc::Sender<Msg>,
+    versions: mpsc::Sender<VersionAsk>,
     closed: AtomicBool,
     durability: Durability,
 }
@@ -119,10 +120,14 @@ impl PgStore {
             rx,
         ));
         tokio::spawn(follow_head(Arc::downgrade(&shared), config.clone()));
+        let pool = Arc::new(Pool::new(config, READ_CONNECTIONS));
+        let (versions, asks) = mpsc::channel(4096);
+        tokio::spawn(read_versions(Arc::clone(&pool), asks));
         Ok(PgStore {
             shared,
-            pool: Pool::new(config, READ_CONNECTIONS),
+            pool,
             writer: tx,
+            versions,
             closed: AtomicBool::new(false),
             durability,
         })
@@ -229,6 +234,59 @@ fn parse_head(payload: &str) -> Option<Head> {
         position: position.parse().ok()?,
         hash: crate::from_hex_32(hash)?,
     })
+}
+
+type VersionAsk = (StreamId, oneshot::Sender<Result<u64, StoreError>>);
+
+/// Answers `stream_version` calls: the service asks once per append, so under load many asks
+/// are queued at once and share one query (fewer round trips and statements for the server).
+async fn read_versions(pool: Arc<Pool>, mut asks: mpsc::Receiver<VersionAsk>) {
+    const MAX_GROUP: usize = 1024;
+    while let Some(first) = asks.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match asks.try_recv() {
+                Ok(ask) => group.push(ask),
+                Err(_) => break,
+            }
+        }
+        let mut ids: Vec<StreamId> = group.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let rows = async {
+            let c = pool.get().await?;
+            timed(
+                "stream_version",
+                OP_TIMEOUT,
+                c.client.query(&c.stmts.stream_version, &[&ids]),
+            )
+            .await
+        }
+        .await;
+        match rows {
+            Ok(rows) => {
+                let versions: HashMap<StreamId, u64> = rows
+                    .iter()
+                    .map(|r| {
+                        let v: Option<i64> = r.get(1);
+                        (r.get(0), v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
+                    })
+                    .collect();
+                for (id, reply) in group {
+                    let _ = reply.send(Ok(versions.get(&id).copied().unwrap_or(0)));
+                }
+            }
+            Err(e) => {
+                let message = match e {
+                    StoreError::Unavailable(m) => m,
+                    other => other.to_string(),
+                };
+                for (_, reply) in group {
+                    let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
 }
 
 /// Follows appends of every process: LISTEN on a dedicated connection, poll as the fallback.
@@ -391,18 +449,13 @@ impl EventStore for PgStore {
     }
 
     async fn stream_version(&self, stream_id: StreamId) -> Result<u64, StoreError> {
-        let rows = self
-            .read_events(
-                "stream_version",
-                |c| c.stmts.stream_version.clone(),
-                &[&stream_id],
-            )
-            .await?;
-        Ok(rows
-            .first()
-            .map(|r| r.get::<_, i64>(0))
-            .and_then(|v| u64::try_from(v).ok())
-            .unwrap_or(0))
+        let gone = || StoreError::Unavailable("stream version reader stopped".to_owned());
+        let (reply, answer) = oneshot::channel();
+        self.versions
+            .send((stream_id, reply))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     async fn position_at(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {
