@@ -60,7 +60,8 @@ fn request(stream: Uuid, i: u64) -> AppendRequest {
     }
 }
 
-async fn append_throughput(appenders: usize, run: Duration, durability: Durability) -> f64 {
+/// Events/s, and events per write (= per sync when strict).
+async fn append_throughput(appenders: usize, run: Duration, durability: Durability) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = OpenOptions::new(dir.path());
     opts.durability = durability;
@@ -88,7 +89,9 @@ async fn append_throughput(appenders: usize, run: Duration, durability: Durabili
         t.await.unwrap();
     }
     let n = count.load(Ordering::Relaxed) as f64;
-    n / start.elapsed().as_secs_f64()
+    let rate = n / start.elapsed().as_secs_f64();
+    let (writes, events) = store.write_stats();
+    (rate, events as f64 / writes.max(1) as f64)
 }
 
 /// The disk's own limit: one ~300-byte write + fdatasync at a time.
@@ -121,7 +124,7 @@ async fn main() {
     let only_log = std::env::var("INCIDENTLOG_BENCH_ONLY").is_ok_and(|v| v == "log");
     let mut by_64 = 0.0;
     for appenders in [1, 16, 64].into_iter().filter(|_| !only_log) {
-        let rate = append_throughput(appenders, run, Durability::Strict).await;
+        let (rate, per_sync) = append_throughput(appenders, run, Durability::Strict).await;
         if appenders == 64 {
             by_64 = rate;
         }
@@ -131,9 +134,15 @@ async fn main() {
             "events/s",
             &format!("durable appends, {appenders} concurrent appenders"),
         );
+        report(
+            &format!("events_per_sync_{appenders}"),
+            per_sync,
+            "events",
+            &format!("  events per write+fdatasync, {appenders} appenders"),
+        );
     }
     if !only_log {
-        let rate = append_throughput(64, run, Durability::Relaxed).await;
+        let (rate, _) = append_throughput(64, run, Durability::Relaxed).await;
         report(
             "append_relaxed_64",
             rate,

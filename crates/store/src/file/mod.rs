@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     pub(crate) closed: AtomicBool,
     /// Sequence number of the last batch the I/O thread has finished with.
     pub(crate) durable_seq: AtomicU64,
+    /// Batches written and events in them (for the benchmark's events-per-sync figure).
+    pub(crate) writes: AtomicU64,
+    pub(crate) written_events: AtomicU64,
 }
 
 impl Shared {
@@ -151,11 +154,15 @@ impl FileStore {
             poisoned: Mutex::new(None),
             closed: AtomicBool::new(false),
             durable_seq: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            written_events: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let (jobs_tx, jobs_rx) = mpsc::channel(1);
+        let idle = Arc::new(tokio::sync::Notify::new());
         let stage = IoStage {
             shared: shared.clone(),
+            idle: idle.clone(),
             io,
             log_dir,
             file: Some(file),
@@ -168,6 +175,7 @@ impl FileStore {
         let writer = Writer {
             shared: shared.clone(),
             jobs: jobs_tx,
+            idle,
             seg_len: recovered.active_len,
             next_position: head.position + 1,
             last_hash: head.hash,
@@ -195,6 +203,16 @@ impl FileStore {
     /// Bytes held by the in-memory indexes (computed from their capacities).
     pub fn index_memory_bytes(&self) -> usize {
         self.shared.index().memory_bytes()
+    }
+
+    /// (batches written, events written) since open: events per write (and per sync, with
+    /// strict durability) is the group-commit factor.
+    #[doc(hidden)]
+    pub fn write_stats(&self) -> (u64, u64) {
+        (
+            self.shared.writes.load(Ordering::Relaxed),
+            self.shared.written_events.load(Ordering::Relaxed),
+        )
     }
 
     /// Why the store refuses appends, if it does.

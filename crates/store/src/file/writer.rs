@@ -59,6 +59,8 @@ pub(crate) struct Job {
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
     pub jobs: mpsc::Sender<Job>,
+    /// Signalled by the I/O thread after each job.
+    pub idle: Arc<tokio::sync::Notify>,
     pub seg_len: u64,
     pub next_position: u64,
     pub last_hash: [u8; 32],
@@ -96,7 +98,19 @@ pub(crate) struct Overlay {
     maps: Maps,
 }
 
-/// The batch being built.
+/// A batch being collected while the I/O thread is busy.
+pub(crate) struct Building {
+    requests: Vec<Vec<AppendRequest>>,
+    replies: Vec<oneshot::Sender<Results>>,
+    results: Vec<Results>,
+    ctx: BatchCtx,
+    roll: Option<u64>,
+    now: i64,
+    events: usize,
+    bytes: usize,
+}
+
+/// The records of the batch being built.
 #[derive(Default)]
 struct BatchCtx {
     maps: Maps,
@@ -126,58 +140,109 @@ fn find(maps: &Maps, requests: &[Vec<AppendRequest>], id: &Uuid) -> Option<Exist
 }
 
 impl Writer {
+    /// Collects appends into a batch (validating and encoding each as it arrives) while the I/O
+    /// thread syncs the previous one, and hands the batch over as soon as that thread is free:
+    /// everything that queued up during a sync shares the next one.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut batch: Vec<(Vec<AppendRequest>, oneshot::Sender<Results>)> = Vec::new();
-        while let Some(first) = rx.recv().await {
-            let mut next = Some(first);
-            let mut events = 0usize;
-            let mut bytes = 0usize;
-            let mut close = None;
-            let mut yields = 0;
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Append { requests, reply } => {
-                        events += requests.iter().map(|r| r.events.len()).sum::<usize>();
-                        bytes += requests.iter().map(request_bytes).sum::<usize>();
-                        batch.push((requests, reply));
-                    }
-                    Msg::Close { reply } => {
-                        close = Some(reply);
-                        break;
-                    }
+        let mut building: Option<Building> = None;
+        let mut busy = false;
+        let mut input_done = false;
+        let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
+        loop {
+            if !busy {
+                if let Some(b) = building.take() {
+                    busy = self.hand_over(b).await;
+                    continue;
                 }
-                if events >= MAX_BATCH_EVENTS || bytes >= MAX_BATCH_BYTES {
+                if let Some(reply) = close.take() {
+                    self.closed = true;
+                    let job = Job {
+                        seq: self.seq,
+                        roll: None,
+                        buf: Vec::new(),
+                        entries: Vec::new(),
+                        head: Head::default(),
+                        seg_len: self.seg_len,
+                        replies: Vec::new(),
+                        close: Some(reply),
+                    };
+                    // If the I/O thread is gone the reply is dropped: close then reports Ok.
+                    busy = self.jobs.send(job).await.is_ok();
+                    continue;
+                }
+                if input_done {
                     break;
                 }
-                next = rx.try_recv().ok();
-                if next.is_none() && yields < MAX_YIELDS {
-                    // Appenders woken by the previous batch's answers are still preparing
-                    // their next request: let them run, so they share this sync.
-                    yields += 1;
-                    tokio::task::yield_now().await;
-                    next = rx.try_recv().ok();
+            }
+            let full = building
+                .as_ref()
+                .is_some_and(|b| b.events >= MAX_BATCH_EVENTS || b.bytes >= MAX_BATCH_BYTES);
+            let accepting = !full && !input_done && close.is_none();
+            tokio::select! {
+                biased;
+                _ = self.idle.notified(), if busy => {
+                    busy = false;
+                    // The appenders the I/O thread just answered are about to submit again:
+                    // let them join the batch that goes out now, so cohorts merge into one
+                    // sync instead of alternating between two.
+                    if building.is_some() && accepting {
+                        let end = self.drain(&mut rx, None, &mut building, true).await;
+                        input_done |= end.0;
+                        close = close.or(end.1);
+                    }
                 }
-            }
-            if !batch.is_empty() {
-                self.commit(std::mem::take(&mut batch)).await;
-            }
-            if let Some(reply) = close {
-                self.closed = true;
-                let job = Job {
-                    seq: self.seq,
-                    roll: None,
-                    buf: Vec::new(),
-                    entries: Vec::new(),
-                    head: Head::default(),
-                    seg_len: self.seg_len,
-                    replies: Vec::new(),
-                    close: Some(reply),
-                };
-                // If the I/O thread is gone the reply is dropped: close then reports Ok.
-                let _ = self.jobs.send(job).await;
+                msg = rx.recv(), if accepting => {
+                    let end = self.drain(&mut rx, Some(msg), &mut building, !busy).await;
+                    input_done |= end.0;
+                    close = close.or(end.1);
+                }
+                // Unreachable by construction (an idle I/O thread means we accept input).
+                else => break,
             }
         }
         // Dropping `jobs` lets the I/O thread finish (and sync what relaxed mode left).
+    }
+
+    /// Adds `first` (a received message, or `None` to only poll) and whatever else is queued
+    /// to the batch being built. With `linger`, yields a few times while that brings more (an
+    /// idle I/O thread means the batch goes out next). Returns (input closed, close request).
+    async fn drain(
+        &mut self,
+        rx: &mut mpsc::Receiver<Msg>,
+        first: Option<Option<Msg>>,
+        building: &mut Option<Building>,
+        linger: bool,
+    ) -> (bool, Option<oneshot::Sender<Result<(), StoreError>>>) {
+        let mut yields = 0;
+        let mut next = first;
+        loop {
+            match next.take() {
+                Some(None) => return (true, None),
+                Some(Some(Msg::Append { requests, reply })) => self.add(building, requests, reply),
+                Some(Some(Msg::Close { reply })) => return (false, Some(reply)),
+                None => {}
+            }
+            if building
+                .as_ref()
+                .is_some_and(|b| b.events >= MAX_BATCH_EVENTS || b.bytes >= MAX_BATCH_BYTES)
+            {
+                return (false, None);
+            }
+            next = match rx.try_recv() {
+                Ok(m) => Some(Some(m)),
+                Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+                Err(mpsc::error::TryRecvError::Empty) if linger && yields < MAX_YIELDS => {
+                    yields += 1;
+                    tokio::task::yield_now().await;
+                    match rx.try_recv() {
+                        Ok(m) => Some(Some(m)),
+                        Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+                        Err(mpsc::error::TryRecvError::Empty) => return (false, None),
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return (false, None),
+            };
+        }
     }
 
     fn unavailable(&self) -> Option<String> {
@@ -190,17 +255,43 @@ impl Writer {
         None
     }
 
-    async fn commit(&mut self, batch: Vec<(Vec<AppendRequest>, oneshot::Sender<Results>)>) {
+    /// Validates and encodes one message's appends into the batch being built.
+    fn add(
+        &mut self,
+        building: &mut Option<Building>,
+        requests: Vec<AppendRequest>,
+        reply: oneshot::Sender<Results>,
+    ) {
         if let Some(why) = self.unavailable() {
-            for (reqs, reply) in batch {
-                let _ = reply.send(
-                    reqs.iter()
-                        .map(|_| Err(StoreError::Unavailable(why.clone())))
-                        .collect(),
-                );
-            }
+            let _ = reply.send(
+                requests
+                    .iter()
+                    .map(|_| Err(StoreError::Unavailable(why.clone())))
+                    .collect(),
+            );
             return;
         }
+        let b = building.get_or_insert_with(|| self.start_batch());
+        b.events += requests.iter().map(|r| r.events.len()).sum::<usize>();
+        b.bytes += requests.iter().map(request_bytes).sum::<usize>();
+        let mi = b.requests.len();
+        b.requests.push(requests);
+        b.replies.push(reply);
+        let Building {
+            requests,
+            ctx,
+            results,
+            now,
+            ..
+        } = b;
+        let mut rs = Vec::with_capacity(requests[mi].len());
+        for (ri, req) in requests[mi].iter().enumerate() {
+            rs.push(self.accept(requests, mi, ri, req, ctx, *now));
+        }
+        results.push(rs);
+    }
+
+    fn start_batch(&mut self) -> Building {
         // Batches the I/O thread has published are in the index now.
         let durable = self.shared.durable_seq.load(Ordering::Acquire);
         while self.inflight.front().is_some_and(|o| o.seq <= durable) {
@@ -215,19 +306,29 @@ impl Writer {
         let now = chrono::Utc::now()
             .timestamp_micros()
             .max(self.last_recorded_at);
-        let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let mut ctx = BatchCtx {
-            buf: Vec::with_capacity(requests.iter().flatten().map(request_bytes).sum()),
-            ..BatchCtx::default()
-        };
-        let mut results: Vec<Results> = Vec::with_capacity(requests.len());
-        for (mi, reqs) in requests.iter().enumerate() {
-            let mut rs = Vec::with_capacity(reqs.len());
-            for (ri, req) in reqs.iter().enumerate() {
-                rs.push(self.accept(&requests, mi, ri, req, &mut ctx, now));
-            }
-            results.push(rs);
+        Building {
+            requests: Vec::new(),
+            replies: Vec::new(),
+            results: Vec::new(),
+            ctx: BatchCtx::default(),
+            roll,
+            now,
+            events: 0,
+            bytes: 0,
         }
+    }
+
+    /// Sends a built batch to the I/O thread; false if that thread is gone.
+    async fn hand_over(&mut self, b: Building) -> bool {
+        let Building {
+            requests,
+            replies,
+            results,
+            ctx,
+            roll,
+            now,
+            ..
+        } = b;
         if !ctx.entries.is_empty() {
             self.last_recorded_at = now;
         }
@@ -256,7 +357,9 @@ impl Writer {
             // were dropped with the job, so those appenders see `Unavailable`.
             self.shared
                 .set_poisoned("the log I/O thread has stopped".into());
+            return false;
         }
+        true
     }
 
     /// The stream's version counting the batch being built and the batches in flight.
@@ -482,6 +585,7 @@ impl Writer {
 /// The I/O stage: owns the active segment file; writes, syncs, publishes, answers.
 pub(crate) struct IoStage {
     pub shared: Arc<Shared>,
+    pub idle: Arc<tokio::sync::Notify>,
     pub io: Arc<dyn LogIo>,
     pub log_dir: PathBuf,
     pub file: Option<Box<dyn LogFile>>,
@@ -519,6 +623,10 @@ impl IoStage {
         match written {
             Ok(()) => {
                 if !entries.is_empty() {
+                    self.shared.writes.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .written_events
+                        .fetch_add(entries.len() as u64, Ordering::Relaxed);
                     {
                         let mut index = self.shared.index_mut();
                         for (offset, at, stream, id) in entries {
@@ -555,6 +663,7 @@ impl IoStage {
         if let Some(reply) = close {
             let _ = reply.send(self.close());
         }
+        self.idle.notify_one();
     }
 
     fn write(&mut self, roll: Option<u64>, buf: &[u8]) -> Result<(), String> {
