@@ -555,16 +555,30 @@ impl AppService {
         recorded_by: &str,
         err: ApiError,
     ) -> Result<AppendOutcome, ApiError> {
-        let mut any_recorded = false;
-        for e in &cmd.events {
-            if lean!(self.inner.store, event_by_id(e.event_id))?.is_some() {
-                any_recorded = true;
-                break;
-            }
-        }
-        if !any_recorded {
+        if !self.any_recorded(cmd).await? {
             return Err(err);
         }
+        self.settle_repeat(cmd, recorded_by, err).await
+    }
+
+    /// Whether some event id of the batch is already recorded.
+    async fn any_recorded(&self, cmd: &AppendCommand) -> Result<bool, ApiError> {
+        for e in &cmd.events {
+            if lean!(self.inner.store, event_by_id(e.event_id))?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Hands a batch with a recorded event id to the store, which answers with the original
+    /// outcome (an exact repeat) or an event-id conflict, and writes nothing either way.
+    async fn settle_repeat(
+        &self,
+        cmd: &AppendCommand,
+        recorded_by: &str,
+        err: ApiError,
+    ) -> Result<AppendOutcome, ApiError> {
         let request = AppendRequest {
             stream_id: cmd.incident_id,
             expected_version: cmd.expected,
@@ -739,15 +753,21 @@ impl AppService {
                 .map(ApiError::invalid),
         };
         if let Some(err) = failure {
-            // Maybe a repeat of recorded events: settle it with the store after writing what
-            // is pending (so that order is kept).
-            self.flush(chunk, recorded_by, report, last_position)
-                .await?;
             self.inner
                 .metrics
                 .append_batch_size
                 .observe(cmd.events.len() as f64);
-            match self.unless_repeat(&cmd, recorded_by, err).await {
+            // A repeat (or reuse) of recorded events is settled by the store, after writing
+            // what is pending so that order is kept; anything else is rejected right away
+            // (no write, no sync).
+            let settled = if self.any_recorded(&cmd).await? {
+                self.flush(chunk, recorded_by, report, last_position)
+                    .await?;
+                self.settle_repeat(&cmd, recorded_by, err).await
+            } else {
+                Err(err)
+            };
+            match settled {
                 Ok(outcome) => {
                     report.duplicates += cmd.events.len() as u64;
                     self.inner
