@@ -254,13 +254,6 @@ fn env(r: &Rec, position: u64) -> Envelope<'_> {
     }
 }
 
-/// Resident set size from /proc (Linux); None elsewhere.
-fn rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
-
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
@@ -317,6 +310,7 @@ fn main() {
     println!("BENCH fold_ns_per_event={:.0} ns", best * 1e9 / n);
 
     let mem = proj.memory();
+    // Memory estimates include a glibc-style allocator's per-allocation overhead.
     println!("BENCH incidents={} count", mem.incidents);
     println!(
         "BENCH live_bytes_per_incident={:.0} bytes",
@@ -326,23 +320,6 @@ fn main() {
         "BENCH history_bytes_per_event={:.1} bytes",
         mem.history_bytes as f64 / mem.events as f64
     );
-
-    // Resident memory (malloc overhead included): RSS growth while folding into a fresh
-    // projection, minus the summary history (a few large arrays, so its estimate is exact).
-    let before = rss_bytes();
-    let mut fresh = Projection::new();
-    for (i, r) in log.iter().enumerate() {
-        fresh.apply(&env(r, i as u64 + 1)).expect("folds");
-    }
-    if let (Some(b), Some(a)) = (before, rss_bytes()) {
-        let m = fresh.memory();
-        let live = a.saturating_sub(b).saturating_sub(m.history_bytes);
-        println!(
-            "BENCH live_rss_bytes_per_incident={:.0} bytes",
-            live as f64 / m.incidents as f64
-        );
-    }
-    drop(fresh);
 
     // As-of regional summaries at random positions, random regions, half with a window.
     let mut rng = Rng(42);

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::events::*;
-use crate::state::{decode_envelope, IncidentState, Interner};
+use crate::state::{chunk, decode_envelope, vec_bytes, IncidentState, Interner};
 use crate::summary::{Link, Summaries};
 use crate::view::{IncidentView, RegionSummary};
 use crate::{Envelope, FieldError, ProjectionError, Region, Window};
@@ -42,7 +42,8 @@ struct Slot {
     link: Option<Link>,
 }
 
-/// Memory held by a projection (estimated from sizes and capacities).
+/// Memory held by a projection, estimated from sizes and capacities with a glibc-style
+/// allocator's overhead per allocation (deterministic, unlike the process's RSS).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryUsage {
     pub incidents: u64,
@@ -281,15 +282,15 @@ impl Projection {
 
     /// Memory held, estimated from sizes and capacities.
     pub fn memory(&self) -> MemoryUsage {
-        let index = self.ids.capacity() * (std::mem::size_of::<(Uuid, u32)>() + 1);
+        let index = chunk(self.ids.capacity() * (std::mem::size_of::<(Uuid, u32)>() + 1));
         let live: usize = self
             .slots
             .iter()
-            .map(|s| std::mem::size_of::<Slot>() + s.state.heap_bytes())
+            .map(|s| s.state.heap_bytes())
             .sum::<usize>()
+            + vec_bytes(&self.slots)
             + index
-            + self.names.heap_bytes()
-            + (self.slots.capacity() - self.slots.len()) * std::mem::size_of::<Slot>();
+            + self.names.heap_bytes();
         MemoryUsage {
             incidents: self.slots.len() as u64,
             live_bytes: live as u64,

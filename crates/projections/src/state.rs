@@ -48,9 +48,9 @@ impl Interner {
         s.map(|s| self.name(s))
     }
 
+    /// The set itself (the names are counted by the incidents that share them).
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.set.capacity() * (std::mem::size_of::<Name>() + 1)
-            + self.set.iter().map(|n| n.len() + 16).sum::<usize>()
+        chunk(self.set.capacity() * (std::mem::size_of::<Name>() + 1))
     }
 }
 
@@ -702,13 +702,27 @@ pub(crate) fn decode_envelope<'a>(e: &Envelope<'a>) -> Result<IncidentEvent<'a>,
     })
 }
 
-fn text_bytes(s: &Option<Box<str>>) -> usize {
-    s.as_deref().map_or(0, str::len)
+/// Bytes a heap allocation of `n` bytes really takes with a glibc-style allocator (8 bytes
+/// of header, 16-byte granularity, 32-byte minimum); 0 for no allocation.
+pub(crate) fn chunk(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        ((n + 8 + 15) & !15).max(32)
+    }
 }
 
-/// A shared name counts its share of the allocation.
+pub(crate) fn vec_bytes<T>(v: &Vec<T>) -> usize {
+    chunk(v.capacity() * std::mem::size_of::<T>())
+}
+
+fn text_bytes(s: &Option<Box<str>>) -> usize {
+    s.as_deref().map_or(0, |t| chunk(t.len()))
+}
+
+/// A shared name counts its share of the allocation (16 bytes of counts + the text).
 fn name_bytes(n: &Name) -> usize {
-    (n.len() + 16) / Arc::strong_count(n).max(1)
+    chunk(n.len() + 16) / Arc::strong_count(n).max(1)
 }
 
 fn opt_name_bytes(n: &Option<Name>) -> usize {
@@ -719,58 +733,60 @@ impl SourceRec {
     fn heap_bytes(&self) -> usize {
         name_bytes(&self.name)
             + self.extra.as_deref().map_or(0, |x| {
-                std::mem::size_of::<SourceExtra>() + text_bytes(&x.url) + text_bytes(&x.archive_url)
+                chunk(std::mem::size_of::<SourceExtra>())
+                    + text_bytes(&x.url)
+                    + text_bytes(&x.archive_url)
             })
     }
 }
 
 impl IncidentState {
-    /// Heap bytes owned by this state (estimated from lengths and capacities).
+    /// Heap bytes owned by this state, allocator overhead included (estimated from lengths
+    /// and capacities).
     pub(crate) fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
         let core = self.core.as_deref().map_or(0, |c| {
-            size_of::<Core>()
+            chunk(size_of::<Core>())
                 + opt_name_bytes(&c.locality)
                 + opt_name_bytes(&c.perpetrator)
                 + opt_name_bytes(&c.target)
                 + text_bytes(&c.summary)
         });
-        let retraction = self
-            .retraction
-            .as_deref()
-            .map_or(0, |r| size_of::<Retraction>() + r.reason.len());
-        let sources = self.sources.capacity() * size_of::<SourceRec>()
+        let retraction = self.retraction.as_deref().map_or(0, |r| {
+            chunk(size_of::<Retraction>()) + chunk(r.reason.len())
+        });
+        let sources = vec_bytes(&self.sources)
             + self
                 .sources
                 .iter()
                 .map(SourceRec::heap_bytes)
                 .sum::<usize>();
-        let figures = self.casualties.by_source.capacity() * size_of::<SourceFigures>();
-        let claims = self.claims.capacity() * size_of::<Claim>()
+        let figures = vec_bytes(&self.casualties.by_source);
+        let claims = vec_bytes(&self.claims)
             + self
                 .claims
                 .iter()
                 .map(|c| {
                     name_bytes(&c.claimant)
-                        + c.statement.len()
+                        + chunk(c.statement.len())
                         + opt_name_bytes(&c.attributed_to)
-                        + c.denials.capacity() * size_of::<Denial>()
+                        + vec_bytes(&c.denials)
                         + c.denials
                             .iter()
                             .map(|d| name_bytes(&d.by) + text_bytes(&d.statement))
                             .sum::<usize>()
-                        + c.assessments.capacity() * size_of::<AssessmentRec>()
+                        + vec_bytes(&c.assessments)
                         + c.assessments
                             .iter()
                             .map(|a| name_bytes(&a.by) + text_bytes(&a.evidence))
                             .sum::<usize>()
                 })
                 .sum::<usize>();
-        let corrections = self.corrections.capacity() * size_of::<Correction>()
+        let corrections = vec_bytes(&self.corrections)
             + self
                 .corrections
                 .iter()
-                .map(|c| c.reason.len())
+                .map(|c| chunk(c.reason.len()))
                 .sum::<usize>();
         core + retraction + sources + figures + claims + corrections
     }

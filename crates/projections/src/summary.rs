@@ -6,7 +6,7 @@
 //!   with the positions it was added and superseded at (an arena; append-only except for
 //!   stamping `removed`),
 //! - `changes`: one record per position that changed the bucket (added and/or removed entry),
-//! - `checkpoints`: the bucket's totals after every `CHECKPOINT_EVERY` changes.
+//! - `checkpoints`: the bucket's totals after every `CHECKPOINT_EVERY` (16) changes.
 //!
 //! Totals at position p = newest checkpoint at or before p + fewer than `CHECKPOINT_EVERY`
 //! changes. The live state is the same query at the current position. Days only partly inside
@@ -14,12 +14,12 @@
 use std::collections::BTreeMap;
 
 use crate::events::Kind;
-use crate::state::Contrib;
+use crate::state::{vec_bytes, Contrib};
 use crate::view::{ByKind, CasualtiesView, ClaimCounts, Figure, RegionSummary, StrikeCounts};
 use crate::{OccurredAt, Region, Window};
 
 /// Default number of changes of a bucket between two checkpoints of its totals.
-pub(crate) const CHECKPOINT_EVERY: usize = 32;
+pub(crate) const CHECKPOINT_EVERY: usize = 16;
 const NONE: u32 = u32::MAX;
 
 /// One version of one incident's contribution to a bucket.
@@ -28,9 +28,17 @@ pub(crate) struct Entry {
     pub(crate) created: u64,
     /// Position it was superseded at (u64::MAX while live).
     pub(crate) removed: u64,
-    pub(crate) occurred_at: OccurredAt,
-    pub(crate) kind: Kind,
-    pub(crate) contrib: Contrib,
+    /// `occurred_at` in parts (keeps the entry at 80 bytes instead of 88).
+    nanos: i64,
+    contrib: Contrib,
+    kind: Kind,
+    timestamp: bool,
+}
+
+impl Entry {
+    fn occurred_at(&self) -> OccurredAt {
+        OccurredAt::from_parts(self.nanos, self.timestamp)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -140,7 +148,7 @@ impl Bucket {
 
     fn scan_sums(&self, p: u64, w: &Window) -> Sums {
         let mut s = Sums::default();
-        for e in self.live_at(p).filter(|e| w.contains(e.occurred_at)) {
+        for e in self.live_at(p).filter(|e| w.contains(e.occurred_at())) {
             s.add_entry(e, 1);
         }
         s
@@ -149,16 +157,14 @@ impl Bucket {
     fn min_max(&self, p: u64, w: &Window) -> Option<(OccurredAt, OccurredAt)> {
         let mut it = self
             .live_at(p)
-            .filter(|e| w.contains(e.occurred_at))
-            .map(|e| e.occurred_at);
+            .map(Entry::occurred_at)
+            .filter(|t| w.contains(*t));
         let first = it.next()?;
         Some(it.fold((first, first), |(lo, hi), t| (lo.min(t), hi.max(t))))
     }
 
     pub(crate) fn history_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self.changes.capacity() * std::mem::size_of::<Change>()
-            + self.checkpoints.capacity() * std::mem::size_of::<Sums>()
+        vec_bytes(&self.entries) + vec_bytes(&self.changes) + vec_bytes(&self.checkpoints)
     }
 }
 
@@ -255,8 +261,8 @@ impl Summaries {
         if let (Some(l), Some((r, t, k, c))) = (old, new) {
             if let Some(e) = self.entry(l) {
                 let b = &self.buckets[l.bucket as usize];
-                if self.regions[b.region as usize].region == r && e.occurred_at.day() == t.day() {
-                    if e.occurred_at == t && e.kind == k && e.contrib == c {
+                if self.regions[b.region as usize].region == r && e.occurred_at().day() == t.day() {
+                    if e.occurred_at() == t && e.kind == k && e.contrib == c {
                         return old;
                     }
                     same_bucket = Some(l.bucket);
@@ -272,7 +278,8 @@ impl Summaries {
             b.entries.push(Entry {
                 created: pos,
                 removed: u64::MAX,
-                occurred_at: t,
+                nanos: t.nanos(),
+                timestamp: !t.is_date(),
                 kind: k,
                 contrib: c,
             });
@@ -321,8 +328,9 @@ impl Summaries {
     }
 
     pub(crate) fn history_bytes(&self) -> usize {
-        let maps: usize = self.regions.iter().map(|r| r.days.len() * 16).sum();
-        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+        // BTreeMap nodes: about 16 bytes of key and value per day plus node overhead.
+        let maps: usize = self.regions.iter().map(|r| r.days.len() * 24).sum();
+        vec_bytes(&self.buckets)
             + self
                 .buckets
                 .iter()

@@ -72,6 +72,10 @@ impl OccurredAt {
         })
     }
 
+    pub(crate) fn from_parts(nanos: i64, timestamp: bool) -> OccurredAt {
+        OccurredAt { nanos, timestamp }
+    }
+
     /// Nanoseconds since the Unix epoch (a date: its midnight UTC).
     pub fn nanos(&self) -> i64 {
         self.nanos
