@@ -219,7 +219,8 @@ def svg_plot(s, path):
         for e in range(ly0, ly1 + 1):
             y = py(10 ** e)
             parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#ddd"/>')
-            parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt(10 ** e)}</text>')
+            label = f"{10 ** e:,.0f}" if e >= 0 else f"{10 ** e:g}"
+            parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
         for n in xs:
             x = px(n)
             parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#eee"/>')
