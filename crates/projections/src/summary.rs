@@ -1,12 +1,12 @@
 //! Regional summaries: per-(region, day) buckets that keep their own history, so a summary
 //! for any window at any position touches only the buckets of the window.
 //!
-//! Every bucket keeps
-//! - `entries`: each version of each incident's contribution that ever lived in this bucket,
-//!   with the positions it was added and superseded at (an arena; append-only except for
-//!   stamping `removed`),
-//! - `changes`: one record per position that changed the bucket (added and/or removed entry),
-//! - `checkpoints`: the bucket's totals after every `CHECKPOINT_EVERY` (16) changes.
+//! - `Summaries::entries`: every version of every incident's contribution, in creation order,
+//!   with the position it was superseded at (an arena; append-only except for stamping
+//!   `removed`);
+//! - `Bucket::changes`: one record per position that changed the bucket (entry added and/or
+//!   removed, as arena indexes);
+//! - `Bucket::checkpoints`: the bucket's totals after every `CHECKPOINT_EVERY` (16) changes.
 //!
 //! Totals at position p = newest checkpoint at or before p + fewer than `CHECKPOINT_EVERY`
 //! changes. The live state is the same query at the current position. Days only partly inside
@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use crate::events::Kind;
-use crate::state::{vec_bytes, Contrib};
+use crate::state::{chunk, vec_bytes, Contrib};
 use crate::view::{ByKind, CasualtiesView, ClaimCounts, Figure, RegionSummary, StrikeCounts};
 use crate::{OccurredAt, Region, Window};
 
@@ -22,13 +22,13 @@ use crate::{OccurredAt, Region, Window};
 pub(crate) const CHECKPOINT_EVERY: usize = 16;
 const NONE: u32 = u32::MAX;
 
-/// One version of one incident's contribution to a bucket.
+/// One version of one incident's contribution to a bucket (created at the position of the
+/// change that added it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {
-    pub(crate) created: u64,
     /// Position it was superseded at (u64::MAX while live).
     pub(crate) removed: u64,
-    /// `occurred_at` in parts (keeps the entry at 80 bytes instead of 88).
+    /// `occurred_at` in parts (keeps the entry at 72 bytes instead of 80).
     nanos: i64,
     contrib: Contrib,
     kind: Kind,
@@ -98,35 +98,35 @@ impl Sums {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Bucket {
     region: u32,
-    entries: Vec<Entry>,
+    /// Indexes into `Summaries::entries`.
     changes: Vec<Change>,
     checkpoints: Vec<Sums>,
 }
 
 impl Bucket {
-    fn apply_change(&self, s: &mut Sums, c: &Change) {
+    fn apply_change(entries: &[Entry], s: &mut Sums, c: &Change) {
         if c.removed != NONE {
-            s.add_entry(&self.entries[c.removed as usize], u64::MAX);
+            s.add_entry(&entries[c.removed as usize], u64::MAX);
         }
         if c.added != NONE {
-            s.add_entry(&self.entries[c.added as usize], 1);
+            s.add_entry(&entries[c.added as usize], 1);
         }
     }
 
-    fn push_change(&mut self, c: Change, every: usize) {
+    fn push_change(&mut self, c: Change, every: usize, entries: &[Entry]) {
         self.changes.push(c);
         let n = self.changes.len();
         if n % every == 0 {
             let mut s = self.checkpoints.last().copied().unwrap_or_default();
             for c in &self.changes[n - every..] {
-                self.apply_change(&mut s, c);
+                Self::apply_change(entries, &mut s, c);
             }
             self.checkpoints.push(s);
         }
     }
 
     /// Totals of the whole bucket after position `p`.
-    fn sums_at(&self, p: u64, every: usize) -> Sums {
+    fn sums_at(&self, p: u64, every: usize, entries: &[Entry]) -> Sums {
         let n = self.changes.partition_point(|c| c.pos <= p);
         let k = n / every;
         let mut s = if k > 0 {
@@ -135,28 +135,35 @@ impl Bucket {
             Sums::default()
         };
         for c in &self.changes[k * every..n] {
-            self.apply_change(&mut s, c);
+            Self::apply_change(entries, &mut s, c);
         }
         s
     }
 
     /// Entries live after position `p` (each incident at most once).
-    fn live_at(&self, p: u64) -> impl Iterator<Item = &Entry> {
-        let n = self.entries.partition_point(|e| e.created <= p);
-        self.entries[..n].iter().filter(move |e| e.removed > p)
+    fn live_at<'e>(&'e self, p: u64, entries: &'e [Entry]) -> impl Iterator<Item = &'e Entry> {
+        let n = self.changes.partition_point(|c| c.pos <= p);
+        self.changes[..n]
+            .iter()
+            .filter(|c| c.added != NONE)
+            .map(move |c| &entries[c.added as usize])
+            .filter(move |e| e.removed > p)
     }
 
-    fn scan_sums(&self, p: u64, w: &Window) -> Sums {
+    fn scan_sums(&self, p: u64, w: &Window, entries: &[Entry]) -> Sums {
         let mut s = Sums::default();
-        for e in self.live_at(p).filter(|e| w.contains(e.occurred_at())) {
+        for e in self
+            .live_at(p, entries)
+            .filter(|e| w.contains(e.occurred_at()))
+        {
             s.add_entry(e, 1);
         }
         s
     }
 
-    fn min_max(&self, p: u64, w: &Window) -> Option<(OccurredAt, OccurredAt)> {
+    fn min_max(&self, p: u64, w: &Window, entries: &[Entry]) -> Option<(OccurredAt, OccurredAt)> {
         let mut it = self
-            .live_at(p)
+            .live_at(p, entries)
             .map(Entry::occurred_at)
             .filter(|t| w.contains(*t));
         let first = it.next()?;
@@ -164,7 +171,7 @@ impl Bucket {
     }
 
     pub(crate) fn history_bytes(&self) -> usize {
-        vec_bytes(&self.entries) + vec_bytes(&self.changes) + vec_bytes(&self.checkpoints)
+        vec_bytes(&self.changes) + vec_bytes(&self.checkpoints)
     }
 }
 
@@ -188,6 +195,9 @@ pub(crate) struct RegionBuckets {
 #[derive(Clone, Debug)]
 pub(crate) struct Summaries {
     pub(crate) checkpoint_every: usize,
+    /// Every entry version of every bucket, in order of creation: one arena, so buckets never
+    /// reallocate large arrays (and the tail being written stays in cache).
+    pub(crate) entries: Vec<Entry>,
     pub(crate) buckets: Vec<Bucket>,
     pub(crate) regions: Vec<RegionBuckets>,
     /// code -> index in `regions` (sorted by code, so iteration is in code order).
@@ -204,6 +214,7 @@ impl Summaries {
     pub(crate) fn with_checkpoint_every(every: usize) -> Self {
         Summaries {
             checkpoint_every: every.max(1),
+            entries: Vec::new(),
             buckets: Vec::new(),
             regions: Vec::new(),
             index: BTreeMap::new(),
@@ -225,10 +236,7 @@ impl Summaries {
     }
 
     pub(crate) fn entry(&self, l: Link) -> Option<&Entry> {
-        self.buckets
-            .get(l.bucket as usize)?
-            .entries
-            .get(l.entry as usize)
+        self.entries.get(l.entry as usize)
     }
 
     fn bucket_id(&mut self, r: Region, day: i32, pos: u64) -> u32 {
@@ -274,9 +282,7 @@ impl Summaries {
                 Some(b) => b,
                 None => self.bucket_id(r, t.day(), pos),
             };
-            let b = &mut self.buckets[bucket as usize];
-            b.entries.push(Entry {
-                created: pos,
+            self.entries.push(Entry {
                 removed: u64::MAX,
                 nanos: t.nanos(),
                 timestamp: !t.is_date(),
@@ -285,12 +291,13 @@ impl Summaries {
             });
             Link {
                 bucket,
-                entry: (b.entries.len() - 1) as u32,
+                // u32 indexes: 4 billion entry versions would need ~300 GB of memory first.
+                entry: (self.entries.len() - 1) as u32,
             }
         });
         if let Some(l) = old {
+            self.entries[l.entry as usize].removed = pos;
             let b = &mut self.buckets[l.bucket as usize];
-            b.entries[l.entry as usize].removed = pos;
             let added = match (same_bucket, new_link) {
                 (Some(_), Some(n)) => n.entry,
                 _ => NONE,
@@ -302,6 +309,7 @@ impl Summaries {
                     removed: l.entry,
                 },
                 self.checkpoint_every,
+                &self.entries,
             );
         }
         if let Some(n) = new_link.filter(|_| same_bucket.is_none()) {
@@ -312,6 +320,7 @@ impl Summaries {
                     removed: NONE,
                 },
                 self.checkpoint_every,
+                &self.entries,
             );
         }
         new_link
@@ -330,7 +339,9 @@ impl Summaries {
     pub(crate) fn history_bytes(&self) -> usize {
         // BTreeMap nodes: about 16 bytes of key and value per day plus node overhead.
         let maps: usize = self.regions.iter().map(|r| r.days.len() * 24).sum();
-        vec_bytes(&self.buckets)
+        // The arena's slack beyond its length is address space the process never touched.
+        chunk(self.entries.len() * std::mem::size_of::<Entry>())
+            + vec_bytes(&self.buckets)
             + self
                 .buckets
                 .iter()
@@ -349,9 +360,9 @@ impl RegionBuckets {
         for (day, b) in self.days.range(w.lo_day()..=w.hi_day()) {
             let b = &buckets[*b as usize];
             let s = if w.covers_day(*day) {
-                b.sums_at(p, all.checkpoint_every)
+                b.sums_at(p, all.checkpoint_every, &all.entries)
             } else {
-                b.scan_sums(p, w)
+                b.scan_sums(p, w, &all.entries)
             };
             if s.incidents > 0 {
                 first.get_or_insert(*day);
@@ -361,7 +372,7 @@ impl RegionBuckets {
         }
         let mm = |d: Option<i32>| {
             d.and_then(|d| self.days.get(&d))
-                .and_then(|b| buckets[*b as usize].min_max(p, w))
+                .and_then(|b| buckets[*b as usize].min_max(p, w, &all.entries))
         };
         let mut out = RegionSummary::empty(&self.region, p);
         out.incidents = total.incidents;
