@@ -101,6 +101,8 @@ pub(crate) struct Bucket {
     /// Indexes into `Summaries::entries`.
     changes: Vec<Change>,
     checkpoints: Vec<Sums>,
+    /// Totals after the last change (a checkpoint is a copy of them).
+    totals: Sums,
 }
 
 impl Bucket {
@@ -114,14 +116,11 @@ impl Bucket {
     }
 
     fn push_change(&mut self, c: Change, every: usize, entries: &[Entry]) {
+        // Both entries were just written, so this reads cached memory.
+        Self::apply_change(entries, &mut self.totals, &c);
         self.changes.push(c);
-        let n = self.changes.len();
-        if n % every == 0 {
-            let mut s = self.checkpoints.last().copied().unwrap_or_default();
-            for c in &self.changes[n - every..] {
-                Self::apply_change(entries, &mut s, c);
-            }
-            self.checkpoints.push(s);
+        if self.changes.len() % every == 0 {
+            self.checkpoints.push(self.totals);
         }
     }
 
