@@ -261,4 +261,3 @@ fn synthetic_lines_pass_validation() {
         projection.region_count()
     );
 }
-
