@@ -7,4 +7,10 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "cargo-nextest not found; installing it" >&2
   cargo install --locked cargo-nextest
 fi
-exec scripts/with-postgres.sh cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+# A fresh machine may lack the PostgreSQL server; install it when we can (root, registries reachable).
+PG_BIN="${INCIDENTLOG_PG_BIN:-/usr/lib/postgresql/15/bin}"
+if [[ ! -x "$PG_BIN/initdb" && "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  echo "PostgreSQL server not found in $PG_BIN; installing postgresql-15" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >&2 || true
+fi
+exec scripts/with-postgres.sh cargo nextest run --workspace --no-fail-fast "$@"
