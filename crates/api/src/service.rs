@@ -385,7 +385,7 @@ impl AppService {
     async fn decision_state(&self, id: Uuid) -> Result<IncidentState, ApiError> {
         let version = lean!(self.inner.store, stream_version(id))?;
         if version == 0 {
-            return Ok(IncidentState::new());
+            return Ok(IncidentState::with_id(id));
         }
         if self.inner.live {
             let state = self.read_projection().decision_state(id);
@@ -404,7 +404,7 @@ impl AppService {
             }
         }
         let events = lean!(self.inner.store, read_stream(id))?;
-        let mut state = IncidentState::new();
+        let mut state = IncidentState::with_id(id);
         for e in &events {
             state.apply(&envelope(e))?;
         }

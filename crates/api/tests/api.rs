@@ -365,6 +365,30 @@ async fn invalid_events_are_422_with_pointers() {
 }
 
 #[tokio::test]
+async fn a_retraction_as_duplicate_of_itself_is_422_even_in_the_creating_batch() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    let retract = json!({"event_id": Uuid::new_v4(), "type": "IncidentRetracted", "data": {
+        "reason": "duplicate report", "duplicate_of": id}});
+    let r = app
+        .append(
+            id,
+            json!({"events": [reported(Uuid::new_v4(), "UA-63", "missile_strike"), retract]}),
+        )
+        .await;
+    assert_problem(&r, 422);
+    assert!(
+        r.body["errors"][0]["pointer"]
+            .as_str()
+            .unwrap()
+            .starts_with("/events/1"),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.head().await, 0);
+}
+
+#[tokio::test]
 async fn axum_rejections_are_problem_json() {
     let app = app().await;
     let id = Uuid::new_v4();
