@@ -194,6 +194,14 @@ pub struct ReplayResponse {
     pub digest: String,
 }
 
+/// Answer of `GET /v1/admin/digest`: the digest of the live views, to compare with a replay.
+#[derive(Serialize, ToSchema, Debug)]
+pub struct DigestResponse {
+    /// The last global position the live views include.
+    pub position: u64,
+    pub digest: String,
+}
+
 /// Answer of `GET /v1/admin/verify`.
 #[derive(Serialize, ToSchema, Debug)]
 pub struct VerifyResponse {

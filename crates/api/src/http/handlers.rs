@@ -21,7 +21,8 @@ use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::service::{parse_command, AsOf, ImportReport, RejectedLine};
 use crate::wire::{
-    self, AppendResponse, HealthResponse, ReplayResponse, VerifyResponse, WireEvent, WireEvents,
+    self, AppendResponse, DigestResponse, HealthResponse, ReplayResponse, VerifyResponse,
+    WireEvent, WireEvents,
 };
 
 /// Serializes `value` as the JSON body of a response with `status`.
@@ -66,13 +67,13 @@ fn recorded_by(p: &Principal) -> Result<&str, ApiError> {
     ),
     paths(
         append, bulk_import, incident, incident_events, incidents, log_page, stream, regions,
-        region, admin_replay, admin_verify, healthz, readyz, metrics, openapi
+        region, admin_replay, admin_digest, admin_verify, healthz, readyz, metrics, openapi
     ),
     components(schemas(
         Problem, wire::FieldErrorDoc, wire::AppendBodyDoc, wire::EventInputDoc, wire::ImportLineDoc,
         AppendResponse, ImportReport, RejectedLine, wire::RecordedEventDoc, wire::StreamEventsDoc,
         wire::LogPageDoc, wire::IncidentViewDoc, wire::IncidentPageDoc, wire::RegionSummaryDoc,
-        wire::RegionListDoc, ReplayResponse, VerifyResponse, HealthResponse
+        wire::RegionListDoc, ReplayResponse, DigestResponse, VerifyResponse, HealthResponse
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -521,6 +522,21 @@ pub(crate) async fn admin_replay(State(state): State<AppState>) -> Result<Respon
             digest: r.digest,
         },
     ))
+}
+
+/// The digest of the live views and the position they include: a replay of the log up to
+/// that position (`POST /v1/admin/replay`, `incidentlog replay --at-position`) must give the
+/// same digest.
+#[utoipa::path(
+    get, path = "/v1/admin/digest", tag = "admin",
+    responses(
+        (status = 200, description = "Digest of the live views", body = DigestResponse),
+        (status = 403, description = "Not admin", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub(crate) async fn admin_digest(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let (position, digest) = state.service.live_digest();
+    Ok(json(StatusCode::OK, &DigestResponse { position, digest }))
 }
 
 /// Check every record's checksum and the hash chain. A damaged log answers 200 with

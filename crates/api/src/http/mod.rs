@@ -141,6 +141,7 @@ fn build_router(
         .route("/v1/regions/{code}", get(handlers::region))
         .route("/v1/admin/replay", post(handlers::admin_replay))
         .route("/v1/admin/verify", get(handlers::admin_verify))
+        .route("/v1/admin/digest", get(handlers::admin_digest))
         .route("/openapi.json", get(handlers::openapi))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
@@ -313,6 +314,7 @@ fn route_of(path: &str) -> Option<&'static str> {
         [Some("v1"), Some("regions"), Some(_), None, _] => "/v1/regions/{code}",
         [Some("v1"), Some("admin"), Some("replay"), None, _] => "/v1/admin/replay",
         [Some("v1"), Some("admin"), Some("verify"), None, _] => "/v1/admin/verify",
+        [Some("v1"), Some("admin"), Some("digest"), None, _] => "/v1/admin/digest",
         [Some("healthz"), None, ..] => "/healthz",
         [Some("readyz"), None, ..] => "/readyz",
         [Some("metrics"), None, ..] => "/metrics",
