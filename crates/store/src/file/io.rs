@@ -11,6 +11,8 @@ pub trait LogFile: Send + 'static {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
     /// fdatasync.
     fn sync_data(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes (the bytes of a batch whose write or sync failed).
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
 }
 
 /// Opens segment files for appending.
@@ -33,6 +35,9 @@ impl LogFile for RealFile {
     }
     fn sync_data(&mut self) -> io::Result<()> {
         self.0.sync_data()
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
     }
 }
 

@@ -618,7 +618,7 @@ impl IoStage {
         } = job;
         let written = match self.shared.poison_reason() {
             Some(why) => Err(why),
-            None => self.write(roll, &buf),
+            None => self.write(roll, &buf, seg_len),
         };
         match written {
             Ok(()) => {
@@ -666,7 +666,10 @@ impl IoStage {
         self.idle.notify_one();
     }
 
-    fn write(&mut self, roll: Option<u64>, buf: &[u8]) -> Result<(), String> {
+    /// Writes (and, strict, syncs) one batch that ends the active segment at `seg_len`. When
+    /// the write or the sync fails, the batch is cut off the file again: its appends are
+    /// answered with an error, so they must not reappear after a restart either.
+    fn write(&mut self, roll: Option<u64>, buf: &[u8], seg_len: u64) -> Result<(), String> {
         if let Some(first) = roll {
             self.roll(first)
                 .map_err(|e| format!("starting a new segment failed: {e}"))?;
@@ -674,16 +677,39 @@ impl IoStage {
         if buf.is_empty() {
             return Ok(());
         }
+        let strict = self.durability == Durability::Strict;
         let file = self.file.as_mut().ok_or("the store is closed")?;
-        file.write_all(buf)
-            .map_err(|e| format!("write failed: {e}"))?;
-        if self.durability == Durability::Strict {
-            file.sync_data()
-                .map_err(|e| format!("fdatasync failed: {e}"))?;
-        } else {
-            self.unsynced = true;
+        let written = file
+            .write_all(buf)
+            .map_err(|e| format!("write failed: {e}"))
+            .and_then(|()| match strict {
+                true => file
+                    .sync_data()
+                    .map_err(|e| format!("fdatasync failed: {e}")),
+                false => Ok(()),
+            });
+        match written {
+            Ok(()) => {
+                self.unsynced |= !strict;
+                Ok(())
+            }
+            Err(why) => {
+                let before = seg_len.saturating_sub(buf.len() as u64);
+                match file.set_len(before).and_then(|()| file.sync_data()) {
+                    Ok(()) => tracing::warn!(
+                        offset = before,
+                        "cut the failed batch off the active segment"
+                    ),
+                    Err(e) => tracing::error!(
+                        offset = before,
+                        error = %e,
+                        "could not cut the failed batch off the active segment: its \
+                         unacknowledged appends may reappear after a restart"
+                    ),
+                }
+                Err(why)
+            }
         }
-        Ok(())
     }
 
     fn sync(&mut self) -> Result<(), String> {
