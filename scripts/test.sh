@@ -13,4 +13,7 @@ if [[ ! -x "$PG_BIN/initdb" && "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/n
   echo "PostgreSQL server not found in $PG_BIN; installing postgresql-15" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >&2 || true
 fi
-exec scripts/with-postgres.sh cargo nextest run --workspace --no-fail-fast "$@"
+# Then the short fault drills against the real binary (the full set is `make drill`); they reuse
+# the debug build and the same throwaway PostgreSQL.
+exec scripts/with-postgres.sh bash -c \
+  'cargo nextest run --workspace --no-fail-fast "$@" && INCIDENTLOG_PROFILE=debug scripts/drill.sh --quick' _ "$@"
