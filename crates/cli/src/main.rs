@@ -10,6 +10,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use incidentlog_store::{Backend, Durability, OpenOptions, Store, StoreError};
 
+/// glibc's malloc cost ~30% of the CPU of a small append (hyper's per-request buffers and
+/// futures); mimalloc measured +40% single-append throughput at 64 connections.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod commands;
 mod export;
 mod serve;
