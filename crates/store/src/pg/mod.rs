@@ -18,7 +18,7 @@ mod record;
 mod schema;
 mod writer;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -48,8 +48,6 @@ pub const MAX_APPEND_BYTES: usize = 256 << 20;
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Read connections per process (each pipelines any number of concurrent queries).
 const READ_CONNECTIONS: usize = 4;
-/// Events this process committed that it keeps for its subscribers.
-const RECENT_EVENTS: usize = 8192;
 /// Rows per query when `verify` walks the log.
 const VERIFY_PAGE: i64 = 10_000;
 
@@ -57,47 +55,15 @@ const VERIFY_PAGE: i64 = 10_000;
 pub(crate) struct Shared {
     head: Mutex<Head>,
     head_tx: watch::Sender<u64>,
-    /// The latest events this process committed, in position order (with holes where other
-    /// processes wrote): subscribers following this process's own appends read them from
-    /// here instead of asking the database again.
-    recent: Mutex<VecDeque<RecordedEvent>>,
 }
 
 impl Shared {
-    /// Keeps events this process just committed (in increasing positions).
-    pub(crate) fn remember(&self, events: Vec<RecordedEvent>) {
-        let mut recent = lock(&self.recent);
-        recent.extend(events);
-        while recent.len() > RECENT_EVENTS {
-            recent.pop_front();
-        }
-    }
-
-    /// Positions `after + 1 ..= min(after + limit, head)` from the cache, if it holds every
-    /// one of them (otherwise the database answers).
-    fn recent_page(&self, after: u64, limit: usize) -> Option<Vec<RecordedEvent>> {
-        let head = self.head().position;
-        let end = head.min(after.saturating_add(limit as u64));
-        if end <= after {
-            return None;
-        }
-        let recent = lock(&self.recent);
-        let start = recent
-            .binary_search_by_key(&(after + 1), |e| e.global_position)
-            .ok()?;
-        let wanted = (end - after) as usize;
-        let page: Vec<RecordedEvent> = recent.range(start..).take(wanted).cloned().collect();
-        let contiguous = page.len() == wanted
-            && page
-                .iter()
-                .enumerate()
-                .all(|(i, e)| e.global_position == after + 1 + i as u64);
-        contiguous.then_some(page)
-    }
-
     /// Moves the known durable head forward (never back).
     pub(crate) fn advance(&self, head: Head) {
-        let mut current = lock(&self.head);
+        let mut current = match self.head.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         if head.position > current.position {
             *current = head;
             self.head_tx.send_replace(head.position);
@@ -105,14 +71,10 @@ impl Shared {
     }
 
     fn head(&self) -> Head {
-        *lock(&self.head)
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
+        match self.head.lock() {
+            Ok(g) => *g,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
     }
 }
 
@@ -149,7 +111,6 @@ impl PgStore {
         let shared = Arc::new(Shared {
             head: Mutex::new(head),
             head_tx,
-            recent: Mutex::new(VecDeque::new()),
         });
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(writer::run(
@@ -444,9 +405,6 @@ impl EventStore for PgStore {
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
-        }
-        if let Some(page) = self.shared.recent_page(after, limit) {
-            return Ok(page);
         }
         let after_i = i64::try_from(after)
             .map_err(|_| StoreError::InvalidInput(format!("position {after} out of range")))?;

@@ -28,10 +28,8 @@ use super::conn::{connect, describe, timed, OP_TIMEOUT};
 use super::record::{chain_hash, truncate_to_micros, RecordFields};
 use super::Shared;
 use crate::{
-    AppendOutcome, AppendRequest, Durability, ExpectedVersion, Head, RecordedEvent, StoreError,
-    StreamId,
+    AppendOutcome, AppendRequest, Durability, ExpectedVersion, Head, StoreError, StreamId,
 };
-use serde_json::value::RawValue;
 
 /// Advisory lock key that serializes appends of every process on one database.
 pub(crate) const APPEND_LOCK: i64 = 0x696e_6369_6170_7031; // "inciapp1"
@@ -170,10 +168,8 @@ pub(crate) async fn run(
             },
         };
         match result {
-            Ok((outcomes, written)) => {
-                if let Some((head, events)) = written {
-                    // Cache first: a subscriber woken by the head finds them there.
-                    shared.remember(events);
+            Ok((outcomes, head)) => {
+                if let Some(head) = head {
                     shared.advance(head);
                 }
                 let mut outcomes = outcomes.into_iter();
@@ -251,14 +247,9 @@ struct Rows<'a> {
     append_first: Vec<i64>,
     append_last: Vec<i64>,
     hash: Vec<[u8; 32]>,
-    raw_data: Vec<&'a RawValue>,
 }
 
-/// Per-request outcomes, and the new head with the events written (when any were).
-type BatchResult = (
-    Vec<Result<AppendOutcome, StoreError>>,
-    Option<(Head, Vec<RecordedEvent>)>,
-);
+type BatchResult = (Vec<Result<AppendOutcome, StoreError>>, Option<Head>);
 
 /// Runs one group-commit transaction. Decision errors (version, id conflict) are per request;
 /// an `Err` means the whole transaction failed and nothing of it is visible.
@@ -396,7 +387,6 @@ async fn commit_batch_inner(
                     rows.append_first.push(first as i64);
                     rows.append_last.push(last as i64);
                     rows.hash.push(hash);
-                    rows.raw_data.push(&e.data);
                     known.insert(
                         e.event_id,
                         Known {
@@ -459,28 +449,12 @@ async fn commit_batch_inner(
             rows.position.len()
         )));
     }
-    let events = (0..rows.position.len())
-        .map(|i| RecordedEvent {
-            global_position: rows.position[i] as u64,
-            stream_id: rows.stream_id[i],
-            stream_version: rows.stream_version[i] as u64,
-            event_id: rows.event_id[i],
-            event_type: rows.event_type[i].to_owned(),
-            data: rows.raw_data[i].to_owned(),
-            recorded_at,
-            recorded_by: rows.recorded_by[i].to_owned(),
-            hash: rows.hash[i],
-        })
-        .collect();
     Ok((
         outcomes,
-        Some((
-            Head {
-                position,
-                hash: prev_hash,
-            },
-            events,
-        )),
+        Some(Head {
+            position,
+            hash: prev_hash,
+        }),
     ))
 }
 
