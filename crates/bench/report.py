@@ -5,6 +5,7 @@ Never edit BENCHMARKS.md by hand: rerun `make bench` (or this script on the kept
 import argparse
 import math
 import os
+import re
 
 # Targets of issues 2-5. `ours`/`peer` list candidate keys (first present wins), so that a
 # bench that names a figure slightly differently is still found.
@@ -83,8 +84,9 @@ def parse(path):
                 except ValueError:
                     pass
             elif line.startswith("META "):
-                k, _, v = line[5:].partition("=")
-                meta[k] = v
+                # One or more `key=value` pairs; a value runs until the next ` key=`.
+                for k, v in re.findall(r"(\w+)=(.*?)(?=\s+\w+=|$)", line[5:]):
+                    meta[k] = v
             elif line.startswith("MISSING "):
                 missing.append(line[8:])
             elif line.startswith("STATUS "):
