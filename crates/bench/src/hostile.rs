@@ -344,7 +344,7 @@ async fn slow_client(addr: SocketAddr, n: usize, secs: f64, path: String) {
         return;
     };
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let msg = if n % 2 == 0 {
+    let msg = if n.is_multiple_of(2) {
         format!(
             "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: {}",
             "s".repeat(10_000)

@@ -119,7 +119,7 @@ impl Bucket {
         // Both entries were just written, so this reads cached memory.
         Self::apply_change(entries, &mut self.totals, &c);
         self.changes.push(c);
-        if self.changes.len() % every == 0 {
+        if self.changes.len().is_multiple_of(every) {
             self.checkpoints.push(self.totals);
         }
     }

@@ -230,7 +230,7 @@ impl Index {
     ) -> (u32, u32) {
         let position = self.offsets.len() as u32 + 1;
         self.offsets.push(offset);
-        if (position - 1) % RECORDED_AT_STRIDE == 0 {
+        if (position - 1).is_multiple_of(RECORDED_AT_STRIDE) {
             self.recorded_at.push(recorded_at);
         }
         self.last_recorded_at = self.last_recorded_at.max(recorded_at);

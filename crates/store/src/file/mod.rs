@@ -121,7 +121,6 @@ impl FileStore {
             // A forked child briefly shares our descriptors (until its exec closes them), so
             // a lock released a moment ago may still look taken: retry for a little while.
             let mut attempts = 0;
-            #[allow(clippy::incompatible_msrv)]
             while lock.try_lock().is_err() {
                 attempts += 1;
                 if attempts >= LOCK_ATTEMPTS {
