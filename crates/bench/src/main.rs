@@ -387,6 +387,15 @@ struct WorkerResult {
     first_error: Option<String>,
 }
 
+/// Waits for every worker and merges their results.
+async fn join_workers(tasks: Vec<tokio::task::JoinHandle<WorkerResult>>) -> Result<WorkerResult> {
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await?);
+    }
+    Ok(merge_results(results))
+}
+
 fn merge_results(results: Vec<WorkerResult>) -> WorkerResult {
     let mut all = WorkerResult {
         lat: Latencies::with_cap(4_000_000),
@@ -493,12 +502,8 @@ async fn append(
             r
         }));
     }
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await?);
-    }
+    let all = join_workers(tasks).await?;
     let secs = started.elapsed().as_secs_f64();
-    let all = merge_results(results);
     if let Some(p) = ack_file {
         let mut w = BufWriter::new(std::fs::File::create(&p)?);
         for id in &all.acks {
@@ -706,12 +711,8 @@ async fn get(
             r
         }));
     }
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await?);
-    }
+    let all = join_workers(tasks).await?;
     let secs = started.elapsed().as_secs_f64();
-    let all = merge_results(results);
     print_statuses(&name, &all);
     bench(
         &format!("{name}_requests_per_sec"),

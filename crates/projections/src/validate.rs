@@ -237,6 +237,26 @@ fn long_text(
     text(m, key, ptr, required, MAX_TEXT_CHARS, true, errs)
 }
 
+/// A string field turned into a typed value by `parse`, whose error message is reported at the
+/// field's pointer.
+fn parsed_field<T>(
+    m: &Map<String, Value>,
+    key: &str,
+    ptr: &str,
+    required: bool,
+    errs: &mut Vec<FieldError>,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<T> {
+    let s = string_field(m, key, ptr, required, errs)?;
+    match parse(s) {
+        Ok(v) => Some(v),
+        Err(msg) => {
+            push(errs, ptr, key, msg);
+            None
+        }
+    }
+}
+
 fn enum_field<T: std::str::FromStr<Err = String>>(
     m: &Map<String, Value>,
     key: &str,
@@ -244,14 +264,7 @@ fn enum_field<T: std::str::FromStr<Err = String>>(
     required: bool,
     errs: &mut Vec<FieldError>,
 ) -> Option<T> {
-    let s = string_field(m, key, ptr, required, errs)?;
-    match s.parse::<T>() {
-        Ok(v) => Some(v),
-        Err(msg) => {
-            push(errs, ptr, key, msg);
-            None
-        }
-    }
+    parsed_field(m, key, ptr, required, errs, str::parse)
 }
 
 fn uuid_field(
@@ -272,40 +285,6 @@ fn uuid_field(
                 key,
                 format!("{s:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
             );
-            None
-        }
-    }
-}
-
-fn time_field(
-    m: &Map<String, Value>,
-    key: &str,
-    ptr: &str,
-    required: bool,
-    errs: &mut Vec<FieldError>,
-) -> Option<OccurredAt> {
-    let s = string_field(m, key, ptr, required, errs)?;
-    match OccurredAt::parse(s) {
-        Ok(t) => Some(t),
-        Err(msg) => {
-            push(errs, ptr, key, msg);
-            None
-        }
-    }
-}
-
-fn region_field(
-    m: &Map<String, Value>,
-    key: &str,
-    ptr: &str,
-    required: bool,
-    errs: &mut Vec<FieldError>,
-) -> Option<Region> {
-    let s = string_field(m, key, ptr, required, errs)?;
-    match Region::parse(s) {
-        Ok(r) => Some(r),
-        Err(msg) => {
-            push(errs, ptr, key, msg);
             None
         }
     }
@@ -424,7 +403,7 @@ fn source(
     let kind = enum_field::<SourceKind>(s, "kind", &sptr, false, errs);
     let url = url_field(s, "url", &sptr, errs);
     let archive_url = url_field(s, "archive_url", &sptr, errs);
-    let published_at = time_field(s, "published_at", &sptr, false, errs);
+    let published_at = parsed_field(s, "published_at", &sptr, false, errs, OccurredAt::parse);
     let sha256 = match string_field(s, "sha256", &sptr, false, errs) {
         Some(h) => match Sha256::parse(h) {
             Ok(d) => Some(d),
@@ -501,7 +480,7 @@ fn incident_reported(
         errs,
     )?;
     let kind = enum_field::<Kind>(m, "kind", p, true, errs);
-    let occurred_at = time_field(m, "occurred_at", p, true, errs);
+    let occurred_at = parsed_field(m, "occurred_at", p, true, errs, OccurredAt::parse);
     let tp = enum_field::<TimePrecision>(m, "time_precision", p, false, errs);
     if let (Some(t), Some(tp)) = (occurred_at, tp) {
         if !tp.fits(&t) {
@@ -510,7 +489,7 @@ fn incident_reported(
             ).to_lowercase());
         }
     }
-    let region = region_field(m, "region", p, true, errs);
+    let region = parsed_field(m, "region", p, true, errs, Region::parse);
     let locality = name(m, "locality", p, false, errs);
     let location = location(m, p, errs);
     let perpetrator = name(m, "perpetrator", p, false, errs);
@@ -734,7 +713,7 @@ fn corrected(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<IncidentC
     let m = object(v, p, &allowed, errs)?;
     let reason = long_text(m, "reason", p, true, errs);
     let kind = enum_field::<Kind>(m, "kind", p, false, errs);
-    let occurred_at = time_field(m, "occurred_at", p, false, errs);
+    let occurred_at = parsed_field(m, "occurred_at", p, false, errs, OccurredAt::parse);
     let tp = enum_field::<TimePrecision>(m, "time_precision", p, false, errs);
     if let (Some(t), Some(tp)) = (occurred_at, tp) {
         if !tp.fits(&t) {
@@ -743,7 +722,7 @@ fn corrected(v: &Value, p: &str, errs: &mut Vec<FieldError>) -> Option<IncidentC
             ).to_lowercase());
         }
     }
-    let region = region_field(m, "region", p, false, errs);
+    let region = parsed_field(m, "region", p, false, errs, Region::parse);
     let locality = name(m, "locality", p, false, errs);
     let location = location(m, p, errs);
     let perpetrator = name(m, "perpetrator", p, false, errs);

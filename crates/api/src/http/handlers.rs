@@ -439,21 +439,35 @@ pub(crate) async fn regions(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<SummaryParams>,
 ) -> Result<Response, ApiError> {
+    cached_summary(&state, "*".to_string(), q, |window, at| {
+        let (regions, position) = state.service.region_summaries_at(window, at);
+        #[derive(Serialize)]
+        struct Body<T> {
+            regions: T,
+        }
+        Ok((to_json(&Body { regions })?, position))
+    })
+    .await
+}
+
+/// Serves a summary body for `scope` from the per-position cache, or computes it with
+/// `compute(window, at_position)` and caches it: one path for one region and for all.
+async fn cached_summary(
+    state: &AppState,
+    scope: String,
+    q: SummaryParams,
+    compute: impl FnOnce(&Window, Option<u64>) -> Result<(axum::body::Bytes, u64), ApiError>,
+) -> Result<Response, ApiError> {
     let window = window(&q)?;
     let at = state
         .service
         .resolve(as_of(q.as_of.as_deref(), q.at_position)?)
         .await?;
-    let key = ("*".to_string(), q.from, q.to, at);
+    let key = (scope, q.from, q.to, at);
     if let Some(body) = state.summaries.get(&key, state.service.applied_position()) {
         return Ok(json_bytes(body));
     }
-    let (regions, position) = state.service.region_summaries_at(&window, at);
-    #[derive(Serialize)]
-    struct Body<T> {
-        regions: T,
-    }
-    let body = to_json(&Body { regions })?;
+    let (body, position) = compute(&window, at)?;
     state.summaries.put(key, position, body.clone());
     Ok(json_bytes(body))
 }
@@ -484,22 +498,14 @@ pub(crate) async fn region(
         detail: format!("{code:?} is not an ISO 3166-2 subdivision code: {m}"),
         errors: vec![crate::error::field_error("/code", m)],
     })?;
-    let window = window(&q)?;
-    let at = state
-        .service
-        .resolve(as_of(q.as_of.as_deref(), q.at_position)?)
-        .await?;
-    let key = (region.code().to_string(), q.from, q.to, at);
-    if let Some(body) = state.summaries.get(&key, state.service.applied_position()) {
-        return Ok(json_bytes(body));
-    }
-    let (summary, position) = state.service.region_summary_at(&region, &window, at);
-    let summary = summary.ok_or_else(|| {
-        ApiError::NotFound(format!("nothing recorded for region {}", region.code()))
-    })?;
-    let body = to_json(&summary)?;
-    state.summaries.put(key, position, body.clone());
-    Ok(json_bytes(body))
+    cached_summary(&state, region.code().to_string(), q, |window, at| {
+        let (summary, position) = state.service.region_summary_at(&region, window, at);
+        let summary = summary.ok_or_else(|| {
+            ApiError::NotFound(format!("nothing recorded for region {}", region.code()))
+        })?;
+        Ok((to_json(&summary)?, position))
+    })
+    .await
 }
 
 // ---- admin ----
