@@ -227,7 +227,12 @@ pub struct ImportReport {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ReplayReport {
     pub events: u64,
+    /// Fold and digest together.
     pub duration_ms: u64,
+    /// Folding the events into fresh views.
+    pub fold_ms: u64,
+    /// Hashing the rebuilt views.
+    pub digest_ms: u64,
     pub digest: String,
     pub incidents: u64,
     pub regions: u64,
@@ -1175,10 +1180,14 @@ fn apply_logged(p: &mut Projection, e: &RecordedEvent) {
 }
 
 fn report_of(p: &Projection, events: u64, started: Instant) -> ReplayReport {
+    let folded = started.elapsed();
     let digest = p.digest();
+    let total = started.elapsed();
     ReplayReport {
         events,
-        duration_ms: started.elapsed().as_millis() as u64,
+        duration_ms: total.as_millis() as u64,
+        fold_ms: folded.as_millis() as u64,
+        digest_ms: (total - folded).as_millis() as u64,
         digest,
         incidents: p.incident_count() as u64,
         regions: p.region_count() as u64,

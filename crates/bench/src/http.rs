@@ -76,31 +76,37 @@ impl Conn {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<Response> {
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        // One buffer for head and (small) body: one write, no formatting machinery.
+        let small = body.len() < 16 << 10;
+        let mut head = Vec::with_capacity(256 + if small { body.len() } else { 0 });
+        for part in [method, " ", path, " HTTP/1.1\r\nHost: ", &self.host, "\r\n"] {
+            head.extend_from_slice(part.as_bytes());
+        }
         if let Some(a) = &self.auth {
-            head.push_str("Authorization: ");
-            head.push_str(a);
-            head.push_str("\r\n");
+            head.extend_from_slice(b"Authorization: ");
+            head.extend_from_slice(a.as_bytes());
+            head.extend_from_slice(b"\r\n");
         }
         if let Some(ct) = content_type {
-            head.push_str("Content-Type: ");
-            head.push_str(ct);
-            head.push_str("\r\n");
+            head.extend_from_slice(b"Content-Type: ");
+            head.extend_from_slice(ct.as_bytes());
+            head.extend_from_slice(b"\r\n");
         }
         if !body.is_empty() || method == "POST" {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            head.extend_from_slice(b"Content-Length: ");
+            head.extend_from_slice(body.len().to_string().as_bytes());
+            head.extend_from_slice(b"\r\n");
         }
-        head.push_str("\r\n");
+        head.extend_from_slice(b"\r\n");
         let timeout = self.timeout;
         let res = tokio::time::timeout(timeout, async {
             let s = self.stream().await?;
             // One write for small requests (the common case), two for big bodies.
-            if body.len() < 16 << 10 {
-                let mut buf = head.into_bytes();
-                buf.extend_from_slice(body);
-                s.get_mut().write_all(&buf).await?;
+            if small {
+                head.extend_from_slice(body);
+                s.get_mut().write_all(&head).await?;
             } else {
-                s.get_mut().write_all(head.as_bytes()).await?;
+                s.get_mut().write_all(&head).await?;
                 s.get_mut().write_all(body).await?;
             }
             read_response(s).await

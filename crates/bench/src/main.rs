@@ -5,6 +5,11 @@
 mod hostile;
 mod http;
 
+/// The same allocator as the server: the load generator shares the machine's two cores with
+/// it, so its own cost per request is kept small.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufWriter, Write};
 use std::net::SocketAddr;
@@ -15,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use incidentlog_bench::rng::Rng;
 use incidentlog_bench::stats::Latencies;
-use incidentlog_bench::synth::{region_codes, Synth};
+use incidentlog_bench::synth::{region_codes, BodyTemplate, Synth};
 
 use crate::http::{loopback_target, Conn};
 
@@ -324,6 +330,9 @@ fn gen(events: u64, out: PathBuf, copy_out: Option<PathBuf>, seed: u64) -> Resul
 
 /// The peer table: the same columns an event store row needs (position, stream, version,
 /// id, type, payload, time, author), with the same uniqueness rules.
+/// Distinct request bodies each connection of `append` cycles through.
+const TEMPLATES_PER_CONNECTION: usize = 16;
+
 const PEER_DDL: &str = "CREATE TABLE IF NOT EXISTS events (
   global_position bigserial PRIMARY KEY,
   incident_id uuid NOT NULL,
@@ -455,17 +464,28 @@ async fn append(
                 ..Default::default()
             };
             let mut synth = Synth::new(seed);
+            // Distinct bodies per connection, ids renewed per request (see BodyTemplate).
+            let mut templates: Vec<BodyTemplate> = (0..TEMPLATES_PER_CONNECTION)
+                .map(|_| BodyTemplate::new(&synth.new_incident(casualties)))
+                .collect();
+            let mut rng = Rng::new(seed ^ 0x5EED);
+            let mut path = String::with_capacity(64);
             let mut ok_once = false;
+            let mut turn = 0usize;
             while Instant::now() < deadline
                 && !gone.load(Ordering::Relaxed)
                 && issued.fetch_add(1, Ordering::Relaxed) < max_requests
             {
-                let line = synth.new_incident(casualties);
-                let body = line.append_body();
-                let path = format!("/v1/incidents/{}/events", line.incident_id);
+                let template = &mut templates[turn % TEMPLATES_PER_CONNECTION];
+                turn += 1;
+                let incident = template.renew(&mut rng);
+                path.clear();
+                path.push_str("/v1/incidents/");
+                path.push_str(std::str::from_utf8(&incident).unwrap_or_default());
+                path.push_str("/events");
                 let t0 = Instant::now();
                 match conn
-                    .request("POST", &path, Some("application/json"), body.as_bytes())
+                    .request("POST", &path, Some("application/json"), &template.body)
                     .await
                 {
                     Ok(resp) => {
@@ -473,10 +493,9 @@ async fn append(
                         *r.statuses.entry(resp.status).or_default() += 1;
                         if (200..300).contains(&resp.status) {
                             r.lat.record(t0.elapsed());
-                            r.events += line.events.len() as u64;
+                            r.events += template.events() as u64;
                             if keep_acks {
-                                r.acks
-                                    .extend(line.events.iter().map(|e| e.event_id.clone()));
+                                r.acks.extend(template.event_ids().map(str::to_owned));
                             }
                         } else if r.first_error.is_none() {
                             r.first_error = Some(format!(

@@ -35,6 +35,26 @@ impl Rng {
         &items[self.below(items.len() as u64) as usize]
     }
 
+    /// Writes a random (version 4 shaped) UUID in canonical text form into `out` (36 bytes),
+    /// without allocating: the load generator renews ids in a body template per request.
+    pub fn uuid_into(&mut self, out: &mut [u8; 36]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let hi = (self.next_u64() & !0xF000) | 0x4000;
+        let lo = (self.next_u64() & !(0xC000 << 48)) | (0x8000 << 48);
+        let nibbles = (0..16)
+            .map(|i| (hi >> (60 - 4 * i)) & 0xF)
+            .chain((0..16).map(|i| (lo >> (60 - 4 * i)) & 0xF));
+        let mut at = 0;
+        for (i, n) in nibbles.enumerate() {
+            if matches!(i, 8 | 12 | 16 | 20) {
+                out[at] = b'-';
+                at += 1;
+            }
+            out[at] = HEX[n as usize];
+            at += 1;
+        }
+    }
+
     /// A random (version 4 shaped) UUID in canonical text form.
     pub fn uuid(&mut self) -> String {
         let hi = self.next_u64();
@@ -55,6 +75,17 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuid_into_matches_uuid() {
+        let mut a = Rng::new(9);
+        let mut b = Rng::new(9);
+        for _ in 0..100 {
+            let mut out = [0u8; 36];
+            a.uuid_into(&mut out);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), b.uuid());
+        }
+    }
 
     #[test]
     fn uuid_is_v4_shaped_and_deterministic() {

@@ -228,6 +228,58 @@ impl Line {
     }
 }
 
+/// A request body whose ids are renewed in place for every request, so that a load generator
+/// spends its CPU on the connection, not on building JSON (the server does the same work for
+/// any body of the same shape).
+#[derive(Clone, Debug)]
+pub struct BodyTemplate {
+    pub body: Vec<u8>,
+    /// Byte offsets of the event ids (36-byte UUIDs) in `body`.
+    event_id_slots: Vec<usize>,
+}
+
+impl BodyTemplate {
+    /// The template of `line`'s `POST /v1/incidents/{id}/events` body.
+    pub fn new(line: &Line) -> Self {
+        let body = line.append_body().into_bytes();
+        let event_id_slots = line
+            .events
+            .iter()
+            .filter_map(|e| find(&body, e.event_id.as_bytes()))
+            .collect();
+        BodyTemplate {
+            body,
+            event_id_slots,
+        }
+    }
+
+    /// Gives every event a fresh id and returns a fresh incident id.
+    pub fn renew(&mut self, rng: &mut Rng) -> [u8; 36] {
+        let mut id = [0u8; 36];
+        for &at in &self.event_id_slots {
+            rng.uuid_into(&mut id);
+            self.body[at..at + 36].copy_from_slice(&id);
+        }
+        rng.uuid_into(&mut id);
+        id
+    }
+
+    /// The event ids as they are in the body now.
+    pub fn event_ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.event_id_slots
+            .iter()
+            .filter_map(|&at| std::str::from_utf8(&self.body[at..at + 36]).ok())
+    }
+
+    pub fn events(&self) -> usize {
+        self.event_id_slots.len()
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 /// COPY text format escaping of one field.
 fn copy_escape(s: &str, out: &mut String) {
     for c in s.chars() {

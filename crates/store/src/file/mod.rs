@@ -358,6 +358,9 @@ fn read_positions(shared: &Shared, from: u64, to: u64) -> Result<Vec<RecordedEve
 /// Large reads are split into this many events per decoding thread at least.
 const PARALLEL_MIN: u64 = 4096;
 
+/// Reads of at most this many events run on the calling task.
+const INLINE_MAX: u64 = 128;
+
 impl EventStore for FileStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         let mut results = self.send(vec![request]).await?;
@@ -407,8 +410,14 @@ impl EventStore for FileStore {
         let Some((from, to)) = read_all_plan(&self.shared, after, limit) else {
             return Ok(Vec::new());
         };
-        // Decoding (checksums, JSON) is the cost: spread a large read over the cores.
         let n = to - from + 1;
+        // A few records just written are in the page cache: reading them costs a few
+        // microseconds, less than handing the read to a blocking thread and waking this task
+        // again (the live views and feeds read this way after every commit).
+        if n <= INLINE_MAX {
+            return read_positions(&self.shared, from, to);
+        }
+        // Decoding (checksums, JSON) is the cost: spread a large read over the cores.
         let parts = std::thread::available_parallelism()
             .map_or(1, |p| p.get() as u64)
             .min(n / PARALLEL_MIN)
