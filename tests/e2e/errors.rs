@@ -242,3 +242,88 @@ fn rate_limit_answers_429_with_retry_after() {
     };
     assert_eq!(events, accepted);
 }
+
+/// A client that never finishes its request head is cut off after `--header-read-timeout`,
+/// connections beyond `--max-connections` are closed at once, and a well-behaved client is
+/// served throughout.
+#[test]
+fn slow_and_surplus_connections_are_closed() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let dir = temp_dir();
+    let srv = Server::start(
+        dir.path(),
+        &["--header-read-timeout", "1s", "--max-connections", "3"],
+    );
+    let admin = srv.admin_token.clone().expect("first start prints a token");
+
+    // Half a request head, never finished.
+    let mut slow = TcpStream::connect(srv.addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    // hyper answers a timed-out head with 408 or just closes; either way the socket ends.
+    let mut got = Vec::new();
+    loop {
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "slow client was not cut off: {e} after {:?}",
+                started.elapsed()
+            ),
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(8),
+        "cut off after {waited:?}"
+    );
+    assert!(
+        got.is_empty() || String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"),
+        "unexpected answer to a timed-out head: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // Fill the connection cap with idle connections (each sends one byte so the server has
+    // accepted and is serving it), then one more is closed without an answer.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(srv.addr).unwrap();
+            s.write_all(b"G").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(srv.addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    match extra.read_to_end(&mut answer) {
+        Ok(_) => assert!(answer.is_empty(), "a connection over the cap was served"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+
+    // Once the held connections go (their heads time out or they close), service resumes.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = std::panic::catch_unwind(|| srv.get("/healthz", &admin).status == 200);
+        if ok.unwrap_or(false) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not recover after the cap"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -12,6 +12,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use incidentlog_api::auth::{hash_secret, try_new_secret, Role};
 use incidentlog_api::service::AppService;
 use incidentlog_projections::{Projection, Region};
+use incidentlog_store::file::tokens as token_file;
 use incidentlog_store::{to_hex, EventStore, RecordedEvent, StoreError, TokenRecord};
 use uuid::Uuid;
 
@@ -460,8 +461,9 @@ fn check_token_name(name: &str) -> anyhow::Result<()> {
 /// Where the token commands read and write tokens.
 enum TokenAccess {
     Store(Box<incidentlog_store::Store>),
-    /// The file store is held by a running server: edit its `tokens.json` directly (atomic
-    /// replace); the server re-reads it on an unknown secret and periodically.
+    /// The file store is held by a running server: edit its `tokens.json` directly, under the
+    /// token file's lock (atomic replace); the server re-reads it on an unknown secret and
+    /// periodically.
     File(PathBuf),
 }
 
@@ -491,38 +493,21 @@ impl TokenAccess {
     async fn list(&self) -> anyhow::Result<Vec<TokenRecord>> {
         match self {
             TokenAccess::Store(s) => Ok(s.tokens().await?),
-            TokenAccess::File(dir) => token_file::load(dir),
+            TokenAccess::File(dir) => Ok(token_file::load(dir)?),
         }
     }
 
     async fn add(&self, token: TokenRecord) -> anyhow::Result<()> {
         match self {
             TokenAccess::Store(s) => Ok(s.add_token(token).await?),
-            TokenAccess::File(dir) => {
-                let mut all = token_file::load(dir)?;
-                if all.iter().any(|t| t.name == token.name) {
-                    bail!("a token named {:?} already exists", token.name);
-                }
-                all.push(token);
-                token_file::save(dir, &all)
-            }
+            TokenAccess::File(dir) => Ok(token_file::add(dir, token)?),
         }
     }
 
     async fn revoke(&self, name: &str, at: DateTime<Utc>) -> anyhow::Result<bool> {
         match self {
             TokenAccess::Store(s) => Ok(s.revoke_token(name, at).await?),
-            TokenAccess::File(dir) => {
-                let mut all = token_file::load(dir)?;
-                let Some(t) = all.iter_mut().find(|t| t.name == name) else {
-                    return Ok(false);
-                };
-                if t.revoked_at.is_none() {
-                    t.revoked_at = Some(at);
-                    token_file::save(dir, &all)?;
-                }
-                Ok(true)
-            }
+            TokenAccess::File(dir) => Ok(token_file::revoke(dir, name, at)?),
         }
     }
 
@@ -531,42 +516,6 @@ impl TokenAccess {
             s.close().await.context("cannot close the store")?;
         }
         Ok(())
-    }
-}
-
-/// The file store's `tokens.json` (a JSON array of `TokenRecord`), for use while a server
-/// holds the store. Same format and same atomic replace as the store's own code.
-mod token_file {
-    use std::io::Write;
-    use std::path::Path;
-
-    use anyhow::Context;
-    use incidentlog_store::TokenRecord;
-
-    const FILE: &str = "tokens.json";
-
-    pub fn load(dir: &Path) -> anyhow::Result<Vec<TokenRecord>> {
-        let path = dir.join(FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid", path.display()))
-    }
-
-    pub fn save(dir: &Path, tokens: &[TokenRecord]) -> anyhow::Result<()> {
-        let tmp = dir.join(format!("{FILE}.cli-{}.tmp", std::process::id()));
-        let bytes = serde_json::to_vec_pretty(tokens)?;
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, dir.join(FILE))?;
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write().with_context(|| format!("cannot write {}", dir.join(FILE).display()))
     }
 }
 

@@ -121,6 +121,26 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub max_sse_clients: usize,
+
+    /// Most open connections at once; more are closed as soon as they are accepted.
+    #[arg(
+        long,
+        env = "INCIDENTLOG_MAX_CONNECTIONS",
+        default_value_t = ServeConfig::default().max_connections,
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+
+    /// Time a client has to send a whole request head (request line and headers) before the
+    /// connection is closed, e.g. "10s" (protects against slowloris clients).
+    #[arg(
+        long,
+        env = "INCIDENTLOG_HEADER_READ_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub header_read_timeout: Duration,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
@@ -147,6 +167,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         max_concurrent_requests: args.max_concurrent_requests,
         sse_heartbeat: args.sse_heartbeat,
         token_refresh: args.token_refresh,
+        max_connections: args.max_connections,
+        header_read_timeout: args.header_read_timeout,
     };
     incidentlog_api::serve(service, config, shutdown_signal())
         .await

@@ -55,6 +55,13 @@ pub struct ServeConfig {
     pub sse_heartbeat: Duration,
     /// Interval at which the token table is re-read from the store (revocations).
     pub token_refresh: Duration,
+    /// Open connections at once; more are closed as soon as they are accepted (slow or idle
+    /// clients cannot pile up without bound).
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head (line and headers), counted from
+    /// the first byte of the request on a kept-alive connection; then the connection is
+    /// closed (slowloris).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -71,6 +78,8 @@ impl Default for ServeConfig {
             max_concurrent_requests: 1024,
             sse_heartbeat: Duration::from_secs(15),
             token_refresh: Duration::from_secs(5),
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -361,6 +370,82 @@ async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Respon
     response
 }
 
+/// What the accept loop leaves for the shutdown: the connection permits to wait for.
+struct Accepted {
+    connections: Arc<tokio::sync::Semaphore>,
+    limit: u32,
+}
+
+/// Accepts connections until `shutdown` resolves, each served by hyper's HTTP/1.1 with a
+/// header-read timeout, at most `max_connections` at once. Then tells every connection to
+/// finish its request in flight and close.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    config: &ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Accepted {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::Service;
+
+    let limit = u32::try_from(config.max_connections.clamp(1, 1 << 20)).unwrap_or(1 << 20);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limit as usize));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true);
+    let (closing_tx, closing_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit, "connection refused: too many open connections");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().call(req)
+            });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let mut closing = closing_rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = closing.wait_for(|c| *c) => {}
+            }
+            // Finish the request in flight (if any), then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    closing_tx.send_replace(true);
+    Accepted { connections, limit }
+}
+
 /// Serves until `shutdown` resolves; then stops accepting, ends SSE streams, finishes the
 /// requests in flight, closes the store (sync) and returns. Prints `listening on http://ADDR`
 /// on stdout once bound.
@@ -400,20 +485,13 @@ pub async fn serve(
         let _ = writeln!(out, "listening on http://{addr}");
         let _ = out.flush();
     }
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections, finishing requests in flight");
-        stop_tx.send_replace(true);
-    })
-    .await;
+    let result = accept_loop(listener, app, &config, shutdown).await;
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    stop_tx.send_replace(true);
+    // Every connection task holds one permit: all of them back means all connections ended.
+    let _all = result.connections.acquire_many(result.limit).await;
     refresher.abort();
-    let closed = service.close().await;
-    result.map_err(|e| ApiError::Internal(format!("server failed: {e}")))?;
-    closed?;
+    service.close().await?;
     tracing::info!("store closed; bye");
     Ok(())
 }

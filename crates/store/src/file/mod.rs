@@ -10,7 +10,7 @@ mod format;
 mod index;
 mod io;
 mod scan;
-mod tokens;
+pub mod tokens;
 mod writer;
 
 use std::fs::File;
@@ -535,37 +535,17 @@ impl EventStore for FileStore {
     async fn add_token(&self, token: TokenRecord) -> Result<(), StoreError> {
         let _guard = self.tokens_lock.lock().await;
         let dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut all = tokens::load(&dir)?;
-            if all.iter().any(|t| t.name == token.name) {
-                return Err(StoreError::InvalidInput(format!(
-                    "a token named {:?} already exists",
-                    token.name
-                )));
-            }
-            all.push(token);
-            tokens::store(&dir, &all)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("token task failed: {e}")))?
+        tokio::task::spawn_blocking(move || tokens::add(&dir, token))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("token task failed: {e}")))?
     }
 
     async fn revoke_token(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
         let _guard = self.tokens_lock.lock().await;
         let dir = self.data_dir.clone();
         let name = name.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut all = tokens::load(&dir)?;
-            let Some(t) = all.iter_mut().find(|t| t.name == name) else {
-                return Ok(false);
-            };
-            if t.revoked_at.is_none() {
-                t.revoked_at = Some(at);
-                tokens::store(&dir, &all)?;
-            }
-            Ok(true)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("token task failed: {e}")))?
+        tokio::task::spawn_blocking(move || tokens::revoke(&dir, &name, at))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("token task failed: {e}")))?
     }
 }

@@ -1,13 +1,22 @@
 //! `tokens.json`: the token table, replaced atomically (tmp + fsync + rename + dir fsync).
+//!
+//! Edits take an exclusive lock on `tokens.lock` for the whole read-modify-write, so that a
+//! server and `incidentlog token` commands run while it holds the store (or two such
+//! commands) never lose each other's changes. Reads need no lock: the file is only ever
+//! replaced whole.
 
 use std::io::Write;
 use std::path::Path;
 
+use chrono::{DateTime, Utc};
+
 use crate::{StoreError, TokenRecord};
 
 const FILE: &str = "tokens.json";
+const LOCK: &str = "tokens.lock";
 
-pub(crate) fn load(dir: &Path) -> Result<Vec<TokenRecord>, StoreError> {
+/// Every token of the data directory `dir` (none if there is no token file).
+pub fn load(dir: &Path) -> Result<Vec<TokenRecord>, StoreError> {
     let path = dir.join(FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -21,8 +30,51 @@ pub(crate) fn load(dir: &Path) -> Result<Vec<TokenRecord>, StoreError> {
     })
 }
 
-pub(crate) fn store(dir: &Path, tokens: &[TokenRecord]) -> Result<(), StoreError> {
-    let tmp = dir.join(format!("{FILE}.tmp"));
+/// Adds `token`; a token of the same name is an `InvalidInput` error.
+pub fn add(dir: &Path, token: TokenRecord) -> Result<(), StoreError> {
+    locked(dir, || {
+        let mut all = load(dir)?;
+        if all.iter().any(|t| t.name == token.name) {
+            return Err(StoreError::InvalidInput(format!(
+                "a token named {:?} already exists",
+                token.name
+            )));
+        }
+        all.push(token);
+        store(dir, &all)
+    })
+}
+
+/// Marks the token `name` revoked at `at` (kept if it already was); false if there is none.
+pub fn revoke(dir: &Path, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+    locked(dir, || {
+        let mut all = load(dir)?;
+        let Some(t) = all.iter_mut().find(|t| t.name == name) else {
+            return Ok(false);
+        };
+        if t.revoked_at.is_none() {
+            t.revoked_at = Some(at);
+            store(dir, &all)?;
+        }
+        Ok(true)
+    })
+}
+
+/// Runs `edit` holding the exclusive lock of `dir`'s token file (released when the lock
+/// file is closed, also if this process dies).
+fn locked<T>(dir: &Path, edit: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK))?;
+    lock.lock()?;
+    edit()
+}
+
+fn store(dir: &Path, tokens: &[TokenRecord]) -> Result<(), StoreError> {
+    // Unique per process: a crashed editor's leftover never collides with a live one.
+    let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
     let bytes = serde_json::to_vec_pretty(tokens)
         .map_err(|e| StoreError::InvalidInput(format!("token does not serialize: {e}")))?;
     let mut f = std::fs::File::create(&tmp)?;
@@ -32,4 +84,44 @@ pub(crate) fn store(dir: &Path, tokens: &[TokenRecord]) -> Result<(), StoreError
     std::fs::rename(&tmp, dir.join(FILE))?;
     super::io::sync_dir(dir)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(name: &str) -> TokenRecord {
+        TokenRecord {
+            name: name.to_string(),
+            role: "reader".to_string(),
+            secret_hash: [0; 32],
+            created_at: Utc::now(),
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn concurrent_editors_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|s| {
+            for w in 0..6 {
+                let dir = dir.path();
+                s.spawn(move || {
+                    for i in 0..15 {
+                        add(dir, token(&format!("t{w}-{i}"))).unwrap();
+                    }
+                });
+            }
+        });
+        let all = load(dir.path()).unwrap();
+        assert_eq!(all.len(), 90);
+        assert!(matches!(
+            add(dir.path(), token("t0-0")),
+            Err(StoreError::InvalidInput(_))
+        ));
+        assert!(revoke(dir.path(), "t3-7", Utc::now()).unwrap());
+        assert!(!revoke(dir.path(), "nobody", Utc::now()).unwrap());
+        let all = load(dir.path()).unwrap();
+        assert_eq!(all.iter().filter(|t| t.revoked_at.is_some()).count(), 1);
+    }
 }
