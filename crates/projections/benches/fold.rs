@@ -3,6 +3,11 @@
 //! Prints one `BENCH name=value unit` line per figure.
 use std::time::Instant;
 
+/// The allocator the `incidentlog` binary ships with (crates/cli/src/main.rs), so the fold is
+/// measured as it runs in `serve`, `import` and `replay`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::borrow::Cow;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
