@@ -317,6 +317,15 @@ impl AppService {
         &self.inner.metrics
     }
 
+    /// The file store's group commit since open: (batches written, events written); `None`
+    /// on PostgreSQL (one transaction per batch, see its own statistics).
+    pub fn store_write_stats(&self) -> Option<(u64, u64)> {
+        match &*self.inner.store {
+            Store::File(f) => Some(f.write_stats()),
+            _ => None,
+        }
+    }
+
     /// The store's durable head position.
     pub fn store_head(&self) -> u64 {
         self.inner.store.head().position

@@ -878,6 +878,15 @@ async fn metrics_and_health() {
     .unwrap();
     assert!(text.contains("incidentlog_http_request_duration_seconds_count{route=\"/v1/incidents/{id}/events\",method=\"POST\",status=\"201\"} 1"), "{text}");
     assert!(text.contains("incidentlog_events_total 1"), "{text}");
+    // The file store's group commit: one batch so far, holding the one event.
+    assert!(
+        text.contains("incidentlog_store_batches_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("incidentlog_store_batched_events_total 1\n"),
+        "{text}"
+    );
     assert!(
         text.contains("incidentlog_events_appended_total 1"),
         "{text}"

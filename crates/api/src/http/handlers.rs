@@ -668,6 +668,18 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    if let Some((batches, events)) = state.service.store_write_stats() {
+        use std::fmt::Write as _;
+        // Events per batch is the group-commit factor (one write, and with strict
+        // durability one fdatasync, per batch).
+        let _ = writeln!(
+            out,
+            "# HELP incidentlog_store_batches_total Write batches of the file store since open (one write and, strict, one fdatasync each).\n\
+             # TYPE incidentlog_store_batches_total counter\nincidentlog_store_batches_total {batches}\n\
+             # HELP incidentlog_store_batched_events_total Events written in those batches.\n\
+             # TYPE incidentlog_store_batched_events_total counter\nincidentlog_store_batched_events_total {events}"
+        );
+    }
     let mut r = out.into_response();
     r.headers_mut().insert(
         CONTENT_TYPE,
