@@ -395,6 +395,8 @@ async fn accept_loop(
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true);
     let (closing_tx, closing_rx) = watch::channel(false);
+    let mut refused = 0u64;
+    let mut last_refusal_log: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -411,8 +413,14 @@ async fn accept_loop(
             },
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit, "connection refused: too many open connections");
             drop(stream);
+            // One line per second at most: a flood must not become a log flood.
+            refused += 1;
+            if last_refusal_log.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
+                tracing::warn!(%peer, limit, refused, "connections refused: too many open connections");
+                last_refusal_log = Some(Instant::now());
+                refused = 0;
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
