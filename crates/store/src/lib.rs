@@ -196,8 +196,12 @@ pub trait EventStore: Send + Sync + 'static {
         request: AppendRequest,
     ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
 
-    /// Several independent appends sharing one write and one sync. Each request is atomic on
-    /// its own; the results are in request order.
+    /// Several appends sharing one write and one sync. Each request is atomic on its own; the
+    /// results are in request order. Requests to one stream depend on each other: once one of
+    /// them fails its event-id or version check, every later request of the call to that
+    /// stream that would write fails with [`StoreError::WrongExpectedVersion`] (its caller
+    /// decided it on a state that included the failed one). Exact repeats are still answered
+    /// as duplicates.
     fn append_many(
         &self,
         requests: Vec<AppendRequest>,

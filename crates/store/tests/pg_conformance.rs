@@ -43,6 +43,7 @@ pg_conformance!(
     invalid_requests,
     append_many_is_per_request_atomic,
     append_many_requests_see_each_other,
+    append_many_requests_after_a_failure_depend_on_it,
     concurrent_batches_stay_contiguous,
     read_all_paging,
     position_at_is_a_prefix,

@@ -18,7 +18,9 @@ use super::format::{self, RecordMeta, HEADER_LEN};
 use super::index::{IdLookup, MixState, Segment, MAX_POSITION};
 use super::io::{LogFile, LogIo};
 use super::{read_record, Shared};
-use crate::{AppendOutcome, AppendRequest, Durability, ExpectedVersion, Head, StoreError};
+use crate::{
+    AppendOutcome, AppendRequest, Durability, ExpectedVersion, Head, StoreError, StreamId,
+};
 
 /// A batch stops growing at this many events or bytes (a single larger append still goes).
 const MAX_BATCH_EVENTS: usize = 8192;
@@ -285,8 +287,15 @@ impl Writer {
             ..
         } = b;
         let mut rs = Vec::with_capacity(requests[mi].len());
+        // Streams with a failed request earlier in this message (see `append_many`).
+        let mut failed: HashSet<StreamId> = HashSet::new();
         for (ri, req) in requests[mi].iter().enumerate() {
-            rs.push(self.accept(requests, mi, ri, req, ctx, *now));
+            let after_failure = failed.contains(&req.stream_id);
+            let r = self.accept(requests, mi, ri, req, ctx, *now, after_failure);
+            if !after_failure && is_check_failure(&r) {
+                failed.insert(req.stream_id);
+            }
+            rs.push(r);
         }
         results.push(rs);
     }
@@ -414,6 +423,9 @@ impl Writer {
     }
 
     /// Validates one request against the log and the batch so far; encodes it when accepted.
+    /// Validates and encodes one request. `after_failure`: an earlier request of the same
+    /// message to this stream failed, so this one may only be answered as a repeat.
+    #[allow(clippy::too_many_arguments)]
     fn accept(
         &mut self,
         requests: &[Vec<AppendRequest>],
@@ -422,6 +434,7 @@ impl Writer {
         req: &AppendRequest,
         ctx: &mut BatchCtx,
         now: i64,
+        after_failure: bool,
     ) -> Result<AppendOutcome, StoreError> {
         let n = req.events.len();
         if n == 0 {
@@ -514,6 +527,13 @@ impl Writer {
 
         // Then the expected version.
         let current = self.stream_version(ctx, &req.stream_id);
+        if after_failure {
+            return Err(StoreError::WrongExpectedVersion {
+                stream_id: req.stream_id,
+                expected: req.expected_version,
+                actual: current,
+            });
+        }
         if let ExpectedVersion::Exact(v) = req.expected_version {
             if v != current {
                 return Err(StoreError::WrongExpectedVersion {
@@ -752,4 +772,13 @@ impl IoStage {
         });
         Ok(())
     }
+}
+
+/// A request that failed its event-id or version check: later requests of the same
+/// `append_many` to that stream depend on it.
+fn is_check_failure(r: &Result<AppendOutcome, StoreError>) -> bool {
+    matches!(
+        r,
+        Err(StoreError::EventIdConflict { .. } | StoreError::WrongExpectedVersion { .. })
+    )
 }

@@ -15,7 +15,7 @@
 //! every process assign positions one after another, in the order they commit: positions are
 //! gap-free and a reader can never see position p+1 before p. See `proto-docs/postgres.md`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Weak;
 
 use chrono::{DateTime, Utc};
@@ -279,6 +279,13 @@ async fn commit_batch_inner(
     let db =
         |e: tokio_postgres::Error| StoreError::Unavailable(format!("PostgreSQL: {}", describe(&e)));
     let requests: Vec<&AppendRequest> = jobs.iter().flat_map(|(r, _)| r.iter()).collect();
+    // Which call (job) each request came from: requests of one call depend on each other
+    // (see `EventStore::append_many`).
+    let job_of: Vec<usize> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, (r, _))| std::iter::repeat_n(j, r.len()))
+        .collect();
     let all_ids: Vec<Uuid> = requests
         .iter()
         .flat_map(|r| r.events.iter().map(|e| e.event_id))
@@ -349,8 +356,20 @@ async fn commit_batch_inner(
 
     let mut outcomes = Vec::with_capacity(requests.len());
     let mut rows = Rows::default();
-    for request in &requests {
-        let outcome = decide(request, &known, &versions);
+    let mut failed: HashSet<(usize, StreamId)> = HashSet::new();
+    for (request, job) in requests.iter().zip(&job_of) {
+        let after_failure = failed.contains(&(*job, request.stream_id));
+        let outcome = decide(request, &known, &versions, after_failure);
+        if !after_failure
+            && matches!(
+                outcome,
+                Decision::Done(Err(
+                    StoreError::EventIdConflict { .. } | StoreError::WrongExpectedVersion { .. }
+                ))
+            )
+        {
+            failed.insert((*job, request.stream_id));
+        }
         let outcome = match outcome {
             Decision::Done(result) => result,
             Decision::Append { version } => {
@@ -468,6 +487,7 @@ fn decide(
     request: &AppendRequest,
     known: &HashMap<Uuid, Known<'_>>,
     versions: &HashMap<StreamId, u64>,
+    after_failure: bool,
 ) -> Decision {
     let found: Vec<Option<&Known<'_>>> = request
         .events
@@ -518,6 +538,15 @@ fn decide(
         }));
     }
     let actual = versions.get(&request.stream_id).copied().unwrap_or(0);
+    // An earlier request of the same call to this stream failed: this one was decided on a
+    // state that included it.
+    if after_failure {
+        return Decision::Done(Err(StoreError::WrongExpectedVersion {
+            stream_id: request.stream_id,
+            expected: request.expected_version,
+            actual,
+        }));
+    }
     match request.expected_version {
         ExpectedVersion::Exact(v) if v != actual => {
             Decision::Done(Err(StoreError::WrongExpectedVersion {
