@@ -5,11 +5,6 @@
 mod hostile;
 mod http;
 
-/// The same allocator as the server: the load generator shares the machine's two cores with
-/// it, so its own cost per request is kept small.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufWriter, Write};
 use std::net::SocketAddr;
@@ -25,6 +20,11 @@ use incidentlog_bench::stats::Latencies;
 use incidentlog_bench::synth::{region_codes, BodyTemplate, Synth};
 
 use crate::http::{loopback_target, Conn};
+
+/// The same allocator as the server: the load generator shares the machine's two cores with
+/// it, so its own cost per request is kept small.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -328,11 +328,11 @@ fn gen(events: u64, out: PathBuf, copy_out: Option<PathBuf>, seed: u64) -> Resul
     Ok(())
 }
 
-/// The peer table: the same columns an event store row needs (position, stream, version,
-/// id, type, payload, time, author), with the same uniqueness rules.
 /// Distinct request bodies each connection of `append` cycles through.
 const TEMPLATES_PER_CONNECTION: usize = 16;
 
+/// The peer table: the same columns an event store row needs (position, stream, version,
+/// id, type, payload, time, author), with the same uniqueness rules.
 const PEER_DDL: &str = "CREATE TABLE IF NOT EXISTS events (
   global_position bigserial PRIMARY KEY,
   incident_id uuid NOT NULL,

@@ -646,6 +646,33 @@ mod tests {
     use std::collections::HashMap;
 
     #[test]
+    fn body_template_renews_every_id_and_stays_valid_json() {
+        let mut synth = Synth::new(3);
+        let line = synth.new_incident(true);
+        let mut t = BodyTemplate::new(&line);
+        assert_eq!(t.events(), line.events.len());
+        let mut rng = Rng::new(5);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let incident = t.renew(&mut rng);
+            assert!(seen.insert(incident));
+            let v: Value = serde_json::from_slice(&t.body).unwrap();
+            let ids: Vec<&str> = v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["event_id"].as_str().unwrap())
+                .collect();
+            assert_eq!(ids, t.event_ids().collect::<Vec<_>>());
+            for id in ids {
+                assert!(seen.insert(id.as_bytes().try_into().unwrap()), "id reused");
+            }
+            // Everything but the ids is the template's.
+            assert_eq!(v["expected_version"], 0);
+        }
+    }
+
+    #[test]
     fn dates() {
         assert_eq!(date_string(0), "1970-01-01");
         assert_eq!(date_string(DAY0), "2024-01-01");
