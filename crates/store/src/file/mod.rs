@@ -332,12 +332,13 @@ fn decode_chunk(
 }
 
 /// Positions to read from `after`, and the head they are read against.
-fn read_all_plan(shared: &Shared, after: u64, limit: usize) -> Option<(u64, u64)> {
+/// Positions `from..=to` a `read_all(after, limit)` covers, and the durable head.
+fn read_all_plan(shared: &Shared, after: u64, limit: usize) -> Option<(u64, u64, u64)> {
     let len = shared.index().len();
     if after >= len || limit == 0 {
         return None;
     }
-    Some((after + 1, len.min(after.saturating_add(limit as u64))))
+    Some((after + 1, len.min(after.saturating_add(limit as u64)), len))
 }
 
 /// Reads and decodes positions `from..=to` (all durable).
@@ -358,8 +359,10 @@ fn read_positions(shared: &Shared, from: u64, to: u64) -> Result<Vec<RecordedEve
 /// Large reads are split into this many events per decoding thread at least.
 const PARALLEL_MIN: u64 = 4096;
 
-/// Reads of at most this many events run on the calling task.
+/// Reads of at most this many events, all among the last `INLINE_RECENT` positions, run on
+/// the calling task.
 const INLINE_MAX: u64 = 128;
+const INLINE_RECENT: u64 = 16 * 1024;
 
 impl EventStore for FileStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
@@ -407,14 +410,15 @@ impl EventStore for FileStore {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let Some((from, to)) = read_all_plan(&self.shared, after, limit) else {
+        let Some((from, to, head)) = read_all_plan(&self.shared, after, limit) else {
             return Ok(Vec::new());
         };
         let n = to - from + 1;
         // A few records just written are in the page cache: reading them costs a few
         // microseconds, less than handing the read to a blocking thread and waking this task
-        // again (the live views and feeds read this way after every commit).
-        if n <= INLINE_MAX {
+        // again (the live views and feeds read this way after every commit). Older records
+        // may need the disk, which must not stall this runtime thread.
+        if n <= INLINE_MAX && head - to < INLINE_RECENT {
             return read_positions(&self.shared, from, to);
         }
         // Decoding (checksums, JSON) is the cost: spread a large read over the cores.
