@@ -310,8 +310,8 @@ def main():
                 "- **Replay**: `incidentlog replay` of that log (a warm-up run, then the timed run; wall time of the process).",
                 "  **Peer**: `COPY events TO STDOUT` of the same rows (warmed, then timed).",
                 "- **Query latency**: `incidentlog-load get` on the imported log: `/v1/regions/{code}` cycling over the regions at",
-                "  64 connections; windowed (`from`/`to`) at 8; as-of (`at_position` = half the log, `as_of` = the `recorded_at` of that",
-                "  event) and `/v1/regions` one request at a time.",
+                "  64 connections (3 rounds of 10 s, the median round's p99 reported); windowed (`from`/`to`) at 8; as-of",
+                "  (`at_position` = half the log, `as_of` = the `recorded_at` of that event) and `/v1/regions` one request at a time.",
                 "- **Store / fold benches**: `cargo bench -p incidentlog-store --bench store`, `cargo bench -p incidentlog-projections --bench fold`",
                 "  (and `--bench pg` for the PostgreSQL store), their own BENCH lines.", ""]
         doc += ["## Every figure of the run", "", all_figures(r), ""]
