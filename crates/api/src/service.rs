@@ -941,31 +941,6 @@ impl AppService {
             })
     }
 
-    /// The summary of one region; `NotFound` when nothing is recorded for it.
-    pub async fn region_summary(
-        &self,
-        region: &Region,
-        window: &Window,
-        at: AsOf,
-    ) -> Result<RegionSummary, ApiError> {
-        let at = self.resolve(at).await?;
-        self.read_projection()
-            .region_summary(region, window, at)
-            .ok_or_else(|| {
-                ApiError::NotFound(format!("nothing recorded for region {}", region.code()))
-            })
-    }
-
-    /// Summaries of every region with incidents.
-    pub async fn region_summaries(
-        &self,
-        window: &Window,
-        at: AsOf,
-    ) -> Result<Vec<RegionSummary>, ApiError> {
-        let at = self.resolve(at).await?;
-        Ok(self.read_projection().region_summaries(window, at))
-    }
-
     /// The summary of one region at a resolved position (`None`: live), and the position the
     /// answer describes (read under the same lock).
     pub fn region_summary_at(

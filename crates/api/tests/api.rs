@@ -165,6 +165,18 @@ fn denial(event_id: Uuid, claim_id: Uuid) -> Value {
         "claim_id": claim_id, "by": "Other ministry"}})
 }
 
+/// The first reported problem points into `prefix`.
+fn assert_first_pointer_under(r: &Resp, prefix: &str) {
+    assert!(
+        r.body["errors"][0]["pointer"]
+            .as_str()
+            .unwrap()
+            .starts_with(prefix),
+        "{}",
+        r.body
+    );
+}
+
 fn assert_problem(r: &Resp, status: u16) {
     assert_eq!(r.status.as_u16(), status, "body: {}", r.body);
     assert_eq!(
@@ -338,14 +350,7 @@ async fn invalid_events_are_422_with_pointers() {
         .append(id, json!({"events": [reported(Uuid::new_v4(), "UA-63", "missile_strike"), denial(Uuid::new_v4(), Uuid::new_v4())]}))
         .await;
     assert_problem(&r, 422);
-    assert!(
-        r.body["errors"][0]["pointer"]
-            .as_str()
-            .unwrap()
-            .starts_with("/events/1"),
-        "{}",
-        r.body
-    );
+    assert_first_pointer_under(&r, "/events/1");
 
     // Structure problems.
     for body in [
@@ -377,14 +382,7 @@ async fn a_retraction_as_duplicate_of_itself_is_422_even_in_the_creating_batch()
         )
         .await;
     assert_problem(&r, 422);
-    assert!(
-        r.body["errors"][0]["pointer"]
-            .as_str()
-            .unwrap()
-            .starts_with("/events/1"),
-        "{}",
-        r.body
-    );
+    assert_first_pointer_under(&r, "/events/1");
     assert_eq!(app.head().await, 0);
 }
 

@@ -14,7 +14,7 @@ pub const MAX_LIMIT: usize = 1000;
 
 /// Incidents per block of the digest's serialization, and the most threads it uses.
 const DIGEST_BLOCK: usize = 1024;
-pub const DIGEST_THREADS: usize = 2;
+const DIGEST_THREADS: usize = 2;
 
 /// Filters of `GET /v1/incidents`.
 #[derive(Clone, Debug, Default)]
@@ -253,7 +253,7 @@ impl Projection {
     /// as one JSON line each, every region's summary. Equal states give equal digests on any
     /// machine.
     ///
-    /// The views are serialized in blocks on up to [`DIGEST_THREADS`] threads and hashed in
+    /// The views are serialized in blocks on up to two threads and hashed in
     /// order, so the byte stream (and the digest) is the same as a one-thread, line-by-line
     /// serialization; hashing whole blocks also lets BLAKE3 use its wide SIMD path, where tiny
     /// `update`s from a JSON writer would not.

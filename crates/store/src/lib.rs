@@ -182,6 +182,17 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+impl StoreError {
+    /// The request failed its event-id or version check: within one `append_many`, later
+    /// requests to the same stream depend on it and are not written.
+    pub(crate) fn is_check_failure(&self) -> bool {
+        matches!(
+            self,
+            StoreError::EventIdConflict { .. } | StoreError::WrongExpectedVersion { .. }
+        )
+    }
+}
+
 /// The operations every backend offers. Written once, tested once (`tests/conformance`).
 pub trait EventStore: Send + Sync + 'static {
     /// Appends one batch atomically.

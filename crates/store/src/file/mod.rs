@@ -82,7 +82,6 @@ pub struct FileStore {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Msg>,
     data_dir: PathBuf,
-    tokens_lock: tokio::sync::Mutex<()>,
     /// Held for the store's lifetime: one process per data directory.
     _lock: File,
 }
@@ -189,7 +188,6 @@ impl FileStore {
             shared,
             tx,
             data_dir,
-            tokens_lock: tokio::sync::Mutex::new(()),
             _lock: lock,
         })
     }
@@ -245,7 +243,7 @@ impl FileStore {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || f(&shared))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
 }
 
@@ -528,28 +526,22 @@ impl EventStore for FileStore {
         rx.await.unwrap_or(Ok(()))
     }
 
+    // Token edits are serialized by the token file's own lock (`tokens::add`/`revoke`), which
+    // also covers other processes; reads need none (the file is replaced whole).
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let _guard = self.tokens_lock.lock().await;
         let dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || tokens::load(&dir))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("token task failed: {e}")))?
+        self.blocking(move |_| tokens::load(&dir)).await
     }
 
     async fn add_token(&self, token: TokenRecord) -> Result<(), StoreError> {
-        let _guard = self.tokens_lock.lock().await;
         let dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || tokens::add(&dir, token))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("token task failed: {e}")))?
+        self.blocking(move |_| tokens::add(&dir, token)).await
     }
 
     async fn revoke_token(&self, name: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        let _guard = self.tokens_lock.lock().await;
         let dir = self.data_dir.clone();
         let name = name.to_string();
-        tokio::task::spawn_blocking(move || tokens::revoke(&dir, &name, at))
+        self.blocking(move |_| tokens::revoke(&dir, &name, at))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("token task failed: {e}")))?
     }
 }

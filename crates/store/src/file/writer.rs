@@ -112,6 +112,12 @@ pub(crate) struct Building {
     bytes: usize,
 }
 
+impl Building {
+    fn is_full(&self) -> bool {
+        self.events >= MAX_BATCH_EVENTS || self.bytes >= MAX_BATCH_BYTES
+    }
+}
+
 /// The records of the batch being built.
 #[derive(Default)]
 struct BatchCtx {
@@ -176,9 +182,7 @@ impl Writer {
                     break;
                 }
             }
-            let full = building
-                .as_ref()
-                .is_some_and(|b| b.events >= MAX_BATCH_EVENTS || b.bytes >= MAX_BATCH_BYTES);
+            let full = building.as_ref().is_some_and(Building::is_full);
             let accepting = !full && !input_done && close.is_none();
             tokio::select! {
                 biased;
@@ -224,10 +228,7 @@ impl Writer {
                 Some(Some(Msg::Close { reply })) => return (false, Some(reply)),
                 None => {}
             }
-            if building
-                .as_ref()
-                .is_some_and(|b| b.events >= MAX_BATCH_EVENTS || b.bytes >= MAX_BATCH_BYTES)
-            {
+            if building.as_ref().is_some_and(Building::is_full) {
                 return (false, None);
             }
             next = match rx.try_recv() {
@@ -292,7 +293,7 @@ impl Writer {
         for (ri, req) in requests[mi].iter().enumerate() {
             let after_failure = failed.contains(&req.stream_id);
             let r = self.accept(requests, mi, ri, req, ctx, *now, after_failure);
-            if !after_failure && is_check_failure(&r) {
+            if !after_failure && r.as_ref().is_err_and(StoreError::is_check_failure) {
                 failed.insert(req.stream_id);
             }
             rs.push(r);
@@ -423,8 +424,8 @@ impl Writer {
     }
 
     /// Validates one request against the log and the batch so far; encodes it when accepted.
-    /// Validates and encodes one request. `after_failure`: an earlier request of the same
-    /// message to this stream failed, so this one may only be answered as a repeat.
+    /// `after_failure`: an earlier request of the same message to this stream failed its
+    /// check, so this one may only be answered as a repeat.
     #[allow(clippy::too_many_arguments)]
     fn accept(
         &mut self,
@@ -772,13 +773,4 @@ impl IoStage {
         });
         Ok(())
     }
-}
-
-/// A request that failed its event-id or version check: later requests of the same
-/// `append_many` to that stream depend on it.
-fn is_check_failure(r: &Result<AppendOutcome, StoreError>) -> bool {
-    matches!(
-        r,
-        Err(StoreError::EventIdConflict { .. } | StoreError::WrongExpectedVersion { .. })
-    )
 }

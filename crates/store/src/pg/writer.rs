@@ -360,14 +360,7 @@ async fn commit_batch_inner(
     for (request, job) in requests.iter().zip(&job_of) {
         let after_failure = failed.contains(&(*job, request.stream_id));
         let outcome = decide(request, &known, &versions, after_failure);
-        if !after_failure
-            && matches!(
-                outcome,
-                Decision::Done(Err(
-                    StoreError::EventIdConflict { .. } | StoreError::WrongExpectedVersion { .. }
-                ))
-            )
-        {
+        if !after_failure && matches!(&outcome, Decision::Done(Err(e)) if e.is_check_failure()) {
             failed.insert((*job, request.stream_id));
         }
         let outcome = match outcome {
