@@ -60,7 +60,7 @@ const STRIPES: usize = 8192;
 const FOLLOW_BATCH: usize = 4096;
 /// Events applied to the live views per write-lock hold.
 const APPLY_SLICE: usize = 256;
-/// How long an acknowledged append waits for the live views before answering anyway.
+/// How long a read waits for the live views to reach the durable head before answering anyway.
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(30);
 
 impl Inner {
@@ -377,7 +377,17 @@ impl AppService {
         self.inner.stripes[(mixed >> 32) as usize % STRIPES].clone()
     }
 
-    /// Waits until the live views include `position` (read-your-writes).
+    /// Waits until the live views include every event acknowledged so far (read-your-writes).
+    ///
+    /// Reads wait, writes do not: an append is answered once durable, and the store publishes
+    /// its durable head before answering, so a read that begins after a 2xx sees a head at or
+    /// past that append and waits here until the views have applied it. Under write load
+    /// this is one follower step (well under a millisecond); on a quiet log it returns at once.
+    pub async fn caught_up(&self) {
+        self.wait_applied(self.inner.store.head().position).await;
+    }
+
+    /// Waits until the live views include `position`.
     pub async fn wait_applied(&self, position: u64) {
         if !self.inner.live || self.applied_position() >= position {
             return;
@@ -427,7 +437,7 @@ impl AppService {
 
     /// Appends one batch of events to one incident (SPEC 3): idempotent repeats answer with
     /// the original positions, the batch is decided against the incident's state at the
-    /// version it is appended under, and the answer waits for the live views.
+    /// version it is appended under; answered once durable (reads wait for the views, see `caught_up`).
     pub async fn append(
         &self,
         cmd: AppendCommand,
@@ -438,10 +448,7 @@ impl AppService {
         let result = self.append_locked(&cmd, recorded_by).await;
         drop(guard);
         match result {
-            Ok(outcome) => {
-                self.wait_applied(outcome.last_position).await;
-                Ok(self.appended(&cmd, outcome))
-            }
+            Ok(outcome) => Ok(self.appended(&cmd, outcome)),
             Err(e) => {
                 self.inner.metrics.appends_rejected.fetch_add(1, Relaxed);
                 Err(e)
@@ -706,7 +713,6 @@ impl AppService {
         self.flush(&mut chunk, recorded_by, &mut report, &mut last_position)
             .await?;
         progress(line_no);
-        self.wait_applied(last_position).await;
         report.rejected.sort_by_key(|r| r.line);
         Ok(report)
     }
@@ -903,6 +909,7 @@ impl AppService {
 
     /// The log position a read at `at` refers to: `None` for the live state.
     pub async fn resolve(&self, at: AsOf) -> Result<Option<u64>, ApiError> {
+        self.caught_up().await;
         let position = match at {
             AsOf::Live => return Ok(None),
             AsOf::Time(t) => lean!(self.inner.store, position_at(t))?,
@@ -932,7 +939,8 @@ impl AppService {
     }
 
     /// A page of incident views (live).
-    pub fn incidents(&self, query: &IncidentQuery) -> Result<IncidentPage, ApiError> {
+    pub async fn incidents(&self, query: &IncidentQuery) -> Result<IncidentPage, ApiError> {
+        self.caught_up().await;
         self.read_projection()
             .incidents(query)
             .map_err(|e| ApiError::BadRequest {
@@ -977,7 +985,8 @@ impl AppService {
     }
 
     /// The digest of the live views (for comparison with a replay).
-    pub fn live_digest(&self) -> (u64, String) {
+    pub async fn live_digest(&self) -> (u64, String) {
+        self.caught_up().await;
         let p = self.read_projection();
         (p.position(), p.digest())
     }

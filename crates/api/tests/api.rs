@@ -191,6 +191,39 @@ fn assert_problem(r: &Resp, status: u16) {
     assert!(r.body["errors"].is_array(), "errors missing in {}", r.body);
 }
 
+/// Appends are answered once durable, without waiting for the views; reads wait for the
+/// views instead. Every read right after an answer must include it: a view read that did not
+/// wait would see the follower lag here within a few rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_right_after_an_append_includes_it() {
+    let app = app().await;
+    for i in 1..=200u64 {
+        let id = Uuid::new_v4();
+        let body = json!({"expected_version": 0, "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]});
+        let r = app.append(id, body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        match i % 4 {
+            0 => {
+                let view = app.get(&format!("/v1/incidents/{id}")).await;
+                assert_eq!(view.status, StatusCode::OK, "round {i}: {}", view.body);
+            }
+            1 => {
+                let region = app.get("/v1/regions/UA-63").await;
+                assert_eq!(region.body["incidents"], i, "round {i}: {}", region.body);
+            }
+            2 => {
+                let page = app.get("/v1/incidents?region=UA-63&limit=1000").await;
+                let n = page.body["incidents"].as_array().map_or(0, Vec::len) as u64;
+                assert_eq!(n, i, "round {i}");
+            }
+            _ => {
+                let ready = app.get_as("/readyz", None).await;
+                assert_eq!(ready.body["position"], i, "round {i}: {}", ready.body);
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn append_is_read_your_writes_and_idempotent() {
     let app = app().await;
@@ -693,7 +726,7 @@ async fn auth_matrix() {
         .await;
     assert_eq!(replay.status, StatusCode::OK, "{}", replay.body);
     assert_eq!(replay.body["events"], 1);
-    assert_eq!(replay.body["digest"], app.service.live_digest().1);
+    assert_eq!(replay.body["digest"], app.service.live_digest().await.1);
 
     // A token created after start works at once; a revoked one stops working on reload.
     let late = add_token(&app.store, "late", "reader").await;

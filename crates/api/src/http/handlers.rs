@@ -284,7 +284,7 @@ pub(crate) async fn incidents(
         q.limit,
         q.cursor,
     )?;
-    let page = state.service.incidents(&query)?;
+    let page = state.service.incidents(&query).await?;
     Ok(json(StatusCode::OK, &page))
 }
 
@@ -541,7 +541,7 @@ pub(crate) async fn admin_replay(State(state): State<AppState>) -> Result<Respon
     )
 )]
 pub(crate) async fn admin_digest(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let (position, digest) = state.service.live_digest();
+    let (position, digest) = state.service.live_digest().await;
     Ok(json(StatusCode::OK, &DigestResponse { position, digest }))
 }
 
@@ -578,7 +578,9 @@ pub(crate) async fn admin_verify(State(state): State<AppState>) -> Result<Respon
 
 // ---- ops ----
 
-fn health(state: &AppState) -> HealthResponse {
+/// `position` is read after the views include every acknowledged append, like any view read.
+async fn health(state: &AppState) -> HealthResponse {
+    state.service.caught_up().await;
     HealthResponse {
         status: if state.service.is_ready() {
             "ok"
@@ -594,7 +596,7 @@ fn health(state: &AppState) -> HealthResponse {
 #[utoipa::path(get, path = "/healthz", tag = "ops", security(()),
     responses((status = 200, description = "Alive", body = HealthResponse)))]
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
-    let mut h = health(&state);
+    let mut h = health(&state).await;
     h.status = "ok";
     json(StatusCode::OK, &h)
 }
@@ -606,7 +608,7 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
         (status = 503, description = "Not ready (catching up or shutting down)", body = HealthResponse)
     ))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    let h = health(&state);
+    let h = health(&state).await;
     let status = if h.status == "ok" {
         StatusCode::OK
     } else {
