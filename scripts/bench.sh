@@ -134,7 +134,8 @@ main_run() {
   # Single-event appends over HTTP at 64 connections, file store, against pgbench inserts of
   # the same row at 64 clients (synchronous_commit=on): $ROUNDS alternating rounds, each
   # side's median round reported (on a shared machine one round each, minutes apart, can be
-  # 15% off either way).
+  # 15% off either way). Each round has its own --seed: the same seed would repeat the ids
+  # of round 1, and idempotent repeats (200) are not appends (the generator counts only 201).
   local d="$WORK/append-file"
   mkdir -p "$d"
   TOKEN="$(make_token --data-dir "$d")" || die "token create failed"
@@ -151,7 +152,7 @@ main_run() {
     fi
     log "round $r/$ROUNDS: HTTP single-event appends, file store, 64 connections, ${DUR}s"
     run_bench $((DUR + 120)) "$LOAD" append --target "$SERVER_ADDR" --token "$TOKEN" --connections 64 \
-      --duration-secs "$DUR" --name "http_append_file_c64_r${r}" || true
+      --duration-secs "$DUR" --seed "$r" --name "http_append_file_c64_r${r}" || true
   done
   stop_server || true
   rm -rf "$d"
