@@ -481,7 +481,26 @@ impl AppService {
         cmd: &AppendCommand,
         recorded_by: &str,
     ) -> Result<AppendOutcome, ApiError> {
-        let store = &self.inner.store;
+        if cmd.expected == ExpectedVersion::Exact(0) {
+            // A new incident needs no lookup of its version: it is decided on the empty state
+            // and written with expected version 0, so the store's own checks (event ids first,
+            // then the version) give the answer the general path would: an exact repeat is a
+            // duplicate, id reuse and an existing incident are 409. Only when the empty state
+            // refuses the events is the general path taken, which checks the version first.
+            let state = IncidentState::with_id(cmd.incident_id);
+            if decide(&state, &cmd.events, Utc::now(), "/events").is_ok() {
+                return match self.write(cmd, 0, recorded_by).await {
+                    Ok(outcome) => Ok(outcome),
+                    Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                        Err(self.conflict(cmd, actual))
+                    }
+                    Err(e @ StoreError::EventIdConflict { .. }) => {
+                        Err(self.with_versions(cmd, e.into()).await)
+                    }
+                    Err(e) => Err(e.into()),
+                };
+            }
+        }
         for attempt in 0..ANY_ATTEMPTS {
             let state = self.decision_state(cmd.incident_id).await?;
             let version = state.version();
@@ -496,19 +515,7 @@ impl AppService {
                     .unless_repeat(cmd, recorded_by, ApiError::invalid(errors))
                     .await;
             }
-            let request = AppendRequest {
-                stream_id: cmd.incident_id,
-                expected_version: ExpectedVersion::Exact(version),
-                events: new_events(&cmd.events),
-                recorded_by: recorded_by.to_string(),
-            };
-            let started = Instant::now();
-            let result = lean!(store, append(request));
-            self.inner
-                .metrics
-                .store_append_seconds
-                .observe_duration(started.elapsed());
-            match result {
+            match self.write(cmd, version, recorded_by).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                     if cmd.expected == ExpectedVersion::Any && attempt + 1 < ANY_ATTEMPTS {
@@ -527,6 +534,28 @@ impl AppService {
         Err(ApiError::Unavailable(
             "too many concurrent writers on this incident; try again".into(),
         ))
+    }
+
+    /// Hands a decided batch to the store under `expected_version = version`.
+    async fn write(
+        &self,
+        cmd: &AppendCommand,
+        version: u64,
+        recorded_by: &str,
+    ) -> Result<AppendOutcome, StoreError> {
+        let request = AppendRequest {
+            stream_id: cmd.incident_id,
+            expected_version: ExpectedVersion::Exact(version),
+            events: new_events(&cmd.events),
+            recorded_by: recorded_by.to_string(),
+        };
+        let started = Instant::now();
+        let result = lean!(self.inner.store, append(request));
+        self.inner
+            .metrics
+            .store_append_seconds
+            .observe_duration(started.elapsed());
+        result
     }
 
     fn conflict(&self, cmd: &AppendCommand, actual: u64) -> ApiError {
@@ -1001,6 +1030,9 @@ impl AppService {
         // Bring the fresh views up to the live ones, then swap under the write lock when no
         // event slipped in between.
         for _ in 0..1000 {
+            // The rebuild read up to the durable head, which the live views may not have
+            // applied yet (appends do not wait for them): let them reach it first.
+            self.wait_applied(fresh.position()).await;
             let live = self.applied_position();
             while fresh.position() < live {
                 let page = store.read_all(fresh.position(), REPLAY_PAGE).await?;

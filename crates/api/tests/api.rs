@@ -321,6 +321,34 @@ async fn conflicts_are_409_with_expected_and_actual_and_record_nothing() {
     assert_problem(&r, 409);
     assert_eq!(r.body["expected"], 0);
     assert_eq!(r.body["actual"], 1);
+    // expected_version 0 with a valid first event, on an incident that exists: the store's
+    // version check answers (no version lookup on this path), with the same body.
+    let r = app
+        .append(
+            id,
+            json!({"expected_version": 0, "events": [reported(Uuid::new_v4(), "UA-65", "shelling")]}),
+        )
+        .await;
+    assert_problem(&r, 409);
+    assert_eq!(
+        (r.body["expected"].clone(), r.body["actual"].clone()),
+        (json!(0), json!(1))
+    );
+    // ...and with a reused event id of other content: 409 naming the id and where it is.
+    let r = app
+        .append(
+            id,
+            json!({"expected_version": 0, "events": [reported(e1, "UA-65", "air_strike")]}),
+        )
+        .await;
+    assert_problem(&r, 409);
+    assert_eq!(r.body["event_id"], json!(e1));
+    assert_eq!(r.body["position"], 1);
+    assert_eq!(
+        (r.body["expected"].clone(), r.body["actual"].clone()),
+        (json!(0), json!(1))
+    );
+    assert_eq!(app.head().await, 1);
     let r = app.append(Uuid::new_v4(), json!({"expected_version": 5, "events": [reported(Uuid::new_v4(), "UA-65", "shelling")]})).await;
     assert_problem(&r, 409);
     assert_eq!(
