@@ -299,8 +299,45 @@ fn import_export_replay_verify() {
         "must name the file {segment}: {stderr}"
     );
     assert!(stderr.contains("offset"), "must give the offset: {stderr}");
+    // ... also when the flipped byte is in the last record (acknowledged, complete on disk:
+    // damage, not a torn tail), and neither verify nor serve cuts it off.
+    let last = dir.path().join("damaged-last");
+    copy_dir(&data, &last);
+    let (segment, before) = flip_a_byte_near_the_end(&last);
+    let out = cli(&["verify", "--data-dir", d(&last)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    assert!(stderr.contains("offset"), "must give the offset: {stderr}");
+    let out = cli(&["serve", "--data-dir", d(&last), "--listen", "127.0.0.1:0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "serve must refuse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        before,
+        "the damaged log was changed"
+    );
     // The intact original still verifies.
     cli_ok(&["verify", "--data-dir", data_s]);
+}
+
+/// Flips one byte 30 bytes before the end of the last segment file (inside the last record);
+/// returns the file and its damaged contents.
+fn flip_a_byte_near_the_end(data_dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let mut files: Vec<_> = walk(data_dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    let path = files.pop().expect("a segment file");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 30;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
 }
 
 /// Flips one byte inside the first record of the first segment file; returns its file name.

@@ -141,6 +141,7 @@ fn segment_seed() -> Vec<u8> {
             backend: Backend::File,
             durability: Durability::Relaxed,
             segment_size: 1 << 20,
+            read_only: false,
         })
         .await
         .unwrap();

@@ -17,7 +17,7 @@ use incidentlog_store::{to_hex, EventStore, RecordedEvent, StoreError, TokenReco
 use uuid::Uuid;
 
 use crate::export::{self, RegionInfo};
-use crate::{exit, open_store, StoreArgs, WriteArgs};
+use crate::{exit, open_store, open_store_read_only, StoreArgs, WriteArgs};
 
 /// Page size of sequential log reads.
 const PAGE: usize = 4096;
@@ -89,7 +89,7 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     let opening = Instant::now();
-    let store = open_store(&args.store, &WriteArgs::default()).await?;
+    let store = open_store_read_only(&args.store).await?;
     let open_ms = opening.elapsed().as_millis() as u64;
     let head = store.head().position;
     let at_position = match (args.as_of, args.at_position) {
@@ -165,7 +165,7 @@ pub struct VerifyArgs {
 }
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
-    let store = open_store(&args.store, &WriteArgs::default()).await?;
+    let store = open_store_read_only(&args.store).await?;
     match store.verify().await {
         Ok(report) => {
             let mut out = std::io::stdout().lock();
@@ -282,7 +282,7 @@ pub struct ExportArgs {
 }
 
 pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
-    let store = open_store(&args.store, &WriteArgs::default()).await?;
+    let store = open_store_read_only(&args.store).await?;
     let head = store.head().position;
     let sink: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(

@@ -191,13 +191,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Opens the store the flags name.
+/// Opens the store the flags name, for writing (`serve`, `import`, `token`): a missing file
+/// store is created, a torn tail is cut.
 pub async fn open_store(store: &StoreArgs, write: &WriteArgs) -> anyhow::Result<Store> {
+    open_store_as(store, write, false).await
+}
+
+/// Opens the store for reading only (`verify`, `replay`, `export`): the file store must
+/// exist and nothing on disk changes (a torn tail is left in place; `verify` reports it).
+pub async fn open_store_read_only(store: &StoreArgs) -> anyhow::Result<Store> {
+    open_store_as(store, &WriteArgs::default(), true).await
+}
+
+async fn open_store_as(
+    store: &StoreArgs,
+    write: &WriteArgs,
+    read_only: bool,
+) -> anyhow::Result<Store> {
     let opts = OpenOptions {
         data_dir: store.data_dir.clone(),
         backend: store.store.clone(),
         durability: write.durability.into(),
         segment_size: write.segment_size,
+        read_only,
     };
     Store::open(&opts).await.map_err(|e| {
         let hint = match (&store.store, &e) {

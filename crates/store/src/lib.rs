@@ -178,7 +178,8 @@ pub enum StoreError {
         offset: u64,
         reason: String,
     },
-    #[error("I/O error: {0}")]
+    /// An I/O error (transparent: its message once, not again as its own source).
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -354,6 +355,11 @@ pub struct OpenOptions {
     /// File store: a new segment starts once the active one reaches this many bytes
     /// (clamped to 512 B..=1 GiB).
     pub segment_size: u64,
+    /// File store: open for reading only (`verify`, `replay`, `export`). The data directory
+    /// must exist and nothing on disk changes: a torn tail is left in place and ignored
+    /// (reads end before it; `verify` reports it as damage), no segment is created, and
+    /// appends are refused.
+    pub read_only: bool,
 }
 
 impl OpenOptions {
@@ -364,6 +370,7 @@ impl OpenOptions {
             backend: Backend::File,
             durability: Durability::Strict,
             segment_size: DEFAULT_SEGMENT_SIZE,
+            read_only: false,
         }
     }
 }

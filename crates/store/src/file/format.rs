@@ -202,6 +202,24 @@ pub(crate) enum FrameError {
 }
 
 /// Parses the record at the start of `buf`, checking both checksums and the length bound.
+/// Whether `tail` (from a record's start to the end of the file) is one record whose body and
+/// trailing checksum are intact although its frame head is not: damage to a complete record,
+/// not a write cut short.
+pub(crate) fn intact_body_to_end(tail: &[u8]) -> bool {
+    if tail.len() < FRAME_HEAD + FIXED + FRAME_TAIL {
+        return false;
+    }
+    let end = tail.len() - FRAME_TAIL;
+    masked_crc(&tail[FRAME_HEAD..end]) == u32_at(tail, end)
+}
+
+/// Whether `buf` starts with a valid frame head (`len` with its checksum, within bounds).
+pub(crate) fn frame_head_ok(buf: &[u8]) -> bool {
+    buf.len() >= FRAME_HEAD
+        && masked_crc(&buf[0..4]) == u32_at(buf, 4)
+        && (FIXED..=MAX_COVERED).contains(&(u32_at(buf, 0) as usize))
+}
+
 pub(crate) fn parse_record(buf: &[u8]) -> Result<RecordView<'_>, FrameError> {
     if buf.len() < FRAME_HEAD {
         return Err(FrameError::Incomplete);

@@ -82,8 +82,11 @@ pub struct FileStore {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Msg>,
     data_dir: PathBuf,
-    /// Held for the store's lifetime: one process per data directory.
-    _lock: File,
+    /// Held for the store's lifetime: one process per data directory (none when a read-only
+    /// open finds no LOCK file: no process ever wrote there).
+    _lock: Option<File>,
+    /// A torn tail a read-only open left in place: `verify` reports it as damage.
+    torn_tail: Option<(PathBuf, u64, String)>,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -110,13 +113,35 @@ impl FileStore {
         let log_dir = data_dir.join("log");
         let dir = data_dir.clone();
         let ld = log_dir.clone();
+        let read_only = opts.read_only;
         let (lock, recovered) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            std::fs::create_dir_all(&ld)?;
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
+            if read_only {
+                if !ld.is_dir() {
+                    return Err(StoreError::Io(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!(
+                            "no store in {} ({} does not exist)",
+                            dir.display(),
+                            ld.display()
+                        ),
+                    )));
+                }
+            } else {
+                std::fs::create_dir_all(&ld)?;
+            }
+            let lock = match std::fs::OpenOptions::new()
+                .create(!read_only)
                 .truncate(false)
-                .write(true)
-                .open(dir.join("LOCK"))?;
+                .write(!read_only)
+                .read(read_only)
+                .open(dir.join("LOCK"))
+            {
+                Ok(f) => f,
+                Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok((None, scan::recover(&ld, true)?));
+                }
+                Err(e) => return Err(e.into()),
+            };
             // A forked child briefly shares our descriptors (until its exec closes them), so
             // a lock released a moment ago may still look taken: retry for a little while.
             let mut attempts = 0;
@@ -130,18 +155,23 @@ impl FileStore {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            Ok((lock, scan::recover(&ld)?))
+            Ok((Some(lock), scan::recover(&ld, read_only)?))
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??;
 
-        let file = {
+        let file = if read_only {
+            None
+        } else {
             let io = io.clone();
             let path = recovered.active_path.clone();
-            tokio::task::spawn_blocking(move || io.open_append(&path, false))
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??
+            Some(
+                tokio::task::spawn_blocking(move || io.open_append(&path, false))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??,
+            )
         };
+        let torn_tail = recovered.torn_tail;
         let index = recovered.index;
         let head = index.head;
         let last_recorded_at = index.last_recorded_at.max(0);
@@ -149,7 +179,10 @@ impl FileStore {
         let shared = Arc::new(Shared {
             index: RwLock::new(index),
             head_tx,
-            poisoned: Mutex::new(None),
+            poisoned: Mutex::new(
+                read_only
+                    .then(|| "the store was opened read-only: appends are refused".to_string()),
+            ),
             closed: AtomicBool::new(false),
             durable_seq: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -163,7 +196,7 @@ impl FileStore {
             idle: idle.clone(),
             io,
             log_dir,
-            file: Some(file),
+            file,
             durability: opts.durability,
             unsynced: false,
         };
@@ -189,6 +222,7 @@ impl FileStore {
             tx,
             data_dir,
             _lock: lock,
+            torn_tail,
         })
     }
 
@@ -500,6 +534,16 @@ impl EventStore for FileStore {
     }
 
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        if let Some((file, offset, reason)) = &self.torn_tail {
+            return Err(StoreError::Corrupt {
+                file: file.display().to_string(),
+                offset: *offset,
+                reason: format!(
+                    "torn tail ({reason}): an append cut short by a crash, never acknowledged; \
+                     opening the store for writing (`serve`, `import`) cuts it off"
+                ),
+            });
+        }
         self.blocking(|shared| {
             let (segments, head) = {
                 let index = shared.index();

@@ -130,6 +130,43 @@ pub(crate) struct Recovered {
     /// The segment appends continue in, and its length.
     pub active_path: PathBuf,
     pub active_len: u64,
+    /// A torn tail left in place by a read-only open: where it starts and why it is torn.
+    pub torn_tail: Option<(PathBuf, u64, String)>,
+}
+
+/// Disk sector size: the unit a crash can leave unwritten.
+const SECTOR: u64 = 512;
+
+/// Whether damage at `offset`, with no valid record after it in the last segment, looks like
+/// a write that a crash cut short (never acknowledged: appends are answered after the sync)
+/// rather than damage to a record that was complete on disk. A cut-short write leaves the file
+/// ending inside a record, a frame head that is not one (a half-written or garbage tail), or
+/// sectors that never reached the disk, which read as zeros in an append-only file. A complete
+/// record whose bytes are all there but whose checksum fails, or an intact record behind a
+/// damaged length field, was damaged after it was written: cutting it could lose an
+/// acknowledged event, so it stops the open like any other damage.
+fn looks_torn(file: &File, offset: u64, file_len: u64) -> Result<bool, StoreError> {
+    let mut tail = vec![0u8; (file_len - offset) as usize];
+    file.read_exact_at(&mut tail, offset)?;
+    if matches!(
+        format::parse_record(&tail),
+        Err(format::FrameError::Incomplete)
+    ) {
+        return Ok(true);
+    }
+    if format::intact_body_to_end(&tail) {
+        return Ok(false);
+    }
+    if !format::frame_head_ok(&tail) {
+        return Ok(true);
+    }
+    let first_sector = offset.div_ceil(SECTOR) * SECTOR;
+    let unwritten = (first_sector..file_len).step_by(SECTOR as usize).any(|s| {
+        let from = (s - offset) as usize;
+        let to = ((s + SECTOR).min(file_len) - offset) as usize;
+        tail[from..to].iter().all(|b| *b == 0)
+    });
+    Ok(unwritten)
 }
 
 /// Structural state carried across records: appends are contiguous and never cross segments.
@@ -175,8 +212,10 @@ impl AppendState {
 }
 
 /// Scans every segment, rebuilds the index, cuts a torn tail. Creates the first segment of
-/// an empty log.
-pub(crate) fn recover(log_dir: &Path) -> Result<Recovered, StoreError> {
+/// an empty log. `read_only`: changes nothing on disk (a torn tail is left in place and
+/// reported in [`Recovered::torn_tail`], an empty log gets no segment).
+pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, StoreError> {
+    let mut torn_tail = None;
     let mut segments = list_segments(log_dir)?;
     let mut index = Index::new();
     // Rough size hint: ~350 bytes per event.
@@ -194,19 +233,32 @@ pub(crate) fn recover(log_dir: &Path) -> Result<Recovered, StoreError> {
             let mut h = vec![0u8; len as usize];
             File::open(path)?.read_exact_at(&mut h, 0)?;
             if format::parse_header(&h).is_err() {
-                tracing::warn!(
-                    file = %path.display(),
-                    offset = 0,
-                    "removing a segment whose header was never completely written"
-                );
-                std::fs::remove_file(path)?;
-                super::io::sync_dir(log_dir)?;
+                if read_only {
+                    tracing::warn!(
+                        file = %path.display(),
+                        offset = 0,
+                        "a segment whose header was never completely written: ignored (opened read-only)"
+                    );
+                    torn_tail = Some((
+                        path.clone(),
+                        0,
+                        "segment header never completely written".to_string(),
+                    ));
+                } else {
+                    tracing::warn!(
+                        file = %path.display(),
+                        offset = 0,
+                        "removing a segment whose header was never completely written"
+                    );
+                    std::fs::remove_file(path)?;
+                    super::io::sync_dir(log_dir)?;
+                }
                 segments.pop();
             }
         }
     }
 
-    if segments.is_empty() {
+    if segments.is_empty() && !read_only {
         let path = segment_path(log_dir, 1);
         create_segment_file(&path, 1)?;
         super::io::sync_dir(log_dir)?;
@@ -294,6 +346,17 @@ pub(crate) fn recover(log_dir: &Path) -> Result<Recovered, StoreError> {
                         format!("{reason}, followed by a valid record at offset {at}"),
                     ));
                 }
+                if !looks_torn(&file, offset, file_len)? {
+                    return Err(corrupt(
+                        path,
+                        offset,
+                        format!(
+                            "{reason} in the last record, which is complete on disk: damaged \
+                             after it was written, not an interrupted write (to give it up, \
+                             truncate the file to this offset)"
+                        ),
+                    ));
+                }
                 Some((offset, reason))
             }
         };
@@ -305,6 +368,16 @@ pub(crate) fn recover(log_dir: &Path) -> Result<Recovered, StoreError> {
             state.pending.clear();
         }
         let good_len = match cut {
+            Some((offset, reason)) if read_only => {
+                tracing::warn!(
+                    file = %path.display(),
+                    offset,
+                    reason,
+                    "torn tail in the last segment: ignored, left in place (opened read-only)"
+                );
+                torn_tail = Some((path.clone(), offset, reason.to_string()));
+                offset
+            }
             Some((offset, reason)) => {
                 tracing::warn!(
                     file = %path.display(),
@@ -358,6 +431,7 @@ pub(crate) fn recover(log_dir: &Path) -> Result<Recovered, StoreError> {
         index,
         active_path,
         active_len,
+        torn_tail,
     })
 }
 
