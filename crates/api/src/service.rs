@@ -583,6 +583,10 @@ impl AppService {
                 ..
             } => {
                 let actual = lean!(self.inner.store, stream_version(cmd.incident_id)).unwrap_or(0);
+                let detail = match event_id {
+                    Some(id) => self.reuse_detail(cmd, id).await.unwrap_or(detail),
+                    None => detail,
+                };
                 ApiError::Conflict {
                     detail,
                     expected: expected_json(cmd.expected),
@@ -593,6 +597,26 @@ impl AppService {
             }
             other => other,
         }
+    }
+
+    /// Says what is wrong with a recorded `event_id` the batch carries again, when it is not
+    /// "other content": the same event re-sent outside its original append (SPEC 3 answers 200
+    /// only for a repeat of a whole append). `None` keeps the store's detail.
+    async fn reuse_detail(&self, cmd: &AppendCommand, id: Uuid) -> Option<String> {
+        let sent = cmd.events.iter().find(|e| e.event_id == id)?;
+        let recorded = lean!(self.inner.store, event_by_id(id)).ok()??;
+        let same = recorded.stream_id == cmd.incident_id
+            && recorded.event_type == sent.event_type()
+            && recorded.data.get() == sent.canonical_data().get();
+        same.then(|| {
+            format!(
+                "event_id {id} is already recorded (position {}) with the same content, but as part \
+                 of another append: an idempotent retry must re-send that whole append (all its \
+                 events, in order); this request mixes recorded and new events or repeats only \
+                 part of one",
+                recorded.global_position
+            )
+        })
     }
 
     /// On a failed check: if some event id of the batch is already recorded, this is a
@@ -1323,6 +1347,10 @@ async fn follow(inner: Arc<Inner>, from: u64) {
                 .events_applied
                 .fetch_add(chunk.len() as u64, Relaxed);
             if let Some(err) = failed {
+                if *closing.borrow() {
+                    // The store is closing under the reader: not a failure.
+                    return;
+                }
                 tracing::error!(error = %err, position, "reading the log for the live views failed; retrying");
                 break;
             }

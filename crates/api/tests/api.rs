@@ -253,6 +253,11 @@ async fn append_is_read_your_writes_and_idempotent() {
     // Only part of the original batch is not a repeat: 409.
     let part = app.append(id, json!({"events": [casualties(e2, 3)]})).await;
     assert_problem(&part, 409);
+    let detail = part.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("same content") && !detail.contains("other content"),
+        "a partial repeat is not a reuse with other content: {detail}"
+    );
     assert_eq!(app.head().await, 2);
 
     // The recorded events have the SPEC shape.
@@ -484,6 +489,31 @@ async fn axum_rejections_are_problem_json() {
     assert_problem(&r, 404);
     let r = app.get("/v1/regions/XX-NOPE").await;
     assert_problem(&r, 422);
+    let detail = r.body["detail"].as_str().unwrap_or_default();
+    assert_eq!(
+        detail.matches("is not an ISO 3166-2").count(),
+        1,
+        "{detail}"
+    );
+    // Unknown query parameters are 400 naming them, on routes that take none as well, and
+    // an append with one records nothing.
+    let r = app.get(&format!("/v1/incidents/{id}/events?bogus=1")).await;
+    assert_problem(&r, 400);
+    assert!(r.body.to_string().contains("bogus"), "{}", r.body);
+    let r = app
+        .post_as(
+            &format!("{path}?expected_version=0"),
+            Some(&rep),
+            "application/json",
+            json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}).to_string(),
+        )
+        .await;
+    assert_problem(&r, 400);
+    assert_eq!(app.head().await, 0);
+    // `limit=0` cannot be honoured ("at most limit" events per page): 400 at /limit.
+    let r = app.get("/v1/events?limit=0").await;
+    assert_problem(&r, 400);
+    assert_eq!(r.body["errors"][0]["pointer"], "/limit", "{}", r.body);
     let r = app.get("/v1/regions/UA-63").await;
     assert_problem(&r, 404);
     let r = app.get(&format!("/v1/incidents/{id}")).await;

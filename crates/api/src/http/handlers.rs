@@ -124,6 +124,7 @@ pub(crate) async fn append(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(_): ApiQuery<NoParams>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let by = recorded_by(&principal)?;
@@ -154,6 +155,7 @@ pub(crate) async fn append(
 pub(crate) async fn bulk_import(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    ApiQuery(_): ApiQuery<NoParams>,
     NdjsonBody(body): NdjsonBody,
 ) -> Result<Response, ApiError> {
     let by = recorded_by(&principal)?;
@@ -222,6 +224,7 @@ pub(crate) async fn incident(
 pub(crate) async fn incident_events(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(_): ApiQuery<NoParams>,
 ) -> Result<Response, ApiError> {
     let events = state.service.stream_events(id).await?;
     if events.is_empty() {
@@ -288,6 +291,11 @@ pub(crate) async fn incidents(
     Ok(json(StatusCode::OK, &page))
 }
 
+/// Routes without query parameters: any given is a 400 naming it, as on every route.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoParams {}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LogParams {
@@ -302,7 +310,7 @@ const MAX_PAGE: usize = 1000;
     get, path = "/v1/events", tag = "events",
     params(
         ("after" = Option<u64>, Query, description = "Position to read after (default 0)"),
-        ("limit" = Option<usize>, Query, description = "Default 100, max 1000 (larger values are clamped)")
+        ("limit" = Option<usize>, Query, description = "Default 100, at least 1, max 1000 (larger values are clamped)")
     ),
     responses(
         (status = 200, description = "A page of the log", body = wire::LogPageDoc),
@@ -314,7 +322,18 @@ pub(crate) async fn log_page(
     ApiQuery(q): ApiQuery<LogParams>,
 ) -> Result<Response, ApiError> {
     let after = q.after.unwrap_or(0);
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    if q.limit == Some(0) {
+        // "At most `limit`" cannot be met with at least one event per page.
+        let e = incidentlog_projections::FieldError::new(
+            "/limit",
+            format!("must be at least 1 (values above {MAX_PAGE} are clamped)"),
+        );
+        return Err(ApiError::BadRequest {
+            detail: format!("{}: {}", e.pointer, e.message),
+            errors: vec![e],
+        });
+    }
+    let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
     let events = state.service.log_page(after, limit).await?;
     let next_after = events.last().map_or(after, |e| e.global_position);
     #[derive(Serialize)]
@@ -495,7 +514,7 @@ pub(crate) async fn region(
     ApiQuery(q): ApiQuery<SummaryParams>,
 ) -> Result<Response, ApiError> {
     let region = Region::parse(&code).map_err(|m| ApiError::Unprocessable {
-        detail: format!("{code:?} is not an ISO 3166-2 subdivision code: {m}"),
+        detail: format!("/code: {m}"),
         errors: vec![crate::error::field_error("/code", m)],
     })?;
     cached_summary(&state, region.code().to_string(), q, |window, at| {
