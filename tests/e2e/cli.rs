@@ -397,7 +397,8 @@ fn tokens_help_and_usage_errors() {
         "--role",
         "root",
     ]);
-    assert_ne!(out.status.code(), Some(0));
+    // An invalid value is a usage error (2), like any the argument parser refuses.
+    assert_eq!(out.status.code(), Some(2));
     let list = cli_ok(&["token", "list", "--json", "--data-dir", data]);
     let tokens: Vec<Value> = list
         .lines()
@@ -460,4 +461,24 @@ fn flags_come_from_incidentlog_env_vars() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
+    // Switches take the usual spellings from the environment: 1/0, yes/no, on/off, true/false.
+    for (value, json) in [("1", true), ("yes", true), ("0", false), ("off", false)] {
+        let out = command()
+            .args(["token", "list"])
+            .env("INCIDENTLOG_DATA_DIR", dir.path())
+            .env("INCIDENTLOG_JSON", value)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "INCIDENTLOG_JSON={value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            text.trim_start().starts_with('{'),
+            json,
+            "INCIDENTLOG_JSON={value}: {text}"
+        );
+    }
 }

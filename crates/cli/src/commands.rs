@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
+use clap::builder::BoolishValueParser;
 use clap::{Args, Subcommand, ValueEnum};
 use incidentlog_api::auth::{hash_secret, try_new_secret, Role};
 use incidentlog_api::service::AppService;
@@ -77,7 +78,7 @@ pub struct ReplayArgs {
     pub at_position: Option<u64>,
 
     /// Print the report as one JSON object instead of text.
-    #[arg(long, env = "INCIDENTLOG_JSON")]
+    #[arg(long, env = "INCIDENTLOG_JSON", value_parser = BoolishValueParser::new())]
     pub json: bool,
 }
 
@@ -277,7 +278,7 @@ pub struct ExportArgs {
     pub output: Option<PathBuf>,
 
     /// csv/geojson: include retracted incidents too (their `status` says so).
-    #[arg(long, env = "INCIDENTLOG_INCLUDE_RETRACTED")]
+    #[arg(long, env = "INCIDENTLOG_INCLUDE_RETRACTED", value_parser = BoolishValueParser::new())]
     pub include_retracted: bool,
 }
 
@@ -426,7 +427,8 @@ pub enum TokenCommand {
         #[arg(
             long,
             env = "INCIDENTLOG_TOKEN_ROLE",
-            value_name = "reader|reporter|admin"
+            value_name = "reader|reporter|admin",
+            value_parser = ["reader", "reporter", "admin"]
         )]
         role: String,
     },
@@ -435,7 +437,7 @@ pub enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
         /// One JSON object per token instead of a table.
-        #[arg(long, env = "INCIDENTLOG_JSON")]
+        #[arg(long, env = "INCIDENTLOG_JSON", value_parser = BoolishValueParser::new())]
         json: bool,
     },
     /// Revoke a token by name (servers stop accepting it within seconds).

@@ -78,7 +78,8 @@ enum Command {
 /// Where the log lives: shared by every command.
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// Directory of the embedded file store (created if missing; its tokens live here too).
+    /// Directory of the embedded file store; its tokens live here too. `serve`, `import` and
+    /// `token` create it if missing; `verify`, `replay` and `export` only read an existing one.
     #[arg(
         long,
         env = "INCIDENTLOG_DATA_DIR",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::BoolishValueParser;
 use clap::Args;
 use incidentlog_api::service::AppService;
 use incidentlog_api::ServeConfig;
@@ -30,7 +31,7 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// Let requests without a token read (GET); appends and admin routes still need a token.
-    #[arg(long, env = "INCIDENTLOG_PUBLIC_READ")]
+    #[arg(long, env = "INCIDENTLOG_PUBLIC_READ", value_parser = BoolishValueParser::new())]
     pub public_read: bool,
 
     /// Largest request body accepted, except bulk import (larger: 413).

@@ -112,7 +112,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|r| ApiError::bad_request(format!("malformed query: {}", r.body_text())))
+            .map_err(|r| query_error(&r.body_text()))
+    }
+}
+
+/// A 400 for a query string that does not deserialize, with a pointer to the parameter when
+/// axum's message names it (`Failed to deserialize query string: NAME: MESSAGE`).
+fn query_error(text: &str) -> ApiError {
+    let named = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .and_then(|rest| rest.split_once(": "))
+        .filter(|(name, _)| {
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
+    match named {
+        Some((name, message)) => ApiError::BadRequest {
+            detail: format!("malformed query: /{name}: {message}"),
+            errors: vec![crate::error::field_error(format!("/{name}"), message)],
+        },
+        None => ApiError::bad_request(format!("malformed query: {text}")),
     }
 }
 
