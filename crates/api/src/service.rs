@@ -48,7 +48,9 @@ const REPLAY_PAGE: usize = 16 * 1024;
 /// Lines (and bytes) per parsing task of a bulk import, and how many tasks run ahead.
 const PARSE_BATCH_LINES: usize = 2048;
 const PARSE_BATCH_BYTES: usize = 4 << 20;
-const PARSE_AHEAD: usize = 2;
+/// Enough to keep the parsing threads busy while a chunk is written and synced (8 against 2:
+/// ~7% faster `incidentlog import` of the 1M-event bench log, at most ~32 MiB more held).
+const PARSE_AHEAD: usize = 8;
 /// Events per `append_many` call of a bulk import (one sync each).
 const IMPORT_CHUNK_EVENTS: usize = 16 * 1024;
 /// Attempts for `expected_version: "any"` when another writer wins the race.
