@@ -437,16 +437,26 @@ fn tokens_help_and_usage_errors() {
     );
 }
 
+/// Runs `incidentlog <args>` with only `env` among the `INCIDENTLOG_*` variables.
+fn cli_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
+    let mut cmd = command();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run")
+}
+
 #[test]
 fn flags_come_from_incidentlog_env_vars() {
     let dir = temp_dir();
+    let data_dir = dir.path().as_os_str();
     create_token(dir.path(), "env-desk", "reader");
     // INCIDENTLOG_DATA_DIR stands in for --data-dir.
-    let out = command()
-        .args(["token", "list", "--json"])
-        .env("INCIDENTLOG_DATA_DIR", dir.path())
-        .output()
-        .expect("run");
+    let out = cli_with_env(
+        &["token", "list", "--json"],
+        &[("INCIDENTLOG_DATA_DIR", data_dir)],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -455,20 +465,20 @@ fn flags_come_from_incidentlog_env_vars() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("\"env-desk\""), "{text}");
     // A bad value in the environment is a usage error, like a bad flag.
-    let out = command()
-        .args(["token", "list"])
-        .env("INCIDENTLOG_STORE", "mysql://nope")
-        .output()
-        .expect("run");
+    let out = cli_with_env(
+        &["token", "list"],
+        &[("INCIDENTLOG_STORE", "mysql://nope".as_ref())],
+    );
     assert_eq!(out.status.code(), Some(2));
     // Switches take the usual spellings from the environment: 1/0, yes/no, on/off, true/false.
     for (value, json) in [("1", true), ("yes", true), ("0", false), ("off", false)] {
-        let out = command()
-            .args(["token", "list"])
-            .env("INCIDENTLOG_DATA_DIR", dir.path())
-            .env("INCIDENTLOG_JSON", value)
-            .output()
-            .expect("run");
+        let out = cli_with_env(
+            &["token", "list"],
+            &[
+                ("INCIDENTLOG_DATA_DIR", data_dir),
+                ("INCIDENTLOG_JSON", value.as_ref()),
+            ],
+        );
         assert!(
             out.status.success(),
             "INCIDENTLOG_JSON={value}: {}",

@@ -80,6 +80,14 @@ impl ApiError {
         }
     }
 
+    /// A 400 for one bad field: `detail` is "POINTER: MESSAGE".
+    pub fn bad_request_at(e: FieldError) -> Self {
+        ApiError::BadRequest {
+            detail: format!("{}: {}", e.pointer, e.message),
+            errors: vec![e],
+        }
+    }
+
     pub fn bad_field(pointer: impl Into<String>, message: impl Into<String>) -> Self {
         let message = message.into();
         ApiError::BadRequest {

@@ -483,40 +483,29 @@ impl AppService {
         cmd: &AppendCommand,
         recorded_by: &str,
     ) -> Result<AppendOutcome, ApiError> {
-        if cmd.expected == ExpectedVersion::Exact(0) {
-            // A new incident needs no lookup of its version: it is decided on the empty state
-            // and written with expected version 0, so the store's own checks (event ids first,
-            // then the version) give the answer the general path would: an exact repeat is a
-            // duplicate, id reuse and an existing incident are 409. Only when the empty state
-            // refuses the events is the general path taken, which checks the version first.
-            let state = IncidentState::with_id(cmd.incident_id);
-            if decide(&state, &cmd.events, Utc::now(), "/events").is_ok() {
-                return match self.write(cmd, 0, recorded_by).await {
-                    Ok(outcome) => Ok(outcome),
-                    Err(StoreError::WrongExpectedVersion { actual, .. }) => {
-                        Err(self.conflict(cmd, actual))
-                    }
-                    Err(e @ StoreError::EventIdConflict { .. }) => {
-                        Err(self.with_versions(cmd, e.into()).await)
-                    }
-                    Err(e) => Err(e.into()),
-                };
-            }
-        }
         for attempt in 0..ANY_ATTEMPTS {
-            let state = self.decision_state(cmd.incident_id).await?;
-            let version = state.version();
-            if let ExpectedVersion::Exact(n) = cmd.expected {
-                if n != version {
-                    let err = self.conflict(cmd, version);
-                    return self.unless_repeat(cmd, recorded_by, err).await;
+            let version = if is_new_incident_append(cmd) {
+                // No lookup of the version: decided on the empty state and written with
+                // expected version 0, the store's own checks (event ids first, then the
+                // version) give the answer the lookup would: an exact repeat is a duplicate,
+                // id reuse and an existing incident are 409.
+                0
+            } else {
+                let state = self.decision_state(cmd.incident_id).await?;
+                let version = state.version();
+                if let ExpectedVersion::Exact(n) = cmd.expected {
+                    if n != version {
+                        let err = self.conflict(cmd, version);
+                        return self.unless_repeat(cmd, recorded_by, err).await;
+                    }
                 }
-            }
-            if let Err(errors) = decide(&state, &cmd.events, Utc::now(), "/events") {
-                return self
-                    .unless_repeat(cmd, recorded_by, ApiError::invalid(errors))
-                    .await;
-            }
+                if let Err(errors) = decide(&state, &cmd.events, Utc::now(), "/events") {
+                    return self
+                        .unless_repeat(cmd, recorded_by, ApiError::invalid(errors))
+                        .await;
+                }
+                version
+            };
             match self.write(cmd, version, recorded_by).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
@@ -998,10 +987,7 @@ impl AppService {
         self.caught_up().await;
         self.read_projection()
             .incidents(query)
-            .map_err(|e| ApiError::BadRequest {
-                detail: format!("{}: {}", e.pointer, e.message),
-                errors: vec![e],
-            })
+            .map_err(ApiError::bad_request_at)
     }
 
     /// The summary of one region at a resolved position (`None`: live), and the position the
@@ -1205,6 +1191,20 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
         .rposition(|c| !c.is_ascii_whitespace())
         .map_or(start, |i| i + 1);
     &b[start..end.max(start)]
+}
+
+/// `expected_version: 0` with events the empty state accepts: decided without reading the
+/// incident. (When the empty state refuses them, the general path runs, which checks the
+/// version before the events.)
+fn is_new_incident_append(cmd: &AppendCommand) -> bool {
+    cmd.expected == ExpectedVersion::Exact(0)
+        && decide(
+            &IncidentState::with_id(cmd.incident_id),
+            &cmd.events,
+            Utc::now(),
+            "/events",
+        )
+        .is_ok()
 }
 
 fn new_events(events: &[TypedEvent]) -> Vec<NewEvent> {

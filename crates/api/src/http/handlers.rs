@@ -324,14 +324,10 @@ pub(crate) async fn log_page(
     let after = q.after.unwrap_or(0);
     if q.limit == Some(0) {
         // "At most `limit`" cannot be met with at least one event per page.
-        let e = incidentlog_projections::FieldError::new(
+        return Err(ApiError::bad_request_at(crate::error::field_error(
             "/limit",
             format!("must be at least 1 (values above {MAX_PAGE} are clamped)"),
-        );
-        return Err(ApiError::BadRequest {
-            detail: format!("{}: {}", e.pointer, e.message),
-            errors: vec![e],
-        });
+        )));
     }
     let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
     let events = state.service.log_page(after, limit).await?;
@@ -434,10 +430,7 @@ pub(crate) struct SummaryParams {
 }
 
 fn window(q: &SummaryParams) -> Result<Window, ApiError> {
-    Window::parse(q.from.as_deref(), q.to.as_deref()).map_err(|e| ApiError::BadRequest {
-        detail: format!("{}: {}", e.pointer, e.message),
-        errors: vec![e],
-    })
+    Window::parse(q.from.as_deref(), q.to.as_deref()).map_err(ApiError::bad_request_at)
 }
 
 /// Summaries of every region with incidents.

@@ -29,10 +29,7 @@ pub fn incident_query(
         .map(Region::parse)
         .transpose()
         .map_err(|m| ApiError::bad_field("/region", m))?;
-    let window = Window::parse(from, to).map_err(|e| ApiError::BadRequest {
-        detail: format!("{}: {}", e.pointer, e.message),
-        errors: vec![e],
-    })?;
+    let window = Window::parse(from, to).map_err(ApiError::bad_request_at)?;
     Ok(IncidentQuery {
         region,
         kind: parse::<Kind>("kind", kind)?,

@@ -201,7 +201,6 @@ pub(crate) enum FrameError {
     Bad(&'static str),
 }
 
-/// Parses the record at the start of `buf`, checking both checksums and the length bound.
 /// Whether `tail` (from a record's start to the end of the file) is one record whose body and
 /// trailing checksum are intact although its frame head is not: damage to a complete record,
 /// not a write cut short.
@@ -220,6 +219,7 @@ pub(crate) fn frame_head_ok(buf: &[u8]) -> bool {
         && (FIXED..=MAX_COVERED).contains(&(u32_at(buf, 0) as usize))
 }
 
+/// Parses the record at the start of `buf`, checking both checksums and the length bound.
 pub(crate) fn parse_record(buf: &[u8]) -> Result<RecordView<'_>, FrameError> {
     if buf.len() < FRAME_HEAD {
         return Err(FrameError::Incomplete);

@@ -86,7 +86,7 @@ pub struct FileStore {
     /// open finds no LOCK file: no process ever wrote there).
     _lock: Option<File>,
     /// A torn tail a read-only open left in place: `verify` reports it as damage.
-    torn_tail: Option<(PathBuf, u64, String)>,
+    torn_tail: Option<scan::TornTail>,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -129,33 +129,8 @@ impl FileStore {
             } else {
                 std::fs::create_dir_all(&ld)?;
             }
-            let lock = match std::fs::OpenOptions::new()
-                .create(!read_only)
-                .truncate(false)
-                .write(!read_only)
-                .read(read_only)
-                .open(dir.join("LOCK"))
-            {
-                Ok(f) => f,
-                Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => {
-                    return Ok((None, scan::recover(&ld, true)?));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            // A forked child briefly shares our descriptors (until its exec closes them), so
-            // a lock released a moment ago may still look taken: retry for a little while.
-            let mut attempts = 0;
-            while lock.try_lock().is_err() {
-                attempts += 1;
-                if attempts >= LOCK_ATTEMPTS {
-                    return Err(StoreError::Unavailable(format!(
-                        "data directory {} is in use by another process",
-                        dir.display()
-                    )));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Ok((Some(lock), scan::recover(&ld, read_only)?))
+            let lock = lock_data_dir(&dir, read_only)?;
+            Ok((lock, scan::recover(&ld, read_only)?))
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??;
@@ -279,6 +254,36 @@ impl FileStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
+}
+
+/// Takes the data directory's `LOCK` (one process per directory). A read-only open neither
+/// creates nor writes it, and goes without when there is none (no process ever wrote there).
+fn lock_data_dir(dir: &Path, read_only: bool) -> Result<Option<File>, StoreError> {
+    let lock = match std::fs::OpenOptions::new()
+        .create(!read_only)
+        .truncate(false)
+        .write(!read_only)
+        .read(read_only)
+        .open(dir.join("LOCK"))
+    {
+        Ok(f) => f,
+        Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    // A forked child briefly shares our descriptors (until its exec closes them), so a lock
+    // released a moment ago may still look taken: retry for a little while.
+    let mut attempts = 0;
+    while lock.try_lock().is_err() {
+        attempts += 1;
+        if attempts >= LOCK_ATTEMPTS {
+            return Err(StoreError::Unavailable(format!(
+                "data directory {} is in use by another process",
+                dir.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(Some(lock))
 }
 
 /// Reads and decodes one durable record; `head` supplies the hash of the head record.
@@ -534,15 +539,8 @@ impl EventStore for FileStore {
     }
 
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
-        if let Some((file, offset, reason)) = &self.torn_tail {
-            return Err(StoreError::Corrupt {
-                file: file.display().to_string(),
-                offset: *offset,
-                reason: format!(
-                    "torn tail ({reason}): an append cut short by a crash, never acknowledged; \
-                     opening the store for writing (`serve`, `import`) cuts it off"
-                ),
-            });
+        if let Some(torn) = &self.torn_tail {
+            return Err(torn.to_error());
         }
         self.blocking(|shared| {
             let (segments, head) = {

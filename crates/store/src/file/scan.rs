@@ -84,19 +84,9 @@ pub(crate) fn scan_range(
     }
 }
 
-/// First offset in `file[from..end]` where a record with valid checksums starts, if any.
-fn valid_record_after(file: &File, from: u64, end: u64) -> Result<Option<u64>, StoreError> {
-    if from >= end {
-        return Ok(None);
-    }
-    let mut buf = vec![0u8; (end - from) as usize];
-    file.read_exact_at(&mut buf, from)?;
-    for i in 0..buf.len() {
-        if format::parse_record(&buf[i..]).is_ok() {
-            return Ok(Some(from + i as u64));
-        }
-    }
-    Ok(None)
+/// First index in `buf` where a record with valid checksums starts, if any.
+fn valid_record_in(buf: &[u8]) -> Option<usize> {
+    (0..buf.len()).find(|&i| format::parse_record(&buf[i..]).is_ok())
 }
 
 pub(crate) fn segment_path(log_dir: &Path, first_position: u64) -> PathBuf {
@@ -130,8 +120,31 @@ pub(crate) struct Recovered {
     /// The segment appends continue in, and its length.
     pub active_path: PathBuf,
     pub active_len: u64,
-    /// A torn tail left in place by a read-only open: where it starts and why it is torn.
-    pub torn_tail: Option<(PathBuf, u64, String)>,
+    /// A torn tail left in place by a read-only open.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// A torn tail: where it starts and why it is torn.
+#[derive(Clone, Debug)]
+pub(crate) struct TornTail {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub reason: String,
+}
+
+impl TornTail {
+    /// What `verify` reports for a torn tail a read-only open left in place.
+    pub fn to_error(&self) -> StoreError {
+        corrupt(
+            &self.file,
+            self.offset,
+            format!(
+                "torn tail ({}): an append cut short by a crash, never acknowledged; opening \
+                 the store for writing (`serve`, `import`) cuts it off",
+                self.reason
+            ),
+        )
+    }
 }
 
 /// Disk sector size: the unit a crash can leave unwritten.
@@ -145,28 +158,27 @@ const SECTOR: u64 = 512;
 /// record whose bytes are all there but whose checksum fails, or an intact record behind a
 /// damaged length field, was damaged after it was written: cutting it could lose an
 /// acknowledged event, so it stops the open like any other damage.
-fn looks_torn(file: &File, offset: u64, file_len: u64) -> Result<bool, StoreError> {
-    let mut tail = vec![0u8; (file_len - offset) as usize];
-    file.read_exact_at(&mut tail, offset)?;
+/// `tail` is the file from `offset` to its end.
+fn looks_torn(tail: &[u8], offset: u64) -> bool {
     if matches!(
-        format::parse_record(&tail),
+        format::parse_record(tail),
         Err(format::FrameError::Incomplete)
     ) {
-        return Ok(true);
+        return true;
     }
-    if format::intact_body_to_end(&tail) {
-        return Ok(false);
+    if format::intact_body_to_end(tail) {
+        return false;
     }
-    if !format::frame_head_ok(&tail) {
-        return Ok(true);
+    if !format::frame_head_ok(tail) {
+        return true;
     }
-    let first_sector = offset.div_ceil(SECTOR) * SECTOR;
-    let unwritten = (first_sector..file_len).step_by(SECTOR as usize).any(|s| {
-        let from = (s - offset) as usize;
-        let to = ((s + SECTOR).min(file_len) - offset) as usize;
-        tail[from..to].iter().all(|b| *b == 0)
-    });
-    Ok(unwritten)
+    // Sectors starting inside the record, as indexes into `tail`.
+    let first = (offset.div_ceil(SECTOR) * SECTOR - offset) as usize;
+    (first..tail.len()).step_by(SECTOR as usize).any(|s| {
+        tail[s..tail.len().min(s + SECTOR as usize)]
+            .iter()
+            .all(|b| *b == 0)
+    })
 }
 
 /// Structural state carried across records: appends are contiguous and never cross segments.
@@ -239,11 +251,11 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                         offset = 0,
                         "a segment whose header was never completely written: ignored (opened read-only)"
                     );
-                    torn_tail = Some((
-                        path.clone(),
-                        0,
-                        "segment header never completely written".to_string(),
-                    ));
+                    torn_tail = Some(TornTail {
+                        file: path.clone(),
+                        offset: 0,
+                        reason: "segment header never completely written".to_string(),
+                    });
                 } else {
                     tracing::warn!(
                         file = %path.display(),
@@ -339,14 +351,18 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                 if !is_last {
                     return Err(corrupt(path, offset, reason));
                 }
-                if let Some(at) = valid_record_after(&file, offset + 1, file_len)? {
+                // Everything from the bad record to the end of the file, read once.
+                let mut tail = vec![0u8; (file_len - offset) as usize];
+                file.read_exact_at(&mut tail, offset)?;
+                if let Some(i) = valid_record_in(tail.get(1..).unwrap_or_default()) {
+                    let at = offset + 1 + i as u64;
                     return Err(corrupt(
                         path,
                         offset,
                         format!("{reason}, followed by a valid record at offset {at}"),
                     ));
                 }
-                if !looks_torn(&file, offset, file_len)? {
+                if !looks_torn(&tail, offset) {
                     return Err(corrupt(
                         path,
                         offset,
@@ -375,7 +391,11 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                     reason,
                     "torn tail in the last segment: ignored, left in place (opened read-only)"
                 );
-                torn_tail = Some((path.clone(), offset, reason.to_string()));
+                torn_tail = Some(TornTail {
+                    file: path.clone(),
+                    offset,
+                    reason: reason.to_string(),
+                });
                 offset
             }
             Some((offset, reason)) => {
