@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
 use incidentlog_projections::{
-    decide, fold_incident, parse_events, Envelope, IncidentPage, IncidentQuery, IncidentState,
-    IncidentView, Projection, Region, RegionSummary, TypedEvent, Window,
+    decide, decide_and_apply, fold_incident, parse_events, Envelope, IncidentPage, IncidentQuery,
+    IncidentState, IncidentView, Projection, Region, RegionSummary, TypedEvent, Window,
 };
 use incidentlog_store::{
     AppendOutcome, AppendRequest, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Store,
@@ -53,6 +53,12 @@ const PARSE_BATCH_BYTES: usize = 4 << 20;
 const PARSE_AHEAD: usize = 8;
 /// Events per `append_many` call of a bulk import (one sync each).
 const IMPORT_CHUNK_EVENTS: usize = 16 * 1024;
+/// Decision states a bulk import keeps from one chunk to the next (~1 KiB each), so that the
+/// next chunk decides on them instead of waiting for the live views to apply the last one
+/// (which put the views' fold on the import's critical path), or, offline, instead of reading
+/// and folding the stream again. Offline, they are the only copy of the incidents' states.
+const CARRY_STATES_LIVE: usize = 64 * 1024;
+const CARRY_STATES_OFFLINE: usize = 1024 * 1024;
 /// Attempts for `expected_version: "any"` when another writer wins the race.
 const ANY_ATTEMPTS: usize = 16;
 /// Per-incident lock stripes: in-process writers of one incident take turns, so that
@@ -676,17 +682,35 @@ impl AppService {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<ImportReport, ApiError> {
         let _one_import = self.inner.import_lock.lock().await;
-        let mut chunk = Chunk::default();
+        let mut chunk = Chunk {
+            lines: Vec::new(),
+            states: HashMap::new(),
+            carried: HashMap::new(),
+            event_ids: HashSet::new(),
+            guards: HashMap::new(),
+            carry_max: if self.inner.live {
+                CARRY_STATES_LIVE
+            } else {
+                CARRY_STATES_OFFLINE
+            },
+            events: 0,
+        };
         let mut report = ImportReport::default();
         let mut last_position = 0u64;
         let mut line_no = 0u64;
         let mut eof = false;
         // Lines are parsed (JSON, typed events, canonical bytes) in batches on blocking
         // threads, a batch ahead of the validation, which must go in line order.
-        let mut parsing: VecDeque<tokio::task::JoinHandle<Vec<(u64, Parsed)>>> = VecDeque::new();
+        type Parsing = tokio::task::JoinHandle<(Vec<(u64, Parsed)>, LineBatch)>;
+        let mut parsing: VecDeque<Parsing> = VecDeque::new();
+        // Batches come back from parsing to be refilled (fresh megabytes for each cost page
+        // faults).
+        let mut spare: Vec<LineBatch> = Vec::new();
         loop {
             if !eof && parsing.len() < PARSE_AHEAD {
-                let mut batch = LineBatch::default();
+                let mut batch = spare.pop().unwrap_or_default();
+                batch.bytes.clear();
+                batch.lines.clear();
                 while batch.lines.len() < PARSE_BATCH_LINES && batch.bytes.len() < PARSE_BATCH_BYTES
                 {
                     let start = batch.bytes.len();
@@ -704,7 +728,7 @@ impl AppService {
                     batch.lines.push((line_no, start, batch.bytes.len()));
                 }
                 if !batch.lines.is_empty() {
-                    parsing.push_back(tokio::task::spawn_blocking(move || batch.parse()));
+                    parsing.push_back(tokio::task::spawn_blocking(move || (batch.parse(), batch)));
                 }
                 if !eof && parsing.len() < PARSE_AHEAD {
                     continue;
@@ -713,9 +737,12 @@ impl AppService {
             let Some(next) = parsing.pop_front() else {
                 break;
             };
-            let parsed = next
+            let (parsed, used) = next
                 .await
                 .map_err(|e| ApiError::Internal(format!("parsing task failed: {e}")))?;
+            if spare.len() < 2 {
+                spare.push(used);
+            }
             let mut last_line = 0;
             for (line, p) in parsed {
                 last_line = line;
@@ -780,39 +807,23 @@ impl AppService {
             if let std::collections::hash_map::Entry::Vacant(slot) = chunk.guards.entry(idx) {
                 slot.insert(stripe.lock_owned().await);
             }
-            let state = self.decision_state(id).await?;
-            chunk.states.insert(
-                id,
-                Overlay {
-                    state,
-                    unapplied: Vec::new(),
-                },
-            );
+            let state = match chunk.carried.remove(&id) {
+                // Decided by an earlier chunk of this import and still the stream's head (no
+                // other writer since): no need to wait for the live views to apply that chunk.
+                Some(state) if state.version() == lean!(self.inner.store, stream_version(id))? => {
+                    state
+                }
+                _ => self.decision_state(id).await?,
+            };
+            chunk.states.insert(id, state);
         }
-        let Some(overlay) = chunk.states.get_mut(&id) else {
+        let Some(state) = chunk.states.get_mut(&id) else {
             return Err(ApiError::Internal("staged incident state vanished".into()));
         };
-        // Fold the earlier accepted lines of this incident in (only now that they matter).
-        for idx in std::mem::take(&mut overlay.unapplied) {
-            let staged = &chunk.lines[idx];
-            let base = staged.base_version;
-            for (k, e) in staged.request.events.iter().enumerate() {
-                overlay.state.apply(&Envelope {
-                    global_position: 0,
-                    incident_id: id,
-                    stream_version: base + 1 + k as u64,
-                    event_id: e.event_id,
-                    event_type: &e.event_type,
-                    data: &e.data,
-                    recorded_at: chunk.now,
-                    recorded_by,
-                })?;
-            }
-        }
-        let version = overlay.state.version() + overlay.pending_events(&chunk.lines);
+        let version = state.version();
         let failure = match cmd.expected {
             ExpectedVersion::Exact(n) if n != version => Some(self.conflict(&cmd, version)),
-            _ => decide(&overlay.state, &cmd.events, Utc::now(), "/events")
+            _ => decide_and_apply(state, &cmd.events, Utc::now(), "/events")
                 .err()
                 .map(ApiError::invalid),
         };
@@ -847,14 +858,12 @@ impl AppService {
             }
             return Ok(());
         }
-        overlay.unapplied.push(chunk.lines.len());
         chunk.events += cmd.events.len();
         chunk
             .event_ids
             .extend(cmd.events.iter().map(|e| e.event_id));
         chunk.lines.push(Staged {
             line,
-            base_version: version,
             request: AppendRequest {
                 stream_id: id,
                 expected_version: ExpectedVersion::Exact(version),
@@ -876,7 +885,7 @@ impl AppService {
     ) -> Result<(), ApiError> {
         let staged = std::mem::take(&mut chunk.lines);
         if staged.is_empty() {
-            chunk.clear();
+            chunk.clear(&HashSet::new());
             return Ok(());
         }
         let (requests, rest): (Vec<_>, Vec<_>) = staged
@@ -889,6 +898,8 @@ impl AppService {
         m.store_append_seconds.observe_duration(started.elapsed());
         let mut retry = Vec::new();
         let mut failed_incidents = HashSet::new();
+        // Incidents whose stream may differ from the chunk's decision state.
+        let mut unsure = HashSet::new();
         for ((line, cmd), result) in rest.into_iter().zip(results) {
             let n = cmd.events.len() as u64;
             m.append_batch_size.observe(n as f64);
@@ -896,6 +907,7 @@ impl AppService {
                 Ok(outcome) => {
                     *last_position = (*last_position).max(outcome.last_position);
                     if outcome.duplicate {
+                        unsure.insert(cmd.incident_id);
                         report.duplicates += n;
                         m.events_duplicate.fetch_add(n, Relaxed);
                     } else {
@@ -930,7 +942,8 @@ impl AppService {
             }
         }
         // Release the stripes before single appends retake them.
-        chunk.clear();
+        unsure.extend(failed_incidents);
+        chunk.clear(&unsure);
         for (line, cmd) in retry {
             match self.append(cmd, recorded_by).await {
                 Ok(a) => {
@@ -1078,57 +1091,37 @@ impl AppService {
 
 struct Chunk {
     lines: Vec<Staged>,
-    states: HashMap<Uuid, Overlay>,
+    /// Decision state of each incident of the chunk after its accepted lines.
+    states: HashMap<Uuid, IncidentState>,
+    /// States of incidents whose lines of earlier chunks all landed (at most `carry_max`):
+    /// valid while the stream is still at their version.
+    carried: HashMap<Uuid, IncidentState>,
     event_ids: HashSet<Uuid>,
     guards: HashMap<usize, OwnedMutexGuard<()>>,
+    carry_max: usize,
     events: usize,
-    /// `recorded_at` stand-in for folding staged events into decision states.
-    now: DateTime<Utc>,
-}
-
-impl Default for Chunk {
-    fn default() -> Self {
-        Chunk {
-            lines: Vec::new(),
-            states: HashMap::new(),
-            event_ids: HashSet::new(),
-            guards: HashMap::new(),
-            events: 0,
-            now: Utc::now(),
-        }
-    }
 }
 
 impl Chunk {
-    fn clear(&mut self) {
+    /// Empties the chunk after a write, keeping the states of the incidents not in `unsure`.
+    fn clear(&mut self, unsure: &HashSet<Uuid>) {
+        if self.carried.len() + self.states.len() > self.carry_max {
+            self.carried.clear();
+        }
+        for (id, state) in self.states.drain() {
+            if !unsure.contains(&id) {
+                self.carried.insert(id, state);
+            }
+        }
         self.lines.clear();
-        self.states.clear();
         self.event_ids.clear();
         self.guards.clear();
         self.events = 0;
-        self.now = Utc::now();
-    }
-}
-
-/// An incident's decision state during a chunk: the state before the chunk plus the accepted
-/// lines not yet folded into it (folded only when another line of the incident comes).
-struct Overlay {
-    state: IncidentState,
-    unapplied: Vec<usize>,
-}
-
-impl Overlay {
-    fn pending_events(&self, lines: &[Staged]) -> u64 {
-        self.unapplied
-            .iter()
-            .map(|i| lines[*i].request.events.len() as u64)
-            .sum()
     }
 }
 
 struct Staged {
     line: u64,
-    base_version: u64,
     request: AppendRequest,
     cmd: AppendCommand,
 }
@@ -1148,7 +1141,7 @@ enum Parsed {
 
 impl LineBatch {
     /// Parses every line (pure CPU work, run on a blocking thread).
-    fn parse(self) -> Vec<(u64, Parsed)> {
+    fn parse(&self) -> Vec<(u64, Parsed)> {
         self.lines
             .iter()
             .map(|&(line, start, end)| {

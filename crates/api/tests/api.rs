@@ -1086,3 +1086,72 @@ async fn offline_import_applies_the_same_rules() {
         view.body
     );
 }
+
+/// An import keeps the decision states of one chunk for the next (offline they are the only
+/// copy): lines of a later chunk are decided on what earlier chunks accepted, a rejected line
+/// leaves its incident's state as it was, and an incident recorded before the import is read
+/// from the store.
+#[tokio::test]
+async fn offline_import_decides_later_chunks_on_earlier_ones() {
+    let app = app().await;
+    let before = Uuid::new_v4();
+    let before_claim = Uuid::new_v4();
+    app.append(
+        before,
+        json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling"), claim(Uuid::new_v4(), before_claim)]}),
+    )
+    .await;
+    let (a, a_claim) = (Uuid::new_v4(), Uuid::new_v4());
+    let line = |v: Value| v.to_string();
+    let mut lines = vec![
+        // 1: incident a with a claim.
+        line(
+            json!({"incident_id": a, "expected_version": 0, "events": [reported(Uuid::new_v4(), "UA-65", "drone_strike"), claim(Uuid::new_v4(), a_claim)]}),
+        ),
+        // 2: rejected (a has version 2), so a stays at 2.
+        line(
+            json!({"incident_id": a, "expected_version": 5, "events": [casualties(Uuid::new_v4(), 9)]}),
+        ),
+        // 3: the incident recorded before the import, read from the store.
+        line(
+            json!({"incident_id": before, "expected_version": 2, "events": [denial(Uuid::new_v4(), before_claim)]}),
+        ),
+    ];
+    // More than a chunk (16,384 events) of other incidents.
+    for _ in 0..17_000 {
+        lines.push(line(
+            json!({"incident_id": Uuid::new_v4(), "expected_version": 0, "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+        ));
+    }
+    let later = lines.len() as u64 + 1;
+    lines.extend([
+        // The claim made in the first chunk can be denied.
+        line(json!({"incident_id": a, "expected_version": 2, "events": [denial(Uuid::new_v4(), a_claim)]})),
+        // An unknown claim cannot.
+        line(json!({"incident_id": a, "events": [denial(Uuid::new_v4(), Uuid::new_v4())]})),
+        // Stale: the denial above made it version 3.
+        line(json!({"incident_id": before, "expected_version": 2, "events": [casualties(Uuid::new_v4(), 1)]})),
+        line(json!({"incident_id": before, "expected_version": 3, "events": [casualties(Uuid::new_v4(), 4)]})),
+    ]);
+    let offline = AppService::start_offline(app.store.clone()).await.unwrap();
+    let report = offline
+        .import_ndjson(lines.join("\n").as_bytes(), "offline", &|_| {})
+        .await
+        .unwrap();
+    let rejected: Vec<(u64, u16)> = report.rejected.iter().map(|r| (r.line, r.status)).collect();
+    assert_eq!(
+        rejected,
+        [(2, 409), (later + 1, 422), (later + 2, 409)],
+        "{:?}",
+        report.rejected
+    );
+    assert_eq!(report.appended, 2 + 1 + 17_000 + 1 + 1, "{report:?}");
+    let head = app.head().await;
+    app.service.wait_applied(head).await;
+    let a_view = app.get(&format!("/v1/incidents/{a}")).await;
+    assert_eq!(a_view.body["version"], 3);
+    assert_eq!(a_view.body["claims"][0]["status"], "disputed");
+    let before_view = app.get(&format!("/v1/incidents/{before}")).await;
+    assert_eq!(before_view.body["version"], 4);
+    assert_eq!(before_view.body["casualties"]["killed"]["best"], 4);
+}

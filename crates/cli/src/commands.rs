@@ -220,9 +220,11 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
     };
     let reader = tokio::io::BufReader::with_capacity(1 << 20, input);
     let store = Arc::new(open_store(&args.store, &args.write).await?);
-    let service = AppService::start(store.clone())
+    // No views: the import keeps the decision state of every incident it touches, and reads
+    // (once) the stream of an incident recorded before it.
+    let service = AppService::start_offline(store.clone())
         .await
-        .context("cannot build the views from the log")?;
+        .context("cannot start the service")?;
     // Lines are only known as they are read: a spinner with a count for big inputs.
     let bar = if size.is_none_or(|s| s >= 4 << 20) {
         progress_bar(None, "lines")

@@ -19,95 +19,158 @@ pub fn decide(
     now: DateTime<Utc>,
     pointer_prefix: &str,
 ) -> Result<(), Vec<FieldError>> {
-    let mut errs = Vec::new();
+    if let [only] = events {
+        // One event is checked against the state itself: no copy of it.
+        let mut errs = Vec::new();
+        check_event(state, 0, only, now, pointer_prefix, &mut errs);
+        return if errs.is_empty() { Ok(()) } else { Err(errs) };
+    }
     let mut st = state.clone();
+    decide_in(&mut st, events, now, pointer_prefix)
+}
+
+/// [`decide`], and on acceptance `state` becomes the decision state after the batch: what
+/// folding the recorded events gives, except that positions and `recorded_at` are stand-ins
+/// (the last position; `now`). On rejection `state` is unchanged. A bulk import decides the
+/// next line of an incident on it without reading or decoding the events it just accepted.
+pub fn decide_and_apply(
+    state: &mut IncidentState,
+    events: &[TypedEvent],
+    now: DateTime<Utc>,
+    pointer_prefix: &str,
+) -> Result<(), Vec<FieldError>> {
+    if let [only] = events {
+        let mut errs = Vec::new();
+        check_event(state, 0, only, now, pointer_prefix, &mut errs);
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        apply_accepted(state, only, now, &mut Interner::off());
+        return Ok(());
+    }
+    let mut st = state.clone();
+    decide_in(&mut st, events, now, pointer_prefix)?;
+    *state = st;
+    Ok(())
+}
+
+/// Checks the events in order on `st`, applying each one that passes (so later events see
+/// it); every problem is collected.
+fn decide_in(
+    st: &mut IncidentState,
+    events: &[TypedEvent],
+    now: DateTime<Utc>,
+    pointer_prefix: &str,
+) -> Result<(), Vec<FieldError>> {
+    let mut errs = Vec::new();
     let mut names = Interner::off();
-    let limit = now + MAX_FUTURE;
     for (i, te) in events.iter().enumerate() {
         let before = errs.len();
-        let ptr = format!("{pointer_prefix}/{i}");
-        let data = format!("{ptr}/data");
-        let mut err = |field: Option<&str>, msg: String| {
-            let p = match field {
-                Some("../type") => format!("{ptr}/type"),
-                Some(f) => format!("{data}/{f}"),
-                None => ptr.clone(),
-            };
-            errs.push(FieldError::new(p, msg));
-        };
-        if let Some(r) = st.retraction.as_deref() {
-            err(
-                None,
-                format!(
-                    "the incident was retracted ({}); a retracted incident accepts no further events \
-                     (report a new incident instead)",
-                    r.reason
-                ),
-            );
-            continue;
-        }
-        if let Err((field, msg)) = st.check(&te.event) {
-            // A rule about the event as a whole is about its type (first event, only once).
-            err(Some(field.unwrap_or("../type")), msg);
-        }
-        let future = |t: &crate::OccurredAt| t.to_datetime() > limit;
-        match &te.event {
-            IncidentEvent::IncidentReported(r) if future(&r.occurred_at) => {
-                err(Some("occurred_at"), future_msg(&r.occurred_at, now));
-            }
-            IncidentEvent::IncidentCorrected(c) => {
-                if let Some(t) = c.occurred_at.as_ref().filter(|t| future(t)) {
-                    err(Some("occurred_at"), future_msg(t, now));
-                }
-                if let (Some(core), None, Some(tp)) =
-                    (st.core.as_deref(), c.occurred_at, c.time_precision)
-                {
-                    if !tp.fits(&core.occurred_at) {
-                        err(
-                            Some("time_precision"),
-                            format!(
-                                "{} precision needs a timestamp; the incident's occurred_at is the plain date {}",
-                                tp.as_str(),
-                                core.occurred_at
-                            ),
-                        );
-                    }
-                }
-                if st.core.is_some() && !st.correction_changes(c) {
-                    err(
-                        None,
-                        "the correction changes nothing: every given field already has that value"
-                            .into(),
-                    );
-                }
-            }
-            IncidentEvent::IncidentRetracted(r) => {
-                if let (Some(d), Some(id)) = (r.duplicate_of, st.id) {
-                    if d == id {
-                        err(
-                            Some("duplicate_of"),
-                            "an incident cannot be a duplicate of itself".into(),
-                        );
-                    }
-                }
-            }
-            _ => {}
-        }
+        check_event(st, i, te, now, pointer_prefix, &mut errs);
         if errs.len() == before {
-            st.apply_event(
-                te.event.clone(),
-                Meta {
-                    position: st.last_position,
-                    recorded_at: now,
-                },
-                &mut names,
-            );
+            apply_accepted(st, te, now, &mut names);
         }
     }
     if errs.is_empty() {
         Ok(())
     } else {
         Err(errs)
+    }
+}
+
+fn apply_accepted(
+    st: &mut IncidentState,
+    te: &TypedEvent,
+    now: DateTime<Utc>,
+    names: &mut Interner,
+) {
+    let position = st.last_position;
+    st.apply_event(
+        te.event.clone(),
+        Meta {
+            position,
+            recorded_at: now,
+        },
+        names,
+    );
+}
+
+/// The problems of event `i` of a batch against `st` (the state the earlier events left).
+fn check_event(
+    st: &IncidentState,
+    i: usize,
+    te: &TypedEvent,
+    now: DateTime<Utc>,
+    pointer_prefix: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    let limit = now + MAX_FUTURE;
+    // Pointers are built only for a problem (most events have none).
+    let mut err = |field: Option<&str>, msg: String| {
+        let p = match field {
+            Some("../type") => format!("{pointer_prefix}/{i}/type"),
+            Some(f) => format!("{pointer_prefix}/{i}/data/{f}"),
+            None => format!("{pointer_prefix}/{i}"),
+        };
+        errs.push(FieldError::new(p, msg));
+    };
+    if let Some(r) = st.retraction.as_deref() {
+        err(
+            None,
+            format!(
+                "the incident was retracted ({}); a retracted incident accepts no further events \
+                 (report a new incident instead)",
+                r.reason
+            ),
+        );
+        return;
+    }
+    if let Err((field, msg)) = st.check(&te.event) {
+        // A rule about the event as a whole is about its type (first event, only once).
+        err(Some(field.unwrap_or("../type")), msg);
+    }
+    let future = |t: &crate::OccurredAt| t.to_datetime() > limit;
+    match &te.event {
+        IncidentEvent::IncidentReported(r) if future(&r.occurred_at) => {
+            err(Some("occurred_at"), future_msg(&r.occurred_at, now));
+        }
+        IncidentEvent::IncidentCorrected(c) => {
+            if let Some(t) = c.occurred_at.as_ref().filter(|t| future(t)) {
+                err(Some("occurred_at"), future_msg(t, now));
+            }
+            if let (Some(core), None, Some(tp)) =
+                (st.core.as_deref(), c.occurred_at, c.time_precision)
+            {
+                if !tp.fits(&core.occurred_at) {
+                    err(
+                        Some("time_precision"),
+                        format!(
+                            "{} precision needs a timestamp; the incident's occurred_at is the plain date {}",
+                            tp.as_str(),
+                            core.occurred_at
+                        ),
+                    );
+                }
+            }
+            if st.core.is_some() && !st.correction_changes(c) {
+                err(
+                    None,
+                    "the correction changes nothing: every given field already has that value"
+                        .into(),
+                );
+            }
+        }
+        IncidentEvent::IncidentRetracted(r) => {
+            if let (Some(d), Some(id)) = (r.duplicate_of, st.id) {
+                if d == id {
+                    err(
+                        Some("duplicate_of"),
+                        "an incident cannot be a duplicate of itself".into(),
+                    );
+                }
+            }
+        }
+        _ => {}
     }
 }
 

@@ -25,7 +25,7 @@ mod time;
 mod validate;
 mod view;
 
-pub use decide::{decide, MAX_FUTURE};
+pub use decide::{decide, decide_and_apply, MAX_FUTURE};
 pub use error::{FieldError, ProjectionError};
 pub use events::{
     Assessment, CasualtiesReported, ClaimAssessed, ClaimDenied, ClaimMade, ClaimStatus,

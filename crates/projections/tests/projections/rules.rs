@@ -2,6 +2,7 @@
 use crate::common::*;
 use incidentlog_projections::*;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 const C1: &str = "c1a1e000-0000-4000-8000-000000000001";
 const C2: &str = "c1a1e000-0000-4000-8000-000000000002";
@@ -40,6 +41,16 @@ type Case = (
     Vec<(&'static str, Value)>,
     Vec<(&'static str, &'static str)>,
 );
+
+/// Typed events of `[(type, data)]` (event ids by index).
+fn typed(events: &[(&'static str, Value)]) -> Vec<TypedEvent> {
+    let body: Vec<Value> = events
+        .iter()
+        .enumerate()
+        .map(|(i, (t, d))| json!({"event_id": Uuid::from_u128(0xd0000000_0000_4000_8000_000000000000 | i as u128), "type": t, "data": d}))
+        .collect();
+    parse_events(&Value::Array(body), "/events").expect("valid events")
+}
 
 #[test]
 fn decide_table() {
@@ -204,10 +215,34 @@ fn decide_table() {
             ],
         ),
     ];
+    let probes = [
+        vec![claim(C1)],
+        vec![deny(C1)],
+        vec![deny(C2)],
+        vec![assess(C2, "confirmed")],
+        vec![rep()],
+        vec![correct(json!({"region": "UA-65"}))],
+        vec![correct(json!({"time_precision": "hour"}))],
+        vec![retract()],
+        vec![source_added()],
+    ];
     for (name, history, batch, expected) in cases {
         let mut log = Log::new();
         if !history.is_empty() {
             log.append(id(1), &history);
+        }
+        // decide_and_apply gives decide's verdict, leaves a rejected batch's state as it was,
+        // and an accepted one's state decides like the fold of the recorded events.
+        let mut applied = log.state(id(1));
+        let state_before = applied.clone();
+        let verdict = decide_and_apply(&mut applied, &typed(&batch), now(), "/events");
+        match &verdict {
+            Ok(()) => assert_eq!(
+                applied.version(),
+                state_before.version() + batch.len() as u64,
+                "case {name:?}"
+            ),
+            Err(_) => assert_eq!(applied, state_before, "case {name:?}"),
         }
         let before = log.recs.len();
         let got = match log.try_append(id(1), &batch) {
@@ -217,6 +252,16 @@ fn decide_table() {
         let ptrs: Vec<&str> = got.iter().map(|e| e.pointer.as_str()).collect();
         let want: Vec<&str> = expected.iter().map(|(p, _)| *p).collect();
         assert_eq!(ptrs, want, "case {name:?}: {got:#?}");
+        assert_eq!(verdict.err().unwrap_or_default(), got, "case {name:?}");
+        let folded = log.state(id(1));
+        for probe in &probes {
+            let probe = typed(probe);
+            assert_eq!(
+                decide(&applied, &probe, now(), "/events"),
+                decide(&folded, &probe, now(), "/events"),
+                "case {name:?}: the applied state decides like the folded one"
+            );
+        }
         for (e, (_, frag)) in got.iter().zip(&expected) {
             assert!(
                 e.message.contains(frag),

@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     /// Batches written and events in them (for the benchmark's events-per-sync figure).
     pub(crate) writes: AtomicU64,
     pub(crate) written_events: AtomicU64,
+    /// Emptied batch buffers the I/O thread hands back for the next batches: a bulk batch is
+    /// megabytes, and fresh memory for every one cost page faults and zeroing.
+    pub(crate) spare: Mutex<Vec<writer::Buffers>>,
 }
 
 impl Shared {
@@ -162,6 +165,7 @@ impl FileStore {
             durable_seq: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             written_events: AtomicU64::new(0),
+            spare: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let (jobs_tx, jobs_rx) = mpsc::channel(1);

@@ -118,6 +118,18 @@ impl Building {
     }
 }
 
+/// A batch's encoded records and their index entries, kept for reuse once written.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    buf: Vec<u8>,
+    entries: Vec<(u32, i64, Uuid, Uuid)>,
+}
+
+/// Spare buffers kept at most (one batch being built, one being written, one to spare).
+const SPARE_BUFFERS: usize = 2;
+/// Larger buffers are not kept (a batch is at most `MAX_BATCH_BYTES` plus one request).
+const SPARE_MAX_BYTES: usize = 64 << 20;
+
 /// The records of the batch being built.
 #[derive(Default)]
 struct BatchCtx {
@@ -301,6 +313,22 @@ impl Writer {
         results.push(rs);
     }
 
+    /// An empty batch, on spare buffers when the I/O thread has handed some back.
+    fn fresh_ctx(&self) -> BatchCtx {
+        let spare = self
+            .shared
+            .spare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        BatchCtx {
+            maps: Maps::default(),
+            buf: spare.buf,
+            entries: spare.entries,
+        }
+    }
+
     fn start_batch(&mut self) -> Building {
         // Batches the I/O thread has published are in the index now.
         let durable = self.shared.durable_seq.load(Ordering::Acquire);
@@ -320,7 +348,7 @@ impl Writer {
             requests: Vec::new(),
             replies: Vec::new(),
             results: Vec::new(),
-            ctx: BatchCtx::default(),
+            ctx: self.fresh_ctx(),
             roll,
             now,
             events: 0,
@@ -630,8 +658,8 @@ impl IoStage {
         let Job {
             seq,
             roll,
-            buf,
-            entries,
+            mut buf,
+            mut entries,
             head,
             seg_len,
             replies,
@@ -650,7 +678,7 @@ impl IoStage {
                         .fetch_add(entries.len() as u64, Ordering::Relaxed);
                     {
                         let mut index = self.shared.index_mut();
-                        for (offset, at, stream, id) in entries {
+                        for (offset, at, stream, id) in entries.drain(..) {
                             index.push(offset, at, stream, id);
                         }
                         if let Some(s) = index.segments.last_mut() {
@@ -683,6 +711,14 @@ impl IoStage {
         }
         if let Some(reply) = close {
             let _ = reply.send(self.close());
+        }
+        if buf.capacity() <= SPARE_MAX_BYTES {
+            buf.clear();
+            entries.clear();
+            let mut spare = self.shared.spare.lock().unwrap_or_else(|e| e.into_inner());
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(Buffers { buf, entries });
+            }
         }
         self.idle.notify_one();
     }
