@@ -813,7 +813,7 @@ impl AppService {
                 Some(state) if state.version() == lean!(self.inner.store, stream_version(id))? => {
                     state
                 }
-                _ => self.decision_state(id).await?,
+                _ => Box::new(self.decision_state(id).await?),
             };
             chunk.states.insert(id, state);
         }
@@ -1091,11 +1091,12 @@ impl AppService {
 
 struct Chunk {
     lines: Vec<Staged>,
-    /// Decision state of each incident of the chunk after its accepted lines.
-    states: HashMap<Uuid, IncidentState>,
+    /// Decision state of each incident of the chunk after its accepted lines (boxed: moved
+    /// between the maps, and rehashed as they grow).
+    states: HashMap<Uuid, Box<IncidentState>>,
     /// States of incidents whose lines of earlier chunks all landed (at most `carry_max`):
     /// valid while the stream is still at their version.
-    carried: HashMap<Uuid, IncidentState>,
+    carried: HashMap<Uuid, Box<IncidentState>>,
     event_ids: HashSet<Uuid>,
     guards: HashMap<usize, OwnedMutexGuard<()>>,
     carry_max: usize,

@@ -313,8 +313,9 @@ impl Writer {
         results.push(rs);
     }
 
-    /// An empty batch, on spare buffers when the I/O thread has handed some back.
-    fn fresh_ctx(&self) -> BatchCtx {
+    /// An empty batch, on spare buffers when the I/O thread has handed some back, and on the
+    /// maps of a published batch when there is one.
+    fn fresh_ctx(&self, maps: Option<Maps>) -> BatchCtx {
         let spare = self
             .shared
             .spare
@@ -322,8 +323,13 @@ impl Writer {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_default();
+        let maps = maps.map_or_else(Maps::default, |mut m| {
+            m.streams.clear();
+            m.ids.clear();
+            m
+        });
         BatchCtx {
-            maps: Maps::default(),
+            maps,
             buf: spare.buf,
             entries: spare.entries,
         }
@@ -332,8 +338,10 @@ impl Writer {
     fn start_batch(&mut self) -> Building {
         // Batches the I/O thread has published are in the index now.
         let durable = self.shared.durable_seq.load(Ordering::Acquire);
+        // Their maps are cleared for this batch (keeping their capacity).
+        let mut maps = None;
         while self.inflight.front().is_some_and(|o| o.seq <= durable) {
-            self.inflight.pop_front();
+            maps = self.inflight.pop_front().map(|o| o.maps);
         }
         let roll = if self.seg_len >= self.segment_size && self.seg_len > HEADER_LEN as u64 {
             self.seg_len = HEADER_LEN as u64;
@@ -348,7 +356,7 @@ impl Writer {
             requests: Vec::new(),
             replies: Vec::new(),
             results: Vec::new(),
-            ctx: self.fresh_ctx(),
+            ctx: self.fresh_ctx(maps),
             roll,
             now,
             events: 0,
