@@ -1155,3 +1155,127 @@ async fn offline_import_decides_later_chunks_on_earlier_ones() {
     assert_eq!(before_view.body["version"], 4);
     assert_eq!(before_view.body["casualties"]["killed"]["best"], 4);
 }
+
+/// One chunk of an import is written while the next is staged on the states it leaves. When
+/// the written chunk comes back with a surprise (here a repeat the store answers as a
+/// duplicate, so the incident did not move), the next chunk's decisions are redone on what was
+/// recorded: a line accepted on the speculation is now a conflict, a line refused on it lands.
+#[tokio::test]
+async fn import_redecides_a_chunk_staged_on_a_written_chunk_that_did_not_all_land() {
+    let app = app().await;
+    let x = Uuid::new_v4();
+    let repeated = casualties(Uuid::new_v4(), 1);
+    app.append(
+        x,
+        json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+    )
+    .await;
+    app.append(x, json!({"events": [repeated.clone()]})).await;
+    let line = |v: Value| v.to_string();
+    // First chunk (16,384 events): the repeat, staged as a new append at version 2 -> 3.
+    let mut lines = vec![line(json!({"incident_id": x, "events": [repeated]}))];
+    let y = Uuid::new_v4();
+    lines.push(line(
+        json!({"incident_id": y, "expected_version": 0, "events": [reported(Uuid::new_v4(), "UA-65", "shelling")]}),
+    ));
+    for _ in 0..16_382 {
+        lines.push(line(
+            json!({"incident_id": Uuid::new_v4(), "expected_version": 0, "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+        ));
+    }
+    let next = lines.len() as u64 + 1;
+    lines.extend([
+        // Accepted on the speculation (x at 3), a conflict on what was recorded (x at 2).
+        line(json!({"incident_id": x, "expected_version": 3, "events": [casualties(Uuid::new_v4(), 7)]})),
+        // Fine either way: y was created in the first chunk.
+        line(json!({"incident_id": y, "expected_version": 1, "events": [casualties(Uuid::new_v4(), 2)]})),
+        // Refused on the speculation, accepted on what was recorded.
+        line(json!({"incident_id": x, "expected_version": 2, "events": [casualties(Uuid::new_v4(), 5)]})),
+    ]);
+    let report = app
+        .service
+        .import_ndjson(lines.join("\n").as_bytes(), "cli", &|_| {})
+        .await
+        .unwrap();
+    let rejected: Vec<(u64, u16)> = report.rejected.iter().map(|r| (r.line, r.status)).collect();
+    assert_eq!(rejected, [(next, 409)], "{:?}", report.rejected);
+    assert_eq!(
+        (report.appended, report.duplicates),
+        (1 + 16_382 + 1 + 1, 1),
+        "{report:?}"
+    );
+    let x_view = app.get(&format!("/v1/incidents/{x}")).await;
+    assert_eq!(x_view.body["version"], 3);
+    assert_eq!(x_view.body["casualties"]["killed"]["best"], 5);
+    let y_view = app.get(&format!("/v1/incidents/{y}")).await;
+    assert_eq!(y_view.body["version"], 2);
+}
+
+/// Single appends to the incidents of a running import wait for its lock stripes and land;
+/// neither side stalls (the next chunk takes over the stripes of the chunk being written).
+#[tokio::test]
+async fn appends_during_a_long_import_of_the_same_incidents_all_land() {
+    let app = app().await;
+    let hot: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    for id in &hot {
+        app.append(
+            *id,
+            json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+        )
+        .await;
+    }
+    let mut body = String::new();
+    for i in 0..40_000 {
+        let id = if i % 10 == 0 {
+            hot[(i / 10) % hot.len()]
+        } else {
+            Uuid::new_v4()
+        };
+        let ev = if i % 10 == 0 {
+            casualties(Uuid::new_v4(), 1)
+        } else {
+            reported(Uuid::new_v4(), "UA-65", "shelling")
+        };
+        body.push_str(&json!({"incident_id": id, "events": [ev]}).to_string());
+        body.push('\n');
+    }
+    let writer = {
+        let router = app.router.clone();
+        let token = app.reporter.clone();
+        let hot = hot.clone();
+        tokio::spawn(async move {
+            let mut created = 0;
+            for i in 0..200 {
+                let id = hot[i % hot.len()];
+                let req = Request::post(format!("/v1/incidents/{id}/events"))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .body(Body::from(
+                        json!({"events": [casualties(Uuid::new_v4(), 2)]}).to_string(),
+                    ))
+                    .unwrap();
+                let status = router.clone().oneshot(req).await.unwrap().status();
+                assert_eq!(status, StatusCode::CREATED);
+                created += 1;
+            }
+            created
+        })
+    };
+    let import = app.service.import_ndjson(body.as_bytes(), "cli", &|_| {});
+    let report = tokio::time::timeout(Duration::from_secs(120), import)
+        .await
+        .expect("the import finishes")
+        .unwrap();
+    let created = tokio::time::timeout(Duration::from_secs(120), writer)
+        .await
+        .expect("the appends finish")
+        .unwrap();
+    assert_eq!(report.rejected, vec![]);
+    assert_eq!(report.appended, 40_000);
+    let mut versions = 0;
+    for id in &hot {
+        let v = app.get(&format!("/v1/incidents/{id}")).await;
+        versions += v.body["version"].as_u64().unwrap();
+    }
+    assert_eq!(versions, 4 + 4_000 + created);
+}

@@ -1,0 +1,568 @@
+//! Bulk import: NDJSON lines in the format of `POST /v1/events`, each line its own atomic
+//! append with the single-append validation, written in chunks of ~16k events that share one
+//! `append_many` (one sync).
+//!
+//! Three stages overlap:
+//! - lines are parsed (JSON, typed events, canonical bytes) on blocking threads, several
+//!   batches ahead of the staging, which must go in line order;
+//! - staging decides each line on its incident's state as the earlier lines left it
+//!   (`decide_and_apply`) and queues it in the current chunk;
+//! - the previous chunk is written while the current one is staged. Lines of the current
+//!   chunk whose incident is in the chunk being written are decided on the states that chunk
+//!   leaves, before it is known to have landed. That is a speculation: when the written chunk
+//!   comes back with anything but plain successes (a conflict, a repeat, a retry), the current
+//!   chunk's decisions are thrown away and its lines staged again on what was recorded.
+//!
+//! Nothing of a chunk is sent before the chunk before it has been settled, so the store sees
+//! the chunks one at a time, in line order, as without the overlap.
+use super::*;
+
+/// Lines (and bytes) per parsing task of a bulk import, and how many tasks run ahead.
+const PARSE_BATCH_LINES: usize = 2048;
+const PARSE_BATCH_BYTES: usize = 4 << 20;
+/// Enough to keep the parsing threads busy while a chunk is written and synced (8 against 2:
+/// ~7% faster `incidentlog import` of the 1M-event bench log, at most ~32 MiB more held).
+const PARSE_AHEAD: usize = 8;
+/// Events per `append_many` call of a bulk import (one sync each).
+const IMPORT_CHUNK_EVENTS: usize = 16 * 1024;
+/// Decision states an import keeps from one chunk to the next (~1 KiB each), so that the next
+/// chunk decides on them instead of waiting for the live views to apply the last one (which
+/// put the views' fold on the import's critical path), or, offline, instead of reading and
+/// folding the stream again. Offline, they are the only copy of the incidents' states.
+const CARRY_STATES_LIVE: usize = 64 * 1024;
+const CARRY_STATES_OFFLINE: usize = 1024 * 1024;
+
+type Results = Vec<Result<AppendOutcome, StoreError>>;
+
+impl AppService {
+    /// Bulk import of NDJSON lines (the format of `POST /v1/events`): each line its own atomic
+    /// append with the same validation as a single append; accepted lines are written in
+    /// chunks that share one sync. Lines touching the same incident are checked in line order
+    /// against each other. Rejected lines record nothing.
+    pub async fn import_ndjson<R: AsyncBufRead + Unpin>(
+        &self,
+        input: R,
+        recorded_by: &str,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<ImportReport, ApiError> {
+        let _one_import = self.inner.import_lock.lock().await;
+        let mut import = Importer {
+            svc: self,
+            recorded_by,
+            report: ImportReport::default(),
+            last_position: 0,
+            cur: Chunk::default(),
+            writing: None,
+            carried: HashMap::new(),
+            carry_max: if self.inner.live {
+                CARRY_STATES_LIVE
+            } else {
+                CARRY_STATES_OFFLINE
+            },
+        };
+        let result = import.run(input, progress).await;
+        if let Some(w) = import.writing.take() {
+            // Failed half-way: let the chunk being written finish before answering.
+            let _ = w.results.await;
+        }
+        result?;
+        let mut report = import.report;
+        report.rejected.sort_by_key(|r| r.line);
+        Ok(report)
+    }
+}
+
+struct Importer<'a> {
+    svc: &'a AppService,
+    recorded_by: &'a str,
+    report: ImportReport,
+    last_position: u64,
+    /// The chunk being staged.
+    cur: Chunk,
+    /// The chunk being written, if any.
+    writing: Option<Writing>,
+    /// States of incidents whose lines of earlier chunks all landed (at most `carry_max`):
+    /// valid while the stream is still at their version.
+    carried: HashMap<Uuid, Box<IncidentState>>,
+    carry_max: usize,
+}
+
+/// A line waiting to be staged (again).
+struct Pending {
+    line: u64,
+    cmd: AppendCommand,
+    new: Vec<NewEvent>,
+}
+
+#[derive(Default)]
+struct Chunk {
+    lines: Vec<Staged>,
+    /// Decision state of each incident of the chunk after its accepted lines (boxed: moved
+    /// between maps, and rehashed as they grow).
+    states: HashMap<Uuid, Box<IncidentState>>,
+    event_ids: HashSet<Uuid>,
+    /// Lock stripes of the chunk's incidents, held until the chunk is settled.
+    guards: HashMap<usize, OwnedMutexGuard<()>>,
+    events: usize,
+}
+
+struct Staged {
+    line: u64,
+    request: AppendRequest,
+    cmd: AppendCommand,
+}
+
+impl Staged {
+    fn into_pending(self) -> Pending {
+        Pending {
+            line: self.line,
+            cmd: self.cmd,
+            new: self.request.events,
+        }
+    }
+}
+
+/// A chunk handed to the store: its `append_many` runs on its own task.
+struct Writing {
+    results: tokio::task::JoinHandle<Results>,
+    started: Instant,
+    lines: Vec<(u64, AppendCommand)>,
+    states: HashMap<Uuid, Box<IncidentState>>,
+    event_ids: HashSet<Uuid>,
+    guards: HashMap<usize, OwnedMutexGuard<()>>,
+}
+
+/// What staging one line came to.
+enum Step {
+    Done,
+    /// Stage these lines first, in this order (the last one is the line itself).
+    Again(Vec<Pending>),
+}
+
+impl Importer<'_> {
+    async fn run<R: AsyncBufRead + Unpin>(
+        &mut self,
+        mut input: R,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), ApiError> {
+        let mut line_no = 0u64;
+        let mut eof = false;
+        type Parsing = tokio::task::JoinHandle<(Vec<(u64, Parsed)>, LineBatch)>;
+        let mut parsing: VecDeque<Parsing> = VecDeque::new();
+        // Batches come back from parsing to be refilled (fresh megabytes for each cost page
+        // faults).
+        let mut spare: Vec<LineBatch> = Vec::new();
+        loop {
+            if !eof && parsing.len() < PARSE_AHEAD {
+                let mut batch = spare.pop().unwrap_or_default();
+                batch.bytes.clear();
+                batch.lines.clear();
+                while batch.lines.len() < PARSE_BATCH_LINES && batch.bytes.len() < PARSE_BATCH_BYTES
+                {
+                    let start = batch.bytes.len();
+                    let n = input
+                        .read_until(b'\n', &mut batch.bytes)
+                        .await
+                        .map_err(|e| {
+                            ApiError::bad_request(format!("reading the input failed: {e}"))
+                        })?;
+                    if n == 0 {
+                        eof = true;
+                        break;
+                    }
+                    line_no += 1;
+                    batch.lines.push((line_no, start, batch.bytes.len()));
+                }
+                if !batch.lines.is_empty() {
+                    parsing.push_back(tokio::task::spawn_blocking(move || (batch.parse(), batch)));
+                }
+                if !eof && parsing.len() < PARSE_AHEAD {
+                    continue;
+                }
+            }
+            let Some(next) = parsing.pop_front() else {
+                break;
+            };
+            let (parsed, used) = next
+                .await
+                .map_err(|e| ApiError::Internal(format!("parsing task failed: {e}")))?;
+            if spare.len() < 2 {
+                spare.push(used);
+            }
+            let mut last_line = 0;
+            for (line, p) in parsed {
+                last_line = line;
+                match p {
+                    Parsed::Blank => {}
+                    Parsed::Rejected(status, detail) => {
+                        reject(&mut self.report, line, status, detail);
+                    }
+                    Parsed::Command(cmd, new) => {
+                        self.stage_all(vec![Pending { line, cmd, new }]).await?;
+                    }
+                }
+            }
+            progress(last_line);
+        }
+        loop {
+            let again = self.write_now().await?;
+            if again.is_empty() {
+                break;
+            }
+            // The chunk being written came back with trouble: stage the next one's lines again.
+            self.stage_all(again).await?;
+        }
+        progress(line_no);
+        Ok(())
+    }
+
+    /// Stages `lines` in order, and whatever staging hands back to be staged again first.
+    async fn stage_all(&mut self, lines: Vec<Pending>) -> Result<(), ApiError> {
+        let mut queue = VecDeque::from(lines);
+        while let Some(p) = queue.pop_front() {
+            if let Step::Again(lines) = self.stage(p).await? {
+                for p in lines.into_iter().rev() {
+                    queue.push_front(p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates one line against its incident's running state and queues it in the chunk.
+    async fn stage(&mut self, p: Pending) -> Result<Step, ApiError> {
+        let svc = self.svc;
+        let ids = || p.cmd.events.iter().map(|e| e.event_id);
+        // An event id still on its way to the log: write it first, so that the line is
+        // recognised as a repeat (or reuse) of a recorded one.
+        if let Some(w) = &self.writing {
+            if ids().any(|id| w.event_ids.contains(&id)) {
+                return Ok(Step::Again(self.settle().await?.with(p)));
+            }
+        }
+        if ids().any(|id| self.cur.event_ids.contains(&id)) {
+            return Ok(Step::Again(self.write_now().await?.with(p)));
+        }
+        let id = p.cmd.incident_id;
+        if !self.cur.states.contains_key(&id) {
+            let state = self.state_for(id).await?;
+            self.cur.states.insert(id, state);
+        }
+        let Some(state) = self.cur.states.get_mut(&id) else {
+            return Err(ApiError::Internal("staged incident state vanished".into()));
+        };
+        let version = state.version();
+        let failure = match p.cmd.expected {
+            ExpectedVersion::Exact(n) if n != version => Some(svc.conflict(&p.cmd, version)),
+            _ => decide_and_apply(state, &p.cmd.events, Utc::now(), "/events")
+                .err()
+                .map(ApiError::invalid),
+        };
+        let Some(err) = failure else {
+            self.cur.events += p.cmd.events.len();
+            self.cur.event_ids.extend(ids());
+            self.cur.lines.push(Staged {
+                line: p.line,
+                request: AppendRequest {
+                    stream_id: id,
+                    expected_version: ExpectedVersion::Exact(version),
+                    events: p.new,
+                    recorded_by: self.recorded_by.to_string(),
+                },
+                cmd: p.cmd,
+            });
+            if self.cur.events >= IMPORT_CHUNK_EVENTS {
+                let again = self.settle().await?;
+                if !again.is_empty() {
+                    return Ok(Step::Again(again));
+                }
+                self.send();
+            }
+            return Ok(Step::Done);
+        };
+        // The state may be a speculation on the chunk being written: settle that first, then
+        // decide again (a rejection must stand on what was recorded).
+        if self.writing.is_some() {
+            return Ok(Step::Again(self.settle().await?.with(p)));
+        }
+        let m = &svc.inner.metrics;
+        m.append_batch_size.observe(p.cmd.events.len() as f64);
+        // A repeat (or reuse) of recorded events is settled by the store, after writing what
+        // is pending so that order is kept; anything else is rejected right away (no write, no
+        // sync).
+        let settled = if svc.any_recorded(&p.cmd).await? {
+            let again = self.write_now().await?;
+            if !again.is_empty() {
+                return Ok(Step::Again(again.with(p)));
+            }
+            svc.settle_repeat(&p.cmd, self.recorded_by, err).await
+        } else {
+            Err(err)
+        };
+        match settled {
+            Ok(outcome) => {
+                let n = p.cmd.events.len() as u64;
+                self.report.duplicates += n;
+                m.events_duplicate.fetch_add(n, Relaxed);
+                self.last_position = self.last_position.max(outcome.last_position);
+            }
+            Err(e) => {
+                m.appends_rejected.fetch_add(1, Relaxed);
+                reject(
+                    &mut self.report,
+                    p.line,
+                    e.status().as_u16(),
+                    e.public_detail(),
+                );
+            }
+        }
+        Ok(Step::Done)
+    }
+
+    /// The decision state of `id` for the current chunk, with its lock stripe: from the chunk
+    /// being written (a speculation), or kept from an earlier chunk while the stream is still
+    /// at its version, or else read.
+    async fn state_for(&mut self, id: Uuid) -> Result<Box<IncidentState>, ApiError> {
+        let svc = self.svc;
+        let stripe = svc.stripe(id);
+        let idx = Arc::as_ptr(&stripe) as usize;
+        if !self.cur.guards.contains_key(&idx) {
+            // The chunk being written may hold the stripe: take it over (locking it again
+            // would wait for ourselves).
+            let held = self.writing.as_mut().and_then(|w| w.guards.remove(&idx));
+            let guard = match held {
+                Some(g) => g,
+                None => stripe.lock_owned().await,
+            };
+            self.cur.guards.insert(idx, guard);
+        }
+        if let Some(state) = self.writing.as_mut().and_then(|w| w.states.remove(&id)) {
+            return Ok(state);
+        }
+        match self.carried.remove(&id) {
+            // Decided by an earlier chunk and still the stream's head (no other writer since).
+            Some(state) if state.version() == lean!(svc.inner.store, stream_version(id))? => {
+                Ok(state)
+            }
+            _ => Ok(Box::new(svc.decision_state(id).await?)),
+        }
+    }
+
+    /// Hands the current chunk to the store (on its own task) and starts an empty one. The
+    /// chunk before must have been settled.
+    fn send(&mut self) {
+        let chunk = std::mem::take(&mut self.cur);
+        let (requests, lines): (Vec<_>, Vec<_>) = chunk
+            .lines
+            .into_iter()
+            .map(|s| (s.request, (s.line, s.cmd)))
+            .unzip();
+        let store = self.svc.inner.store.clone();
+        self.writing = Some(Writing {
+            results: tokio::spawn(async move { lean!(store, append_many(requests)) }),
+            started: Instant::now(),
+            lines,
+            states: chunk.states,
+            event_ids: chunk.event_ids,
+            guards: chunk.guards,
+        });
+    }
+
+    /// Settles the chunk being written, then writes the current one and settles it too. Returns
+    /// the lines to stage again when the first came back with trouble (then nothing was
+    /// written of the current chunk, whose lines those are).
+    async fn write_now(&mut self) -> Result<Vec<Pending>, ApiError> {
+        let again = self.settle().await?;
+        if !again.is_empty() || self.cur.lines.is_empty() {
+            return Ok(again);
+        }
+        self.send();
+        // The current chunk is empty now: nothing of it to stage again.
+        self.settle().await
+    }
+
+    /// Waits for the chunk being written and settles each line's result. With anything but
+    /// plain successes, the current chunk (staged on the written one's states) is taken apart
+    /// and its lines are returned, to be staged again.
+    async fn settle(&mut self) -> Result<Vec<Pending>, ApiError> {
+        let Some(w) = self.writing.take() else {
+            return Ok(Vec::new());
+        };
+        let svc = self.svc;
+        let results = w
+            .results
+            .await
+            .map_err(|e| ApiError::Internal(format!("writing task failed: {e}")))?;
+        let m = &svc.inner.metrics;
+        m.store_append_seconds.observe_duration(w.started.elapsed());
+        let mut retry = Vec::new();
+        let mut failed_incidents = HashSet::new();
+        // Incidents whose stream may differ from the chunk's decision state.
+        let mut unsure = HashSet::new();
+        let mut trouble = false;
+        for ((line, cmd), result) in w.lines.into_iter().zip(results) {
+            let n = cmd.events.len() as u64;
+            m.append_batch_size.observe(n as f64);
+            match result {
+                Ok(outcome) => {
+                    self.last_position = self.last_position.max(outcome.last_position);
+                    if outcome.duplicate {
+                        unsure.insert(cmd.incident_id);
+                        self.report.duplicates += n;
+                        m.events_duplicate.fetch_add(n, Relaxed);
+                    } else {
+                        self.report.appended += n;
+                        m.events_appended.fetch_add(n, Relaxed);
+                    }
+                }
+                // Another process wrote to the incident between validation and write; with
+                // "any" (or after an earlier line of this incident failed) decide again.
+                Err(StoreError::WrongExpectedVersion { actual, .. }) => {
+                    trouble = true;
+                    let dependent = !failed_incidents.insert(cmd.incident_id);
+                    if cmd.expected == ExpectedVersion::Any || dependent {
+                        retry.push((line, cmd));
+                    } else {
+                        m.appends_rejected.fetch_add(1, Relaxed);
+                        let e = svc.conflict(&cmd, actual);
+                        reject(&mut self.report, line, 409, e.public_detail());
+                    }
+                }
+                Err(StoreError::Unavailable(msg)) => {
+                    return Err(ApiError::Unavailable(format!(
+                        "store unavailable at line {line} ({} events appended before): {msg}",
+                        self.report.appended
+                    )));
+                }
+                Err(e) => {
+                    trouble = true;
+                    m.appends_rejected.fetch_add(1, Relaxed);
+                    failed_incidents.insert(cmd.incident_id);
+                    let e = svc.with_versions(&cmd, e.into()).await;
+                    reject(
+                        &mut self.report,
+                        line,
+                        e.status().as_u16(),
+                        e.public_detail(),
+                    );
+                }
+            }
+        }
+        trouble |= !unsure.is_empty();
+        unsure.extend(failed_incidents);
+        // Keep the states of the incidents whose lines all landed (those the current chunk
+        // took over are its own now).
+        if self.carried.len() + w.states.len() > self.carry_max {
+            self.carried.clear();
+        }
+        for (id, state) in w.states {
+            if !unsure.contains(&id) {
+                self.carried.insert(id, state);
+            }
+        }
+        drop(w.guards);
+        if !trouble {
+            return Ok(Vec::new());
+        }
+        // The current chunk was staged on states that did not all land: take it apart (which
+        // also releases its stripes before the single appends below retake them).
+        let Chunk { lines, guards, .. } = std::mem::take(&mut self.cur);
+        drop(guards);
+        for id in &unsure {
+            self.carried.remove(id);
+        }
+        for (line, cmd) in retry {
+            match svc.append(cmd, self.recorded_by).await {
+                Ok(a) => {
+                    self.last_position = self.last_position.max(a.response.last_position);
+                    let n = a.response.last_position + 1 - a.response.first_position;
+                    if a.created {
+                        self.report.appended += n;
+                    } else {
+                        self.report.duplicates += n;
+                    }
+                }
+                Err(ApiError::Unavailable(msg)) => return Err(ApiError::Unavailable(msg)),
+                Err(e) => reject(
+                    &mut self.report,
+                    line,
+                    e.status().as_u16(),
+                    e.public_detail(),
+                ),
+            }
+        }
+        Ok(lines.into_iter().map(Staged::into_pending).collect())
+    }
+}
+
+trait Then {
+    /// These lines, then `p`.
+    fn with(self, p: Pending) -> Vec<Pending>;
+}
+
+impl Then for Vec<Pending> {
+    fn with(mut self, p: Pending) -> Vec<Pending> {
+        self.push(p);
+        self
+    }
+}
+
+/// Lines read for one parsing task: the bytes, and (line number, start, end) of each line.
+#[derive(Default)]
+struct LineBatch {
+    bytes: Vec<u8>,
+    lines: Vec<(u64, usize, usize)>,
+}
+
+enum Parsed {
+    Blank,
+    Rejected(u16, String),
+    Command(AppendCommand, Vec<NewEvent>),
+}
+
+impl LineBatch {
+    /// Parses every line (pure CPU work, run on a blocking thread).
+    fn parse(&self) -> Vec<(u64, Parsed)> {
+        self.lines
+            .iter()
+            .map(|&(line, start, end)| {
+                let text = trim_ascii(&self.bytes[start..end]);
+                let parsed = if text.is_empty() {
+                    Parsed::Blank
+                } else {
+                    match serde_json::from_slice::<Value>(text) {
+                        Err(e) => Parsed::Rejected(400, format!("malformed JSON: {e}")),
+                        Ok(v) => match parse_command(&v, None) {
+                            Ok(cmd) => {
+                                let new = new_events(&cmd.events);
+                                Parsed::Command(cmd, new)
+                            }
+                            Err(e) => Parsed::Rejected(e.status().as_u16(), e.public_detail()),
+                        },
+                    }
+                };
+                (line, parsed)
+            })
+            .collect()
+    }
+}
+
+fn reject(report: &mut ImportReport, line: u64, status: u16, detail: String) {
+    report.rejected.push(RejectedLine {
+        line,
+        status,
+        detail,
+    });
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &b[start..end.max(start)]
+}
