@@ -124,8 +124,8 @@ impl Staged {
 
 /// A chunk handed to the store: its `append_many` runs on its own task.
 struct Writing {
-    results: tokio::task::JoinHandle<Results>,
-    started: Instant,
+    /// The results, and how long the store took (not counting the wait to collect them).
+    results: tokio::task::JoinHandle<(Results, Duration)>,
     lines: Vec<(u64, AppendCommand)>,
     states: HashMap<Uuid, Box<IncidentState>>,
     event_ids: HashSet<Uuid>,
@@ -359,8 +359,11 @@ impl Importer<'_> {
             .unzip();
         let store = self.svc.inner.store.clone();
         self.writing = Some(Writing {
-            results: tokio::spawn(async move { lean!(store, append_many(requests)) }),
-            started: Instant::now(),
+            results: tokio::spawn(async move {
+                let started = Instant::now();
+                let results = lean!(store, append_many(requests));
+                (results, started.elapsed())
+            }),
             lines,
             states: chunk.states,
             event_ids: chunk.event_ids,
@@ -389,12 +392,12 @@ impl Importer<'_> {
             return Ok(Vec::new());
         };
         let svc = self.svc;
-        let results = w
+        let (results, took) = w
             .results
             .await
             .map_err(|e| ApiError::Internal(format!("writing task failed: {e}")))?;
         let m = &svc.inner.metrics;
-        m.store_append_seconds.observe_duration(w.started.elapsed());
+        m.store_append_seconds.observe_duration(took);
         let mut retry = Vec::new();
         let mut failed_incidents = HashSet::new();
         // Incidents whose stream may differ from the chunk's decision state.
