@@ -1,7 +1,8 @@
 //! Several servers, one truth: two `incidentlog serve --store postgres://...` processes on one
 //! database. An event posted to either is in both servers' logs, views and SSE feeds, in the
 //! same order; tokens made with `incidentlog token create --store postgres://...` (before or
-//! while the servers run) work on both. And the database going away: 503, then recovery.
+//! while the servers run) work on both. And the database going away: 503, then recovery. And
+//! `incidentlog import` into PostgreSQL, against the same import into the file store.
 //!
 //! Needs `INCIDENTLOG_TEST_PG` (see `scripts/with-postgres.sh`): unset, the test fails with
 //! `CI=true` and is skipped loudly otherwise. It works in a database of its own.
@@ -437,4 +438,90 @@ fn outage_child() {
         log.len()
     );
     println!("OUTAGE SCENARIO OK");
+}
+
+/// `incidentlog import --store postgres://...` of more than two chunks, with lines that depend
+/// on lines of earlier chunks (decided while those are still being written) and a repeat: the
+/// same report and the same views as on the file store.
+#[test]
+fn import_into_postgres_spans_chunks_like_the_file_store() {
+    let Some(base) = pg_base() else {
+        return;
+    };
+    let url = fresh_database(&base);
+    let mut body = String::new();
+    let incidents: Vec<String> = (0..12_000)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let event = |kind: &str, data: Value| json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": kind, "data": data});
+    let source = json!({"name": "Regional authorities", "kind": "official"});
+    for (i, id) in incidents.iter().enumerate() {
+        let region = if i % 2 == 0 { "UA-63" } else { "UA-65" };
+        let line = json!({"incident_id": id, "expected_version": 0, "events": [
+            event("IncidentReported", json!({"kind": "shelling", "occurred_at": "2026-01-02", "region": region, "source": source})),
+            event("CasualtiesReported", json!({"killed": 1, "source": source})),
+        ]});
+        body.push_str(&line.to_string());
+        body.push('\n');
+    }
+    // Later chunks: every incident again, on the version the first lines left.
+    for id in &incidents {
+        let line = json!({"incident_id": id, "expected_version": 2, "events": [
+            event("CasualtiesReported", json!({"killed": 3, "source": source})),
+        ]});
+        body.push_str(&line.to_string());
+        body.push('\n');
+    }
+    // The first line again (an idempotent repeat), then a stale expectation.
+    let first = body.lines().next().expect("a first line").to_string();
+    body.push_str(&first);
+    body.push('\n');
+    let stale = json!({"incident_id": incidents[0], "expected_version": 2, "events": [
+        event("CasualtiesReported", json!({"killed": 9, "source": source})),
+    ]});
+    body.push_str(&stale.to_string());
+    body.push('\n');
+    let reports: Vec<Value> = [Some(url.as_str()), None]
+        .iter()
+        .map(|store| {
+            let dir = temp_dir();
+            let file = dir.path().join("in.ndjson");
+            std::fs::write(&file, &body).expect("write the input");
+            let data_dir = dir.path().join("data");
+            let mut args = vec![
+                "import",
+                "--data-dir",
+                data_dir.to_str().expect("utf-8 path"),
+            ];
+            if let Some(url) = store {
+                args.extend(["--store", url]);
+            }
+            args.push(file.to_str().expect("utf-8 path"));
+            let out = cli(&args);
+            assert_eq!(
+                out.status.code(),
+                Some(4),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).expect("a JSON report")
+        })
+        .collect();
+    assert_eq!(reports[0], reports[1], "PostgreSQL and file store agree");
+    assert_eq!(reports[0]["appended"], 36_000);
+    assert_eq!(reports[0]["duplicates"], 2);
+    assert_eq!(reports[0]["rejected"][0]["line"], 24_002);
+    assert_eq!(reports[0]["rejected"][0]["status"], 409);
+    assert_eq!(reports[0]["rejected"].as_array().map(Vec::len), Some(1));
+
+    let dir = temp_dir();
+    let admin = token_create(&url, dir.path(), "root", "admin");
+    let server = Server::start(dir.path(), &["--store", &url]);
+    let summary = server.get("/v1/regions/UA-63", &admin);
+    assert_eq!(summary.status, 200, "{}", summary.text());
+    let s = summary.json();
+    assert_eq!(s["incidents"], 6_000);
+    assert_eq!(s["casualties"]["killed"]["best"], 18_000);
+    let one = server.get(&format!("/v1/incidents/{}", incidents[7]), &admin);
+    assert_eq!(one.json()["version"], 3);
 }
