@@ -530,7 +530,7 @@ async fn axum_rejections_are_problem_json() {
 async fn bulk_import_reports_each_line_and_records_only_accepted_ones() {
     let app = app().await;
     let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let claim_id = Uuid::new_v4();
+    let (claim_id, figure) = (Uuid::new_v4(), Uuid::new_v4());
     let line1 = json!({"incident_id": a, "expected_version": 0, "events": [reported(Uuid::new_v4(), "UA-63", "drone_strike"), claim(Uuid::new_v4(), claim_id)]});
     let lines = [
         line1.to_string(),
@@ -546,9 +546,12 @@ async fn bulk_import_reports_each_line_and_records_only_accepted_ones() {
         json!({"incident_id": a, "expected_version": 1, "events": [casualties(Uuid::new_v4(), 1)]}).to_string(),
         String::new(),
         // 8: a fine new incident.
-        json!({"incident_id": c, "events": [reported(Uuid::new_v4(), "UA-65", "shelling"), casualties(Uuid::new_v4(), 2)]}).to_string(),
+        json!({"incident_id": c, "events": [reported(Uuid::new_v4(), "UA-65", "shelling"), casualties(figure, 2)]}).to_string(),
         // 9: denial of a claim that does not exist.
         json!({"incident_id": c, "events": [denial(Uuid::new_v4(), Uuid::new_v4())]}).to_string(),
+        // 10: a stale line that reuses line 8's event id for other content (a conflict, not
+        // a repeat).
+        json!({"incident_id": c, "expected_version": 0, "events": [casualties(figure, 7)]}).to_string(),
     ];
     let body = lines.join("\n") + "\n";
     let r = app
@@ -570,7 +573,7 @@ async fn bulk_import_reports_each_line_and_records_only_accepted_ones() {
         .collect();
     assert_eq!(
         rejected,
-        [(4, 400), (5, 422), (6, 409), (9, 422)],
+        [(4, 400), (5, 422), (6, 409), (9, 422), (10, 409)],
         "{}",
         r.body
     );

@@ -44,6 +44,14 @@ pub enum ExpectedVersion {
     Exact(u64),
 }
 
+impl ExpectedVersion {
+    /// A version no stream reaches. An append with it is never written: it is answered as an
+    /// exact repeat (`duplicate`), an event-id conflict, or else `WrongExpectedVersion`, which
+    /// then means "not recorded". Bulk import asks this of a line that failed validation but
+    /// may repeat recorded events.
+    pub const NEVER: ExpectedVersion = ExpectedVersion::Exact(u64::MAX);
+}
+
 /// An event as the caller hands it in.
 #[derive(Clone, Debug)]
 pub struct NewEvent {
@@ -225,12 +233,37 @@ pub trait EventStore: Send + Sync + 'static {
         stream_id: StreamId,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
+    /// [`EventStore::read_stream`] of several streams, in the order given: one round trip
+    /// where the backend can (a bulk import reads the incidents of a batch of lines at once).
+    fn read_streams(
+        &self,
+        stream_ids: Vec<StreamId>,
+    ) -> impl Future<Output = Result<Vec<Vec<RecordedEvent>>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(stream_ids.len());
+            for id in stream_ids {
+                out.push(self.read_stream(id).await?);
+            }
+            Ok(out)
+        }
+    }
+
     /// Events with `global_position > after`, at most `limit`, in order, checksums verified.
     fn read_all(
         &self,
         after: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// Whether an event with this id may be recorded: `false` is certain (as of the call),
+    /// `true` may be wrong (a backend can answer from an in-memory index without reading
+    /// anything). Cheap enough to ask for every event of a bulk import that failed validation.
+    fn maybe_recorded(
+        &self,
+        event_id: Uuid,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async move { Ok(self.event_by_id(event_id).await?.is_some()) }
+    }
 
     /// The recorded event with this id, if any.
     fn event_by_id(
@@ -422,12 +455,23 @@ impl EventStore for Store {
         with_backend!(self, s => s.read_stream(stream_id).await)
     }
 
+    async fn read_streams(
+        &self,
+        stream_ids: Vec<StreamId>,
+    ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
+        with_backend!(self, s => s.read_streams(stream_ids).await)
+    }
+
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         with_backend!(self, s => s.read_all(after, limit).await)
     }
 
     async fn event_by_id(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
         with_backend!(self, s => s.event_by_id(event_id).await)
+    }
+
+    async fn maybe_recorded(&self, event_id: Uuid) -> Result<bool, StoreError> {
+        with_backend!(self, s => s.maybe_recorded(event_id).await)
     }
 
     async fn stream_version(&self, stream_id: StreamId) -> Result<u64, StoreError> {

@@ -36,10 +36,12 @@ macro_rules! pg_conformance {
 
 pg_conformance!(
     append_and_read_back,
+    read_streams_reads_each_stream,
     expected_version_checks,
     one_winner_per_expected_version,
     idempotent_retries,
     idempotency_conflicts,
+    never_version_only_answers_repeats,
     invalid_requests,
     append_many_is_per_request_atomic,
     append_many_requests_see_each_other,

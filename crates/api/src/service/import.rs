@@ -110,6 +110,10 @@ struct Staged {
     line: u64,
     request: AppendRequest,
     cmd: AppendCommand,
+    /// A line that failed validation but repeats recorded event ids, with its validation
+    /// error: the store answers it (an exact repeat: the original outcome; else a conflict),
+    /// in the chunk's one `append_many` instead of a round trip of its own.
+    repeat: Option<ApiError>,
 }
 
 impl Staged {
@@ -126,7 +130,7 @@ impl Staged {
 struct Writing {
     /// The results, and how long the store took (not counting the wait to collect them).
     results: tokio::task::JoinHandle<(Results, Duration)>,
-    lines: Vec<(u64, AppendCommand)>,
+    lines: Vec<(u64, AppendCommand, Option<ApiError>)>,
     states: HashMap<Uuid, Box<IncidentState>>,
     event_ids: HashSet<Uuid>,
     guards: HashMap<usize, OwnedMutexGuard<()>>,
@@ -189,6 +193,9 @@ impl Importer<'_> {
             if spare.len() < 2 {
                 spare.push(used);
             }
+            if !self.svc.inner.live {
+                self.prefetch(&parsed).await?;
+            }
             let mut last_line = 0;
             for (line, p) in parsed {
                 last_line = line;
@@ -213,6 +220,39 @@ impl Importer<'_> {
             self.stage_all(again).await?;
         }
         progress(line_no);
+        Ok(())
+    }
+
+    /// Without live views, the states of the incidents of a parsed batch that the import does
+    /// not hold yet are read from the store together (one round trip instead of one per
+    /// incident) and kept like the carried ones (valid while the stream is at their version).
+    async fn prefetch(&mut self, parsed: &[(u64, Parsed)]) -> Result<(), ApiError> {
+        let mut wanted = Vec::new();
+        let mut seen = HashSet::new();
+        for (_, p) in parsed {
+            let Parsed::Command(cmd, _) = p else { continue };
+            let id = cmd.incident_id;
+            let held = self.cur.states.contains_key(&id)
+                || self.carried.contains_key(&id)
+                || self
+                    .writing
+                    .as_ref()
+                    .is_some_and(|w| w.states.contains_key(&id));
+            if !held && seen.insert(id) {
+                wanted.push(id);
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let streams = lean!(self.svc.inner.store, read_streams(wanted.clone()))?;
+        for (id, events) in wanted.into_iter().zip(streams) {
+            let mut state = IncidentState::with_id(id);
+            for e in &events {
+                state.apply(&envelope(e))?;
+            }
+            self.carried.insert(id, Box::new(state));
+        }
         Ok(())
     }
 
@@ -270,51 +310,64 @@ impl Importer<'_> {
                     recorded_by: self.recorded_by.to_string(),
                 },
                 cmd: p.cmd,
+                repeat: None,
             });
-            if self.cur.events >= IMPORT_CHUNK_EVENTS {
-                let again = self.settle().await?;
-                if !again.is_empty() {
-                    return Ok(Step::Again(again));
-                }
-                self.send();
-            }
-            return Ok(Step::Done);
+            return self.send_when_full().await;
         };
         // The state may be a speculation on the chunk being written: settle that first, then
         // decide again (a rejection must stand on what was recorded).
         if self.writing.is_some() {
             return Ok(Step::Again(self.settle().await?.with(p)));
         }
+        // A line that may repeat recorded events goes into the chunk under a version no stream
+        // reaches: the store answers it in order with the lines before it (an exact repeat:
+        // the original outcome; a reuse: a conflict; not recorded after all: the validation
+        // error) and never writes it. Anything else is rejected right away.
+        if self.maybe_recorded(&p.cmd).await? {
+            self.cur.events += p.cmd.events.len();
+            self.cur.lines.push(Staged {
+                line: p.line,
+                request: AppendRequest {
+                    stream_id: id,
+                    expected_version: ExpectedVersion::NEVER,
+                    events: p.new,
+                    recorded_by: self.recorded_by.to_string(),
+                },
+                cmd: p.cmd,
+                repeat: Some(err),
+            });
+            return self.send_when_full().await;
+        }
         let m = &svc.inner.metrics;
         m.append_batch_size.observe(p.cmd.events.len() as f64);
-        // A repeat (or reuse) of recorded events is settled by the store, after writing what
-        // is pending so that order is kept; anything else is rejected right away (no write, no
-        // sync).
-        let settled = if svc.any_recorded(&p.cmd).await? {
-            let again = self.write_now().await?;
+        m.appends_rejected.fetch_add(1, Relaxed);
+        reject(
+            &mut self.report,
+            p.line,
+            err.status().as_u16(),
+            err.public_detail(),
+        );
+        Ok(Step::Done)
+    }
+
+    /// Whether any event of the line may be recorded already (the store's cheap probe).
+    async fn maybe_recorded(&self, cmd: &AppendCommand) -> Result<bool, ApiError> {
+        for e in &cmd.events {
+            if lean!(self.svc.inner.store, maybe_recorded(e.event_id))? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Once the chunk is full: settles the chunk being written and hands this one over.
+    async fn send_when_full(&mut self) -> Result<Step, ApiError> {
+        if self.cur.events >= IMPORT_CHUNK_EVENTS {
+            let again = self.settle().await?;
             if !again.is_empty() {
-                return Ok(Step::Again(again.with(p)));
+                return Ok(Step::Again(again));
             }
-            svc.settle_repeat(&p.cmd, self.recorded_by, err).await
-        } else {
-            Err(err)
-        };
-        match settled {
-            Ok(outcome) => {
-                let n = p.cmd.events.len() as u64;
-                self.report.duplicates += n;
-                m.events_duplicate.fetch_add(n, Relaxed);
-                self.last_position = self.last_position.max(outcome.last_position);
-            }
-            Err(e) => {
-                m.appends_rejected.fetch_add(1, Relaxed);
-                reject(
-                    &mut self.report,
-                    p.line,
-                    e.status().as_u16(),
-                    e.public_detail(),
-                );
-            }
+            self.send();
         }
         Ok(Step::Done)
     }
@@ -355,7 +408,7 @@ impl Importer<'_> {
         let (requests, lines): (Vec<_>, Vec<_>) = chunk
             .lines
             .into_iter()
-            .map(|s| (s.request, (s.line, s.cmd)))
+            .map(|s| (s.request, (s.line, s.cmd, s.repeat)))
             .unzip();
         let store = self.svc.inner.store.clone();
         self.writing = Some(Writing {
@@ -403,9 +456,52 @@ impl Importer<'_> {
         // Incidents whose stream may differ from the chunk's decision state.
         let mut unsure = HashSet::new();
         let mut trouble = false;
-        for ((line, cmd), result) in w.lines.into_iter().zip(results) {
+        for ((line, cmd, repeat), result) in w.lines.into_iter().zip(results) {
             let n = cmd.events.len() as u64;
             m.append_batch_size.observe(n as f64);
+            if let Some(err) = repeat {
+                // As `settle_repeat` answers a single append (`WrongExpectedVersion` under
+                // `NEVER`: not a repeat, so the validation error). An exact repeat leaves the
+                // incident as it was (it was not folded into the state).
+                let answer = match result {
+                    Ok(outcome) => {
+                        if !outcome.duplicate {
+                            // Cannot happen (a recorded id is never new); never hide a write.
+                            tracing::error!(
+                                ?outcome,
+                                "append with a recorded event id was written"
+                            );
+                        }
+                        self.last_position = self.last_position.max(outcome.last_position);
+                        self.report.duplicates += n;
+                        m.events_duplicate.fetch_add(n, Relaxed);
+                        continue;
+                    }
+                    Err(StoreError::Unavailable(msg)) => {
+                        return Err(ApiError::Unavailable(format!(
+                            "store unavailable at line {line} ({} events appended before): {msg}",
+                            self.report.appended
+                        )));
+                    }
+                    Err(e @ StoreError::EventIdConflict { .. }) => {
+                        svc.with_versions(&cmd, e.into()).await
+                    }
+                    Err(StoreError::WrongExpectedVersion { .. }) => err,
+                    Err(e) => e.into(),
+                };
+                // The store refuses the later lines of this incident in the chunk after a
+                // failed one: they are decided again.
+                trouble = true;
+                failed_incidents.insert(cmd.incident_id);
+                m.appends_rejected.fetch_add(1, Relaxed);
+                reject(
+                    &mut self.report,
+                    line,
+                    answer.status().as_u16(),
+                    answer.public_detail(),
+                );
+                continue;
+            }
             match result {
                 Ok(outcome) => {
                     self.last_position = self.last_position.max(outcome.last_position);

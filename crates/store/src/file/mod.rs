@@ -260,6 +260,22 @@ impl FileStore {
     }
 }
 
+/// The events of one stream, read from the segments (on a blocking thread).
+fn stream_of(shared: &Shared, stream_id: Uuid) -> Result<Vec<RecordedEvent>, StoreError> {
+    let (locs, head) = {
+        let index = shared.index();
+        let locs: Vec<Location> = index
+            .stream_positions(&stream_id)
+            .into_iter()
+            .filter_map(|p| index.locate(p))
+            .collect();
+        (locs, index.head)
+    };
+    locs.iter()
+        .map(|loc| read_record(loc, Some(head)).map(|(_, e)| e))
+        .collect()
+}
+
 /// Takes the data directory's `LOCK` (one process per directory). A read-only open neither
 /// creates nor writes it, and goes without when there is none (no process ever wrote there).
 fn lock_data_dir(dir: &Path, read_only: bool) -> Result<Option<File>, StoreError> {
@@ -433,18 +449,19 @@ impl EventStore for FileStore {
     }
 
     async fn read_stream(&self, stream_id: Uuid) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.blocking(move |shared| stream_of(shared, stream_id))
+            .await
+    }
+
+    /// All on one blocking thread: one hop instead of one per stream.
+    async fn read_streams(
+        &self,
+        stream_ids: Vec<Uuid>,
+    ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
         self.blocking(move |shared| {
-            let (locs, head) = {
-                let index = shared.index();
-                let locs: Vec<Location> = index
-                    .stream_positions(&stream_id)
-                    .into_iter()
-                    .filter_map(|p| index.locate(p))
-                    .collect();
-                (locs, index.head)
-            };
-            locs.iter()
-                .map(|loc| read_record(loc, Some(head)).map(|(_, e)| e))
+            stream_ids
+                .into_iter()
+                .map(|id| stream_of(shared, id))
                 .collect()
         })
         .await
@@ -506,6 +523,15 @@ impl EventStore for FileStore {
 
     async fn stream_version(&self, stream_id: Uuid) -> Result<u64, StoreError> {
         Ok(self.shared.index().stream_version(&stream_id))
+    }
+
+    /// From the index alone (no read, no thread hop): absent is certain; a 64-bit key match
+    /// is only probable.
+    async fn maybe_recorded(&self, event_id: Uuid) -> Result<bool, StoreError> {
+        Ok(!matches!(
+            self.shared.index().lookup_id(&event_id),
+            IdLookup::Absent
+        ))
     }
 
     async fn position_at(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {

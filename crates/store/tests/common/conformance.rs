@@ -22,10 +22,12 @@ macro_rules! conformance_suite {
     ($factory:path) => {
         $crate::common::conformance::conformance_suite!(@each $factory;
             append_and_read_back,
+            read_streams_reads_each_stream,
             expected_version_checks,
             one_winner_per_expected_version,
             idempotent_retries,
             idempotency_conflicts,
+            never_version_only_answers_repeats,
             invalid_requests,
             append_many_is_per_request_atomic,
             append_many_requests_see_each_other,
@@ -91,6 +93,36 @@ fn assert_gap_free(events: &[RecordedEvent]) {
             "positions must be 1..N, gap-free"
         );
     }
+}
+
+/// `read_streams` gives what `read_stream` gives for each stream, in the order asked, with
+/// empty streams for unknown ids.
+pub async fn read_streams_reads_each_stream<S: EventStore>(store: Arc<S>) {
+    let (a, b, unknown) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    store
+        .append(request(a, ExpectedVersion::Exact(0), events(2, "a")))
+        .await
+        .unwrap();
+    store
+        .append(request(b, ExpectedVersion::Exact(0), events(1, "b")))
+        .await
+        .unwrap();
+    store
+        .append(request(a, ExpectedVersion::Exact(2), events(1, "a2")))
+        .await
+        .unwrap();
+    let all = store.read_streams(vec![b, unknown, a]).await.unwrap();
+    assert_eq!(all.len(), 3);
+    for (got, id) in all.iter().zip([b, unknown, a]) {
+        let one = store.read_stream(id).await.unwrap();
+        let key = |v: &[RecordedEvent]| -> Vec<(u64, u64, Uuid)> {
+            v.iter()
+                .map(|e| (e.global_position, e.stream_version, e.event_id))
+                .collect()
+        };
+        assert_eq!(key(got), key(&one));
+    }
+    assert_eq!(all.iter().map(Vec::len).collect::<Vec<_>>(), [1, 0, 3]);
 }
 
 pub async fn append_and_read_back<S: EventStore>(store: Arc<S>) {
@@ -253,6 +285,71 @@ pub async fn one_winner_per_expected_version<S: EventStore>(store: Arc<S>) {
     for (i, e) in read.iter().enumerate() {
         assert_eq!(e.stream_version, i as u64 + 1);
     }
+}
+
+/// `ExpectedVersion::NEVER` never writes: an exact repeat is answered as one, a partial or
+/// changed repeat is an id conflict, new events are `WrongExpectedVersion`. `maybe_recorded`
+/// is never `false` for a recorded id.
+pub async fn never_version_only_answers_repeats<S: EventStore>(store: Arc<S>) {
+    let s = Uuid::new_v4();
+    let batch = events(2, "orig");
+    let first = store
+        .append(request(s, ExpectedVersion::Exact(0), batch.clone()))
+        .await
+        .unwrap();
+    let head = store.head();
+    for e in &batch {
+        assert!(store.maybe_recorded(e.event_id).await.unwrap());
+    }
+    let repeat = store
+        .append(request(s, ExpectedVersion::NEVER, batch.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        repeat,
+        AppendOutcome {
+            duplicate: true,
+            ..first
+        }
+    );
+    let fresh = events(1, "new");
+    assert!(!store.maybe_recorded(fresh[0].event_id).await.unwrap());
+    match store
+        .append(request(s, ExpectedVersion::NEVER, fresh.clone()))
+        .await
+    {
+        Err(StoreError::WrongExpectedVersion { .. }) => {}
+        other => panic!("new events under NEVER: {other:?}"),
+    }
+    let partial = vec![batch[0].clone(), fresh[0].clone()];
+    match store
+        .append(request(s, ExpectedVersion::NEVER, partial))
+        .await
+    {
+        Err(StoreError::EventIdConflict { .. }) => {}
+        other => panic!("a partial repeat under NEVER: {other:?}"),
+    }
+    // In one append_many too, next to a real append.
+    let other = Uuid::new_v4();
+    let results = store
+        .append_many(vec![
+            request(s, ExpectedVersion::NEVER, batch.clone()),
+            request(s, ExpectedVersion::NEVER, fresh.clone()),
+            request(other, ExpectedVersion::Exact(0), events(1, "other")),
+        ])
+        .await;
+    assert!(matches!(&results[0], Ok(o) if o.duplicate), "{results:?}");
+    assert!(
+        matches!(&results[1], Err(StoreError::WrongExpectedVersion { .. })),
+        "{results:?}"
+    );
+    assert!(matches!(&results[2], Ok(o) if !o.duplicate), "{results:?}");
+    assert_eq!(
+        store.head().position,
+        head.position + 1,
+        "only the real append is written"
+    );
+    assert_eq!(store.read_stream(s).await.unwrap().len(), 2);
 }
 
 pub async fn idempotent_retries<S: EventStore>(store: Arc<S>) {
