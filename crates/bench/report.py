@@ -307,6 +307,8 @@ def main():
                 "- **Bulk import**: the synthetic log (`incidentlog-load gen`: ~30 ISO 3166-2 regions, casualty updates from several sources,",
                 "  claims, denials, assessments, corrections, retractions) posted as NDJSON bodies of 16 MiB to `POST /v1/events`, and",
                 "  `incidentlog import` of the same file. **Peer**: `psql \\copy ... FROM` of the same events as COPY text rows.",
+                "  `cli_reimport_events_per_sec`: `incidentlog import` of the same file again into the log it just made (every line",
+                "  an idempotent repeat; checked to append nothing); no target, no peer.",
                 "- **Replay**: `incidentlog replay` of that log (a warm-up run, then the timed run; wall time of the process).",
                 "  **Peer**: `COPY events TO STDOUT` of the same rows (warmed, then timed).",
                 "- **Query latency**: `incidentlog-load get` on the imported log: `/v1/regions/{code}` cycling over the regions at",
