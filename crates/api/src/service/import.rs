@@ -10,11 +10,15 @@
 //! - the previous chunk is written while the current one is staged. Lines of the current
 //!   chunk whose incident is in the chunk being written are decided on the states that chunk
 //!   leaves, before it is known to have landed. That is a speculation: when the written chunk
-//!   comes back with anything but plain successes (a conflict, a repeat, a retry), the current
-//!   chunk's decisions are thrown away and its lines staged again on what was recorded.
+//!   comes back with anything but plain successes (a conflict, an accepted line the store
+//!   found to be a repeat, a retry), the current chunk's decisions are thrown away and its
+//!   lines staged again on what was recorded.
 //!
 //! Nothing of a chunk is sent before the chunk before it has been settled, so the store sees
-//! the chunks one at a time, in line order, as without the overlap.
+//! the chunks one at a time, in line order, as without the overlap. A line that failed
+//! validation but may repeat recorded events rides in its chunk under
+//! `ExpectedVersion::NEVER`: answered by the store, never written, and no speculation rests
+//! on it (it changed no state).
 use super::*;
 
 /// Lines (and bytes) per parsing task of a bulk import, and how many tasks run ahead.
