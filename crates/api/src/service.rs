@@ -605,34 +605,34 @@ impl AppService {
         })
     }
 
-    /// On a failed check: if some event id of the batch is already recorded, this is a
-    /// repeat (or a reuse), and the store decides which: the original outcome, or an
-    /// event-id conflict. The store writes nothing in either case, since a batch with a
-    /// recorded id is never new. Otherwise the original error stands.
+    /// On a failed check: if some event id of the batch may be recorded already, this may be
+    /// a repeat (or a reuse), and the store decides: the original outcome, an event-id
+    /// conflict, or "not recorded after all". Otherwise the original error stands.
     async fn unless_repeat(
         &self,
         cmd: &AppendCommand,
         recorded_by: &str,
         err: ApiError,
     ) -> Result<AppendOutcome, ApiError> {
-        if !self.any_recorded(cmd).await? {
+        if !self.may_repeat(cmd).await? {
             return Err(err);
         }
         self.settle_repeat(cmd, recorded_by, err).await
     }
 
-    /// Whether some event id of the batch is already recorded.
-    async fn any_recorded(&self, cmd: &AppendCommand) -> Result<bool, ApiError> {
+    /// Whether some event id of the batch may be recorded already (the store's cheap probe:
+    /// `false` is certain).
+    async fn may_repeat(&self, cmd: &AppendCommand) -> Result<bool, ApiError> {
         for e in &cmd.events {
-            if lean!(self.inner.store, event_by_id(e.event_id))?.is_some() {
+            if lean!(self.inner.store, maybe_recorded(e.event_id))? {
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
-    /// Hands a batch with a recorded event id to the store, which answers with the original
-    /// outcome (an exact repeat) or an event-id conflict, and writes nothing either way.
+    /// Hands a batch that may repeat recorded events to the store under
+    /// `ExpectedVersion::NEVER`, which is answered but never written.
     async fn settle_repeat(
         &self,
         cmd: &AppendCommand,
@@ -641,15 +641,29 @@ impl AppService {
     ) -> Result<AppendOutcome, ApiError> {
         let request = AppendRequest {
             stream_id: cmd.incident_id,
-            expected_version: cmd.expected,
+            expected_version: ExpectedVersion::NEVER,
             events: new_events(&cmd.events),
             recorded_by: recorded_by.to_string(),
         };
-        match lean!(self.inner.store, append(request)) {
-            Ok(outcome) if outcome.duplicate => Ok(outcome),
+        let result = lean!(self.inner.store, append(request));
+        self.repeat_answer(cmd, err, result).await
+    }
+
+    /// The answer to a batch sent as a possible repeat under `ExpectedVersion::NEVER`: an
+    /// exact repeat is the original outcome, a reuse of its ids an event-id conflict, and
+    /// "not recorded" (`WrongExpectedVersion`) the batch's own validation error `err`.
+    async fn repeat_answer(
+        &self,
+        cmd: &AppendCommand,
+        err: ApiError,
+        result: Result<AppendOutcome, StoreError>,
+    ) -> Result<AppendOutcome, ApiError> {
+        match result {
             Ok(outcome) => {
-                // Cannot happen (a recorded id is never new); never hide a write.
-                tracing::error!(?outcome, "append with a recorded event id was written");
+                if !outcome.duplicate {
+                    // Cannot happen (NEVER is never written); never hide a write.
+                    tracing::error!(?outcome, "append with a recorded event id was written");
+                }
                 Ok(outcome)
             }
             Err(e @ StoreError::EventIdConflict { .. }) => {

@@ -144,6 +144,16 @@ impl App {
     }
 }
 
+/// An append through the router from a spawned task (no `App` there): its status.
+async fn append_status(router: Router, token: &str, id: Uuid, body: Value) -> StatusCode {
+    let req = Request::post(format!("/v1/incidents/{id}/events"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    router.oneshot(req).await.unwrap().status()
+}
+
 fn reported(event_id: Uuid, region: &str, kind: &str) -> Value {
     json!({"event_id": event_id, "type": "IncidentReported", "data": {
         "kind": kind, "occurred_at": "2026-01-02", "region": region,
@@ -641,13 +651,8 @@ async fn concurrent_any_appends_to_one_incident_all_land() {
         let router = app.router.clone();
         let token = app.reporter.clone();
         tasks.push(tokio::spawn(async move {
-            let body = json!({"events": [casualties(Uuid::new_v4(), i)]}).to_string();
-            let req = Request::post(format!("/v1/incidents/{id}/events"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .body(Body::from(body))
-                .unwrap();
-            router.oneshot(req).await.unwrap().status()
+            let body = json!({"events": [casualties(Uuid::new_v4(), i)]});
+            append_status(router, &token, id, body).await
         }));
     }
     for t in tasks {
@@ -1250,14 +1255,8 @@ async fn appends_during_a_long_import_of_the_same_incidents_all_land() {
             let mut created = 0;
             for i in 0..200 {
                 let id = hot[i % hot.len()];
-                let req = Request::post(format!("/v1/incidents/{id}/events"))
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                    .body(Body::from(
-                        json!({"events": [casualties(Uuid::new_v4(), 2)]}).to_string(),
-                    ))
-                    .unwrap();
-                let status = router.clone().oneshot(req).await.unwrap().status();
+                let body = json!({"events": [casualties(Uuid::new_v4(), 2)]});
+                let status = append_status(router.clone(), &token, id, body).await;
                 assert_eq!(status, StatusCode::CREATED);
                 created += 1;
             }

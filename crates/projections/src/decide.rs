@@ -21,9 +21,7 @@ pub fn decide(
 ) -> Result<(), Vec<FieldError>> {
     if let [only] = events {
         // One event is checked against the state itself: no copy of it.
-        let mut errs = Vec::new();
-        check_event(state, 0, only, now, pointer_prefix, &mut errs);
-        return if errs.is_empty() { Ok(()) } else { Err(errs) };
+        return check_only(state, only, now, pointer_prefix);
     }
     let mut st = state.clone();
     decide_in(&mut st, events, now, pointer_prefix)
@@ -40,11 +38,7 @@ pub fn decide_and_apply(
     pointer_prefix: &str,
 ) -> Result<(), Vec<FieldError>> {
     if let [only] = events {
-        let mut errs = Vec::new();
-        check_event(state, 0, only, now, pointer_prefix, &mut errs);
-        if !errs.is_empty() {
-            return Err(errs);
-        }
+        check_only(state, only, now, pointer_prefix)?;
         apply_accepted(state, only, now, &mut Interner::off());
         return Ok(());
     }
@@ -52,6 +46,22 @@ pub fn decide_and_apply(
     decide_in(&mut st, events, now, pointer_prefix)?;
     *state = st;
     Ok(())
+}
+
+/// The problems of a one-event batch.
+fn check_only(
+    st: &IncidentState,
+    te: &TypedEvent,
+    now: DateTime<Utc>,
+    pointer_prefix: &str,
+) -> Result<(), Vec<FieldError>> {
+    let mut errs = Vec::new();
+    check_event(st, 0, te, now, pointer_prefix, &mut errs);
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
 }
 
 /// Checks the events in order on `st`, applying each one that passes (so later events see

@@ -281,11 +281,11 @@ impl Importer<'_> {
         // recognised as a repeat (or reuse) of a recorded one.
         if let Some(w) = &self.writing {
             if ids().any(|id| w.event_ids.contains(&id)) {
-                return Ok(Step::Again(self.settle().await?.with(p)));
+                return Ok(Step::Again(followed_by(self.settle().await?, p)));
             }
         }
         if ids().any(|id| self.cur.event_ids.contains(&id)) {
-            return Ok(Step::Again(self.write_now().await?.with(p)));
+            return Ok(Step::Again(followed_by(self.write_now().await?, p)));
         }
         let id = p.cmd.incident_id;
         if !self.cur.states.contains_key(&id) {
@@ -321,13 +321,13 @@ impl Importer<'_> {
         // The state may be a speculation on the chunk being written: settle that first, then
         // decide again (a rejection must stand on what was recorded).
         if self.writing.is_some() {
-            return Ok(Step::Again(self.settle().await?.with(p)));
+            return Ok(Step::Again(followed_by(self.settle().await?, p)));
         }
         // A line that may repeat recorded events goes into the chunk under a version no stream
         // reaches: the store answers it in order with the lines before it (an exact repeat:
         // the original outcome; a reuse: a conflict; not recorded after all: the validation
         // error) and never writes it. Anything else is rejected right away.
-        if self.maybe_recorded(&p.cmd).await? {
+        if svc.may_repeat(&p.cmd).await? {
             self.cur.events += p.cmd.events.len();
             self.cur.lines.push(Staged {
                 line: p.line,
@@ -352,16 +352,6 @@ impl Importer<'_> {
             err.public_detail(),
         );
         Ok(Step::Done)
-    }
-
-    /// Whether any event of the line may be recorded already (the store's cheap probe).
-    async fn maybe_recorded(&self, cmd: &AppendCommand) -> Result<bool, ApiError> {
-        for e in &cmd.events {
-            if lean!(self.svc.inner.store, maybe_recorded(e.event_id))? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// Once the chunk is full: settles the chunk being written and hands this one over.
@@ -464,46 +454,34 @@ impl Importer<'_> {
             let n = cmd.events.len() as u64;
             m.append_batch_size.observe(n as f64);
             if let Some(err) = repeat {
-                // As `settle_repeat` answers a single append (`WrongExpectedVersion` under
-                // `NEVER`: not a repeat, so the validation error). An exact repeat leaves the
-                // incident as it was (it was not folded into the state).
-                let answer = match result {
+                if let Err(StoreError::Unavailable(msg)) = &result {
+                    return Err(ApiError::Unavailable(format!(
+                        "store unavailable at line {line} ({} events appended before): {msg}",
+                        self.report.appended
+                    )));
+                }
+                // An exact repeat leaves the incident as it was (it was not folded into the
+                // state).
+                match svc.repeat_answer(&cmd, err, result).await {
                     Ok(outcome) => {
-                        if !outcome.duplicate {
-                            // Cannot happen (a recorded id is never new); never hide a write.
-                            tracing::error!(
-                                ?outcome,
-                                "append with a recorded event id was written"
-                            );
-                        }
                         self.last_position = self.last_position.max(outcome.last_position);
                         self.report.duplicates += n;
                         m.events_duplicate.fetch_add(n, Relaxed);
-                        continue;
                     }
-                    Err(StoreError::Unavailable(msg)) => {
-                        return Err(ApiError::Unavailable(format!(
-                            "store unavailable at line {line} ({} events appended before): {msg}",
-                            self.report.appended
-                        )));
+                    Err(answer) => {
+                        // The store refuses the later lines of this incident in the chunk
+                        // after a failed one: they are decided again.
+                        trouble = true;
+                        failed_incidents.insert(cmd.incident_id);
+                        m.appends_rejected.fetch_add(1, Relaxed);
+                        reject(
+                            &mut self.report,
+                            line,
+                            answer.status().as_u16(),
+                            answer.public_detail(),
+                        );
                     }
-                    Err(e @ StoreError::EventIdConflict { .. }) => {
-                        svc.with_versions(&cmd, e.into()).await
-                    }
-                    Err(StoreError::WrongExpectedVersion { .. }) => err,
-                    Err(e) => e.into(),
-                };
-                // The store refuses the later lines of this incident in the chunk after a
-                // failed one: they are decided again.
-                trouble = true;
-                failed_incidents.insert(cmd.incident_id);
-                m.appends_rejected.fetch_add(1, Relaxed);
-                reject(
-                    &mut self.report,
-                    line,
-                    answer.status().as_u16(),
-                    answer.public_detail(),
-                );
+                }
                 continue;
             }
             match result {
@@ -598,16 +576,10 @@ impl Importer<'_> {
     }
 }
 
-trait Then {
-    /// These lines, then `p`.
-    fn with(self, p: Pending) -> Vec<Pending>;
-}
-
-impl Then for Vec<Pending> {
-    fn with(mut self, p: Pending) -> Vec<Pending> {
-        self.push(p);
-        self
-    }
+/// `lines`, then `p`: what to stage again, in line order.
+fn followed_by(mut lines: Vec<Pending>, p: Pending) -> Vec<Pending> {
+    lines.push(p);
+    lines
 }
 
 /// Lines read for one parsing task: the bytes, and (line number, start, end) of each line.
