@@ -1164,6 +1164,106 @@ async fn offline_import_decides_later_chunks_on_earlier_ones() {
     assert_eq!(before_view.body["casualties"]["killed"]["best"], 4);
 }
 
+/// Input that delivers its bytes in small reads, then fails like a dropped connection.
+struct CutOff {
+    data: Vec<u8>,
+    at: usize,
+}
+
+impl tokio::io::AsyncRead for CutOff {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.at >= self.data.len() {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "peer went away",
+            )));
+        }
+        let n = buf
+            .remaining()
+            .min(64 * 1024)
+            .min(self.data.len() - self.at);
+        let at = self.at;
+        buf.put_slice(&self.data[at..at + n]);
+        self.at += n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// An import whose input fails half-way answers an error only once the chunk it was writing
+/// has settled: what it recorded is a prefix of whole lines, in line order, and stays put
+/// after the answer. Sending the whole input again lands the rest exactly once.
+#[tokio::test]
+async fn an_import_cut_off_half_way_answers_after_its_last_write_and_a_retry_lands_the_rest() {
+    let app = app().await;
+    let lines: Vec<(Uuid, String)> = (0..60_000)
+        .map(|_| {
+            let event_id = Uuid::new_v4();
+            let line = json!({"incident_id": Uuid::new_v4(), "expected_version": 0,
+                "events": [reported(event_id, "UA-63", "shelling")]});
+            (event_id, line.to_string() + "\n")
+        })
+        .collect();
+    let all: String = lines.iter().map(|(_, l)| l.as_str()).collect();
+    // The input breaks off in the middle of line 50,001 (the import parses up to 16,384 lines
+    // ahead of staging, and writes chunks of 16,384 events).
+    let cut = lines[..50_000].iter().map(|(_, l)| l.len()).sum::<usize>() + 40;
+    let input = tokio::io::BufReader::new(CutOff {
+        data: all.as_bytes()[..cut].to_vec(),
+        at: 0,
+    });
+    let err = app
+        .service
+        .import_ndjson(input, "cut", &|_| {})
+        .await
+        .expect_err("a broken input is an error");
+    assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        err.public_detail().contains("reading the input failed"),
+        "{}",
+        err.public_detail()
+    );
+    let landed = app.head().await;
+    assert!(
+        (16_384..=50_000).contains(&landed),
+        "at least the first chunk was written before the input broke: {landed}"
+    );
+    // Nothing is still being written behind the answer. (The store's writer is usually done
+    // with the last chunk by then anyway, so this is a weak check of the wait for it.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.head().await,
+        landed,
+        "a chunk landed after the error was answered"
+    );
+    let recorded = app.store.read_all(0, landed as usize).await.unwrap();
+    let ids: Vec<Uuid> = recorded.iter().map(|e| e.event_id).collect();
+    let prefix: Vec<Uuid> = lines[..landed as usize].iter().map(|(id, _)| *id).collect();
+    assert!(
+        ids == prefix,
+        "the log holds the first {landed} lines in line order"
+    );
+
+    let report = app
+        .service
+        .import_ndjson(all.as_bytes(), "retry", &|_| {})
+        .await
+        .unwrap();
+    assert!(
+        report.rejected.is_empty(),
+        "{:?}",
+        &report.rejected[..report.rejected.len().min(3)]
+    );
+    assert_eq!(
+        (report.appended, report.duplicates),
+        (60_000 - landed, landed)
+    );
+    assert_eq!(app.head().await, 60_000);
+}
+
 /// One chunk of an import is written while the next is staged on the states it leaves. When
 /// the written chunk comes back with a surprise (here a repeat the store answers as a
 /// duplicate, so the incident did not move), the next chunk's decisions are redone on what was
