@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
 use incidentlog_projections::{
-    decide, decide_and_apply, fold_incident, parse_events, Envelope, IncidentPage, IncidentQuery,
-    IncidentState, IncidentView, Projection, Region, RegionSummary, TypedEvent, Window,
+    decide, decide_and_apply, fold_incident, parse_events, DecodedEvent, Envelope, IncidentPage,
+    IncidentQuery, IncidentState, IncidentView, Projection, ProjectionError, Region, RegionSummary,
+    TypedEvent, Window,
 };
 use incidentlog_store::{
-    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Store,
-    StoreError, VerifyReport,
+    AppendOutcome, AppendRequest, EventRef, EventStore, ExpectedVersion, NewEvent, RecordedEvent,
+    Store, StoreError, VerifyReport,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -47,7 +48,9 @@ mod import;
 
 /// Page size of catch-up and replay reads: large, so that the fold is not dominated by
 /// per-call overhead.
-const REPLAY_PAGE: usize = 16 * 1024;
+const REPLAY_PAGE: usize = 4 * 1024;
+/// A rebuild reserves room for this many events at most up front (more grow as they come).
+const REBUILD_RESERVE_MAX: u64 = 1 << 24;
 /// Attempts for `expected_version: "any"` when another writer wins the race.
 const ANY_ATTEMPTS: usize = 16;
 /// Per-incident lock stripes: in-process writers of one incident take turns, so that
@@ -86,15 +89,19 @@ impl Inner {
 
 /// The borrowed form of a recorded event, as the projections crate reads it.
 pub fn envelope(e: &RecordedEvent) -> Envelope<'_> {
+    envelope_of(e.borrowed())
+}
+
+fn envelope_of(e: EventRef<'_>) -> Envelope<'_> {
     Envelope {
         global_position: e.global_position,
         incident_id: e.stream_id,
         stream_version: e.stream_version,
         event_id: e.event_id,
-        event_type: &e.event_type,
-        data: &e.data,
+        event_type: e.event_type,
+        data: e.data,
         recorded_at: e.recorded_at,
-        recorded_by: &e.recorded_by,
+        recorded_by: e.recorded_by,
     }
 }
 
@@ -854,7 +861,8 @@ fn report_of(p: &Projection, events: u64, started: Instant) -> ReplayReport {
 }
 
 /// Folds the log (up to `at_position`, clamped to the head) into a fresh projection; returns
-/// it and the last position folded. Reads in large pages, one page ahead of the fold.
+/// it and the last position folded. Reads in large pages, one page ahead of the fold; the
+/// reading threads also decode the events, so the fold does nothing else.
 async fn rebuild<S: EventStore>(
     store: &S,
     at_position: Option<u64>,
@@ -867,12 +875,20 @@ async fn rebuild<S: EventStore>(
     if target == 0 {
         return Ok((projection, 0));
     }
-    let mut page = store.read_all(0, REPLAY_PAGE.min(target as usize)).await?;
-    while let Some(last) = page.last().map(|e| e.global_position) {
+    projection.reserve(target.min(REBUILD_RESERVE_MAX) as usize);
+    let read = |after: u64| {
+        let want = REPLAY_PAGE.min((target - after) as usize);
+        store.read_all_map(after, want, decode_for_fold)
+    };
+    let mut page = read(0).await?;
+    while let Some(last) = page.last().map(|(p, _)| *p) {
         let upto = last.min(target);
         let fold = async {
-            for e in page.iter().take_while(|e| e.global_position <= target) {
-                apply_logged(&mut projection, e);
+            for (p, decoded) in page.drain(..).take_while(|(p, _)| *p <= target) {
+                let applied = decoded.and_then(|d| projection.apply_decoded(d));
+                if let Err(err) = applied {
+                    tracing::error!(position = p, error = %err, "event skipped by the views");
+                }
             }
         };
         if upto >= target {
@@ -882,13 +898,17 @@ async fn rebuild<S: EventStore>(
             break;
         }
         // Read the next page while this one is folded.
-        let want = REPLAY_PAGE.min((target - upto) as usize);
-        let (next, ()) = futures_util::future::join(store.read_all(upto, want), fold).await;
+        let (next, ()) = futures_util::future::join(read(upto), fold).await;
         position = upto;
         progress(position);
         page = next?;
     }
     Ok((projection, position))
+}
+
+/// An event of a rebuild as its reading thread hands it over: decoded, with its position.
+fn decode_for_fold(e: EventRef<'_>) -> (u64, Result<DecodedEvent, ProjectionError>) {
+    (e.global_position, DecodedEvent::decode(&envelope_of(e)))
 }
 
 /// Rebuilds the views from the log offline (the CLI's `replay`): events, duration, digest.

@@ -471,6 +471,96 @@ impl<'a> IncidentEvent<'a> {
     }
 }
 
+fn own(c: Cow<'_, str>) -> Cow<'static, str> {
+    Cow::Owned(c.into_owned())
+}
+
+fn own_opt(c: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
+    c.map(own)
+}
+
+impl Source<'_> {
+    pub fn into_owned(self) -> Source<'static> {
+        Source {
+            name: own(self.name),
+            kind: self.kind,
+            url: own_opt(self.url),
+            archive_url: own_opt(self.archive_url),
+            published_at: self.published_at,
+            sha256: self.sha256,
+        }
+    }
+}
+
+impl IncidentEvent<'_> {
+    /// The same event with every borrowed string copied: it can outlive the buffer it was
+    /// decoded from (a rebuild decodes on the thread that reads and folds on another).
+    pub fn into_owned(self) -> IncidentEvent<'static> {
+        use IncidentEvent as E;
+        match self {
+            E::IncidentReported(d) => E::IncidentReported(IncidentReported {
+                kind: d.kind,
+                occurred_at: d.occurred_at,
+                time_precision: d.time_precision,
+                region: d.region,
+                locality: own_opt(d.locality),
+                location: d.location,
+                perpetrator: own_opt(d.perpetrator),
+                target: own_opt(d.target),
+                summary: own_opt(d.summary),
+                source: d.source.into_owned(),
+            }),
+            E::CasualtiesReported(d) => E::CasualtiesReported(CasualtiesReported {
+                source: d.source.into_owned(),
+                killed: d.killed,
+                injured: d.injured,
+                killed_low: d.killed_low,
+                killed_high: d.killed_high,
+                civilians_killed: d.civilians_killed,
+                children_killed: d.children_killed,
+            }),
+            E::ClaimMade(d) => E::ClaimMade(ClaimMade {
+                claim_id: d.claim_id,
+                claimant: own(d.claimant),
+                statement: own(d.statement),
+                attributed_to: own_opt(d.attributed_to),
+                source: d.source.map(Source::into_owned),
+            }),
+            E::ClaimDenied(d) => E::ClaimDenied(ClaimDenied {
+                claim_id: d.claim_id,
+                by: own(d.by),
+                statement: own_opt(d.statement),
+                source: d.source.map(Source::into_owned),
+            }),
+            E::ClaimAssessed(d) => E::ClaimAssessed(ClaimAssessed {
+                claim_id: d.claim_id,
+                assessment: d.assessment,
+                by: own(d.by),
+                evidence: own_opt(d.evidence),
+            }),
+            E::SourceAdded(d) => E::SourceAdded(SourceAdded {
+                source: d.source.into_owned(),
+            }),
+            E::IncidentCorrected(d) => E::IncidentCorrected(IncidentCorrected {
+                reason: own(d.reason),
+                kind: d.kind,
+                occurred_at: d.occurred_at,
+                time_precision: d.time_precision,
+                region: d.region,
+                locality: own_opt(d.locality),
+                location: d.location,
+                perpetrator: own_opt(d.perpetrator),
+                target: own_opt(d.target),
+                summary: own_opt(d.summary),
+            }),
+            E::IncidentRetracted(d) => E::IncidentRetracted(IncidentRetracted {
+                reason: own(d.reason),
+                duplicate_of: d.duplicate_of,
+            }),
+        }
+    }
+}
+
 /// Why stored data did not decode.
 #[derive(Debug)]
 pub enum DecodeError {

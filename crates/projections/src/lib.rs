@@ -34,7 +34,8 @@ pub use events::{
     TypedEvent, EVENT_TYPES,
 };
 pub use projection::{
-    fold_incident, IncidentPage, IncidentQuery, MemoryUsage, Projection, DEFAULT_LIMIT, MAX_LIMIT,
+    fold_incident, DecodedEvent, IncidentPage, IncidentQuery, MemoryUsage, Projection,
+    DEFAULT_LIMIT, MAX_LIMIT,
 };
 pub use region::Region;
 pub use state::IncidentState;

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::events::*;
-use crate::state::{chunk, decode_envelope, vec_bytes, IncidentState, Interner};
+use crate::state::{chunk, decode_envelope, vec_bytes, IncidentState, Interner, Stamp};
 use crate::summary::{Link, Summaries};
 use crate::view::{IncidentView, RegionSummary};
 use crate::{Envelope, FieldError, ProjectionError, Region, Window};
@@ -58,6 +58,28 @@ pub struct MemoryUsage {
     pub events: u64,
 }
 
+/// A recorded event decoded ahead of its fold and owning its data, so that a rebuild can
+/// decode on the thread that reads the log while another folds in position order.
+#[derive(Debug)]
+pub struct DecodedEvent {
+    stamp: Stamp,
+    event: IncidentEvent<'static>,
+}
+
+impl DecodedEvent {
+    /// Decodes like [`Projection::apply`] would (the same errors).
+    pub fn decode(e: &Envelope<'_>) -> Result<DecodedEvent, ProjectionError> {
+        Ok(DecodedEvent {
+            stamp: Stamp::of(e),
+            event: decode_envelope(e)?.into_owned(),
+        })
+    }
+
+    pub fn global_position(&self) -> u64 {
+        self.stamp.position
+    }
+}
+
 /// Every view of the log, kept by folding events in position order.
 #[derive(Clone, Debug)]
 pub struct Projection {
@@ -99,25 +121,49 @@ impl Projection {
         }
     }
 
+    /// Reserves room for folding about `events` more events, so that a rebuild of a known log
+    /// grows no large arrays on the way (each growth copies them and faults in fresh pages).
+    pub fn reserve(&mut self, events: usize) {
+        self.summaries.entries.reserve(events);
+        let incidents = events / 4;
+        self.slots.reserve(incidents);
+        self.ids.reserve(incidents);
+    }
+
     /// Folds one recorded event. Positions must increase (gaps are tolerated). On error
     /// nothing changes.
     pub fn apply(&mut self, e: &Envelope) -> Result<(), ProjectionError> {
-        if e.global_position <= self.position {
+        self.check_order(e.global_position)?;
+        let ev = decode_envelope(e)?;
+        self.apply_stamped(Stamp::of(e), ev)
+    }
+
+    /// [`Projection::apply`] of an event decoded beforehand (the same result).
+    pub fn apply_decoded(&mut self, d: DecodedEvent) -> Result<(), ProjectionError> {
+        self.check_order(d.stamp.position)?;
+        self.apply_stamped(d.stamp, d.event)
+    }
+
+    fn check_order(&self, position: u64) -> Result<(), ProjectionError> {
+        if position <= self.position {
             return Err(ProjectionError::OutOfOrder {
-                position: e.global_position,
+                position,
                 last: self.position,
             });
         }
-        let ev = decode_envelope(e)?;
+        Ok(())
+    }
+
+    fn apply_stamped(&mut self, e: Stamp, ev: IncidentEvent<'_>) -> Result<(), ProjectionError> {
         let (idx, old_link) = match self.ids.get(&e.incident_id) {
             Some(i) => {
                 let slot = &mut self.slots[*i as usize];
-                slot.state.apply_decoded(e, ev, &mut self.names)?;
+                slot.state.apply_decoded(&e, ev, &mut self.names)?;
                 (*i as usize, slot.link)
             }
             None => {
                 let mut state = IncidentState::new();
-                state.apply_decoded(e, ev, &mut self.names)?;
+                state.apply_decoded(&e, ev, &mut self.names)?;
                 self.ids.insert(e.incident_id, self.slots.len() as u32);
                 self.slots.push(Slot { state, link: None });
                 (self.slots.len() - 1, None)
@@ -129,8 +175,8 @@ impl Projection {
             (Some(c), None) => Some((c.region, c.occurred_at, c.kind, st.contrib())),
             _ => None,
         };
-        slot.link = self.summaries.update(e.global_position, old_link, new);
-        self.position = e.global_position;
+        slot.link = self.summaries.update(e.position, old_link, new);
+        self.position = e.position;
         self.events += 1;
         Ok(())
     }

@@ -281,6 +281,26 @@ impl Default for IncidentState {
     }
 }
 
+/// Where an event sits in the log: what folding needs of its envelope besides the data.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stamp {
+    pub(crate) position: u64,
+    pub(crate) incident_id: Uuid,
+    pub(crate) stream_version: u64,
+    pub(crate) recorded_at: DateTime<Utc>,
+}
+
+impl Stamp {
+    pub(crate) fn of(e: &Envelope) -> Stamp {
+        Stamp {
+            position: e.global_position,
+            incident_id: e.incident_id,
+            stream_version: e.stream_version,
+            recorded_at: e.recorded_at,
+        }
+    }
+}
+
 /// Where and when an event was recorded (from the envelope, or a stand-in in `decide`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Meta {
@@ -336,19 +356,19 @@ impl IncidentState {
     /// Folds one recorded event of this incident's stream.
     pub fn apply(&mut self, e: &Envelope) -> Result<(), ProjectionError> {
         let ev = decode_envelope(e)?;
-        self.apply_decoded(e, ev, &mut Interner::off())
+        self.apply_decoded(&Stamp::of(e), ev, &mut Interner::off())
     }
 
     pub(crate) fn apply_decoded(
         &mut self,
-        e: &Envelope,
+        e: &Stamp,
         ev: IncidentEvent<'_>,
         names: &mut Interner,
     ) -> Result<(), ProjectionError> {
         if let Some(id) = self.id {
             if id != e.incident_id {
                 return Err(ProjectionError::Rule {
-                    position: e.global_position,
+                    position: e.position,
                     incident: e.incident_id,
                     message: format!(
                         "event of incident {} folded into incident {id}",
@@ -359,7 +379,7 @@ impl IncidentState {
         }
         if e.stream_version != self.version + 1 {
             return Err(ProjectionError::StreamVersion {
-                position: e.global_position,
+                position: e.position,
                 incident: e.incident_id,
                 current: self.version,
                 got: e.stream_version,
@@ -367,7 +387,7 @@ impl IncidentState {
         }
         if let Err((_, message)) = self.check(&ev) {
             return Err(ProjectionError::Rule {
-                position: e.global_position,
+                position: e.position,
                 incident: e.incident_id,
                 message,
             });
@@ -376,7 +396,7 @@ impl IncidentState {
         self.apply_event(
             ev,
             Meta {
-                position: e.global_position,
+                position: e.position,
                 recorded_at: e.recorded_at,
             },
             names,

@@ -110,6 +110,37 @@ impl RecordedEvent {
     }
 }
 
+/// A recorded event borrowed from a backend's read buffer (see [`EventStore::read_all_map`]).
+#[derive(Clone, Copy, Debug)]
+pub struct EventRef<'a> {
+    pub global_position: u64,
+    pub stream_id: StreamId,
+    pub stream_version: u64,
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub data: &'a RawValue,
+    pub recorded_at: DateTime<Utc>,
+    pub recorded_by: &'a str,
+    pub hash: [u8; 32],
+}
+
+impl RecordedEvent {
+    /// This event as an [`EventRef`].
+    pub fn borrowed(&self) -> EventRef<'_> {
+        EventRef {
+            global_position: self.global_position,
+            stream_id: self.stream_id,
+            stream_version: self.stream_version,
+            event_id: self.event_id,
+            event_type: &self.event_type,
+            data: &self.data,
+            recorded_at: self.recorded_at,
+            recorded_by: &self.recorded_by,
+            hash: self.hash,
+        }
+    }
+}
+
 /// The durable head of the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Head {
@@ -254,6 +285,25 @@ pub trait EventStore: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// [`EventStore::read_all`], each event handed to `map` borrowed, where it is decoded: a
+    /// caller that turns events into its own form (the rebuild of the views) skips the owned
+    /// copies, and its mapping runs on the backend's reading threads.
+    fn read_all_map<T, F>(
+        &self,
+        after: u64,
+        limit: usize,
+        map: F,
+    ) -> impl Future<Output = Result<Vec<T>, StoreError>> + Send
+    where
+        T: Send + 'static,
+        F: Fn(EventRef<'_>) -> T + Clone + Send + Sync + 'static,
+    {
+        async move {
+            let events = self.read_all(after, limit).await?;
+            Ok(events.iter().map(|e| map(e.borrowed())).collect())
+        }
+    }
 
     /// Whether an event with this id may be recorded: `false` is certain (as of the call),
     /// `true` may be wrong (a backend can answer from an in-memory index without reading
@@ -464,6 +514,19 @@ impl EventStore for Store {
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         with_backend!(self, s => s.read_all(after, limit).await)
+    }
+
+    async fn read_all_map<T, F>(
+        &self,
+        after: u64,
+        limit: usize,
+        map: F,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(EventRef<'_>) -> T + Clone + Send + Sync + 'static,
+    {
+        with_backend!(self, s => s.read_all_map(after, limit, map).await)
     }
 
     async fn event_by_id(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {

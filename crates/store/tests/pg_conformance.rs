@@ -48,6 +48,7 @@ pg_conformance!(
     append_many_requests_after_a_failure_depend_on_it,
     concurrent_batches_stay_contiguous,
     read_all_paging,
+    read_all_map_maps_what_read_all_reads,
     position_at_is_a_prefix,
     subscription_catch_up_then_live,
     subscription_from_the_middle,

@@ -825,3 +825,83 @@ fn digest_is_stable_and_sensitive() {
     log.append(id(1), &[report("shelling", "2026-01-02", "UA-63")]);
     assert_ne!(log.projection().digest(), a.digest());
 }
+
+/// A rebuild decodes events on its reading threads (`DecodedEvent`, owning its strings) and
+/// folds them elsewhere: every field of every event type, escaped strings included, folds to
+/// the same views as the direct fold.
+#[test]
+fn events_decoded_ahead_fold_like_events_applied_directly() {
+    let q = "\"quoted\" \\ back é 😀";
+    let source = json!({"name": format!("Src {q}"), "kind": "media", "url": "https://a.example/x?q=\"1\"",
+        "archive_url": "https://archive.example/a", "published_at": "2026-01-02", "sha256": "ab".repeat(32)});
+    let mut log = Log::new();
+    log.append(
+        id(1),
+        &[
+            ("IncidentReported", json!({"kind": "drone_strike", "occurred_at": "2026-01-02T03:04:05Z",
+                "time_precision": "hour", "region": "UA-63", "locality": format!("Loc {q}"),
+                "location": {"lat": 49.99, "lon": 36.23, "precision": "near"}, "perpetrator": format!("P {q}"),
+                "target": format!("T {q}"), "summary": format!("S {q}"), "source": source})),
+            ("CasualtiesReported", json!({"source": {"name": format!("Cas {q}")}, "killed": 3, "injured": 5,
+                "killed_low": 2, "killed_high": 4, "civilians_killed": 2, "children_killed": 1})),
+            ("ClaimMade", json!({"claim_id": C1, "claimant": format!("C {q}"), "statement": format!("St {q}"),
+                "attributed_to": format!("A {q}"), "source": {"name": format!("CS {q}"), "url": "https://c.example"}})),
+            ("ClaimDenied", json!({"claim_id": C1, "by": format!("D {q}"), "statement": format!("No {q}"),
+                "source": {"name": format!("DS {q}")}})),
+            ("ClaimAssessed", json!({"claim_id": C1, "assessment": "refuted", "by": format!("B {q}"),
+                "evidence": format!("E {q}")})),
+            ("SourceAdded", json!({"source": {"name": format!("Added {q}"), "kind": "ngo"}})),
+        ],
+    );
+    log.append(id(2), &[report("shelling", "2026-01-02", "UA-63")]);
+    log.append(id(2), &[
+        ("IncidentCorrected", json!({"reason": format!("R {q}"), "kind": "missile_strike",
+                "occurred_at": "2026-01-03", "time_precision": "day", "region": "UA-65",
+                "locality": format!("L2 {q}"), "location": {"lat": 46.6, "lon": 32.6},
+                "perpetrator": format!("P2 {q}"), "target": format!("T2 {q}"), "summary": format!("S2 {q}")})),
+    ]);
+    log.append(
+        id(2),
+        &[(
+            "IncidentRetracted",
+            json!({"reason": format!("dup {q}"), "duplicate_of": id(1)}),
+        )],
+    );
+    let direct = log.projection();
+    let mut ahead = Projection::new();
+    for r in &log.recs {
+        let decoded = DecodedEvent::decode(&r.env()).unwrap();
+        assert_eq!(decoded.global_position(), r.position);
+        ahead.apply_decoded(decoded).unwrap();
+    }
+    assert_eq!(ahead.digest(), direct.digest());
+    for i in [id(1), id(2)] {
+        let v = serde_json::to_value(ahead.incident(i).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::to_value(direct.incident(i).unwrap()).unwrap()
+        );
+    }
+    let fields = [
+        (
+            id(1),
+            &[
+                "Loc", "P", "T", "S", "C", "St", "A", "D", "No", "B", "E", "Added", "Src", "Cas",
+            ][..],
+        ),
+        (id(2), &["L2", "P2", "T2", "S2", "R", "dup"][..]),
+    ];
+    for (i, names) in fields {
+        let v = serde_json::to_string(&ahead.incident(i).unwrap()).unwrap();
+        for field in names {
+            let escaped = serde_json::to_string(&format!("{field} {q}")).unwrap();
+            assert!(v.contains(&escaped), "{field} missing from {v}");
+        }
+    }
+    // Out of order is refused before anything is decoded, like `apply`.
+    let first = DecodedEvent::decode(&log.recs[0].env()).unwrap();
+    assert!(matches!(
+        ahead.apply_decoded(first),
+        Err(ProjectionError::OutOfOrder { .. })
+    ));
+}

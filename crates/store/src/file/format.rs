@@ -9,11 +9,13 @@
 //! stream_version u64 | recorded_at_micros i64 | append_index u32 | append_len u32 | json body`.
 //! The record's chain hash is `BLAKE3(covered)`; it is the next record's `prev_hash`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::RecordedEvent;
+use crate::{EventRef, RecordedEvent};
 
 pub(crate) const MAGIC: [u8; 8] = *b"ILOGSEG\0";
 pub(crate) const FORMAT_VERSION: u16 = 1;
@@ -127,11 +129,13 @@ struct BodyRef<'a> {
 }
 
 #[derive(Deserialize)]
-struct BodyOwned {
-    #[serde(rename = "type")]
-    event_type: String,
-    recorded_by: String,
-    data: Box<RawValue>,
+struct BodyBorrowed<'a> {
+    #[serde(rename = "type", borrow)]
+    event_type: Cow<'a, str>,
+    #[serde(borrow)]
+    recorded_by: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
 }
 
 /// Size of the encoded record, for batch accounting and bounds checks.
@@ -265,6 +269,25 @@ impl RecordView<'_> {
 
     /// Decodes the JSON body into a full event.
     pub(crate) fn to_event(&self, hash: [u8; 32]) -> Result<RecordedEvent, String> {
+        self.with_event(hash, |e| RecordedEvent {
+            global_position: e.global_position,
+            stream_id: e.stream_id,
+            stream_version: e.stream_version,
+            event_id: e.event_id,
+            event_type: e.event_type.to_owned(),
+            data: e.data.to_owned(),
+            recorded_at: e.recorded_at,
+            recorded_by: e.recorded_by.to_owned(),
+            hash: e.hash,
+        })
+    }
+
+    /// Decodes the JSON body and hands the event, borrowed from the record, to `f`.
+    pub(crate) fn with_event<T>(
+        &self,
+        hash: [u8; 32],
+        f: impl FnOnce(EventRef<'_>) -> T,
+    ) -> Result<T, String> {
         let body = match fast_body(self.json) {
             Some(body) => body,
             None => {
@@ -273,22 +296,23 @@ impl RecordView<'_> {
         };
         let recorded_at = chrono::DateTime::from_timestamp_micros(self.meta.recorded_at)
             .ok_or_else(|| "recorded_at out of range".to_string())?;
-        Ok(RecordedEvent {
+        Ok(f(EventRef {
             global_position: self.meta.position,
             stream_id: self.meta.stream_id,
             stream_version: self.meta.stream_version,
             event_id: self.meta.event_id,
-            event_type: body.event_type,
+            event_type: &body.event_type,
             data: body.data,
             recorded_at,
-            recorded_by: body.recorded_by,
+            recorded_by: &body.recorded_by,
             hash,
-        })
+        }))
     }
 }
 
-/// A JSON string starting at `b[0] == '"'`: its value and the bytes it took.
-fn json_string(b: &[u8]) -> Option<(String, usize)> {
+/// A JSON string starting at `b[0] == '"'`: its value (borrowed unless it has escapes) and
+/// the bytes it took.
+fn json_string(b: &[u8]) -> Option<(Cow<'_, str>, usize)> {
     if b.first() != Some(&b'"') {
         return None;
     }
@@ -299,13 +323,13 @@ fn json_string(b: &[u8]) -> Option<(String, usize)> {
             b'"' => {
                 let raw = &b[..=i];
                 let value = if escaped {
-                    serde_json::from_slice::<String>(raw).ok()?
+                    Cow::Owned(serde_json::from_slice::<String>(raw).ok()?)
                 } else {
                     let inner = std::str::from_utf8(&raw[1..i]).ok()?;
                     if inner.bytes().any(|c| c < 0x20) {
                         return None;
                     }
-                    inner.to_string()
+                    Cow::Borrowed(inner)
                 };
                 return Some((value, i + 1));
             }
@@ -322,7 +346,7 @@ fn json_string(b: &[u8]) -> Option<(String, usize)> {
 /// Decodes the body as this writer lays it out (`{"type":..,"recorded_by":..,"data":..}`,
 /// compact) without a general JSON parse of the envelope; `None` for any other layout, which
 /// the caller then hands to serde. Only `data` is validated as JSON (`RawValue` requires it).
-fn fast_body(json: &[u8]) -> Option<BodyOwned> {
+fn fast_body(json: &[u8]) -> Option<BodyBorrowed<'_>> {
     let rest = json.strip_prefix(br#"{"type":"#)?;
     let (event_type, used) = json_string(rest)?;
     let rest = rest[used..].strip_prefix(br#","recorded_by":"#)?;
@@ -330,8 +354,8 @@ fn fast_body(json: &[u8]) -> Option<BodyOwned> {
     let rest = rest[used..].strip_prefix(br#","data":"#)?;
     let data = rest.strip_suffix(b"}")?;
     let data = std::str::from_utf8(data).ok()?;
-    let data = RawValue::from_string(data.to_string()).ok()?;
-    Some(BodyOwned {
+    let data = serde_json::from_str::<&RawValue>(data).ok()?;
+    Some(BodyBorrowed {
         event_type,
         recorded_by,
         data,
@@ -381,7 +405,7 @@ mod tests {
         for (t, r, d) in cases {
             let body = encode_body(t, r, d);
             let fast = fast_body(&body).expect("our own layout decodes");
-            let slow: BodyOwned = serde_json::from_slice(&body).unwrap();
+            let slow: BodyBorrowed = serde_json::from_slice(&body).unwrap();
             assert_eq!(fast.event_type, t);
             assert_eq!(fast.recorded_by, r);
             assert_eq!(fast.event_type, slow.event_type);

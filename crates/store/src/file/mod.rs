@@ -33,8 +33,8 @@ use index::{IdLookup, Index, Location};
 use writer::{IoStage, Msg, Writer};
 
 use crate::{
-    AppendOutcome, AppendRequest, EventStore, Head, OpenOptions, RecordedEvent, StoreError,
-    TokenRecord, VerifyReport,
+    AppendOutcome, AppendRequest, EventRef, EventStore, Head, OpenOptions, RecordedEvent,
+    StoreError, TokenRecord, VerifyReport,
 };
 
 /// Tries (50 ms apart) to take the data directory's lock before giving up.
@@ -249,6 +249,55 @@ impl FileStore {
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))
     }
 
+    /// `read_all` with each record through `decode`, on the calling task, one blocking
+    /// thread or several.
+    async fn read_all_decoded<T, D>(
+        &self,
+        after: u64,
+        limit: usize,
+        decode: D,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: Send + 'static,
+        D: Fn(&RecordView<'_>, [u8; 32]) -> Result<T, String> + Clone + Send + Sync + 'static,
+    {
+        let Some((from, to, head)) = read_all_plan(&self.shared, after, limit) else {
+            return Ok(Vec::new());
+        };
+        let n = to - from + 1;
+        // A few records just written are in the page cache: reading them costs a few
+        // microseconds, less than handing the read to a blocking thread and waking this task
+        // again (the live views and feeds read this way after every commit). Older records
+        // may need the disk, which must not stall this runtime thread.
+        if n <= INLINE_MAX && head - to < INLINE_RECENT {
+            return read_positions_with(&self.shared, from, to, &decode);
+        }
+        // Decoding (checksums, JSON) is the cost: spread a large read over the cores.
+        let parts = std::thread::available_parallelism()
+            .map_or(1, |p| p.get() as u64)
+            .min(n / PARALLEL_MIN)
+            .max(1);
+        if parts == 1 {
+            return self
+                .blocking(move |shared| read_positions_with(shared, from, to, &decode))
+                .await;
+        }
+        let step = n.div_ceil(parts);
+        let tasks: Vec<_> = (0..parts)
+            .map(|k| {
+                let a = from + k * step;
+                let b = to.min(a + step - 1);
+                let decode = decode.clone();
+                self.blocking(move |shared| read_positions_with(shared, a, b, &decode))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n as usize);
+        for part in futures_util::future::join_all(tasks).await {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
@@ -330,14 +379,16 @@ fn read_recorded_at(loc: &Location) -> Result<i64, StoreError> {
     Ok(read_record(loc, None)?.0.recorded_at)
 }
 
-/// Decodes the records of `buf` (positions `from..=to`, read from `loc`).
-fn decode_chunk(
+/// Decodes the records of `buf` (positions `from..=to`, read from `loc`), each through
+/// `decode` (the record and its chain hash) into `out`.
+fn decode_chunk<T>(
     buf: &[u8],
     loc: &Location,
     from: u64,
     to: u64,
     head: Head,
-    out: &mut Vec<RecordedEvent>,
+    decode: &impl Fn(&RecordView<'_>, [u8; 32]) -> Result<T, String>,
+    out: &mut Vec<T>,
 ) -> Result<(), StoreError> {
     let mut at = 0usize;
     let mut pending: Option<(RecordView<'_>, u64)> = None;
@@ -360,10 +411,7 @@ fn decode_chunk(
         expected += 1;
         // The previous record's chain hash is this record's prev_hash.
         if let Some((p, off)) = pending.take() {
-            out.push(
-                p.to_event(v.meta.prev_hash)
-                    .map_err(|r| scan::corrupt(&loc.path, off, r))?,
-            );
+            out.push(decode(&p, v.meta.prev_hash).map_err(|r| scan::corrupt(&loc.path, off, r))?);
         }
         pending = Some((v, offset));
     }
@@ -373,10 +421,7 @@ fn decode_chunk(
         } else {
             p.hash()
         };
-        out.push(
-            p.to_event(hash)
-                .map_err(|r| scan::corrupt(&loc.path, off, r))?,
-        );
+        out.push(decode(&p, hash).map_err(|r| scan::corrupt(&loc.path, off, r))?);
     }
     if expected != to + 1 {
         return Err(scan::corrupt(
@@ -398,20 +443,39 @@ fn read_all_plan(shared: &Shared, after: u64, limit: usize) -> Option<(u64, u64,
     Some((after + 1, len.min(after.saturating_add(limit as u64)), len))
 }
 
-/// Reads and decodes positions `from..=to` (all durable).
-fn read_positions(shared: &Shared, from: u64, to: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+/// Reads positions `from..=to` (all durable), each record through `decode`.
+fn read_positions_with<T>(
+    shared: &Shared,
+    from: u64,
+    to: u64,
+    decode: &impl Fn(&RecordView<'_>, [u8; 32]) -> Result<T, String>,
+) -> Result<Vec<T>, StoreError> {
     let (ranges, head) = {
         let index = shared.index();
         (index.ranges(from, to), index.head)
     };
     let mut out = Vec::with_capacity((to - from + 1) as usize);
+    // The thread's read buffer from its last read: megabytes freshly allocated per read would
+    // be zeroed page by page again by the kernel.
+    let mut buf = READ_BUFFER.take();
     for (loc, from, to) in ranges {
-        let mut buf = vec![0u8; (loc.end - loc.start) as usize];
+        buf.clear();
+        buf.resize((loc.end - loc.start) as usize, 0);
         loc.file.read_exact_at(&mut buf, loc.start)?;
-        decode_chunk(&buf, &loc, from, to, head, &mut out)?;
+        decode_chunk(&buf, &loc, from, to, head, decode, &mut out)?;
+    }
+    if buf.capacity() <= READ_BUFFER_KEPT {
+        READ_BUFFER.set(buf);
     }
     Ok(out)
 }
+
+thread_local! {
+    static READ_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest read buffer a thread keeps between reads.
+const READ_BUFFER_KEPT: usize = 16 << 20;
 
 /// Large reads are split into this many events per decoding thread at least.
 const PARALLEL_MIN: u64 = 4096;
@@ -468,40 +532,24 @@ impl EventStore for FileStore {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let Some((from, to, head)) = read_all_plan(&self.shared, after, limit) else {
-            return Ok(Vec::new());
-        };
-        let n = to - from + 1;
-        // A few records just written are in the page cache: reading them costs a few
-        // microseconds, less than handing the read to a blocking thread and waking this task
-        // again (the live views and feeds read this way after every commit). Older records
-        // may need the disk, which must not stall this runtime thread.
-        if n <= INLINE_MAX && head - to < INLINE_RECENT {
-            return read_positions(&self.shared, from, to);
-        }
-        // Decoding (checksums, JSON) is the cost: spread a large read over the cores.
-        let parts = std::thread::available_parallelism()
-            .map_or(1, |p| p.get() as u64)
-            .min(n / PARALLEL_MIN)
-            .max(1);
-        if parts == 1 {
-            return self
-                .blocking(move |shared| read_positions(shared, from, to))
-                .await;
-        }
-        let step = n.div_ceil(parts);
-        let tasks: Vec<_> = (0..parts)
-            .map(|k| {
-                let a = from + k * step;
-                let b = to.min(a + step - 1);
-                self.blocking(move |shared| read_positions(shared, a, b))
-            })
-            .collect();
-        let mut out = Vec::with_capacity(n as usize);
-        for part in futures_util::future::join_all(tasks).await {
-            out.extend(part?);
-        }
-        Ok(out)
+        self.read_all_decoded(after, limit, |v: &RecordView<'_>, hash| v.to_event(hash))
+            .await
+    }
+
+    async fn read_all_map<T, F>(
+        &self,
+        after: u64,
+        limit: usize,
+        map: F,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(EventRef<'_>) -> T + Clone + Send + Sync + 'static,
+    {
+        self.read_all_decoded(after, limit, move |v: &RecordView<'_>, hash| {
+            v.with_event(hash, &map)
+        })
+        .await
     }
 
     async fn event_by_id(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {

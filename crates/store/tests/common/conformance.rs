@@ -8,11 +8,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use incidentlog_store::{
-    subscribe, AppendOutcome, AppendRequest, EventStore, ExpectedVersion, NewEvent, RecordedEvent,
-    StoreError, TokenRecord,
+    subscribe, AppendOutcome, AppendRequest, EventRef, EventStore, ExpectedVersion, NewEvent,
+    RecordedEvent, StoreError, TokenRecord,
 };
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -34,6 +34,7 @@ macro_rules! conformance_suite {
             append_many_requests_after_a_failure_depend_on_it,
             concurrent_batches_stay_contiguous,
             read_all_paging,
+            read_all_map_maps_what_read_all_reads,
             position_at_is_a_prefix,
             subscription_catch_up_then_live,
             subscription_from_the_middle,
@@ -733,6 +734,84 @@ pub async fn read_all_paging<S: EventStore>(store: Arc<S>) {
         tail.iter().map(|e| e.global_position).collect::<Vec<_>>(),
         vec![41, 42]
     );
+}
+
+/// `read_all_map` hands `map` exactly what `read_all` returns, borrowed, in order, for small
+/// and large reads (a backend may read a large one on several threads), with escaped strings
+/// in the type and `recorded_by` too.
+pub async fn read_all_map_maps_what_read_all_reads<S: EventStore>(store: Arc<S>) {
+    let n_requests = 90;
+    for i in 0..n_requests {
+        let mut req = request(
+            Uuid::new_v4(),
+            ExpectedVersion::Exact(0),
+            (0..100)
+                .map(|k| {
+                    let t = if k % 7 == 0 {
+                        "Quoted \"thing\"\t"
+                    } else {
+                        "Thing"
+                    };
+                    event(t, &format!("{{\"i\":{i},\"k\":{k},\"s\":\"\\u00e9\\n\"}}"))
+                })
+                .collect(),
+        );
+        if i % 3 == 0 {
+            req.recorded_by = "r\u{e9}porter \"x\" \\ \u{1F600}".into();
+        }
+        store.append(req).await.unwrap();
+    }
+    let everything = all(&*store).await;
+    assert_eq!(everything.len(), n_requests * 100);
+    type Seen = (
+        u64,
+        Uuid,
+        u64,
+        Uuid,
+        String,
+        String,
+        DateTime<Utc>,
+        String,
+        [u8; 32],
+    );
+    let own = |e: EventRef<'_>| -> Seen {
+        (
+            e.global_position,
+            e.stream_id,
+            e.stream_version,
+            e.event_id,
+            e.event_type.to_owned(),
+            e.data.get().to_owned(),
+            e.recorded_at,
+            e.recorded_by.to_owned(),
+            e.hash,
+        )
+    };
+    let expected: Vec<Seen> = everything.iter().map(|e| own(e.borrowed())).collect();
+    assert!(expected
+        .iter()
+        .any(|s| s.4.contains('"') && s.7.contains('"')));
+    for (after, limit) in [
+        (0, usize::MAX),
+        (0, 50),
+        (0, 1_000),
+        (8_950, 100),
+        (8_999, 10),
+        (9_000, 10),
+        (123, 8_500),
+    ] {
+        let got = store.read_all_map(after, limit, own).await.unwrap();
+        let want: Vec<Seen> = expected
+            .iter()
+            .skip(after as usize)
+            .take(limit)
+            .cloned()
+            .collect();
+        assert!(
+            got == want,
+            "read_all_map({after}, {limit}) differs from read_all"
+        );
+    }
 }
 
 pub async fn position_at_is_a_prefix<S: EventStore>(store: Arc<S>) {
