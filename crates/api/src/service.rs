@@ -906,9 +906,15 @@ async fn rebuild<S: EventStore>(
     Ok((projection, position))
 }
 
-/// An event of a rebuild as its reading thread hands it over: decoded, with its position.
+/// An event as the views fold it, decoded on the thread that read it (a rebuild's reading
+/// threads; the live views' subscription).
+fn decode(e: EventRef<'_>) -> Result<DecodedEvent, ProjectionError> {
+    DecodedEvent::decode(&envelope_of(e))
+}
+
+/// [`decode`], with the event's position.
 fn decode_for_fold(e: EventRef<'_>) -> (u64, Result<DecodedEvent, ProjectionError>) {
-    (e.global_position, DecodedEvent::decode(&envelope_of(e)))
+    (e.global_position, decode(e))
 }
 
 /// Rebuilds the views from the log offline (the CLI's `replay`): events, duration, digest.
@@ -928,7 +934,9 @@ async fn follow(inner: Arc<Inner>, from: u64) {
     let mut closing = inner.closing.subscribe();
     let mut position = from;
     loop {
-        let stream = incidentlog_store::subscribe(inner.store.clone(), position);
+        // Events arrive decoded (where the store read them), so the write lock below is held
+        // only to fold.
+        let stream = incidentlog_store::subscribe_map(inner.store.clone(), position, decode);
         futures_util::pin_mut!(stream);
         loop {
             let first = tokio::select! {
@@ -948,16 +956,20 @@ async fn follow(inner: Arc<Inner>, from: u64) {
                 chunk
             });
             let Some(chunk) = chunk else { break };
+            let received = chunk.len() as u64;
             let mut failed = None;
+            let mut items = chunk.into_iter().peekable();
             // Short write-lock holds, so that reads keep a low latency under heavy appends.
-            for slice in chunk.chunks(APPLY_SLICE) {
+            while items.peek().is_some() && failed.is_none() {
                 {
                     let mut p = inner.projection.write().unwrap_or_else(|p| p.into_inner());
-                    for item in slice {
+                    for item in items.by_ref().take(APPLY_SLICE) {
                         match item {
-                            Ok(e) if e.global_position > position => {
-                                apply_logged(&mut p, e);
-                                position = e.global_position;
+                            Ok((at, decoded)) if at > position => {
+                                if let Err(err) = decoded.and_then(|d| p.apply_decoded(d)) {
+                                    tracing::error!(position = at, error = %err, "event skipped by the views");
+                                }
+                                position = at;
                             }
                             Ok(_) => {}
                             Err(err) => {
@@ -968,14 +980,8 @@ async fn follow(inner: Arc<Inner>, from: u64) {
                     }
                 }
                 inner.applied.send_replace(position);
-                if failed.is_some() {
-                    break;
-                }
             }
-            inner
-                .metrics
-                .events_applied
-                .fetch_add(chunk.len() as u64, Relaxed);
+            inner.metrics.events_applied.fetch_add(received, Relaxed);
             if let Some(err) = failed {
                 if *closing.borrow() {
                     // The store is closing under the reader: not a failure.

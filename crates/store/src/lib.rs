@@ -30,7 +30,7 @@ pub mod file;
 pub mod pg;
 mod subscription;
 pub use file::FileStore;
-pub use subscription::subscribe;
+pub use subscription::{subscribe, subscribe_map};
 
 /// Identifies a stream (for incidentlog: an incident).
 pub type StreamId = Uuid;
@@ -122,6 +122,23 @@ pub struct EventRef<'a> {
     pub recorded_at: DateTime<Utc>,
     pub recorded_by: &'a str,
     pub hash: [u8; 32],
+}
+
+impl EventRef<'_> {
+    /// An owned copy.
+    pub fn to_recorded(&self) -> RecordedEvent {
+        RecordedEvent {
+            global_position: self.global_position,
+            stream_id: self.stream_id,
+            stream_version: self.stream_version,
+            event_id: self.event_id,
+            event_type: self.event_type.to_owned(),
+            data: self.data.to_owned(),
+            recorded_at: self.recorded_at,
+            recorded_by: self.recorded_by.to_owned(),
+            hash: self.hash,
+        }
+    }
 }
 
 impl RecordedEvent {

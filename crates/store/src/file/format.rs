@@ -269,17 +269,7 @@ impl RecordView<'_> {
 
     /// Decodes the JSON body into a full event.
     pub(crate) fn to_event(&self, hash: [u8; 32]) -> Result<RecordedEvent, String> {
-        self.with_event(hash, |e| RecordedEvent {
-            global_position: e.global_position,
-            stream_id: e.stream_id,
-            stream_version: e.stream_version,
-            event_id: e.event_id,
-            event_type: e.event_type.to_owned(),
-            data: e.data.to_owned(),
-            recorded_at: e.recorded_at,
-            recorded_by: e.recorded_by.to_owned(),
-            hash: e.hash,
-        })
+        self.with_event(hash, |e| e.to_recorded())
     }
 
     /// Decodes the JSON body and hands the event, borrowed from the record, to `f`.
