@@ -46,8 +46,10 @@ macro_rules! lean {
 // After `lean!`, which it uses.
 mod import;
 
-/// Page size of catch-up and replay reads: large, so that the fold is not dominated by
-/// per-call overhead.
+/// Page size of catch-up and replay reads: large enough that per-call overhead does not
+/// count, small enough for one reading thread (the file store spreads reads of 8k events and
+/// more over several, whose CPU a two-core machine's fold then lacks; measured in
+/// `proto-docs/benchmarks.md`).
 const REPLAY_PAGE: usize = 4 * 1024;
 /// A rebuild reserves room for this many events at most up front (more grow as they come).
 const REBUILD_RESERVE_MAX: u64 = 1 << 24;
