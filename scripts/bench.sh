@@ -218,23 +218,32 @@ main_run() {
   record "BENCH cli_reimport_events_per_sec=$(awk -v n="$n_rows" -v s="$(secs_between "$t0" "$t1")" 'BEGIN { printf "%.0f", n / s }') events/s"
   rm -rf "$d2"
 
-  # Replay vs COPY TO STDOUT of the same rows (each warmed once, then timed).
-  log "incidentlog replay vs PostgreSQL COPY TO STDOUT"
+  # Replay vs COPY TO STDOUT of the same rows: each warmed once, then $ROUNDS alternating
+  # rounds, each side's median round reported (one run each swings by 20-30% here).
+  log "incidentlog replay vs PostgreSQL COPY TO STDOUT ($ROUNDS alternating rounds)"
   timeout 600 "$BIN" replay --data-dir "$d" >/dev/null 2>&1 || true
-  t0=$(now_ns)
-  timeout 600 "$BIN" replay --data-dir "$d" >"$WORK/replay.out" 2>"$WORK/replay.err" \
-    || { tail -n 20 "$WORK/replay.err" >&2; die "incidentlog replay failed"; }
-  t1=$(now_ns)
-  record "BENCH replay_s=$(secs_between "$t0" "$t1") s"
-  record "BENCH replay_events_per_sec=$(awk -v n="$n_rows" -v s="$(secs_between "$t0" "$t1")" 'BEGIN { printf "%.0f", n / s }') events/s"
   if [[ $have_pg == 1 ]]; then
     psql_db peer -c "TRUNCATE events"
     psql_db peer -c "\\copy events (incident_id, stream_version, event_id, event_type, data, recorded_by) FROM '$WORK/big.copy'"
     psql_db peer -c "COPY events TO STDOUT" >/dev/null
+  fi
+  for r in $(seq 1 "$ROUNDS"); do
     t0=$(now_ns)
-    psql_db peer -c "COPY events TO STDOUT" >/dev/null
+    timeout 600 "$BIN" replay --data-dir "$d" >"$WORK/replay.out" 2>"$WORK/replay.err" \
+      || { tail -n 20 "$WORK/replay.err" >&2; die "incidentlog replay failed"; }
     t1=$(now_ns)
-    record "BENCH pg_copy_to_rows_per_sec=$(awk -v n="$n_rows" -v s="$(secs_between "$t0" "$t1")" 'BEGIN { printf "%.0f", n / s }') rows/s"
+    record "BENCH replay_r${r}_s=$(secs_between "$t0" "$t1") s"
+    record "BENCH replay_r${r}_events_per_sec=$(awk -v n="$n_rows" -v s="$(secs_between "$t0" "$t1")" 'BEGIN { printf "%.0f", n / s }') events/s"
+    if [[ $have_pg == 1 ]]; then
+      t0=$(now_ns)
+      psql_db peer -c "COPY events TO STDOUT" >/dev/null
+      t1=$(now_ns)
+      record "BENCH pg_copy_to_r${r}_rows_per_sec=$(awk -v n="$n_rows" -v s="$(secs_between "$t0" "$t1")" 'BEGIN { printf "%.0f", n / s }') rows/s"
+    fi
+  done
+  median_round replay events_per_sec
+  if [[ $have_pg == 1 ]]; then
+    median_round pg_copy_to rows_per_sec
   fi
   rm -rf "$d"
 }
