@@ -300,9 +300,6 @@ fn main() {
     for _ in 0..runs {
         let mut p = Projection::new();
         let t = Instant::now();
-        if std::env::var_os("RESERVE").is_some() {
-            p.reserve(log.len());
-        }
         for (i, r) in log.iter().enumerate() {
             p.apply(&env(r, i as u64 + 1)).expect("synthetic log folds");
         }
