@@ -194,7 +194,7 @@ impl Importer<'_> {
             let (parsed, used) = next
                 .await
                 .map_err(|e| ApiError::Internal(format!("parsing task failed: {e}")))?;
-            if spare.len() < 2 {
+            if spare.len() < PARSE_AHEAD {
                 spare.push(used);
             }
             if !self.svc.inner.live {
@@ -398,12 +398,17 @@ impl Importer<'_> {
     /// Hands the current chunk to the store (on its own task) and starts an empty one. The
     /// chunk before must have been settled.
     fn send(&mut self) {
-        let chunk = std::mem::take(&mut self.cur);
-        let (requests, lines): (Vec<_>, Vec<_>) = chunk
-            .lines
-            .into_iter()
-            .map(|s| (s.request, (s.line, s.cmd, s.repeat)))
-            .unzip();
+        let mut chunk = std::mem::take(&mut self.cur);
+        let n = chunk.lines.len();
+        let mut requests = Vec::with_capacity(n);
+        let mut lines = Vec::with_capacity(n);
+        for s in chunk.lines.drain(..) {
+            requests.push(s.request);
+            lines.push((s.line, s.cmd, s.repeat));
+        }
+        // The next chunk stages into the same (now empty) vector: growing megabytes afresh
+        // per chunk costs page faults.
+        self.cur.lines = chunk.lines;
         let store = self.svc.inner.store.clone();
         self.writing = Some(Writing {
             results: tokio::spawn(async move {
