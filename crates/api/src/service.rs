@@ -781,12 +781,14 @@ impl AppService {
             self.wait_applied(fresh.position()).await;
             let live = self.applied_position();
             while fresh.position() < live {
-                let page = store.read_all(fresh.position(), REPLAY_PAGE).await?;
+                let page = store
+                    .read_all_map(fresh.position(), REPLAY_PAGE, decode_for_fold)
+                    .await?;
                 if page.is_empty() {
                     break;
                 }
-                for e in page.iter().take_while(|e| e.global_position <= live) {
-                    apply_logged(&mut fresh, e);
+                for (at, decoded) in page.into_iter().take_while(|(at, _)| *at <= live) {
+                    apply_logged(&mut fresh, at, decoded);
                 }
             }
             let mut guard = self
@@ -839,11 +841,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Applies one event; a stored event that does not decode is logged and skipped so that one
-/// bad record never freezes the views (`verify` reports damage separately).
-fn apply_logged(p: &mut Projection, e: &RecordedEvent) {
-    if let Err(err) = p.apply(&envelope(e)) {
-        tracing::error!(position = e.global_position, error = %err, "event skipped by the views");
+/// Applies one event decoded where it was read; a stored event that does not decode or fold
+/// is logged and skipped so that one bad record never freezes the views (`verify` reports
+/// damage separately).
+fn apply_logged(p: &mut Projection, at: u64, decoded: Result<DecodedEvent, ProjectionError>) {
+    if let Err(err) = decoded.and_then(|d| p.apply_decoded(d)) {
+        tracing::error!(position = at, error = %err, "event skipped by the views");
     }
 }
 
@@ -886,11 +889,8 @@ async fn rebuild<S: EventStore>(
     while let Some(last) = page.last().map(|(p, _)| *p) {
         let upto = last.min(target);
         let fold = async {
-            for (p, decoded) in page.drain(..).take_while(|(p, _)| *p <= target) {
-                let applied = decoded.and_then(|d| projection.apply_decoded(d));
-                if let Err(err) = applied {
-                    tracing::error!(position = p, error = %err, "event skipped by the views");
-                }
+            for (at, decoded) in page.drain(..).take_while(|(at, _)| *at <= target) {
+                apply_logged(&mut projection, at, decoded);
             }
         };
         if upto >= target {
@@ -968,9 +968,7 @@ async fn follow(inner: Arc<Inner>, from: u64) {
                     for item in items.by_ref().take(APPLY_SLICE) {
                         match item {
                             Ok((at, decoded)) if at > position => {
-                                if let Err(err) = decoded.and_then(|d| p.apply_decoded(d)) {
-                                    tracing::error!(position = at, error = %err, "event skipped by the views");
-                                }
+                                apply_logged(&mut p, at, decoded);
                                 position = at;
                             }
                             Ok(_) => {}

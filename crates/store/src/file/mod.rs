@@ -249,55 +249,6 @@ impl FileStore {
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))
     }
 
-    /// `read_all` with each record through `decode`, on the calling task, one blocking
-    /// thread or several.
-    async fn read_all_decoded<T, D>(
-        &self,
-        after: u64,
-        limit: usize,
-        decode: D,
-    ) -> Result<Vec<T>, StoreError>
-    where
-        T: Send + 'static,
-        D: Fn(&RecordView<'_>, [u8; 32]) -> Result<T, String> + Clone + Send + Sync + 'static,
-    {
-        let Some((from, to, head)) = read_all_plan(&self.shared, after, limit) else {
-            return Ok(Vec::new());
-        };
-        let n = to - from + 1;
-        // A few records just written are in the page cache: reading them costs a few
-        // microseconds, less than handing the read to a blocking thread and waking this task
-        // again (the live views and feeds read this way after every commit). Older records
-        // may need the disk, which must not stall this runtime thread.
-        if n <= INLINE_MAX && head - to < INLINE_RECENT {
-            return read_positions_with(&self.shared, from, to, &decode);
-        }
-        // Decoding (checksums, JSON) is the cost: spread a large read over the cores.
-        let parts = std::thread::available_parallelism()
-            .map_or(1, |p| p.get() as u64)
-            .min(n / PARALLEL_MIN)
-            .max(1);
-        if parts == 1 {
-            return self
-                .blocking(move |shared| read_positions_with(shared, from, to, &decode))
-                .await;
-        }
-        let step = n.div_ceil(parts);
-        let tasks: Vec<_> = (0..parts)
-            .map(|k| {
-                let a = from + k * step;
-                let b = to.min(a + step - 1);
-                let decode = decode.clone();
-                self.blocking(move |shared| read_positions_with(shared, a, b, &decode))
-            })
-            .collect();
-        let mut out = Vec::with_capacity(n as usize);
-        for part in futures_util::future::join_all(tasks).await {
-            out.extend(part?);
-        }
-        Ok(out)
-    }
-
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
@@ -379,15 +330,15 @@ fn read_recorded_at(loc: &Location) -> Result<i64, StoreError> {
     Ok(read_record(loc, None)?.0.recorded_at)
 }
 
-/// Decodes the records of `buf` (positions `from..=to`, read from `loc`), each through
-/// `decode` (the record and its chain hash) into `out`.
+/// Decodes the records of `buf` (positions `from..=to`, read from `loc`), each event
+/// through `map` into `out`.
 fn decode_chunk<T>(
     buf: &[u8],
     loc: &Location,
     from: u64,
     to: u64,
     head: Head,
-    decode: &impl Fn(&RecordView<'_>, [u8; 32]) -> Result<T, String>,
+    map: &impl Fn(EventRef<'_>) -> T,
     out: &mut Vec<T>,
 ) -> Result<(), StoreError> {
     let mut at = 0usize;
@@ -411,7 +362,10 @@ fn decode_chunk<T>(
         expected += 1;
         // The previous record's chain hash is this record's prev_hash.
         if let Some((p, off)) = pending.take() {
-            out.push(decode(&p, v.meta.prev_hash).map_err(|r| scan::corrupt(&loc.path, off, r))?);
+            out.push(
+                p.with_event(v.meta.prev_hash, map)
+                    .map_err(|r| scan::corrupt(&loc.path, off, r))?,
+            );
         }
         pending = Some((v, offset));
     }
@@ -421,7 +375,10 @@ fn decode_chunk<T>(
         } else {
             p.hash()
         };
-        out.push(decode(&p, hash).map_err(|r| scan::corrupt(&loc.path, off, r))?);
+        out.push(
+            p.with_event(hash, map)
+                .map_err(|r| scan::corrupt(&loc.path, off, r))?,
+        );
     }
     if expected != to + 1 {
         return Err(scan::corrupt(
@@ -433,7 +390,6 @@ fn decode_chunk<T>(
     Ok(())
 }
 
-/// Positions to read from `after`, and the head they are read against.
 /// Positions `from..=to` a `read_all(after, limit)` covers, and the durable head.
 fn read_all_plan(shared: &Shared, after: u64, limit: usize) -> Option<(u64, u64, u64)> {
     let len = shared.index().len();
@@ -443,12 +399,12 @@ fn read_all_plan(shared: &Shared, after: u64, limit: usize) -> Option<(u64, u64,
     Some((after + 1, len.min(after.saturating_add(limit as u64)), len))
 }
 
-/// Reads positions `from..=to` (all durable), each record through `decode`.
+/// Reads positions `from..=to` (all durable), each event handed to `map`.
 fn read_positions_with<T>(
     shared: &Shared,
     from: u64,
     to: u64,
-    decode: &impl Fn(&RecordView<'_>, [u8; 32]) -> Result<T, String>,
+    map: &impl Fn(EventRef<'_>) -> T,
 ) -> Result<Vec<T>, StoreError> {
     let (ranges, head) = {
         let index = shared.index();
@@ -462,7 +418,7 @@ fn read_positions_with<T>(
         buf.clear();
         buf.resize((loc.end - loc.start) as usize, 0);
         loc.file.read_exact_at(&mut buf, loc.start)?;
-        decode_chunk(&buf, &loc, from, to, head, decode, &mut out)?;
+        decode_chunk(&buf, &loc, from, to, head, map, &mut out)?;
     }
     if buf.capacity() <= READ_BUFFER_KEPT {
         READ_BUFFER.set(buf);
@@ -532,8 +488,7 @@ impl EventStore for FileStore {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.read_all_decoded(after, limit, |v: &RecordView<'_>, hash| v.to_event(hash))
-            .await
+        self.read_all_map(after, limit, |e| e.to_recorded()).await
     }
 
     async fn read_all_map<T, F>(
@@ -546,10 +501,41 @@ impl EventStore for FileStore {
         T: Send + 'static,
         F: Fn(EventRef<'_>) -> T + Clone + Send + Sync + 'static,
     {
-        self.read_all_decoded(after, limit, move |v: &RecordView<'_>, hash| {
-            v.with_event(hash, &map)
-        })
-        .await
+        let Some((from, to, head)) = read_all_plan(&self.shared, after, limit) else {
+            return Ok(Vec::new());
+        };
+        let n = to - from + 1;
+        // A few records just written are in the page cache: reading them costs a few
+        // microseconds, less than handing the read to a blocking thread and waking this task
+        // again (the live views and feeds read this way after every commit). Older records
+        // may need the disk, which must not stall this runtime thread.
+        if n <= INLINE_MAX && head - to < INLINE_RECENT {
+            return read_positions_with(&self.shared, from, to, &map);
+        }
+        // Decoding (checksums, JSON) is the cost: spread a large read over the cores.
+        let parts = std::thread::available_parallelism()
+            .map_or(1, |p| p.get() as u64)
+            .min(n / PARALLEL_MIN)
+            .max(1);
+        if parts == 1 {
+            return self
+                .blocking(move |shared| read_positions_with(shared, from, to, &map))
+                .await;
+        }
+        let step = n.div_ceil(parts);
+        let tasks: Vec<_> = (0..parts)
+            .map(|k| {
+                let a = from + k * step;
+                let b = to.min(a + step - 1);
+                let map = map.clone();
+                self.blocking(move |shared| read_positions_with(shared, a, b, &map))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n as usize);
+        for part in futures_util::future::join_all(tasks).await {
+            out.extend(part?);
+        }
+        Ok(out)
     }
 
     async fn event_by_id(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
