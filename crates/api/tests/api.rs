@@ -12,7 +12,8 @@ use futures_util::StreamExt;
 use incidentlog_api::auth::{ensure_admin_token, hash_secret, new_secret};
 use incidentlog_api::service::AppService;
 use incidentlog_api::{router, ServeConfig};
-use incidentlog_store::{EventStore, OpenOptions, Store, TokenRecord};
+use incidentlog_store::file::{LogFile, LogIo, RealIo};
+use incidentlog_store::{EventStore, FileStore, OpenOptions, Store, TokenRecord};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -43,8 +44,16 @@ async fn add_token(store: &Store, name: &str, role: &str) -> String {
 }
 
 async fn app_with(config: ServeConfig) -> App {
+    app_on(config, Arc::new(RealIo)).await
+}
+
+/// The app on a file store whose segment files go through `io` (fault injection).
+async fn app_on(config: ServeConfig, io: Arc<dyn LogIo>) -> App {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&OpenOptions::new(dir.path())).await.unwrap());
+    let file = FileStore::open_with_io(&OpenOptions::new(dir.path()), io)
+        .await
+        .unwrap();
+    let store = Arc::new(Store::File(file));
     let admin = ensure_admin_token(&store)
         .await
         .unwrap()
@@ -1193,12 +1202,51 @@ impl tokio::io::AsyncRead for CutOff {
     }
 }
 
+/// Real segment files whose every sync takes `delay` longer: a chunk of a bulk import is
+/// still on its way to disk well after the import's next step.
+struct SlowSync {
+    delay: Duration,
+}
+
+struct SlowSyncFile {
+    inner: Box<dyn LogFile>,
+    delay: Duration,
+}
+
+impl LogIo for SlowSync {
+    fn open_append(
+        &self,
+        path: &std::path::Path,
+        create: bool,
+    ) -> std::io::Result<Box<dyn LogFile>> {
+        Ok(Box::new(SlowSyncFile {
+            inner: RealIo.open_append(path, create)?,
+            delay: self.delay,
+        }))
+    }
+}
+
+impl LogFile for SlowSyncFile {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(buf)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        std::thread::sleep(self.delay);
+        self.inner.sync_data()
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
 /// An import whose input fails half-way answers an error only once the chunk it was writing
 /// has settled: what it recorded is a prefix of whole lines, in line order, and stays put
-/// after the answer. Sending the whole input again lands the rest exactly once.
+/// after the answer. Sending the whole input again lands the rest exactly once. Syncs are
+/// slowed down so that the chunk in flight when the input breaks is still being written then.
 #[tokio::test]
 async fn an_import_cut_off_half_way_answers_after_its_last_write_and_a_retry_lands_the_rest() {
-    let app = app().await;
+    let slow = Duration::from_millis(400);
+    let app = app_on(ServeConfig::default(), Arc::new(SlowSync { delay: slow })).await;
     let lines: Vec<(Uuid, String)> = (0..60_000)
         .map(|_| {
             let event_id = Uuid::new_v4();
@@ -1231,9 +1279,9 @@ async fn an_import_cut_off_half_way_answers_after_its_last_write_and_a_retry_lan
         (16_384..=50_000).contains(&landed),
         "at least the first chunk was written before the input broke: {landed}"
     );
-    // Nothing is still being written behind the answer. (The store's writer is usually done
-    // with the last chunk by then anyway, so this is a weak check of the wait for it.)
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing is still being written behind the answer (a chunk sent before the input broke
+    // would land within one slow sync).
+    tokio::time::sleep(slow + Duration::from_millis(300)).await;
     assert_eq!(
         app.head().await,
         landed,
