@@ -347,9 +347,20 @@ impl AppService {
         self.inner.applied.subscribe()
     }
 
-    /// Ready: the store is open and the views have caught up with the head seen at start.
-    pub fn is_ready(&self) -> bool {
-        !self.inner.closed.load(Relaxed) && self.applied_position() >= self.inner.start_head
+    /// Whether the service can take appends and answer reads: `"ok"`, or why not: `"closing"`
+    /// (shutting down), `"unavailable"` (the store refuses appends until it is reopened, e.g.
+    /// after a failed sync; the store logged why) or `"starting"` (the views are catching up
+    /// with the head seen at start).
+    pub fn readiness(&self) -> &'static str {
+        if self.inner.closed.load(Relaxed) {
+            "closing"
+        } else if self.inner.store.unavailable_reason().is_some() {
+            "unavailable"
+        } else if self.applied_position() < self.inner.start_head {
+            "starting"
+        } else {
+            "ok"
+        }
     }
 
     /// Resolves when the service starts closing (used to end SSE streams).

@@ -217,6 +217,7 @@ pub struct VerifyResponse {
 /// Answer of `/healthz` and `/readyz`.
 #[derive(Serialize, ToSchema, Debug)]
 pub struct HealthResponse {
+    /// `ok`, `starting`, `closing` or `unavailable` (`/healthz` always says `ok`).
     pub status: &'static str,
     pub position: u64,
     pub head: u64,

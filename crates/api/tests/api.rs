@@ -1239,6 +1239,121 @@ impl LogFile for SlowSyncFile {
     }
 }
 
+/// Real segment files whose sync panics once `armed` (a bug or a fault deep in the disk layer).
+struct PanicSync {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct PanicSyncFile {
+    inner: Box<dyn LogFile>,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LogIo for PanicSync {
+    fn open_append(
+        &self,
+        path: &std::path::Path,
+        create: bool,
+    ) -> std::io::Result<Box<dyn LogFile>> {
+        Ok(Box::new(PanicSyncFile {
+            inner: RealIo.open_append(path, create)?,
+            armed: self.armed.clone(),
+        }))
+    }
+}
+
+impl LogFile for PanicSyncFile {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(buf)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected: the disk layer panicked mid-sync");
+        }
+        self.inner.sync_data()
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+/// When the store's disk layer panics under an append, the append is answered (503
+/// problem+json, no internals shown), not left hanging; nothing unacknowledged becomes
+/// visible; the service says it is not ready; later appends and imports fail fast the same
+/// way; reads keep working on what was acknowledged.
+#[tokio::test]
+async fn a_panic_in_the_disk_layer_answers_503_and_hides_what_it_did_not_acknowledge() {
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let app = app_on(
+        ServeConfig::default(),
+        Arc::new(PanicSync {
+            armed: armed.clone(),
+        }),
+    )
+    .await;
+    let kept = Uuid::new_v4();
+    let r = app
+        .append(
+            kept,
+            json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let before = app.head().await;
+
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let lost = Uuid::new_v4();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.append(
+            lost,
+            json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+        ),
+    )
+    .await
+    .expect("an append whose sync panicked is answered");
+    assert_problem(&r, 503);
+    let detail = r.body["detail"].as_str().unwrap_or_default();
+    assert!(!detail.contains("injected"), "internals leaked: {detail}");
+    assert_eq!(
+        app.head().await,
+        before,
+        "an unsynced append became visible"
+    );
+    assert_eq!(
+        app.get(&format!("/v1/incidents/{lost}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get(&format!("/v1/incidents/{kept}")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get_as("/readyz", None).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let again = app
+        .append(
+            Uuid::new_v4(),
+            json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+        )
+        .await;
+    assert_problem(&again, 503);
+    let line = json!({"incident_id": Uuid::new_v4(), "expected_version": 0,
+        "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]});
+    let imported = app
+        .post_as(
+            "/v1/events",
+            Some(&app.reporter.clone()),
+            "application/x-ndjson",
+            line.to_string() + "\n",
+        )
+        .await;
+    assert_problem(&imported, 503);
+    assert_eq!(app.head().await, before);
+}
+
 /// An import whose input fails half-way answers an error only once the chunk it was writing
 /// has settled: what it recorded is a prefix of whole lines, in line order, and stays put
 /// after the answer. Sending the whole input again lands the rest exactly once. Syncs are

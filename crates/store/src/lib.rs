@@ -357,6 +357,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// process sharing the backend).
     fn watch_head(&self) -> watch::Receiver<u64>;
 
+    /// Why the store refuses every append until it is reopened (closed, or a write or sync
+    /// failed, or its writer stopped), if it does. `None` while appends may succeed: a
+    /// backend whose failures are transient (a dropped database connection) keeps `None`.
+    fn unavailable_reason(&self) -> Option<String> {
+        None
+    }
+
     /// Recomputes every checksum and the whole hash chain.
     fn verify(&self) -> impl Future<Output = Result<VerifyReport, StoreError>> + Send;
 
@@ -568,6 +575,10 @@ impl EventStore for Store {
 
     fn watch_head(&self) -> watch::Receiver<u64> {
         with_backend!(self, s => s.watch_head())
+    }
+
+    fn unavailable_reason(&self) -> Option<String> {
+        with_backend!(self, s => s.unavailable_reason())
     }
 
     async fn verify(&self) -> Result<VerifyReport, StoreError> {

@@ -594,11 +594,7 @@ pub(crate) async fn admin_verify(State(state): State<AppState>) -> Result<Respon
 async fn health(state: &AppState) -> HealthResponse {
     state.service.caught_up().await;
     HealthResponse {
-        status: if state.service.is_ready() {
-            "ok"
-        } else {
-            "starting"
-        },
+        status: state.service.readiness(),
         position: state.service.applied_position(),
         head: state.service.store_head(),
     }
@@ -613,11 +609,11 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
     json(StatusCode::OK, &h)
 }
 
-/// Readiness: the store is open and the views have caught up with the log seen at start.
+/// Readiness: the store takes appends and the views have caught up with the log seen at start.
 #[utoipa::path(get, path = "/readyz", tag = "ops", security(()),
     responses(
         (status = 200, description = "Ready", body = HealthResponse),
-        (status = 503, description = "Not ready (catching up or shutting down)", body = HealthResponse)
+        (status = 503, description = "Not ready: `status` is `starting` (catching up), `closing` (shutting down) or `unavailable` (the store refuses appends until restarted)", body = HealthResponse)
     ))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let h = health(&state).await;

@@ -225,17 +225,6 @@ impl FileStore {
         )
     }
 
-    /// Why the store refuses appends, if it does.
-    pub fn unavailable_reason(&self) -> Option<String> {
-        if let Some(r) = self.shared.poison_reason() {
-            return Some(r);
-        }
-        self.shared
-            .closed
-            .load(Ordering::SeqCst)
-            .then(|| "the store is closed".to_string())
-    }
-
     async fn send(&self, requests: Vec<AppendRequest>) -> Result<writer::Results, StoreError> {
         if let Some(r) = self.unavailable_reason() {
             return Err(StoreError::Unavailable(r));
@@ -600,6 +589,16 @@ impl EventStore for FileStore {
 
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.shared.head_tx.subscribe()
+    }
+
+    fn unavailable_reason(&self) -> Option<String> {
+        if let Some(r) = self.shared.poison_reason() {
+            return Some(r);
+        }
+        self.shared
+            .closed
+            .load(Ordering::SeqCst)
+            .then(|| "the store is closed".to_string())
     }
 
     async fn verify(&self) -> Result<VerifyReport, StoreError> {

@@ -639,6 +639,21 @@ impl Writer {
     }
 }
 
+/// Poisons the store when the I/O thread unwinds from a panic: the batch it held is neither
+/// known durable nor cut off the file, so no later append may go after it.
+struct PoisonOnUnwind(Arc<Shared>);
+
+impl Drop for PoisonOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "the log I/O thread panicked: refusing appends until the store is reopened"
+            );
+            self.0.set_poisoned("the log I/O thread panicked".into());
+        }
+    }
+}
+
 /// The I/O stage: owns the active segment file; writes, syncs, publishes, answers.
 pub(crate) struct IoStage {
     pub shared: Arc<Shared>,
@@ -673,6 +688,9 @@ impl IoStage {
             replies,
             close,
         } = job;
+        // Declared after `replies`, so dropped before them when unwinding: an appender that
+        // sees its answer dropped finds the store already refusing appends.
+        let _poison_on_unwind = PoisonOnUnwind(self.shared.clone());
         let written = match self.shared.poison_reason() {
             Some(why) => Err(why),
             None => self.write(roll, &buf, seg_len),
