@@ -930,6 +930,16 @@ fn decode_for_fold(e: EventRef<'_>) -> (u64, Result<DecodedEvent, ProjectionErro
     (e.global_position, decode(e))
 }
 
+/// Rebuilds the views from the log offline, up to `at_position` (clamped to the head), the
+/// way the server's start-up does (the CLI's `export`): the views and the last position folded.
+pub async fn rebuild_views<S: EventStore>(
+    store: &S,
+    at_position: Option<u64>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(Projection, u64), ApiError> {
+    rebuild(store, at_position, progress).await
+}
+
 /// Rebuilds the views from the log offline (the CLI's `replay`): events, duration, digest.
 pub async fn replay<S: EventStore>(
     store: &S,

@@ -1,6 +1,5 @@
 //! The offline commands: replay, verify, import, export, token.
 
-use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,10 +11,9 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, Subcommand, ValueEnum};
 use incidentlog_api::auth::{hash_secret, try_new_secret, Role};
 use incidentlog_api::service::AppService;
-use incidentlog_projections::{Projection, Region};
+use incidentlog_projections::Region;
 use incidentlog_store::file::tokens as token_file;
 use incidentlog_store::{to_hex, EventStore, RecordedEvent, StoreError, TokenRecord};
-use uuid::Uuid;
 
 use crate::export::{self, RegionInfo};
 use crate::{exit, open_store, open_store_read_only, StoreArgs, WriteArgs};
@@ -312,25 +310,16 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
             .await?;
         }
         ExportFormat::Csv | ExportFormat::Geojson => {
-            let mut projection = Projection::new();
-            let mut order: Vec<Uuid> = Vec::new();
-            let mut seen: HashSet<Uuid> = HashSet::new();
-            for_each_page(&store, head, &bar, |events| {
-                for e in events {
-                    if seen.insert(e.stream_id) {
-                        order.push(e.stream_id);
-                    }
-                    projection
-                        .apply(&incidentlog_api::service::envelope(e))
-                        .with_context(|| {
-                            format!("event at position {} does not decode", e.global_position)
-                        })?;
-                }
-                Ok(())
-            })
-            .await?;
+            // The views as the server builds them at start-up (the same fold, the same
+            // handling of an event the views cannot take), up to the head seen above.
+            let progress_bar = bar.clone();
+            let progress = move |n: u64| progress_bar.set_position(n);
+            let (projection, _) =
+                incidentlog_api::service::rebuild_views(&store, Some(head), &progress)
+                    .await
+                    .context("rebuilding the views failed")?;
             let mut regions = RegionCache::default();
-            let views = order.iter().filter_map(|id| projection.incident(*id));
+            let views = projection.views();
             if args.format == ExportFormat::Csv {
                 export::write_csv_header(&mut out)?;
             } else {

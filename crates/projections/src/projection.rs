@@ -207,6 +207,14 @@ impl Projection {
         IncidentView::from_state(&self.slots[*i as usize].state)
     }
 
+    /// Every incident's view (retracted ones included), in order of first appearance in the
+    /// log.
+    pub fn views(&self) -> impl Iterator<Item = IncidentView> + '_ {
+        self.slots
+            .iter()
+            .filter_map(|slot| IncidentView::from_state(&slot.state))
+    }
+
     /// One page of incidents matching `q`.
     pub fn incidents(&self, q: &IncidentQuery) -> Result<IncidentPage, FieldError> {
         let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
