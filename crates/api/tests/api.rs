@@ -762,6 +762,17 @@ async fn auth_matrix() {
     for p in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(app.get_as(p, None).await.status, StatusCode::OK, "{p}");
     }
+    // Paths no route serves too: without a valid token nothing says which paths exist.
+    for p in ["/v1/nope", "/nope", &format!("/v1/incidents/{id}/nope")] {
+        assert_problem(&app.get_as(p, None).await, 401);
+        assert_problem(&app.get_as(p, Some("il_wrong")).await, 401);
+        assert_problem(&app.post_as(p, None, "application/json", "{}").await, 401);
+        assert_problem(&app.get_as(p, Some(&ro)).await, 404);
+        assert_problem(
+            &app.post_as(p, Some(&ro), "application/json", "{}").await,
+            404,
+        );
+    }
     assert_problem(&app.get_as("/v1/regions", Some("il_wrong")).await, 401);
     assert_problem(
         &app.post_as(&path, None, "application/json", body.clone())
@@ -833,6 +844,12 @@ async fn public_read_lets_anonymous_gets_through_but_not_admin_or_writes() {
     );
     // A bad token is still an error.
     assert_problem(&app.get_as("/v1/regions", Some("il_wrong")).await, 401);
+    // An anonymous GET of a path no route serves is a plain 404; any other method is not.
+    assert_problem(&app.get_as("/v1/nope", None).await, 404);
+    assert_problem(
+        &app.post_as("/v1/nope", None, "application/json", "{}").await,
+        401,
+    );
 }
 
 #[tokio::test]

@@ -265,6 +265,27 @@ async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal,
     Ok(principal)
 }
 
+/// A path no route serves: 404 (or 405) for a caller with a valid token of any role, or for an
+/// anonymous GET under `--public-read`; otherwise 401 like every API path (SPEC section 5:
+/// without a token, 401 on everything but the ops endpoints), so the answer without a token
+/// does not tell which paths exist.
+async fn unknown_path(state: &AppState, req: Request, next: Next) -> Response {
+    let mut creds = match credentials(state, &req) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let anonymous_read = req.method() == Method::GET || req.method() == Method::HEAD;
+    if creds.presented.is_none() && !(anonymous_read && state.config.public_read) {
+        return ApiError::Unauthorized("a bearer token is required".into()).into_response();
+    }
+    // Any valid token may learn that a path does not exist.
+    creds.required = Role::Reader;
+    match authenticate(state, creds).await {
+        Ok(_) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Auth, rate limit, concurrency limit (not SSE) and the read timeout (not SSE, not admin,
 /// not appends) for the API routes.
 async fn guarded(state: &AppState, route: &str, mut req: Request, next: Next) -> Response {
@@ -350,8 +371,9 @@ async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Respon
     let method = req.method().clone();
     let uri = req.uri().clone();
     let mut response = match route {
-        // Unknown paths reach the 404 fallback without auth; ops endpoints are open.
-        None | Some("/healthz" | "/readyz" | "/metrics") => next.run(req).await,
+        // Ops endpoints are open.
+        Some("/healthz" | "/readyz" | "/metrics") => next.run(req).await,
+        None => unknown_path(&state, req, next).await,
         Some(route) => guarded(&state, route, req, next).await,
     };
     let status = response.status();
