@@ -16,7 +16,7 @@ use crate::common::*;
 fn expected_summaries() -> Vec<Value> {
     vec![
         json!({
-            "region": "RU-MOS", "name": "Moskovskaja oblast'", "country": "RU",
+            "region": "RU-MOS", "name": "Moskovskaya oblast'", "country": "RU",
             "incidents": 1,
             "strikes": {"total": 1, "by_kind": {"drone_strike": 1}},
             "casualties": {"killed": {"low": 0, "best": 0, "high": 0},

@@ -395,7 +395,7 @@ impl RegionCache {
             }
             if let Some(c) = rust_iso3166::from_alpha2(&info.country_code) {
                 info.country_name = c.name.to_string();
-                info.country_numeric = Some(c.numeric);
+                info.country_numeric = Some(i32::from(c.numeric));
             }
             info
         })

@@ -38,7 +38,7 @@ fn seed_summaries_live() {
     );
     assert_eq!(
         summary_json(&p, "RU-MOS", &all, None),
-        json!({"region": "RU-MOS", "name": "Moskovskaja oblast'", "country": "RU",
+        json!({"region": "RU-MOS", "name": "Moskovskaya oblast'", "country": "RU",
                "incidents": 1, "strikes": {"total": 1, "by_kind": {"drone_strike": 1}},
                "casualties": {"killed": {"low": 0, "best": 0, "high": 0}, "injured": {"low": 0, "best": 0, "high": 0},
                               "civilians_killed": 0, "children_killed": 0},

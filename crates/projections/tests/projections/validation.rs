@@ -399,7 +399,7 @@ fn regions_come_from_the_iso_table() {
     assert_eq!(Region::parse("fr-idf").unwrap().country(), "FR");
     assert_eq!(
         Region::parse("RU-MOS").unwrap().name(),
-        "Moskovskaja oblast'"
+        "Moskovskaya oblast'"
     );
     assert_eq!(Region::parse("us-ca").unwrap().code(), "US-CA");
     for bad in [
