@@ -847,7 +847,8 @@ async fn public_read_lets_anonymous_gets_through_but_not_admin_or_writes() {
     // An anonymous GET of a path no route serves is a plain 404; any other method is not.
     assert_problem(&app.get_as("/v1/nope", None).await, 404);
     assert_problem(
-        &app.post_as("/v1/nope", None, "application/json", "{}").await,
+        &app.post_as("/v1/nope", None, "application/json", "{}")
+            .await,
         401,
     );
 }

@@ -161,21 +161,84 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+
+    /// A chain hash published earlier, as POSITION:HASH (the `head_hash` and `events` an
+    /// earlier `verify` printed, or the `hash` of any event the API showed). Verify then also
+    /// fails (exit 3) unless the log still holds that position with that hash: the chain
+    /// alone shows a change only to a reader who cannot recompute it, while a published hash
+    /// pins the whole history up to its position, the last records included. Repeatable.
+    #[arg(long, value_name = "POSITION:HASH", value_parser = parse_checkpoint)]
+    pub expect_hash: Vec<Checkpoint>,
+}
+
+/// A chain hash the log must still hold at a position (`verify --expect-hash`).
+#[derive(Clone, Copy, Debug)]
+pub struct Checkpoint {
+    position: u64,
+    hash: [u8; 32],
+}
+
+fn parse_checkpoint(s: &str) -> Result<Checkpoint, String> {
+    let (position, hash) = s
+        .split_once(':')
+        .ok_or("expected POSITION:HASH, e.g. 42:9f86d0...")?;
+    let position = position
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|p| *p >= 1)
+        .ok_or("POSITION must be a global position (an integer >= 1)")?;
+    let hash = incidentlog_store::from_hex_32(hash.trim())
+        .ok_or("HASH must be 64 hex digits (a chain hash)")?;
+    Ok(Checkpoint { position, hash })
 }
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     let store = open_store_read_only(&args.store).await?;
-    match store.verify().await {
-        Ok(report) => {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "ok")?;
-            writeln!(out, "events:    {}", report.events)?;
-            writeln!(out, "head_hash: {}", to_hex(&report.head_hash))?;
-            Ok(exit::OK)
+    let report = match store.verify().await {
+        Ok(report) => report,
+        Err(e @ StoreError::Corrupt { .. }) => {
+            return Err(anyhow::Error::new(e).context("verify failed"))
         }
-        Err(e @ StoreError::Corrupt { .. }) => Err(anyhow::Error::new(e).context("verify failed")),
-        Err(e) => Err(anyhow::Error::new(e).context("verify could not complete")),
+        Err(e) => return Err(anyhow::Error::new(e).context("verify could not complete")),
+    };
+    // The chain is whole, so the hash read for a position is the chain hash there.
+    for c in &args.expect_hash {
+        let found = store
+            .read_all(c.position - 1, 1)
+            .await
+            .context("verify could not complete")?;
+        match found.first() {
+            Some(e) if e.global_position == c.position && e.hash == c.hash => {}
+            Some(e) if e.global_position == c.position => {
+                return Err(anyhow::Error::new(Damaged).context(format!(
+                    "verify failed: the chain hash at position {} is {}, not the expected {}: the history up to that position has changed",
+                    c.position,
+                    to_hex(&e.hash),
+                    to_hex(&c.hash)
+                )));
+            }
+            _ => {
+                return Err(anyhow::Error::new(Damaged).context(format!(
+                    "verify failed: the log ends at position {}, before the expected hash at position {}: history was cut off",
+                    report.events, c.position
+                )));
+            }
+        }
     }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ok")?;
+    writeln!(out, "events:    {}", report.events)?;
+    writeln!(out, "head_hash: {}", to_hex(&report.head_hash))?;
+    for c in &args.expect_hash {
+        writeln!(
+            out,
+            "expected:  {} at position {}",
+            to_hex(&c.hash),
+            c.position
+        )?;
+    }
+    Ok(exit::OK)
 }
 
 // ---------------------------------------------------------------------------------------------
