@@ -680,13 +680,8 @@ fn verify_with_a_published_hash_catches_a_deliberate_edit_of_the_last_record() {
         "{cut:?}"
     );
     // A hash pinned before the edited records still holds.
-    let earlier: Value = serde_json::from_str(
-        &cli_ok(&["export", "--data-dir", data_s])
-            .lines()
-            .nth(1)
-            .unwrap(),
-    )
-    .unwrap();
+    let log = cli_ok(&["export", "--data-dir", data_s]);
+    let earlier: Value = serde_json::from_str(log.lines().nth(1).unwrap()).unwrap();
     let earlier_pin = format!(
         "{}:{}",
         earlier["global_position"],
