@@ -779,6 +779,25 @@ async fn auth_matrix() {
             .await,
         401,
     );
+    // A method no route serves: 405 for every role (no role would do), 401 without a token.
+    for token in [&ro, &rep, &admin] {
+        let r = app
+            .post_as("/v1/regions", Some(token), "application/json", "{}")
+            .await;
+        assert_problem(&r, 405);
+        let put = Request::builder()
+            .method(Method::PUT)
+            .uri(&path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::from(body.clone()))
+            .unwrap();
+        assert_problem(&app.send(put).await, 405);
+    }
+    assert_problem(
+        &app.post_as("/v1/regions", None, "application/json", "{}")
+            .await,
+        401,
+    );
     // Role too low.
     assert_problem(
         &app.post_as(&path, Some(&ro), "application/json", body.clone())
@@ -844,13 +863,12 @@ async fn public_read_lets_anonymous_gets_through_but_not_admin_or_writes() {
     );
     // A bad token is still an error.
     assert_problem(&app.get_as("/v1/regions", Some("il_wrong")).await, 401);
-    // An anonymous GET of a path no route serves is a plain 404; any other method is not.
+    // An anonymous GET of a path no route serves is a plain 404; any other method is not
+    // let through, on unknown paths or known ones.
     assert_problem(&app.get_as("/v1/nope", None).await, 404);
-    assert_problem(
-        &app.post_as("/v1/nope", None, "application/json", "{}")
-            .await,
-        401,
-    );
+    for p in ["/v1/nope", "/v1/regions"] {
+        assert_problem(&app.post_as(p, None, "application/json", "{}").await, 401);
+    }
 }
 
 #[tokio::test]

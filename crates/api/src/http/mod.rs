@@ -162,15 +162,29 @@ fn build_router(
         .with_state(state)
 }
 
-/// The role a request needs.
+/// The role a request needs: admin for `/v1/admin/*` whatever the method, reporter for the
+/// appends, reader for the rest. A method a route does not serve needs only a valid token: the
+/// answer is the same 405 for every role (not a 403 that suggests a higher role would do).
 fn required_role(method: &Method, path: &str) -> Role {
     if path.starts_with("/v1/admin/") {
         Role::Admin
-    } else if method == Method::GET || method == Method::HEAD {
-        Role::Reader
-    } else {
+    } else if method == Method::POST
+        && matches!(
+            route_of(path),
+            Some("/v1/incidents/{id}/events" | "/v1/events")
+        )
+    {
         Role::Reporter
+    } else {
+        Role::Reader
     }
+}
+
+/// Whether `--public-read` lets this request through without a token.
+fn anonymous_ok(state: &AppState, method: &Method, path: &str) -> bool {
+    state.config.public_read
+        && (method == Method::GET || method == Method::HEAD)
+        && !path.starts_with("/v1/admin/")
 }
 
 fn bearer(req: &Request) -> Option<Result<&str, ApiError>> {
@@ -191,6 +205,7 @@ fn bearer(req: &Request) -> Option<Result<&str, ApiError>> {
 /// `Send`, so it cannot live across an await).
 struct Credentials {
     required: Role,
+    anonymous_ok: bool,
     client_ip: Option<std::net::IpAddr>,
     /// `Ok` when the secret is in the loaded table, `Err(secret)` when it must be looked up.
     presented: Option<Result<Principal, String>>,
@@ -198,6 +213,7 @@ struct Credentials {
 
 fn credentials(state: &AppState, req: &Request) -> Result<Credentials, ApiError> {
     let required = required_role(req.method(), req.uri().path());
+    let anonymous_ok = anonymous_ok(state, req.method(), req.uri().path());
     let client_ip = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -215,6 +231,7 @@ fn credentials(state: &AppState, req: &Request) -> Result<Credentials, ApiError>
     };
     Ok(Credentials {
         required,
+        anonymous_ok,
         client_ip,
         presented,
     })
@@ -224,11 +241,12 @@ fn credentials(state: &AppState, req: &Request) -> Result<Credentials, ApiError>
 async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal, ApiError> {
     let Credentials {
         required,
+        anonymous_ok,
         client_ip,
         presented,
     } = creds;
     let principal = match presented {
-        None if state.config.public_read && required == Role::Reader => Principal {
+        None if anonymous_ok => Principal {
             name: None,
             role: Role::Reader,
         },
@@ -270,16 +288,10 @@ async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal,
 /// without a token, 401 on everything but the ops endpoints), so the answer without a token
 /// does not tell which paths exist.
 async fn unknown_path(state: &AppState, req: Request, next: Next) -> Response {
-    let mut creds = match credentials(state, &req) {
+    let creds = match credentials(state, &req) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let anonymous_read = req.method() == Method::GET || req.method() == Method::HEAD;
-    if creds.presented.is_none() && !(anonymous_read && state.config.public_read) {
-        return ApiError::Unauthorized("a bearer token is required".into()).into_response();
-    }
-    // Any valid token may learn that a path does not exist.
-    creds.required = Role::Reader;
     match authenticate(state, creds).await {
         Ok(_) => next.run(req).await,
         Err(e) => e.into_response(),
