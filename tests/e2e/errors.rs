@@ -25,13 +25,26 @@ fn every_error_status_records_nothing() {
     .expect(201);
     let path = format!("/v1/incidents/{incident}/events");
 
-    // 400: malformed JSON body, malformed query.
+    // 400: malformed JSON body, a body that repeats a key (the earlier value would be
+    // dropped silently), malformed query.
     records_nothing(&srv, &t.admin, "400 body", || {
         srv.req("POST", &path)
             .token(&t.reporter)
             .body("application/json", b"{\"events\": [".to_vec())
             .send()
             .expect_problem(400);
+        let twice = format!(
+            r#"{{"events": [{{"event_id": "{}", "type": "CasualtiesReported",
+                "data": {{"killed": 12, "killed": 1, "source": {{"name": "Wire"}}}}}}]}}"#,
+            new_id()
+        );
+        let p = srv
+            .req("POST", &path)
+            .token(&t.reporter)
+            .body("application/json", twice.into_bytes())
+            .send()
+            .expect_problem(400);
+        assert!(p.to_string().contains("duplicate key"), "{p}");
     });
     srv.get("/v1/events?after=minus-one", &t.reader)
         .expect_problem(400);

@@ -5,6 +5,7 @@
 pub mod auth;
 mod error;
 mod http;
+pub mod json;
 pub mod metrics;
 pub mod service;
 pub mod wire;

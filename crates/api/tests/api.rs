@@ -500,6 +500,10 @@ async fn axum_rejections_are_problem_json() {
         )
         .await;
     assert_problem(&r, 400);
+    assert_eq!(r.body["errors"][0]["pointer"], "/id", "{}", r.body);
+    let r = app.get("/v1/incidents/not-a-uuid").await;
+    assert_problem(&r, 400);
+    assert_eq!(r.body["errors"][0]["pointer"], "/id", "{}", r.body);
     let r = app.get("/v1/events?after=minus-one").await;
     assert_problem(&r, 400);
     assert_eq!(r.body["errors"][0]["pointer"], "/after", "{}", r.body);
@@ -571,6 +575,8 @@ async fn bulk_import_reports_each_line_and_records_only_accepted_ones() {
         // 10: a stale line that reuses line 8's event id for other content (a conflict, not
         // a repeat).
         json!({"incident_id": c, "expected_version": 0, "events": [casualties(figure, 7)]}).to_string(),
+        // 11: a line that repeats a key (which incident would it be?).
+        format!(r#"{{"incident_id": "{b}", "incident_id": "{c}", "events": []}}"#),
     ];
     let body = lines.join("\n") + "\n";
     let r = app
@@ -592,7 +598,14 @@ async fn bulk_import_reports_each_line_and_records_only_accepted_ones() {
         .collect();
     assert_eq!(
         rejected,
-        [(4, 400), (5, 422), (6, 409), (9, 422), (10, 409)],
+        [(4, 400), (5, 422), (6, 409), (9, 422), (10, 409), (11, 400)],
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["rejected"][5]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("duplicate key \"incident_id\"")),
         "{}",
         r.body
     );

@@ -85,7 +85,7 @@ impl FromRequest<AppState> for JsonBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let bytes = read_body(req, state, Media::Json).await?;
-        serde_json::from_slice(&bytes)
+        crate::json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
     }
@@ -141,9 +141,27 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
+        let rejection = match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(p) => return Ok(ApiPath(p.0)),
+            Err(r) => r.body_text(),
+        };
+        // Every route has one path parameter: point at it by name (`/id`, `/code`).
+        let name = axum::extract::RawPathParams::from_request_parts(parts, state)
             .await
-            .map(|p| ApiPath(p.0))
-            .map_err(|r| ApiError::bad_request(format!("malformed path: {}", r.body_text())))
+            .ok()
+            .and_then(|raw| {
+                let mut keys = raw.iter().map(|(k, _)| k.to_string());
+                match (keys.next(), keys.next()) {
+                    (Some(k), None) => Some(k),
+                    _ => None,
+                }
+            });
+        Err(match name {
+            Some(name) => ApiError::BadRequest {
+                detail: format!("malformed path: /{name}: {rejection}"),
+                errors: vec![crate::error::field_error(format!("/{name}"), rejection)],
+            },
+            None => ApiError::bad_request(format!("malformed path: {rejection}")),
+        })
     }
 }

@@ -610,7 +610,7 @@ impl LineBatch {
                 let parsed = if text.is_empty() {
                     Parsed::Blank
                 } else {
-                    match serde_json::from_slice::<Value>(text) {
+                    match crate::json::from_slice(text) {
                         Err(e) => Parsed::Rejected(400, format!("malformed JSON: {e}")),
                         Ok(v) => match parse_command(&v, None) {
                             Ok(cmd) => {
