@@ -217,11 +217,12 @@ impl Projection {
 
     /// One page of incidents matching `q`.
     pub fn incidents(&self, q: &IncidentQuery) -> Result<IncidentPage, FieldError> {
-        let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-        if limit == 0 || limit > MAX_LIMIT {
+        // Above the maximum is clamped, as `GET /v1/events` does; 0 cannot make a page.
+        let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+        if limit == 0 {
             return Err(FieldError::new(
                 "/limit",
-                format!("must be between 1 and {MAX_LIMIT}"),
+                format!("must be between 1 and {MAX_LIMIT} (more is taken as {MAX_LIMIT})"),
             ));
         }
         let after = match &q.cursor {

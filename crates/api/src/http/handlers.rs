@@ -265,7 +265,7 @@ pub(crate) struct ListParams {
         ("from" = Option<String>, Query, description = "occurred_at from (date or RFC 3339, inclusive)"),
         ("to" = Option<String>, Query, description = "occurred_at to (date or RFC 3339, inclusive)"),
         ("status" = Option<String>, Query, description = "active (default) or retracted"),
-        ("limit" = Option<usize>, Query, description = "Default 100, max 1000"),
+        ("limit" = Option<usize>, Query, description = "Default 100, at least 1, max 1000 (larger values are clamped)"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")
     ),
     responses(
