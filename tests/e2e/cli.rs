@@ -657,6 +657,13 @@ fn verify_with_a_published_hash_catches_a_deliberate_edit_of_the_last_record() {
     );
     let pinned_out = cli(&["verify", "--data-dir", data_s, "--expect-hash", &pinned]);
     assert_eq!(pinned_out.status.code(), Some(3), "{pinned_out:?}");
+    // The same from the environment (a comma-separated list).
+    let both = format!("{pinned},{pinned}");
+    let from_env = cli_with_env(
+        &["verify", "--data-dir", data_s],
+        &[("INCIDENTLOG_EXPECT_HASH", both.as_ref())],
+    );
+    assert_eq!(from_env.status.code(), Some(3), "{from_env:?}");
     let stderr = String::from_utf8_lossy(&pinned_out.stderr);
     assert!(
         stderr.contains(&format!("chain hash at position {events}")),

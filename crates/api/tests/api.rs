@@ -811,6 +811,21 @@ async fn auth_matrix() {
             .await,
         401,
     );
+    // Under /v1/admin/ everything needs admin first, known path or not, any method.
+    for token in [&ro, &rep] {
+        assert_problem(&app.get_as("/v1/admin/nope", Some(token)).await, 403);
+        assert_problem(
+            &app.post_as("/v1/admin/verify", Some(token), "application/json", "{}")
+                .await,
+            403,
+        );
+    }
+    assert_problem(&app.get_as("/v1/admin/nope", Some(&admin)).await, 404);
+    assert_problem(
+        &app.post_as("/v1/admin/verify", Some(&admin), "application/json", "{}")
+            .await,
+        405,
+    );
     // Role too low.
     assert_problem(
         &app.post_as(&path, Some(&ro), "application/json", body.clone())

@@ -166,8 +166,15 @@ pub struct VerifyArgs {
     /// earlier `verify` printed, or the `hash` of any event the API showed). Verify then also
     /// fails (exit 3) unless the log still holds that position with that hash: the chain
     /// alone shows a change only to a reader who cannot recompute it, while a published hash
-    /// pins the whole history up to its position, the last records included. Repeatable.
-    #[arg(long, value_name = "POSITION:HASH", value_parser = parse_checkpoint)]
+    /// pins the whole history up to its position, the last records included. Repeatable (in
+    /// the environment variable: comma-separated).
+    #[arg(
+        long,
+        env = "INCIDENTLOG_EXPECT_HASH",
+        value_delimiter = ',',
+        value_name = "POSITION:HASH",
+        value_parser = parse_checkpoint
+    )]
     pub expect_hash: Vec<Checkpoint>,
 }
 
