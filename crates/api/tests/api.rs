@@ -1608,3 +1608,53 @@ async fn appends_during_a_long_import_of_the_same_incidents_all_land() {
     }
     assert_eq!(versions, 4 + 4_000 + created);
 }
+
+/// Bulk bodies are held whole until their import is answered (a 413 must record nothing), so
+/// only a bounded number are read at once: with many large bulk requests in flight, the
+/// others wait unread instead of each holding up to 64 MiB. Here the bodies never end; only
+/// two of six get read, and a wrong content type is still answered at once.
+#[tokio::test]
+async fn only_two_bulk_bodies_are_read_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let app = app().await;
+    let reading = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let reading = reading.clone();
+        // One line, then nothing more, ever: the body is being read from then on.
+        let stream = futures_util::stream::once(async move {
+            reading.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"\n"))
+        })
+        .chain(futures_util::stream::pending());
+        let req = Request::post("/v1/events")
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
+            .header(header::AUTHORIZATION, format!("Bearer {}", app.reporter))
+            .body(Body::from_stream(stream))
+            .unwrap();
+        let router = app.router.clone();
+        tasks.push(tokio::spawn(async move { router.oneshot(req).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(reading.load(Ordering::SeqCst), 2, "bodies being read at once");
+    let wrong = app
+        .post_as("/v1/events", Some(&app.reporter.clone()), "text/plain", "x")
+        .await;
+    assert_problem(&wrong, 415);
+    // A finished import frees its slot for the next body.
+    for t in &tasks {
+        t.abort();
+    }
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        app.post_as(
+            "/v1/events",
+            Some(&app.reporter.clone()),
+            "application/x-ndjson",
+            "\n",
+        ),
+    )
+    .await
+    .expect("a bulk body is read once the slots are free");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}

@@ -47,17 +47,23 @@ fn media_ok(req: &Request, media: Media) -> bool {
     }
 }
 
+/// 415 unless the request's content type is one `media` accepts.
+fn check_media(req: &Request, media: Media) -> Result<(), ApiError> {
+    if media_ok(req, media) {
+        return Ok(());
+    }
+    let want = match media {
+        Media::Json => "application/json",
+        Media::Ndjson => "application/x-ndjson",
+    };
+    Err(ApiError::UnsupportedMediaType(format!(
+        "expected Content-Type: {want}"
+    )))
+}
+
 /// Reads the whole body within the request timeout; axum's body-limit rejection becomes 413.
 pub async fn read_body(req: Request, state: &AppState, media: Media) -> Result<Bytes, ApiError> {
-    if !media_ok(&req, media) {
-        let want = match media {
-            Media::Json => "application/json",
-            Media::Ndjson => "application/x-ndjson",
-        };
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "expected Content-Type: {want}"
-        )));
-    }
+    check_media(&req, media)?;
     let read = Bytes::from_request(req, state);
     match tokio::time::timeout(state.config.request_timeout, read).await {
         Err(_) => Err(ApiError::RequestTimeout(
@@ -91,14 +97,25 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
-/// An NDJSON request body.
-pub struct NdjsonBody(pub Bytes);
+/// An NDJSON request body, with the bulk slot it holds until dropped (so a bulk body is read
+/// only when one of `BULK_BODIES_IN_MEMORY` slots is free, and kept counted until answered).
+pub struct NdjsonBody(pub Bytes, pub tokio::sync::OwnedSemaphorePermit);
 
 impl FromRequest<AppState> for NdjsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        read_body(req, state, Media::Ndjson).await.map(NdjsonBody)
+        // A wrong content type is answered at once, not after waiting for a slot.
+        check_media(&req, Media::Ndjson)?;
+        let slot = state
+            .bulk_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
+        read_body(req, state, Media::Ndjson)
+            .await
+            .map(|body| NdjsonBody(body, slot))
     }
 }
 

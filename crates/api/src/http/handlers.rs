@@ -156,7 +156,7 @@ pub(crate) async fn bulk_import(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiQuery(_): ApiQuery<NoParams>,
-    NdjsonBody(body): NdjsonBody,
+    NdjsonBody(body, _slot): NdjsonBody,
 ) -> Result<Response, ApiError> {
     let by = recorded_by(&principal)?;
     let report = Box::pin(state.service.import_ndjson(&body[..], by, &|_| {})).await?;

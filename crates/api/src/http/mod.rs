@@ -101,11 +101,19 @@ pub(crate) struct Shared {
     pub http_metrics: Arc<metrics::HttpMetrics>,
     pub sse_slots: Arc<Semaphore>,
     pub in_flight: Arc<Semaphore>,
+    /// Bulk bodies being read or imported (each up to the 64 MiB bulk limit, held whole until
+    /// the import is answered): the others wait without reading theirs.
+    pub bulk_slots: Arc<Semaphore>,
     pub limiter: Arc<ratelimit::RateLimiter>,
     /// Turns true when the server stops accepting: SSE streams end.
     pub stopping: watch::Receiver<bool>,
     pub summaries: cache::SummaryCache,
 }
+
+/// Bulk bodies held in memory at once: one being imported (imports take turns anyway), one
+/// read ahead. Without a bound, the 1,024 concurrent requests allowed could each hold a 64 MiB
+/// body: 64 GiB.
+pub(crate) const BULK_BODIES_IN_MEMORY: usize = 2;
 
 /// The router with every route and layer, for in-process use (tests); SSE streams end when
 /// the service closes.
@@ -125,6 +133,7 @@ fn build_router(
         http_metrics: Arc::new(metrics::HttpMetrics::default()),
         sse_slots: Arc::new(Semaphore::new(config.max_sse_clients)),
         in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+        bulk_slots: Arc::new(Semaphore::new(BULK_BODIES_IN_MEMORY)),
         limiter: Arc::new(ratelimit::RateLimiter::new(
             config.rate_limit_per_sec,
             config.rate_limit_burst,
