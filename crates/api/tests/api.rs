@@ -1636,7 +1636,11 @@ async fn only_two_bulk_bodies_are_read_at_once() {
         tasks.push(tokio::spawn(async move { router.oneshot(req).await }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(reading.load(Ordering::SeqCst), 2, "bodies being read at once");
+    assert_eq!(
+        reading.load(Ordering::SeqCst),
+        2,
+        "bodies being read at once"
+    );
     let wrong = app
         .post_as("/v1/events", Some(&app.reporter.clone()), "text/plain", "x")
         .await;
