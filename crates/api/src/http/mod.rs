@@ -292,8 +292,9 @@ async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal,
     Ok(principal)
 }
 
-/// A path no route serves: 404 (or 405) for a caller with a valid token of any role, or for an
-/// anonymous GET under `--public-read`; otherwise 401 like every API path (SPEC section 5:
+/// A path no route serves: 404 for a caller with a valid token of any role (under
+/// `/v1/admin/`: of the admin role), or for an anonymous GET under `--public-read`; otherwise
+/// 401 like every API path (SPEC section 5:
 /// without a token, 401 on everything but the ops endpoints), so the answer without a token
 /// does not tell which paths exist.
 async fn unknown_path(state: &AppState, req: Request, next: Next) -> Response {
