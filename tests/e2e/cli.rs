@@ -327,12 +327,7 @@ fn import_export_replay_verify() {
 /// Flips one byte 30 bytes before the end of the last segment file (inside the last record);
 /// returns the file and its damaged contents.
 fn flip_a_byte_near_the_end(data_dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
-    let mut files: Vec<_> = walk(data_dir)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    files.sort();
-    let path = files.pop().expect("a segment file");
+    let path = segments(data_dir).pop().expect("a segment file");
     let mut bytes = std::fs::read(&path).unwrap();
     let at = bytes.len() - 30;
     bytes[at] ^= 0x01;
@@ -342,18 +337,26 @@ fn flip_a_byte_near_the_end(data_dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
 
 /// Flips one byte inside the first record of the first segment file; returns its file name.
 fn flip_a_byte_early_in_the_log(data_dir: &Path) -> String {
-    let mut files: Vec<_> = walk(data_dir)
+    let segment = segments(data_dir)
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    files.sort();
-    let segment = files.first().expect("a segment file (log/*.seg)").clone();
+        .next()
+        .expect("a segment file (log/*.seg)");
     let mut bytes = std::fs::read(&segment).unwrap();
     // Past any file header, well before the last record (the log holds 12 events).
     let at = bytes.len() / 5;
     bytes[at] ^= 0x5a;
     std::fs::write(&segment, bytes).unwrap();
     segment.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// The log's segment files, in log order (their names are their first positions, zero-padded).
+fn segments(data_dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = walk(data_dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -593,12 +596,7 @@ fn exports_and_replay_skip_an_event_the_views_cannot_take_alike() {
 
 /// The records of the last segment file: (file, its bytes, start offset of each record).
 fn last_segment_records(data_dir: &Path) -> (std::path::PathBuf, Vec<u8>, Vec<usize>) {
-    let mut files: Vec<_> = walk(data_dir)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    files.sort();
-    let path = files.pop().expect("a segment file");
+    let path = segments(data_dir).pop().expect("a segment file");
     let bytes = std::fs::read(&path).unwrap();
     let mut starts = Vec::new();
     let mut at = 32; // segment header

@@ -284,7 +284,7 @@ impl AppService {
     /// new events in the background. Also loads the token table.
     pub async fn start(store: Arc<Store>) -> Result<AppService, ApiError> {
         let started = Instant::now();
-        let (projection, position) = rebuild(&*store, None, &|_| {}).await?;
+        let (projection, position) = rebuild_views(&*store, None, &|_| {}).await?;
         tracing::info!(
             events = position,
             ms = started.elapsed().as_millis() as u64,
@@ -782,7 +782,7 @@ impl AppService {
         let _one_replay = self.inner.replay_lock.lock().await;
         let started = Instant::now();
         let store = &*self.inner.store;
-        let (mut fresh, events) = rebuild(store, None, &|_| {}).await?;
+        let (mut fresh, events) = rebuild_views(store, None, &|_| {}).await?;
         let report = report_of(&fresh, events, started);
         // Bring the fresh views up to the live ones, then swap under the write lock when no
         // event slipped in between.
@@ -878,8 +878,9 @@ fn report_of(p: &Projection, events: u64, started: Instant) -> ReplayReport {
 
 /// Folds the log (up to `at_position`, clamped to the head) into a fresh projection; returns
 /// it and the last position folded. Reads in large pages, one page ahead of the fold; the
-/// reading threads also decode the events, so the fold does nothing else.
-async fn rebuild<S: EventStore>(
+/// reading threads also decode the events, so the fold does nothing else. The start-up, the
+/// admin replay, `replay` and `export` all build their views with it.
+pub async fn rebuild_views<S: EventStore>(
     store: &S,
     at_position: Option<u64>,
     progress: &(dyn Fn(u64) + Send + Sync),
@@ -930,16 +931,6 @@ fn decode_for_fold(e: EventRef<'_>) -> (u64, Result<DecodedEvent, ProjectionErro
     (e.global_position, decode(e))
 }
 
-/// Rebuilds the views from the log offline, up to `at_position` (clamped to the head), the
-/// way the server's start-up does (the CLI's `export`): the views and the last position folded.
-pub async fn rebuild_views<S: EventStore>(
-    store: &S,
-    at_position: Option<u64>,
-    progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<(Projection, u64), ApiError> {
-    rebuild(store, at_position, progress).await
-}
-
 /// Rebuilds the views from the log offline (the CLI's `replay`): events, duration, digest.
 pub async fn replay<S: EventStore>(
     store: &S,
@@ -947,7 +938,7 @@ pub async fn replay<S: EventStore>(
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<ReplayReport, ApiError> {
     let started = Instant::now();
-    let (projection, events) = rebuild(store, at_position, progress).await?;
+    let (projection, events) = rebuild_views(store, at_position, progress).await?;
     Ok(report_of(&projection, events, started))
 }
 

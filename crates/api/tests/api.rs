@@ -1266,74 +1266,36 @@ impl tokio::io::AsyncRead for CutOff {
     }
 }
 
-/// Real segment files whose every sync takes `delay` longer: a chunk of a bulk import is
-/// still on its way to disk well after the import's next step.
-struct SlowSync {
-    delay: Duration,
+/// Real segment files with `before_sync` run before every sync (a delay, a panic): fault
+/// injection deep in the disk layer.
+struct HookedSync {
+    before_sync: Arc<dyn Fn() + Send + Sync>,
 }
 
-struct SlowSyncFile {
+struct HookedSyncFile {
     inner: Box<dyn LogFile>,
-    delay: Duration,
+    before_sync: Arc<dyn Fn() + Send + Sync>,
 }
 
-impl LogIo for SlowSync {
+impl LogIo for HookedSync {
     fn open_append(
         &self,
         path: &std::path::Path,
         create: bool,
     ) -> std::io::Result<Box<dyn LogFile>> {
-        Ok(Box::new(SlowSyncFile {
+        Ok(Box::new(HookedSyncFile {
             inner: RealIo.open_append(path, create)?,
-            delay: self.delay,
+            before_sync: self.before_sync.clone(),
         }))
     }
 }
 
-impl LogFile for SlowSyncFile {
+impl LogFile for HookedSyncFile {
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         self.inner.write_all(buf)
     }
     fn sync_data(&mut self) -> std::io::Result<()> {
-        std::thread::sleep(self.delay);
-        self.inner.sync_data()
-    }
-    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-}
-
-/// Real segment files whose sync panics once `armed` (a bug or a fault deep in the disk layer).
-struct PanicSync {
-    armed: Arc<std::sync::atomic::AtomicBool>,
-}
-
-struct PanicSyncFile {
-    inner: Box<dyn LogFile>,
-    armed: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl LogIo for PanicSync {
-    fn open_append(
-        &self,
-        path: &std::path::Path,
-        create: bool,
-    ) -> std::io::Result<Box<dyn LogFile>> {
-        Ok(Box::new(PanicSyncFile {
-            inner: RealIo.open_append(path, create)?,
-            armed: self.armed.clone(),
-        }))
-    }
-}
-
-impl LogFile for PanicSyncFile {
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.inner.write_all(buf)
-    }
-    fn sync_data(&mut self) -> std::io::Result<()> {
-        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
-            panic!("injected: the disk layer panicked mid-sync");
-        }
+        (self.before_sync)();
         self.inner.sync_data()
     }
     fn set_len(&mut self, len: u64) -> std::io::Result<()> {
@@ -1347,14 +1309,15 @@ impl LogFile for PanicSyncFile {
 /// way; reads keep working on what was acknowledged.
 #[tokio::test]
 async fn a_panic_in_the_disk_layer_answers_503_and_hides_what_it_did_not_acknowledge() {
+    // Syncs panic once armed (a bug or a fault deep in the disk layer).
     let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let app = app_on(
-        ServeConfig::default(),
-        Arc::new(PanicSync {
-            armed: armed.clone(),
-        }),
-    )
-    .await;
+    let trigger = armed.clone();
+    let before_sync = Arc::new(move || {
+        if trigger.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected: the disk layer panicked mid-sync");
+        }
+    });
+    let app = app_on(ServeConfig::default(), Arc::new(HookedSync { before_sync })).await;
     let kept = Uuid::new_v4();
     let r = app
         .append(
@@ -1425,7 +1388,10 @@ async fn a_panic_in_the_disk_layer_answers_503_and_hides_what_it_did_not_acknowl
 #[tokio::test]
 async fn an_import_cut_off_half_way_answers_after_its_last_write_and_a_retry_lands_the_rest() {
     let slow = Duration::from_millis(400);
-    let app = app_on(ServeConfig::default(), Arc::new(SlowSync { delay: slow })).await;
+    // Every sync takes `slow` longer: a chunk is still on its way to disk well after the
+    // import's next step.
+    let before_sync = Arc::new(move || std::thread::sleep(slow));
+    let app = app_on(ServeConfig::default(), Arc::new(HookedSync { before_sync })).await;
     let lines: Vec<(Uuid, String)> = (0..60_000)
         .map(|_| {
             let event_id = Uuid::new_v4();

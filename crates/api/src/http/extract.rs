@@ -62,8 +62,8 @@ fn check_media(req: &Request, media: Media) -> Result<(), ApiError> {
 }
 
 /// Reads the whole body within the request timeout; axum's body-limit rejection becomes 413.
-pub async fn read_body(req: Request, state: &AppState, media: Media) -> Result<Bytes, ApiError> {
-    check_media(&req, media)?;
+/// The caller has checked the content type (`check_media`).
+async fn read_body(req: Request, state: &AppState, media: Media) -> Result<Bytes, ApiError> {
     let read = Bytes::from_request(req, state);
     match tokio::time::timeout(state.config.request_timeout, read).await {
         Err(_) => Err(ApiError::RequestTimeout(
@@ -90,6 +90,7 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        check_media(&req, Media::Json)?;
         let bytes = read_body(req, state, Media::Json).await?;
         crate::json::from_slice(&bytes)
             .map(JsonBody)

@@ -174,14 +174,11 @@ fn build_router(
 /// The role a request needs: admin for `/v1/admin/*` whatever the method, reporter for the
 /// appends, reader for the rest. A method a route does not serve needs only a valid token: the
 /// answer is the same 405 for every role (not a 403 that suggests a higher role would do).
-fn required_role(method: &Method, path: &str) -> Role {
+fn required_role(method: &Method, path: &str, route: Option<&str>) -> Role {
     if path.starts_with("/v1/admin/") {
         Role::Admin
     } else if method == Method::POST
-        && matches!(
-            route_of(path),
-            Some("/v1/incidents/{id}/events" | "/v1/events")
-        )
+        && matches!(route, Some("/v1/incidents/{id}/events" | "/v1/events"))
     {
         Role::Reporter
     } else {
@@ -220,8 +217,12 @@ struct Credentials {
     presented: Option<Result<Principal, String>>,
 }
 
-fn credentials(state: &AppState, req: &Request) -> Result<Credentials, ApiError> {
-    let required = required_role(req.method(), req.uri().path());
+fn credentials(
+    state: &AppState,
+    req: &Request,
+    route: Option<&str>,
+) -> Result<Credentials, ApiError> {
+    let required = required_role(req.method(), req.uri().path(), route);
     let anonymous_ok = anonymous_ok(state, req.method(), req.uri().path());
     let client_ip = req
         .extensions()
@@ -292,17 +293,22 @@ async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal,
     Ok(principal)
 }
 
+/// [`authenticate`] of what [`credentials`] took from a request (taken before the first await:
+/// see [`Credentials`]).
+async fn authorized(
+    state: &AppState,
+    creds: Result<Credentials, ApiError>,
+) -> Result<Principal, ApiError> {
+    authenticate(state, creds?).await
+}
+
 /// A path no route serves: 404 for a caller with a valid token of any role (under
 /// `/v1/admin/`: of the admin role), or for an anonymous GET under `--public-read`; otherwise
 /// 401 like every API path (SPEC section 5:
 /// without a token, 401 on everything but the ops endpoints), so the answer without a token
 /// does not tell which paths exist.
 async fn unknown_path(state: &AppState, req: Request, next: Next) -> Response {
-    let creds = match credentials(state, &req) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    match authenticate(state, creds).await {
+    match authorized(state, credentials(state, &req, None)).await {
         Ok(_) => next.run(req).await,
         Err(e) => e.into_response(),
     }
@@ -311,11 +317,7 @@ async fn unknown_path(state: &AppState, req: Request, next: Next) -> Response {
 /// Auth, rate limit, concurrency limit (not SSE) and the read timeout (not SSE, not admin,
 /// not appends) for the API routes.
 async fn guarded(state: &AppState, route: &str, mut req: Request, next: Next) -> Response {
-    let creds = match credentials(state, &req) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    let principal = match authenticate(state, creds).await {
+    let principal = match authorized(state, credentials(state, &req, Some(route))).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
