@@ -213,13 +213,27 @@ drill_damage() {
   [[ $rc -ne 0 && $rc -ne 124 ]] || die "serve started (or hung) on a damaged log (rc $rc)"
   grep -q "$(basename "$seg")" "$WORK/flip.err" || die "serve's refusal does not name the file: $(tail -n 3 "$WORK/flip.err")"
 
-  # 2. A torn tail: the last segment cut inside its last record. Start cuts it (logged with
-  #    file and offset); verify passes; at most the last append is gone.
+  # 2. The last segment cut inside its last record. The log was closed cleanly, so the synced
+  #    mark (log/SYNCED) names that record: acknowledged events are missing, and verify and
+  #    serve refuse. Without the mark (a crash before it named the record, the only way a
+  #    real crash tears a record) it is a torn tail: start cuts it (logged with file and
+  #    offset); verify passes; at most the last append is gone.
   local torn="$WORK/torn"
   cp -r "$src" "$torn"
   seg=$(find "$torn" -name '*.seg' | sort | tail -n 1)
   size=$(stat -c %s "$seg")
   truncate -s $((size - 7)) "$seg"
+  [[ -f "$torn/log/SYNCED" ]] || die "no synced mark in a cleanly closed log"
+  rc=0
+  out=$(timeout 120 "$BIN" verify --data-dir "$torn" 2>&1) || rc=$?
+  [[ $rc -eq 3 && "$out" == *"acknowledged events are missing"* ]] \
+    || die "verify did not refuse a cut synced record (rc $rc): $out"
+  rc=0
+  timeout 120 "$BIN" serve --data-dir "$torn" --listen 127.0.0.1:0 >"$WORK/torn.out" 2>"$WORK/torn.err" || rc=$?
+  [[ $rc -ne 0 && $rc -ne 124 ]] || die "serve started (or hung) on a log missing synced records (rc $rc)"
+  grep -q "SYNCED" "$WORK/torn.err" || die "serve's refusal does not name the mark: $(tail -n 3 "$WORK/torn.err")"
+  [[ $(stat -c %s "$seg") -eq $((size - 7)) ]] || die "the refused log was changed"
+  rm "$torn/log/SYNCED"
   start_server torn --data-dir "$torn"
   grep -qi "torn" "$SERVER_ERR" || die "the torn tail was not logged: $(tail -n 5 "$SERVER_ERR")"
   grep -q "$(basename "$seg")" "$SERVER_ERR" || die "the torn-tail warning does not name the file"
@@ -239,7 +253,7 @@ drill_damage() {
   stop_server || die "graceful stop failed"
   [[ $n -eq $orig ]] || die "after garbage at the tail: $n events, was $orig"
   verify_ok --data-dir "$junk"
-  echo "damaged copies of a $orig-event log: a flipped byte fails verify and serve (file + offset named); a torn tail is cut at start and logged (file + offset), verify ok; garbage after the tail is cut, all $n events kept, verify ok"
+  echo "damaged copies of a $orig-event log: a flipped byte fails verify and serve (file + offset named); a cut synced record fails verify and serve (the synced mark named); a torn tail is cut at start and logged (file + offset), verify ok; garbage after the tail is cut, all $n events kept, verify ok"
 }
 
 # --------------------------------------------------------------------------------------------

@@ -611,8 +611,10 @@ fn last_segment_records(data_dir: &Path) -> (std::path::PathBuf, Vec<u8>, Vec<us
 
 /// Someone who edits the log on purpose can recompute the checksums (and, from the edited
 /// record on, the chain), so the chain alone cannot show such an edit in the last records.
-/// A chain hash published earlier can: `verify --expect-hash POSITION:HASH` fails (exit 3)
-/// when the history up to POSITION changed or was cut off, and passes on the intact log.
+/// The synced mark (`log/SYNCED`, the last synced position and its hash) shows it, unless the
+/// editor removes or rewrites the mark too. A chain hash published earlier shows it anyway:
+/// `verify --expect-hash POSITION:HASH` fails (exit 3) when the history up to POSITION changed
+/// or was cut off, and passes on the intact log.
 #[test]
 fn verify_with_a_published_hash_catches_a_deliberate_edit_of_the_last_record() {
     let dir = temp_dir();
@@ -648,6 +650,14 @@ fn verify_with_a_published_hash_catches_a_deliberate_edit_of_the_last_record() {
     bytes[last + 8 + len..last + 12 + len].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&segment, &bytes).unwrap();
 
+    let marked = cli(&["verify", "--data-dir", data_s]);
+    assert_eq!(marked.status.code(), Some(3), "{marked:?}");
+    assert!(
+        String::from_utf8_lossy(&marked.stderr).contains("the history was changed"),
+        "{marked:?}"
+    );
+    // An editor who knows of the mark removes it: then the chain alone cannot show the edit.
+    std::fs::remove_file(data.join("log").join("SYNCED")).unwrap();
     let plain = cli(&["verify", "--data-dir", data_s]);
     assert!(
         plain.status.success(),

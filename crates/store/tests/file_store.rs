@@ -210,6 +210,8 @@ fn truncation_at_every_offset_opens_to_the_complete_prefix() {
     for cut in 0..=bytes.len() {
         // Rewritten each time: recovery truncates it, or removes it (a cut inside the header).
         std::fs::write(dir.join("log").join(&seg_name), &bytes[..cut]).unwrap();
+        // The append of the cut before is synced and marked: this cut is a crash before it.
+        let _ = std::fs::remove_file(synced_mark(&dir));
         rt.block_on(async {
             let store = FileStore::open(&opts(&dir, 1 << 20))
                 .await
@@ -223,18 +225,19 @@ fn truncation_at_every_offset_opens_to_the_complete_prefix() {
             assert_eq!(log_ids(&store).await, expected, "cut at {cut}");
             let report = store.verify().await.unwrap();
             assert_eq!(report.events, expected.len() as u64);
-            if cut % 8 != 0 && cut != bytes.len() {
-                return;
+            if cut % 8 == 0 || cut == bytes.len() {
+                // The store takes appends after recovering.
+                store
+                    .append(append_req(Uuid::new_v4(), vec![new_event(0)]))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    store.verify().await.unwrap().events,
+                    expected.len() as u64 + 1
+                );
             }
-            // The store takes appends after recovering.
-            store
-                .append(append_req(Uuid::new_v4(), vec![new_event(0)]))
-                .await
-                .unwrap();
-            assert_eq!(
-                store.verify().await.unwrap().events,
-                expected.len() as u64 + 1
-            );
+            // Closed, so that its synced mark is final before the next cut.
+            store.close().await.unwrap();
         });
     }
 }
@@ -336,7 +339,9 @@ async fn a_bad_record_followed_by_valid_ones_is_damage_not_a_torn_tail() {
 }
 
 /// A crash can leave sectors of the last write unwritten; in an append-only file they read as
-/// zeros. Such a last record is a torn tail and is cut (it was never acknowledged).
+/// zeros. Such a last record is a torn tail and is cut (it was never acknowledged). Once the
+/// synced mark names it, the same bytes are damage to an acknowledged record: refused, left as
+/// found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_record_with_an_unwritten_sector_is_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
@@ -364,6 +369,19 @@ async fn a_last_record_with_an_unwritten_sector_is_a_torn_tail() {
     assert!(sector + 512 < end, "the record spans whole sectors");
     bytes[sector..sector + 512].fill(0);
     std::fs::write(&seg, &bytes).unwrap();
+    match FileStore::open(&opts(dir.path(), 1 << 20)).await {
+        Err(StoreError::Corrupt { file, reason, .. }) => {
+            assert!(file.ends_with("SYNCED"), "{file}");
+            assert!(
+                reason.contains("acknowledged events are missing"),
+                "{reason}"
+            );
+        }
+        other => panic!("a synced record torn: {other:?}"),
+    }
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "left as found");
+
+    forget_synced(dir.path());
     let store = FileStore::open(&opts(dir.path(), 1 << 20)).await.unwrap();
     assert_eq!(log_ids(&store).await, ids);
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), start as u64);
@@ -401,6 +419,7 @@ async fn a_read_only_open_changes_nothing() {
     let seg = segments(dir.path())[0].clone();
     let cut_from = ends[ends.len() - 2].0;
     std::fs::write(&seg, &bytes[..bytes.len() - 7]).unwrap();
+    forget_synced(dir.path());
     let mut ro = opts(dir.path(), 1 << 20);
     ro.read_only = true;
     let store = FileStore::open(&ro).await.unwrap();
@@ -474,6 +493,7 @@ async fn a_torn_append_is_cut_whole() {
     let bytes = std::fs::read(&seg).unwrap();
     let spans = record_spans(&bytes);
     std::fs::write(&seg, &bytes[..spans[3].0]).unwrap();
+    forget_synced(dir.path());
     let store = FileStore::open(&opts(dir.path(), 1 << 20)).await.unwrap();
     assert_eq!(log_ids(&store).await, vec![first[0].event_id]);
     assert_eq!(
@@ -482,6 +502,156 @@ async fn a_torn_append_is_cut_whole() {
         "cut at the append's start"
     );
     assert_eq!(store.stream_version(s).await.unwrap(), 1);
+}
+
+/// The chain cannot show a cut at a record boundary (nothing chains to what is gone); the
+/// synced mark can. A deleted last segment, a tail cut between two appends, or another
+/// history under the marked position are refused by every open, read-only too, and change
+/// nothing on disk; removing the mark accepts the shorter log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_missing_from_the_end_are_refused() {
+    let src = tempfile::tempdir().unwrap();
+    let appends = build_log(src.path(), 600, 30).await;
+    let last_append = appends[appends.len() - 1].len();
+    let ids = appends.concat();
+    let segs = segments(src.path());
+    assert!(segs.len() > 2);
+    let refused = |dir: &Path, read_only: bool| {
+        let dir = dir.to_path_buf();
+        async move {
+            let mut o = opts(&dir, 600);
+            o.read_only = read_only;
+            match FileStore::open(&o).await {
+                Err(StoreError::Corrupt { file, reason, .. }) => {
+                    assert!(file.ends_with("SYNCED"), "{file}");
+                    reason
+                }
+                other => panic!("opened a log that lost acknowledged events: {other:?}"),
+            }
+        }
+    };
+
+    // The last segment deleted.
+    let lost_segment = tempfile::tempdir().unwrap();
+    copy_dir(src.path(), lost_segment.path());
+    let last = segments(lost_segment.path()).pop().unwrap();
+    std::fs::remove_file(&last).unwrap();
+    for read_only in [true, false] {
+        let reason = refused(lost_segment.path(), read_only).await;
+        assert!(
+            reason.contains("acknowledged events are missing"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains(&format!("position {} was synced", ids.len())),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        segments(lost_segment.path()).len(),
+        segs.len() - 1,
+        "nothing created"
+    );
+
+    // The tail cut exactly between two appends: a clean, shorter chain.
+    let cut = tempfile::tempdir().unwrap();
+    copy_dir(src.path(), cut.path());
+    let last = segments(cut.path()).pop().unwrap();
+    let bytes = std::fs::read(&last).unwrap();
+    let spans = record_spans(&bytes);
+    assert!(
+        spans.len() >= last_append,
+        "the last append is in the last segment"
+    );
+    let at = spans[spans.len() - last_append].0;
+    std::fs::write(&last, &bytes[..at]).unwrap();
+    let reason = refused(cut.path(), false).await;
+    assert!(
+        reason.contains("acknowledged events are missing"),
+        "{reason}"
+    );
+    assert_eq!(std::fs::read(&last).unwrap(), &bytes[..at], "left as found");
+
+    // Another history under the marked position: cut, forgotten, written anew, old mark back.
+    let mark = std::fs::read(synced_mark(cut.path())).unwrap();
+    forget_synced(cut.path());
+    let store = FileStore::open(&opts(cut.path(), 600)).await.unwrap();
+    assert_eq!(
+        store.head().position,
+        (ids.len() - last_append) as u64,
+        "accepted once forgotten"
+    );
+    // Past the marked position again, with other events.
+    for i in 0..=last_append {
+        store
+            .append(append_req(Uuid::new_v4(), vec![new_event(900 + i as u64)]))
+            .await
+            .unwrap();
+    }
+    store.close().await.unwrap();
+    drop(store);
+    std::fs::write(synced_mark(cut.path()), mark).unwrap();
+    let reason = refused(cut.path(), true).await;
+    assert!(reason.contains("the history was changed"), "{reason}");
+
+    // The untouched log opens, and its mark names its head.
+    let store = FileStore::open(&opts(src.path(), 600)).await.unwrap();
+    assert_eq!(store.head().position, ids.len() as u64);
+    let text = std::fs::read_to_string(synced_mark(src.path())).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "incidentlog-synced-v1 {} {}\n",
+            ids.len(),
+            store.head().hash_hex()
+        )
+    );
+}
+
+/// The mark follows the log while it is open (within about a second of a sync), not only at
+/// a clean close: a crash loses at most that last second's mark, never the log's records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_synced_mark_follows_an_open_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(&opts(dir.path(), 4096)).await.unwrap();
+    assert!(
+        !synced_mark(dir.path()).exists(),
+        "nothing synced, nothing marked"
+    );
+    for i in 0..3 {
+        store
+            .append(append_req(Uuid::new_v4(), vec![new_event(i)]))
+            .await
+            .unwrap();
+    }
+    let want = format!("incidentlog-synced-v1 3 {}\n", store.head().hash_hex());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::read_to_string(synced_mark(dir.path()))
+        .ok()
+        .as_deref()
+        != Some(&want)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mark never caught up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Still open (no close): a second open is refused by the lock, a crash copy is fine.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), copy.path());
+    let reopened = FileStore::open(&opts(copy.path(), 4096)).await.unwrap();
+    assert_eq!(reopened.head(), store.head());
+    reopened.close().await.unwrap();
+    drop(reopened);
+    // A log without a mark (written before marks existed) is synced and marked on open.
+    forget_synced(copy.path());
+    let unmarked = FileStore::open(&opts(copy.path(), 4096)).await.unwrap();
+    unmarked.close().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(synced_mark(copy.path())).unwrap(),
+        want
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

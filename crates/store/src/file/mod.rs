@@ -10,6 +10,7 @@ mod format;
 mod index;
 mod io;
 mod scan;
+mod synced;
 pub mod tokens;
 mod writer;
 
@@ -149,6 +150,23 @@ impl FileStore {
                     .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??,
             )
         };
+        let marker = if read_only {
+            None
+        } else {
+            synced::remove_leftovers(&log_dir)?;
+            let marker = synced::Marker::start(log_dir.clone(), recovered.mark)?;
+            // What recovery kept is served from now on: make sure it is on stable storage (a
+            // killed process may have left it written but unsynced), then mark it.
+            let head = recovered.index.head;
+            if head.position > 0 && recovered.mark.is_none_or(|m| m.position < head.position) {
+                let path = recovered.active_path.clone();
+                tokio::task::spawn_blocking(move || File::open(path)?.sync_all())
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??;
+                marker.synced(head);
+            }
+            Some(marker)
+        };
         let torn_tail = recovered.torn_tail;
         let index = recovered.index;
         let head = index.head;
@@ -178,6 +196,8 @@ impl FileStore {
             file,
             durability: opts.durability,
             unsynced: false,
+            written: head,
+            marker,
         };
         std::thread::Builder::new()
             .name("incidentlog-log-io".into())

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::format::{self, FrameError, RecordMeta, RecordView, HEADER_LEN};
 use super::index::{IdTable, Index, Segment, MAX_POSITION};
+use super::synced;
 use crate::{Head, StoreError, VerifyReport};
 
 /// Bytes read per syscall while scanning.
@@ -122,6 +123,8 @@ pub(crate) struct Recovered {
     pub active_len: u64,
     /// A torn tail left in place by a read-only open.
     pub torn_tail: Option<TornTail>,
+    /// The synced mark the log was checked against.
+    pub mark: Option<Head>,
 }
 
 /// A torn tail: where it starts and why it is torn.
@@ -228,6 +231,9 @@ impl AppendState {
 /// reported in [`Recovered::torn_tail`], an empty log gets no segment).
 pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, StoreError> {
     let mut torn_tail = None;
+    // Read before the segments, so that a log growing meanwhile (a read-only open next to a
+    // server) is never behind it.
+    let mark = synced::read(log_dir)?;
     let mut segments = list_segments(log_dir)?;
     let mut index = Index::new();
     // Rough size hint: ~350 bytes per event.
@@ -270,6 +276,9 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
         }
     }
 
+    if let (Some(m), true) = (&mark, segments.is_empty()) {
+        synced::check(m, log_dir, 0, |_| Err(corrupt(log_dir, 0, "no segments")))?;
+    }
     if segments.is_empty() && !read_only {
         let path = segment_path(log_dir, 1);
         create_segment_file(&path, 1)?;
@@ -305,6 +314,7 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
         ids_sink,
     };
     let mut active_len = 0;
+    let mut torn_cut = None;
     for (seg_idx, (name_first, path)) in segments.iter().enumerate() {
         let is_last = seg_idx + 1 == count;
         let file = File::open(path)?;
@@ -399,15 +409,9 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                 offset
             }
             Some((offset, reason)) => {
-                tracing::warn!(
-                    file = %path.display(),
-                    offset,
-                    reason,
-                    "torn tail in the last segment: truncating"
-                );
-                let f = std::fs::OpenOptions::new().write(true).open(path)?;
-                f.set_len(offset)?;
-                f.sync_all()?;
+                // Cut once the synced mark has been checked: a tail that reaches back into
+                // synced records is damage, to be left as found.
+                torn_cut = Some((path.clone(), offset, reason));
                 offset
             }
             None => file_len,
@@ -441,6 +445,29 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
             hash: v.hash(),
         };
     }
+    if let Some(m) = &mark {
+        synced::check(m, log_dir, index.len(), |position| {
+            let loc = index
+                .locate(position)
+                .ok_or_else(|| corrupt(log_dir, 0, "marked position not in the index"))?;
+            let mut buf = vec![0u8; (loc.end - loc.start) as usize];
+            loc.file.read_exact_at(&mut buf, loc.start)?;
+            let v = format::parse_record(&buf)
+                .map_err(|_| corrupt(&loc.path, loc.start, "re-read failed"))?;
+            Ok(v.hash())
+        })?;
+    }
+    if let Some((path, offset, reason)) = torn_cut {
+        tracing::warn!(
+            file = %path.display(),
+            offset,
+            reason,
+            "torn tail in the last segment: truncating"
+        );
+        let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+        f.set_len(offset)?;
+        f.sync_all()?;
+    }
     index.shrink();
     let active_path = index
         .segments
@@ -452,6 +479,7 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
         active_path,
         active_len,
         torn_tail,
+        mark,
     })
 }
 

@@ -664,6 +664,10 @@ pub(crate) struct IoStage {
     pub durability: Durability,
     /// Relaxed durability: bytes written but not yet synced.
     pub unsynced: bool,
+    /// The head of what has been written (synced or not).
+    pub written: Head,
+    /// Keeps `log/SYNCED` up to date (none when read-only).
+    pub marker: Option<super::synced::Marker>,
 }
 
 impl IoStage {
@@ -698,6 +702,10 @@ impl IoStage {
         match written {
             Ok(()) => {
                 if !entries.is_empty() {
+                    self.written = head;
+                    if !self.unsynced {
+                        self.mark_synced();
+                    }
                     self.shared.writes.fetch_add(1, Ordering::Relaxed);
                     self.shared
                         .written_events
@@ -801,7 +809,17 @@ impl IoStage {
                 .map_err(|e| format!("fdatasync failed: {e}"))?;
         }
         self.unsynced = false;
+        self.mark_synced();
         Ok(())
+    }
+
+    /// Everything written is on stable storage: the synced mark may name it.
+    fn mark_synced(&self) {
+        if let Some(m) = &self.marker {
+            if self.written.position > 0 {
+                m.synced(self.written);
+            }
+        }
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
@@ -812,6 +830,10 @@ impl IoStage {
             }
         }
         self.file = None;
+        // The mark names the final head before close answers.
+        if let Some(mut m) = self.marker.take() {
+            m.stop();
+        }
         Ok(())
     }
 

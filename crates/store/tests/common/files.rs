@@ -46,6 +46,18 @@ pub fn segments(data_dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The synced mark (`log/SYNCED`): the last position known to be on stable storage.
+pub fn synced_mark(data_dir: &Path) -> PathBuf {
+    data_dir.join("log").join("SYNCED")
+}
+
+/// Removes the synced mark, as after a crash that came before the mark named the log's last
+/// records: only such records can be torn (a crash loses unsynced bytes only), so a test
+/// that tears records of a cleanly closed log must forget that they were synced.
+pub fn forget_synced(data_dir: &Path) {
+    std::fs::remove_file(synced_mark(data_dir)).unwrap();
+}
+
 /// Byte ranges `(start, end)` of the records of one segment's bytes (trusting `len`).
 pub fn record_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();

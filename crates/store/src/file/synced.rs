@@ -1,0 +1,296 @@
+//! The synced mark, `log/SYNCED`: the last position known to be on stable storage, with its
+//! chain hash.
+//!
+//! The hash chain shows any change *inside* the log, but not a cut at a record boundary: a
+//! deleted last segment or a tail cut between two appends leaves a shorter log that verifies
+//! clean, because nothing chains to what is gone. Recovery therefore refuses a log that ends
+//! before the mark, or whose record at the mark has another hash: acknowledged events are
+//! missing, and saying so beats carrying on with new events under their positions.
+//!
+//! The mark is written off the append path (a thread of its own, at most once per
+//! [`INTERVAL`], always the newest synced head, and once more on close), so it costs appends
+//! nothing and lags the log by at most about a second. It only ever names synced records, so
+//! a crash (which can only lose unsynced bytes) never leaves the log behind it. Written as a
+//! new file, synced, then renamed over the old one: it is always whole.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::scan::corrupt;
+use crate::{from_hex_32, Head, StoreError};
+
+pub(crate) const FILE_NAME: &str = "SYNCED";
+/// New marks are written under this prefix and a random suffix (two stores of one process
+/// may overlap for a moment: never one file for both), then renamed.
+const TMP_PREFIX: &str = "SYNCED.tmp-";
+const MAGIC: &str = "incidentlog-synced-v1";
+/// The mark is rewritten at most this often.
+pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reads the mark; `None` when there is none (a log written before marks existed, or a new one).
+pub(crate) fn read(log_dir: &Path) -> Result<Option<Head>, StoreError> {
+    let path = log_dir.join(FILE_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(corrupt(&path, 0, "not a synced mark (not UTF-8)"))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    parse(&text).map(Some).ok_or_else(|| {
+        corrupt(
+            &path,
+            0,
+            format!("not a synced mark: {:?}", text.trim_end()),
+        )
+    })
+}
+
+fn parse(text: &str) -> Option<Head> {
+    let mut words = text.strip_suffix('\n')?.split(' ');
+    let (magic, position, hash) = (words.next()?, words.next()?, words.next()?);
+    if magic != MAGIC || words.next().is_some() {
+        return None;
+    }
+    Some(Head {
+        position: position.parse().ok().filter(|p| *p > 0)?,
+        hash: from_hex_32(hash)?,
+    })
+}
+
+fn encode(head: &Head) -> String {
+    format!("{MAGIC} {} {}\n", head.position, head.hash_hex())
+}
+
+/// Writes the mark: a new file, synced, renamed over the old one, the directory synced.
+pub(crate) fn write(log_dir: &Path, head: &Head) -> std::io::Result<()> {
+    let tmp = log_dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(encode(head).as_bytes())?;
+            f.sync_data()
+        })
+        .and_then(|()| std::fs::rename(&tmp, log_dir.join(FILE_NAME)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    super::io::sync_dir(log_dir)
+}
+
+/// Removes new marks a crash left unrenamed (a writable open, under the data dir's lock).
+pub(crate) fn remove_leftovers(log_dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(log_dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            match std::fs::remove_file(entry.path()) {
+                // Renamed meanwhile (a store of this process that is still closing).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the recovered log against the mark: it must hold the marked position, with the
+/// marked hash (`hash_at` reads the chain hash of a position the log holds).
+pub(crate) fn check(
+    mark: &Head,
+    log_dir: &Path,
+    log_end: u64,
+    hash_at: impl FnOnce(u64) -> Result<[u8; 32], StoreError>,
+) -> Result<(), StoreError> {
+    let path = log_dir.join(FILE_NAME);
+    let remedy = "if an older copy of the log was restored on purpose, remove that file to \
+                  accept the loss";
+    if log_end < mark.position {
+        return Err(corrupt(
+            &path,
+            0,
+            format!(
+                "acknowledged events are missing: the log ends at position {log_end}, but \
+                 position {} was synced before (a segment deleted, or the log cut short); \
+                 {remedy}",
+                mark.position
+            ),
+        ));
+    }
+    if hash_at(mark.position)? != mark.hash {
+        return Err(corrupt(
+            &path,
+            0,
+            format!(
+                "the history was changed: the record at position {} is not the one synced \
+                 there before (chain hash {}); {remedy}",
+                mark.position,
+                mark.hash_hex()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Keeps the mark up to date on a thread of its own; stops (writing the newest head first)
+/// when dropped.
+pub(crate) struct Marker {
+    shared: Arc<MarkerShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct MarkerShared {
+    state: Mutex<MarkerState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct MarkerState {
+    /// The newest synced head.
+    synced: Option<Head>,
+    stop: bool,
+}
+
+impl Marker {
+    /// Starts the thread; `marked` is what the mark says now.
+    pub(crate) fn start(log_dir: PathBuf, marked: Option<Head>) -> std::io::Result<Marker> {
+        let shared = Arc::new(MarkerShared {
+            state: Mutex::new(MarkerState::default()),
+            wake: Condvar::new(),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("incidentlog-synced-mark".into())
+            .spawn(move || mark_loop(&s, &log_dir, marked))?;
+        Ok(Marker {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Everything up to `head` is on stable storage now.
+    pub(crate) fn synced(&self, head: Head) {
+        if head.position == 0 {
+            return;
+        }
+        let mut state = self.shared.lock();
+        if state.synced.is_none_or(|s| s.position < head.position) {
+            state.synced = Some(head);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Writes the newest synced head now and stops the thread.
+    pub(crate) fn stop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Marker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl MarkerShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MarkerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn mark_loop(shared: &MarkerShared, log_dir: &Path, mut marked: Option<Head>) {
+    let mut failing = false;
+    loop {
+        let (target, stop) = {
+            // Nothing synced past the mark yet (after a start, the mark read from disk).
+            let behind = |s: &mut MarkerState| {
+                !s.stop
+                    && s.synced
+                        .is_none_or(|h| marked.is_some_and(|m| h.position <= m.position))
+            };
+            let state = shared
+                .wake
+                .wait_while(shared.lock(), behind)
+                .unwrap_or_else(|e| e.into_inner());
+            (state.synced, state.stop)
+        };
+        let ahead = |t: &Head| marked.is_none_or(|m| t.position > m.position);
+        if let Some(head) = target.filter(ahead) {
+            match write(log_dir, &head) {
+                Ok(()) => {
+                    marked = Some(head);
+                    failing = false;
+                }
+                Err(e) => {
+                    // The log itself is fine: the mark only lags (and is tried again).
+                    if !failing {
+                        tracing::warn!(error = %e, dir = %log_dir.display(), "could not update the synced mark");
+                    }
+                    failing = true;
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+        // Pace: at most one mark per interval, unless stopping.
+        let _ = shared
+            .wake
+            .wait_timeout_while(shared.lock(), INTERVAL, |s| !s.stop)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_reads_back_as_written_and_anything_else_is_refused() {
+        let head = Head {
+            position: 42,
+            hash: [7; 32],
+        };
+        assert_eq!(parse(&encode(&head)), Some(head));
+        for bad in [
+            "",
+            "incidentlog-synced-v1 42\n",
+            "incidentlog-synced-v1 0 0707070707070707070707070707070707070707070707070707070707070707\n",
+            "incidentlog-synced-v2 42 0707070707070707070707070707070707070707070707070707070707070707\n",
+            "incidentlog-synced-v1 42 0707070707070707070707070707070707070707070707070707070707070707",
+            "incidentlog-synced-v1 42 07 x\n",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_marker_writes_the_newest_head_on_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Marker::start(dir.path().to_path_buf(), None).unwrap();
+        for position in 1..=5 {
+            m.synced(Head {
+                position,
+                hash: [position as u8; 32],
+            });
+        }
+        m.stop();
+        assert_eq!(
+            read(dir.path()).unwrap(),
+            Some(Head {
+                position: 5,
+                hash: [5; 32]
+            })
+        );
+    }
+}
