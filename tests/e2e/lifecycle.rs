@@ -1,5 +1,5 @@
-//! Start and stop: the first-start admin token, SIGTERM with appends in flight (exit 0, every
-//! acknowledged event present after a restart).
+//! Start and stop: the first-start admin token (not taken by a start that cannot listen),
+//! SIGTERM with appends in flight (exit 0, every acknowledged event present after a restart).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +35,36 @@ fn first_start_prints_an_admin_token_once() {
     let srv = Server::start(dir.path(), &[]);
     assert_eq!(srv.admin_token, None, "{:?}", srv.startup_stdout);
     srv.get("/v1/admin/verify", &admin).expect(200);
+}
+
+/// A start that cannot listen (the port is taken) fails before anything else: exit 1, no
+/// first admin token printed or stored (it would be shown once, by a run that failed), so the
+/// next good start still prints one.
+#[test]
+fn a_taken_port_fails_the_start_before_the_first_token() {
+    let busy = temp_dir();
+    let srv = Server::start(busy.path(), &[]);
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let taken = srv.addr.to_string();
+    let out = cli(&[
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &taken,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("admin token"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    let next = Server::start(&data, &[]);
+    assert!(
+        next.admin_token.is_some(),
+        "the failed start took the first token: {:?}",
+        next.startup_stdout
+    );
 }
 
 #[test]

@@ -96,12 +96,31 @@ impl ApiError {
         }
     }
 
+    /// A 422. The detail names the first few problems too, so that a bulk report (whose
+    /// lines carry the same detail) reads on its own.
     pub fn invalid(errors: Vec<FieldError>) -> Self {
+        const NAMED: usize = 3;
+        let named = |e: &FieldError| format!("{}: {}", e.pointer, e.message);
         let detail = match errors.as_slice() {
-            [one] => format!("{}: {}", one.pointer, one.message),
-            many => format!("{} problems in the request", many.len()),
+            [one] => named(one),
+            many => {
+                let first: Vec<String> = many.iter().take(NAMED).map(named).collect();
+                let more = match many.len().saturating_sub(NAMED) {
+                    0 => String::new(),
+                    n => format!("; and {n} more"),
+                };
+                format!("{} problems: {}{more}", many.len(), first.join("; "))
+            }
         };
         ApiError::Unprocessable { detail, errors }
+    }
+
+    /// The per-field problems (400 and 422), as the problem document lists them.
+    pub fn field_errors(&self) -> &[FieldError] {
+        match self {
+            ApiError::BadRequest { errors, .. } | ApiError::Unprocessable { errors, .. } => errors,
+            _ => &[],
+        }
     }
 
     pub fn status(&self) -> StatusCode {

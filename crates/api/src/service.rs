@@ -219,6 +219,10 @@ pub struct RejectedLine {
     /// The HTTP status this line would have had as a single append.
     pub status: u16,
     pub detail: String,
+    /// One entry per bad field, as in that append's problem document (pointers into the
+    /// line's object); empty when the problem is not with one field.
+    #[schema(value_type = Vec<crate::wire::FieldErrorDoc>)]
+    pub errors: Vec<incidentlog_projections::FieldError>,
 }
 
 /// Answer of a bulk import. `appended` and `duplicates` count events.

@@ -36,7 +36,8 @@ pub mod exit {
 /// incidentlog: an append-only, event-sourced log of conflict incidents with an HTTP API.
 ///
 /// Every flag can also be set through the environment variable named in its help
-/// (INCIDENTLOG_*); a flag on the command line wins over the variable.
+/// (INCIDENTLOG_*); a flag on the command line wins over its own variable (flags that exclude
+/// each other do so wherever they come from).
 #[derive(Parser, Debug)]
 #[command(name = "incidentlog", version, propagate_version = true)]
 struct Cli {

@@ -146,16 +146,6 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let store = Arc::new(open_store(&args.store, &args.write).await?);
-    match incidentlog_api::auth::ensure_admin_token(&store)
-        .await
-        .context("cannot create the first admin token")?
-    {
-        Some(secret) => print_first_token(&secret, args.listen),
-        None => tracing::debug!("tokens exist; no first admin token created"),
-    }
-    let service = AppService::start(store.clone())
-        .await
-        .context("cannot build the views from the log")?;
     let config = ServeConfig {
         listen: args.listen,
         public_read: args.public_read,
@@ -171,7 +161,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         max_connections: args.max_connections,
         header_read_timeout: args.header_read_timeout,
     };
-    incidentlog_api::serve(service, config, shutdown_signal())
+    // Before the first admin token: a start that fails on a taken port must not have printed
+    // (and stored) a token nobody will see again.
+    let listener = incidentlog_api::bind(&config).await?;
+    match incidentlog_api::auth::ensure_admin_token(&store)
+        .await
+        .context("cannot create the first admin token")?
+    {
+        Some(secret) => print_first_token(&secret, args.listen),
+        None => tracing::debug!("tokens exist; no first admin token created"),
+    }
+    let service = AppService::start(store.clone())
+        .await
+        .context("cannot build the views from the log")?;
+    incidentlog_api::serve(listener, service, config, shutdown_signal())
         .await
         .context("the server stopped with an error")?;
     tracing::info!("stopped cleanly");

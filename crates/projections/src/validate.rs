@@ -294,7 +294,12 @@ fn count(m: &Map<String, Value>, key: &str, ptr: &str, errs: &mut Vec<FieldError
     let v = present(m, key, ptr, false, errs)?;
     match v {
         Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
+            // `2.0` is the whole number 2 (as JSON Schema's "integer" has it); stored as `2`.
+            let whole = n
+                .as_f64()
+                .filter(|f| n.is_f64() && f.fract() == 0.0 && *f >= 0.0 && *f <= MAX_COUNT as f64)
+                .map(|f| f as u64);
+            if let Some(u) = n.as_u64().or(whole) {
                 if u > MAX_COUNT {
                     push(errs, ptr, key, format!("must be at most {MAX_COUNT}"));
                     None

@@ -220,8 +220,9 @@ pub enum StoreError {
         "event id {event_id} already recorded with different content (at position {position})"
     )]
     EventIdConflict { event_id: Uuid, position: u64 },
-    /// The request itself is unusable (empty batch, event too large, duplicate ids in one batch).
-    #[error("invalid append: {0}")]
+    /// The request itself is unusable (empty batch, event too large, duplicate ids in one batch,
+    /// a token name taken).
+    #[error("invalid request: {0}")]
     InvalidInput(String),
     /// The store cannot take writes (a write or sync failed and the store must be reopened, or
     /// the database is unreachable). Nothing of the failed request is visible.

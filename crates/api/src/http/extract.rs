@@ -135,15 +135,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 }
 
 /// A 400 for a query string that does not deserialize, with a pointer to the parameter when
-/// axum's message names it (`Failed to deserialize query string: NAME: MESSAGE`).
+/// axum's message names it (`Failed to deserialize query string: NAME: MESSAGE`, or serde's
+/// "duplicate field `NAME`" / "unknown field `NAME`, expected ...").
 fn query_error(text: &str) -> ApiError {
-    let named = text
-        .strip_prefix("Failed to deserialize query string: ")
-        .and_then(|rest| rest.split_once(": "))
-        .filter(|(name, _)| {
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        });
-    match named {
+    let is_name = |name: &str| {
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let rest = text.strip_prefix("Failed to deserialize query string: ");
+    let quoted = rest.and_then(|r| {
+        ["duplicate field `", "unknown field `"]
+            .iter()
+            .find_map(|p| {
+                let (name, _) = r.strip_prefix(p)?.split_once('`')?;
+                Some((name, r))
+            })
+    });
+    let named = quoted.or_else(|| rest.and_then(|r| r.split_once(": ")));
+    match named.filter(|(name, _)| is_name(name)) {
         Some((name, message)) => ApiError::BadRequest {
             detail: format!("malformed query: /{name}: {message}"),
             errors: vec![crate::error::field_error(format!("/{name}"), message)],

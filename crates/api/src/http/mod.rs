@@ -500,17 +500,24 @@ async fn accept_loop(
     Accepted { connections, limit }
 }
 
-/// Serves until `shutdown` resolves; then stops accepting, ends SSE streams, finishes the
-/// requests in flight, closes the store (sync) and returns. Prints `listening on http://ADDR`
-/// on stdout once bound.
+/// Binds `config.listen`: done first, so that a taken port fails the start before anything
+/// else (a first admin token, rebuilding the views) happens. Connections wait in the
+/// backlog until [`serve`] accepts them.
+pub async fn bind(config: &ServeConfig) -> Result<tokio::net::TcpListener, ApiError> {
+    tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot listen on {}: {e}", config.listen)))
+}
+
+/// Serves on `listener` (from [`bind`]) until `shutdown` resolves; then stops accepting, ends
+/// SSE streams, finishes the requests in flight, closes the store (sync) and returns. Prints
+/// `listening on http://ADDR` on stdout once it accepts.
 pub async fn serve(
+    listener: tokio::net::TcpListener,
     service: AppService,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener
         .local_addr()
         .map_err(|e| ApiError::Internal(format!("local address: {e}")))?;

@@ -167,7 +167,7 @@ impl Importer<'_> {
                 batch.lines.clear();
                 while batch.lines.len() < PARSE_BATCH_LINES && batch.bytes.len() < PARSE_BATCH_BYTES
                 {
-                    let start = batch.bytes.len();
+                    let mut start = batch.bytes.len();
                     let n = input
                         .read_until(b'\n', &mut batch.bytes)
                         .await
@@ -177,6 +177,11 @@ impl Importer<'_> {
                     if n == 0 {
                         eof = true;
                         break;
+                    }
+                    // A UTF-8 byte order mark before the first line (Windows tools write
+                    // one; RFC 8259 lets a parser ignore it).
+                    if line_no == 0 && batch.bytes[start..].starts_with(b"\xEF\xBB\xBF") {
+                        start += 3;
                     }
                     line_no += 1;
                     batch.lines.push((line_no, start, batch.bytes.len()));
@@ -205,9 +210,7 @@ impl Importer<'_> {
                 last_line = line;
                 match p {
                     Parsed::Blank => {}
-                    Parsed::Rejected(status, detail) => {
-                        reject(&mut self.report, line, status, detail);
-                    }
+                    Parsed::Rejected(err) => reject(&mut self.report, line, &err),
                     Parsed::Command(cmd, new) => {
                         self.stage_all(vec![Pending { line, cmd, new }]).await?;
                     }
@@ -345,12 +348,7 @@ impl Importer<'_> {
         let m = &svc.inner.metrics;
         m.append_batch_size.observe(p.cmd.events.len() as f64);
         m.appends_rejected.fetch_add(1, Relaxed);
-        reject(
-            &mut self.report,
-            p.line,
-            err.status().as_u16(),
-            err.public_detail(),
-        );
+        reject(&mut self.report, p.line, &err);
         Ok(Step::Done)
     }
 
@@ -479,12 +477,7 @@ impl Importer<'_> {
                         trouble = true;
                         failed_incidents.insert(cmd.incident_id);
                         m.appends_rejected.fetch_add(1, Relaxed);
-                        reject(
-                            &mut self.report,
-                            line,
-                            answer.status().as_u16(),
-                            answer.public_detail(),
-                        );
+                        reject(&mut self.report, line, &answer);
                     }
                 }
                 continue;
@@ -511,7 +504,7 @@ impl Importer<'_> {
                     } else {
                         m.appends_rejected.fetch_add(1, Relaxed);
                         let e = svc.conflict(&cmd, actual);
-                        reject(&mut self.report, line, 409, e.public_detail());
+                        reject(&mut self.report, line, &e);
                     }
                 }
                 Err(StoreError::Unavailable(msg)) => {
@@ -525,12 +518,7 @@ impl Importer<'_> {
                     m.appends_rejected.fetch_add(1, Relaxed);
                     failed_incidents.insert(cmd.incident_id);
                     let e = svc.with_versions(&cmd, e.into()).await;
-                    reject(
-                        &mut self.report,
-                        line,
-                        e.status().as_u16(),
-                        e.public_detail(),
-                    );
+                    reject(&mut self.report, line, &e);
                 }
             }
         }
@@ -569,12 +557,7 @@ impl Importer<'_> {
                     }
                 }
                 Err(ApiError::Unavailable(msg)) => return Err(ApiError::Unavailable(msg)),
-                Err(e) => reject(
-                    &mut self.report,
-                    line,
-                    e.status().as_u16(),
-                    e.public_detail(),
-                ),
+                Err(e) => reject(&mut self.report, line, &e),
             }
         }
         Ok(lines.into_iter().map(Staged::into_pending).collect())
@@ -596,7 +579,7 @@ struct LineBatch {
 
 enum Parsed {
     Blank,
-    Rejected(u16, String),
+    Rejected(ApiError),
     Command(AppendCommand, Vec<NewEvent>),
 }
 
@@ -611,13 +594,15 @@ impl LineBatch {
                     Parsed::Blank
                 } else {
                     match crate::json::from_slice(text) {
-                        Err(e) => Parsed::Rejected(400, format!("malformed JSON: {e}")),
+                        Err(e) => {
+                            Parsed::Rejected(ApiError::bad_request(format!("malformed JSON: {e}")))
+                        }
                         Ok(v) => match parse_command(&v, None) {
                             Ok(cmd) => {
                                 let new = new_events(&cmd.events);
                                 Parsed::Command(cmd, new)
                             }
-                            Err(e) => Parsed::Rejected(e.status().as_u16(), e.public_detail()),
+                            Err(e) => Parsed::Rejected(e),
                         },
                     }
                 };
@@ -627,11 +612,12 @@ impl LineBatch {
     }
 }
 
-fn reject(report: &mut ImportReport, line: u64, status: u16, detail: String) {
+fn reject(report: &mut ImportReport, line: u64, err: &ApiError) {
     report.rejected.push(RejectedLine {
         line,
-        status,
-        detail,
+        status: err.status().as_u16(),
+        detail: err.public_detail(),
+        errors: err.field_errors().to_vec(),
     });
 }
 

@@ -236,6 +236,12 @@ fn validation_table() {
             json!([cas(json!({"killed": 1.5}))]),
             vec![("/events/0/data/killed", "whole number")],
         ),
+        // A whole number written with a fraction is that number (JSON Schema's "integer").
+        (json!([cas(json!({"killed": 2.0, "injured": 0.0}))]), vec![]),
+        (
+            json!([cas(json!({"killed": -2.0}))]),
+            vec![("/events/0/data/killed", "whole number")],
+        ),
         (
             json!([cas(json!({"killed": "3"}))]),
             vec![("/events/0/data/killed", "must be a number")],
@@ -346,6 +352,14 @@ fn canonical_data_is_deterministic_with_defaults_filled() {
     assert_eq!(
         t[0].canonical_data().get(),
         r#"{"kind":"shelling","occurred_at":"2026-01-02T10:30:00Z","time_precision":"exact","region":"UA-63","location":{"lat":49.99,"lon":36.25,"precision":"exact"},"source":{"name":"Authorities","kind":"official"}}"#
+    );
+    // A count written as `2.0` is stored as the number it is.
+    let w = json!([cas(json!({"killed": 2.0}))]);
+    let t = parse_events(&w, "/events").unwrap();
+    assert!(
+        t[0].canonical_data().get().ends_with(r#""killed":2}"#),
+        "{}",
+        t[0].canonical_data().get()
     );
     let d = json!([ev("IncidentReported", reported())]);
     let t = parse_events(&d, "/events").unwrap();

@@ -377,9 +377,10 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                         path,
                         offset,
                         format!(
-                            "{reason} in the last record, which is complete on disk: damaged \
-                             after it was written, not an interrupted write (to give it up, \
-                             truncate the file to this offset)"
+                            "{reason} in a record near the end that is complete on disk (no \
+                             valid record after it): damaged after it was written, not an \
+                             interrupted write (to give it up, truncate the file to this \
+                             offset)"
                         ),
                     ));
                 }
