@@ -316,7 +316,9 @@ def main():
                 "  64 connections (3 rounds of 10 s, the median round's p99 reported); windowed (`from`/`to`) at 8; as-of",
                 "  (`at_position` = half the log, `as_of` = the `recorded_at` of that event) and `/v1/regions` one request at a time.",
                 "- **Store / fold benches**: `cargo bench -p incidentlog-store --bench store`, `cargo bench -p incidentlog-projections --bench fold`",
-                "  (and `--bench pg` for the PostgreSQL store), their own BENCH lines.", ""]
+                "  (and `--bench pg` for the PostgreSQL store), their own BENCH lines. The fold bench folds the synthetic log into",
+                "  a projection reserved for the log's length first, as every rebuild does (`rebuild_views`: start-up, `replay`,",
+                "  `export`); best of 3 folds.", ""]
         doc += ["## Every figure of the run", "", all_figures(r), ""]
         if r["status"]:
             doc += ["HTTP status counts of the load runs:", "", "```"] + r["status"] + ["```", ""]
