@@ -1,5 +1,5 @@
 //! `occurred_at` values (RFC 3339 timestamp or plain date) and inclusive windows over them.
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
 
@@ -51,6 +51,10 @@ impl OccurredAt {
         let nanos = t
             .timestamp_nanos_opt()
             .ok_or_else(|| format!("{s:?} is out of the supported range (years 1678 to 2261)"))?;
+        // A leap second (23:59:60) belongs to the day it ends: it is held at the last
+        // nanosecond before midnight instead of spilling into the next day.
+        let leap_excess = i64::from(t.nanosecond().saturating_sub(999_999_999));
+        let nanos = nanos - leap_excess;
         Ok(OccurredAt {
             nanos,
             timestamp: true,
@@ -161,6 +165,18 @@ fn parse_canonical(b: &[u8]) -> Option<OccurredAt> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leap_second_stays_on_its_day() {
+        let last = OccurredAt::parse("2026-06-30T23:59:59.999999999Z").unwrap();
+        for s in [
+            "2026-06-30T23:59:60Z",
+            "2026-06-30T23:59:60.5Z",
+            "2026-07-01T02:59:60+03:00",
+        ] {
+            assert_eq!(OccurredAt::parse(s), Ok(last), "{s}");
+        }
+    }
 
     #[test]
     fn fast_path_agrees_with_chrono() {
