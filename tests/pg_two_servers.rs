@@ -36,22 +36,26 @@ fn pg_base() -> Option<String> {
     }
 }
 
-/// Creates a database with a random name through `psql`; returns its URL.
-fn fresh_database(base: &str) -> String {
+/// Runs one SQL statement through `psql` on `url`.
+fn psql(url: &str, sql: &str) {
     let psql = std::env::var("INCIDENTLOG_TEST_PG_BIN")
         .map(|b| Path::new(&b).join("psql"))
         .unwrap_or_else(|_| "psql".into());
-    let name = format!("il_e2e_{}", uuid::Uuid::new_v4().simple());
     let out = Command::new(&psql)
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", base, "-c"])
-        .arg(format!("CREATE DATABASE {name}"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", psql.display()));
     assert!(
         out.status.success(),
-        "CREATE DATABASE failed: {}",
+        "{sql}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Creates a database with a random name through `psql`; returns its URL.
+fn fresh_database(base: &str) -> String {
+    let name = format!("il_e2e_{}", uuid::Uuid::new_v4().simple());
+    psql(base, &format!("CREATE DATABASE {name}"));
     let (head, query) = match base.split_once('?') {
         Some((h, q)) => (h, Some(q)),
         None => (base, None),
@@ -242,6 +246,83 @@ const OUTAGE_CHILD_MARK: &str = "INCIDENTLOG_PG_OUTAGE_CHILD";
 /// what it cannot prove), recovers by itself when the database returns, and keeps every
 /// acknowledged event. The scenario stops its cluster, so it runs in a child process under a
 /// private cluster of its own (`scripts/with-postgres.sh`), leaving the shared one alone.
+/// A row edited behind the store's back is damage to every command that reads it, as on the
+/// file store: `verify`, `replay` and both exports exit 3 (not 1) and name the position.
+#[test]
+fn a_tampered_row_is_damage_to_every_offline_command() {
+    let Some(base) = pg_base() else {
+        return;
+    };
+    let url = fresh_database(&base);
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let seed = seed_path();
+    cli_ok(&[
+        "import",
+        "--store",
+        &url,
+        "--data-dir",
+        data,
+        seed.to_str().expect("utf-8"),
+    ]);
+    cli_ok(&["verify", "--store", &url, "--data-dir", data]);
+    psql(
+        &url,
+        "UPDATE events SET data = replace(data, 'Kherson', 'Kherzon') WHERE position = 3",
+    );
+    for args in [
+        vec!["verify"],
+        vec!["replay"],
+        vec!["export", "--format", "csv"],
+        vec!["export", "--format", "ndjson"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--store", url.as_str(), "--data-dir", data]);
+        let out = cli(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("position 3") || stderr.contains("offset 3"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// Servers started together on an empty database all start; exactly one creates (and prints)
+/// the first admin token, which works on every one of them.
+#[test]
+fn servers_started_together_on_an_empty_database_share_one_first_token() {
+    let Some(base) = pg_base() else {
+        return;
+    };
+    for _ in 0..3 {
+        let url = fresh_database(&base);
+        let dirs: Vec<_> = (0..3).map(|_| temp_dir()).collect();
+        let servers: Vec<Server> = std::thread::scope(|s| {
+            let starting: Vec<_> = dirs
+                .iter()
+                .map(|d| {
+                    let url = url.clone();
+                    s.spawn(move || Server::start(d.path(), &["--store", &url]))
+                })
+                .collect();
+            starting
+                .into_iter()
+                .map(|h| h.join().expect("every server starts"))
+                .collect()
+        });
+        let tokens: Vec<&String> = servers
+            .iter()
+            .filter_map(|s| s.admin_token.as_ref())
+            .collect();
+        assert_eq!(tokens.len(), 1, "exactly one first token: {tokens:?}");
+        for s in &servers {
+            assert_eq!(s.get("/v1/admin/verify", tokens[0]).status, 200);
+        }
+    }
+}
+
 #[test]
 fn serve_answers_503_while_the_database_is_away_and_recovers() {
     if pg_base().is_none() {
@@ -356,6 +437,8 @@ fn outage_child() {
         }
     };
     wait_acked(40, "appends before the outage");
+    let readyz = || server.get("/readyz", &admin);
+    assert_eq!(readyz().status, 200, "ready before the outage");
 
     let t0 = Instant::now();
     pg_ctl("stop");
@@ -391,10 +474,30 @@ fn outage_child() {
         "nothing acknowledged while down"
     );
     println!("scenario: 503s while down took {:?}", t0.elapsed());
+    // Readiness says so too (a load balancer stops sending writes), within a poll or two.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let r = readyz();
+        if r.status == 503 {
+            assert!(r.text().contains("unavailable"), "{}", r.text());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {} while down",
+            r.status
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let t0 = Instant::now();
     pg_ctl("start");
     wait_acked(before + 40, "appends after the database returned");
+    let deadline = Instant::now() + TIMEOUT;
+    while readyz().status != 200 {
+        assert!(Instant::now() < deadline, "/readyz did not recover");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     println!(
         "scenario: recovered {:?} after the restart began",
         t0.elapsed()

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use chrono::Utc;
-use incidentlog_store::{EventStore, Store, TokenRecord};
+use incidentlog_store::{EventStore, Store, StoreError, TokenRecord};
 
 use crate::error::ApiError;
 
@@ -90,7 +90,7 @@ pub async fn ensure_admin_token(store: &Store) -> Result<Option<String>, ApiErro
         return Ok(None);
     }
     let secret = try_new_secret()?;
-    store
+    let added = store
         .add_token(TokenRecord {
             name: FIRST_ADMIN_NAME.to_string(),
             role: Role::Admin.as_str().to_string(),
@@ -98,8 +98,13 @@ pub async fn ensure_admin_token(store: &Store) -> Result<Option<String>, ApiErro
             created_at: Utc::now(),
             revoked_at: None,
         })
-        .await?;
-    Ok(Some(secret))
+        .await;
+    match added {
+        Ok(()) => Ok(Some(secret)),
+        // Another server on the same database made it first (and printed it).
+        Err(StoreError::InvalidInput(_)) if !store.tokens().await?.is_empty() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Who is making a request.

@@ -62,6 +62,10 @@ pub enum ApiError {
     /// 500: logged with the request id, never shown.
     #[error("internal error: {0}")]
     Internal(String),
+    /// 500 as [`ApiError::Internal`]: a stored record failed its checks (the log is damaged;
+    /// the CLI exits 3 on it).
+    #[error("{0}")]
+    DamagedLog(String),
 }
 
 /// One problem with one field of a request.
@@ -137,14 +141,14 @@ impl ApiError {
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::DamagedLog(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The text shown to clients (internal details never are).
     pub fn public_detail(&self) -> String {
         match self {
-            ApiError::Internal(_) => {
+            ApiError::Internal(_) | ApiError::DamagedLog(_) => {
                 "internal error; see the server log for this request id".into()
             }
             other => other.to_string(),
@@ -251,7 +255,7 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Internal(detail) => {
+            ApiError::Internal(detail) | ApiError::DamagedLog(detail) => {
                 response
                     .extensions_mut()
                     .insert(InternalDetail(detail.clone()));
@@ -292,9 +296,8 @@ impl From<StoreError> for ApiError {
                 errors: vec![field_error("/events", msg)],
             },
             StoreError::Unavailable(msg) => ApiError::Unavailable(format!("store unavailable: {msg}")),
-            other @ (StoreError::Corrupt { .. } | StoreError::Io(_)) => {
-                ApiError::Internal(other.to_string())
-            }
+            other @ StoreError::Corrupt { .. } => ApiError::DamagedLog(other.to_string()),
+            other @ StoreError::Io(_) => ApiError::Internal(other.to_string()),
         }
     }
 }

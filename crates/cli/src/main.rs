@@ -272,6 +272,11 @@ fn exit_code_of(err: &anyhow::Error) -> u8 {
         if let Some(commands::Damaged) = cause.downcast_ref::<commands::Damaged>() {
             return exit::DAMAGED;
         }
+        if let Some(incidentlog_api::ApiError::DamagedLog(_)) =
+            cause.downcast_ref::<incidentlog_api::ApiError>()
+        {
+            return exit::DAMAGED;
+        }
     }
     exit::FAILURE
 }

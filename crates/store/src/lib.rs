@@ -358,9 +358,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// process sharing the backend).
     fn watch_head(&self) -> watch::Receiver<u64>;
 
-    /// Why the store refuses every append until it is reopened (closed, or a write or sync
-    /// failed, or its writer stopped), if it does. `None` while appends may succeed: a
-    /// backend whose failures are transient (a dropped database connection) keeps `None`.
+    /// Why the store cannot take appends now, if it knows: closed, a write or sync failed and
+    /// it refuses appends until reopened (the file store), or the database is unreachable for
+    /// now (PostgreSQL: cleared by itself once it answers again). Readiness reports it.
     fn unavailable_reason(&self) -> Option<String> {
         None
     }

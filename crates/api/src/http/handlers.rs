@@ -613,7 +613,7 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/readyz", tag = "ops", security(()),
     responses(
         (status = 200, description = "Ready", body = HealthResponse),
-        (status = 503, description = "Not ready: `status` is `starting` (catching up), `closing` (shutting down) or `unavailable` (the store refuses appends until restarted)", body = HealthResponse)
+        (status = 503, description = "Not ready: `status` is `starting` (catching up), `closing` (shutting down) or `unavailable` (the file store refuses appends until restarted, or the database cannot be reached for now)", body = HealthResponse)
     ))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let h = health(&state).await;

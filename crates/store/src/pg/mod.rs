@@ -55,6 +55,8 @@ const VERIFY_PAGE: i64 = 10_000;
 pub(crate) struct Shared {
     head: Mutex<Head>,
     head_tx: watch::Sender<u64>,
+    /// Why the head follower cannot reach the database, while it cannot (readiness).
+    unreachable: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -75,6 +77,27 @@ impl Shared {
             Ok(g) => *g,
             Err(poisoned) => *poisoned.into_inner(),
         }
+    }
+
+    /// The follower reached the database (`None`) or failed to (why).
+    fn set_unreachable(&self, why: Option<String>) {
+        let mut current = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        if current.is_none() && why.is_some() {
+            tracing::warn!(
+                reason = why.as_deref().unwrap_or_default(),
+                "PostgreSQL unreachable"
+            );
+        } else if current.is_some() && why.is_none() {
+            tracing::info!("PostgreSQL reachable again");
+        }
+        *current = why;
+    }
+
+    fn unreachable(&self) -> Option<String> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -111,6 +134,7 @@ impl PgStore {
         let shared = Arc::new(Shared {
             head: Mutex::new(head),
             head_tx,
+            unreachable: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(writer::run(
@@ -305,6 +329,9 @@ async fn follow_head(shared: Weak<Shared>, config: Config) {
                 .await;
                 if let Err(e) = listen {
                     tracing::debug!(error = %e, "LISTEN failed");
+                    if let Some(s) = shared.upgrade() {
+                        s.set_unreachable(Some(format!("LISTEN failed: {e}")));
+                    }
                 } else {
                     // Catch up on whatever committed while we were not listening.
                     loop {
@@ -312,9 +339,13 @@ async fn follow_head(shared: Weak<Shared>, config: Config) {
                             return;
                         };
                         match read_head(&client).await {
-                            Ok(head) => s.advance(head),
+                            Ok(head) => {
+                                s.advance(head);
+                                s.set_unreachable(None);
+                            }
                             Err(e) => {
                                 tracing::debug!(error = %e, "polling the head failed");
+                                s.set_unreachable(Some(format!("reading the head failed: {e}")));
                                 break;
                             }
                         }
@@ -343,7 +374,12 @@ async fn follow_head(shared: Weak<Shared>, config: Config) {
                     }
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "head follower cannot connect"),
+            Err(e) => {
+                tracing::debug!(error = %e, "head follower cannot connect");
+                if let Some(s) = shared.upgrade() {
+                    s.set_unreachable(Some(format!("cannot connect: {e}")));
+                }
+            }
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -534,6 +570,17 @@ impl EventStore for PgStore {
             events: u64::try_from(after).unwrap_or(0),
             head_hash: prev,
         })
+    }
+
+    /// Closed, or the database unreachable for now (what the head follower last saw; it
+    /// clears by itself once the database answers again).
+    fn unavailable_reason(&self) -> Option<String> {
+        if self.closed.load(Ordering::Acquire) {
+            return Some("the store is closed".to_owned());
+        }
+        self.shared
+            .unreachable()
+            .map(|why| format!("PostgreSQL unreachable: {why}"))
     }
 
     async fn close(&self) -> Result<(), StoreError> {
