@@ -1173,6 +1173,51 @@ async fn serve_shuts_down_cleanly_and_closes_the_store() {
     assert!(r.is_err());
 }
 
+/// An event the views cannot take (written straight to the store, as a newer version might)
+/// is skipped by the live views and by a rebuild alike. When it is the newest event the admin
+/// replay still finishes (it once waited for the views to pass it forever), with the live
+/// digest.
+#[tokio::test]
+async fn admin_replay_finishes_when_the_newest_event_is_one_the_views_skip() {
+    let app = app().await;
+    let r = app
+        .append(
+            Uuid::new_v4(),
+            json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    app.store
+        .append(incidentlog_store::AppendRequest {
+            stream_id: Uuid::new_v4(),
+            expected_version: incidentlog_store::ExpectedVersion::Any,
+            events: vec![incidentlog_store::NewEvent {
+                event_id: Uuid::new_v4(),
+                event_type: "FromTheFuture".into(),
+                data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            }],
+            recorded_by: "t".into(),
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while app.service.applied_position() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the live views pass the event they skip");
+    let admin = app.admin.clone();
+    let replay = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.post_as("/v1/admin/replay", Some(&admin), "application/json", ""),
+    )
+    .await
+    .expect("the admin replay finishes");
+    assert_eq!(replay.status, StatusCode::OK, "{}", replay.body);
+    assert_eq!(replay.body["digest"], app.service.live_digest().await.1);
+}
+
 #[test]
 fn checked_in_openapi_is_current() {
     let path =
@@ -1451,6 +1496,11 @@ async fn a_panic_in_the_disk_layer_answers_503_and_hides_what_it_did_not_acknowl
         .await;
     assert_problem(&imported, 503);
     assert_eq!(app.head().await, before);
+    // Shutting down still finishes (the I/O thread that would answer is gone).
+    tokio::time::timeout(Duration::from_secs(10), app.service.close())
+        .await
+        .expect("close returns after a panic in the disk layer")
+        .expect("close of a poisoned store");
 }
 
 /// An import whose input fails half-way answers an error only once the chunk it was writing

@@ -18,13 +18,25 @@ pub struct OccurredAt {
     timestamp: bool,
 }
 
+/// 1678-01-01T00:00:00Z and 2262-01-01T00:00:00Z in ns: whole years inside the span of i64
+/// nanoseconds, so that every day of an accepted instant, and the day after it, can be
+/// computed without overflow.
+const MIN_NANOS: i64 = -9_214_560_000_000_000_000;
+const END_NANOS: i64 = 9_214_646_400_000_000_000;
+
 impl OccurredAt {
-    /// Parses `YYYY-MM-DD` or an RFC 3339 timestamp (years 1678..=2261, the span of i64 ns).
+    /// Parses `YYYY-MM-DD` or an RFC 3339 timestamp (years 1678..=2261).
     pub fn parse(s: &str) -> Result<OccurredAt, String> {
-        if let Some(t) = parse_canonical(s.as_bytes()) {
-            return Ok(t);
+        let t = match parse_canonical(s.as_bytes()) {
+            Some(t) => t,
+            None => Self::parse_general(s)?,
+        };
+        if !(MIN_NANOS..END_NANOS).contains(&t.nanos) {
+            return Err(format!(
+                "{s:?} is out of the supported range (years 1678 to 2261)"
+            ));
         }
-        Self::parse_general(s)
+        Ok(t)
     }
 
     fn parse_general(s: &str) -> Result<OccurredAt, String> {
@@ -165,6 +177,27 @@ fn parse_canonical(b: &[u8]) -> Option<OccurredAt> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_years_1678_to_2261_are_accepted() {
+        for ok in [
+            "1678-01-01",
+            "1678-01-01T00:00:00Z",
+            "2261-12-31",
+            "2261-12-31T23:59:59.999999999Z",
+        ] {
+            assert!(OccurredAt::parse(ok).is_ok(), "{ok}");
+        }
+        for out in [
+            "1677-12-31",
+            "1677-09-21T12:00:00Z",
+            "2262-01-01",
+            "2262-01-01T00:00:00Z",
+        ] {
+            let err = OccurredAt::parse(out).unwrap_err();
+            assert!(err.contains("years 1678 to 2261"), "{out}: {err}");
+        }
+    }
 
     #[test]
     fn a_leap_second_stays_on_its_day() {
@@ -319,7 +352,7 @@ impl Window {
 
     /// Does the window cover the whole of `day`?
     pub(crate) fn covers_day(&self, day: i32) -> bool {
-        let start = i64::from(day) * NANOS_PER_DAY;
+        let start = i64::from(day).saturating_mul(NANOS_PER_DAY);
         self.lo <= start && start.saturating_add(NANOS_PER_DAY - 1) <= self.hi
     }
 }

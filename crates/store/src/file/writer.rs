@@ -209,6 +209,11 @@ impl Writer {
                         close = close.or(end.1);
                     }
                 }
+                // The I/O thread is gone (it panicked): nothing will signal `idle` again. The
+                // next hand-over fails and poisons; a close request is answered.
+                _ = self.jobs.closed(), if busy => {
+                    busy = false;
+                }
                 msg = rx.recv(), if accepting => {
                     let end = self.drain(&mut rx, Some(msg), &mut building, !busy).await;
                     input_done |= end.0;
