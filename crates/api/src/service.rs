@@ -230,8 +230,16 @@ pub struct RejectedLine {
 pub struct ImportReport {
     pub appended: u64,
     pub duplicates: u64,
+    /// The rejected lines in line order: the first [`REJECTED_LISTED`] of them.
     pub rejected: Vec<RejectedLine>,
+    /// How many lines were rejected in all; only there when `rejected` lists fewer (a body of
+    /// 64 MiB can hold tens of millions of bad lines, and each listed one costs memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_total: Option<u64>,
 }
+
+/// Most rejected lines an import report lists.
+pub const REJECTED_LISTED: usize = 10_000;
 
 /// Outcome of rebuilding the views from the log.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

@@ -553,6 +553,76 @@ async fn axum_rejections_are_problem_json() {
     assert_eq!(app.head().await, 0);
 }
 
+/// A line that repeats recorded events (an idempotent re-send with "any") leaves the stream
+/// where it was. A later line of the same chunk that expects that version is decided on what
+/// was recorded, not on the repeat taken for a new append: accepted, not a 409.
+#[tokio::test]
+async fn bulk_import_decides_after_a_repeat_on_what_was_recorded() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    let figure = casualties(Uuid::new_v4(), 3);
+    for (version, event) in [
+        (0, reported(Uuid::new_v4(), "UA-63", "shelling")),
+        (1, figure.clone()),
+    ] {
+        let r = app
+            .append(id, json!({"expected_version": version, "events": [event]}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let body = [
+        json!({"incident_id": id, "events": [figure]}),
+        json!({"incident_id": id, "expected_version": 2, "events": [casualties(Uuid::new_v4(), 5)]}),
+    ]
+    .iter()
+    .map(|l| l.to_string() + "\n")
+    .collect::<String>();
+    let r = app
+        .post_as(
+            "/v1/events",
+            Some(&app.reporter.clone()),
+            "application/x-ndjson",
+            body,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"appended": 1, "duplicates": 1, "rejected": []}),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.head().await, 3);
+}
+
+/// A body of bad lines cannot make the report (and the server's memory) grow without bound:
+/// the first 10,000 rejected lines are listed, in line order, with the total beside them.
+#[tokio::test]
+async fn bulk_import_lists_at_most_10000_rejected_lines_and_counts_them_all() {
+    let app = app().await;
+    let good = json!({"incident_id": Uuid::new_v4(), "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]});
+    let body = format!("{}\n{}", "x\n".repeat(45_000), good) + "\n";
+    let r = app
+        .post_as(
+            "/v1/events",
+            Some(&app.reporter.clone()),
+            "application/x-ndjson",
+            body,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["appended"], 1);
+    assert_eq!(r.body["rejected_total"], 45_000);
+    let lines: Vec<u64> = r.body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, (1..=10_000).collect::<Vec<u64>>());
+    assert_eq!(app.head().await, 1);
+}
+
 /// A byte order mark before the first line (as Windows tools write) is skipped, not a
 /// malformed line 1; anywhere else it stays an error.
 #[tokio::test]

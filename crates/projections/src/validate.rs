@@ -37,10 +37,26 @@ pub fn parse_events(
             "must contain at least one event",
         )]);
     }
-    let mut out = Vec::with_capacity(items.len());
+    let mut out: Vec<TypedEvent> = Vec::with_capacity(items.len());
+    // Event id -> index in `items`, for the duplicate check (not needed for one event).
+    let mut seen: std::collections::HashMap<uuid::Uuid, usize> = std::collections::HashMap::new();
     for (i, item) in items.iter().enumerate() {
         let ptr = format!("{pointer_prefix}/{i}");
         if let Some(ev) = parse_one(item, &ptr, &mut errs) {
+            // One event id, one event: a second use in the same batch points at itself.
+            let first = if items.len() > 1 {
+                seen.insert(ev.event_id, i)
+            } else {
+                None
+            };
+            if let Some(first) = first {
+                push(
+                    &mut errs,
+                    &ptr,
+                    "event_id",
+                    format!("repeats the event_id of event {first} of this batch"),
+                );
+            }
             out.push(ev);
         }
     }

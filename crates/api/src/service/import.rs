@@ -71,7 +71,10 @@ impl AppService {
         }
         result?;
         let mut report = import.report;
-        report.rejected.sort_by_key(|r| r.line);
+        keep_first_rejected(&mut report.rejected);
+        if report.rejected_total == Some(report.rejected.len() as u64) {
+            report.rejected_total = None;
+        }
         Ok(report)
     }
 }
@@ -108,6 +111,8 @@ struct Chunk {
     /// Lock stripes of the chunk's incidents, held until the chunk is settled.
     guards: HashMap<usize, OwnedMutexGuard<()>>,
     events: usize,
+    /// Indexes into `lines` of the lines accepted for each incident (folded into `states`).
+    accepted: HashMap<Uuid, Vec<usize>>,
 }
 
 struct Staged {
@@ -308,6 +313,8 @@ impl Importer<'_> {
         let Some(err) = failure else {
             self.cur.events += p.cmd.events.len();
             self.cur.event_ids.extend(ids());
+            let at = self.cur.lines.len();
+            self.cur.accepted.entry(id).or_default().push(at);
             self.cur.lines.push(Staged {
                 line: p.line,
                 request: AppendRequest {
@@ -325,6 +332,20 @@ impl Importer<'_> {
         // decide again (a rejection must stand on what was recorded).
         if self.writing.is_some() {
             return Ok(Step::Again(followed_by(self.settle().await?, p)));
+        }
+        // ... or on lines of this chunk that may not land as decided: one that repeats
+        // recorded events leaves the stream where it was. Write them, then decide again.
+        if let Some(earlier) = self.cur.accepted.get(&id) {
+            let mut uncertain = false;
+            for &i in earlier {
+                if svc.may_repeat(&self.cur.lines[i].cmd).await? {
+                    uncertain = true;
+                    break;
+                }
+            }
+            if uncertain {
+                return Ok(Step::Again(followed_by(self.write_now().await?, p)));
+            }
         }
         // A line that may repeat recorded events goes into the chunk under a version no stream
         // reaches: the store answers it in order with the lines before it (an exact repeat:
@@ -613,12 +634,23 @@ impl LineBatch {
 }
 
 fn reject(report: &mut ImportReport, line: u64, err: &ApiError) {
+    *report.rejected_total.get_or_insert(0) += 1;
     report.rejected.push(RejectedLine {
         line,
         status: err.status().as_u16(),
         detail: err.public_detail(),
         errors: err.field_errors().to_vec(),
     });
+    // Rejections arrive nearly in line order: trim to the first ones now and then, so that
+    // memory stays bounded (at most twice the listed number).
+    if report.rejected.len() >= 2 * REJECTED_LISTED {
+        keep_first_rejected(&mut report.rejected);
+    }
+}
+
+fn keep_first_rejected(rejected: &mut Vec<RejectedLine>) {
+    rejected.sort_by_key(|r| r.line);
+    rejected.truncate(REJECTED_LISTED);
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {

@@ -236,6 +236,11 @@ fn validation_table() {
             json!([cas(json!({"killed": 1.5}))]),
             vec![("/events/0/data/killed", "whole number")],
         ),
+        // One event id, one event: the second use points at itself.
+        (
+            json!([cas(json!({"killed": 1})), cas(json!({"killed": 2}))]),
+            vec![("/events/1/event_id", "repeats the event_id of event 0")],
+        ),
         // A whole number written with a fraction is that number (JSON Schema's "integer").
         (json!([cas(json!({"killed": 2.0, "injured": 0.0}))]), vec![]),
         (
@@ -378,11 +383,10 @@ fn canonical_data_is_deterministic_with_defaults_filled() {
         r#"{"reason":"r","occurred_at":"2026-01-01","time_precision":"day"}"#
     );
     // Canonical bytes decode back into the same typed event.
+    let mut second = cas(json!({"killed": 2, "killed_high": 4}));
+    second["event_id"] = json!("00000000-0000-4000-8000-000000000002");
     for e in parse_events(
-        &json!([
-            ev("IncidentReported", reported()),
-            cas(json!({"killed": 2, "killed_high": 4}))
-        ]),
+        &json!([ev("IncidentReported", reported()), second]),
         "/events",
     )
     .unwrap()
