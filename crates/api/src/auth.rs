@@ -127,6 +127,8 @@ struct Entry {
 /// token created by the CLI or by another server works at once).
 pub struct TokenTable {
     entries: RwLock<Arc<HashMap<[u8; 32], Entry>>>,
+    /// Bumped after every reload: long-lived requests (the live feed) re-check their token.
+    reloaded: tokio::sync::watch::Sender<u64>,
     /// Token bucket for reloads caused by unknown secrets: (tokens, last refill).
     miss_budget: Mutex<(f64, Instant)>,
     reload_guard: tokio::sync::Mutex<()>,
@@ -153,6 +155,7 @@ impl TokenTable {
     pub fn new() -> Self {
         TokenTable {
             entries: RwLock::new(Arc::new(HashMap::new())),
+            reloaded: tokio::sync::watch::Sender::new(0),
             miss_budget: Mutex::new((MISS_RELOAD_BURST, Instant::now())),
             reload_guard: tokio::sync::Mutex::new(()),
         }
@@ -181,7 +184,30 @@ impl TokenTable {
             );
         }
         *self.entries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+        self.reloaded.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// Is a token of this name in the table (not revoked)? Names are never reused, revoked
+    /// or not, so the name stands for the token.
+    pub fn is_active(&self, name: &str) -> bool {
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        entries.values().any(|e| &*e.name == name)
+    }
+
+    /// Resolves once a reload no longer holds the token `name` (revoked).
+    pub async fn revoked(&self, name: &str) {
+        let mut reloads = self.reloaded.subscribe();
+        while self.is_active(name) {
+            if reloads.changed().await.is_err() {
+                // The table is gone with the server: nothing will revoke it any more.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     fn find(&self, presented: &blake3::Hash) -> Option<Principal> {

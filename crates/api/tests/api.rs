@@ -1137,6 +1137,48 @@ async fn sse_catches_up_then_follows_live() {
     assert_eq!(p, 4);
 }
 
+/// A live feed opened with a token that is then revoked ends at the next token reload, as
+/// every other request of that token then fails; feeds of other tokens go on.
+#[tokio::test]
+async fn sse_feed_ends_when_its_token_is_revoked() {
+    let app = app().await;
+    let doomed = add_token(&app.store, "doomed", "reader").await;
+    app.service.reload_tokens().await.unwrap();
+    let open = |token: &str| {
+        Request::get("/v1/events/stream")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let res = app.router.clone().oneshot(open(&doomed)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut doomed_feed = res.into_body().into_data_stream();
+    let res = app.router.clone().oneshot(open(&app.reader)).await.unwrap();
+    let mut other_feed = res.into_body().into_data_stream();
+    let id = Uuid::new_v4();
+    app.append(
+        id,
+        json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+    )
+    .await;
+    let (mut a, mut b) = (String::new(), String::new());
+    assert_eq!(next_sse_event(&mut doomed_feed, &mut a).await.0, 1);
+    assert_eq!(next_sse_event(&mut other_feed, &mut b).await.0, 1);
+
+    assert!(app.store.revoke_token("doomed", Utc::now()).await.unwrap());
+    app.service.reload_tokens().await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = doomed_feed.next().await {
+            chunk.unwrap();
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the revoked token's feed did not end");
+    app.append(id, json!({"events": [casualties(Uuid::new_v4(), 1)]}))
+        .await;
+    assert_eq!(next_sse_event(&mut other_feed, &mut b).await.0, 2);
+}
+
 #[tokio::test]
 async fn sse_clients_are_capped() {
     let app = app_with(ServeConfig {

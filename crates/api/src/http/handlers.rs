@@ -368,6 +368,7 @@ pub(crate) struct StreamParams {
 )]
 pub(crate) async fn stream(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamParams>,
 ) -> Result<Response, ApiError> {
@@ -389,8 +390,20 @@ pub(crate) async fn stream(
         return Ok(r);
     };
     let mut stopping = state.stopping.clone();
+    // The feed ends when the server stops, or when its token is revoked (checked at every
+    // token reload, as every other request is).
+    let service = state.service.clone();
     let stop = async move {
-        let _ = stopping.wait_for(|s| *s).await;
+        let revoked = async {
+            match &principal.name {
+                Some(name) => service.tokens().revoked(name).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => {}
+            () = revoked => {}
+        }
     };
     let events = incidentlog_store::subscribe(state.service.store().clone(), after)
         .take_while(|item| {
