@@ -608,6 +608,48 @@ async fn acknowledged_events_missing_from_the_end_are_refused() {
     );
 }
 
+/// A store dropped without `close` while appends are still queued (their callers gone) keeps
+/// the directory locked until its last batch is written and its mark is final: an open right
+/// after the drop waits for that instead of recovering a log that is still being written, so
+/// the two never write into one segment. Every round ends in a log that verifies, with a mark
+/// that the next open accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_right_after_a_drop_waits_for_the_dropped_stores_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Arc::new(FileStore::open(&opts(dir.path(), 1 << 20)).await.unwrap());
+    for round in 0..10u64 {
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    let _ = s
+                        .append(append_req(Uuid::new_v4(), vec![new_event(round * 1000 + i)]))
+                        .await;
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        drop(store);
+        store = Arc::new(
+            FileStore::open(&opts(dir.path(), 1 << 20))
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}")),
+        );
+        let report = store.verify().await.unwrap();
+        assert_eq!(report.events, store.head().position, "round {round}");
+        store
+            .append(append_req(Uuid::new_v4(), vec![new_event(round)]))
+            .await
+            .unwrap();
+    }
+}
+
 /// The mark follows the log while it is open (within about a second of a sync), not only at
 /// a clean close: a crash loses at most that last second's mark, never the log's records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,9 +86,6 @@ pub struct FileStore {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Msg>,
     data_dir: PathBuf,
-    /// Held for the store's lifetime: one process per data directory (none when a read-only
-    /// open finds no LOCK file: no process ever wrote there).
-    _lock: Option<File>,
     /// A torn tail a read-only open left in place: `verify` reports it as damage.
     torn_tail: Option<scan::TornTail>,
 }
@@ -159,10 +156,30 @@ impl FileStore {
             // killed process may have left it written but unsynced), then mark it.
             let head = recovered.index.head;
             if head.position > 0 && recovered.mark.is_none_or(|m| m.position < head.position) {
-                let path = recovered.active_path.clone();
-                tokio::task::spawn_blocking(move || File::open(path)?.sync_all())
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??;
+                // With a mark, only the active segment can hold unsynced bytes (a segment is
+                // synced before the next one starts); without one (a log from before marks, or
+                // copied in), every segment and the directories are synced.
+                let paths: Vec<PathBuf> = match recovered.mark {
+                    Some(_) => vec![recovered.active_path.clone()],
+                    None => recovered
+                        .index
+                        .segments
+                        .iter()
+                        .map(|s| s.path.clone())
+                        .collect(),
+                };
+                let dirs = [log_dir.clone(), data_dir.clone()];
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    for p in paths {
+                        File::open(p)?.sync_all()?;
+                    }
+                    for d in dirs {
+                        io::sync_dir(&d)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??;
                 marker.synced(head);
             }
             Some(marker)
@@ -198,6 +215,7 @@ impl FileStore {
             unsynced: false,
             written: head,
             marker,
+            _lock: lock,
         };
         std::thread::Builder::new()
             .name("incidentlog-log-io".into())
@@ -220,7 +238,6 @@ impl FileStore {
             shared,
             tx,
             data_dir,
-            _lock: lock,
             torn_tail,
         })
     }

@@ -620,7 +620,9 @@ impl Writer {
                     return Err(StoreError::InvalidInput(reason));
                 }
             }
-            let Ok(offset) = u32::try_from(offset) else {
+            // The record's end must fit too: recovery refuses a segment of 4 GiB or more.
+            let end = self.seg_len + ctx.buf.len() as u64;
+            let (Ok(offset), true) = (u32::try_from(offset), end <= u64::from(u32::MAX)) else {
                 ctx.buf.truncate(mark.0);
                 self.last_hash = mark.1;
                 ctx.entries.truncate(mark.2);
@@ -673,6 +675,11 @@ pub(crate) struct IoStage {
     pub written: Head,
     /// Keeps `log/SYNCED` up to date (none when read-only).
     pub marker: Option<super::synced::Marker>,
+    /// The data directory's lock (one process per directory; none when a read-only open
+    /// finds no LOCK file). Held here, not by the store handle: released only once the last
+    /// batch is written and the mark final, so that an open right after a drop can never
+    /// recover the log while this thread still writes to it. Declared last: dropped last.
+    pub _lock: Option<std::fs::File>,
 }
 
 impl IoStage {
