@@ -424,7 +424,12 @@ fn encode_cursor(first_position: u64) -> String {
 }
 
 fn decode_cursor(c: &str) -> Option<u64> {
-    u64::from_str_radix(c.strip_prefix('p')?, 16).ok()
+    let hex = c.strip_prefix('p')?;
+    // Only what `encode_cursor` writes (`from_str_radix` would also take a leading `+`).
+    if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// The view of one incident from its events (used for as-of of one incident).

@@ -24,6 +24,15 @@ pub struct OccurredAt {
 const MIN_NANOS: i64 = -9_214_560_000_000_000_000;
 const END_NANOS: i64 = 9_214_646_400_000_000_000;
 
+/// Where a window bound falls.
+enum Bound {
+    /// Before every instant events may have.
+    Before,
+    /// After every instant events may have.
+    After,
+    At(OccurredAt),
+}
+
 impl OccurredAt {
     /// Parses `YYYY-MM-DD` or an RFC 3339 timestamp (years 1678..=2261).
     pub fn parse(s: &str) -> Result<OccurredAt, String> {
@@ -37,6 +46,26 @@ impl OccurredAt {
             ));
         }
         Ok(t)
+    }
+
+    /// A window bound: as [`OccurredAt::parse`], but a well-formed date or timestamp outside
+    /// the years events may have is before or after every event, not an error (`from=1600-01-01`
+    /// is an open start).
+    fn parse_bound(s: &str) -> Result<Bound, String> {
+        let err = match Self::parse(s) {
+            Ok(t) => return Ok(Bound::At(t)),
+            Err(e) => e,
+        };
+        let secs = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc().timestamp())
+            .or_else(|| DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp()));
+        match secs {
+            Some(secs) if secs < MIN_NANOS / 1_000_000_000 => Ok(Bound::Before),
+            Some(secs) if secs >= END_NANOS / 1_000_000_000 => Ok(Bound::After),
+            _ => Err(err),
+        }
     }
 
     fn parse_general(s: &str) -> Result<OccurredAt, String> {
@@ -179,6 +208,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn window_bounds_outside_the_event_years_are_open_ends() {
+        let w = Window::parse(Some("1600-01-01"), Some("2300-01-01T00:00:00Z")).unwrap();
+        assert_eq!((w.lo, w.hi), (i64::MIN, i64::MAX));
+        let w = Window::parse(Some("0900-01-01"), Some("2026-01-02")).unwrap();
+        assert_eq!(w.lo, i64::MIN);
+        assert!(Window::parse(Some("2300-01-01"), None).is_ok());
+        assert!(Window::parse(Some("1600-13-01"), None).is_err());
+        // Ends before every event: a window nothing falls in.
+        assert_eq!(
+            Window::parse(None, Some("1600-01-01")).unwrap().hi,
+            i64::MIN
+        );
+    }
+
+    #[test]
     fn only_years_1678_to_2261_are_accepted() {
         for ok in [
             "1678-01-01",
@@ -314,15 +358,18 @@ impl Window {
     pub fn parse(from: Option<&str>, to: Option<&str>) -> Result<Window, FieldError> {
         let mut w = Window::all();
         if let Some(f) = from {
-            let t = OccurredAt::parse(f).map_err(|m| FieldError::new("/from", m))?;
-            w.lo = t.nanos;
+            w.lo = match OccurredAt::parse_bound(f).map_err(|m| FieldError::new("/from", m))? {
+                Bound::Before => i64::MIN,
+                Bound::After => i64::MAX,
+                Bound::At(t) => t.nanos,
+            };
         }
         if let Some(s) = to {
-            let t = OccurredAt::parse(s).map_err(|m| FieldError::new("/to", m))?;
-            w.hi = if t.timestamp {
-                t.nanos
-            } else {
-                t.nanos.saturating_add(NANOS_PER_DAY - 1)
+            w.hi = match OccurredAt::parse_bound(s).map_err(|m| FieldError::new("/to", m))? {
+                Bound::Before => i64::MIN,
+                Bound::After => i64::MAX,
+                Bound::At(t) if t.timestamp => t.nanos,
+                Bound::At(t) => t.nanos.saturating_add(NANOS_PER_DAY - 1),
             };
         }
         if w.lo > w.hi {

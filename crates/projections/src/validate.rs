@@ -311,10 +311,9 @@ fn count(m: &Map<String, Value>, key: &str, ptr: &str, errs: &mut Vec<FieldError
     match v {
         Value::Number(n) => {
             // `2.0` is the whole number 2 (as JSON Schema's "integer" has it); stored as `2`.
-            let whole = n
-                .as_f64()
-                .filter(|f| n.is_f64() && f.fract() == 0.0 && *f >= 0.0 && *f <= MAX_COUNT as f64)
-                .map(|f| f as u64);
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            let whole = (n.is_f64() && f.fract() == 0.0 && (0.0..=MAX_COUNT as f64).contains(&f))
+                .then_some(f as u64);
             if let Some(u) = n.as_u64().or(whole) {
                 if u > MAX_COUNT {
                     push(errs, ptr, key, format!("must be at most {MAX_COUNT}"));
@@ -322,8 +321,11 @@ fn count(m: &Map<String, Value>, key: &str, ptr: &str, errs: &mut Vec<FieldError
                 } else {
                     Some(u as u32)
                 }
-            } else if n.as_i64().is_some() {
+            } else if n.as_i64().is_some() || f < 0.0 {
                 push(errs, ptr, key, "must be 0 or more");
+                None
+            } else if f > MAX_COUNT as f64 {
+                push(errs, ptr, key, format!("must be at most {MAX_COUNT}"));
                 None
             } else {
                 push(errs, ptr, key, "must be a whole number");

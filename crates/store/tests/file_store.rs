@@ -623,7 +623,10 @@ async fn an_open_right_after_a_drop_waits_for_the_dropped_stores_writes() {
                 let s = store.clone();
                 tokio::spawn(async move {
                     let _ = s
-                        .append(append_req(Uuid::new_v4(), vec![new_event(round * 1000 + i)]))
+                        .append(append_req(
+                            Uuid::new_v4(),
+                            vec![new_event(round * 1000 + i)],
+                        ))
                         .await;
                 })
             })

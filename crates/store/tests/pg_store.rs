@@ -108,6 +108,45 @@ async fn two_stores_on_one_database_share_one_order_and_follow_each_other() {
     );
 }
 
+/// `verify` walks a log that grows while it walks (other servers keep appending): what was
+/// appended after its last page is the next position, not a hole, and never reported as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_during_appends_never_reports_a_hole() {
+    let Some(url) = test_database("verify_during_appends_never_reports_a_hole").await else {
+        return;
+    };
+    let store = Arc::new(open(&url).await);
+    let writer = open(&url).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appending = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writer
+                    .append(request(
+                        Uuid::new_v4(),
+                        ExpectedVersion::Any,
+                        vec![new_event(i)],
+                    ))
+                    .await
+                    .unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+    for round in 0..200 {
+        if let Err(e) = store.verify().await {
+            panic!("verify round {round} on a growing, intact log: {e:?}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appended = appending.await.unwrap();
+    assert!(appended > 0);
+    assert_eq!(store.verify().await.unwrap().events, appended);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_detects_a_tampered_row() {
     let Some(url) = test_database("verify_detects_a_tampered_row").await else {

@@ -245,7 +245,11 @@ fn validation_table() {
         (json!([cas(json!({"killed": 2.0, "injured": 0.0}))]), vec![]),
         (
             json!([cas(json!({"killed": -2.0}))]),
-            vec![("/events/0/data/killed", "whole number")],
+            vec![("/events/0/data/killed", "0 or more")],
+        ),
+        (
+            json!([cas(json!({"killed": 2e7}))]),
+            vec![("/events/0/data/killed", "at most")],
         ),
         (
             json!([cas(json!({"killed": "3"}))]),

@@ -126,6 +126,21 @@ impl PgStore {
     pub async fn open(url: &str, durability: Durability) -> Result<PgStore, StoreError> {
         let config = parse_config(url)?;
         let client = conn::connect(&config).await?;
+        // Event data is UTF-8 text: another server encoding would refuse some of it at insert
+        // time, failing whole batches again and again. Refused before anything is created.
+        let encoding: String = timed(
+            "open",
+            OP_TIMEOUT,
+            client.query_one("SHOW server_encoding", &[]),
+        )
+        .await?
+        .get(0);
+        if encoding != "UTF8" {
+            return Err(StoreError::Unavailable(format!(
+                "the database's encoding is {encoding}; incidentlog needs UTF8 \
+                 (CREATE DATABASE ... ENCODING 'UTF8')"
+            )));
+        }
         schema::migrate(&client).await?;
         let head = read_head(&client).await?;
         drop(client);
@@ -550,16 +565,22 @@ impl EventStore for PgStore {
                 after = expected;
             }
         }
-        // A position beyond the walked prefix means a hole in the middle.
-        let max: Option<i64> = timed(
+        // A position beyond the walked prefix means a hole in the middle, unless it is the next
+        // one (appended while we walked): commits land in position order, so every snapshot
+        // is a prefix of the log and what follows the walked part is a hole only when it does
+        // not start right after it.
+        let next: Option<i64> = timed(
             "verify",
             OP_TIMEOUT,
-            c.client.query_one("SELECT max(position) FROM events", &[]),
+            c.client.query_one(
+                "SELECT min(position) FROM events WHERE position > $1",
+                &[&after],
+            ),
         )
         .await?
         .get(0);
-        if let Some(max) = max {
-            if max != after {
+        if let Some(next) = next {
+            if next != after + 1 {
                 return Err(corrupt(
                     after + 1,
                     format!("position {} is missing", after + 1),

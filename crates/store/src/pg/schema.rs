@@ -56,7 +56,10 @@ pub(crate) async fn migrate(client: &Client) -> Result<i32, StoreError> {
     let run = async {
         client
             .batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK}); \
+                // READ COMMITTED whatever the database's default: the version is read after
+                // the lock is granted, not from a snapshot taken while waiting for it.
+                "BEGIN ISOLATION LEVEL READ COMMITTED; \
+                 SELECT pg_advisory_xact_lock({MIGRATION_LOCK}); \
                  CREATE TABLE IF NOT EXISTS schema_migrations (\
                     version int PRIMARY KEY, name text NOT NULL, \
                     applied_at timestamptz NOT NULL DEFAULT now());"

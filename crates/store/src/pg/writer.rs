@@ -68,6 +68,14 @@ impl WriterConn {
                 client
                     .batch_execute("SET synchronous_commit TO off")
                     .await?;
+            } else {
+                // A 2xx means durable whatever the server's or role's default says (a stronger
+                // setting such as remote_apply is kept).
+                let row = client.query_one("SHOW synchronous_commit", &[]).await?;
+                let setting: String = row.get(0);
+                if setting == "off" {
+                    client.batch_execute("SET synchronous_commit TO on").await?;
+                }
             }
             let head = client.prepare(
                 "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1",
