@@ -89,20 +89,28 @@ fn token_create(url: &str, dir: &Path, name: &str, role: &str) -> String {
 
 /// `(global_position, event_id, type)` of the whole log as one server serves it.
 fn log_of(server: &Server, token: &str) -> Vec<(u64, String, String)> {
-    let r = server.get("/v1/events?after=0&limit=1000", token);
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| {
-            (
-                e["global_position"].as_u64().expect("global_position"),
-                e["event_id"].as_str().expect("event_id").to_string(),
-                e["type"].as_str().expect("type").to_string(),
-            )
-        })
-        .collect()
+    let mut log = Vec::new();
+    loop {
+        let after = log.last().map_or(0, |(p, _, _)| *p);
+        let r = server.get(&format!("/v1/events?after={after}&limit=1000"), token);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page: Vec<(u64, String, String)> = r.json()["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| {
+                (
+                    e["global_position"].as_u64().expect("global_position"),
+                    e["event_id"].as_str().expect("event_id").to_string(),
+                    e["type"].as_str().expect("type").to_string(),
+                )
+            })
+            .collect();
+        if page.is_empty() {
+            return log;
+        }
+        log.extend(page);
+    }
 }
 
 /// Polls `GET path` until `done` holds for the body (another server learns of an append
@@ -477,7 +485,23 @@ fn outage_child() {
     // Readiness says so too (a load balancer stops sending writes), within a poll or two.
     let deadline = Instant::now() + TIMEOUT;
     loop {
+        // Probes and view reads answer promptly: the views cannot catch up while the
+        // database is away, so nothing waits for them long.
+        let t = Instant::now();
         let r = readyz();
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "/readyz took {:?}",
+            t.elapsed()
+        );
+        let t = Instant::now();
+        let view = server.get("/v1/regions", &admin);
+        assert_eq!(view.status, 200, "{}", view.text());
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "a view read took {:?}",
+            t.elapsed()
+        );
         if r.status == 503 {
             assert!(r.text().contains("unavailable"), "{}", r.text());
             break;

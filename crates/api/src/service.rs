@@ -64,6 +64,8 @@ const FOLLOW_BATCH: usize = 4096;
 const APPLY_SLICE: usize = 256;
 /// How long a read waits for the live views to reach the durable head before answering anyway.
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(30);
+/// The same while the store reports itself unavailable.
+const UNAVAILABLE_READ_WAIT: Duration = Duration::from_secs(1);
 
 impl Inner {
     fn new(store: Arc<Store>, projection: Projection, position: u64, live: bool) -> Inner {
@@ -413,16 +415,27 @@ impl AppService {
     /// past that append and waits here until the views have applied it. Under write load
     /// this is one follower step (well under a millisecond); on a quiet log it returns at once.
     pub async fn caught_up(&self) {
-        self.wait_applied(self.inner.store.head().position).await;
+        // A store that cannot be reached (PostgreSQL down) may not feed the views either: wait
+        // briefly (a failed file store still can: its log is readable), not the full while.
+        let limit = match self.inner.store.unavailable_reason() {
+            Some(_) => UNAVAILABLE_READ_WAIT,
+            None => READ_YOUR_WRITES_WAIT,
+        };
+        self.wait_applied_for(self.inner.store.head().position, limit)
+            .await;
     }
 
     /// Waits until the live views include `position`.
     pub async fn wait_applied(&self, position: u64) {
+        self.wait_applied_for(position, READ_YOUR_WRITES_WAIT).await;
+    }
+
+    async fn wait_applied_for(&self, position: u64, limit: Duration) {
         if !self.inner.live || self.applied_position() >= position {
             return;
         }
         let mut rx = self.inner.applied.subscribe();
-        let reached = tokio::time::timeout(READ_YOUR_WRITES_WAIT, rx.wait_for(|p| *p >= position))
+        let reached = tokio::time::timeout(limit, rx.wait_for(|p| *p >= position))
             .await
             .is_ok_and(|r| r.is_ok());
         if !reached {

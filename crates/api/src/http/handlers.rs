@@ -605,13 +605,17 @@ pub(crate) async fn admin_verify(State(state): State<AppState>) -> Result<Respon
 
 /// `position` is read after the views include every acknowledged append, like any view read.
 async fn health(state: &AppState) -> HealthResponse {
-    state.service.caught_up().await;
+    // A probe answers promptly: at most a short wait for the views.
+    let _ = tokio::time::timeout(HEALTH_WAIT, state.service.caught_up()).await;
     HealthResponse {
         status: state.service.readiness(),
         position: state.service.applied_position(),
         head: state.service.store_head(),
     }
 }
+
+/// Longest wait of `/healthz` and `/readyz` for the live views to reach the head.
+const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "ops", security(()),
