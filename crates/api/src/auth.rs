@@ -202,11 +202,9 @@ impl TokenTable {
     /// Resolves once a reload no longer holds the token `name` (revoked).
     pub async fn revoked(&self, name: &str) {
         let mut reloads = self.reloaded.subscribe();
-        while self.is_active(name) {
-            if reloads.changed().await.is_err() {
-                // The table is gone with the server: nothing will revoke it any more.
-                std::future::pending::<()>().await;
-            }
+        if reloads.wait_for(|_| !self.is_active(name)).await.is_err() {
+            // The table is gone with the server: nothing will revoke it any more.
+            std::future::pending::<()>().await;
         }
     }
 

@@ -148,6 +148,17 @@ impl App {
         .await
     }
 
+    /// A bulk import (`POST /v1/events`, NDJSON) as the reporter.
+    async fn import(&self, body: impl Into<Body>) -> Resp {
+        self.post_as(
+            "/v1/events",
+            Some(&self.reporter.clone()),
+            "application/x-ndjson",
+            body,
+        )
+        .await
+    }
+
     async fn head(&self) -> u64 {
         self.store.head().position
     }
@@ -577,14 +588,7 @@ async fn bulk_import_decides_after_a_repeat_on_what_was_recorded() {
     .iter()
     .map(|l| l.to_string() + "\n")
     .collect::<String>();
-    let r = app
-        .post_as(
-            "/v1/events",
-            Some(&app.reporter.clone()),
-            "application/x-ndjson",
-            body,
-        )
-        .await;
+    let r = app.import(body).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(
         r.body,
@@ -602,14 +606,7 @@ async fn bulk_import_lists_at_most_10000_rejected_lines_and_counts_them_all() {
     let app = app().await;
     let good = json!({"incident_id": Uuid::new_v4(), "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]});
     let body = format!("{}\n{}", "x\n".repeat(45_000), good) + "\n";
-    let r = app
-        .post_as(
-            "/v1/events",
-            Some(&app.reporter.clone()),
-            "application/x-ndjson",
-            body,
-        )
-        .await;
+    let r = app.import(body).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["appended"], 1);
     assert_eq!(r.body["rejected_total"], 45_000);
@@ -638,14 +635,7 @@ async fn bulk_import_skips_a_byte_order_mark_at_the_start() {
         line(Uuid::new_v4()),
         line(Uuid::new_v4())
     );
-    let r = app
-        .post_as(
-            "/v1/events",
-            Some(&app.reporter.clone()),
-            "application/x-ndjson",
-            body,
-        )
-        .await;
+    let r = app.import(body).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["appended"], 2, "{}", r.body);
     assert_eq!(r.body["rejected"][0]["line"], 3, "{}", r.body);
@@ -686,14 +676,7 @@ async fn bulk_import_reports_each_line_and_records_only_accepted_ones() {
             "data": {"killed": -4, "colour": "red", "source": {"name": "x"}}}]}).to_string(),
     ];
     let body = lines.join("\n") + "\n";
-    let r = app
-        .post_as(
-            "/v1/events",
-            Some(&app.reporter.clone()),
-            "application/x-ndjson",
-            body,
-        )
-        .await;
+    let r = app.import(body).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["appended"], 5, "{}", r.body);
     assert_eq!(r.body["duplicates"], 2, "{}", r.body);
@@ -1598,14 +1581,7 @@ async fn a_panic_in_the_disk_layer_answers_503_and_hides_what_it_did_not_acknowl
     assert_problem(&again, 503);
     let line = json!({"incident_id": Uuid::new_v4(), "expected_version": 0,
         "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]});
-    let imported = app
-        .post_as(
-            "/v1/events",
-            Some(&app.reporter.clone()),
-            "application/x-ndjson",
-            line.to_string() + "\n",
-        )
-        .await;
+    let imported = app.import(line.to_string() + "\n").await;
     assert_problem(&imported, 503);
     assert_eq!(app.head().await, before);
     // Shutting down still finishes (the I/O thread that would answer is gone).
@@ -1849,16 +1825,8 @@ async fn only_two_bulk_bodies_are_read_at_once() {
     for t in &tasks {
         t.abort();
     }
-    let r = tokio::time::timeout(
-        Duration::from_secs(5),
-        app.post_as(
-            "/v1/events",
-            Some(&app.reporter.clone()),
-            "application/x-ndjson",
-            "\n",
-        ),
-    )
-    .await
-    .expect("a bulk body is read once the slots are free");
+    let r = tokio::time::timeout(Duration::from_secs(5), app.import("\n"))
+        .await
+        .expect("a bulk body is read once the slots are free");
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }

@@ -33,6 +33,18 @@ enum Bound {
     At(OccurredAt),
 }
 
+impl Bound {
+    /// The bound in ns; a date `end` covers its whole day.
+    fn nanos(self, end: bool) -> i64 {
+        match self {
+            Bound::Before => i64::MIN,
+            Bound::After => i64::MAX,
+            Bound::At(t) if end && !t.timestamp => t.nanos.saturating_add(NANOS_PER_DAY - 1),
+            Bound::At(t) => t.nanos,
+        }
+    }
+}
+
 impl OccurredAt {
     /// Parses `YYYY-MM-DD` or an RFC 3339 timestamp (years 1678..=2261).
     pub fn parse(s: &str) -> Result<OccurredAt, String> {
@@ -358,19 +370,14 @@ impl Window {
     pub fn parse(from: Option<&str>, to: Option<&str>) -> Result<Window, FieldError> {
         let mut w = Window::all();
         if let Some(f) = from {
-            w.lo = match OccurredAt::parse_bound(f).map_err(|m| FieldError::new("/from", m))? {
-                Bound::Before => i64::MIN,
-                Bound::After => i64::MAX,
-                Bound::At(t) => t.nanos,
-            };
+            w.lo = OccurredAt::parse_bound(f)
+                .map_err(|m| FieldError::new("/from", m))?
+                .nanos(false);
         }
         if let Some(s) = to {
-            w.hi = match OccurredAt::parse_bound(s).map_err(|m| FieldError::new("/to", m))? {
-                Bound::Before => i64::MIN,
-                Bound::After => i64::MAX,
-                Bound::At(t) if t.timestamp => t.nanos,
-                Bound::At(t) => t.nanos.saturating_add(NANOS_PER_DAY - 1),
-            };
+            w.hi = OccurredAt::parse_bound(s)
+                .map_err(|m| FieldError::new("/to", m))?
+                .nanos(true);
         }
         if w.lo > w.hi {
             return Err(FieldError::new(

@@ -150,38 +150,9 @@ impl FileStore {
         let marker = if read_only {
             None
         } else {
-            synced::remove_leftovers(&log_dir)?;
+            // A writing recovery synced what it kept: the mark may name its head.
             let marker = synced::Marker::start(log_dir.clone(), recovered.mark)?;
-            // What recovery kept is served from now on: make sure it is on stable storage (a
-            // killed process may have left it written but unsynced), then mark it.
-            let head = recovered.index.head;
-            if head.position > 0 && recovered.mark.is_none_or(|m| m.position < head.position) {
-                // With a mark, only the active segment can hold unsynced bytes (a segment is
-                // synced before the next one starts); without one (a log from before marks, or
-                // copied in), every segment and the directories are synced.
-                let paths: Vec<PathBuf> = match recovered.mark {
-                    Some(_) => vec![recovered.active_path.clone()],
-                    None => recovered
-                        .index
-                        .segments
-                        .iter()
-                        .map(|s| s.path.clone())
-                        .collect(),
-                };
-                let dirs = [log_dir.clone(), data_dir.clone()];
-                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                    for p in paths {
-                        File::open(p)?.sync_all()?;
-                    }
-                    for d in dirs {
-                        io::sync_dir(&d)?;
-                    }
-                    Ok(())
-                })
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??;
-                marker.synced(head);
-            }
+            marker.synced(recovered.index.head);
             Some(marker)
         };
         let torn_tail = recovered.torn_tail;

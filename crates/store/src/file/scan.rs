@@ -448,14 +448,14 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
     }
     if let Some(m) = &mark {
         synced::check(m, log_dir, index.len(), |position| {
+            // Usually the head (a clean close), whose hash was just read.
+            if position == index.head.position {
+                return Ok(index.head.hash);
+            }
             let loc = index
                 .locate(position)
                 .ok_or_else(|| corrupt(log_dir, 0, "marked position not in the index"))?;
-            let mut buf = vec![0u8; (loc.end - loc.start) as usize];
-            loc.file.read_exact_at(&mut buf, loc.start)?;
-            let v = format::parse_record(&buf)
-                .map_err(|_| corrupt(&loc.path, loc.start, "re-read failed"))?;
-            Ok(v.hash())
+            Ok(super::read_record(&loc, None)?.1.hash)
         })?;
     }
     if let Some((path, offset, reason)) = torn_cut {
@@ -468,6 +468,27 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
         let f = std::fs::OpenOptions::new().write(true).open(&path)?;
         f.set_len(offset)?;
         f.sync_all()?;
+    }
+    if !read_only {
+        synced::remove_leftovers(log_dir)?;
+        // What recovery kept is served from now on, and the mark will name it: make sure it
+        // is on stable storage (a killed process may have left it written but unsynced).
+        if index.head.position > 0 && mark.is_none_or(|m| m.position < index.head.position) {
+            // With a mark, only the active segment can hold unsynced bytes (a segment is synced
+            // before the next one starts); without one (a log from before marks, or copied
+            // in), every segment and the directories are synced.
+            let segments = match mark {
+                Some(_) => &index.segments[index.segments.len().saturating_sub(1)..],
+                None => &index.segments[..],
+            };
+            for s in segments {
+                s.file.sync_all()?;
+            }
+            super::io::sync_dir(log_dir)?;
+            if let Some(data_dir) = log_dir.parent() {
+                super::io::sync_dir(data_dir)?;
+            }
+        }
     }
     index.shrink();
     let active_path = index
