@@ -710,3 +710,160 @@ fn verify_with_a_published_hash_catches_a_deliberate_edit_of_the_last_record() {
         &earlier_pin,
     ]);
 }
+
+/// `import -` fed line by line through a pipe records each line within a moment, without
+/// waiting for the end of the input: a line written, then the importer killed, is in the log.
+#[test]
+fn import_from_a_pipe_records_each_line_promptly() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let seed = String::from_utf8(seed_bytes()).unwrap();
+    let first_line = seed.lines().next().unwrap();
+    let events_in_line = serde_json::from_str::<Value>(first_line).unwrap()["events"]
+        .as_array()
+        .unwrap()
+        .len();
+    let mut child = command()
+        .args(["import", "-", "--data-dir", d(&data)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn import");
+    let mut pipe = child.stdin.take().expect("stdin");
+    writeln!(pipe, "{first_line}").unwrap();
+    pipe.flush().unwrap();
+    // The producer stays connected (no end of input); give the importer time to write.
+    std::thread::sleep(std::time::Duration::from_millis(2_000));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(pipe);
+    let out = cli_ok(&["replay", "--json", "--data-dir", d(&data)]);
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["events"], events_in_line as u64, "{report}");
+}
+
+/// The command line's smaller promises: names, values and paths are checked before anything
+/// is created, secrets stay out of error messages, and each failure has its exit code.
+#[test]
+fn usage_errors_are_caught_before_anything_is_touched() {
+    let dir = temp_dir();
+    let missing = dir.path().join("typo");
+    // Names stored as `recorded_by`: the token-name rules, a usage error (2) otherwise.
+    for args in [
+        vec!["token", "create", "--name", "bad name", "--role", "reader"],
+        vec!["import", "-", "--recorded-by", ""],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--data-dir", d(&missing)]);
+        let out = cli(&all);
+        assert_eq!(out.status.code(), Some(2), "{all:?}");
+    }
+    // `token list` and `token revoke` need an existing store and create none.
+    for args in [
+        vec!["token", "list"],
+        vec!["token", "revoke", "--name", "desk"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--data-dir", d(&missing)]);
+        let out = cli(&all);
+        assert_eq!(out.status.code(), Some(1), "{all:?}");
+        assert!(!missing.exists(), "{all:?} created {}", missing.display());
+    }
+    // Importing a directory fails before the store is created.
+    let out = cli(&["import", d(dir.path()), "--data-dir", d(&missing)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
+    assert!(!missing.exists());
+    // A mistyped store URL is refused without repeating its password.
+    let out = cli(&[
+        "token",
+        "list",
+        "--store",
+        "postgress://u:hunter2secret@localhost/db",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("hunter2secret"), "{err}");
+    assert!(err.contains("postgress://u:***@localhost/db"), "{err}");
+    // Limits and durations must make sense; a log filter must parse.
+    for args in [
+        vec!["serve", "--max-connections", "0"],
+        vec!["serve", "--request-timeout", "0s"],
+        vec!["serve", "--sse-heartbeat", "0"],
+        vec!["replay", "--log", "bogus[["],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--data-dir", d(&missing)]);
+        assert_eq!(cli(&all).status.code(), Some(2), "{all:?}");
+    }
+    // --data-dir naming a file: said plainly, exit 1.
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"x").unwrap();
+    let out = cli(&["verify", "--data-dir", d(&file)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory"));
+
+    // A damaged token file is not a damaged log: exit 1, naming the file.
+    let data = dir.path().join("data");
+    create_token(&data, "desk", "reader");
+    std::fs::write(data.join("tokens.json"), b"[{\"name\": \n").unwrap();
+    let out = cli(&["token", "list", "--data-dir", d(&data)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tokens.json is not a valid token file"),
+        "{err}"
+    );
+    assert!(!err.contains("corrupt log"), "{err}");
+
+    // A replay past the end replays the whole log and says so.
+    let out = cli(&["replay", "--at-position", "1000", "--data-dir", d(&data)]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the log ends at position 0"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Multi-valued CSV cells escape their separator: names with `;` or `\` come back intact.
+#[test]
+fn csv_source_names_keep_their_semicolons() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let line = json!({
+        "incident_id": new_id(),
+        "events": [
+            {"event_id": new_id(), "type": "IncidentReported", "data": {
+                "kind": "shelling", "occurred_at": "2026-01-03", "region": "UA-63",
+                "source": {"name": "B;semi"}}},
+            {"event_id": new_id(), "type": "SourceAdded", "data": {"source": {"name": "back\\slash"}}},
+            {"event_id": new_id(), "type": "SourceAdded", "data": {"source": {"name": "Plain"}}}
+        ]
+    });
+    let out = cli_with_stdin(
+        &["import", "-", "--data-dir", d(&data)],
+        Some(format!("{line}\n").as_bytes()),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let csv = cli_ok(&["export", "--format", "csv", "--data-dir", d(&data)]);
+    let rows = parse_csv(&csv);
+    let col = rows[0].iter().position(|h| h == "source").unwrap();
+    assert_eq!(rows[1][col], "B\\;semi;back\\\\slash;Plain");
+    // Splitting on unescaped `;` and unescaping gives the names back.
+    let mut names = Vec::new();
+    let mut cur = String::new();
+    let mut chars = rows[1][col].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.push(chars.next().unwrap()),
+            ';' => names.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    names.push(cur);
+    assert_eq!(names, ["B;semi", "back\\slash", "Plain"]);
+}

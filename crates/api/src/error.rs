@@ -219,7 +219,7 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
     /// 409 only: the version the client expected (integer or "any").
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = crate::wire::expected_version_schema)]
     pub expected: Option<serde_json::Value>,
     /// 409 only: the stream's actual version.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -117,6 +117,9 @@ pub struct AppendCommand {
     pub events: Vec<TypedEvent>,
 }
 
+/// Largest integer a JSON number with a fraction part (`2.0`) represents exactly (2^53).
+const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
+
 /// Parses an append body `{"expected_version"?, "events": [...]}` (and, for bulk lines,
 /// `"incident_id"`). Every problem is reported with a JSON pointer.
 pub fn parse_command(body: &Value, path_incident: Option<Uuid>) -> Result<AppendCommand, ApiError> {
@@ -156,7 +159,12 @@ pub fn parse_command(body: &Value, path_incident: Option<Uuid>) -> Result<Append
     let expected = match obj.get("expected_version") {
         None | Some(Value::Null) => Some(ExpectedVersion::Any),
         Some(Value::String(s)) if s == "any" => Some(ExpectedVersion::Any),
-        Some(v) => match v.as_u64() {
+        // A whole number written `2.0` is 2, as for the event counts (JSON Schema's "integer").
+        Some(v) => match v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=MAX_EXACT_INTEGER).contains(f))
+                .map(|f| f as u64)
+        }) {
             Some(n) => Some(ExpectedVersion::Exact(n)),
             None => {
                 errors.push(field_error(
@@ -254,7 +262,11 @@ pub struct ReplayReport {
     /// Hashing the rebuilt views.
     pub digest_ms: u64,
     pub digest: String,
+    /// Every incident recorded by that position, retracted ones included.
     pub incidents: u64,
+    /// Of those, the retracted ones.
+    pub retracted: u64,
+    /// Regions with at least one non-retracted incident: those `GET /v1/regions` lists.
     pub regions: u64,
 }
 
@@ -636,8 +648,14 @@ impl AppService {
     async fn reuse_detail(&self, cmd: &AppendCommand, id: Uuid) -> Option<String> {
         let sent = cmd.events.iter().find(|e| e.event_id == id)?;
         let recorded = lean!(self.inner.store, event_by_id(id)).ok()??;
-        let same = recorded.stream_id == cmd.incident_id
-            && recorded.event_type == sent.event_type()
+        if recorded.stream_id != cmd.incident_id {
+            return Some(format!(
+                "event_id {id} is already recorded (position {}) in incident {}: an event_id \
+                 names one event of one incident",
+                recorded.global_position, recorded.stream_id
+            ));
+        }
+        let same = recorded.event_type == sent.event_type()
             && recorded.data.get() == sent.canonical_data().get();
         same.then(|| {
             format!(
@@ -901,7 +919,8 @@ fn report_of(p: &Projection, events: u64, started: Instant) -> ReplayReport {
         digest_ms: (total - folded).as_millis() as u64,
         digest,
         incidents: p.incident_count() as u64,
-        regions: p.region_count() as u64,
+        retracted: p.retracted_count() as u64,
+        regions: p.region_summaries(&Window::all(), None).len() as u64,
     }
 }
 

@@ -51,6 +51,24 @@ impl Serialize for WireEvents<'_> {
 
 // ---- documentation-only schemas (the handlers serialize the real types) ----
 
+/// `expected_version`: a non-negative integer or the string `"any"`.
+pub fn expected_version_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["any"])),
+        )
+        .build();
+    Schema::OneOf(one_of)
+}
+
 /// A recorded event.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -95,7 +113,7 @@ pub struct EventInputDoc {
 #[allow(dead_code)]
 pub struct AppendBodyDoc {
     /// An integer (0: the incident must not exist yet) or `"any"` (default).
-    #[schema(value_type = Option<Object>, example = json!("any"))]
+    #[schema(schema_with = expected_version_schema, example = json!("any"))]
     pub expected_version: serde_json::Value,
     pub events: Vec<EventInputDoc>,
 }
@@ -105,7 +123,8 @@ pub struct AppendBodyDoc {
 #[allow(dead_code)]
 pub struct ImportLineDoc {
     pub incident_id: Uuid,
-    #[schema(value_type = Option<Object>)]
+    /// An integer (0: the incident must not exist yet) or `"any"` (default).
+    #[schema(schema_with = expected_version_schema)]
     pub expected_version: serde_json::Value,
     pub events: Vec<EventInputDoc>,
 }
@@ -135,18 +154,181 @@ pub struct LogPageDoc {
     pub next_after: u64,
 }
 
-/// The view of one incident (see SPEC section 5).
+/// The kind of an incident; the first four count as strikes.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum KindDoc {
+    MissileStrike,
+    DroneStrike,
+    AirStrike,
+    Shelling,
+    ArmedClash,
+    Explosion,
+    AttackOnCivilians,
+    Interception,
+    Other,
+}
+
+/// How precisely `occurred_at` is known.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum TimePrecisionDoc {
+    Exact,
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+/// A point (WGS84) and how precisely it is known.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct LocationDoc {
+    #[schema(minimum = -90, maximum = 90)]
+    pub lat: f64,
+    #[schema(minimum = -180, maximum = 180)]
+    pub lon: f64,
+    /// `exact`, `near`, `admin2` or `admin1`.
+    #[schema(pattern = "^(exact|near|admin2|admin1)$")]
+    pub precision: String,
+}
+
+/// A source as the event gave it; absent fields are left out.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SourceDoc {
+    pub name: String,
+    /// `official`, `media`, `ngo`, `social_media`, `witness` or `other`.
+    #[schema(pattern = "^(official|media|ngo|social_media|witness|other)$")]
+    pub kind: Option<String>,
+    pub url: Option<String>,
+    pub archive_url: Option<String>,
+    /// RFC 3339 timestamp or `YYYY-MM-DD`.
+    pub published_at: Option<String>,
+    /// Lowercase hex SHA-256 of the captured evidence.
+    pub sha256: Option<String>,
+}
+
+/// low / best / high of one count (SPEC section 4, "Casualty figures").
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct FigureDoc {
+    pub low: u64,
+    pub best: u64,
+    pub high: u64,
+}
+
+/// Casualty figures of an incident, or their sums over a region.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CasualtiesDoc {
+    pub killed: FigureDoc,
+    pub injured: FigureDoc,
+    pub civilians_killed: u64,
+    pub children_killed: u64,
+}
+
+/// A denial of a claim.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DenialDoc {
+    pub by: String,
+    #[schema(required)]
+    pub statement: Option<String>,
+    #[schema(required)]
+    pub source: Option<SourceDoc>,
+    pub recorded_at: String,
+}
+
+/// An assessment of a claim; the latest one decides the claim's status.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AssessmentDoc {
+    /// `confirmed` or `refuted`.
+    #[schema(pattern = "^(confirmed|refuted)$")]
+    pub assessment: String,
+    pub by: String,
+    #[schema(required)]
+    pub evidence: Option<String>,
+    pub recorded_at: String,
+}
+
+/// A claim with its denials and assessments.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ClaimDoc {
+    pub claim_id: Uuid,
+    pub claimant: String,
+    pub statement: String,
+    #[schema(required)]
+    pub attributed_to: Option<String>,
+    #[schema(required)]
+    pub source: Option<SourceDoc>,
+    /// `unverified`, `disputed`, `confirmed` or `refuted`.
+    #[schema(pattern = "^(unverified|disputed|confirmed|refuted)$")]
+    pub status: String,
+    pub denials: Vec<DenialDoc>,
+    pub assessments: Vec<AssessmentDoc>,
+    pub recorded_at: String,
+}
+
+/// One `IncidentCorrected` event as the view keeps it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CorrectionDoc {
+    pub reason: String,
+    /// The fields this correction changed.
+    pub fields: Vec<String>,
+    pub recorded_at: String,
+}
+
+/// The `IncidentRetracted` event of a retracted incident.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RetractionDoc {
+    pub reason: String,
+    #[schema(required)]
+    pub duplicate_of: Option<Uuid>,
+    pub recorded_at: String,
+}
+
+/// The view of one incident (SPEC section 5). Every field is always present; fields the
+/// events never gave are `null`. Timestamps are RFC 3339 UTC with microseconds.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct IncidentViewDoc {
     pub incident_id: Uuid,
+    pub kind: KindDoc,
+    /// RFC 3339 timestamp or `YYYY-MM-DD`, as reported (or corrected).
+    pub occurred_at: String,
+    pub time_precision: TimePrecisionDoc,
+    /// ISO 3166-2 code.
+    pub region: String,
+    pub region_name: String,
+    /// ISO 3166-1 alpha-2.
+    pub country: String,
+    #[schema(required)]
+    pub locality: Option<String>,
+    #[schema(required)]
+    pub location: Option<LocationDoc>,
+    #[schema(required)]
+    pub perpetrator: Option<String>,
+    #[schema(required)]
+    pub target: Option<String>,
+    #[schema(required)]
+    pub summary: Option<String>,
+    /// `active` or `retracted`.
+    #[schema(pattern = "^(active|retracted)$")]
     pub status: String,
-    #[schema(value_type = Object)]
-    pub casualties: serde_json::Value,
-    #[schema(value_type = Vec<Object>)]
-    pub claims: serde_json::Value,
-    #[schema(value_type = Vec<Object>)]
-    pub sources: serde_json::Value,
+    #[schema(required)]
+    pub retraction: Option<RetractionDoc>,
+    pub casualties: CasualtiesDoc,
+    pub claims: Vec<ClaimDoc>,
+    /// Every distinct source cited by any event, in order of first appearance.
+    pub sources: Vec<SourceDoc>,
+    pub corrections: Vec<CorrectionDoc>,
     pub version: u64,
     pub first_recorded_at: String,
     pub last_recorded_at: String,
@@ -160,22 +342,48 @@ pub struct IncidentPageDoc {
     pub next_cursor: Option<String>,
 }
 
-/// A regional summary (see SPEC section 5).
+/// Strike counts of a summary.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct StrikesDoc {
+    /// Incidents whose kind is a strike (missile, drone, air strike, shelling).
+    pub total: u64,
+    /// Per strike kind; kinds with no incident are left out.
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
+    pub by_kind: serde_json::Value,
+}
+
+/// Claims of a summary's incidents, by status.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ClaimCountsDoc {
+    pub total: u64,
+    pub unverified: u64,
+    pub disputed: u64,
+    pub confirmed: u64,
+    pub refuted: u64,
+}
+
+/// A regional summary (SPEC section 5): sums over the region's non-retracted incidents in
+/// the window.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct RegionSummaryDoc {
+    /// ISO 3166-2 code.
     pub region: String,
     pub name: String,
+    /// ISO 3166-1 alpha-2.
     pub country: String,
     pub incidents: u64,
-    #[schema(value_type = Object)]
-    pub strikes: serde_json::Value,
-    #[schema(value_type = Object)]
-    pub casualties: serde_json::Value,
-    #[schema(value_type = Object)]
-    pub claims: serde_json::Value,
+    pub strikes: StrikesDoc,
+    pub casualties: CasualtiesDoc,
+    pub claims: ClaimCountsDoc,
+    /// RFC 3339 timestamp or `YYYY-MM-DD`; null without incidents.
+    #[schema(required)]
     pub first_occurred_at: Option<String>,
+    #[schema(required)]
     pub last_occurred_at: Option<String>,
+    /// The global position the summary is computed at.
     pub as_of_position: u64,
 }
 

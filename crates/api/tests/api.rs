@@ -1830,3 +1830,116 @@ async fn only_two_bulk_bodies_are_read_at_once() {
         .expect("a bulk body is read once the slots are free");
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
+
+/// What the audits of the seventh and eighth sessions found at the edges of the API.
+#[tokio::test]
+async fn refused_callers_learn_no_routes_and_small_contract_edges_hold() {
+    let app = app().await;
+    let (admin, ro) = (app.admin.clone(), app.reader.clone());
+    let raw = |method: Method, path: &str, token: Option<&str>| {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let router = app.router.clone();
+        let req = b.body(Body::empty()).unwrap();
+        async move { router.oneshot(req).await.unwrap() }
+    };
+    // A refused caller gets no `Allow`: it would tell which methods (and paths) exist.
+    let r = raw(Method::DELETE, "/v1/regions", None).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers().get(header::ALLOW).is_none(),
+        "{:?}",
+        r.headers()
+    );
+    let r = raw(Method::GET, "/v1/admin/replay", Some(&ro)).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(
+        r.headers().get(header::ALLOW).is_none(),
+        "{:?}",
+        r.headers()
+    );
+    // A caller allowed in learns the methods of a path it used wrongly.
+    let r = raw(Method::DELETE, "/v1/regions", Some(&ro)).await;
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers()[header::ALLOW], "GET,HEAD");
+    // HEAD still answers without a body.
+    let r = raw(Method::HEAD, "/v1/regions", Some(&ro)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Admin routes take no query parameters, like every other /v1 route.
+    for (method, path) in [
+        (Method::GET, "/v1/admin/verify?x=1"),
+        (Method::GET, "/v1/admin/digest?x=1"),
+        (Method::POST, "/v1/admin/replay?x=1"),
+    ] {
+        let r = raw(method, path, Some(&admin)).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
+
+    // `expected_version` written 2.0 is 2, as the counts are.
+    let id = Uuid::new_v4();
+    let first = Uuid::new_v4();
+    let r = app
+        .append(
+            id,
+            json!({"expected_version": 0.0, "events": [reported(first, "UA-63", "shelling")]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = app
+        .append(
+            id,
+            json!({"expected_version": 1.0, "events": [casualties(Uuid::new_v4(), 2)]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_problem(
+        &app.append(
+            id,
+            json!({"expected_version": 1.5, "events": [casualties(Uuid::new_v4(), 2)]}),
+        )
+        .await,
+        422,
+    );
+    // The same event (same content) sent to another incident: the detail says so.
+    let other = Uuid::new_v4();
+    let r = app
+        .append(
+            other,
+            json!({"events": [reported(first, "UA-63", "shelling")]}),
+        )
+        .await;
+    assert_problem(&r, 409);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("in incident {id}")), "{detail}");
+    assert!(!detail.contains("other content"), "{detail}");
+    assert_eq!(app.head().await, 2);
+
+    // Metrics: the digest route has its own label; the log's size is a counter.
+    assert_eq!(
+        raw(Method::GET, "/v1/admin/digest", Some(&admin))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let text = String::from_utf8(
+        axum::body::to_bytes(
+            raw(Method::GET, "/metrics", None).await.into_body(),
+            usize::MAX,
+        )
+        .await
+        .unwrap()
+        .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.contains("route=\"/v1/admin/digest\",method=\"GET\",status=\"200\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE incidentlog_events_total counter"),
+        "{text}"
+    );
+}

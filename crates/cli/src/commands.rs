@@ -132,6 +132,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
             "events_per_sec": rate,
             "digest": report.digest,
             "incidents": report.incidents,
+            "retracted": report.retracted,
             "regions": report.regions,
         });
         writeln!(out, "{v}")?;
@@ -148,8 +149,16 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
         )?;
         writeln!(out, "rate:        {rate} events/s")?;
         writeln!(out, "digest:      {}", report.digest)?;
-        writeln!(out, "incidents:   {}", report.incidents)?;
-        writeln!(out, "regions:     {}", report.regions)?;
+        writeln!(
+            out,
+            "incidents:   {} ({} retracted)",
+            report.incidents, report.retracted
+        )?;
+        writeln!(out, "regions:     {} with incidents", report.regions)?;
+    }
+    if let Some(asked) = at_position.filter(|p| *p > head) {
+        // Not an error (the HTTP API clamps the same way), but a typo deserves a word.
+        eprintln!("note: the log ends at position {head}; replayed up to it, not to {asked}");
     }
     Ok(exit::OK)
 }
@@ -265,11 +274,13 @@ pub struct ImportArgs {
     pub write: WriteArgs,
 
     /// Name stored as `recorded_by` on every imported event.
+    /// Same rules as a token name.
     #[arg(
         long,
         env = "INCIDENTLOG_RECORDED_BY",
         default_value = "cli-import",
-        value_name = "NAME"
+        value_name = "NAME",
+        value_parser = crate::parse_name
     )]
     pub recorded_by: String,
 }
@@ -283,7 +294,14 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
         let file = tokio::fs::File::open(&args.file)
             .await
             .with_context(|| format!("cannot open {}", args.file.display()))?;
-        let size = file.metadata().await.ok().map(|m| m.len());
+        let meta = file
+            .metadata()
+            .await
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+        if meta.is_dir() {
+            bail!("{} is a directory, not an NDJSON file", args.file.display());
+        }
+        let size = Some(meta.len());
         (Box::new(file), size)
     };
     let reader = tokio::io::BufReader::with_capacity(1 << 20, input);
@@ -481,8 +499,14 @@ pub enum TokenCommand {
     Create {
         #[command(flatten)]
         store: StoreArgs,
-        /// Unique name; stored as `recorded_by` on the events this token appends.
-        #[arg(long, env = "INCIDENTLOG_TOKEN_NAME", value_name = "NAME")]
+        /// Unique name; stored as `recorded_by` on the events this token appends. 1 to 64
+        /// letters, digits and - _ . @.
+        #[arg(
+            long,
+            env = "INCIDENTLOG_TOKEN_NAME",
+            value_name = "NAME",
+            value_parser = crate::parse_name
+        )]
         name: String,
         /// reader: GET; reporter: reader + append/import; admin: everything.
         #[arg(
@@ -511,14 +535,15 @@ pub enum TokenCommand {
     },
 }
 
-fn check_token_name(name: &str) -> anyhow::Result<()> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
-    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
-        bail!(
-            "invalid token name {name:?}: use 1 to 64 characters among letters, digits and - _ . @"
-        );
-    }
-    Ok(())
+/// What a token command does to the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TokenMode {
+    /// `create`: opens for writing, makes a missing file store.
+    Create,
+    /// `revoke`: opens an existing store for writing.
+    Edit,
+    /// `list`: opens an existing store read-only.
+    Read,
 }
 
 /// Where the token commands read and write tokens.
@@ -531,8 +556,26 @@ enum TokenAccess {
 }
 
 impl TokenAccess {
-    async fn open(args: &StoreArgs) -> anyhow::Result<TokenAccess> {
-        match open_store(args, &WriteArgs::default()).await {
+    /// `create` makes a missing file store; `list` and `revoke` need an existing one (a
+    /// mistyped --data-dir must not leave an empty store behind), and `list` only reads (it
+    /// works on a read-only data dir, like `verify`).
+    async fn open(args: &StoreArgs, mode: TokenMode) -> anyhow::Result<TokenAccess> {
+        if mode != TokenMode::Create
+            && matches!(args.store, incidentlog_store::Backend::File)
+            && !args.data_dir.join("log").is_dir()
+        {
+            bail!(
+                "no store in {} ({} does not exist)",
+                args.data_dir.display(),
+                args.data_dir.join("log").display()
+            );
+        }
+        let opened = if mode == TokenMode::Read {
+            open_store_read_only(args).await
+        } else {
+            open_store(args, &WriteArgs::default()).await
+        };
+        match opened {
             Ok(store) => Ok(TokenAccess::Store(Box::new(store))),
             Err(e) => {
                 let locked = matches!(args.store, incidentlog_store::Backend::File)
@@ -585,9 +628,8 @@ impl TokenAccess {
 pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
     match cmd {
         TokenCommand::Create { store, name, role } => {
-            check_token_name(&name)?;
             let role: Role = role.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let access = TokenAccess::open(&store).await?;
+            let access = TokenAccess::open(&store, TokenMode::Create).await?;
             let secret = try_new_secret().map_err(|e| anyhow::anyhow!("{e}"))?;
             access
                 .add(TokenRecord {
@@ -604,7 +646,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
             tracing::info!(token = %name, role = %role, "token created");
         }
         TokenCommand::List { store, json } => {
-            let access = TokenAccess::open(&store).await?;
+            let access = TokenAccess::open(&store, TokenMode::Read).await?;
             let tokens = access.list().await.context("cannot read the tokens")?;
             let mut out = std::io::stdout().lock();
             let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -644,7 +686,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
             }
         }
         TokenCommand::Revoke { store, name } => {
-            let access = TokenAccess::open(&store).await?;
+            let access = TokenAccess::open(&store, TokenMode::Edit).await?;
             let found = access
                 .revoke(&name, Utc::now())
                 .await

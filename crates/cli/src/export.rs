@@ -167,8 +167,11 @@ fn source_names(view: &Value) -> Vec<String> {
                 Value::String(n) => n.as_str(),
                 other => s(other, "name"),
             };
-            if !name.is_empty() && !out.iter().any(|o| o == name) {
-                out.push(name.to_string());
+            // `;` separates the names of a cell: one inside a name is written `\;` (and a
+            // backslash `\\`), so splitting on unescaped `;` gives the names back.
+            let name = name.replace('\\', "\\\\").replace(';', "\\;");
+            if !name.is_empty() && !out.contains(&name) {
+                out.push(name);
             }
         }
     }

@@ -44,7 +44,13 @@ struct Cli {
     /// Log level or filter for the logs on stderr (error, warn, info, debug, trace, or an
     /// EnvFilter directive such as `incidentlog_api=debug`). Without it RUST_LOG is used, else
     /// `info`.
-    #[arg(long, global = true, env = "INCIDENTLOG_LOG", value_name = "LEVEL")]
+    #[arg(
+        long,
+        global = true,
+        env = "INCIDENTLOG_LOG",
+        value_name = "LEVEL",
+        value_parser = parse_log_filter
+    )]
     log: Option<String>,
 
     #[command(subcommand)]
@@ -98,7 +104,7 @@ pub struct StoreArgs {
         value_name = "file|postgres://...",
         // The URL may hold a password: never echo it in --help.
         hide_env_values = true,
-        value_parser = parse_backend
+        value_parser = BackendParser
     )]
     pub store: Backend,
 }
@@ -116,7 +122,8 @@ pub struct WriteArgs {
     )]
     pub durability: DurabilityArg,
 
-    /// Size at which the file store starts a new segment file (e.g. 256MiB, 64MiB, 1000000).
+    /// Size at which the file store starts a new segment file (e.g. 256MiB, 64MiB, 1000000;
+    /// kept between 512 bytes and 1GiB).
     #[arg(
         long,
         env = "INCIDENTLOG_SEGMENT_SIZE",
@@ -151,10 +158,6 @@ impl From<DurabilityArg> for Durability {
     }
 }
 
-fn parse_backend(s: &str) -> Result<Backend, String> {
-    s.parse::<Backend>().map_err(|e| e.to_string())
-}
-
 /// `1048576`, `512KiB`, `64MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -185,11 +188,88 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let num: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a duration (examples: 30s, 500ms, 2m)"))?;
-    match unit.trim() {
-        "" | "s" => Ok(Duration::from_secs(num)),
-        "ms" => Ok(Duration::from_millis(num)),
-        "m" | "min" => Ok(Duration::from_secs(num.saturating_mul(60))),
-        other => Err(format!("unknown duration unit {other:?} (use ms, s or m)")),
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(num),
+        "ms" => Duration::from_millis(num),
+        "m" | "min" => Duration::from_secs(num.saturating_mul(60)),
+        other => return Err(format!("unknown duration unit {other:?} (use ms, s or m)")),
+    };
+    // Every duration flag is a timeout or an interval: zero would time out everything at once
+    // (or spin).
+    if d.is_zero() {
+        return Err(format!("{s:?}: the duration must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// A name stored as `recorded_by` (a token name, or `import --recorded-by`): 1 to 64 of
+/// letters, digits and `- _ . @`.
+pub fn parse_name(s: &str) -> Result<String, String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
+    if s.is_empty() || s.len() > 64 || !s.chars().all(ok_char) {
+        return Err(format!(
+            "invalid name {s:?}: use 1 to 64 characters among letters, digits and - _ . @"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A log filter (`--log`): checked when parsed, so a typo is a usage error, not a warning.
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{s:?} is not a log level or filter: {e}"))
+}
+
+/// `--store`: the error never repeats the value (a mistyped URL may carry a password), which
+/// clap's own "invalid value '...'" message would.
+#[derive(Clone)]
+struct BackendParser;
+
+impl clap::builder::TypedValueParser for BackendParser {
+    type Value = Backend;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Backend, clap::Error> {
+        let invalid = |msg: String| {
+            let mut cmd = cmd.clone();
+            cmd.error(clap::error::ErrorKind::ValueValidation, msg)
+        };
+        let s = value
+            .to_str()
+            .ok_or_else(|| invalid("--store: not valid UTF-8".into()))?;
+        s.parse::<Backend>().map_err(|_| {
+            invalid(format!(
+                "invalid --store {}: expected \"file\" or a postgres:// URL",
+                redact_password(s)
+            ))
+        })
+    }
+}
+
+/// `scheme://user:secret@host/...` -> `scheme://user:***@host/...`.
+fn redact_password(s: &str) -> String {
+    let Some(scheme_end) = s.find("://").map(|i| i + 3) else {
+        return s.to_string();
+    };
+    let rest = &s[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{}{masked}{}", &s[..scheme_end], &rest[at..])
+        }
+        None => s.to_string(),
     }
 }
 
@@ -210,6 +290,9 @@ async fn open_store_as(
     write: &WriteArgs,
     read_only: bool,
 ) -> anyhow::Result<Store> {
+    if matches!(store.store, Backend::File) && store.data_dir.exists() && !store.data_dir.is_dir() {
+        anyhow::bail!("--data-dir {} is not a directory", store.data_dir.display());
+    }
     let opts = OpenOptions {
         data_dir: store.data_dir.clone(),
         backend: store.store.clone(),
@@ -281,9 +364,26 @@ fn exit_code_of(err: &anyhow::Error) -> u8 {
     exit::FAILURE
 }
 
+/// The offline commands (`replay`, `import`, `export`, `verify`) build hundreds of megabytes of
+/// state once and exit: with transparent huge pages every first touch of a 2 MiB region makes
+/// the kernel zero all of it (~17% of a replay's samples). 4 KiB pages cost less there (replay
+/// ~15% faster, see proto-docs/benchmarks.md). `serve` keeps the system's setting: its state
+/// lives long and is read at random, where huge pages pay.
+fn prefer_small_pages(command: &Command) {
+    if matches!(command, Command::Serve(_) | Command::Token { .. }) {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        // Only a speed setting: carry on with the system's.
+        tracing::debug!("cannot disable transparent huge pages: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
+    prefer_small_pages(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -322,6 +422,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            redact_password("postgress://u:secretpw@db:5432/x"),
+            "postgress://u:***@db:5432/x"
+        );
+        assert_eq!(redact_password("postgres://u@db/x"), "postgres://u@db/x");
+        assert_eq!(redact_password("postgres://db/x@y"), "postgres://db/x@y");
+        assert_eq!(redact_password("fiel"), "fiel");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert_eq!(parse_name("ci-bot_1.x@y"), Ok("ci-bot_1.x@y".to_string()));
+        for bad in ["", "bad name", "é", &"a".repeat(65)] {
+            assert!(parse_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
         assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
@@ -338,6 +457,8 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("0").is_err());
     }
 
     #[test]

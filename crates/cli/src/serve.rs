@@ -90,7 +90,8 @@ pub struct ServeArgs {
         long,
         env = "INCIDENTLOG_MAX_CONCURRENT_REQUESTS",
         default_value_t = ServeConfig::default().max_concurrent_requests,
-        value_name = "N"
+        value_name = "N",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     pub max_concurrent_requests: usize,
 
@@ -128,7 +129,8 @@ pub struct ServeArgs {
         long,
         env = "INCIDENTLOG_MAX_CONNECTIONS",
         default_value_t = ServeConfig::default().max_connections,
-        value_name = "N"
+        value_name = "N",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     pub max_connections: usize,
 

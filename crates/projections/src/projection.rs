@@ -196,7 +196,12 @@ impl Projection {
         self.slots.len()
     }
 
-    /// Number of regions that ever had an incident.
+    /// Number of incidents retracted by the current position.
+    pub fn retracted_count(&self) -> usize {
+        self.slots.iter().filter(|s| s.state.is_retracted()).count()
+    }
+
+    /// Number of regions that ever had an incident (retracted or moved away ones included).
     pub fn region_count(&self) -> usize {
         self.summaries.regions.len()
     }

@@ -7,6 +7,12 @@ use crate::events::*;
 use crate::state::{IncidentState, CORRECTABLE};
 use crate::{OccurredAt, Region};
 
+/// Recorded times as the log writes them: RFC 3339 UTC with exactly six fraction digits and
+/// `Z` (chrono's own form drops trailing zeros, so `.439000Z` in the log was `.439Z` here).
+fn micros<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
 /// A source as views show it (the event's shape: absent fields left out).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SourceView {
@@ -44,6 +50,7 @@ pub struct DenialView {
     pub by: String,
     pub statement: Option<String>,
     pub source: Option<SourceView>,
+    #[serde(serialize_with = "micros")]
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -52,6 +59,7 @@ pub struct AssessmentView {
     pub assessment: Assessment,
     pub by: String,
     pub evidence: Option<String>,
+    #[serde(serialize_with = "micros")]
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -65,6 +73,7 @@ pub struct ClaimView {
     pub status: ClaimStatus,
     pub denials: Vec<DenialView>,
     pub assessments: Vec<AssessmentView>,
+    #[serde(serialize_with = "micros")]
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -73,6 +82,7 @@ pub struct CorrectionView {
     pub reason: String,
     /// The fields this correction changed.
     pub fields: Vec<String>,
+    #[serde(serialize_with = "micros")]
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -80,6 +90,7 @@ pub struct CorrectionView {
 pub struct RetractionView {
     pub reason: String,
     pub duplicate_of: Option<Uuid>,
+    #[serde(serialize_with = "micros")]
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -108,7 +119,9 @@ pub struct IncidentView {
     pub sources: Vec<SourceView>,
     pub corrections: Vec<CorrectionView>,
     pub version: u64,
+    #[serde(serialize_with = "micros")]
     pub first_recorded_at: DateTime<Utc>,
+    #[serde(serialize_with = "micros")]
     pub last_recorded_at: DateTime<Utc>,
 }
 

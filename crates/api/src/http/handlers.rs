@@ -75,7 +75,7 @@ fn recorded_by(p: &Principal) -> Result<&str, ApiError> {
         wire::LogPageDoc, wire::IncidentViewDoc, wire::IncidentPageDoc, wire::RegionSummaryDoc,
         wire::RegionListDoc, ReplayResponse, DigestResponse, VerifyResponse, HealthResponse
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),
     tags(
         (name = "events", description = "Appending and reading the log"),
@@ -96,6 +96,60 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+    }
+}
+
+/// The answers every route of a kind can give, added where a route's own list leaves them
+/// out: the gate's (400 for an unknown or repeated query parameter, 401, 429, 503 when busy or
+/// a read takes too long), 403 where a role is checked, 408 for a body sent too slowly.
+struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let open = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+            let admin = path.starts_with("/v1/admin/");
+            for (is_post, op) in [(false, item.get.as_mut()), (true, item.post.as_mut())] {
+                let Some(op) = op else { continue };
+                let mut add = |status: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| problem(description).into());
+                };
+                if open {
+                    continue;
+                }
+                add(
+                    "400",
+                    "Malformed request: unknown or repeated query parameter, bad path or body",
+                );
+                add("401", "No or bad token");
+                if admin || is_post {
+                    add("403", "Role too low");
+                }
+                if is_post {
+                    add("408", "The body arrived too slowly");
+                }
+                add("429", "Rate-limited (Retry-After)");
+                add(
+                    "503",
+                    "Store unavailable, server busy, or the request took too long",
+                );
+            }
+        }
     }
 }
 
@@ -265,7 +319,7 @@ pub(crate) struct ListParams {
         ("from" = Option<String>, Query, description = "occurred_at from (date or RFC 3339, inclusive)"),
         ("to" = Option<String>, Query, description = "occurred_at to (date or RFC 3339, inclusive)"),
         ("status" = Option<String>, Query, description = "active (default) or retracted"),
-        ("limit" = Option<usize>, Query, description = "Default 100, at least 1, max 1000 (larger values are clamped)"),
+        ("limit" = Option<usize>, Query, minimum = 1, description = "Default 100, at least 1, max 1000 (larger values are clamped)"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")
     ),
     responses(
@@ -310,7 +364,7 @@ const MAX_PAGE: usize = 1000;
     get, path = "/v1/events", tag = "events",
     params(
         ("after" = Option<u64>, Query, description = "Position to read after (default 0)"),
-        ("limit" = Option<usize>, Query, description = "Default 100, at least 1, max 1000 (larger values are clamped)")
+        ("limit" = Option<usize>, Query, minimum = 1, description = "Default 100, at least 1, max 1000 (larger values are clamped)")
     ),
     responses(
         (status = 200, description = "A page of the log", body = wire::LogPageDoc),
@@ -543,7 +597,10 @@ pub(crate) async fn region(
         (status = 403, description = "Not admin", body = Problem, content_type = "application/problem+json")
     )
 )]
-pub(crate) async fn admin_replay(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn admin_replay(
+    State(state): State<AppState>,
+    ApiQuery(_): ApiQuery<NoParams>,
+) -> Result<Response, ApiError> {
     let r = state.service.replay_live().await?;
     Ok(json(
         StatusCode::OK,
@@ -565,7 +622,10 @@ pub(crate) async fn admin_replay(State(state): State<AppState>) -> Result<Respon
         (status = 403, description = "Not admin", body = Problem, content_type = "application/problem+json")
     )
 )]
-pub(crate) async fn admin_digest(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn admin_digest(
+    State(state): State<AppState>,
+    ApiQuery(_): ApiQuery<NoParams>,
+) -> Result<Response, ApiError> {
     let (position, digest) = state.service.live_digest().await;
     Ok(json(StatusCode::OK, &DigestResponse { position, digest }))
 }
@@ -579,7 +639,10 @@ pub(crate) async fn admin_digest(State(state): State<AppState>) -> Result<Respon
         (status = 403, description = "Not admin", body = Problem, content_type = "application/problem+json")
     )
 )]
-pub(crate) async fn admin_verify(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn admin_verify(
+    State(state): State<AppState>,
+    ApiQuery(_): ApiQuery<NoParams>,
+) -> Result<Response, ApiError> {
     let body = match state.service.verify().await {
         Ok(r) => VerifyResponse {
             ok: true,
@@ -665,8 +728,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         ),
         (
             "incidentlog_events_total",
-            "Events in the log (durable head position).",
-            "gauge",
+            "Events in the log (durable head position; never goes down).",
+            "counter",
             head,
         ),
         (

@@ -16,6 +16,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/regions/{code}",
     "/v1/admin/replay",
     "/v1/admin/verify",
+    "/v1/admin/digest",
     "/healthz",
     "/readyz",
     "/metrics",

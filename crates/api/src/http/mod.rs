@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue, Method};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -141,7 +141,7 @@ fn build_router(
         stopping,
         summaries: cache::SummaryCache::default(),
     }));
-    Router::new()
+    let routes = Router::new()
         .route(
             "/v1/incidents/{id}/events",
             post(handlers::append).get(handlers::incident_events),
@@ -167,8 +167,13 @@ fn build_router(
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), gate))
-        .with_state(state)
+        .with_state(state.clone());
+    // The gate wraps the whole router, not each route (`Router::layer` would): routing adds
+    // `Allow` to a route's responses after its layers ran, and a refused caller must not learn
+    // which methods a path serves.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn_with_state(state, gate))
 }
 
 /// The role a request needs: admin for `/v1/admin/*` whatever the method, reporter for the
@@ -401,6 +406,11 @@ async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Respon
         Some(route) => guarded(&state, route, req, next).await,
     };
     let status = response.status();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        // A 405's `Allow` would tell a caller without the right token which methods (and so
+        // which paths) exist; refused callers learn nothing about routes.
+        response.headers_mut().remove(header::ALLOW);
+    }
     let rid = request_id.to_str().unwrap_or("-");
     if let Some(InternalDetail(detail)) = response.extensions_mut().remove::<InternalDetail>() {
         tracing::error!(request_id = %rid, %method, %uri, error = %detail, "internal error");

@@ -27,6 +27,9 @@ const PARSE_BATCH_BYTES: usize = 4 << 20;
 /// Enough to keep the parsing threads busy while a chunk is written and synced (8 against 2:
 /// ~7% faster `incidentlog import` of the 1M-event bench log, at most ~32 MiB more held).
 const PARSE_AHEAD: usize = 8;
+/// How long the input may stay quiet after a whole line before the lines read so far are
+/// parsed and written (an import fed line by line through a pipe records each line promptly).
+const INPUT_IDLE: Duration = Duration::from_millis(100);
 /// Events per `append_many` call of a bulk import (one sync each).
 const IMPORT_CHUNK_EVENTS: usize = 16 * 1024;
 /// Decision states an import keeps from one chunk to the next (~1 KiB each), so that the next
@@ -160,6 +163,9 @@ impl Importer<'_> {
     ) -> Result<(), ApiError> {
         let mut line_no = 0u64;
         let mut eof = false;
+        // The input went quiet after a whole line (a pipe fed by a slow producer): what was
+        // read is parsed and written now instead of waiting for a full batch or the end.
+        let mut idle = false;
         type Parsing = tokio::task::JoinHandle<(Vec<(u64, Parsed)>, LineBatch)>;
         let mut parsing: VecDeque<Parsing> = VecDeque::new();
         // Batches come back from parsing to be refilled (fresh megabytes for each cost page
@@ -173,12 +179,24 @@ impl Importer<'_> {
                 while batch.lines.len() < PARSE_BATCH_LINES && batch.bytes.len() < PARSE_BATCH_BYTES
                 {
                     let mut start = batch.bytes.len();
-                    let n = input
-                        .read_until(b'\n', &mut batch.bytes)
-                        .await
-                        .map_err(|e| {
-                            ApiError::bad_request(format!("reading the input failed: {e}"))
-                        })?;
+                    let waiting =
+                        !batch.lines.is_empty() || !parsing.is_empty() || self.unwritten();
+                    let read = input.read_until(b'\n', &mut batch.bytes);
+                    let n = if !waiting {
+                        read.await
+                    } else {
+                        // `read_until` keeps what it read when dropped: a timed-out read of a
+                        // partial line goes on below with those bytes in place.
+                        match tokio::time::timeout(INPUT_IDLE, read).await {
+                            Ok(r) => r,
+                            Err(_) if batch.bytes.len() == start => {
+                                idle = true;
+                                break;
+                            }
+                            Err(_) => input.read_until(b'\n', &mut batch.bytes).await,
+                        }
+                    }
+                    .map_err(|e| ApiError::bad_request(format!("reading the input failed: {e}")))?;
                     if n == 0 {
                         eof = true;
                         break;
@@ -194,12 +212,18 @@ impl Importer<'_> {
                 if !batch.lines.is_empty() {
                     parsing.push_back(tokio::task::spawn_blocking(move || (batch.parse(), batch)));
                 }
-                if !eof && parsing.len() < PARSE_AHEAD {
+                if !eof && !idle && parsing.len() < PARSE_AHEAD {
                     continue;
                 }
             }
             let Some(next) = parsing.pop_front() else {
-                break;
+                if eof {
+                    break;
+                }
+                // Only an idle input gets here without a batch parsing: write what is staged.
+                idle = false;
+                self.write_all_staged().await?;
+                continue;
             };
             let (parsed, used) = next
                 .await
@@ -222,17 +246,31 @@ impl Importer<'_> {
                 }
             }
             progress(last_line);
+            if idle && parsing.is_empty() {
+                idle = false;
+                self.write_all_staged().await?;
+            }
         }
+        self.write_all_staged().await?;
+        progress(line_no);
+        Ok(())
+    }
+
+    /// Lines staged or being written, not yet settled.
+    fn unwritten(&self) -> bool {
+        !self.cur.lines.is_empty() || self.writing.is_some()
+    }
+
+    /// Writes (durably) every staged line and settles it.
+    async fn write_all_staged(&mut self) -> Result<(), ApiError> {
         loop {
             let again = self.write_now().await?;
             if again.is_empty() {
-                break;
+                return Ok(());
             }
             // The chunk being written came back with trouble: stage the next one's lines again.
             self.stage_all(again).await?;
         }
-        progress(line_no);
-        Ok(())
     }
 
     /// Without live views, the states of the incidents of a parsed batch that the import does

@@ -23,10 +23,12 @@ pub fn load(dir: &Path) -> Result<Vec<TokenRecord>, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
-    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-        file: path.display().to_string(),
-        offset: e.column() as u64,
-        reason: format!("tokens file is not valid: {e}"),
+    // Not the log: a damaged token file is an I/O-like failure (exit 1), not log damage.
+    serde_json::from_slice(&bytes).map_err(|e| {
+        StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a valid token file: {e}", path.display()),
+        ))
     })
 }
 
