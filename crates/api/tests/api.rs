@@ -1867,6 +1867,10 @@ async fn refused_callers_learn_no_routes_and_small_contract_edges_hold() {
     // HEAD still answers without a body.
     let r = raw(Method::HEAD, "/v1/regions", Some(&ro)).await;
     assert_eq!(r.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert!(body.is_empty(), "{body:?}");
 
     // Admin routes take no query parameters, like every other /v1 route.
     for (method, path) in [

@@ -214,8 +214,20 @@ pub fn parse_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// A log filter (`--log`): checked when parsed, so a typo is a usage error, not a warning.
+/// A log filter (`--log`): checked when parsed, so a typo is a usage error, not a warning. A
+/// bare word must be a level: EnvFilter would take `wran` for a target name and silently
+/// turn every other log off, errors included.
 fn parse_log_filter(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let bare_non_level = s.split(',').map(str::trim).any(|d| {
+        !d.is_empty() && !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str())
+    });
+    if bare_non_level {
+        return Err(format!(
+            "{s:?} is not a log level or filter: use one of {} or TARGET=LEVEL directives",
+            LEVELS.join(", ")
+        ));
+    }
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_string())
         .map_err(|e| format!("{s:?} is not a log level or filter: {e}"))
@@ -242,34 +254,32 @@ impl clap::builder::TypedValueParser for BackendParser {
         let s = value
             .to_str()
             .ok_or_else(|| invalid("--store: not valid UTF-8".into()))?;
-        s.parse::<Backend>().map_err(|_| {
-            invalid(format!(
-                "invalid --store {}: expected \"file\" or a postgres:// URL",
-                redact_password(s)
-            ))
-        })
+        s.parse::<Backend>()
+            .map_err(|_| invalid(format!("invalid --store {}", describe_store_value(s))))
     }
 }
 
-/// `scheme://user:secret@host/...` -> `scheme://user:***@host/...`.
-fn redact_password(s: &str) -> String {
-    let Some(scheme_end) = s.find("://").map(|i| i + 3) else {
-        return s.to_string();
+/// What an invalid `--store` value can safely be called: a short plain word as it is, else
+/// at most its URL scheme. A mistyped URL or a `key=value` connection string may carry a
+/// password anywhere (user info, path, query), so the rest is never repeated.
+fn describe_store_value(s: &str) -> String {
+    let expected = "expected \"file\" or a postgres:// URL";
+    let plain = |w: &str| {
+        !w.is_empty()
+            && w.len() <= 32
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '_'))
     };
-    let rest = &s[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_string()
-            };
-            format!("{}{masked}{}", &s[..scheme_end], &rest[at..])
+    if plain(s) {
+        return format!("{s:?}: {expected}");
+    }
+    match s.split_once(':').map(|(scheme, _)| scheme) {
+        Some(scheme) if plain(scheme) => {
+            format!(
+                "(scheme {scheme:?}; the rest is not shown, it may hold a password): {expected}"
+            )
         }
-        None => s.to_string(),
+        _ => format!("(not shown, it may hold a password): {expected}"),
     }
 }
 
@@ -422,14 +432,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwords_are_masked() {
-        assert_eq!(
-            redact_password("postgress://u:secretpw@db:5432/x"),
-            "postgress://u:***@db:5432/x"
-        );
-        assert_eq!(redact_password("postgres://u@db/x"), "postgres://u@db/x");
-        assert_eq!(redact_password("postgres://db/x@y"), "postgres://db/x@y");
-        assert_eq!(redact_password("fiel"), "fiel");
+    fn invalid_store_values_are_never_repeated_beyond_their_scheme() {
+        for (value, shown) in [
+            ("postgress://u:secretpw@db:5432/x", "\"postgress\""),
+            ("postgres:/u:secretpw@db/x", "\"postgres\""),
+            ("postgress://db/x?password=secretpw", "\"postgress\""),
+            ("postgress://u:pa/secretpw@db/x", "\"postgress\""),
+            ("host=db user=u password=secretpw", "not shown"),
+            ("fiel", "\"fiel\""),
+        ] {
+            let d = describe_store_value(value);
+            assert!(!d.contains("secretpw"), "{value}: {d}");
+            assert!(d.contains(shown), "{value}: {d}");
+        }
+    }
+
+    #[test]
+    fn log_filters_are_checked() {
+        for ok in [
+            "info",
+            "WARN",
+            "incidentlog_api=debug",
+            "warn,incidentlog=trace",
+        ] {
+            assert!(parse_log_filter(ok).is_ok(), "{ok}");
+        }
+        for bad in ["wran", "verbose", "info,loud", "bogus[["] {
+            assert!(parse_log_filter(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

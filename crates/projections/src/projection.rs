@@ -328,7 +328,8 @@ impl Projection {
     /// tests check that).
     pub fn digest_on(&self, threads: usize) -> String {
         let mut h = blake3::Hasher::new();
-        h.update(b"incidentlog views v1\n");
+        // v2: recorded times always with six fraction digits (v1 let chrono drop trailing zeros).
+        h.update(b"incidentlog views v2\n");
         h.update(format!("position {}\n", self.position).as_bytes());
         let mut order: Vec<(Uuid, u32)> = self.ids.iter().map(|(k, v)| (*k, *v)).collect();
         order.sort_unstable();

@@ -132,10 +132,12 @@ impl utoipa::Modify for CommonResponses {
                 if open {
                     continue;
                 }
-                add(
-                    "400",
-                    "Malformed request: unknown or repeated query parameter, bad path or body",
-                );
+                if path != "/openapi.json" {
+                    add(
+                        "400",
+                        "Malformed request: unknown or repeated query parameter, bad path or body",
+                    );
+                }
                 add("401", "No or bad token");
                 if admin || is_post {
                     add("403", "Role too low");

@@ -27,8 +27,8 @@ const PARSE_BATCH_BYTES: usize = 4 << 20;
 /// Enough to keep the parsing threads busy while a chunk is written and synced (8 against 2:
 /// ~7% faster `incidentlog import` of the 1M-event bench log, at most ~32 MiB more held).
 const PARSE_AHEAD: usize = 8;
-/// How long the input may stay quiet after a whole line before the lines read so far are
-/// parsed and written (an import fed line by line through a pipe records each line promptly).
+/// How long a line read may wait for more input before the lines read so far are parsed and
+/// written (an import fed slowly through a pipe records each line within about this).
 const INPUT_IDLE: Duration = Duration::from_millis(100);
 /// Events per `append_many` call of a bulk import (one sync each).
 const IMPORT_CHUNK_EVENTS: usize = 16 * 1024;
@@ -163,9 +163,12 @@ impl Importer<'_> {
     ) -> Result<(), ApiError> {
         let mut line_no = 0u64;
         let mut eof = false;
-        // The input went quiet after a whole line (a pipe fed by a slow producer): what was
-        // read is parsed and written now instead of waiting for a full batch or the end.
-        let mut idle = false;
+        // Lines read but not yet written waited `INPUT_IDLE` for more input (a pipe fed by a
+        // slow producer): what was read is parsed and written now instead of waiting for a
+        // full batch or the end of the input.
+        let mut flush = false;
+        // The start of a line whose end has not arrived yet, carried into the next batch.
+        let mut partial: Vec<u8> = Vec::new();
         type Parsing = tokio::task::JoinHandle<(Vec<(u64, Parsed)>, LineBatch)>;
         let mut parsing: VecDeque<Parsing> = VecDeque::new();
         // Batches come back from parsing to be refilled (fresh megabytes for each cost page
@@ -176,31 +179,43 @@ impl Importer<'_> {
                 let mut batch = spare.pop().unwrap_or_default();
                 batch.bytes.clear();
                 batch.lines.clear();
-                while batch.lines.len() < PARSE_BATCH_LINES && batch.bytes.len() < PARSE_BATCH_BYTES
+                batch.bytes.append(&mut partial);
+                // Where the line being read starts (a carried partial line starts at 0).
+                let mut line_start = 0;
+                // Set once something read is waiting to be written: the read may not wait
+                // past it.
+                let mut deadline: Option<tokio::time::Instant> = None;
+                // Full or not, a batch holding the start of a line reads on to its end.
+                while (batch.lines.len() < PARSE_BATCH_LINES
+                    && batch.bytes.len() < PARSE_BATCH_BYTES)
+                    || batch.bytes.len() > line_start
                 {
-                    let mut start = batch.bytes.len();
-                    let waiting =
-                        !batch.lines.is_empty() || !parsing.is_empty() || self.unwritten();
+                    if deadline.is_none()
+                        && (!batch.lines.is_empty() || !parsing.is_empty() || self.unwritten())
+                    {
+                        deadline = Some(tokio::time::Instant::now() + INPUT_IDLE);
+                    }
                     let read = input.read_until(b'\n', &mut batch.bytes);
-                    let n = if !waiting {
-                        read.await
-                    } else {
-                        // `read_until` keeps what it read when dropped: a timed-out read of a
-                        // partial line goes on below with those bytes in place.
-                        match tokio::time::timeout(INPUT_IDLE, read).await {
+                    let n = match deadline {
+                        None => read.await,
+                        Some(at) => match tokio::time::timeout_at(at, read).await {
                             Ok(r) => r,
-                            Err(_) if batch.bytes.len() == start => {
-                                idle = true;
+                            Err(_) => {
+                                // `read_until` keeps what it read when dropped: an incomplete
+                                // line moves on to the next batch, the complete ones go now.
+                                partial.extend_from_slice(&batch.bytes[line_start..]);
+                                batch.bytes.truncate(line_start);
+                                flush = true;
                                 break;
                             }
-                            Err(_) => input.read_until(b'\n', &mut batch.bytes).await,
-                        }
+                        },
                     }
                     .map_err(|e| ApiError::bad_request(format!("reading the input failed: {e}")))?;
-                    if n == 0 {
+                    if batch.bytes.len() == line_start {
                         eof = true;
                         break;
                     }
+                    let mut start = line_start;
                     // A UTF-8 byte order mark before the first line (Windows tools write
                     // one; RFC 8259 lets a parser ignore it).
                     if line_no == 0 && batch.bytes[start..].starts_with(b"\xEF\xBB\xBF") {
@@ -208,11 +223,17 @@ impl Importer<'_> {
                     }
                     line_no += 1;
                     batch.lines.push((line_no, start, batch.bytes.len()));
+                    line_start = batch.bytes.len();
+                    if n == 0 {
+                        // The last line, without a final newline (its start was carried).
+                        eof = true;
+                        break;
+                    }
                 }
                 if !batch.lines.is_empty() {
                     parsing.push_back(tokio::task::spawn_blocking(move || (batch.parse(), batch)));
                 }
-                if !eof && !idle && parsing.len() < PARSE_AHEAD {
+                if !eof && !flush && parsing.len() < PARSE_AHEAD {
                     continue;
                 }
             }
@@ -220,8 +241,8 @@ impl Importer<'_> {
                 if eof {
                     break;
                 }
-                // Only an idle input gets here without a batch parsing: write what is staged.
-                idle = false;
+                // Only a flush gets here without a batch parsing: write what is staged.
+                flush = false;
                 self.write_all_staged().await?;
                 continue;
             };
@@ -246,8 +267,8 @@ impl Importer<'_> {
                 }
             }
             progress(last_line);
-            if idle && parsing.is_empty() {
-                idle = false;
+            if flush && parsing.is_empty() {
+                flush = false;
                 self.write_all_staged().await?;
             }
         }
