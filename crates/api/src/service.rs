@@ -147,10 +147,18 @@ pub fn parse_command(body: &Value, path_incident: Option<Uuid>) -> Result<Append
                 errors.push(field_error("/incident_id", "required"));
                 None
             }
-            Some(v) => match v.as_str().and_then(|s| Uuid::parse_str(s).ok()) {
+            // Ids in bodies are the hyphenated form, as `event_id` and `claim_id` are.
+            Some(v) => match v
+                .as_str()
+                .filter(|s| s.len() == 36)
+                .and_then(|s| Uuid::try_parse(s).ok())
+            {
                 Some(id) => Some(id),
                 None => {
-                    errors.push(field_error("/incident_id", "expected a UUID"));
+                    errors.push(field_error(
+                        "/incident_id",
+                        "expected a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)",
+                    ));
                     None
                 }
             },

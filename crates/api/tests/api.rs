@@ -1946,4 +1946,39 @@ async fn refused_callers_learn_no_routes_and_small_contract_edges_hold() {
         text.contains("# TYPE incidentlog_events_total counter"),
         "{text}"
     );
+    // JSON is UTF-8: another declared charset is refused, UTF-8 spelled any way is fine.
+    let body = json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}).to_string();
+    let r = app
+        .post_as(
+            &format!("/v1/incidents/{}/events", Uuid::new_v4()),
+            Some(&app.reporter.clone()),
+            "application/json; charset=latin1",
+            body.clone(),
+        )
+        .await;
+    assert_problem(&r, 415);
+    assert_eq!(app.head().await, 2);
+    let r = app
+        .post_as(
+            &format!("/v1/incidents/{}/events", Uuid::new_v4()),
+            Some(&app.reporter.clone()),
+            "application/json; Charset=\"UTF-8\"",
+            body,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // A path id may be any UUID form; ids in bodies are hyphenated, a bulk line's included.
+    let simple = id.simple().to_string();
+    let r = app.get(&format!("/v1/incidents/{simple}")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["incident_id"], id.to_string());
+    let line = json!({"incident_id": Uuid::new_v4().simple().to_string(),
+                      "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]});
+    let r = app.import(format!("{line}\n")).await;
+    assert_eq!(
+        r.body["rejected"][0]["errors"][0]["pointer"], "/incident_id",
+        "{}",
+        r.body
+    );
+    assert_eq!(app.head().await, 3);
 }

@@ -26,12 +26,19 @@ fn media_ok(req: &Request, media: Media) -> bool {
     else {
         return false;
     };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mut parts = ct.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    // JSON is UTF-8 (RFC 8259); a body declared in another charset would be misread.
+    let other_charset = parts.any(|p| {
+        p.split_once('=').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("charset")
+                && !v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+                && !v.trim().trim_matches('"').eq_ignore_ascii_case("utf8")
+        })
+    });
+    if other_charset {
+        return false;
+    }
     match media {
         Media::Json => {
             essence == "application/json"
@@ -57,7 +64,7 @@ fn check_media(req: &Request, media: Media) -> Result<(), ApiError> {
         Media::Ndjson => "application/x-ndjson",
     };
     Err(ApiError::UnsupportedMediaType(format!(
-        "expected Content-Type: {want}"
+        "expected Content-Type: {want} (UTF-8)"
     )))
 }
 
