@@ -159,3 +159,55 @@ fn sigterm_with_appends_in_flight_loses_nothing_acknowledged() {
     assert_eq!(by_position.len() as u64, max);
     srv.log_head(&t.admin);
 }
+
+/// A live-feed client that stops reading (its socket buffers full) cannot hold a SIGTERM
+/// forever: after the grace period (the request timeout) the server closes such connections,
+/// syncs and exits 0, and what was acknowledged is there after a restart.
+#[test]
+fn sigterm_does_not_wait_forever_for_a_client_that_stopped_reading() {
+    use std::io::Write as _;
+    let (dir, mut srv, t) = server_with_tokens(&["--request-timeout", "2s"]);
+    // About 12 MB of events: more than loopback's socket buffers hold.
+    let mut body = String::new();
+    for _ in 0..6_000 {
+        let line = json!({
+            "incident_id": new_id(),
+            "events": [
+                reported("shelling", "UA-63", "2026-01-10"),
+                casualties("Wire with a long enough name to make the events bigger", 2),
+                casualties("Another wire, also with a long name for the same reason", 3),
+            ]
+        });
+        body.push_str(&line.to_string());
+        body.push('\n');
+    }
+    let r = srv
+        .req("POST", "/v1/events")
+        .token(&t.reporter)
+        .body("application/x-ndjson", body.into_bytes())
+        .send();
+    r.expect(200);
+    // The stalled client: asks for the whole log as a live feed, then never reads.
+    let mut stalled = std::net::TcpStream::connect(srv.addr).unwrap();
+    write!(
+        stalled,
+        "GET /v1/events/stream?after=0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        t.reader
+    )
+    .unwrap();
+    // Let the server fill the buffers.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let stopping = Instant::now();
+    let status = srv.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        stopping.elapsed()
+    );
+    drop(stalled);
+    let srv = Server::start(dir.path(), &[]);
+    let r = srv.get("/readyz", &t.reader);
+    r.expect(200);
+    assert_eq!(r.json()["head"], 18_000);
+}

@@ -426,10 +426,22 @@ async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Respon
     response
 }
 
-/// What the accept loop leaves for the shutdown: the connection permits to wait for.
+/// What the accept loop leaves for the shutdown: the connection permits to wait for, and the
+/// signal that ends the connections still open when the grace period is over.
 struct Accepted {
     connections: Arc<tokio::sync::Semaphore>,
     limit: u32,
+    closing: watch::Sender<Closing>,
+}
+
+/// The connections' view of the shutdown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closing {
+    No,
+    /// Finish the request in flight, then close.
+    Gracefully,
+    /// The grace period is over: close now.
+    Now,
 }
 
 /// Accepts connections until `shutdown` resolves, each served by hyper's HTTP/1.1 with a
@@ -450,7 +462,7 @@ async fn accept_loop(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true);
-    let (closing_tx, closing_rx) = watch::channel(false);
+    let (closing_tx, closing_rx) = watch::channel(Closing::No);
     let mut refused = 0u64;
     let mut last_refusal_log: Option<Instant> = None;
     tokio::pin!(shutdown);
@@ -498,16 +510,24 @@ async fn accept_loop(
                     }
                     return;
                 }
-                _ = closing.wait_for(|c| *c) => {}
+                _ = closing.wait_for(|c| *c != Closing::No) => {}
             }
-            // Finish the request in flight (if any), then close.
+            // Finish the request in flight (if any), then close; unless the shutdown's grace
+            // runs out first (a client that stopped reading would hold it forever).
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = closing.wait_for(|c| *c == Closing::Now) => {}
+            }
         });
     }
     drop(listener);
-    closing_tx.send_replace(true);
-    Accepted { connections, limit }
+    closing_tx.send_replace(Closing::Gracefully);
+    Accepted {
+        connections,
+        limit,
+        closing: closing_tx,
+    }
 }
 
 /// Binds `config.listen`: done first, so that a taken port fails the start before anything
@@ -560,7 +580,27 @@ pub async fn serve(
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     stop_tx.send_replace(true);
     // Every connection task holds one permit: all of them back means all connections ended.
-    let _all = result.connections.acquire_many(result.limit).await;
+    // Requests get the request timeout to finish; a connection still open after it (a client
+    // that stopped reading its answer or its live feed) is closed. Appends already handed to
+    // the store are answered by then or not at all, and the store's close below still waits
+    // for each of them to be durable.
+    let all = result.connections.clone().acquire_many_owned(result.limit);
+    let _all = match tokio::time::timeout(config.request_timeout, all).await {
+        Ok(all) => all,
+        Err(_) => {
+            let open = result.limit as usize - result.connections.available_permits();
+            tracing::warn!(
+                open,
+                "connections still open after the shutdown's grace period; closing them"
+            );
+            result.closing.send_replace(Closing::Now);
+            result
+                .connections
+                .clone()
+                .acquire_many_owned(result.limit)
+                .await
+        }
+    };
     refresher.abort();
     service.close().await?;
     tracing::info!("store closed; bye");
