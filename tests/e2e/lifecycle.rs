@@ -211,3 +211,80 @@ fn sigterm_does_not_wait_forever_for_a_client_that_stopped_reading() {
     r.expect(200);
     assert_eq!(r.json()["head"], 18_000);
 }
+
+/// A server whose log pipe closed (stderr gone: the log collector died, its disk filled)
+/// keeps serving and still stops cleanly: a log line it cannot write is dropped, not a panic.
+#[test]
+fn a_closed_stderr_neither_stops_requests_nor_the_clean_shutdown() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::Stdio;
+    /// Kills the server if the test fails half-way.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = temp_dir();
+    let child = command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut child = Guard(child);
+    let child = &mut child.0;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut token = None;
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next().expect("a line").expect("stdout");
+        if let Some(t) = parse_admin_token(&line) {
+            token = Some(t);
+        }
+        if let Some(a) = line.split("listening on http://").nth(1) {
+            break a.trim().parse().unwrap();
+        }
+    };
+    let token = token.expect("first start prints a token");
+    // The reader of the server's log goes away.
+    drop(child.stderr.take());
+    for _ in 0..20 {
+        let r = Req::new(addr, "POST", &format!("/v1/incidents/{}/events", new_id()))
+            .token(&token)
+            .json(&batch(
+                json!(0),
+                vec![reported("shelling", "UA-63", "2026-01-10")],
+            ))
+            .send();
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    // A request that logs at warn level too (a 404 is debug; ask for a bad path).
+    let r = Req::new(addr, "GET", "/v1/nope").token(&token).send();
+    assert_eq!(r.status, 404);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
+    let out = cli_ok(&[
+        "replay",
+        "--json",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["events"], 20);
+}

@@ -158,7 +158,9 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     }
     if let Some(asked) = at_position.filter(|p| *p > head) {
         // Not an error (the HTTP API clamps the same way), but a typo deserves a word.
-        eprintln!("note: the log ends at position {head}; replayed up to it, not to {asked}");
+        crate::say(format_args!(
+            "note: the log ends at position {head}; replayed up to it, not to {asked}"
+        ));
     }
     Ok(exit::OK)
 }
@@ -642,7 +644,8 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
                 .await
                 .with_context(|| format!("cannot create token {name:?}"))?;
             access.close().await?;
-            println!("{secret}");
+            writeln!(std::io::stdout().lock(), "{secret}")
+                .context("cannot print the new token's secret")?;
             tracing::info!(token = %name, role = %role, "token created");
         }
         TokenCommand::List { store, json } => {
@@ -695,7 +698,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
             if !found {
                 bail!("no token named {name:?}");
             }
-            println!("revoked {name}");
+            writeln!(std::io::stdout().lock(), "revoked {name}")?;
         }
     }
     Ok(exit::OK)

@@ -336,7 +336,7 @@ fn init_logging(level: Option<&str>) {
         None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
     };
     let filter = filter.unwrap_or_else(|e| {
-        eprintln!("warning: bad log filter ({e}); using `info`");
+        say(format_args!("warning: bad log filter ({e}); using `info`"));
         EnvFilter::new("info")
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -344,7 +344,17 @@ fn init_logging(level: Option<&str>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
+        // A log line that cannot be written (stderr closed, its disk full) is dropped: the
+        // fallback report goes through `eprintln!`, which panics on the same error.
+        .log_internal_errors(false)
         .init();
+}
+
+/// One line on stderr; nothing if stderr is gone (`eprintln!` would panic, and a server
+/// whose log pipe closed must go on serving).
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -400,7 +410,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            say(format_args!("error: cannot start the async runtime: {e}"));
             return ExitCode::from(exit::FAILURE);
         }
     };
@@ -421,7 +431,7 @@ fn main() -> ExitCode {
             ExitCode::from(exit::OK)
         }
         Err(err) => {
-            eprintln!("error: {err:#}");
+            say(format_args!("error: {err:#}"));
             ExitCode::from(exit_code_of(&err))
         }
     }
