@@ -155,6 +155,13 @@ impl Server {
     /// Starts `incidentlog serve --data-dir DIR --listen 127.0.0.1:0 EXTRA...` and waits until
     /// it listens and `/readyz` answers 200.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let server = Server::start_unready(data_dir, extra);
+        server.wait_ready();
+        server
+    }
+
+    /// [`Server::start`] without waiting for `/readyz` (for servers that may never be ready).
+    pub fn start_unready(data_dir: &Path, extra: &[&str]) -> Server {
         let mut child = command()
             .arg("serve")
             .arg("--data-dir")
@@ -210,15 +217,13 @@ impl Server {
                 }
             }
         };
-        let server = Server {
+        Server {
             child: Some(child),
             addr,
             admin_token,
             startup_stdout: lines,
             data_dir: data_dir.to_path_buf(),
-        };
-        server.wait_ready();
-        server
+        }
     }
 
     /// Polls `/readyz` until it answers 200.

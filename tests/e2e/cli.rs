@@ -936,3 +936,52 @@ fn csv_source_names_keep_their_semicolons() {
     names.push(cur);
     assert_eq!(names, ["B;semi", "back\\slash", "Plain"]);
 }
+
+/// A record edited with its checksum recomputed (but not the chain after it): the integrity
+/// check after start finds it; `/readyz` says `damaged` and appends are refused (503), while
+/// reads go on; `verify` names the file and offset.
+#[test]
+fn a_server_finds_an_edited_record_after_start_and_refuses_appends() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    cli_ok(&["import", d(&seed_path()), "--data-dir", d(&data)]);
+    let token = create_token(&data, "desk", "admin");
+    // One letter of the first record's `recorded_by`, with its checksum recomputed.
+    let (segment, mut bytes, starts) = last_segment_records(&data);
+    let first = starts[0];
+    let len = u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
+    let key = b"\"recorded_by\":\"";
+    let letter = (first + 8 + 96..first + 8 + len - key.len())
+        .find(|&i| &bytes[i..i + key.len()] == key)
+        .expect("recorded_by in the body")
+        + key.len();
+    bytes[letter] = bytes[letter].to_ascii_uppercase();
+    let crc = crc32c::crc32c(&bytes[first + 8..first + 8 + len])
+        .rotate_right(15)
+        .wrapping_add(0xa282_ead8);
+    bytes[first + 8 + len..first + 12 + len].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&segment, &bytes).unwrap();
+    let out = cli(&["verify", "--data-dir", d(&data)]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hash chain broken"));
+
+    let srv = Server::start_unready(&data, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = srv.get("/readyz", &token);
+        if r.status == 503 && r.json()["status"] == "damaged" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.text());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let r = srv.append(
+        &token,
+        &new_id(),
+        &batch(json!(0), vec![reported("shelling", "UA-63", "2026-01-10")]),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("integrity check"), "{}", r.text());
+    let r = srv.get("/v1/events?limit=1", &token);
+    r.expect(200);
+}

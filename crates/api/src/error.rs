@@ -159,9 +159,13 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         let status = self.status();
         let (errors, expected, actual, event_id, position) = match self {
-            ApiError::BadRequest { errors, .. } | ApiError::Unprocessable { errors, .. } => {
-                (errors.clone(), None, None, None, None)
-            }
+            ApiError::BadRequest { errors, .. } | ApiError::Unprocessable { errors, .. } => (
+                errors.iter().take(MAX_LISTED_ERRORS).cloned().collect(),
+                None,
+                None,
+                None,
+                None,
+            ),
             ApiError::Conflict {
                 expected,
                 actual,
@@ -192,11 +196,13 @@ impl ApiError {
             503 => "unavailable",
             _ => "internal",
         };
+        let total = self.field_errors().len();
         Problem {
             problem_type: format!("https://incidentlog.dev/problems/{slug}"),
             title: status.canonical_reason().unwrap_or("Error").to_string(),
             status: status.as_u16(),
             detail: self.public_detail(),
+            errors_total: (total > errors.len()).then_some(total),
             errors,
             expected,
             actual,
@@ -205,6 +211,9 @@ impl ApiError {
         }
     }
 }
+
+/// Most field problems one answer lists (`errors_total` counts them all).
+pub const MAX_LISTED_ERRORS: usize = 100;
 
 /// RFC 9457 problem details, as every error response carries them.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -217,6 +226,10 @@ pub struct Problem {
     /// One entry per bad field: a JSON pointer into the request and a message.
     #[schema(value_type = Vec<crate::wire::FieldErrorDoc>)]
     pub errors: Vec<FieldError>,
+    /// How many problems there were, when `errors` lists only the first
+    /// [`MAX_LISTED_ERRORS`] (a body of 200,000 bad fields must not get a 17 MB answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors_total: Option<usize>,
     /// 409 only: the version the client expected (integer or "any").
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = crate::wire::expected_version_schema)]

@@ -87,6 +87,8 @@ impl Inner {
             tokens: TokenTable::new(),
             metrics: ServiceMetrics::default(),
             live,
+            damaged: std::sync::OnceLock::new(),
+            views_generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -311,6 +313,12 @@ struct Inner {
     pub(crate) metrics: ServiceMetrics,
     /// False for an offline service (`start_offline`): no views, decisions from the store.
     live: bool,
+    /// What the integrity check after start found wrong with the log (checksums and the
+    /// whole hash chain), if anything: appends are refused and `/readyz` says `damaged`.
+    damaged: std::sync::OnceLock<String>,
+    /// Bumped when a replay swaps in rebuilt views: what was derived from the old ones (the
+    /// HTTP layer's summary cache) is stale even at an unchanged position.
+    views_generation: std::sync::atomic::AtomicU64,
 }
 
 impl AppService {
@@ -328,6 +336,7 @@ impl AppService {
         inner.tokens.reload(&inner.store).await?;
         let handle = tokio::spawn(follow(inner.clone(), position));
         *lock(&inner.follower) = Some(handle);
+        tokio::spawn(check_integrity(inner.clone()));
         Ok(AppService { inner })
     }
 
@@ -385,9 +394,16 @@ impl AppService {
     /// (shutting down), `"unavailable"` (the store refuses appends until it is reopened, e.g.
     /// after a failed sync; the store logged why) or `"starting"` (the views are catching up
     /// with the head seen at start).
+    /// Changes whenever a replay swaps in rebuilt views (see `Inner::views_generation`).
+    pub fn views_generation(&self) -> u64 {
+        self.inner.views_generation.load(Relaxed)
+    }
+
     pub fn readiness(&self) -> &'static str {
         if self.inner.closed.load(Relaxed) {
             "closing"
+        } else if self.inner.damaged.get().is_some() {
+            "damaged"
         } else if self.inner.store.unavailable_reason().is_some() {
             "unavailable"
         } else if self.applied_position() < self.inner.start_head {
@@ -505,6 +521,7 @@ impl AppService {
         cmd: AppendCommand,
         recorded_by: &str,
     ) -> Result<Appended, ApiError> {
+        self.refuse_if_damaged()?;
         let stripe = self.stripe(cmd.incident_id);
         let guard = stripe.lock().await;
         let result = self.append_locked(&cmd, recorded_by).await;
@@ -864,6 +881,8 @@ impl AppService {
                 .unwrap_or_else(|p| p.into_inner());
             if guard.position() == fresh.position() {
                 *guard = fresh;
+                // Under the write lock: no read sees the new views with the old generation.
+                self.inner.views_generation.fetch_add(1, Relaxed);
                 return Ok(report);
             }
         }
@@ -875,6 +894,41 @@ impl AppService {
     /// Checks every record's checksum and the hash chain.
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
         self.inner.store.verify().await
+    }
+
+    /// Appends are refused on a log that failed the integrity check: new events must not be
+    /// chained onto a history that was changed.
+    pub(crate) fn refuse_if_damaged(&self) -> Result<(), ApiError> {
+        match self.inner.damaged.get() {
+            Some(what) => Err(ApiError::Unavailable(format!(
+                "appends are refused: the log failed its integrity check at start ({what}); \
+                 an operator must check it (`incidentlog verify`)"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs once after start, beside serving: every checksum and the whole hash chain, which
+/// opening the log does not check (a 1M-event log would take ~0.5 s longer to open). A record
+/// edited with its checksum recomputed is found here within seconds of the start.
+async fn check_integrity(inner: Arc<Inner>) {
+    let started = Instant::now();
+    match inner.store.verify().await {
+        Ok(r) => tracing::info!(
+            events = r.events,
+            ms = started.elapsed().as_millis() as u64,
+            "integrity check passed: checksums and hash chain"
+        ),
+        Err(e @ StoreError::Corrupt { .. }) => {
+            tracing::error!(
+                error = %e,
+                "integrity check FAILED: the log was changed or damaged; appends are refused \
+                 and /readyz says `damaged` until it is checked"
+            );
+            let _ = inner.damaged.set(e.to_string());
+        }
+        Err(e) => tracing::warn!(error = %e, "the integrity check could not run"),
     }
 }
 

@@ -425,7 +425,7 @@ pub struct VerifyResponse {
 /// Answer of `/healthz` and `/readyz`.
 #[derive(Serialize, ToSchema, Debug)]
 pub struct HealthResponse {
-    /// `ok`, `starting`, `closing` or `unavailable` (`/healthz` always says `ok`).
+    /// `ok`, `starting`, `closing`, `unavailable` or `damaged` (`/healthz` always says `ok`).
     pub status: &'static str,
     pub position: u64,
     pub head: u64,

@@ -1860,6 +1860,18 @@ async fn refused_callers_learn_no_routes_and_small_contract_edges_hold() {
         "{:?}",
         r.headers()
     );
+    // Answers are not to be sniffed or kept by shared caches.
+    let r = raw(Method::GET, "/v1/regions", Some(&ro)).await;
+    assert_eq!(r.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+    // Two Authorization headers: which would count? Neither.
+    let req = Request::get("/v1/regions")
+        .header(header::AUTHORIZATION, format!("Bearer {ro}"))
+        .header(header::AUTHORIZATION, "Bearer il_other")
+        .body(Body::empty())
+        .unwrap();
+    let r = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // A caller allowed in learns the methods of a path it used wrongly.
     let r = raw(Method::DELETE, "/v1/regions", Some(&ro)).await;
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
@@ -1977,6 +1989,30 @@ async fn refused_callers_learn_no_routes_and_small_contract_edges_hold() {
     let r = app.import(format!("{line}\n")).await;
     assert_eq!(
         r.body["rejected"][0]["errors"][0]["pointer"], "/incident_id",
+        "{}",
+        r.body
+    );
+    assert_eq!(app.head().await, 3);
+
+    // Answers list at most 100 field problems (`errors_total` counts them), bulk lines 20.
+    let bad: Vec<Value> = (0..250)
+        .map(|_| json!({"event_id": Uuid::new_v4(), "type": "SourceAdded", "data": {"source": {"name": "x", "bogus": 1}}}))
+        .collect();
+    let r = app.append(Uuid::new_v4(), json!({"events": bad})).await;
+    assert_problem(&r, 422);
+    assert_eq!(r.body["errors"].as_array().unwrap().len(), 100);
+    assert_eq!(r.body["errors_total"], 250);
+    let line = json!({"incident_id": Uuid::new_v4(), "events": bad});
+    let r = app.import(format!("{line}\n")).await;
+    assert_eq!(
+        r.body["rejected"][0]["errors"].as_array().unwrap().len(),
+        20
+    );
+    assert!(
+        r.body["rejected"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("250 problems"),
         "{}",
         r.body
     );

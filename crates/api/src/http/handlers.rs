@@ -545,11 +545,15 @@ async fn cached_summary(
         .resolve(as_of(q.as_of.as_deref(), q.at_position)?)
         .await?;
     let key = (scope, q.from, q.to, at);
-    if let Some(body) = state.summaries.get(&key, state.service.applied_position()) {
+    let generation = state.service.views_generation();
+    if let Some(body) = state
+        .summaries
+        .get(&key, state.service.applied_position(), generation)
+    {
         return Ok(json_bytes(body));
     }
     let (body, position) = compute(&window, at)?;
-    state.summaries.put(key, position, body.clone());
+    state.summaries.put(key, position, generation, body.clone());
     Ok(json_bytes(body))
 }
 

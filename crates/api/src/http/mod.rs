@@ -199,7 +199,14 @@ fn anonymous_ok(state: &AppState, method: &Method, path: &str) -> bool {
 }
 
 fn bearer(req: &Request) -> Option<Result<&str, ApiError>> {
-    let value = req.headers().get(header::AUTHORIZATION)?;
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        // Which one would count? A proxy and this server might pick differently.
+        return Some(Err(ApiError::Unauthorized(
+            "more than one Authorization header".into(),
+        )));
+    }
     let parsed = value
         .to_str()
         .ok()
@@ -419,7 +426,17 @@ async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Respon
     } else {
         tracing::debug!(request_id = %rid, %method, %uri, status = status.as_u16(), "request");
     }
-    response.headers_mut().insert("x-request-id", request_id);
+    let headers = response.headers_mut();
+    headers.insert("x-request-id", request_id);
+    // Answers are JSON (or text) as labelled, never to be sniffed into something else; and
+    // what a token may read is not for shared caches (the live feed sets its own no-cache).
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     state
         .http_metrics
         .observe(route, method.as_str(), status.as_u16(), started.elapsed());

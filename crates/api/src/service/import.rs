@@ -27,6 +27,8 @@ const PARSE_BATCH_BYTES: usize = 4 << 20;
 /// Enough to keep the parsing threads busy while a chunk is written and synced (8 against 2:
 /// ~7% faster `incidentlog import` of the 1M-event bench log, at most ~32 MiB more held).
 const PARSE_AHEAD: usize = 8;
+/// Field problems listed per rejected line of a bulk report (its `detail` counts them all).
+const LINE_ERRORS_LISTED: usize = 20;
 /// How long a line read may wait for more input before the lines read so far are parsed and
 /// written (an import fed slowly through a pipe records each line within about this).
 const INPUT_IDLE: Duration = Duration::from_millis(100);
@@ -52,6 +54,7 @@ impl AppService {
         recorded_by: &str,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<ImportReport, ApiError> {
+        self.refuse_if_damaged()?;
         let _one_import = self.inner.import_lock.lock().await;
         let mut import = Importer {
             svc: self,
@@ -698,7 +701,13 @@ fn reject(report: &mut ImportReport, line: u64, err: &ApiError) {
         line,
         status: err.status().as_u16(),
         detail: err.public_detail(),
-        errors: err.field_errors().to_vec(),
+        // The first few per line (10,000 lines listed; each may hold thousands).
+        errors: err
+            .field_errors()
+            .iter()
+            .take(LINE_ERRORS_LISTED)
+            .cloned()
+            .collect(),
     });
     // Rejections arrive nearly in line order: trim to the first ones now and then, so that
     // memory stays bounded (at most twice the listed number).
