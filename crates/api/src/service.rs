@@ -89,6 +89,8 @@ impl Inner {
             live,
             damaged: std::sync::OnceLock::new(),
             views_generation: std::sync::atomic::AtomicU64::new(0),
+            // An offline service runs no check.
+            integrity_checked: watch::channel(!live).0,
         }
     }
 }
@@ -319,6 +321,9 @@ struct Inner {
     /// Bumped when a replay swaps in rebuilt views: what was derived from the old ones (the
     /// HTTP layer's summary cache) is stale even at an unchanged position.
     views_generation: std::sync::atomic::AtomicU64,
+    /// True once the integrity check after start has finished (whatever it found): until
+    /// then the server is `starting`.
+    integrity_checked: watch::Sender<bool>,
 }
 
 impl AppService {
@@ -394,6 +399,12 @@ impl AppService {
     /// (shutting down), `"unavailable"` (the store refuses appends until it is reopened, e.g.
     /// after a failed sync; the store logged why) or `"starting"` (the views are catching up
     /// with the head seen at start).
+    /// Resolves once the integrity check after start has finished.
+    pub async fn integrity_checked(&self) {
+        let mut checked = self.inner.integrity_checked.subscribe();
+        let _ = checked.wait_for(|c| *c).await;
+    }
+
     /// Changes whenever a replay swaps in rebuilt views (see `Inner::views_generation`).
     pub fn views_generation(&self) -> u64 {
         self.inner.views_generation.load(Relaxed)
@@ -404,6 +415,8 @@ impl AppService {
             "closing"
         } else if self.inner.damaged.get().is_some() {
             "damaged"
+        } else if !*self.inner.integrity_checked.borrow() {
+            "starting"
         } else if self.inner.store.unavailable_reason().is_some() {
             "unavailable"
         } else if self.applied_position() < self.inner.start_head {
@@ -911,7 +924,9 @@ impl AppService {
 
 /// Runs once after start, beside serving: every checksum and the whole hash chain, which
 /// opening the log does not check (a 1M-event log would take ~0.5 s longer to open). A record
-/// edited with its checksum recomputed is found here within seconds of the start.
+/// edited with its checksum recomputed is found here within seconds of the start; until the
+/// check is done the server is `starting` (not ready), so a load balancer sends it no
+/// traffic before its log has been verified.
 async fn check_integrity(inner: Arc<Inner>) {
     let started = Instant::now();
     match inner.store.verify().await {
@@ -930,6 +945,7 @@ async fn check_integrity(inner: Arc<Inner>) {
         }
         Err(e) => tracing::warn!(error = %e, "the integrity check could not run"),
     }
+    inner.integrity_checked.send_replace(true);
 }
 
 /// `expected_version: 0` with events the empty state accepts: decided without reading the

@@ -675,7 +675,11 @@ pub(crate) async fn admin_verify(
 /// `position` is read after the views include every acknowledged append, like any view read.
 async fn health(state: &AppState) -> HealthResponse {
     // A probe answers promptly: at most a short wait for the views.
-    let _ = tokio::time::timeout(HEALTH_WAIT, state.service.caught_up()).await;
+    let _ = tokio::time::timeout(HEALTH_WAIT, async {
+        state.service.caught_up().await;
+        state.service.integrity_checked().await;
+    })
+    .await;
     HealthResponse {
         status: state.service.readiness(),
         position: state.service.applied_position(),
