@@ -1184,6 +1184,36 @@ async fn sse_clients_are_capped() {
     assert_eq!(third.status(), StatusCode::OK);
 }
 
+/// One token cannot take every live-feed slot: beyond `max_sse_per_client` it gets 429 while
+/// other tokens still get theirs; a closed stream gives its slot back.
+#[tokio::test]
+async fn sse_streams_are_capped_per_client() {
+    let app = app_with(ServeConfig {
+        max_sse_per_client: 2,
+        ..ServeConfig::default()
+    })
+    .await;
+    let open = |token: &str| {
+        Request::get("/v1/events/stream")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (ro, admin) = (app.reader.clone(), app.admin.clone());
+    let first = app.router.clone().oneshot(open(&ro)).await.unwrap();
+    let second = app.router.clone().oneshot(open(&ro)).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::OK);
+    let third = app.router.clone().oneshot(open(&ro)).await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(third.headers().contains_key(header::RETRY_AFTER));
+    let other = app.router.clone().oneshot(open(&admin)).await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    drop(first);
+    let again = app.router.clone().oneshot(open(&ro)).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn metrics_and_health() {
     let app = app().await;

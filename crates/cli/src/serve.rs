@@ -124,6 +124,17 @@ pub struct ServeArgs {
     )]
     pub max_sse_clients: usize,
 
+    /// Most live-feed (SSE) streams of one token at once (anonymous readers: of one client
+    /// address); more get 429, so that one client cannot take every slot.
+    #[arg(
+        long,
+        env = "INCIDENTLOG_MAX_SSE_PER_CLIENT",
+        default_value_t = ServeConfig::default().max_sse_per_client,
+        value_name = "N",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_sse_per_client: usize,
+
     /// Most open connections at once; more are closed as soon as they are accepted.
     #[arg(
         long,
@@ -157,6 +168,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         rate_limit_per_sec: args.rate_limit,
         rate_limit_burst: args.rate_limit_burst,
         max_sse_clients: args.max_sse_clients,
+        max_sse_per_client: args.max_sse_per_client,
         max_concurrent_requests: args.max_concurrent_requests,
         sse_heartbeat: args.sse_heartbeat,
         token_refresh: args.token_refresh,

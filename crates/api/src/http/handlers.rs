@@ -2,8 +2,10 @@
 //! serializes the answer; errors are `ApiError` (problem+json).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -408,6 +410,43 @@ pub(crate) struct StreamParams {
     after: Option<u64>,
 }
 
+/// One of a client's live-feed slots (`ServeConfig::max_sse_per_client`), given back on drop.
+struct ClientSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    client: String,
+}
+
+impl ClientSlot {
+    fn take(
+        counts: &Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+        client: String,
+        max: usize,
+    ) -> Option<ClientSlot> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(client.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            counts: counts.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.client);
+            }
+        }
+    }
+}
+
 /// Server-Sent Events: catch-up from `after` (or `Last-Event-ID`, which wins when both are
 /// given, as on a reconnect), then live. `id` = global position, `event` = type, `data` = the
 /// recorded event. Heartbeat comments every 15 s.
@@ -419,12 +458,14 @@ pub(crate) struct StreamParams {
     ),
     responses(
         (status = 200, description = "text/event-stream of recorded events", content_type = "text/event-stream"),
+        (status = 429, description = "Too many live feeds of this token or client address (Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Too many SSE clients", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub(crate) async fn stream(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamParams>,
 ) -> Result<Response, ApiError> {
@@ -438,6 +479,20 @@ pub(crate) async fn stream(
         ),
     };
     let after = last_event_id.or(q.after).unwrap_or(0);
+    let client = match (&principal.name, extensions.get::<ConnectInfo<SocketAddr>>()) {
+        (Some(name), _) => format!("token {name}"),
+        (None, Some(ConnectInfo(addr))) => format!("address {}", addr.ip()),
+        (None, None) => "anonymous".to_string(),
+    };
+    let Some(client_slot) = ClientSlot::take(
+        &state.sse_per_client,
+        client,
+        state.config.max_sse_per_client.max(1),
+    ) else {
+        return Err(ApiError::RateLimited {
+            retry_after_secs: 5,
+        });
+    };
     let Ok(permit) = state.sse_slots.clone().try_acquire_owned() else {
         let mut r =
             ApiError::Unavailable("too many SSE clients; try again later".into()).into_response();
@@ -470,8 +525,8 @@ pub(crate) async fn stream(
         })
         .filter_map(|item| futures_util::future::ready(item.ok()))
         .map(move |e| {
-            // The permit lives as long as the stream: the slot frees when the client goes.
-            let _slot = &permit;
+            // The permits live as long as the stream: the slots free when the client goes.
+            let _slot = (&permit, &client_slot);
             let data = serde_json::to_string(&WireEvent(&e)).unwrap_or_default();
             Ok::<_, Infallible>(
                 Event::default()

@@ -7,6 +7,7 @@ mod metrics;
 mod query;
 mod ratelimit;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -49,6 +50,9 @@ pub struct ServeConfig {
     pub rate_limit_burst: u32,
     /// Concurrent SSE clients; more get 503.
     pub max_sse_clients: usize,
+    /// Concurrent SSE streams of one token (anonymous readers: of one client address); more
+    /// get 429, so that one client cannot take every slot of `max_sse_clients`.
+    pub max_sse_per_client: usize,
     /// Requests handled at once (SSE not counted); more wait, up to `request_timeout`, then 503.
     pub max_concurrent_requests: usize,
     /// Interval of SSE heartbeat comments.
@@ -75,6 +79,7 @@ impl Default for ServeConfig {
             rate_limit_per_sec: 0,
             rate_limit_burst: 0,
             max_sse_clients: 256,
+            max_sse_per_client: 16,
             max_concurrent_requests: 1024,
             sse_heartbeat: Duration::from_secs(15),
             token_refresh: Duration::from_secs(5),
@@ -100,6 +105,8 @@ pub(crate) struct Shared {
     pub config: Arc<ServeConfig>,
     pub http_metrics: Arc<metrics::HttpMetrics>,
     pub sse_slots: Arc<Semaphore>,
+    /// Open SSE streams per client (token name, or address when anonymous).
+    pub sse_per_client: Arc<std::sync::Mutex<HashMap<String, usize>>>,
     pub in_flight: Arc<Semaphore>,
     /// Bulk bodies being read or imported (each up to the 64 MiB bulk limit, held whole until
     /// the import is answered): the others wait without reading theirs.
@@ -132,6 +139,7 @@ fn build_router(
         config: Arc::new(config.clone()),
         http_metrics: Arc::new(metrics::HttpMetrics::default()),
         sse_slots: Arc::new(Semaphore::new(config.max_sse_clients)),
+        sse_per_client: Arc::default(),
         in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
         bulk_slots: Arc::new(Semaphore::new(BULK_BODIES_IN_MEMORY)),
         limiter: Arc::new(ratelimit::RateLimiter::new(
