@@ -740,6 +740,19 @@ fn piped_import(data: &Path) -> (std::process::Child, std::process::ChildStdin) 
     (child, pipe)
 }
 
+/// Lets a piped import run for `settle` with its input still open, then kills it (as a crash
+/// would).
+fn kill_after(
+    settle: std::time::Duration,
+    mut child: std::process::Child,
+    pipe: std::process::ChildStdin,
+) {
+    std::thread::sleep(settle);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(pipe);
+}
+
 fn events_in_log(data: &Path) -> u64 {
     let out = cli_ok(&["replay", "--json", "--data-dir", d(data)]);
     let report: Value = serde_json::from_str(out.trim()).unwrap();
@@ -761,24 +774,18 @@ fn import_from_a_pipe_records_lines_promptly_and_whole() {
     // is then killed, as a crash would).
     let dir = temp_dir();
     let data = dir.path().join("a");
-    let (mut child, mut pipe) = piped_import(&data);
+    let (child, mut pipe) = piped_import(&data);
     writeln!(pipe, "{}", lines[0].0).unwrap();
-    std::thread::sleep(settle);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    drop(pipe);
+    kill_after(settle, child, pipe);
     assert_eq!(events_in_log(&data), lines[0].1);
 
     // A pause in the middle of a line: the whole lines before it are recorded.
     let data = dir.path().join("b");
-    let (mut child, mut pipe) = piped_import(&data);
+    let (child, mut pipe) = piped_import(&data);
     let (head, _) = lines[1].0.split_at(lines[1].0.len() / 2);
     write!(pipe, "{}\n{head}", lines[0].0).unwrap();
     pipe.flush().unwrap();
-    std::thread::sleep(settle);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    drop(pipe);
+    kill_after(settle, child, pipe);
     assert_eq!(events_in_log(&data), lines[0].1);
 
     // Pauses mid-line and before the end, then a last line without a newline: every line
@@ -798,16 +805,13 @@ fn import_from_a_pipe_records_lines_promptly_and_whole() {
 
     // A steady trickle (a line every 40 ms, never a 100 ms pause): written as it comes.
     let data = dir.path().join("d");
-    let (mut child, mut pipe) = piped_import(&data);
+    let (child, mut pipe) = piped_import(&data);
     for (line, _) in &lines {
         writeln!(pipe, "{line}").unwrap();
         pipe.flush().unwrap();
         std::thread::sleep(Duration::from_millis(40));
     }
-    std::thread::sleep(settle);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    drop(pipe);
+    kill_after(settle, child, pipe);
     assert_eq!(
         events_in_log(&data),
         lines.iter().map(|(_, n)| n).sum::<u64>()

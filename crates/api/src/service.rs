@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
 use incidentlog_projections::{
-    decide, decide_and_apply, fold_incident, parse_events, DecodedEvent, Envelope, IncidentPage,
-    IncidentQuery, IncidentState, IncidentView, Projection, ProjectionError, Region, RegionSummary,
-    TypedEvent, Window,
+    decide, decide_and_apply, fold_incident, hyphenated_uuid, parse_events, whole_number,
+    DecodedEvent, Envelope, IncidentPage, IncidentQuery, IncidentState, IncidentView, Projection,
+    ProjectionError, Region, RegionSummary, TypedEvent, Window,
 };
 use incidentlog_store::{
     AppendOutcome, AppendRequest, EventRef, EventStore, ExpectedVersion, NewEvent, RecordedEvent,
@@ -87,10 +87,14 @@ impl Inner {
             tokens: TokenTable::new(),
             metrics: ServiceMetrics::default(),
             live,
-            damaged: std::sync::OnceLock::new(),
             views_generation: std::sync::atomic::AtomicU64::new(0),
             // An offline service runs no check.
-            integrity_checked: watch::channel(!live).0,
+            integrity: watch::channel(if live {
+                Integrity::Checking
+            } else {
+                Integrity::Done
+            })
+            .0,
         }
     }
 }
@@ -121,9 +125,6 @@ pub struct AppendCommand {
     pub events: Vec<TypedEvent>,
 }
 
-/// Largest integer a JSON number with a fraction part (`2.0`) represents exactly (2^53).
-const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
-
 /// Parses an append body `{"expected_version"?, "events": [...]}` (and, for bulk lines,
 /// `"incident_id"`). Every problem is reported with a JSON pointer.
 pub fn parse_command(body: &Value, path_incident: Option<Uuid>) -> Result<AppendCommand, ApiError> {
@@ -152,11 +153,7 @@ pub fn parse_command(body: &Value, path_incident: Option<Uuid>) -> Result<Append
                 None
             }
             // Ids in bodies are the hyphenated form, as `event_id` and `claim_id` are.
-            Some(v) => match v
-                .as_str()
-                .filter(|s| s.len() == 36)
-                .and_then(|s| Uuid::try_parse(s).ok())
-            {
+            Some(v) => match v.as_str().and_then(hyphenated_uuid) {
                 Some(id) => Some(id),
                 None => {
                     errors.push(field_error(
@@ -172,11 +169,7 @@ pub fn parse_command(body: &Value, path_incident: Option<Uuid>) -> Result<Append
         None | Some(Value::Null) => Some(ExpectedVersion::Any),
         Some(Value::String(s)) if s == "any" => Some(ExpectedVersion::Any),
         // A whole number written `2.0` is 2, as for the event counts (JSON Schema's "integer").
-        Some(v) => match v.as_u64().or_else(|| {
-            v.as_f64()
-                .filter(|f| f.fract() == 0.0 && (0.0..=MAX_EXACT_INTEGER).contains(f))
-                .map(|f| f as u64)
-        }) {
+        Some(v) => match v.as_number().and_then(whole_number) {
             Some(n) => Some(ExpectedVersion::Exact(n)),
             None => {
                 errors.push(field_error(
@@ -315,15 +308,23 @@ struct Inner {
     pub(crate) metrics: ServiceMetrics,
     /// False for an offline service (`start_offline`): no views, decisions from the store.
     live: bool,
-    /// What the integrity check after start found wrong with the log (checksums and the
-    /// whole hash chain), if anything: appends are refused and `/readyz` says `damaged`.
-    damaged: std::sync::OnceLock<String>,
     /// Bumped when a replay swaps in rebuilt views: what was derived from the old ones (the
     /// HTTP layer's summary cache) is stale even at an unchanged position.
     views_generation: std::sync::atomic::AtomicU64,
-    /// True once the integrity check after start has finished (whatever it found): until
-    /// then the server is `starting`.
-    integrity_checked: watch::Sender<bool>,
+    /// Where the integrity check after start stands (`check_integrity`).
+    integrity: watch::Sender<Integrity>,
+}
+
+/// The integrity check after start (checksums and the whole hash chain).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Integrity {
+    /// Running: the server is `starting`.
+    Checking,
+    /// Finished without finding damage (or could not run: logged).
+    Done,
+    /// The log was changed or damaged (what and where): appends are refused and `/readyz`
+    /// says `damaged`.
+    Damaged(String),
 }
 
 impl AppService {
@@ -396,27 +397,20 @@ impl AppService {
     }
 
     /// Whether the service can take appends and answer reads: `"ok"`, or why not: `"closing"`
-    /// (shutting down), `"unavailable"` (the store refuses appends until it is reopened, e.g.
-    /// after a failed sync; the store logged why) or `"starting"` (the views are catching up
-    /// with the head seen at start).
-    /// Resolves once the integrity check after start has finished.
-    pub async fn integrity_checked(&self) {
-        let mut checked = self.inner.integrity_checked.subscribe();
-        let _ = checked.wait_for(|c| *c).await;
-    }
-
-    /// Changes whenever a replay swaps in rebuilt views (see `Inner::views_generation`).
-    pub fn views_generation(&self) -> u64 {
-        self.inner.views_generation.load(Relaxed)
-    }
-
+    /// (shutting down), `"damaged"` (the integrity check after start failed), `"unavailable"`
+    /// (the store refuses appends until it is reopened, e.g. after a failed sync; the store
+    /// logged why) or `"starting"` (the views are catching up with the head seen at start, or
+    /// the integrity check is still running).
     pub fn readiness(&self) -> &'static str {
+        let integrity = match &*self.inner.integrity.borrow() {
+            Integrity::Checking => Some("starting"),
+            Integrity::Damaged(_) => Some("damaged"),
+            Integrity::Done => None,
+        };
         if self.inner.closed.load(Relaxed) {
             "closing"
-        } else if self.inner.damaged.get().is_some() {
-            "damaged"
-        } else if !*self.inner.integrity_checked.borrow() {
-            "starting"
+        } else if let Some(why) = integrity {
+            why
         } else if self.inner.store.unavailable_reason().is_some() {
             "unavailable"
         } else if self.applied_position() < self.inner.start_head {
@@ -909,15 +903,26 @@ impl AppService {
         self.inner.store.verify().await
     }
 
+    /// Resolves once the integrity check after start has finished.
+    pub async fn integrity_checked(&self) {
+        let mut integrity = self.inner.integrity.subscribe();
+        let _ = integrity.wait_for(|i| *i != Integrity::Checking).await;
+    }
+
+    /// Changes whenever a replay swaps in rebuilt views (see `Inner::views_generation`).
+    pub fn views_generation(&self) -> u64 {
+        self.inner.views_generation.load(Relaxed)
+    }
+
     /// Appends are refused on a log that failed the integrity check: new events must not be
     /// chained onto a history that was changed.
     pub(crate) fn refuse_if_damaged(&self) -> Result<(), ApiError> {
-        match self.inner.damaged.get() {
-            Some(what) => Err(ApiError::Unavailable(format!(
+        match &*self.inner.integrity.borrow() {
+            Integrity::Damaged(what) => Err(ApiError::Unavailable(format!(
                 "appends are refused: the log failed its integrity check at start ({what}); \
                  an operator must check it (`incidentlog verify`)"
             ))),
-            None => Ok(()),
+            _ => Ok(()),
         }
     }
 }
@@ -929,23 +934,29 @@ impl AppService {
 /// traffic before its log has been verified.
 async fn check_integrity(inner: Arc<Inner>) {
     let started = Instant::now();
-    match inner.store.verify().await {
-        Ok(r) => tracing::info!(
-            events = r.events,
-            ms = started.elapsed().as_millis() as u64,
-            "integrity check passed: checksums and hash chain"
-        ),
+    let outcome = match inner.store.verify().await {
+        Ok(r) => {
+            tracing::info!(
+                events = r.events,
+                ms = started.elapsed().as_millis() as u64,
+                "integrity check passed: checksums and hash chain"
+            );
+            Integrity::Done
+        }
         Err(e @ StoreError::Corrupt { .. }) => {
             tracing::error!(
                 error = %e,
                 "integrity check FAILED: the log was changed or damaged; appends are refused \
                  and /readyz says `damaged` until it is checked"
             );
-            let _ = inner.damaged.set(e.to_string());
+            Integrity::Damaged(e.to_string())
         }
-        Err(e) => tracing::warn!(error = %e, "the integrity check could not run"),
-    }
-    inner.integrity_checked.send_replace(true);
+        Err(e) => {
+            tracing::warn!(error = %e, "the integrity check could not run");
+            Integrity::Done
+        }
+    };
+    inner.integrity.send_replace(outcome);
 }
 
 /// `expected_version: 0` with events the empty state accepts: decided without reading the

@@ -91,7 +91,7 @@ pub struct ServeArgs {
         env = "INCIDENTLOG_MAX_CONCURRENT_REQUESTS",
         default_value_t = ServeConfig::default().max_concurrent_requests,
         value_name = "N",
-        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+        value_parser = at_least_one()
     )]
     pub max_concurrent_requests: usize,
 
@@ -131,7 +131,7 @@ pub struct ServeArgs {
         env = "INCIDENTLOG_MAX_SSE_PER_CLIENT",
         default_value_t = ServeConfig::default().max_sse_per_client,
         value_name = "N",
-        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+        value_parser = at_least_one()
     )]
     pub max_sse_per_client: usize,
 
@@ -141,7 +141,7 @@ pub struct ServeArgs {
         env = "INCIDENTLOG_MAX_CONNECTIONS",
         default_value_t = ServeConfig::default().max_connections,
         value_name = "N",
-        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+        value_parser = at_least_one()
     )]
     pub max_connections: usize,
 
@@ -155,6 +155,11 @@ pub struct ServeArgs {
         value_parser = parse_duration
     )]
     pub header_read_timeout: Duration,
+}
+
+/// A count that must be at least 1 (a limit of 0 would refuse everything).
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {

@@ -40,7 +40,10 @@ pub use projection::{
 pub use region::Region;
 pub use state::IncidentState;
 pub use time::{OccurredAt, Window};
-pub use validate::{parse_events, MAX_COUNT, MAX_NAME_CHARS, MAX_TEXT_CHARS, MAX_URL_BYTES};
+pub use validate::{
+    hyphenated_uuid, parse_events, whole_number, MAX_COUNT, MAX_NAME_CHARS, MAX_TEXT_CHARS,
+    MAX_URL_BYTES,
+};
 pub use view::{
     AssessmentView, ByKind, CasualtiesView, ClaimCounts, ClaimView, CorrectionView, DenialView,
     Figure, IncidentView, RegionSummary, RetractionView, SourceView, StrikeCounts,

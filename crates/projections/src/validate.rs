@@ -283,6 +283,24 @@ fn enum_field<T: std::str::FromStr<Err = String>>(
     parsed_field(m, key, ptr, required, errs, str::parse)
 }
 
+/// A UUID in the hyphenated form only (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`), as every id
+/// in a request body is written: the other forms `uuid` accepts are easy to get wrong by
+/// accident.
+pub fn hyphenated_uuid(s: &str) -> Option<Uuid> {
+    Uuid::try_parse(s).ok().filter(|_| s.len() == 36)
+}
+
+/// A whole, non-negative JSON number: `2`, or `2.0` as JSON Schema's "integer" has it (a
+/// fraction part must be zero, and the value exactly representable, at most 2^53).
+pub fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| n.is_f64() && f.fract() == 0.0 && (0.0..=MAX_EXACT).contains(f))
+            .map(|f| f as u64)
+    })
+}
+
 fn uuid_field(
     m: &Map<String, Value>,
     key: &str,
@@ -291,10 +309,9 @@ fn uuid_field(
     errs: &mut Vec<FieldError>,
 ) -> Option<Uuid> {
     let s = string_field(m, key, ptr, required, errs)?;
-    // Only the hyphenated form: the other forms uuid accepts are easy to get wrong by accident.
-    match Uuid::try_parse(s) {
-        Ok(u) if s.len() == 36 => Some(u),
-        _ => {
+    match hyphenated_uuid(s) {
+        Some(u) => Some(u),
+        None => {
             push(
                 errs,
                 ptr,
@@ -310,11 +327,9 @@ fn count(m: &Map<String, Value>, key: &str, ptr: &str, errs: &mut Vec<FieldError
     let v = present(m, key, ptr, false, errs)?;
     match v {
         Value::Number(n) => {
-            // `2.0` is the whole number 2 (as JSON Schema's "integer" has it); stored as `2`.
+            // `2.0` is the whole number 2; stored as `2`.
             let f = n.as_f64().unwrap_or(f64::NAN);
-            let whole = (n.is_f64() && f.fract() == 0.0 && (0.0..=MAX_COUNT as f64).contains(&f))
-                .then_some(f as u64);
-            if let Some(u) = n.as_u64().or(whole) {
+            if let Some(u) = whole_number(n) {
                 if u > MAX_COUNT {
                     push(errs, ptr, key, format!("must be at most {MAX_COUNT}"));
                     None

@@ -31,9 +31,10 @@ fn media_ok(req: &Request, media: Media) -> bool {
     // JSON is UTF-8 (RFC 8259); a body declared in another charset would be misread.
     let other_charset = parts.any(|p| {
         p.split_once('=').is_some_and(|(k, v)| {
+            let v = v.trim().trim_matches('"');
             k.trim().eq_ignore_ascii_case("charset")
-                && !v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
-                && !v.trim().trim_matches('"').eq_ignore_ascii_case("utf8")
+                && !v.eq_ignore_ascii_case("utf-8")
+                && !v.eq_ignore_ascii_case("utf8")
         })
     });
     if other_charset {

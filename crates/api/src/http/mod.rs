@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -421,11 +421,6 @@ async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Respon
         Some(route) => guarded(&state, route, req, next).await,
     };
     let status = response.status();
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        // A 405's `Allow` would tell a caller without the right token which methods (and so
-        // which paths) exist; refused callers learn nothing about routes.
-        response.headers_mut().remove(header::ALLOW);
-    }
     let rid = request_id.to_str().unwrap_or("-");
     if let Some(InternalDetail(detail)) = response.extensions_mut().remove::<InternalDetail>() {
         tracing::error!(request_id = %rid, %method, %uri, error = %detail, "internal error");
