@@ -259,6 +259,71 @@ fn rate_limit_answers_429_with_retry_after() {
 /// A client that never finishes its request head is cut off after `--header-read-timeout`,
 /// connections beyond `--max-connections` are closed at once, and a well-behaved client is
 /// served throughout.
+/// One address cannot fill the connection cap: beyond `--max-connections-per-address` its
+/// connections are closed at once, while another address is still served.
+#[test]
+fn one_address_cannot_take_every_connection() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let dir = temp_dir();
+    let srv = Server::start(dir.path(), &["--max-connections-per-address", "2"]);
+    let admin = srv.admin_token.clone().expect("first start prints a token");
+    // The start's readiness probes must have closed first: they count too.
+    std::thread::sleep(Duration::from_millis(300));
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(srv.addr).unwrap();
+            s.write_all(b"G").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let ask = |mut s: TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        match s.read_to_end(&mut answer) {
+            Ok(_) => String::from_utf8_lossy(&answer).into_owned(),
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+                String::new()
+            }
+        }
+    };
+    let third = ask(TcpStream::connect(srv.addr).unwrap());
+    assert!(
+        third.is_empty(),
+        "a third connection of one address was served: {third}"
+    );
+    // Another loopback address (Linux routes all of 127/8 to lo) has its own share.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let other = runtime
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind("127.0.0.2:0".parse().unwrap())?;
+            socket.connect(srv.addr).await?.into_std()
+        })
+        .expect("connect from 127.0.0.2");
+    other.set_nonblocking(false).unwrap();
+    let answer = ask(other);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "another address was refused: {answer:?}"
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        srv.get("/healthz", &admin).status,
+        200,
+        "shares come back on close"
+    );
+}
+
 #[test]
 fn slow_and_surplus_connections_are_closed() {
     use std::io::{Read, Write};

@@ -53,9 +53,12 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
-    /// 429 with `Retry-After` (whole seconds, at least 1).
-    #[error("rate limit exceeded")]
-    RateLimited { retry_after_secs: u64 },
+    /// 429 with `Retry-After` (whole seconds, at least 1); `why` is the detail.
+    #[error("{why}")]
+    RateLimited {
+        retry_after_secs: u64,
+        why: &'static str,
+    },
     /// 503: the store cannot take the request (or the server is shutting down / full).
     #[error("{0}")]
     Unavailable(String),
@@ -258,7 +261,9 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         match &self {
-            ApiError::RateLimited { retry_after_secs } => {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

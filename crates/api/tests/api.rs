@@ -1214,6 +1214,62 @@ async fn sse_streams_are_capped_per_client() {
     assert_eq!(again.status(), StatusCode::OK);
 }
 
+/// One token cannot hold every request slot with uploads that never end: beyond
+/// `max_concurrent_per_client` it gets 429 at once, other tokens are served, and a request
+/// that ends gives its share back.
+#[tokio::test]
+async fn requests_in_flight_are_capped_per_client() {
+    let app = app_with(ServeConfig {
+        max_concurrent_per_client: 2,
+        ..ServeConfig::default()
+    })
+    .await;
+    let endless_upload = |token: &str| {
+        let body = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        Request::post(format!("/v1/incidents/{}/events", Uuid::new_v4()))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from_stream(body))
+            .unwrap()
+    };
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(app.router.clone().oneshot(endless_upload(&app.admin))))
+        .collect();
+    // Let both reach their handlers (they then wait for a body that never comes).
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    let over = app.get_as("/v1/regions", Some(&app.admin)).await;
+    assert_eq!(
+        over.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        over.body
+    );
+    assert_eq!(over.body["status"], 429);
+    assert!(
+        over.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("in flight")),
+        "{:?}",
+        over.body
+    );
+    let other = app.get_as("/v1/regions", Some(&app.reader)).await;
+    assert_eq!(other.status, StatusCode::OK, "another token is served");
+    for h in &held {
+        h.abort();
+    }
+    for h in held {
+        let _ = h.await;
+    }
+    let again = app.get_as("/v1/regions", Some(&app.admin)).await;
+    assert_eq!(
+        again.status,
+        StatusCode::OK,
+        "shares come back when requests end"
+    );
+}
+
 #[tokio::test]
 async fn metrics_and_health() {
     let app = app().await;

@@ -95,6 +95,18 @@ pub struct ServeArgs {
     )]
     pub max_concurrent_requests: usize,
 
+    /// Requests one token (anonymous readers: one client address) may have in flight at once
+    /// (the live feed not counted); more get 429 at once, so that one client's slow uploads
+    /// cannot hold every slot of --max-concurrent-requests.
+    #[arg(
+        long,
+        env = "INCIDENTLOG_MAX_CONCURRENT_PER_CLIENT",
+        default_value_t = ServeConfig::default().max_concurrent_per_client,
+        value_name = "N",
+        value_parser = at_least_one()
+    )]
+    pub max_concurrent_per_client: usize,
+
     /// Interval of the heartbeat comments on the live feed (keeps proxies from closing it).
     #[arg(
         long,
@@ -145,6 +157,18 @@ pub struct ServeArgs {
     )]
     pub max_connections: usize,
 
+    /// Most open connections from one client address at once; more are closed as soon as
+    /// they are accepted, so that one address cannot fill --max-connections. Behind a reverse
+    /// proxy every client has the proxy's address: raise it there.
+    #[arg(
+        long,
+        env = "INCIDENTLOG_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = ServeConfig::default().max_connections_per_address,
+        value_name = "N",
+        value_parser = at_least_one()
+    )]
+    pub max_connections_per_address: usize,
+
     /// Time a client has to send a whole request head (request line and headers) before the
     /// connection is closed, e.g. "10s" (protects against slowloris clients).
     #[arg(
@@ -175,9 +199,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         max_sse_clients: args.max_sse_clients,
         max_sse_per_client: args.max_sse_per_client,
         max_concurrent_requests: args.max_concurrent_requests,
+        max_concurrent_per_client: args.max_concurrent_per_client,
         sse_heartbeat: args.sse_heartbeat,
         token_refresh: args.token_refresh,
         max_connections: args.max_connections,
+        max_connections_per_address: args.max_connections_per_address,
         header_read_timeout: args.header_read_timeout,
     };
     // Before the first admin token: a start that fails on a taken port must not have printed

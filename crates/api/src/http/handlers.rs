@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -18,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::extract::{ApiPath, ApiQuery, JsonBody, NdjsonBody};
+use super::quota::Client;
 use super::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
@@ -147,7 +147,7 @@ impl utoipa::Modify for CommonResponses {
                 if is_post {
                     add("408", "The body arrived too slowly");
                 }
-                add("429", "Rate-limited (Retry-After)");
+                add("429", "Rate-limited, or this token (anonymous: client address) has too many requests in flight (Retry-After)");
                 add(
                     "503",
                     "Store unavailable, server busy, or the request took too long",
@@ -174,7 +174,7 @@ impl utoipa::Modify for CommonResponses {
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid event (a JSON pointer per problem)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate-limited (Retry-After)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate-limited, or this token (anonymous: client address) has too many requests in flight (Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json")
     )
 )]
@@ -410,43 +410,6 @@ pub(crate) struct StreamParams {
     after: Option<u64>,
 }
 
-/// One of a client's live-feed slots (`ServeConfig::max_sse_per_client`), given back on drop.
-struct ClientSlot {
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
-    client: String,
-}
-
-impl ClientSlot {
-    fn take(
-        counts: &Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
-        client: String,
-        max: usize,
-    ) -> Option<ClientSlot> {
-        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(client.clone()).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            counts: counts.clone(),
-            client,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.client);
-            }
-        }
-    }
-}
-
 /// Server-Sent Events: catch-up from `after` (or `Last-Event-ID`, which wins when both are
 /// given, as on a reconnect), then live. `id` = global position, `event` = type, `data` = the
 /// recorded event. Heartbeat comments every 15 s.
@@ -479,18 +442,13 @@ pub(crate) async fn stream(
         ),
     };
     let after = last_event_id.or(q.after).unwrap_or(0);
-    let client = match (&principal.name, extensions.get::<ConnectInfo<SocketAddr>>()) {
-        (Some(name), _) => format!("token {name}"),
-        (None, Some(ConnectInfo(addr))) => format!("address {}", addr.ip()),
-        (None, None) => "anonymous".to_string(),
-    };
-    let Some(client_slot) = ClientSlot::take(
-        &state.sse_per_client,
-        client,
-        state.config.max_sse_per_client.max(1),
-    ) else {
+    let address = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let Some(client_slot) = state.sse_per_client.take(Client::of(&principal, address)) else {
         return Err(ApiError::RateLimited {
             retry_after_secs: 5,
+            why: "too many live feeds for this token (or client address)",
         });
     };
     let Ok(permit) = state.sse_slots.clone().try_acquire_owned() else {

@@ -5,9 +5,9 @@ mod extract;
 mod handlers;
 mod metrics;
 mod query;
+mod quota;
 mod ratelimit;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -55,6 +55,10 @@ pub struct ServeConfig {
     pub max_sse_per_client: usize,
     /// Requests handled at once (SSE not counted); more wait, up to `request_timeout`, then 503.
     pub max_concurrent_requests: usize,
+    /// Requests one token (anonymous callers: one client address) may have in flight at once
+    /// (SSE not counted); more get 429 at once, so that one client's slow uploads cannot hold
+    /// every slot of `max_concurrent_requests`.
+    pub max_concurrent_per_client: usize,
     /// Interval of SSE heartbeat comments.
     pub sse_heartbeat: Duration,
     /// Interval at which the token table is re-read from the store (revocations).
@@ -62,6 +66,10 @@ pub struct ServeConfig {
     /// Open connections at once; more are closed as soon as they are accepted (slow or idle
     /// clients cannot pile up without bound).
     pub max_connections: usize,
+    /// Open connections from one client address at once; more are closed as soon as they are
+    /// accepted, so that one address cannot fill `max_connections` (behind a reverse proxy,
+    /// every client has the proxy's address: raise it there).
+    pub max_connections_per_address: usize,
     /// Time a client has to send a complete request head (line and headers), counted from
     /// the first byte of the request on a kept-alive connection; then the connection is
     /// closed (slowloris).
@@ -81,9 +89,11 @@ impl Default for ServeConfig {
             max_sse_clients: 256,
             max_sse_per_client: 16,
             max_concurrent_requests: 1024,
+            max_concurrent_per_client: 128,
             sse_heartbeat: Duration::from_secs(15),
             token_refresh: Duration::from_secs(5),
             max_connections: 10_000,
+            max_connections_per_address: 1_000,
             header_read_timeout: Duration::from_secs(10),
         }
     }
@@ -105,8 +115,10 @@ pub(crate) struct Shared {
     pub config: Arc<ServeConfig>,
     pub http_metrics: Arc<metrics::HttpMetrics>,
     pub sse_slots: Arc<Semaphore>,
-    /// Open SSE streams per client (token name, or address when anonymous).
-    pub sse_per_client: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    /// Open SSE streams per client (`max_sse_per_client`).
+    pub sse_per_client: quota::Quota<quota::Client>,
+    /// Requests in flight per client (`max_concurrent_per_client`; SSE not counted).
+    pub in_flight_per_client: quota::Quota<quota::Client>,
     pub in_flight: Arc<Semaphore>,
     /// Bulk bodies being read or imported (each up to the 64 MiB bulk limit, held whole until
     /// the import is answered): the others wait without reading theirs.
@@ -139,7 +151,8 @@ fn build_router(
         config: Arc::new(config.clone()),
         http_metrics: Arc::new(metrics::HttpMetrics::default()),
         sse_slots: Arc::new(Semaphore::new(config.max_sse_clients)),
-        sse_per_client: Arc::default(),
+        sse_per_client: quota::Quota::new(config.max_sse_per_client),
+        in_flight_per_client: quota::Quota::new(config.max_concurrent_per_client),
         in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
         bulk_slots: Arc::new(Semaphore::new(BULK_BODIES_IN_MEMORY)),
         limiter: Arc::new(ratelimit::RateLimiter::new(
@@ -307,7 +320,10 @@ async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal,
             (None, None) => "anonymous".to_string(),
         };
         if let Err(retry_after_secs) = state.limiter.check(&key) {
-            return Err(ApiError::RateLimited { retry_after_secs });
+            return Err(ApiError::RateLimited {
+                retry_after_secs,
+                why: "rate limit exceeded",
+            });
         }
     }
     Ok(principal)
@@ -341,10 +357,27 @@ async fn guarded(state: &AppState, route: &str, mut req: Request, next: Next) ->
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    req.extensions_mut().insert(principal);
     if route == "/v1/events/stream" {
+        req.extensions_mut().insert(principal);
         return next.run(req).await;
     }
+    // The client's own share first: one at its cap is told to slow down, and waits for no
+    // server-wide slot that others need.
+    let address = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let Some(client_share) = state
+        .in_flight_per_client
+        .take(quota::Client::of(&principal, address))
+    else {
+        return ApiError::RateLimited {
+            retry_after_secs: 1,
+            why: "too many requests in flight for this token (or client address)",
+        }
+        .into_response();
+    };
+    req.extensions_mut().insert(principal);
     let timeout = state.config.request_timeout;
     let permit = match state.in_flight.clone().try_acquire_owned() {
         Ok(permit) => permit,
@@ -367,7 +400,7 @@ async fn guarded(state: &AppState, route: &str, mut req: Request, next: Next) ->
     } else {
         next.run(req).await
     };
-    drop(permit);
+    drop((permit, client_share));
     response
 }
 
@@ -478,6 +511,7 @@ async fn accept_loop(
 
     let limit = u32::try_from(config.max_connections.clamp(1, 1 << 20)).unwrap_or(1 << 20);
     let connections = Arc::new(tokio::sync::Semaphore::new(limit as usize));
+    let per_address = quota::Quota::new(config.max_connections_per_address);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
@@ -500,16 +534,26 @@ async fn accept_loop(
                 }
             },
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            drop(stream);
-            // One line per second at most: a flood must not become a log flood.
-            refused += 1;
-            if last_refusal_log.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
-                tracing::warn!(%peer, limit, refused, "connections refused: too many open connections");
-                last_refusal_log = Some(Instant::now());
-                refused = 0;
+        let permit = match per_address.take(peer.ip()) {
+            None => Err("too many open connections from this address"),
+            Some(share) => match connections.clone().try_acquire_owned() {
+                Ok(permit) => Ok((permit, share)),
+                Err(_) => Err("too many open connections"),
+            },
+        };
+        let permit = match permit {
+            Ok(permit) => permit,
+            Err(why) => {
+                drop(stream);
+                // One line per second at most: a flood must not become a log flood.
+                refused += 1;
+                if last_refusal_log.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(%peer, limit, refused, "connections refused: {why}");
+                    last_refusal_log = Some(Instant::now());
+                    refused = 0;
+                }
+                continue;
             }
-            continue;
         };
         let _ = stream.set_nodelay(true);
         let router = app.clone();
