@@ -387,9 +387,11 @@ impl Projection {
     }
 
     /// One JSON line per incident view of `block` (incidents without a view are skipped).
+    /// The views borrow their text from the states: the same JSON as the owned views the API
+    /// serves, without copying every string of the log (half the digest's time).
     fn write_views(&self, block: &[(Uuid, u32)], buf: &mut Vec<u8>) {
         for (_, i) in block {
-            if let Some(v) = IncidentView::from_state(&self.slots[*i as usize].state) {
+            if let Some(v) = IncidentView::<&str>::build(&self.slots[*i as usize].state) {
                 // Serializing these plain structs into a vector cannot fail.
                 let _ = serde_json::to_writer(&mut *buf, &v);
                 buf.push(b'\n');

@@ -131,13 +131,13 @@ impl SourceRec {
         }
     }
 
-    pub(crate) fn to_view(&self) -> SourceView {
+    pub(crate) fn to_view<'a, S: From<&'a str>>(&'a self) -> SourceView<S> {
         let x = self.extra.as_deref();
         SourceView {
-            name: self.name.to_string(),
+            name: S::from(&self.name),
             kind: self.kind,
-            url: x.and_then(|x| x.url.as_deref().map(str::to_owned)),
-            archive_url: x.and_then(|x| x.archive_url.as_deref().map(str::to_owned)),
+            url: x.and_then(|x| x.url.as_deref().map(S::from)),
+            archive_url: x.and_then(|x| x.archive_url.as_deref().map(S::from)),
             published_at: x.and_then(|x| x.published_at),
             sha256: x.and_then(|x| x.sha256),
         }

@@ -15,14 +15,15 @@ fn micros<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
 
 /// A source as views show it (the event's shape: absent fields left out).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SourceView {
-    pub name: String,
+#[serde(bound(deserialize = "S: Deserialize<'de>"))]
+pub struct SourceView<S = String> {
+    pub name: S,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<SourceKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
+    pub url: Option<S>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub archive_url: Option<String>,
+    pub archive_url: Option<S>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_at: Option<OccurredAt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,49 +47,49 @@ pub struct CasualtiesView {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DenialView {
-    pub by: String,
-    pub statement: Option<String>,
-    pub source: Option<SourceView>,
+pub struct DenialView<S = String> {
+    pub by: S,
+    pub statement: Option<S>,
+    pub source: Option<SourceView<S>>,
     #[serde(serialize_with = "micros")]
     pub recorded_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AssessmentView {
+pub struct AssessmentView<S = String> {
     pub assessment: Assessment,
-    pub by: String,
-    pub evidence: Option<String>,
+    pub by: S,
+    pub evidence: Option<S>,
     #[serde(serialize_with = "micros")]
     pub recorded_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ClaimView {
+pub struct ClaimView<S = String> {
     pub claim_id: Uuid,
-    pub claimant: String,
-    pub statement: String,
-    pub attributed_to: Option<String>,
-    pub source: Option<SourceView>,
+    pub claimant: S,
+    pub statement: S,
+    pub attributed_to: Option<S>,
+    pub source: Option<SourceView<S>>,
     pub status: ClaimStatus,
-    pub denials: Vec<DenialView>,
-    pub assessments: Vec<AssessmentView>,
+    pub denials: Vec<DenialView<S>>,
+    pub assessments: Vec<AssessmentView<S>>,
     #[serde(serialize_with = "micros")]
     pub recorded_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CorrectionView {
-    pub reason: String,
+pub struct CorrectionView<S = String> {
+    pub reason: S,
     /// The fields this correction changed.
-    pub fields: Vec<String>,
+    pub fields: Vec<S>,
     #[serde(serialize_with = "micros")]
     pub recorded_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RetractionView {
-    pub reason: String,
+pub struct RetractionView<S = String> {
+    pub reason: S,
     pub duplicate_of: Option<Uuid>,
     #[serde(serialize_with = "micros")]
     pub recorded_at: DateTime<Utc>,
@@ -96,28 +97,28 @@ pub struct RetractionView {
 
 /// `GET /v1/incidents/{id}`: the current state of one incident.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct IncidentView {
+pub struct IncidentView<S = String> {
     pub incident_id: Uuid,
     pub kind: Kind,
     pub occurred_at: OccurredAt,
     pub time_precision: TimePrecision,
     /// ISO 3166-2 code.
-    pub region: String,
-    pub region_name: String,
+    pub region: S,
+    pub region_name: S,
     /// ISO 3166-1 alpha-2.
-    pub country: String,
-    pub locality: Option<String>,
+    pub country: S,
+    pub locality: Option<S>,
     pub location: Option<Location>,
-    pub perpetrator: Option<String>,
-    pub target: Option<String>,
-    pub summary: Option<String>,
+    pub perpetrator: Option<S>,
+    pub target: Option<S>,
+    pub summary: Option<S>,
     pub status: IncidentStatus,
-    pub retraction: Option<RetractionView>,
+    pub retraction: Option<RetractionView<S>>,
     pub casualties: CasualtiesView,
-    pub claims: Vec<ClaimView>,
+    pub claims: Vec<ClaimView<S>>,
     /// Every distinct source cited by any event, in order of first appearance.
-    pub sources: Vec<SourceView>,
-    pub corrections: Vec<CorrectionView>,
+    pub sources: Vec<SourceView<S>>,
+    pub corrections: Vec<CorrectionView<S>>,
     pub version: u64,
     #[serde(serialize_with = "micros")]
     pub first_recorded_at: DateTime<Utc>,
@@ -125,13 +126,21 @@ pub struct IncidentView {
     pub last_recorded_at: DateTime<Utc>,
 }
 
-fn s<T: std::ops::Deref<Target = str>>(b: &Option<T>) -> Option<String> {
-    b.as_deref().map(str::to_owned)
+fn s<'a, T: std::ops::Deref<Target = str>, S: From<&'a str>>(b: &'a Option<T>) -> Option<S> {
+    b.as_deref().map(S::from)
 }
 
 impl IncidentView {
     /// None for a state without IncidentReported (version 0).
     pub(crate) fn from_state(st: &IncidentState) -> Option<IncidentView> {
+        IncidentView::build(st)
+    }
+}
+
+impl<'a, S: From<&'a str>> IncidentView<S> {
+    /// The view with its text owned (`S = String`) or borrowed from the state (`S = &str`,
+    /// for serializing many views without copying their text): the same JSON either way.
+    pub(crate) fn build(st: &'a IncidentState) -> Option<IncidentView<S>> {
         let core = st.core.as_deref()?;
         let src = |i: Option<u32>| {
             i.and_then(|i| st.sources.get(i as usize))
@@ -148,9 +157,9 @@ impl IncidentView {
             kind: core.kind,
             occurred_at: core.occurred_at,
             time_precision: core.time_precision,
-            region: core.region.code().to_owned(),
-            region_name: core.region.name().to_owned(),
-            country: core.region.country().to_owned(),
+            region: S::from(core.region.code()),
+            region_name: S::from(core.region.name()),
+            country: S::from(core.region.country()),
             locality: s(&core.locality),
             location: core.location,
             perpetrator: s(&core.perpetrator),
@@ -162,7 +171,7 @@ impl IncidentView {
                 IncidentStatus::Active
             },
             retraction: st.retraction.as_deref().map(|r| RetractionView {
-                reason: r.reason.to_string(),
+                reason: S::from(&r.reason),
                 duplicate_of: r.duplicate_of,
                 recorded_at: r.recorded_at,
             }),
@@ -177,8 +186,8 @@ impl IncidentView {
                 .iter()
                 .map(|c| ClaimView {
                     claim_id: c.id,
-                    claimant: c.claimant.to_string(),
-                    statement: c.statement.to_string(),
+                    claimant: S::from(&c.claimant),
+                    statement: S::from(&c.statement),
                     attributed_to: s(&c.attributed_to),
                     source: src(c.source),
                     status: c.status(),
@@ -186,7 +195,7 @@ impl IncidentView {
                         .denials
                         .iter()
                         .map(|d| DenialView {
-                            by: d.by.to_string(),
+                            by: S::from(&d.by),
                             statement: s(&d.statement),
                             source: src(d.source),
                             recorded_at: d.recorded_at,
@@ -197,7 +206,7 @@ impl IncidentView {
                         .iter()
                         .map(|a| AssessmentView {
                             assessment: a.assessment,
-                            by: a.by.to_string(),
+                            by: S::from(&a.by),
                             evidence: s(&a.evidence),
                             recorded_at: a.recorded_at,
                         })
@@ -210,12 +219,12 @@ impl IncidentView {
                 .corrections
                 .iter()
                 .map(|c| CorrectionView {
-                    reason: c.reason.to_string(),
+                    reason: S::from(&c.reason),
                     fields: CORRECTABLE
                         .iter()
                         .enumerate()
                         .filter(|(i, _)| c.fields & (1 << i) != 0)
-                        .map(|(_, f)| (*f).to_owned())
+                        .map(|(_, f)| S::from(f))
                         .collect(),
                     recorded_at: c.recorded_at,
                 })

@@ -166,3 +166,31 @@ pub fn summary_json(p: &Projection, region: &str, w: &Window, at: Option<u64>) -
     let r = Region::parse(region).unwrap();
     serde_json::to_value(p.region_summary(&r, w, at)).unwrap()
 }
+
+/// The digest as it is defined, computed line by line from the owned views the API serves:
+/// the tag, the position, every incident view sorted by id as one JSON line, every region's
+/// summary (those with nothing counted left included) sorted by code. `regions`: every region
+/// code the log used.
+pub fn digest_by_definition(p: &Projection, regions: &[&str]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"incidentlog views v2\n");
+    h.update(format!("position {}\n", p.position()).as_bytes());
+    let mut views: Vec<_> = p.views().collect();
+    views.sort_by_key(|v| v.incident_id);
+    for v in views {
+        h.update(serde_json::to_string(&v).unwrap().as_bytes());
+        h.update(b"\n");
+    }
+    let mut codes = regions.to_vec();
+    codes.sort_unstable();
+    codes.dedup();
+    for code in codes {
+        let region = Region::parse(code).unwrap();
+        let Some(r) = p.region_summary(&region, &Window::all(), None) else {
+            continue;
+        };
+        h.update(serde_json::to_string(&r).unwrap().as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().to_hex().to_string()
+}

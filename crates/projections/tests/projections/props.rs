@@ -315,6 +315,8 @@ proptest! {
             c.apply(&r.env()).unwrap();
         }
         prop_assert_eq!(c.digest(), full.digest());
+        // the digest serializes views borrowing their text: the same bytes as the owned views
+        prop_assert_eq!(full.digest(), digest_by_definition(&full, &REGIONS));
         prop_assert_eq!(log.projection().digest(), full.digest());
     }
 
