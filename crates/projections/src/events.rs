@@ -457,16 +457,18 @@ impl<'a> IncidentEvent<'a> {
         r.map_err(|e| DecodeError::Data(e.to_string()))
     }
 
-    fn to_json(&self) -> Result<String, serde_json::Error> {
+    /// The data as JSON (`to_raw_value` wraps what it wrote without parsing it again).
+    fn to_json(&self) -> Result<Box<RawValue>, serde_json::Error> {
+        use serde_json::value::to_raw_value;
         match self {
-            IncidentEvent::IncidentReported(d) => serde_json::to_string(d),
-            IncidentEvent::CasualtiesReported(d) => serde_json::to_string(d),
-            IncidentEvent::ClaimMade(d) => serde_json::to_string(d),
-            IncidentEvent::ClaimDenied(d) => serde_json::to_string(d),
-            IncidentEvent::ClaimAssessed(d) => serde_json::to_string(d),
-            IncidentEvent::SourceAdded(d) => serde_json::to_string(d),
-            IncidentEvent::IncidentCorrected(d) => serde_json::to_string(d),
-            IncidentEvent::IncidentRetracted(d) => serde_json::to_string(d),
+            IncidentEvent::IncidentReported(d) => to_raw_value(d),
+            IncidentEvent::CasualtiesReported(d) => to_raw_value(d),
+            IncidentEvent::ClaimMade(d) => to_raw_value(d),
+            IncidentEvent::ClaimDenied(d) => to_raw_value(d),
+            IncidentEvent::ClaimAssessed(d) => to_raw_value(d),
+            IncidentEvent::SourceAdded(d) => to_raw_value(d),
+            IncidentEvent::IncidentCorrected(d) => to_raw_value(d),
+            IncidentEvent::IncidentRetracted(d) => to_raw_value(d),
         }
     }
 }
@@ -586,8 +588,7 @@ impl TypedEvent {
     pub fn canonical_data(&self) -> Box<RawValue> {
         // Serializing these plain structs cannot fail (no maps with non-string keys, no
         // non-finite floats: validation rejects them); keep a valid fallback regardless.
-        let s = self.event.to_json().unwrap_or_else(|_| "{}".to_owned());
-        RawValue::from_string(s).unwrap_or_else(|_| empty_object())
+        self.event.to_json().unwrap_or_else(|_| empty_object())
     }
 }
 

@@ -265,7 +265,10 @@ impl Importer<'_> {
                     Parsed::Blank => {}
                     Parsed::Rejected(err) => reject(&mut self.report, line, &err),
                     Parsed::Command(cmd, new) => {
-                        self.stage_all(vec![Pending { line, cmd, new }]).await?;
+                        // Staged directly; only what comes back to be staged again is queued.
+                        if let Step::Again(lines) = self.stage(Pending { line, cmd, new }).await? {
+                            self.stage_all(lines).await?;
+                        }
                     }
                 }
             }
