@@ -316,7 +316,7 @@ async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal,
     if state.limiter.enabled() {
         let key = match (&principal.name, client_ip) {
             (Some(name), _) => format!("token:{name}"),
-            (None, Some(ip)) => format!("ip:{ip}"),
+            (None, Some(ip)) => format!("ip:{}", quota::share_address(ip)),
             (None, None) => "anonymous".to_string(),
         };
         if let Err(retry_after_secs) = state.limiter.check(&key) {
@@ -534,7 +534,7 @@ async fn accept_loop(
                 }
             },
         };
-        let permit = match per_address.take(peer.ip()) {
+        let permit = match per_address.take(quota::share_address(peer.ip())) {
             None => Err("too many open connections from this address"),
             Some(share) => match connections.clone().try_acquire_owned() {
                 Ok(permit) => Ok((permit, share)),

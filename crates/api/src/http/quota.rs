@@ -3,7 +3,7 @@
 //! client take all of it (1,024 trickled uploads hold every request slot).
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use crate::auth::Principal;
@@ -21,9 +21,19 @@ impl Client {
     pub(crate) fn of(principal: &Principal, address: Option<IpAddr>) -> Client {
         match (&principal.name, address) {
             (Some(name), _) => Client::Token(name.clone()),
-            (None, Some(ip)) => Client::Address(ip),
+            (None, Some(ip)) => Client::Address(share_address(ip)),
             (None, None) => Client::Anonymous,
         }
+    }
+}
+
+/// The address a per-address share (and rate limit) is kept for: IPv4 as is, IPv4-mapped IPv6
+/// as IPv4, IPv6 by its /64 prefix (one host or subscriber usually holds a whole /64, so per
+/// single address it could take any number of shares).
+pub(crate) fn share_address(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
+        v4 => v4,
     }
 }
 
@@ -98,5 +108,21 @@ mod tests {
         drop((a2, a3, b));
         assert_eq!(q.keys(), 0, "keys at zero are forgotten");
         assert!(Quota::new(0).take(1).is_some(), "a cap of 0 is taken as 1");
+    }
+
+    #[test]
+    fn ipv6_shares_are_per_64_prefix_and_mapped_ipv4_is_ipv4() {
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(share_address(a("192.0.2.7")), a("192.0.2.7"));
+        assert_eq!(share_address(a("::ffff:192.0.2.7")), a("192.0.2.7"));
+        assert_eq!(
+            share_address(a("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            share_address(a("2001:db8:1:2::1"))
+        );
+        assert_eq!(share_address(a("2001:db8:1:2::1")), a("2001:db8:1:2::"));
+        assert_ne!(
+            share_address(a("2001:db8:1:2::1")),
+            share_address(a("2001:db8:1:3::1"))
+        );
     }
 }
