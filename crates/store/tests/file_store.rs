@@ -53,6 +53,50 @@ async fn reopen_keeps_everything_across_segments() {
     assert_eq!(all.last().unwrap().hash, store.head().hash);
 }
 
+/// What the store creates is its owner's alone (the log holds what investigators recorded,
+/// `tokens.json` the token hashes): directories 0700, files 0600, whatever the umask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_directories_and_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("new").join("data");
+    let store = FileStore::open(&opts(&dir, 600)).await.unwrap();
+    for i in 0..20 {
+        store
+            .append(append_req(Uuid::new_v4(), vec![new_event(i)]))
+            .await
+            .unwrap();
+    }
+    store
+        .add_token(incidentlog_store::TokenRecord {
+            name: "t".into(),
+            role: "reader".into(),
+            secret_hash: [7; 32],
+            created_at: chrono::Utc::now(),
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for d in [parent.path().join("new"), dir.clone(), dir.join("log")] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir)
+        .unwrap()
+        .chain(std::fs::read_dir(dir.join("log")).unwrap())
+    {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            files += 1;
+        }
+    }
+    assert!(segments(&dir).len() > 1, "several segments were checked");
+    assert!(files >= 5, "LOCK, tokens, segments: {files} files");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_cannot_open_the_same_dir() {
     let dir = tempfile::tempdir().unwrap();

@@ -43,12 +43,32 @@ impl LogFile for RealFile {
 
 impl LogIo for RealIo {
     fn open_append(&self, path: &Path, create: bool) -> io::Result<Box<dyn LogFile>> {
-        let file = OpenOptions::new()
+        let file = private_options()
             .append(true)
             .create_new(create)
             .open(path)?;
         Ok(Box::new(RealFile(file)))
     }
+}
+
+/// Options for a file the store creates: readable and writable by its owner only (0600 on
+/// Unix, whatever the umask). The log holds what investigators recorded, and `tokens.json`
+/// the token hashes: not for other local users.
+pub(crate) fn private_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Creates `dir` and any missing parents, owner-only (0700 on Unix) like the files in them.
+/// Directories that exist keep their mode (the operator's choice).
+pub(crate) fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 /// fsync of a directory, so a created or renamed entry survives a crash.

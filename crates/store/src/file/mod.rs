@@ -128,7 +128,7 @@ impl FileStore {
                     )));
                 }
             } else {
-                std::fs::create_dir_all(&ld)?;
+                io::create_private_dir_all(&ld)?;
             }
             let lock = lock_data_dir(&dir, read_only)?;
             Ok((lock, scan::recover(&ld, read_only)?))
@@ -276,7 +276,7 @@ fn stream_of(shared: &Shared, stream_id: Uuid) -> Result<Vec<RecordedEvent>, Sto
 /// Takes the data directory's `LOCK` (one process per directory). A read-only open neither
 /// creates nor writes it, and goes without when there is none (no process ever wrote there).
 fn lock_data_dir(dir: &Path, read_only: bool) -> Result<Option<File>, StoreError> {
-    let lock = match std::fs::OpenOptions::new()
+    let lock = match io::private_options()
         .create(!read_only)
         .truncate(false)
         .write(!read_only)

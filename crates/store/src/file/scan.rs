@@ -588,7 +588,7 @@ fn on_record(
 /// Creates a segment file holding only its header, synced.
 pub(crate) fn create_segment_file(path: &Path, first_position: u64) -> Result<(), StoreError> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
+    let mut f = super::io::private_options()
         .write(true)
         .create_new(true)
         .open(path)?;

@@ -69,7 +69,7 @@ fn encode(head: &Head) -> String {
 /// Writes the mark: a new file, synced, renamed over the old one, the directory synced.
 pub(crate) fn write(log_dir: &Path, head: &Head) -> std::io::Result<()> {
     let tmp = log_dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
-    let written = std::fs::OpenOptions::new()
+    let written = super::io::private_options()
         .write(true)
         .create_new(true)
         .open(&tmp)

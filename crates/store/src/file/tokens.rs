@@ -65,7 +65,7 @@ pub fn revoke(dir: &Path, name: &str, at: DateTime<Utc>) -> Result<bool, StoreEr
 /// Runs `edit` holding the exclusive lock of `dir`'s token file (released when the lock
 /// file is closed, also if this process dies).
 fn locked<T>(dir: &Path, edit: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    let lock = std::fs::OpenOptions::new()
+    let lock = super::io::private_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -79,7 +79,11 @@ fn store(dir: &Path, tokens: &[TokenRecord]) -> Result<(), StoreError> {
     let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
     let bytes = serde_json::to_vec_pretty(tokens)
         .map_err(|e| StoreError::InvalidInput(format!("token does not serialize: {e}")))?;
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = super::io::private_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
     f.write_all(&bytes)?;
     f.sync_all()?;
     drop(f);
