@@ -840,6 +840,21 @@ impl AppService {
         Ok(lean!(self.inner.store, read_stream(id))?)
     }
 
+    /// A page of one incident's events (versions after `after`, at most `limit`); `None` for
+    /// an unknown incident.
+    pub async fn stream_page(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<RecordedEvent>>, ApiError> {
+        let events = lean!(self.inner.store, read_stream_page(id, after, limit))?;
+        if events.is_empty() && lean!(self.inner.store, stream_version(id))? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(events))
+    }
+
     /// A page of the global log.
     pub async fn log_page(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, ApiError> {
         Ok(lean!(self.inner.store, read_all(after, limit))?)

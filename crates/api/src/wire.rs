@@ -143,6 +143,9 @@ pub struct AppendResponse {
 #[allow(dead_code)]
 pub struct StreamEventsDoc {
     pub events: Vec<RecordedEventDoc>,
+    /// Only on a page (`after` or `limit` given): the last stream version returned (`after`
+    /// when none), to pass as the next page's `after`.
+    pub next_after: Option<u64>,
 }
 
 /// A page of the global log.

@@ -1270,6 +1270,72 @@ async fn requests_in_flight_are_capped_per_client() {
     );
 }
 
+/// `GET /v1/incidents/{id}/events` answers the whole stream without parameters (SPEC), and a
+/// page of it with `after`/`limit`, `next_after` continuing it.
+#[tokio::test]
+async fn incident_events_page_through_the_stream() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    let r = app
+        .append(
+            id,
+            json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let more: Vec<Value> = (1..5).map(|k| casualties(Uuid::new_v4(), k)).collect();
+    let r = app.append(id, json!({"events": more})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let versions = |r: &Resp| -> Vec<u64> {
+        r.body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["stream_version"].as_u64().unwrap())
+            .collect()
+    };
+    let whole = app.get(&format!("/v1/incidents/{id}/events")).await;
+    assert_eq!(versions(&whole), [1, 2, 3, 4, 5]);
+    assert!(
+        whole.body.get("next_after").is_none(),
+        "the SPEC's shape without paging"
+    );
+    let mut after = 0;
+    let mut paged = Vec::new();
+    loop {
+        let r = app
+            .get(&format!("/v1/incidents/{id}/events?after={after}&limit=2"))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let got = versions(&r);
+        assert!(got.len() <= 2);
+        assert_eq!(r.body["next_after"], got.last().copied().unwrap_or(after));
+        if got.is_empty() {
+            break;
+        }
+        after = r.body["next_after"].as_u64().unwrap();
+        paged.extend(got);
+    }
+    assert_eq!(paged, [1, 2, 3, 4, 5]);
+    let r = app.get(&format!("/v1/incidents/{id}/events?after=3")).await;
+    assert_eq!(versions(&r), [4, 5]);
+    let r = app
+        .get(&format!("/v1/incidents/{id}/events?limit=5000"))
+        .await;
+    assert_eq!(
+        versions(&r),
+        [1, 2, 3, 4, 5],
+        "a large limit is clamped, not refused"
+    );
+    let r = app.get(&format!("/v1/incidents/{id}/events?limit=0")).await;
+    assert_problem(&r, 400);
+    assert_eq!(r.body["errors"][0]["pointer"], "/limit");
+    let r = app
+        .get(&format!("/v1/incidents/{}/events?after=0", Uuid::new_v4()))
+        .await;
+    assert_problem(&r, 404);
+}
+
 #[tokio::test]
 async fn metrics_and_health() {
     let app = app().await;

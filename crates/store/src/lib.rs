@@ -282,6 +282,25 @@ pub trait EventStore: Send + Sync + 'static {
         stream_id: StreamId,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
+    /// The events of one stream with `stream_version > after_version`, at most `limit`, in
+    /// order (a page of [`EventStore::read_stream`]; empty past the end or for no stream).
+    fn read_stream_page(
+        &self,
+        stream_id: StreamId,
+        after_version: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send {
+        async move {
+            let mut all = self.read_stream(stream_id).await?;
+            let start = usize::try_from(after_version)
+                .unwrap_or(usize::MAX)
+                .min(all.len());
+            all.drain(..start);
+            all.truncate(limit);
+            Ok(all)
+        }
+    }
+
     /// [`EventStore::read_stream`] of several streams, in the order given: one round trip
     /// where the backend can (a bulk import reads the incidents of a batch of lines at once).
     fn read_streams(
@@ -528,6 +547,15 @@ impl EventStore for Store {
 
     async fn read_stream(&self, stream_id: StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
         with_backend!(self, s => s.read_stream(stream_id).await)
+    }
+
+    async fn read_stream_page(
+        &self,
+        stream_id: StreamId,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        with_backend!(self, s => s.read_stream_page(stream_id, after_version, limit).await)
     }
 
     async fn read_streams(

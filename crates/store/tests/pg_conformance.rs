@@ -37,6 +37,7 @@ macro_rules! pg_conformance {
 pg_conformance!(
     append_and_read_back,
     read_streams_reads_each_stream,
+    read_stream_pages_slice_the_stream,
     expected_version_checks,
     one_winner_per_expected_version,
     idempotent_retries,

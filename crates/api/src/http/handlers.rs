@@ -270,34 +270,74 @@ pub(crate) async fn incident(
     Ok(json(StatusCode::OK, &view))
 }
 
-/// The events of one incident, in order.
+/// The events of one incident, in order: the whole stream, or with `after` or `limit` a page
+/// of it (an extension: a stream can be long) with `next_after` to continue from.
 #[utoipa::path(
     get, path = "/v1/incidents/{id}/events", tag = "events",
-    params(("id" = Uuid, Path, description = "Incident id")),
+    params(
+        ("id" = Uuid, Path, description = "Incident id"),
+        ("after" = Option<u64>, Query, description = "Page: stream version to read after (default 0)"),
+        ("limit" = Option<usize>, Query, minimum = 1, description = "Page: default 100 when `after` is given, at least 1, max 1000 (larger values are clamped)")
+    ),
     responses(
-        (status = 200, description = "The stream", body = wire::StreamEventsDoc),
+        (status = 200, description = "The stream (without `after` and `limit`), or a page of it with `next_after`", body = wire::StreamEventsDoc),
+        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown incident", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub(crate) async fn incident_events(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
-    ApiQuery(_): ApiQuery<NoParams>,
+    ApiQuery(q): ApiQuery<LogParams>,
 ) -> Result<Response, ApiError> {
-    let events = state.service.stream_events(id).await?;
-    if events.is_empty() {
-        return Err(ApiError::NotFound(format!("no incident {id}")));
+    if q.after.is_none() && q.limit.is_none() {
+        let events = state.service.stream_events(id).await?;
+        if events.is_empty() {
+            return Err(ApiError::NotFound(format!("no incident {id}")));
+        }
+        #[derive(Serialize)]
+        struct Body<'a> {
+            events: WireEvents<'a>,
+        }
+        return Ok(json(
+            StatusCode::OK,
+            &Body {
+                events: WireEvents(&events),
+            },
+        ));
     }
+    let after = q.after.unwrap_or(0);
+    let limit = page_limit(q.limit)?;
+    let events = state
+        .service
+        .stream_page(id, after, limit)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no incident {id}")))?;
+    let next_after = events.last().map_or(after, |e| e.stream_version);
     #[derive(Serialize)]
     struct Body<'a> {
         events: WireEvents<'a>,
+        next_after: u64,
     }
     Ok(json(
         StatusCode::OK,
         &Body {
             events: WireEvents(&events),
+            next_after,
         },
     ))
+}
+
+/// `limit` of a page: default 100, at most [`MAX_PAGE`] (more is clamped), 0 refused ("at most
+/// `limit`" cannot be met with at least one event per page).
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    if limit == Some(0) {
+        return Err(ApiError::bad_request_at(crate::error::field_error(
+            "/limit",
+            format!("must be at least 1 (values above {MAX_PAGE} are clamped)"),
+        )));
+    }
+    Ok(limit.unwrap_or(100).min(MAX_PAGE))
 }
 
 #[derive(Deserialize)]
@@ -380,14 +420,7 @@ pub(crate) async fn log_page(
     ApiQuery(q): ApiQuery<LogParams>,
 ) -> Result<Response, ApiError> {
     let after = q.after.unwrap_or(0);
-    if q.limit == Some(0) {
-        // "At most `limit`" cannot be met with at least one event per page.
-        return Err(ApiError::bad_request_at(crate::error::field_error(
-            "/limit",
-            format!("must be at least 1 (values above {MAX_PAGE} are clamped)"),
-        )));
-    }
-    let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
+    let limit = page_limit(q.limit)?;
     let events = state.service.log_page(after, limit).await?;
     let next_after = events.last().map_or(after, |e| e.global_position);
     #[derive(Serialize)]

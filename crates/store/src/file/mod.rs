@@ -259,12 +259,26 @@ impl FileStore {
 
 /// The events of one stream, read from the segments (on a blocking thread).
 fn stream_of(shared: &Shared, stream_id: Uuid) -> Result<Vec<RecordedEvent>, StoreError> {
+    stream_page_of(shared, stream_id, 0, usize::MAX)
+}
+
+/// The records of `stream_id` after version `after`, at most `limit` (only those are read).
+fn stream_page_of(
+    shared: &Shared,
+    stream_id: Uuid,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
     let (locs, head) = {
         let index = shared.index();
-        let locs: Vec<Location> = index
-            .stream_positions(&stream_id)
-            .into_iter()
-            .filter_map(|p| index.locate(p))
+        let positions = index.stream_positions(&stream_id);
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(positions.len());
+        let locs: Vec<Location> = positions[start..]
+            .iter()
+            .take(limit)
+            .filter_map(|p| index.locate(*p))
             .collect();
         (locs, index.head)
     };
@@ -467,6 +481,19 @@ impl EventStore for FileStore {
 
     async fn read_stream(&self, stream_id: Uuid) -> Result<Vec<RecordedEvent>, StoreError> {
         self.blocking(move |shared| stream_of(shared, stream_id))
+            .await
+    }
+
+    async fn read_stream_page(
+        &self,
+        stream_id: Uuid,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |shared| stream_page_of(shared, stream_id, after_version, limit))
             .await
     }
 

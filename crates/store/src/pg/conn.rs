@@ -124,6 +124,7 @@ const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, even
 pub(crate) struct ReadStatements {
     pub read_all: Statement,
     pub read_stream: Statement,
+    pub read_stream_page: Statement,
     pub event_by_id: Statement,
     pub stream_version: Statement,
     pub position_at: Statement,
@@ -140,6 +141,10 @@ impl ReadStatements {
             format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version"
             ),
+            format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2 \
+                 ORDER BY stream_version LIMIT $3"
+            ),
             format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"),
             // Many streams at once: concurrent `stream_version` calls share one query.
             "SELECT s, (SELECT e.stream_version FROM events e WHERE e.stream_id = s \
@@ -153,11 +158,13 @@ impl ReadStatements {
         let position_at = pop(&mut s);
         let stream_version = pop(&mut s);
         let event_by_id = pop(&mut s);
+        let read_stream_page = pop(&mut s);
         let read_stream = pop(&mut s);
         let read_all = pop(&mut s);
         Ok(ReadStatements {
             read_all,
             read_stream,
+            read_stream_page,
             event_by_id,
             stream_version,
             position_at,

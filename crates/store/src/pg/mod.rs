@@ -453,6 +453,28 @@ impl EventStore for PgStore {
         rows.iter().map(from_row).collect()
     }
 
+    async fn read_stream_page(
+        &self,
+        stream_id: StreamId,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Versions and limits beyond i64 mean "everything after" / "no limit".
+        let after = i64::try_from(after_version).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .read_events(
+                "read_stream_page",
+                |c| c.stmts.read_stream_page.clone(),
+                &[&stream_id, &after, &limit],
+            )
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());

@@ -23,6 +23,7 @@ macro_rules! conformance_suite {
         $crate::common::conformance::conformance_suite!(@each $factory;
             append_and_read_back,
             read_streams_reads_each_stream,
+            read_stream_pages_slice_the_stream,
             expected_version_checks,
             one_winner_per_expected_version,
             idempotent_retries,
@@ -98,6 +99,51 @@ fn assert_gap_free(events: &[RecordedEvent]) {
 
 /// `read_streams` gives what `read_stream` gives for each stream, in the order asked, with
 /// empty streams for unknown ids.
+pub async fn read_stream_pages_slice_the_stream<S: EventStore>(store: Arc<S>) {
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    // Stream a: 7 events over three appends, interleaved with another stream.
+    for (expected, n) in [(0, 3), (3, 1), (4, 3)] {
+        store
+            .append(request(a, ExpectedVersion::Exact(expected), events(n, "a")))
+            .await
+            .unwrap();
+        store
+            .append(request(b, ExpectedVersion::Any, events(1, "b")))
+            .await
+            .unwrap();
+    }
+    let key = |v: &[RecordedEvent]| -> Vec<(u64, u64, Uuid)> {
+        v.iter()
+            .map(|e| (e.global_position, e.stream_version, e.event_id))
+            .collect()
+    };
+    let whole = key(&store.read_stream(a).await.unwrap());
+    assert_eq!(whole.len(), 7);
+    for after in [0u64, 1, 3, 6, 7, 8, u64::MAX] {
+        for limit in [0usize, 1, 2, 5, 7, 100, usize::MAX] {
+            let page = store.read_stream_page(a, after, limit).await.unwrap();
+            let start = (after.min(7)) as usize;
+            let want: Vec<_> = whole[start..].iter().take(limit).copied().collect();
+            assert_eq!(key(&page), want, "after {after}, limit {limit}");
+        }
+    }
+    // Paging through gives the whole stream, once.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_stream_page(a, after, 3).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.stream_version;
+        paged.extend(key(&page));
+    }
+    assert_eq!(paged, whole);
+    assert!(store
+        .read_stream_page(Uuid::new_v4(), 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 pub async fn read_streams_reads_each_stream<S: EventStore>(store: Arc<S>) {
     let (a, b, unknown) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     store
