@@ -862,8 +862,12 @@ fn usage_errors_are_caught_before_anything_is_touched() {
     assert!(!err.contains("hunter2secret"), "{err}");
     assert!(err.contains("\"postgress\""), "{err}");
     // Limits and durations must make sense; a log filter must parse.
+    // (A limit beyond what a semaphore holds once panicked after the first token was made.)
     for args in [
         vec!["serve", "--max-connections", "0"],
+        vec!["serve", "--max-concurrent-requests", "2305843009213693952"],
+        vec!["serve", "--max-sse-clients", "18446744073709551615"],
+        vec!["serve", "--max-concurrent-per-client", "0"],
         vec!["serve", "--request-timeout", "0s"],
         vec!["serve", "--sse-heartbeat", "0"],
         vec!["replay", "--log", "bogus[["],
@@ -871,6 +875,7 @@ fn usage_errors_are_caught_before_anything_is_touched() {
         let mut all = args.clone();
         all.extend(["--data-dir", d(&missing)]);
         assert_eq!(cli(&all).status.code(), Some(2), "{all:?}");
+        assert!(!missing.exists(), "{all:?} created {}", missing.display());
     }
     // --data-dir naming a file: said plainly, exit 1.
     let file = dir.path().join("afile");

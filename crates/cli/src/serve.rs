@@ -132,7 +132,8 @@ pub struct ServeArgs {
         long,
         env = "INCIDENTLOG_MAX_SSE_CLIENTS",
         default_value_t = ServeConfig::default().max_sse_clients,
-        value_name = "N"
+        value_name = "N",
+        value_parser = count()
     )]
     pub max_sse_clients: usize,
 
@@ -181,9 +182,19 @@ pub struct ServeArgs {
     pub header_read_timeout: Duration,
 }
 
+/// Largest count a limit takes (far above any machine's capacity; the limits are semaphores,
+/// which refuse more than `usize::MAX >> 3` permits, so a larger value must be a usage error
+/// before anything is created, not a panic after).
+const MAX_LIMIT: u64 = 1 << 30;
+
 /// A count that must be at least 1 (a limit of 0 would refuse everything).
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_LIMIT)
+}
+
+/// A count that may be 0 (that feature off).
+fn count() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_LIMIT)
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {

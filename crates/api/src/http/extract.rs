@@ -144,9 +144,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 /// A 400 for a query string that does not deserialize, with a pointer to the parameter when
 /// axum's message names it (`Failed to deserialize query string: NAME: MESSAGE`, or serde's
-/// "duplicate field `NAME`" / "unknown field `NAME`, expected ...").
+/// "duplicate field `NAME`" / "unknown field `NAME`, expected ..."). Any name a client sent
+/// (`after[]`, an empty one) gets its pointer, escaped as RFC 6901 says.
 fn query_error(text: &str) -> ApiError {
-    let is_name = |name: &str| {
+    let plain = |name: &str| {
         !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     };
     let rest = text.strip_prefix("Failed to deserialize query string: ");
@@ -158,12 +159,20 @@ fn query_error(text: &str) -> ApiError {
                 Some((name, r))
             })
     });
-    let named = quoted.or_else(|| rest.and_then(|r| r.split_once(": ")));
-    match named.filter(|(name, _)| is_name(name)) {
-        Some((name, message)) => ApiError::BadRequest {
-            detail: format!("malformed query: /{name}: {message}"),
-            errors: vec![crate::error::field_error(format!("/{name}"), message)],
-        },
+    // "NAME: MESSAGE": a plain name, or one the message quotes back (so that a colon inside a
+    // message is never taken for the end of a name).
+    let named = quoted.or_else(|| {
+        rest.and_then(|r| r.split_once(": "))
+            .filter(|(name, message)| plain(name) || message.contains(&format!("`{name}`")))
+    });
+    match named {
+        Some((name, message)) => {
+            let pointer = format!("/{}", name.replace('~', "~0").replace('/', "~1"));
+            ApiError::BadRequest {
+                detail: format!("malformed query: {pointer}: {message}"),
+                errors: vec![crate::error::field_error(pointer, message)],
+            }
+        }
         None => ApiError::bad_request(format!("malformed query: {text}")),
     }
 }
@@ -197,5 +206,48 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             },
             None => ApiError::bad_request(format!("malformed path: {rejection}")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pointer(text: &str) -> Option<String> {
+        match query_error(text) {
+            ApiError::BadRequest { errors, .. } => errors.first().map(|e| e.pointer.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn query_errors_point_at_the_parameter_whatever_its_name() {
+        let p = "Failed to deserialize query string: ";
+        assert_eq!(
+            pointer(&format!("{p}limit: invalid digit found in string")),
+            Some("/limit".into())
+        );
+        assert_eq!(
+            pointer(&format!(
+                "{p}unknown field `foo`, expected `after` or `limit`"
+            )),
+            Some("/foo".into())
+        );
+        assert_eq!(
+            pointer(&format!(
+                "{p}after[]: unknown field `after[]`, expected `after` or `limit`"
+            )),
+            Some("/after[]".into())
+        );
+        assert_eq!(
+            pointer(&format!("{p}unknown field ``, expected `after` or `limit`")),
+            Some("/".into())
+        );
+        assert_eq!(
+            pointer(&format!("{p}unknown field `a/b~c`, expected `after`")),
+            Some("/a~1b~0c".into())
+        );
+        // A colon inside a message is not the end of a name.
+        assert_eq!(pointer(&format!("{p}expected a: b thing")), None);
     }
 }

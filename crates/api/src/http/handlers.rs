@@ -768,11 +768,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = String::with_capacity(16 * 1024);
     state.http_metrics.render(&mut out);
     state.service.metrics().render(&mut out);
-    let sse = state.config.max_sse_clients
-        - state
-            .sse_slots
-            .available_permits()
-            .min(state.config.max_sse_clients);
+    let sse_max = state
+        .config
+        .max_sse_clients
+        .min(tokio::sync::Semaphore::MAX_PERMITS);
+    let sse = sse_max - state.sse_slots.available_permits().min(sse_max);
     let head = state.service.store_head();
     let applied = state.service.applied_position();
     for (name, help, kind, v) in [
@@ -804,8 +804,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
             "incidentlog_requests_in_flight",
             "Requests being handled (SSE not counted).",
             "gauge",
-            (state.config.max_concurrent_requests.max(1) - state.in_flight.available_permits())
-                as u64,
+            (state
+                .config
+                .max_concurrent_requests
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
+                .saturating_sub(state.in_flight.available_permits())) as u64,
         ),
     ] {
         use std::fmt::Write as _;

@@ -150,10 +150,17 @@ fn build_router(
         service,
         config: Arc::new(config.clone()),
         http_metrics: Arc::new(metrics::HttpMetrics::default()),
-        sse_slots: Arc::new(Semaphore::new(config.max_sse_clients)),
+        // Semaphores refuse more than MAX_PERMITS (a panic): larger limits mean "no limit".
+        sse_slots: Arc::new(Semaphore::new(
+            config.max_sse_clients.min(Semaphore::MAX_PERMITS),
+        )),
         sse_per_client: quota::Quota::new(config.max_sse_per_client),
         in_flight_per_client: quota::Quota::new(config.max_concurrent_per_client),
-        in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+        in_flight: Arc::new(Semaphore::new(
+            config
+                .max_concurrent_requests
+                .clamp(1, Semaphore::MAX_PERMITS),
+        )),
         bulk_slots: Arc::new(Semaphore::new(BULK_BODIES_IN_MEMORY)),
         limiter: Arc::new(ratelimit::RateLimiter::new(
             config.rate_limit_per_sec,
@@ -535,15 +542,18 @@ async fn accept_loop(
             },
         };
         let permit = match per_address.take(quota::share_address(peer.ip())) {
-            None => Err("too many open connections from this address"),
+            None => Err((
+                "too many open connections from this address",
+                config.max_connections_per_address,
+            )),
             Some(share) => match connections.clone().try_acquire_owned() {
                 Ok(permit) => Ok((permit, share)),
-                Err(_) => Err("too many open connections"),
+                Err(_) => Err(("too many open connections", limit as usize)),
             },
         };
         let permit = match permit {
             Ok(permit) => permit,
-            Err(why) => {
+            Err((why, limit)) => {
                 drop(stream);
                 // One line per second at most: a flood must not become a log flood.
                 refused += 1;
