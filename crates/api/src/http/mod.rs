@@ -604,8 +604,8 @@ async fn accept_loop(
     }
 }
 
-/// Binds `config.listen`: done first, so that a taken port fails the start before anything
-/// else (a first admin token, rebuilding the views) happens. Connections wait in the
+/// Binds `config.listen`: done before the first admin token is made and the views are built,
+/// so that a taken port fails the start before either happens. Connections wait in the
 /// backlog until [`serve`] accepts them.
 pub async fn bind(config: &ServeConfig) -> Result<tokio::net::TcpListener, ApiError> {
     tokio::net::TcpListener::bind(config.listen)
