@@ -53,8 +53,9 @@ async fn reopen_keeps_everything_across_segments() {
     assert_eq!(all.last().unwrap().hash, store.head().hash);
 }
 
-/// What the store creates is its owner's alone (the log holds what investigators recorded,
-/// `tokens.json` the token hashes): directories 0700, files 0600, whatever the umask.
+/// What the store creates in a data directory it made is its owner's alone (the log holds what
+/// investigators recorded, `tokens.json` the token hashes): directories 0700, files 0600,
+/// whatever the umask.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_directories_and_files_are_owner_only() {
     use std::os::unix::fs::PermissionsExt;
@@ -95,6 +96,77 @@ async fn created_directories_and_files_are_owner_only() {
     }
     assert!(segments(&dir).len() > 1, "several segments were checked");
     assert!(files >= 5, "LOCK, tokens, segments: {files} files");
+
+    // A data directory the operator made and opened to a group keeps its mode, and what the
+    // store creates in it is open to that group as far as the directory is (a backup group
+    // keeps reading new segments).
+    let shared = parent.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let store = FileStore::open(&opts(&shared, 600)).await.unwrap();
+    for i in 0..20 {
+        store
+            .append(append_req(Uuid::new_v4(), vec![new_event(i)]))
+            .await
+            .unwrap();
+    }
+    store.close().await.unwrap();
+    assert_eq!(mode(&shared), 0o750);
+    assert_eq!(mode(&shared.join("log")), 0o750);
+    for seg in segments(&shared) {
+        // The umask may take bits away, never add them.
+        assert_eq!(mode(&seg) & !0o640, 0, "{}", seg.display());
+        assert_eq!(mode(&seg) & 0o600, 0o600, "{}", seg.display());
+    }
+}
+
+/// Files created by another user than the data directory's owner (root running `token create`
+/// or `import` on a service's directory) go to the directory's owner, so that the service can
+/// still read them. Only root can hand files over: elsewhere this checks nothing and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_created_by_root_go_to_the_data_directory_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let parent = tempfile::tempdir().unwrap();
+    if std::fs::metadata(parent.path()).unwrap().uid() != 0 {
+        eprintln!("SKIPPED: not root, cannot create files for another user");
+        return;
+    }
+    let dir = parent.path().join("service");
+    std::fs::create_dir(&dir).unwrap();
+    let (uid, gid) = (65534, 65534);
+    std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+    let store = FileStore::open(&opts(&dir, 600)).await.unwrap();
+    for i in 0..20 {
+        store
+            .append(append_req(Uuid::new_v4(), vec![new_event(i)]))
+            .await
+            .unwrap();
+    }
+    store
+        .add_token(incidentlog_store::TokenRecord {
+            name: "t".into(),
+            role: "reader".into(),
+            secret_hash: [7; 32],
+            created_at: chrono::Utc::now(),
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let owner = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+    let mut paths = vec![
+        dir.join("log"),
+        dir.join("LOCK"),
+        dir.join("tokens.json"),
+        dir.join("tokens.lock"),
+    ];
+    paths.extend(segments(&dir));
+    for p in paths {
+        assert_eq!(owner(&p), (uid, gid), "{}", p.display());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

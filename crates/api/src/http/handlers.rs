@@ -281,7 +281,7 @@ pub(crate) async fn incident(
     ),
     responses(
         (status = 200, description = "The stream (without `after` and `limit`), or a page of it with `next_after`", body = wire::StreamEventsDoc),
-        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed path or query (unknown or repeated parameter, an id that is not a UUID, limit 0)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown incident", body = Problem, content_type = "application/problem+json")
     )
 )]

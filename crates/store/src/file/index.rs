@@ -311,16 +311,26 @@ impl Index {
         out
     }
 
-    /// Positions of a stream, in order.
-    pub(crate) fn stream_positions(&self, id: &Uuid) -> Vec<u64> {
+    /// Positions of the stream's versions `after + 1 ..= after + limit`, in order. The chain
+    /// runs backwards from the last version, so this walks the versions after `after` only.
+    pub(crate) fn stream_positions_after(&self, id: &Uuid, after: u64, limit: usize) -> Vec<u64> {
         let Some(meta) = self.streams.get(id) else {
             return Vec::new();
         };
-        let mut out = Vec::with_capacity(meta.version as usize);
+        let version = u64::from(meta.version);
+        if after >= version || limit == 0 {
+            return Vec::new();
+        }
+        let last_wanted = after.saturating_add(limit as u64).min(version);
+        let mut out = Vec::with_capacity((last_wanted - after) as usize);
         let mut p = meta.last;
-        while p != 0 {
-            out.push(u64::from(p));
+        let mut v = version;
+        while p != 0 && v > after {
+            if v <= last_wanted {
+                out.push(u64::from(p));
+            }
             p = self.stream_prev[p as usize - 1];
+            v -= 1;
         }
         out.reverse();
         out

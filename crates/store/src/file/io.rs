@@ -43,32 +43,97 @@ impl LogFile for RealFile {
 
 impl LogIo for RealIo {
     fn open_append(&self, path: &Path, create: bool) -> io::Result<Box<dyn LogFile>> {
-        let file = private_options()
+        let dir = dir_of(path);
+        let file = new_file_options(dir)
             .append(true)
             .create_new(create)
             .open(path)?;
+        if create {
+            adopt_dir_owner(&file, dir);
+        }
         Ok(Box::new(RealFile(file)))
     }
 }
 
-/// Options for a file the store creates: readable and writable by its owner only (0600 on
-/// Unix, whatever the umask). The log holds what investigators recorded, and `tokens.json`
-/// the token hashes: not for other local users.
-pub(crate) fn private_options() -> OpenOptions {
+/// Options for a file the store creates in `dir`: the directory's read and write bits, as far
+/// as the umask lets them through. A data directory the store created is 0700, so its files
+/// are 0600: the log holds what investigators recorded, and `tokens.json` the token hashes.
+/// A directory an operator opened to a group (0750) gives 0640, so a backup group keeps
+/// reading new segments too; an older deployment's 0755 keeps giving 0644.
+pub(crate) fn new_file_options(dir: &Path) -> OpenOptions {
     let mut options = OpenOptions::new();
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mode = std::fs::metadata(dir).map_or(0o600, |m| m.permissions().mode() & 0o666);
+        options.mode(mode);
+    }
     options
 }
 
-/// Creates `dir` and any missing parents, owner-only (0700 on Unix) like the files in them.
-/// Directories that exist keep their mode (the operator's choice).
+/// A file created by another user than the directory's owner (`sudo incidentlog token create`
+/// on a service's data directory) is handed to the directory's owner and group, so that the
+/// service can still read it. Best effort: only root can, and for the owner it is a no-op.
+pub(crate) fn adopt_dir_owner(file: &File, dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(d), Ok(f)) = (std::fs::metadata(dir), file.metadata()) else {
+            return;
+        };
+        if (d.uid(), d.gid()) != (f.uid(), f.gid()) {
+            let _ = std::os::unix::fs::fchown(file, Some(d.uid()), Some(d.gid()));
+        }
+    }
+}
+
+/// The directory a file path is in (`.` for a bare name).
+pub(crate) fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Creates the data directory `dir` and any missing parents, owner-only (0700 on Unix) like
+/// the files in them. Directories that exist keep their mode (the operator's choice).
 pub(crate) fn create_private_dir_all(dir: &Path) -> io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)
+}
+
+/// Creates `dir` (if missing) with the mode and, as far as allowed, the owner of the directory
+/// it is in: `log/` of a data directory an operator opened to a group is open to that group
+/// too, and belongs to the service even when root made it.
+pub(crate) fn create_dir_like_parent(dir: &Path) -> io::Result<()> {
+    let parent = std::fs::metadata(dir_of(dir));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let mode = parent
+            .as_ref()
+            .map_or(0o700, |m| m.permissions().mode() & 0o777);
+        builder.mode(mode);
+    }
+    match builder.create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        r => r?,
+    }
+    #[cfg(unix)]
+    if let Ok(p) = parent {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(d) = std::fs::metadata(dir) {
+            if (d.uid(), d.gid()) != (p.uid(), p.gid()) {
+                // Best effort, as for files (only root can).
+                let _ = std::os::unix::fs::chown(dir, Some(p.uid()), Some(p.gid()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// fsync of a directory, so a created or renamed entry survives a crash.

@@ -128,7 +128,8 @@ impl FileStore {
                     )));
                 }
             } else {
-                io::create_private_dir_all(&ld)?;
+                io::create_private_dir_all(&dir)?;
+                io::create_dir_like_parent(&ld)?;
             }
             let lock = lock_data_dir(&dir, read_only)?;
             Ok((lock, scan::recover(&ld, read_only)?))
@@ -271,14 +272,10 @@ fn stream_page_of(
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let (locs, head) = {
         let index = shared.index();
-        let positions = index.stream_positions(&stream_id);
-        let start = usize::try_from(after)
-            .unwrap_or(usize::MAX)
-            .min(positions.len());
-        let locs: Vec<Location> = positions[start..]
-            .iter()
-            .take(limit)
-            .filter_map(|p| index.locate(*p))
+        let locs: Vec<Location> = index
+            .stream_positions_after(&stream_id, after, limit)
+            .into_iter()
+            .filter_map(|p| index.locate(p))
             .collect();
         (locs, index.head)
     };
@@ -290,14 +287,19 @@ fn stream_page_of(
 /// Takes the data directory's `LOCK` (one process per directory). A read-only open neither
 /// creates nor writes it, and goes without when there is none (no process ever wrote there).
 fn lock_data_dir(dir: &Path, read_only: bool) -> Result<Option<File>, StoreError> {
-    let lock = match io::private_options()
+    let lock = match io::new_file_options(dir)
         .create(!read_only)
         .truncate(false)
         .write(!read_only)
         .read(read_only)
         .open(dir.join("LOCK"))
     {
-        Ok(f) => f,
+        Ok(f) => {
+            if !read_only {
+                io::adopt_dir_owner(&f, dir);
+            }
+            f
+        }
         Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };

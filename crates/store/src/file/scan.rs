@@ -588,10 +588,12 @@ fn on_record(
 /// Creates a segment file holding only its header, synced.
 pub(crate) fn create_segment_file(path: &Path, first_position: u64) -> Result<(), StoreError> {
     use std::io::Write;
-    let mut f = super::io::private_options()
+    let dir = super::io::dir_of(path);
+    let mut f = super::io::new_file_options(dir)
         .write(true)
         .create_new(true)
         .open(path)?;
+    super::io::adopt_dir_owner(&f, dir);
     f.write_all(&format::encode_header(first_position))?;
     f.sync_all()?;
     Ok(())

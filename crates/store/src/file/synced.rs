@@ -69,11 +69,12 @@ fn encode(head: &Head) -> String {
 /// Writes the mark: a new file, synced, renamed over the old one, the directory synced.
 pub(crate) fn write(log_dir: &Path, head: &Head) -> std::io::Result<()> {
     let tmp = log_dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
-    let written = super::io::private_options()
+    let written = super::io::new_file_options(log_dir)
         .write(true)
         .create_new(true)
         .open(&tmp)
         .and_then(|mut f| {
+            super::io::adopt_dir_owner(&f, log_dir);
             f.write_all(encode(head).as_bytes())?;
             f.sync_data()
         })

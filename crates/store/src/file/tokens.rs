@@ -65,11 +65,12 @@ pub fn revoke(dir: &Path, name: &str, at: DateTime<Utc>) -> Result<bool, StoreEr
 /// Runs `edit` holding the exclusive lock of `dir`'s token file (released when the lock
 /// file is closed, also if this process dies).
 fn locked<T>(dir: &Path, edit: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    let lock = super::io::private_options()
+    let lock = super::io::new_file_options(dir)
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join(LOCK))?;
+    super::io::adopt_dir_owner(&lock, dir);
     lock.lock()?;
     edit()
 }
@@ -79,11 +80,13 @@ fn store(dir: &Path, tokens: &[TokenRecord]) -> Result<(), StoreError> {
     let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
     let bytes = serde_json::to_vec_pretty(tokens)
         .map_err(|e| StoreError::InvalidInput(format!("token does not serialize: {e}")))?;
-    let mut f = super::io::private_options()
+    // A leftover of a crashed editor with this pid would keep its old mode: start afresh.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = super::io::new_file_options(dir)
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .open(&tmp)?;
+    super::io::adopt_dir_owner(&f, dir);
     f.write_all(&bytes)?;
     f.sync_all()?;
     drop(f);

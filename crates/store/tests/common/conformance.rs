@@ -97,8 +97,7 @@ fn assert_gap_free(events: &[RecordedEvent]) {
     }
 }
 
-/// `read_streams` gives what `read_stream` gives for each stream, in the order asked, with
-/// empty streams for unknown ids.
+/// `read_stream_page` gives the slice of `read_stream` after a version, at most a limit.
 pub async fn read_stream_pages_slice_the_stream<S: EventStore>(store: Arc<S>) {
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     // Stream a: 7 events over three appends, interleaved with another stream.
@@ -144,6 +143,8 @@ pub async fn read_stream_pages_slice_the_stream<S: EventStore>(store: Arc<S>) {
         .is_empty());
 }
 
+/// `read_streams` gives what `read_stream` gives for each stream, in the order asked, with
+/// empty streams for unknown ids.
 pub async fn read_streams_reads_each_stream<S: EventStore>(store: Arc<S>) {
     let (a, b, unknown) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     store
