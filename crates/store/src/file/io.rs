@@ -74,6 +74,8 @@ pub(crate) fn new_file_options(dir: &Path) -> OpenOptions {
 /// A file created by another user than the directory's owner (`sudo incidentlog token create`
 /// on a service's data directory) is handed to the directory's owner and group, so that the
 /// service can still read it. Best effort: only root can, and for the owner it is a no-op.
+/// Only for a file this process created exclusively (`create_new`, which follows no symlink):
+/// on a file opened by name, a symlink planted in the directory could hand any file over.
 pub(crate) fn adopt_dir_owner(file: &File, dir: &Path) {
     #[cfg(unix)]
     {
@@ -128,8 +130,9 @@ pub(crate) fn create_dir_like_parent(dir: &Path) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt;
         if let Ok(d) = std::fs::metadata(dir) {
             if (d.uid(), d.gid()) != (p.uid(), p.gid()) {
-                // Best effort, as for files (only root can).
-                let _ = std::os::unix::fs::chown(dir, Some(p.uid()), Some(p.gid()));
+                // Best effort, as for files (only root can); `lchown` so that a symlink put
+                // in its place meanwhile is not followed.
+                let _ = std::os::unix::fs::lchown(dir, Some(p.uid()), Some(p.gid()));
             }
         }
     }

@@ -294,12 +294,7 @@ fn lock_data_dir(dir: &Path, read_only: bool) -> Result<Option<File>, StoreError
         .read(read_only)
         .open(dir.join("LOCK"))
     {
-        Ok(f) => {
-            if !read_only {
-                io::adopt_dir_owner(&f, dir);
-            }
-            f
-        }
+        Ok(f) => f,
         Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };

@@ -70,7 +70,6 @@ fn locked<T>(dir: &Path, edit: impl FnOnce() -> Result<T, StoreError>) -> Result
         .truncate(false)
         .write(true)
         .open(dir.join(LOCK))?;
-    super::io::adopt_dir_owner(&lock, dir);
     lock.lock()?;
     edit()
 }
