@@ -166,6 +166,37 @@ async fn files_created_by_root_go_to_the_data_directory_owner() {
     }
 }
 
+/// Files of the data directory opened by name follow no symlink: a link planted as `LOCK`
+/// (or `tokens.lock`) makes the open fail instead of creating or writing the file it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_symlinks_are_not_followed() {
+    let parent = tempfile::tempdir().unwrap();
+    let outside = parent.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let dir = parent.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::symlink(outside.join("victim"), dir.join("LOCK")).unwrap();
+    assert!(FileStore::open(&opts(&dir, 600)).await.is_err());
+    assert!(!outside.join("victim").exists(), "LOCK's link was followed");
+
+    std::fs::remove_file(dir.join("LOCK")).unwrap();
+    let store = FileStore::open(&opts(&dir, 600)).await.unwrap();
+    std::os::unix::fs::symlink(outside.join("victim2"), dir.join("tokens.lock")).unwrap();
+    let token = incidentlog_store::TokenRecord {
+        name: "t".into(),
+        role: "reader".into(),
+        secret_hash: [7; 32],
+        created_at: chrono::Utc::now(),
+        revoked_at: None,
+    };
+    assert!(store.add_token(token).await.is_err());
+    assert!(
+        !outside.join("victim2").exists(),
+        "tokens.lock's link was followed"
+    );
+    store.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_cannot_open_the_same_dir() {
     let dir = tempfile::tempdir().unwrap();

@@ -44,10 +44,11 @@ impl LogFile for RealFile {
 impl LogIo for RealIo {
     fn open_append(&self, path: &Path, create: bool) -> io::Result<Box<dyn LogFile>> {
         let dir = dir_of(path);
-        let file = new_file_options(dir)
+        let file = by_name(&mut new_file_options(dir))
             .append(true)
             .create_new(create)
             .open(path)?;
+        let file = regular(file, path)?;
         if create {
             adopt_dir_owner(&file, dir);
         }
@@ -65,10 +66,33 @@ pub(crate) fn new_file_options(dir: &Path) -> OpenOptions {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let mode = std::fs::metadata(dir).map_or(0o600, |m| m.permissions().mode() & 0o666);
+        // Read bits as the directory has them, write for the owner only (in a sticky 1777
+        // directory a group- or world-writable file could be edited in place by others).
+        let mode = std::fs::metadata(dir).map_or(0o600, |m| m.permissions().mode() & 0o644);
         options.mode(mode);
     }
     options
+}
+
+/// Adds the flags for opening a file of the data directory by name: no symlink is followed
+/// (root run on a directory someone else controls must not truncate or write through a link
+/// planted there), and no wait on a FIFO put in its place. Check the result with [`regular`].
+pub(crate) fn by_name(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(options, libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    options
+}
+
+/// `file` if it is a regular file, else an error naming `path`.
+pub(crate) fn regular(file: File, path: &Path) -> io::Result<File> {
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ))
+    }
 }
 
 /// A file created by another user than the directory's owner (`sudo incidentlog token create`

@@ -287,14 +287,15 @@ fn stream_page_of(
 /// Takes the data directory's `LOCK` (one process per directory). A read-only open neither
 /// creates nor writes it, and goes without when there is none (no process ever wrote there).
 fn lock_data_dir(dir: &Path, read_only: bool) -> Result<Option<File>, StoreError> {
-    let lock = match io::new_file_options(dir)
+    let path = dir.join("LOCK");
+    let lock = match io::by_name(&mut io::new_file_options(dir))
         .create(!read_only)
         .truncate(false)
         .write(!read_only)
         .read(read_only)
-        .open(dir.join("LOCK"))
+        .open(&path)
     {
-        Ok(f) => f,
+        Ok(f) => io::regular(f, &path)?,
         Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };

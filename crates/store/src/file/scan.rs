@@ -465,7 +465,10 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
             reason,
             "torn tail in the last segment: truncating"
         );
-        let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+        let f = super::io::by_name(&mut std::fs::OpenOptions::new())
+            .write(true)
+            .open(&path)?;
+        let f = super::io::regular(f, &path)?;
         f.set_len(offset)?;
         f.sync_all()?;
     }

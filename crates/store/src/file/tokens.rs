@@ -65,11 +65,13 @@ pub fn revoke(dir: &Path, name: &str, at: DateTime<Utc>) -> Result<bool, StoreEr
 /// Runs `edit` holding the exclusive lock of `dir`'s token file (released when the lock
 /// file is closed, also if this process dies).
 fn locked<T>(dir: &Path, edit: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    let lock = super::io::new_file_options(dir)
+    let path = dir.join(LOCK);
+    let lock = super::io::by_name(&mut super::io::new_file_options(dir))
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join(LOCK))?;
+        .open(&path)?;
+    let lock = super::io::regular(lock, &path)?;
     lock.lock()?;
     edit()
 }
