@@ -194,7 +194,25 @@ async fn planted_symlinks_are_not_followed() {
         !outside.join("victim2").exists(),
         "tokens.lock's link was followed"
     );
+    store
+        .append(append_req(Uuid::new_v4(), vec![new_event(1)]))
+        .await
+        .unwrap();
     store.close().await.unwrap();
+    // A segment swapped for a link (here to a true copy of itself) is refused, not read or
+    // appended to through the link.
+    let seg = segments(&dir).pop().unwrap();
+    let copy = outside.join("copy.seg");
+    std::fs::copy(&seg, &copy).unwrap();
+    std::fs::remove_file(&seg).unwrap();
+    std::os::unix::fs::symlink(&copy, &seg).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    assert!(FileStore::open(&opts(&dir, 600)).await.is_err());
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        before,
+        "the link's target changed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

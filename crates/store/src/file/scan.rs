@@ -249,7 +249,7 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
         let len = std::fs::metadata(path)?.len();
         if len <= HEADER_LEN as u64 {
             let mut h = vec![0u8; len as usize];
-            File::open(path)?.read_exact_at(&mut h, 0)?;
+            open_segment(path)?.read_exact_at(&mut h, 0)?;
             if format::parse_header(&h).is_err() {
                 if read_only {
                     tracing::warn!(
@@ -317,7 +317,7 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
     let mut torn_cut = None;
     for (seg_idx, (name_first, path)) in segments.iter().enumerate() {
         let is_last = seg_idx + 1 == count;
-        let file = File::open(path)?;
+        let file = open_segment(path)?;
         let file_len = file.metadata()?.len();
         if file_len > u64::from(u32::MAX) {
             return Err(corrupt(path, 0, "segment larger than 4 GiB"));
@@ -586,6 +586,12 @@ fn on_record(
         state.last_committed = Some((seg_idx, offset));
     }
     Ok(())
+}
+
+/// Opens a segment to read: no symlink followed, a regular file (see `io::by_name`).
+pub(crate) fn open_segment(path: &Path) -> std::io::Result<File> {
+    let f = super::io::by_name(std::fs::OpenOptions::new().read(true)).open(path)?;
+    super::io::regular(f, path)
 }
 
 /// Creates a segment file holding only its header, synced.

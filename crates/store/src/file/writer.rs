@@ -859,7 +859,7 @@ impl IoStage {
         f.write_all(&format::encode_header(first))?;
         f.sync_data()?;
         super::io::sync_dir(&self.log_dir)?;
-        let reader = std::fs::File::open(&path)?;
+        let reader = super::scan::open_segment(&path)?;
         self.file = Some(f);
         self.shared.index_mut().segments.push(Segment {
             first_position: first,
