@@ -44,11 +44,7 @@ impl LogFile for RealFile {
 impl LogIo for RealIo {
     fn open_append(&self, path: &Path, create: bool) -> io::Result<Box<dyn LogFile>> {
         let dir = dir_of(path);
-        let file = by_name(&mut new_file_options(dir))
-            .append(true)
-            .create_new(create)
-            .open(path)?;
-        let file = regular(file, path)?;
+        let file = open_by_name(new_file_options(dir).append(true).create_new(create), path)?;
         if create {
             adopt_dir_owner(&file, dir);
         }
@@ -74,17 +70,26 @@ pub(crate) fn new_file_options(dir: &Path) -> OpenOptions {
     options
 }
 
-/// Adds the flags for opening a file of the data directory by name: no symlink is followed
-/// (root run on a directory someone else controls must not truncate or write through a link
-/// planted there), and no wait on a FIFO put in its place. Check the result with [`regular`].
-pub(crate) fn by_name(options: &mut OpenOptions) -> &mut OpenOptions {
+/// Opens a file of the data directory by name with `options`: no symlink is followed (root
+/// run on a directory someone else controls must not create, truncate or write through a link
+/// planted there), no wait on a FIFO put in its place, and only a regular file is taken.
+pub(crate) fn open_by_name(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::custom_flags(options, libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    options
-}
-
-/// `file` if it is a regular file, else an error naming `path`.
-pub(crate) fn regular(file: File, path: &Path) -> io::Result<File> {
+    let file = match options.open(path) {
+        Ok(f) => f,
+        #[cfg(unix)]
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is a symbolic link: files of the data directory must be regular files",
+                    path.display()
+                ),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     if file.metadata()?.is_file() {
         Ok(file)
     } else {

@@ -288,14 +288,15 @@ fn stream_page_of(
 /// creates nor writes it, and goes without when there is none (no process ever wrote there).
 fn lock_data_dir(dir: &Path, read_only: bool) -> Result<Option<File>, StoreError> {
     let path = dir.join("LOCK");
-    let lock = match io::by_name(&mut io::new_file_options(dir))
-        .create(!read_only)
-        .truncate(false)
-        .write(!read_only)
-        .read(read_only)
-        .open(&path)
-    {
-        Ok(f) => io::regular(f, &path)?,
+    let lock = match io::open_by_name(
+        io::new_file_options(dir)
+            .create(!read_only)
+            .truncate(false)
+            .write(!read_only)
+            .read(read_only),
+        &path,
+    ) {
+        Ok(f) => f,
         Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };

@@ -465,10 +465,7 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
             reason,
             "torn tail in the last segment: truncating"
         );
-        let f = super::io::by_name(&mut std::fs::OpenOptions::new())
-            .write(true)
-            .open(&path)?;
-        let f = super::io::regular(f, &path)?;
+        let f = super::io::open_by_name(std::fs::OpenOptions::new().write(true), &path)?;
         f.set_len(offset)?;
         f.sync_all()?;
     }
@@ -588,10 +585,9 @@ fn on_record(
     Ok(())
 }
 
-/// Opens a segment to read: no symlink followed, a regular file (see `io::by_name`).
+/// Opens a segment to read: no symlink followed, a regular file (see `io::open_by_name`).
 pub(crate) fn open_segment(path: &Path) -> std::io::Result<File> {
-    let f = super::io::by_name(std::fs::OpenOptions::new().read(true)).open(path)?;
-    super::io::regular(f, path)
+    super::io::open_by_name(std::fs::OpenOptions::new().read(true), path)
 }
 
 /// Creates a segment file holding only its header, synced.

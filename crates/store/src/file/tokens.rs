@@ -66,12 +66,13 @@ pub fn revoke(dir: &Path, name: &str, at: DateTime<Utc>) -> Result<bool, StoreEr
 /// file is closed, also if this process dies).
 fn locked<T>(dir: &Path, edit: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
     let path = dir.join(LOCK);
-    let lock = super::io::by_name(&mut super::io::new_file_options(dir))
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)?;
-    let lock = super::io::regular(lock, &path)?;
+    let lock = super::io::open_by_name(
+        super::io::new_file_options(dir)
+            .create(true)
+            .truncate(false)
+            .write(true),
+        &path,
+    )?;
     lock.lock()?;
     edit()
 }
