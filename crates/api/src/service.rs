@@ -1083,15 +1083,17 @@ fn decode_for_fold(e: EventRef<'_>) -> (u64, Result<DecodedEvent, ProjectionErro
     (e.global_position, decode(e))
 }
 
-/// Rebuilds the views from the log offline (the CLI's `replay`): events, duration, digest.
+/// Rebuilds the views from the log offline (the CLI's `replay`): events, duration, digest,
+/// and the views themselves (a caller about to exit may skip freeing them).
 pub async fn replay<S: EventStore>(
     store: &S,
     at_position: Option<u64>,
     progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<ReplayReport, ApiError> {
+) -> Result<(ReplayReport, Projection), ApiError> {
     let started = Instant::now();
     let (projection, events) = rebuild_views(store, at_position, progress).await?;
-    Ok(report_of(&projection, events, started))
+    let report = report_of(&projection, events, started);
+    Ok((report, projection))
 }
 
 /// Keeps the live views up to date: follows the store from `from`, applies what arrives in

@@ -109,10 +109,11 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     let progress_bar = bar.clone();
     let progress = move |n: u64| progress_bar.set_position(n);
     let started = Instant::now();
-    let report = incidentlog_api::service::replay(&store, at_position, &progress)
+    let (report, views) = incidentlog_api::service::replay(&store, at_position, &progress)
         .await
         .context("replay failed")?;
     let elapsed = started.elapsed();
+    exiting_with(views);
     bar.finish_and_clear();
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 {
@@ -439,11 +440,19 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
             if args.format == ExportFormat::Geojson {
                 out.write_all(b"\n]}\n")?;
             }
+            exiting_with(projection);
         }
     }
     bar.finish_and_clear();
     out.flush().context("cannot write the export")?;
     Ok(exit::OK)
+}
+
+/// Leaves the rebuilt views of an offline command unfreed: the process exits right after, and
+/// freeing ~half a GB of small allocations one by one took ~4% of a replay of the 1M-event log
+/// (the OS takes the memory back at once).
+fn exiting_with(views: incidentlog_projections::Projection) {
+    std::mem::forget(views);
 }
 
 /// Reads the log up to `head` page by page.
