@@ -256,6 +256,20 @@ fn rate_limit_answers_429_with_retry_after() {
     assert_eq!(events, accepted);
 }
 
+/// Waits (up to 10 s) until `/healthz` answers 200 again, else fails with `why`.
+fn served_again_within_10s(srv: &Server, admin: &str, why: &str) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = std::panic::catch_unwind(|| srv.get("/healthz", admin).status == 200);
+        if ok.unwrap_or(false) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// One address cannot fill the connection cap: beyond `--max-connections-per-address` its
 /// connections are closed at once, while another address is still served. (Linux: every
 /// 127/8 address reaches the loopback interface.)
@@ -333,18 +347,7 @@ fn one_address_cannot_take_every_connection() {
     );
     // Closed connections give their shares back.
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = std::panic::catch_unwind(|| srv.get("/healthz", &admin).status == 200);
-        if ok.unwrap_or(false) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "shares did not come back on close"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    served_again_within_10s(&srv, &admin, "shares did not come back on close");
 }
 
 /// A client that never finishes its request head is cut off after `--header-read-timeout`,
@@ -418,16 +421,5 @@ fn slow_and_surplus_connections_are_closed() {
 
     // Once the held connections go (their heads time out or they close), service resumes.
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = std::panic::catch_unwind(|| srv.get("/healthz", &admin).status == 200);
-        if ok.unwrap_or(false) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not recover after the cap"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    served_again_within_10s(&srv, &admin, "server did not recover after the cap");
 }

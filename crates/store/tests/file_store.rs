@@ -53,6 +53,31 @@ async fn reopen_keeps_everything_across_segments() {
     assert_eq!(all.last().unwrap().hash, store.head().hash);
 }
 
+/// A reader token record (its secret does not matter here).
+fn a_token() -> incidentlog_store::TokenRecord {
+    incidentlog_store::TokenRecord {
+        name: "t".into(),
+        role: "reader".into(),
+        secret_hash: [7; 32],
+        created_at: chrono::Utc::now(),
+        revoked_at: None,
+    }
+}
+
+/// Opens a store in `dir` with small segments, appends 20 events (several segments) and a
+/// token, and closes it: every kind of file the store creates.
+async fn fill_segments_and_tokens(dir: &Path) {
+    let store = FileStore::open(&opts(dir, 600)).await.unwrap();
+    for i in 0..20 {
+        store
+            .append(append_req(Uuid::new_v4(), vec![new_event(i)]))
+            .await
+            .unwrap();
+    }
+    store.add_token(a_token()).await.unwrap();
+    store.close().await.unwrap();
+}
+
 /// What the store creates in a data directory it made is its owner's alone (the log holds what
 /// investigators recorded, `tokens.json` the token hashes): directories 0700, files 0600,
 /// whatever the umask.
@@ -61,24 +86,7 @@ async fn created_directories_and_files_are_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("new").join("data");
-    let store = FileStore::open(&opts(&dir, 600)).await.unwrap();
-    for i in 0..20 {
-        store
-            .append(append_req(Uuid::new_v4(), vec![new_event(i)]))
-            .await
-            .unwrap();
-    }
-    store
-        .add_token(incidentlog_store::TokenRecord {
-            name: "t".into(),
-            role: "reader".into(),
-            secret_hash: [7; 32],
-            created_at: chrono::Utc::now(),
-            revoked_at: None,
-        })
-        .await
-        .unwrap();
-    store.close().await.unwrap();
+    fill_segments_and_tokens(&dir).await;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     for d in [parent.path().join("new"), dir.clone(), dir.join("log")] {
         assert_eq!(mode(&d), 0o700, "{}", d.display());
@@ -103,14 +111,7 @@ async fn created_directories_and_files_are_owner_only() {
     let shared = parent.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
-    let store = FileStore::open(&opts(&shared, 600)).await.unwrap();
-    for i in 0..20 {
-        store
-            .append(append_req(Uuid::new_v4(), vec![new_event(i)]))
-            .await
-            .unwrap();
-    }
-    store.close().await.unwrap();
+    fill_segments_and_tokens(&shared).await;
     assert_eq!(mode(&shared), 0o750);
     assert_eq!(mode(&shared.join("log")), 0o750);
     for seg in segments(&shared) {
@@ -135,24 +136,7 @@ async fn files_created_by_root_go_to_the_data_directory_owner() {
     std::fs::create_dir(&dir).unwrap();
     let (uid, gid) = (65534, 65534);
     std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
-    let store = FileStore::open(&opts(&dir, 600)).await.unwrap();
-    for i in 0..20 {
-        store
-            .append(append_req(Uuid::new_v4(), vec![new_event(i)]))
-            .await
-            .unwrap();
-    }
-    store
-        .add_token(incidentlog_store::TokenRecord {
-            name: "t".into(),
-            role: "reader".into(),
-            secret_hash: [7; 32],
-            created_at: chrono::Utc::now(),
-            revoked_at: None,
-        })
-        .await
-        .unwrap();
-    store.close().await.unwrap();
+    fill_segments_and_tokens(&dir).await;
     let owner = |p: &Path| {
         let m = std::fs::metadata(p).unwrap();
         (m.uid(), m.gid())
@@ -182,14 +166,7 @@ async fn planted_symlinks_are_not_followed() {
     std::fs::remove_file(dir.join("LOCK")).unwrap();
     let store = FileStore::open(&opts(&dir, 600)).await.unwrap();
     std::os::unix::fs::symlink(outside.join("victim2"), dir.join("tokens.lock")).unwrap();
-    let token = incidentlog_store::TokenRecord {
-        name: "t".into(),
-        role: "reader".into(),
-        secret_hash: [7; 32],
-        created_at: chrono::Utc::now(),
-        revoked_at: None,
-    };
-    assert!(store.add_token(token).await.is_err());
+    assert!(store.add_token(a_token()).await.is_err());
     assert!(
         !outside.join("victim2").exists(),
         "tokens.lock's link was followed"

@@ -321,12 +321,10 @@ async fn authenticate(state: &AppState, creds: Credentials) -> Result<Principal,
         )));
     }
     if state.limiter.enabled() {
-        let key = match (&principal.name, client_ip) {
-            (Some(name), _) => format!("token:{name}"),
-            (None, Some(ip)) => format!("ip:{}", quota::share_address(ip)),
-            (None, None) => "anonymous".to_string(),
-        };
-        if let Err(retry_after_secs) = state.limiter.check(&key) {
+        if let Err(retry_after_secs) = state
+            .limiter
+            .check(&quota::Client::of(&principal, client_ip))
+        {
             return Err(ApiError::RateLimited {
                 retry_after_secs,
                 why: "rate limit exceeded",

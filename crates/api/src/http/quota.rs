@@ -1,6 +1,7 @@
-//! Per-client shares of the server-wide limits: live feeds and requests per token (or, for
-//! anonymous callers, per address), connections per address. A server-wide cap alone lets one
-//! client take all of it (1,024 trickled uploads hold every request slot).
+//! Who a client is (also the rate limiter's key), and per-client shares of the server-wide
+//! limits: live feeds and requests per token (or, for anonymous callers, per address),
+//! connections per address. A server-wide cap alone lets one client take all of it (1,024
+//! trickled uploads hold every request slot).
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};

@@ -4,10 +4,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use super::quota::Client;
+
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<HashMap<Client, Bucket>>,
 }
 
 struct Bucket {
@@ -38,23 +40,23 @@ impl RateLimiter {
         self.rate > 0.0
     }
 
-    /// Takes one token for `key`; `Err(seconds)` to wait when there is none.
-    pub fn check(&self, key: &str) -> Result<(), u64> {
+    /// Takes one token for `client`; `Err(seconds)` to wait when there is none.
+    pub fn check(&self, client: &Client) -> Result<(), u64> {
         if !self.enabled() {
             return Ok(());
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(client) {
             // Full buckets are the same as no bucket: forget them.
             let burst = self.burst;
             let rate = self.rate;
             buckets
                 .retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
         }
-        let bucket = match buckets.get_mut(key) {
+        let bucket = match buckets.get_mut(client) {
             Some(b) => b,
-            None => buckets.entry(key.to_string()).or_insert(Bucket {
+            None => buckets.entry(client.clone()).or_insert(Bucket {
                 tokens: self.burst,
                 last: now,
             }),
