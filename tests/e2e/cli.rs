@@ -994,3 +994,118 @@ fn a_server_finds_an_edited_record_after_start_and_refuses_appends() {
     let r = srv.get("/v1/events?limit=1", &token);
     r.expect(200);
 }
+
+/// `incidentlog restore` rebuilds an exported log byte for byte (the same export, the same
+/// digest), goes on after an interrupted restore, and writes nothing from a file that is not
+/// one whole, intact log.
+#[test]
+fn restore_rebuilds_an_exported_log_exactly() {
+    let dir = temp_dir();
+    let original = dir.path().join("original");
+    cli_ok(&["import", d(&seed_path()), "--data-dir", d(&original)]);
+    let extra = format!("{}\n", located_incident_line());
+    cli_with_stdin(
+        &["import", "-", "--data-dir", d(&original)],
+        Some(extra.as_bytes()),
+    );
+    let export = dir.path().join("log.ndjson");
+    cli_ok(&["export", "--data-dir", d(&original), "-o", d(&export)]);
+    let exported = std::fs::read_to_string(&export).unwrap();
+    let lines: Vec<&str> = exported.lines().collect();
+    assert_eq!(lines.len(), 12);
+    let head_hash = |verify: &str| -> String {
+        verify
+            .lines()
+            .find_map(|l| l.strip_prefix("head_hash:"))
+            .map(|h| h.trim().to_string())
+            .expect("a head hash")
+    };
+    let original_hash = head_hash(&cli_ok(&["verify", "--data-dir", d(&original)]));
+    let digest = |data: &Path| -> Value {
+        let out = cli_ok(&["replay", "--json", "--data-dir", d(data)]);
+        serde_json::from_str::<Value>(&out).unwrap()["digest"].clone()
+    };
+
+    let restored = dir.path().join("restored");
+    let out = cli_ok(&["restore", d(&export), "--data-dir", d(&restored)]);
+    assert!(out.contains("restored:  12 events"), "{out}");
+    assert_eq!(head_hash(&out), original_hash);
+    assert_eq!(
+        head_hash(&cli_ok(&["verify", "--data-dir", d(&restored)])),
+        original_hash
+    );
+    assert_eq!(cli_ok(&["export", "--data-dir", d(&restored)]), exported);
+    assert_eq!(digest(&restored), digest(&original));
+    // Again: everything is there already.
+    let out = cli_ok(&["restore", d(&export), "--data-dir", d(&restored)]);
+    assert!(
+        out.contains("restored:  0 events (12 were already"),
+        "{out}"
+    );
+
+    // Interrupted after the first append (the first seed line's 3 events): goes on.
+    let first_append = lines
+        .iter()
+        .take_while(|l| l.contains("5f0c7a52-3c1e-4d6b-9a51-0b7c2f9e1a01"))
+        .count();
+    assert!(
+        first_append >= 2,
+        "the seed's first line has several events"
+    );
+    let part = dir.path().join("part.ndjson");
+    std::fs::write(&part, lines[..first_append].join("\n") + "\n").unwrap();
+    let resumed = dir.path().join("resumed");
+    cli_ok(&["restore", d(&part), "--data-dir", d(&resumed)]);
+    let out = cli_ok(&["restore", d(&export), "--data-dir", d(&resumed)]);
+    assert!(
+        out.contains(&format!("({first_append} were already in the store)")),
+        "{out}"
+    );
+    assert_eq!(cli_ok(&["export", "--data-dir", d(&resumed)]), exported);
+
+    // Refused, with nothing created: a changed event, a file cut inside an append, a gap.
+    let refused = |name: &str, text: String, why: &str| {
+        let file = dir.path().join(format!("{name}.ndjson"));
+        std::fs::write(&file, text).unwrap();
+        let target = dir.path().join(name);
+        let out = cli(&["restore", d(&file), "--data-dir", d(&target)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(why), "{name}: {stderr}");
+        assert!(!target.exists(), "{name}: nothing may be created");
+    };
+    let mut changed: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    changed[5] = changed[5].replacen("\"data\":{", "\"data\":{\"added\":1,", 1);
+    assert_ne!(changed[5], lines[5]);
+    refused(
+        "changed",
+        changed.join("\n"),
+        "the hash of the event at position 6",
+    );
+    refused("cut", lines[..first_append - 1].join("\n"), "cut off");
+    let gap: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 4)
+        .map(|(_, l)| *l)
+        .collect();
+    refused(
+        "gap",
+        gap.join("\n"),
+        "position 6 where position 5 was expected",
+    );
+    refused("garbage", "{\"not\": \"an event\"}\n".into(), "line 1");
+
+    // A store holding another log is refused and left as it was.
+    let other = dir.path().join("other");
+    cli_ok(&["import", d(&seed_path()), "--data-dir", d(&other)]);
+    let before = cli_ok(&["export", "--data-dir", d(&other)]);
+    let out = cli(&["restore", d(&export), "--data-dir", d(&other)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("different log"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cli_ok(&["export", "--data-dir", d(&other)]), before);
+}

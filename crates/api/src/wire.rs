@@ -40,6 +40,48 @@ impl Serialize for WireEvent<'_> {
     }
 }
 
+/// A recorded event read back from its wire form (a line of the ndjson export, an item of
+/// `GET /v1/events`), for `incidentlog restore`. The `data` keeps its exact bytes: the chain
+/// hash covers them.
+pub fn parse_wire_event(line: &str) -> Result<RecordedEvent, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wire {
+        global_position: u64,
+        incident_id: Uuid,
+        stream_version: u64,
+        event_id: Uuid,
+        #[serde(rename = "type")]
+        event_type: String,
+        data: Box<serde_json::value::RawValue>,
+        recorded_at: String,
+        recorded_by: String,
+        hash: String,
+    }
+    let w: Wire = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let recorded_at = DateTime::parse_from_rfc3339(&w.recorded_at)
+        .map_err(|e| {
+            format!(
+                "recorded_at {:?} is not an RFC 3339 time ({e})",
+                w.recorded_at
+            )
+        })?
+        .with_timezone(&Utc);
+    let hash = incidentlog_store::from_hex_32(&w.hash)
+        .ok_or_else(|| format!("hash {:?} is not 64 hex digits", w.hash))?;
+    Ok(RecordedEvent {
+        global_position: w.global_position,
+        stream_id: w.incident_id,
+        stream_version: w.stream_version,
+        event_id: w.event_id,
+        event_type: w.event_type,
+        data: w.data,
+        recorded_at,
+        recorded_by: w.recorded_by,
+        hash,
+    })
+}
+
 /// A list of recorded events.
 pub struct WireEvents<'a>(pub &'a [RecordedEvent]);
 

@@ -343,6 +343,187 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// restore
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The log as `export --format ndjson` wrote it (or the events of GET /v1/events, one per
+    /// line, from position 1 on). A file, not standard input: it is read twice.
+    #[arg(value_name = "FILE.ndjson")]
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+/// Events per `EventStore::restore` call (one sync each).
+const RESTORE_CHUNK_EVENTS: usize = 4096;
+const RESTORE_CHUNK_BYTES: usize = 8 << 20;
+
+/// Reads the export line by line, regrouping its events into appends (every hash checked);
+/// `f` gets each append with the 1-based line number of its last event.
+fn each_exported_append(
+    path: &std::path::Path,
+    mut f: impl FnMut(incidentlog_store::RecordedAppend, u64) -> anyhow::Result<()>,
+) -> anyhow::Result<(incidentlog_store::Head, u64)> {
+    use std::io::BufRead;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut regrouper = incidentlog_store::Regrouper::new(incidentlog_store::Head::default());
+    let mut line = String::new();
+    let mut n = 0u64;
+    loop {
+        line.clear();
+        let read = reader
+            .read_line(&mut line)
+            .with_context(|| format!("cannot read {} (line {})", path.display(), n + 1))?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        let text = line.trim_end_matches(['\n', '\r']);
+        if text.trim().is_empty() {
+            continue;
+        }
+        let event = incidentlog_api::wire::parse_wire_event(text)
+            .map_err(|e| anyhow::anyhow!("line {n}: not an exported event: {e}"))?;
+        let pushed = regrouper.push(event).map_err(|e| match e {
+            StoreError::InvalidInput(why) => anyhow::anyhow!("line {n}: {why}"),
+            other => anyhow::Error::new(other).context(format!("line {n}")),
+        })?;
+        if let Some(append) = pushed {
+            f(append, n)?;
+        }
+    }
+    let head = regrouper.finish().map_err(|e| match e {
+        StoreError::InvalidInput(why) => anyhow::anyhow!("at the end of the file: {why}"),
+        other => anyhow::Error::new(other),
+    })?;
+    Ok((head, n))
+}
+
+pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
+    if args.file.as_os_str() == "-" {
+        bail!("restore reads its file twice (a check, then the writes): give a file, not -");
+    }
+    let meta = std::fs::metadata(&args.file)
+        .with_context(|| format!("cannot open {}", args.file.display()))?;
+    if meta.is_dir() {
+        bail!("{} is a directory, not an NDJSON file", args.file.display());
+    }
+    let started = Instant::now();
+    // First the whole file is checked: nothing is written from a file that is not one whole,
+    // intact log.
+    let bar = if meta.len() >= 4 << 20 {
+        progress_bar(None, "events checked")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let (file_head, _) = each_exported_append(&args.file, |a, _| {
+        bar.set_position(a.last_position());
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+
+    let store = open_store(&args.store, &args.write).await?;
+    let store_head = store.head();
+    // A store that already holds a beginning of this log (an interrupted restore) goes on
+    // from there; any other content is refused.
+    if store_head.position > file_head.position {
+        bail!(
+            "the store already holds {} events, more than the file's {}: restore only into an empty store or one holding a beginning of the same log",
+            store_head.position,
+            file_head.position
+        );
+    }
+    let bar = if file_head.position >= PROGRESS_MIN_EVENTS {
+        progress_bar(Some(file_head.position), "events")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut chunk: Vec<incidentlog_store::RecordedAppend> = Vec::new();
+    let (mut chunk_events, mut chunk_bytes) = (0usize, 0usize);
+    let mut prefix_checked = store_head.position == 0;
+    let mut restored = 0u64;
+    let rt = tokio::runtime::Handle::current();
+    let write = |chunk: Vec<incidentlog_store::RecordedAppend>| -> anyhow::Result<u64> {
+        let first = chunk.first().map_or(0, |a| a.first_position);
+        let head = tokio::task::block_in_place(|| rt.block_on(store.restore(chunk)))
+            .with_context(|| format!("cannot restore the appends from position {first} on"))?;
+        bar.set_position(head.position);
+        Ok(head.position + 1 - first)
+    };
+    each_exported_append(&args.file, |append, line| {
+        let last = append.last_position();
+        if last <= store_head.position {
+            if last == store_head.position {
+                if append.last_hash != store_head.hash {
+                    bail!(
+                        "line {line}: the store holds a different log (its hash at position {last} is {}, the file's is {})",
+                        store_head.hash_hex(),
+                        to_hex(&append.last_hash)
+                    );
+                }
+                prefix_checked = true;
+            }
+            return Ok(());
+        }
+        if !prefix_checked {
+            bail!(
+                "the store's last event (position {}) is inside an append of the file: the store holds a different log",
+                store_head.position
+            );
+        }
+        chunk_events += append.request.events.len();
+        chunk_bytes += append
+            .request
+            .events
+            .iter()
+            .map(|e| e.data.get().len() + e.event_type.len() + 200)
+            .sum::<usize>();
+        chunk.push(append);
+        if chunk_events >= RESTORE_CHUNK_EVENTS || chunk_bytes >= RESTORE_CHUNK_BYTES {
+            restored += write(std::mem::take(&mut chunk))?;
+            (chunk_events, chunk_bytes) = (0, 0);
+        }
+        Ok(())
+    })?;
+    if !chunk.is_empty() {
+        restored += write(chunk)?;
+    }
+    bar.finish_and_clear();
+    let head = store.head();
+    store
+        .close()
+        .await
+        .context("cannot close the store cleanly")?;
+    if head != file_head {
+        bail!(
+            "the store ends at position {} with hash {}, not the file's {} with {}",
+            head.position,
+            head.hash_hex(),
+            file_head.position,
+            to_hex(&file_head.hash)
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ok")?;
+    writeln!(
+        out,
+        "restored:  {restored} events ({} were already in the store)",
+        file_head.position - restored
+    )?;
+    writeln!(out, "events:    {}", head.position)?;
+    writeln!(out, "head_hash: {}", head.hash_hex())?;
+    writeln!(out, "duration:  {} ms", started.elapsed().as_millis())?;
+    Ok(exit::OK)
+}
+
+// ---------------------------------------------------------------------------------------------
 // export
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -72,6 +72,11 @@ enum Command {
     /// Import an NDJSON file (the lines of POST /v1/events, same validation) and print the
     /// import report as JSON. Exits 4 when some lines were rejected.
     Import(commands::ImportArgs),
+    /// Rebuild a log from its ndjson export (into an empty store, or one an interrupted
+    /// restore left): every position, time and hash as recorded, each hash checked. The way
+    /// back from a backup, and from the file store to PostgreSQL and back. Tokens are not part
+    /// of the log: create them anew.
+    Restore(commands::RestoreArgs),
     /// Write the log (ndjson: recorded events) or the incident views (csv: ACLED-style columns;
     /// geojson: a FeatureCollection of the incidents that have a location).
     Export(commands::ExportArgs),
@@ -420,6 +425,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => commands::replay(args).await,
             Command::Verify(args) => commands::verify(args).await,
             Command::Import(args) => commands::import(args).await,
+            Command::Restore(args) => commands::restore(args).await,
             Command::Export(args) => commands::export(args).await,
             Command::Token { command } => commands::token(command).await,
         }

@@ -26,10 +26,13 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+mod chain;
 pub mod file;
 pub mod pg;
+pub mod restore;
 mod subscription;
 pub use file::FileStore;
+pub use restore::{RecordedAppend, Regrouper};
 pub use subscription::{subscribe, subscribe_map};
 
 /// Identifies a stream (for incidentlog: an incident).
@@ -275,6 +278,20 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         requests: Vec<AppendRequest>,
     ) -> impl Future<Output = Vec<Result<AppendOutcome, StoreError>>> + Send;
+
+    /// Writes appends exactly as another store recorded them (a restore from an export, a move
+    /// between backends; see [`Regrouper`]): their events keep their positions, `recorded_at`
+    /// and hashes. Each append must continue the log: its first position is the head's next,
+    /// it is not recorded before the last event, its expected version is the stream's, none
+    /// of its event ids is recorded (no idempotency here), and the chain must come out with
+    /// its `last_hash`. Otherwise an `InvalidInput`, `WrongExpectedVersion` or
+    /// `EventIdConflict` error. On any error the appends before the failing one may be written
+    /// (the file store; PostgreSQL writes all or none), never the failing one or a later one.
+    /// Durable as [`EventStore::append`]; returns the new head.
+    fn restore(
+        &self,
+        appends: Vec<RecordedAppend>,
+    ) -> impl Future<Output = Result<Head, StoreError>> + Send;
 
     /// All events of one stream in order (empty when the stream does not exist).
     fn read_stream(
@@ -543,6 +560,10 @@ impl EventStore for Store {
         requests: Vec<AppendRequest>,
     ) -> Vec<Result<AppendOutcome, StoreError>> {
         with_backend!(self, s => s.append_many(requests).await)
+    }
+
+    async fn restore(&self, appends: Vec<RecordedAppend>) -> Result<Head, StoreError> {
+        with_backend!(self, s => s.restore(appends).await)
     }
 
     async fn read_stream(&self, stream_id: StreamId) -> Result<Vec<RecordedEvent>, StoreError> {

@@ -57,6 +57,7 @@ pg_conformance!(
     verify_matches_head,
     tokens_roundtrip,
     close_refuses_appends_keeps_reads,
+    restore_rebuilds_a_log_exactly,
 );
 
 #[test]

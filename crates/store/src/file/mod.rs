@@ -34,8 +34,8 @@ use index::{IdLookup, Index, Location};
 use writer::{IoStage, Msg, Writer};
 
 use crate::{
-    AppendOutcome, AppendRequest, EventRef, EventStore, Head, OpenOptions, RecordedEvent,
-    StoreError, TokenRecord, VerifyReport,
+    AppendOutcome, AppendRequest, EventRef, EventStore, Head, OpenOptions, RecordedAppend,
+    RecordedEvent, StoreError, TokenRecord, VerifyReport,
 };
 
 /// Tries (50 ms apart) to take the data directory's lock before giving up.
@@ -235,12 +235,19 @@ impl FileStore {
     }
 
     async fn send(&self, requests: Vec<AppendRequest>) -> Result<writer::Results, StoreError> {
+        self.send_msg(|reply| Msg::Append { requests, reply }).await
+    }
+
+    async fn send_msg(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<writer::Results>) -> Msg,
+    ) -> Result<writer::Results, StoreError> {
         if let Some(r) = self.unavailable_reason() {
             return Err(StoreError::Unavailable(r));
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Append { requests, reply })
+            .send(msg(reply))
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         rx.await
@@ -476,6 +483,38 @@ impl EventStore for FileStore {
                     .collect()
             }
         }
+    }
+
+    async fn restore(&self, appends: Vec<RecordedAppend>) -> Result<Head, StoreError> {
+        let Some(last) = appends.last() else {
+            return Ok(self.head());
+        };
+        let head = Head {
+            position: last.last_position(),
+            hash: last.last_hash,
+        };
+        let (requests, pins) = appends
+            .into_iter()
+            .map(|a| {
+                let pin = writer::Pin {
+                    recorded_at: a.recorded_at.timestamp_micros(),
+                    first_position: a.first_position,
+                    last_hash: a.last_hash,
+                };
+                (a.request, pin)
+            })
+            .unzip();
+        let results = self
+            .send_msg(|reply| Msg::Restore {
+                requests,
+                pins,
+                reply,
+            })
+            .await?;
+        for r in results {
+            r?;
+        }
+        Ok(head)
     }
 
     async fn read_stream(&self, stream_id: Uuid) -> Result<Vec<RecordedEvent>, StoreError> {

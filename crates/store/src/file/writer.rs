@@ -37,9 +37,23 @@ pub(crate) enum Msg {
         requests: Vec<AppendRequest>,
         reply: oneshot::Sender<Results>,
     },
+    /// Appends as another store recorded them (`EventStore::restore`), one pin per request.
+    Restore {
+        requests: Vec<AppendRequest>,
+        pins: Vec<Pin>,
+        reply: oneshot::Sender<Results>,
+    },
     Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+}
+
+/// What a restored append must keep from the log it comes from.
+pub(crate) struct Pin {
+    /// `recorded_at`, microseconds.
+    pub recorded_at: i64,
+    pub first_position: u64,
+    pub last_hash: [u8; 32],
 }
 
 /// One encoded batch on its way to disk.
@@ -75,6 +89,13 @@ pub(crate) struct Writer {
     pub seq: u64,
 }
 
+/// The times an append is checked and recorded against (see [`Building`]).
+#[derive(Clone, Copy)]
+struct Times {
+    now: i64,
+    last: i64,
+}
+
 /// What the writer knows about an event id already recorded (durably or earlier in the batch).
 struct Existing {
     position: u64,
@@ -107,7 +128,11 @@ pub(crate) struct Building {
     results: Vec<Results>,
     ctx: BatchCtx,
     roll: Option<u64>,
+    /// `recorded_at` of the appends of this batch (pinned ones keep their own).
     now: i64,
+    /// `recorded_at` of the last record in the batch (or in the log): a pinned append may
+    /// not go before it.
+    last_time: i64,
     events: usize,
     bytes: usize,
 }
@@ -241,7 +266,14 @@ impl Writer {
         loop {
             match next.take() {
                 Some(None) => return (true, None),
-                Some(Some(Msg::Append { requests, reply })) => self.add(building, requests, reply),
+                Some(Some(Msg::Append { requests, reply })) => {
+                    self.add(building, requests, None, reply)
+                }
+                Some(Some(Msg::Restore {
+                    requests,
+                    pins,
+                    reply,
+                })) => self.add(building, requests, Some(pins), reply),
                 Some(Some(Msg::Close { reply })) => return (false, Some(reply)),
                 None => {}
             }
@@ -275,11 +307,13 @@ impl Writer {
         None
     }
 
-    /// Validates and encodes one message's appends into the batch being built.
+    /// Validates and encodes one message's appends into the batch being built. With `pins`
+    /// (a restore), once one request fails every later one of the message fails too.
     fn add(
         &mut self,
         building: &mut Option<Building>,
         requests: Vec<AppendRequest>,
+        pins: Option<Vec<Pin>>,
         reply: oneshot::Sender<Results>,
     ) {
         if let Some(why) = self.unavailable() {
@@ -302,16 +336,40 @@ impl Writer {
             ctx,
             results,
             now,
+            last_time,
             ..
         } = b;
         let mut rs = Vec::with_capacity(requests[mi].len());
         // Streams with a failed request earlier in this message (see `append_many`).
         let mut failed: HashSet<StreamId> = HashSet::new();
+        let mut restore_failed = false;
         for (ri, req) in requests[mi].iter().enumerate() {
+            let pin = pins.as_ref().and_then(|p| p.get(ri));
+            if pins.is_some() && (pin.is_none() || restore_failed) {
+                rs.push(Err(StoreError::InvalidInput(
+                    "not restored: an earlier append of the restore failed".into(),
+                )));
+                continue;
+            }
             let after_failure = failed.contains(&req.stream_id);
-            let r = self.accept(requests, mi, ri, req, ctx, *now, after_failure);
-            if !after_failure && r.as_ref().is_err_and(StoreError::is_check_failure) {
-                failed.insert(req.stream_id);
+            let times = Times {
+                now: *now,
+                last: *last_time,
+            };
+            let r = self.accept(requests, (mi, ri), req, ctx, times, pin, after_failure);
+            match &r {
+                Ok(o) if !o.duplicate => {
+                    *last_time = pin.map_or(*now, |p| p.recorded_at);
+                    // Appends after a pinned one in this batch are not recorded before it.
+                    *now = (*now).max(*last_time);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    restore_failed = true;
+                    if !after_failure && e.is_check_failure() {
+                        failed.insert(req.stream_id);
+                    }
+                }
             }
             rs.push(r);
         }
@@ -364,6 +422,7 @@ impl Writer {
             ctx: self.fresh_ctx(maps),
             roll,
             now,
+            last_time: self.last_recorded_at,
             events: 0,
             bytes: 0,
         }
@@ -377,11 +436,11 @@ impl Writer {
             results,
             ctx,
             roll,
-            now,
+            last_time,
             ..
         } = b;
         if !ctx.entries.is_empty() {
-            self.last_recorded_at = now;
+            self.last_recorded_at = last_time;
         }
         self.seg_len += ctx.buf.len() as u64;
         self.seq += 1;
@@ -467,15 +526,16 @@ impl Writer {
     /// Validates one request against the log and the batch so far; encodes it when accepted.
     /// `after_failure`: an earlier request of the same message to this stream failed its
     /// check, so this one may only be answered as a repeat.
+    /// `pin`: a restored append, which keeps its time, position and hash.
     #[allow(clippy::too_many_arguments)]
     fn accept(
         &mut self,
         requests: &[Vec<AppendRequest>],
-        mi: usize,
-        ri: usize,
+        (mi, ri): (usize, usize),
         req: &AppendRequest,
         ctx: &mut BatchCtx,
-        now: i64,
+        times: Times,
+        pin: Option<&Pin>,
         after_failure: bool,
     ) -> Result<AppendOutcome, StoreError> {
         let n = req.events.len();
@@ -484,6 +544,26 @@ impl Writer {
                 "an append needs at least one event".into(),
             ));
         }
+        if let Some(pin) = pin {
+            if pin.first_position != self.next_position {
+                return Err(StoreError::InvalidInput(format!(
+                    "the restored append starts at position {} but the log's next position is {}",
+                    pin.first_position, self.next_position
+                )));
+            }
+            if pin.recorded_at < times.last {
+                return Err(StoreError::InvalidInput(format!(
+                    "the restored append at position {} was recorded before the log's last event",
+                    pin.first_position
+                )));
+            }
+            if req.expected_version == ExpectedVersion::Any {
+                return Err(StoreError::InvalidInput(
+                    "a restored append needs an exact expected version".into(),
+                ));
+            }
+        }
+        let now = pin.map_or(times.now, |p| p.recorded_at);
         // Most appends carry one or a few events: compare pairs rather than build a set.
         let dup = if n <= 16 {
             (1..n).find_map(|i| {
@@ -514,6 +594,20 @@ impl Writer {
         let mut found = Vec::with_capacity(n);
         for e in &req.events {
             found.push(self.existing(requests, ctx, &e.event_id)?);
+        }
+        if pin.is_some() {
+            // A restored event id must be new: its recorded copy is at another position.
+            if let Some((e, x)) = req
+                .events
+                .iter()
+                .zip(&found)
+                .find_map(|(e, f)| f.as_ref().map(|x| (e, x)))
+            {
+                return Err(StoreError::EventIdConflict {
+                    event_id: e.event_id,
+                    position: x.position,
+                });
+            }
         }
         if found.iter().any(Option::is_some) {
             let first = found
@@ -630,6 +724,17 @@ impl Writer {
             };
             ctx.entries.push((offset, now, req.stream_id, e.event_id));
             metas.push(meta);
+        }
+        if let Some(pin) = pin.filter(|p| p.last_hash != self.last_hash) {
+            ctx.buf.truncate(mark.0);
+            let got = std::mem::replace(&mut self.last_hash, mark.1);
+            ctx.entries.truncate(mark.2);
+            return Err(StoreError::InvalidInput(format!(
+                "the restored append ending at position {} comes out with hash {}, not {}: it was changed",
+                first + n as u64 - 1,
+                crate::to_hex(&got),
+                crate::to_hex(&pin.last_hash)
+            )));
         }
         for (ei, meta) in metas.into_iter().enumerate() {
             ctx.maps.ids.insert(meta.event_id, (mi, ri, ei, meta));

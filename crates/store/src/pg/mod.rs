@@ -32,8 +32,8 @@ use self::conn::{parse_config, timed, Pool, OP_TIMEOUT};
 use self::record::{corrupt, from_row, stored_from_row};
 use self::writer::Msg;
 use crate::{
-    AppendOutcome, AppendRequest, Durability, EventStore, Head, RecordedEvent, StoreError,
-    StreamId, TokenRecord, VerifyReport,
+    AppendOutcome, AppendRequest, Durability, EventStore, Head, RecordedAppend, RecordedEvent,
+    StoreError, StreamId, TokenRecord, VerifyReport,
 };
 
 /// The newest database schema version this build knows.
@@ -401,6 +401,23 @@ async fn follow_head(shared: Weak<Shared>, config: Config) {
 }
 
 impl EventStore for PgStore {
+    async fn restore(&self, appends: Vec<RecordedAppend>) -> Result<Head, StoreError> {
+        if appends.is_empty() {
+            return Ok(self.head());
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("store is closed".to_owned()));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Msg::Restore(appends, reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("store is closed".to_owned()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("store is closed".to_owned()))?
+    }
+
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         validate(&request)?;
         self.submit(vec![request])

@@ -19,16 +19,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Weak;
 
 use chrono::{DateTime, Utc};
-use futures_util::future::{try_join, try_join3};
+use futures_util::future::try_join3;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, Config, Statement};
 use uuid::Uuid;
 
 use super::conn::{connect, describe, timed, OP_TIMEOUT};
-use super::record::{chain_hash, truncate_to_micros, RecordFields};
+use super::record::truncate_to_micros;
 use super::Shared;
+use crate::chain::{chain_hash, RecordFields};
 use crate::{
-    AppendOutcome, AppendRequest, Durability, ExpectedVersion, Head, StoreError, StreamId,
+    AppendOutcome, AppendRequest, Durability, ExpectedVersion, Head, RecordedAppend, StoreError,
+    StreamId,
 };
 
 /// Advisory lock key that serializes appends of every process on one database.
@@ -46,6 +48,11 @@ pub(crate) type Reply = oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>>;
 
 pub(crate) enum Msg {
     Append(Vec<AppendRequest>, Reply),
+    /// Appends as another store recorded them: one transaction of their own.
+    Restore(
+        Vec<RecordedAppend>,
+        oneshot::Sender<Result<Head, StoreError>>,
+    ),
     /// Finish what is queued before it, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -56,6 +63,8 @@ struct WriterConn {
     ids: Statement,
     versions: Statement,
     insert: Statement,
+    /// `insert` with a `recorded_at` per row (restored appends keep theirs).
+    insert_restored: Statement,
     notify: Statement,
 }
 
@@ -95,19 +104,29 @@ impl WriterConn {
                  $2::uuid[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], $8::text[], \
                  $9::bigint[], $10::bigint[], $11::bytea[]) AS x(p, s, v, i, t, d, b, af, al, h)",
             );
+            let insert_restored = client.prepare(
+                "INSERT INTO events (position, stream_id, stream_version, event_id, event_type, \
+                 data, recorded_at, recorded_by, append_first, append_last, hash) \
+                 SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::uuid[], \
+                 $5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::bigint[], \
+                 $10::bigint[], $11::bytea[])",
+            );
             let notify_sql = format!("SELECT pg_notify('{HEAD_CHANNEL}', $1)");
             let notify = client.prepare(&notify_sql);
             let (head, ids, versions) = try_join3(head, ids, versions).await?;
-            let (insert, notify) = try_join(insert, notify).await?;
-            Ok((head, ids, versions, insert, notify))
+            let (insert, insert_restored, notify) =
+                try_join3(insert, insert_restored, notify).await?;
+            Ok((head, ids, versions, insert, insert_restored, notify))
         };
-        let (head, ids, versions, insert, notify) = timed("prepare", OP_TIMEOUT, prepare).await?;
+        let (head, ids, versions, insert, insert_restored, notify) =
+            timed("prepare", OP_TIMEOUT, prepare).await?;
         Ok(WriterConn {
             client,
             head,
             ids,
             versions,
             insert,
+            insert_restored,
             notify,
         })
     }
@@ -137,6 +156,30 @@ pub(crate) async fn run(
                 return;
             }
             Msg::Append(requests, reply) => vec![(requests, reply)],
+            Msg::Restore(appends, reply) => {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let result = match conn.as_ref().filter(|c| !c.client.is_closed()) {
+                    Some(c) => restore_batch(c, &appends).await,
+                    None => match WriterConn::open(&config, durability).await {
+                        Ok(c) => {
+                            let r = restore_batch(&c, &appends).await;
+                            conn = Some(c);
+                            r
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match &result {
+                    Ok(head) => shared.advance(*head),
+                    // The transaction is gone or its fate unknown: start afresh.
+                    Err(StoreError::Unavailable(_)) => conn = None,
+                    Err(_) => {}
+                }
+                let _ = reply.send(result);
+                continue;
+            }
         };
         // Group commit: take whatever else is queued, within the batch limits. Appenders
         // answered by the previous batch are often about to send again: yielding a few times
@@ -152,7 +195,8 @@ pub(crate) async fn run(
                     jobs.push((requests, reply));
                     quiet_yields = 0;
                 }
-                Ok(close @ Msg::Close(_)) => pending = Some(close),
+                // Handled on its own, after this batch.
+                Ok(other @ (Msg::Close(_) | Msg::Restore(..))) => pending = Some(other),
                 Err(_) if quiet_yields < GATHER_YIELDS => {
                     quiet_yields += 1;
                     tokio::task::yield_now().await;
@@ -476,6 +520,200 @@ async fn commit_batch_inner(
             hash: prev_hash,
         }),
     ))
+}
+
+/// Writes restored appends in one transaction (see `EventStore::restore`).
+async fn restore_batch(c: &WriterConn, appends: &[RecordedAppend]) -> Result<Head, StoreError> {
+    let fut = async {
+        let r = restore_batch_inner(c, appends).await;
+        if r.is_err() && !c.client.is_closed() {
+            let _ = c.client.batch_execute("ROLLBACK").await;
+        }
+        r
+    };
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "PostgreSQL: restore transaction timed out after {OP_TIMEOUT:?}"
+        ))),
+    }
+}
+
+async fn restore_batch_inner(
+    c: &WriterConn,
+    appends: &[RecordedAppend],
+) -> Result<Head, StoreError> {
+    let db =
+        |e: tokio_postgres::Error| StoreError::Unavailable(format!("PostgreSQL: {}", describe(&e)));
+    let all_ids: Vec<Uuid> = appends
+        .iter()
+        .flat_map(|a| a.request.events.iter().map(|e| e.event_id))
+        .collect();
+    let mut streams: Vec<StreamId> = appends.iter().map(|a| a.request.stream_id).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let lock_sql = format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
+    );
+    let (_, head_row, id_rows, version_rows) = futures_util::future::try_join4(
+        c.client.batch_execute(&lock_sql),
+        c.client.query_opt(&c.head, &[]),
+        c.client.query(&c.ids, &[&all_ids]),
+        c.client.query(&c.versions, &[&streams]),
+    )
+    .await
+    .map_err(db)?;
+    let (mut position, mut prev_hash, mut last_at) = match &head_row {
+        Some(row) => {
+            let p: i64 = row.get(0);
+            let h: &[u8] = row.get(1);
+            let h: [u8; 32] = h
+                .try_into()
+                .map_err(|_| super::record::corrupt(p, "hash is not 32 bytes"))?;
+            let at: DateTime<Utc> = row.get(2);
+            (u64::try_from(p).unwrap_or(0), h, Some(at))
+        }
+        None => (0, [0u8; 32], None),
+    };
+    // A restored event id must be new (its recorded copy sits at another position).
+    let mut seen: HashMap<Uuid, u64> = HashMap::with_capacity(all_ids.len());
+    for row in &id_rows {
+        let p: i64 = row.get(1);
+        seen.insert(row.get(0), u64::try_from(p).unwrap_or(0));
+    }
+    let mut versions: HashMap<StreamId, u64> = HashMap::with_capacity(version_rows.len());
+    for row in &version_rows {
+        let v: Option<i64> = row.get(1);
+        versions.insert(
+            row.get(0),
+            v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
+        );
+    }
+    let mut rows = Rows::default();
+    let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(all_ids.len());
+    for a in appends {
+        let request = &a.request;
+        super::validate(request)?;
+        if a.first_position != position + 1 {
+            return Err(StoreError::InvalidInput(format!(
+                "the restored append starts at position {} but the log's next position is {}",
+                a.first_position,
+                position + 1
+            )));
+        }
+        let at = truncate_to_micros(a.recorded_at);
+        if last_at.is_some_and(|last| at < last) {
+            return Err(StoreError::InvalidInput(format!(
+                "the restored append at position {} was recorded before the log's last event",
+                a.first_position
+            )));
+        }
+        let current = versions.get(&request.stream_id).copied().unwrap_or(0);
+        match request.expected_version {
+            ExpectedVersion::Exact(v) if v == current => {}
+            ExpectedVersion::Exact(_) => {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream_id: request.stream_id,
+                    expected: request.expected_version,
+                    actual: current,
+                })
+            }
+            ExpectedVersion::Any => {
+                return Err(StoreError::InvalidInput(
+                    "a restored append needs an exact expected version".into(),
+                ))
+            }
+        }
+        let n = request.events.len() as u64;
+        let first = position + 1;
+        let last = position + n;
+        for (i, e) in request.events.iter().enumerate() {
+            if let Some(&earlier) = seen.get(&e.event_id) {
+                return Err(StoreError::EventIdConflict {
+                    event_id: e.event_id,
+                    position: earlier,
+                });
+            }
+            let i = i as u64;
+            let p = first + i;
+            let v = current + 1 + i;
+            prev_hash = chain_hash(
+                &prev_hash,
+                &RecordFields {
+                    global_position: p,
+                    stream_id: request.stream_id,
+                    stream_version: v,
+                    event_id: e.event_id,
+                    event_type: &e.event_type,
+                    data: &e.data,
+                    recorded_at: &at,
+                    recorded_by: &request.recorded_by,
+                    append_index: i as u32,
+                    append_len: n as u32,
+                },
+            );
+            seen.insert(e.event_id, p);
+            rows.position.push(p as i64);
+            rows.stream_id.push(request.stream_id);
+            rows.stream_version.push(v as i64);
+            rows.event_id.push(e.event_id);
+            rows.event_type.push(&e.event_type);
+            rows.data.push(e.data.get());
+            rows.recorded_by.push(&request.recorded_by);
+            rows.append_first.push(first as i64);
+            rows.append_last.push(last as i64);
+            rows.hash.push(prev_hash);
+            times.push(at);
+        }
+        if prev_hash != a.last_hash {
+            return Err(StoreError::InvalidInput(format!(
+                "the restored append ending at position {last} comes out with hash {}, not {}: it was changed",
+                crate::to_hex(&prev_hash),
+                crate::to_hex(&a.last_hash)
+            )));
+        }
+        position = last;
+        last_at = Some(at);
+        versions.insert(request.stream_id, current + n);
+    }
+    let head = Head {
+        position,
+        hash: prev_hash,
+    };
+    if rows.position.is_empty() {
+        c.client.batch_execute("ROLLBACK").await.map_err(db)?;
+        return Ok(head);
+    }
+    let hashes: Vec<&[u8]> = rows.hash.iter().map(|h| h.as_slice()).collect();
+    let payload = format!("{position}:{}", crate::to_hex(&prev_hash));
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &rows.position,
+        &rows.stream_id,
+        &rows.stream_version,
+        &rows.event_id,
+        &rows.event_type,
+        &rows.data,
+        &times,
+        &rows.recorded_by,
+        &rows.append_first,
+        &rows.append_last,
+        &hashes,
+    ];
+    let insert = c.client.execute(&c.insert_restored, &params);
+    let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&payload];
+    let notify = c.client.execute(&c.notify, &notify_params);
+    let commit = c.client.batch_execute("COMMIT");
+    let (inserted, notified, committed) = futures_util::future::join3(insert, notify, commit).await;
+    let inserted = inserted.map_err(db)?;
+    notified.map_err(db)?;
+    committed.map_err(db)?;
+    if inserted != rows.position.len() as u64 {
+        return Err(StoreError::Unavailable(format!(
+            "PostgreSQL: inserted {inserted} of {} rows",
+            rows.position.len()
+        )));
+    }
+    Ok(head)
 }
 
 enum Decision {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use incidentlog_store::{
-    subscribe, AppendOutcome, AppendRequest, EventRef, EventStore, ExpectedVersion, NewEvent,
-    RecordedEvent, StoreError, TokenRecord,
+    subscribe, AppendOutcome, AppendRequest, EventRef, EventStore, ExpectedVersion, FileStore,
+    Head, NewEvent, OpenOptions, RecordedAppend, RecordedEvent, Regrouper, StoreError, TokenRecord,
 };
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -43,6 +43,7 @@ macro_rules! conformance_suite {
             verify_matches_head,
             tokens_roundtrip,
             close_refuses_appends_keeps_reads,
+            restore_rebuilds_a_log_exactly,
         );
     };
     (@each $factory:path; $($check:ident),* $(,)?) => {
@@ -1100,4 +1101,171 @@ pub async fn close_refuses_appends_keeps_reads<S: EventStore>(store: Arc<S>) {
     assert_eq!(store.read_stream(s).await.unwrap().len(), 2);
     assert_eq!(store.head().position, everything.len() as u64);
     store.close().await.unwrap();
+}
+
+/// Everything a recorded event is, as comparable values.
+type EventKey = (
+    u64,
+    Uuid,
+    u64,
+    Uuid,
+    String,
+    String,
+    DateTime<Utc>,
+    String,
+    [u8; 32],
+);
+
+fn event_keys(events: &[RecordedEvent]) -> Vec<EventKey> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.global_position,
+                e.stream_id,
+                e.stream_version,
+                e.event_id,
+                e.event_type.clone(),
+                e.data.get().to_string(),
+                e.recorded_at,
+                e.recorded_by.clone(),
+                e.hash,
+            )
+        })
+        .collect()
+}
+
+fn regroup(events: &[RecordedEvent]) -> Result<Vec<RecordedAppend>, StoreError> {
+    let mut regrouper = Regrouper::new(Head::default());
+    let mut appends = Vec::new();
+    for e in events {
+        appends.extend(regrouper.push(e.clone())?);
+    }
+    regrouper.finish()?;
+    Ok(appends)
+}
+
+/// `restore` rebuilds a log recorded by the file store (an export, a move between backends)
+/// into this store with every position, time and hash unchanged, and refuses anything that
+/// does not continue the log exactly.
+pub async fn restore_rebuilds_a_log_exactly<S: EventStore>(store: Arc<S>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = FileStore::open(&OpenOptions::new(dir.path()))
+        .await
+        .expect("source store");
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    // Three appends to one stream in one batch share their recorded_at and follow each
+    // other: only the hashes tell where each one ends.
+    let batch = vec![
+        request(a, ExpectedVersion::Exact(0), events(2, "a1")),
+        request(a, ExpectedVersion::Exact(2), events(1, "a2")),
+        request(a, ExpectedVersion::Exact(3), events(3, "a3")),
+        request(b, ExpectedVersion::Any, events(1, "b1")),
+    ];
+    for r in source.append_many(batch).await {
+        r.expect("source batch");
+    }
+    let mut by_someone_else = request(b, ExpectedVersion::Any, events(2, "b2"));
+    by_someone_else.recorded_by = "other \"name\" ✓".to_string();
+    source.append(by_someone_else).await.expect("source append");
+    source
+        .append(request(a, ExpectedVersion::Any, events(1, "a4")))
+        .await
+        .expect("source append");
+    let recorded = all(&source).await;
+    assert_eq!(recorded.len(), 10);
+
+    let appends = regroup(&recorded).expect("regroup");
+    let lens: Vec<usize> = appends.iter().map(|x| x.request.events.len()).collect();
+    assert_eq!(
+        lens,
+        [2, 1, 3, 1, 2, 1],
+        "the appends as they were recorded"
+    );
+
+    // Restored in two calls (a restore can resume where it stopped).
+    let mut rest = appends.clone();
+    let second = rest.split_off(3);
+    let head = store.restore(rest).await.expect("restore part 1");
+    assert_eq!(head.position, 6);
+    let head = store.restore(second).await.expect("restore part 2");
+    assert_eq!(head, source.head());
+    assert_eq!(event_keys(&all(&*store).await), event_keys(&recorded));
+    let report = store.verify().await.expect("verify");
+    assert_eq!((report.events, report.head_hash), (10, source.head().hash));
+    assert_eq!(store.stream_version(a).await.unwrap(), 7);
+
+    // What does not continue the log exactly is refused and leaves nothing behind.
+    let before = event_keys(&all(&*store).await);
+    let again = store.restore(appends[..1].to_vec()).await;
+    assert!(
+        matches!(again, Err(StoreError::InvalidInput(_))),
+        "a restore behind the head: {again:?}"
+    );
+    // A further append as if recorded next, but with a wrong hash, an old time, an event id
+    // that is recorded, or a version the stream does not have.
+    let c = Uuid::new_v4();
+    let next = |events: Vec<NewEvent>, expected: u64| RecordedAppend {
+        request: request(c, ExpectedVersion::Exact(expected), events),
+        recorded_at: recorded[9].recorded_at + chrono::Duration::seconds(1),
+        first_position: 11,
+        last_hash: [7; 32],
+    };
+    let wrong_hash = store.restore(vec![next(events(1, "c"), 0)]).await;
+    assert!(
+        matches!(&wrong_hash, Err(StoreError::InvalidInput(m)) if m.contains("hash")),
+        "{wrong_hash:?}"
+    );
+    let mut old = next(events(1, "c"), 0);
+    old.recorded_at = recorded[0].recorded_at - chrono::Duration::seconds(1);
+    let old = store.restore(vec![old]).await;
+    assert!(matches!(old, Err(StoreError::InvalidInput(_))), "{old:?}");
+    let reused = NewEvent {
+        event_id: recorded[0].event_id,
+        event_type: "Thing".into(),
+        data: RawValue::from_string("{}".into()).unwrap(),
+    };
+    let reused = store.restore(vec![next(vec![reused], 0)]).await;
+    assert!(
+        matches!(reused, Err(StoreError::EventIdConflict { position: 1, .. })),
+        "{reused:?}"
+    );
+    let version = store.restore(vec![next(events(1, "c"), 5)]).await;
+    assert!(
+        matches!(
+            version,
+            Err(StoreError::WrongExpectedVersion { actual: 0, .. })
+        ),
+        "{version:?}"
+    );
+    assert_eq!(event_keys(&all(&*store).await), before);
+    assert_eq!(store.head(), source.head());
+
+    // A changed event does not regroup.
+    let mut changed = recorded.clone();
+    changed[4].data = RawValue::from_string("{\"tag\":\"a3\",\"i\":9}".into()).unwrap();
+    assert!(
+        regroup(&changed).is_err(),
+        "a changed event must be refused"
+    );
+    let mut cut = recorded.clone();
+    cut.truncate(5);
+    assert!(
+        regroup(&cut).is_err(),
+        "an append cut short must be refused"
+    );
+    let mut gap = recorded.clone();
+    gap.remove(3);
+    assert!(regroup(&gap).is_err(), "a gap must be refused");
+
+    // Appends go on from the restored head, chained.
+    let after = store
+        .append(request(a, ExpectedVersion::Exact(7), events(1, "a5")))
+        .await
+        .expect("append after restore");
+    assert_eq!(after.first_position, 11);
+    let last = all(&*store).await;
+    assert!(last[10].recorded_at >= last[9].recorded_at);
+    assert_eq!(store.verify().await.expect("verify").events, 11);
+    source.close().await.expect("close source");
 }

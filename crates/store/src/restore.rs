@@ -1,0 +1,180 @@
+//! Restoring a log from its recorded events (an export, or another backend's log): the
+//! events are regrouped into the appends that recorded them, every chain hash is checked on
+//! the way, and [`EventStore::restore`](crate::EventStore::restore) writes them again with
+//! their positions, times and hashes unchanged.
+//!
+//! An event's hash covers its index in its append and the append's length
+//! (proto-docs/storage-format.md), which a recorded event does not carry: the append's
+//! length is the one under which its first event's hash comes out right. A shorter guess
+//! cannot match (that would be a BLAKE3 collision), so the events of one append are collected
+//! until the first one's hash matches, and each further event must then chain.
+
+use chrono::{DateTime, Utc};
+
+use crate::chain::{chain_hash, RecordFields};
+use crate::{AppendRequest, ExpectedVersion, Head, NewEvent, RecordedEvent, StoreError};
+
+/// One append as another store recorded it.
+#[derive(Clone, Debug)]
+pub struct RecordedAppend {
+    /// The append; `expected_version` is `Exact`: the stream's version before it.
+    pub request: AppendRequest,
+    /// When it was recorded (every event of an append shares the time).
+    pub recorded_at: DateTime<Utc>,
+    /// Global position of its first event.
+    pub first_position: u64,
+    /// Chain hash of its last event: the restored record must come out with it.
+    pub last_hash: [u8; 32],
+}
+
+impl RecordedAppend {
+    /// Global position of its last event.
+    pub fn last_position(&self) -> u64 {
+        self.first_position + self.request.events.len() as u64 - 1
+    }
+}
+
+/// Regroups a log's recorded events, handed in in global order from the log's start (or from
+/// a head the target store already has), into the appends that recorded them.
+#[derive(Debug)]
+pub struct Regrouper {
+    /// Position and hash of the last event of the last complete append.
+    head: Head,
+    last_recorded_at: Option<DateTime<Utc>>,
+    /// The events of an append whose length is not known yet.
+    pending: Vec<RecordedEvent>,
+}
+
+fn invalid(reason: String) -> StoreError {
+    StoreError::InvalidInput(reason)
+}
+
+fn hash_as(prev: &[u8; 32], e: &RecordedEvent, index: usize, len: usize) -> [u8; 32] {
+    chain_hash(
+        prev,
+        &RecordFields {
+            global_position: e.global_position,
+            stream_id: e.stream_id,
+            stream_version: e.stream_version,
+            event_id: e.event_id,
+            event_type: &e.event_type,
+            data: &e.data,
+            recorded_at: &e.recorded_at,
+            recorded_by: &e.recorded_by,
+            append_index: index as u32,
+            append_len: len as u32,
+        },
+    )
+}
+
+impl Regrouper {
+    /// Starts after `head`: `Head::default()` for a whole log.
+    pub fn new(head: Head) -> Regrouper {
+        Regrouper {
+            head,
+            last_recorded_at: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The end of the last complete append.
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// Takes the next event; returns its append once that is complete. An event that cannot
+    /// follow (a gap in positions, a hash that does not chain) is an `InvalidInput` error.
+    pub fn push(&mut self, event: RecordedEvent) -> Result<Option<RecordedAppend>, StoreError> {
+        let p = event.global_position;
+        let expected = self.head.position + self.pending.len() as u64 + 1;
+        if p != expected {
+            return Err(invalid(format!(
+                "event at position {p} where position {expected} was expected: a restore needs every event of the log, in order"
+            )));
+        }
+        if let (Some(first), Some(last)) = (self.pending.first(), self.pending.last()) {
+            let same_append = event.stream_id == first.stream_id
+                && event.stream_version == last.stream_version + 1
+                && event.recorded_at == first.recorded_at
+                && event.recorded_by == first.recorded_by;
+            if !same_append {
+                return Err(self.no_append_fits());
+            }
+        } else {
+            if event.stream_version == 0 {
+                return Err(invalid(format!(
+                    "event at position {p} has stream_version 0 (versions start at 1)"
+                )));
+            }
+            if self.last_recorded_at.is_some_and(|t| event.recorded_at < t) {
+                return Err(invalid(format!(
+                    "event at position {p} was recorded before the event at position {}: recorded_at never decreases along a log",
+                    p - 1
+                )));
+            }
+        }
+        self.pending.push(event);
+        let len = self.pending.len();
+        let first = &self.pending[0];
+        if hash_as(&self.head.hash, first, 0, len) != first.hash {
+            return Ok(None);
+        }
+        let mut prev = first.hash;
+        for (i, e) in self.pending.iter().enumerate().skip(1) {
+            if hash_as(&prev, e, i, len) != e.hash {
+                return Err(invalid(format!(
+                    "the hash of the event at position {} does not chain: the event or one before it was changed",
+                    e.global_position
+                )));
+            }
+            prev = e.hash;
+        }
+        let mut events = std::mem::take(&mut self.pending).into_iter();
+        let Some(first) = events.next() else {
+            return Ok(None);
+        };
+        let first_position = first.global_position;
+        let recorded_at = first.recorded_at;
+        let request = AppendRequest {
+            stream_id: first.stream_id,
+            expected_version: ExpectedVersion::Exact(first.stream_version - 1),
+            recorded_by: first.recorded_by.clone(),
+            events: std::iter::once(first)
+                .chain(events)
+                .map(|e| NewEvent {
+                    event_id: e.event_id,
+                    event_type: e.event_type,
+                    data: e.data,
+                })
+                .collect(),
+        };
+        self.head = Head {
+            position: first_position + len as u64 - 1,
+            hash: prev,
+        };
+        self.last_recorded_at = Some(recorded_at);
+        let append = RecordedAppend {
+            request,
+            recorded_at,
+            first_position,
+            last_hash: prev,
+        };
+        Ok(Some(append))
+    }
+
+    /// Ends the input: the last append must be complete. Returns the head it reaches.
+    pub fn finish(&self) -> Result<Head, StoreError> {
+        if self.pending.is_empty() {
+            Ok(self.head)
+        } else {
+            Err(self.no_append_fits())
+        }
+    }
+
+    fn no_append_fits(&self) -> StoreError {
+        let p = self.pending.first().map_or(0, |e| e.global_position);
+        invalid(format!(
+            "the hash of the event at position {p} matches no append it could belong to: the event or one before it was changed, or the log was cut off"
+        ))
+    }
+}
