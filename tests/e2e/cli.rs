@@ -1109,3 +1109,47 @@ fn restore_rebuilds_an_exported_log_exactly() {
     );
     assert_eq!(cli_ok(&["export", "--data-dir", d(&other)]), before);
 }
+
+/// An online backup: `GET /v1/events` as ndjson from a running server, extended later with
+/// `?after=N`, restores (offline, elsewhere) to the very log the server holds.
+#[test]
+fn a_backup_streamed_from_a_running_server_restores_to_the_same_log() {
+    let (dir, mut server, tokens) = server_with_tokens(&[]);
+    import_seed(&server, &tokens.reporter);
+    let backup = |after: u64| -> Vec<u8> {
+        let r = server
+            .req("GET", &format!("/v1/events?after={after}"))
+            .token(&tokens.reader)
+            .header("Accept", "application/x-ndjson")
+            .send();
+        r.expect(200);
+        assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+        r.body
+    };
+    let mut file = backup(0);
+    assert_eq!(file.iter().filter(|b| **b == b'\n').count(), 10);
+    // More events after the first backup: the backup is extended from where it ended.
+    let extra = format!("{}\n", located_incident_line());
+    server
+        .req("POST", "/v1/events")
+        .token(&tokens.reporter)
+        .body("application/x-ndjson", extra.into_bytes())
+        .send()
+        .expect(200);
+    file.extend(backup(10));
+    let path = dir.path().join("backup.ndjson");
+    std::fs::write(&path, &file).unwrap();
+    server.terminate();
+
+    let restored = dir.path().join("restored");
+    let out = cli_ok(&["restore", d(&path), "--data-dir", d(&restored)]);
+    assert!(out.contains("restored:  12 events"), "{out}");
+    assert_eq!(
+        cli_ok(&["export", "--data-dir", d(&restored)]).into_bytes(),
+        file,
+        "the restored log is the server's, line for line"
+    );
+    let original = cli_ok(&["verify", "--data-dir", d(dir.path())]);
+    let copy = cli_ok(&["verify", "--data-dir", d(&restored)]);
+    assert_eq!(original, copy);
+}

@@ -51,6 +51,8 @@ mod import;
 /// more over several, whose CPU a two-core machine's fold then lacks; measured in
 /// `proto-docs/benchmarks.md`).
 const REPLAY_PAGE: usize = 4 * 1024;
+/// Events per read of an ndjson log stream (about 0.6 MB of output).
+const LOG_NDJSON_PAGE: usize = 1000;
 /// A rebuild reserves room for this many events at most up front (more grow as they come).
 const REBUILD_RESERVE_MAX: u64 = 1 << 24;
 /// Attempts for `expected_version: "any"` when another writer wins the race.
@@ -858,6 +860,42 @@ impl AppService {
     /// A page of the global log.
     pub async fn log_page(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, ApiError> {
         Ok(lean!(self.inner.store, read_all(after, limit))?)
+    }
+
+    /// The log after `after` up to the durable head as of the call (at most `limit` events),
+    /// as ndjson (the lines `incidentlog export` writes), read a page at a time as the
+    /// consumer takes it: an online backup that `incidentlog restore` reads back. A store
+    /// error ends the stream with that error.
+    pub fn log_ndjson(
+        &self,
+        after: u64,
+        limit: Option<u64>,
+    ) -> impl futures_util::Stream<Item = Result<Vec<u8>, StoreError>> + Send + 'static {
+        let head = self.inner.store.head().position;
+        let end = limit.map_or(head, |n| head.min(after.saturating_add(n)));
+        let svc = self.clone();
+        futures_util::stream::try_unfold(after, move |after| {
+            let svc = svc.clone();
+            async move {
+                if after >= end {
+                    return Ok(None);
+                }
+                let want = usize::try_from(end - after)
+                    .unwrap_or(usize::MAX)
+                    .min(LOG_NDJSON_PAGE);
+                let events = lean!(svc.inner.store, read_all(after, want))?;
+                let Some(last) = events.last().map(|e| e.global_position) else {
+                    return Ok(None);
+                };
+                let mut out = Vec::with_capacity(events.len() * 600);
+                for e in &events {
+                    serde_json::to_writer(&mut out, &crate::wire::WireEvent(e))
+                        .map_err(|e| StoreError::Io(e.into()))?;
+                    out.push(b'\n');
+                }
+                Ok(Some((out, last)))
+            }
+        })
     }
 
     /// The digest of the live views (for comparison with a replay).

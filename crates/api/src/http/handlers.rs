@@ -403,24 +403,54 @@ pub(crate) struct LogParams {
 
 const MAX_PAGE: usize = 1000;
 
-/// The global log: events with position > `after`.
+/// The client asks for the log as ndjson (`Accept` names `application/x-ndjson`).
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| {
+            media
+                .split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-ndjson"))
+        })
+}
+
+/// The global log: events with position > `after`. With `Accept: application/x-ndjson`: every
+/// such event up to the head as of the request (at most `limit` when given, without the
+/// clamp), one per line as `incidentlog export` writes them: an online backup that
+/// `incidentlog restore` reads back.
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
     params(
         ("after" = Option<u64>, Query, description = "Position to read after (default 0)"),
-        ("limit" = Option<usize>, Query, minimum = 1, description = "Default 100, at least 1, max 1000 (larger values are clamped)")
+        ("limit" = Option<usize>, Query, minimum = 1, description = "Default 100, at least 1, max 1000 (larger values are clamped). With Accept: application/x-ndjson: no default, no clamp")
     ),
     responses(
-        (status = 200, description = "A page of the log", body = wire::LogPageDoc),
+        (status = 200, description = "A page of the log (JSON), or the log up to the head as of the request (ndjson, one recorded event per line)",
+         content((wire::LogPageDoc = "application/json"), (wire::RecordedEventDoc = "application/x-ndjson"))),
         (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub(crate) async fn log_page(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<LogParams>,
 ) -> Result<Response, ApiError> {
     let after = q.after.unwrap_or(0);
     let limit = page_limit(q.limit)?;
+    if wants_ndjson(&headers) {
+        let limit = q.limit.map(|n| n as u64);
+        let body = axum::body::Body::from_stream(state.service.log_ndjson(after, limit));
+        let mut r = (StatusCode::OK, body).into_response();
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        return Ok(r);
+    }
     let events = state.service.log_page(after, limit).await?;
     let next_after = events.last().map_or(after, |e| e.global_position);
     #[derive(Serialize)]
