@@ -1390,7 +1390,7 @@ async fn the_log_streams_as_ndjson_for_an_online_backup() {
         .collect();
     assert_eq!(streamed, paged);
     // Restorable: the lines regroup into appends whose chain ends at the store's head.
-    let mut regrouper = incidentlog_store::Regrouper::new(Default::default());
+    let mut regrouper = incidentlog_store::Regrouper::new();
     for l in &lines {
         let e = incidentlog_api::wire::parse_wire_event(l).unwrap();
         regrouper.push(e).unwrap();

@@ -373,7 +373,7 @@ fn each_exported_append(
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut regrouper = incidentlog_store::Regrouper::new(incidentlog_store::Head::default());
+    let mut regrouper = incidentlog_store::Regrouper::new();
     let mut line = String::new();
     let mut n = 0u64;
     loop {

@@ -9,10 +9,13 @@
 //! cannot match (that would be a BLAKE3 collision), so the events of one append are collected
 //! until the first one's hash matches, and each further event must then chain.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::chain::{chain_hash, RecordFields};
-use crate::{AppendRequest, ExpectedVersion, Head, NewEvent, RecordedEvent, StoreError};
+use crate::{AppendRequest, ExpectedVersion, Head, NewEvent, RecordedEvent, StoreError, StreamId};
 
 /// One append as another store recorded it.
 #[derive(Clone, Debug)]
@@ -34,8 +37,11 @@ impl RecordedAppend {
     }
 }
 
-/// Regroups a log's recorded events, handed in in global order from the log's start (or from
-/// a head the target store already has), into the appends that recorded them.
+/// Regroups a log's recorded events, handed in in global order from the log's start, into
+/// the appends that recorded them. Besides the hashes (which anyone can recompute for a forged
+/// log) it checks what a store would refuse half-way through a restore: every stream's
+/// versions run 1, 2, 3, ..., no event id comes twice, `recorded_at` never decreases. So a
+/// file it accepts whole restores whole into an empty store.
 #[derive(Debug)]
 pub struct Regrouper {
     /// Position and hash of the last event of the last complete append.
@@ -43,6 +49,10 @@ pub struct Regrouper {
     last_recorded_at: Option<DateTime<Utc>>,
     /// The events of an append whose length is not known yet.
     pending: Vec<RecordedEvent>,
+    /// Each stream's version after the complete appends.
+    versions: HashMap<StreamId, u64>,
+    /// Every event id seen (pending ones included).
+    ids: HashSet<Uuid>,
 }
 
 fn invalid(reason: String) -> StoreError {
@@ -67,13 +77,21 @@ fn hash_as(prev: &[u8; 32], e: &RecordedEvent, index: usize, len: usize) -> [u8;
     )
 }
 
+impl Default for Regrouper {
+    fn default() -> Regrouper {
+        Regrouper::new()
+    }
+}
+
 impl Regrouper {
-    /// Starts after `head`: `Head::default()` for a whole log.
-    pub fn new(head: Head) -> Regrouper {
+    /// Starts at the beginning of a log.
+    pub fn new() -> Regrouper {
         Regrouper {
-            head,
+            head: Head::default(),
             last_recorded_at: None,
             pending: Vec::new(),
+            versions: HashMap::new(),
+            ids: HashSet::new(),
         }
     }
 
@@ -101,9 +119,11 @@ impl Regrouper {
                 return Err(self.no_append_fits());
             }
         } else {
-            if event.stream_version == 0 {
+            let before = self.versions.get(&event.stream_id).copied().unwrap_or(0);
+            if event.stream_version != before + 1 {
                 return Err(invalid(format!(
-                    "event at position {p} has stream_version 0 (versions start at 1)"
+                    "event at position {p} has stream_version {}, but its stream is at version {before} before it",
+                    event.stream_version
                 )));
             }
             if self.last_recorded_at.is_some_and(|t| event.recorded_at < t) {
@@ -112,6 +132,12 @@ impl Regrouper {
                     p - 1
                 )));
             }
+        }
+        if !self.ids.insert(event.event_id) {
+            return Err(invalid(format!(
+                "event id {} at position {p} appears earlier in the log",
+                event.event_id
+            )));
         }
         self.pending.push(event);
         let len = self.pending.len();
@@ -134,10 +160,11 @@ impl Regrouper {
             return Ok(None);
         };
         let first_position = first.global_position;
+        let first_version = first.stream_version;
         let recorded_at = first.recorded_at;
         let request = AppendRequest {
             stream_id: first.stream_id,
-            expected_version: ExpectedVersion::Exact(first.stream_version - 1),
+            expected_version: ExpectedVersion::Exact(first_version - 1),
             recorded_by: first.recorded_by.clone(),
             events: std::iter::once(first)
                 .chain(events)
@@ -153,6 +180,8 @@ impl Regrouper {
             hash: prev,
         };
         self.last_recorded_at = Some(recorded_at);
+        self.versions
+            .insert(request.stream_id, first_version + len as u64 - 1);
         let append = RecordedAppend {
             request,
             recorded_at,
@@ -176,5 +205,80 @@ impl Regrouper {
         invalid(format!(
             "the hash of the event at position {p} matches no append it could belong to: the event or one before it was changed, or the log was cut off"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    /// A log of single-event appends, (stream, version, id) each, with the hashes recomputed:
+    /// what a forger can always produce.
+    fn forged(events: &[(StreamId, u64, Uuid)]) -> Vec<RecordedEvent> {
+        let mut prev = [0u8; 32];
+        let at = DateTime::from_timestamp_micros(1_767_225_600_000_000).unwrap_or_default();
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, &(stream_id, stream_version, event_id))| {
+                let mut e = RecordedEvent {
+                    global_position: i as u64 + 1,
+                    stream_id,
+                    stream_version,
+                    event_id,
+                    event_type: "Thing".into(),
+                    data: RawValue::from_string("{}".into()).unwrap(),
+                    recorded_at: at,
+                    recorded_by: "forger".into(),
+                    hash: [0; 32],
+                };
+                e.hash = hash_as(&prev, &e, 0, 1);
+                prev = e.hash;
+                e
+            })
+            .collect()
+    }
+
+    fn regroup(events: Vec<RecordedEvent>) -> Result<usize, StoreError> {
+        let mut r = Regrouper::new();
+        let mut appends = 0;
+        for e in events {
+            appends += usize::from(r.push(e)?.is_some());
+        }
+        r.finish()?;
+        Ok(appends)
+    }
+
+    #[test]
+    fn a_forged_chain_must_still_be_a_log_a_store_could_have_written() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        let good = [
+            (a, 1, ids[0]),
+            (b, 1, ids[1]),
+            (a, 2, ids[2]),
+            (b, 2, ids[3]),
+        ];
+        assert_eq!(regroup(forged(&good)).unwrap(), 4);
+
+        let skipped = [(a, 1, ids[0]), (a, 3, ids[1])];
+        let err = regroup(forged(&skipped)).unwrap_err().to_string();
+        assert!(err.contains("stream_version 3"), "{err}");
+        let zero = [(a, 0, ids[0])];
+        assert!(regroup(forged(&zero)).is_err());
+        let again = [(a, 1, ids[0]), (b, 1, ids[0])];
+        let err = regroup(forged(&again)).unwrap_err().to_string();
+        assert!(err.contains("appears earlier"), "{err}");
+        let mut back_in_time = forged(&good);
+        back_in_time[2].recorded_at -= chrono::Duration::seconds(1);
+        // Re-chain from the changed event on, as a forger would.
+        let mut prev = back_in_time[1].hash;
+        for e in &mut back_in_time[2..] {
+            e.hash = hash_as(&prev, e, 0, 1);
+            prev = e.hash;
+        }
+        let err = regroup(back_in_time).unwrap_err().to_string();
+        assert!(err.contains("recorded before"), "{err}");
     }
 }

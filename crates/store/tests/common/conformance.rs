@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use incidentlog_store::{
     subscribe, AppendOutcome, AppendRequest, EventRef, EventStore, ExpectedVersion, FileStore,
-    Head, NewEvent, OpenOptions, RecordedAppend, RecordedEvent, Regrouper, StoreError, TokenRecord,
+    NewEvent, OpenOptions, RecordedAppend, RecordedEvent, Regrouper, StoreError, TokenRecord,
 };
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -1136,7 +1136,7 @@ fn event_keys(events: &[RecordedEvent]) -> Vec<EventKey> {
 }
 
 fn regroup(events: &[RecordedEvent]) -> Result<Vec<RecordedAppend>, StoreError> {
-    let mut regrouper = Regrouper::new(Head::default());
+    let mut regrouper = Regrouper::new();
     let mut appends = Vec::new();
     for e in events {
         appends.extend(regrouper.push(e.clone())?);
