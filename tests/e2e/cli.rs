@@ -577,6 +577,22 @@ fn exports_and_replay_skip_an_event_the_views_cannot_take_alike() {
         Some(&"5f0c7a52-3c1e-4d6b-9a51-0b7c2f9e1a99"),
         "the incident after the skipped event is exported, in log order"
     );
+    // Such a log is not restored (this version did not write it; its incident would refuse
+    // every later append), and nothing is created.
+    let exported = dir.path().join("log.ndjson");
+    cli_ok(&["export", "--data-dir", data_s, "-o", d(&exported)]);
+    let target = dir.path().join("restored");
+    let out = cli(&["restore", d(&exported), "--data-dir", d(&target)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "position {}",
+            before["at_position"].as_u64().unwrap() + 1
+        )),
+        "{stderr}"
+    );
+    assert!(!target.exists());
     let geojson: Value = serde_json::from_str(&cli_ok(&[
         "export",
         "--format",
@@ -1095,6 +1111,69 @@ fn restore_rebuilds_an_exported_log_exactly() {
         "position 6 where position 5 was expected",
     );
     refused("garbage", "{\"not\": \"an event\"}\n".into(), "line 1");
+    refused("empty", String::new(), "no events");
+    refused("blank", "\n\n".into(), "no events");
+    // The log keeps microseconds: a finer time was not written by an export (and the hash,
+    // which covers microseconds, would not see the edit).
+    let recorded_at = |l: &str| -> String {
+        serde_json::from_str::<Value>(l).unwrap()["recorded_at"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut finer: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let t = recorded_at(lines[11]);
+    finer[11] = lines[11].replace(&t, &t.replace('Z', "999Z"));
+    refused("finer", finer.join("\n"), "below the microsecond");
+    // Not a regular file: refused before reading (a FIFO would block, then be read once).
+    let fifo = dir.path().join("fifo.ndjson");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        let target = dir.path().join("from-fifo");
+        let out = cli(&["restore", d(&fifo), "--data-dir", d(&target)]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not a regular file"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!target.exists());
+    }
+
+    // A file cut at an append boundary is a shorter log that looks whole: a published hash
+    // (the ndjson stream's Incidentlog-Head header, or verify's head) tells.
+    let pin = format!("12:{original_hash}");
+    let target = dir.path().join("pinned");
+    let out = cli(&[
+        "restore",
+        d(&part),
+        "--expect-hash",
+        &pin,
+        "--data-dir",
+        d(&target),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cut off"));
+    assert!(!target.exists());
+    let wrong = format!("12:{}", "0".repeat(64));
+    let out = cli(&[
+        "restore",
+        d(&export),
+        "--expect-hash",
+        &wrong,
+        "--data-dir",
+        d(&target),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(!target.exists());
+    cli_ok(&[
+        "restore",
+        d(&export),
+        "--expect-hash",
+        &pin,
+        "--data-dir",
+        d(&target),
+    ]);
 
     // A store holding another log is refused and left as it was.
     let other = dir.path().join("other");
@@ -1116,7 +1195,7 @@ fn restore_rebuilds_an_exported_log_exactly() {
 fn a_backup_streamed_from_a_running_server_restores_to_the_same_log() {
     let (dir, mut server, tokens) = server_with_tokens(&[]);
     import_seed(&server, &tokens.reporter);
-    let backup = |after: u64| -> Vec<u8> {
+    let backup = |after: u64| -> (Vec<u8>, String) {
         let r = server
             .req("GET", &format!("/v1/events?after={after}"))
             .token(&tokens.reader)
@@ -1124,9 +1203,14 @@ fn a_backup_streamed_from_a_running_server_restores_to_the_same_log() {
             .send();
         r.expect(200);
         assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
-        r.body
+        let last = r
+            .header("incidentlog-last-event")
+            .expect("the last event's hash")
+            .to_string();
+        (r.body, last)
     };
-    let mut file = backup(0);
+    let (mut file, first_last) = backup(0);
+    assert!(first_last.starts_with("10:"), "{first_last}");
     assert_eq!(file.iter().filter(|b| **b == b'\n').count(), 10);
     // More events after the first backup: the backup is extended from where it ended.
     let extra = format!("{}\n", located_incident_line());
@@ -1136,13 +1220,22 @@ fn a_backup_streamed_from_a_running_server_restores_to_the_same_log() {
         .body("application/x-ndjson", extra.into_bytes())
         .send()
         .expect(200);
-    file.extend(backup(10));
+    let (more, last) = backup(10);
+    file.extend(more);
+    assert!(last.starts_with("12:"), "{last}");
     let path = dir.path().join("backup.ndjson");
     std::fs::write(&path, &file).unwrap();
     server.terminate();
 
     let restored = dir.path().join("restored");
-    let out = cli_ok(&["restore", d(&path), "--data-dir", d(&restored)]);
+    let out = cli_ok(&[
+        "restore",
+        d(&path),
+        "--expect-hash",
+        &format!("{first_last},{last}"),
+        "--data-dir",
+        d(&restored),
+    ]);
     assert!(out.contains("restored:  12 events"), "{out}");
     assert_eq!(
         cli_ok(&["export", "--data-dir", d(&restored)]).into_bytes(),

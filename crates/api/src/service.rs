@@ -14,8 +14,8 @@ use incidentlog_projections::{
     ProjectionError, Region, RegionSummary, TypedEvent, Window,
 };
 use incidentlog_store::{
-    AppendOutcome, AppendRequest, EventRef, EventStore, ExpectedVersion, NewEvent, RecordedEvent,
-    Store, StoreError, VerifyReport,
+    AppendOutcome, AppendRequest, EventRef, EventStore, ExpectedVersion, Head, NewEvent,
+    RecordedEvent, Store, StoreError, VerifyReport,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -45,14 +45,17 @@ macro_rules! lean {
 
 // After `lean!`, which it uses.
 mod import;
+mod restore;
+pub use restore::{RestoreCheck, RESTORE_MAX_CLOCK_SKEW};
 
 /// Page size of catch-up and replay reads: large enough that per-call overhead does not
 /// count, small enough for one reading thread (the file store spreads reads of 8k events and
 /// more over several, whose CPU a two-core machine's fold then lacks; measured in
 /// `proto-docs/benchmarks.md`).
 const REPLAY_PAGE: usize = 4 * 1024;
-/// Events per read of an ndjson log stream (about 0.6 MB of output).
-const LOG_NDJSON_PAGE: usize = 1000;
+/// Events per read of an ndjson log stream (about 150 KB of output, what a stalled reader
+/// holds).
+const LOG_NDJSON_PAGE: usize = 256;
 /// A rebuild reserves room for this many events at most up front (more grow as they come).
 const REBUILD_RESERVE_MAX: u64 = 1 << 24;
 /// Attempts for `expected_version: "any"` when another writer wins the race.
@@ -864,17 +867,37 @@ impl AppService {
 
     /// The log after `after` up to the durable head as of the call (at most `limit` events),
     /// as ndjson (the lines `incidentlog export` writes), read a page at a time as the
-    /// consumer takes it: an online backup that `incidentlog restore` reads back. A store
-    /// error ends the stream with that error.
-    pub fn log_ndjson(
+    /// consumer takes it: an online backup that `incidentlog restore` reads back. Also the
+    /// position and hash of the last event it will send (`None` when it sends none), for the
+    /// reader to check it got everything. A store error ends the stream with that error.
+    pub async fn log_ndjson(
         &self,
         after: u64,
         limit: Option<u64>,
-    ) -> impl futures_util::Stream<Item = Result<Vec<u8>, StoreError>> + Send + 'static {
-        let head = self.inner.store.head().position;
-        let end = limit.map_or(head, |n| head.min(after.saturating_add(n)));
+    ) -> Result<
+        (
+            Option<Head>,
+            impl futures_util::Stream<Item = Result<Vec<u8>, StoreError>> + Send + 'static,
+        ),
+        ApiError,
+    > {
+        let head = self.inner.store.head();
+        let end = limit.map_or(head.position, |n| {
+            head.position.min(after.saturating_add(n))
+        });
+        let last = if end <= after {
+            None
+        } else if end == head.position {
+            Some(head)
+        } else {
+            let at_end = lean!(self.inner.store, read_all(end - 1, 1))?;
+            at_end.first().map(|e| Head {
+                position: e.global_position,
+                hash: e.hash,
+            })
+        };
         let svc = self.clone();
-        futures_util::stream::try_unfold(after, move |after| {
+        let lines = futures_util::stream::try_unfold(after, move |after| {
             let svc = svc.clone();
             async move {
                 if after >= end {
@@ -895,7 +918,8 @@ impl AppService {
                 }
                 Ok(Some((out, last)))
             }
-        })
+        });
+        Ok((last, lines))
     }
 
     /// The digest of the live views (for comparison with a replay).

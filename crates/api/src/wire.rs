@@ -67,6 +67,13 @@ pub fn parse_wire_event(line: &str) -> Result<RecordedEvent, String> {
             )
         })?
         .with_timezone(&Utc);
+    // The log keeps microseconds: finer digits were not written by an export.
+    if recorded_at.timestamp_subsec_nanos() % 1000 != 0 {
+        return Err(format!(
+            "recorded_at {:?} has digits below the microsecond, which the log does not keep",
+            w.recorded_at
+        ));
+    }
     let hash = incidentlog_store::from_hex_32(&w.hash)
         .ok_or_else(|| format!("hash {:?} is not 64 hex digits", w.hash))?;
     Ok(RecordedEvent {

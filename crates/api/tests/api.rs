@@ -1162,6 +1162,61 @@ async fn sse_feed_ends_when_its_token_is_revoked() {
     assert_eq!(next_sse_event(&mut other_feed, &mut b).await.0, 2);
 }
 
+/// ndjson log streams count with the live feeds against `--max-sse-per-client`, and one
+/// ends (cut, not completed) when its token is revoked.
+#[tokio::test]
+async fn log_streams_share_the_live_feed_caps_and_end_on_revocation() {
+    let app = app_with(ServeConfig {
+        max_sse_per_client: 2,
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut body = String::new();
+    for _ in 0..600 {
+        let line = json!({"incident_id": Uuid::new_v4(), "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]});
+        body.push_str(&format!("{line}\n"));
+    }
+    assert_eq!(app.import(body).await.body["appended"], 600);
+    let doomed = add_token(&app.store, "doomed", "reader").await;
+    app.service.reload_tokens().await.unwrap();
+    let log = |token: &str| {
+        Request::get("/v1/events")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::ACCEPT, "application/x-ndjson")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let feed = Request::get("/v1/events/stream")
+        .header(header::AUTHORIZATION, format!("Bearer {doomed}"))
+        .body(Body::empty())
+        .unwrap();
+    let first = app.router.clone().oneshot(feed).await.unwrap();
+    let second = app.router.clone().oneshot(log(&doomed)).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::OK);
+    let third = app.router.clone().oneshot(log(&doomed)).await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    drop(first);
+
+    // Read one chunk, then revoke: the rest of the body is an error, never a clean end.
+    let mut stream = second.into_body().into_data_stream();
+    let chunk = stream.next().await.unwrap().unwrap();
+    assert!(!chunk.is_empty());
+    assert!(app.store.revoke_token("doomed", Utc::now()).await.unwrap());
+    app.service.reload_tokens().await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(end, Ok(true), "the stream must end with an error");
+}
+
 #[tokio::test]
 async fn sse_clients_are_capped() {
     let app = app_with(ServeConfig {
@@ -1353,6 +1408,20 @@ async fn get_ndjson(app: &App, query: &str, accept: &str) -> String {
     }
 }
 
+/// The `Incidentlog-Last-Event` header of an ndjson `GET /v1/events{query}`.
+async fn last_event_header(app: &App, query: &str) -> Option<String> {
+    let req = Request::get(format!("/v1/events{query}"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", app.reader))
+        .header(header::ACCEPT, "application/x-ndjson")
+        .body(Body::empty())
+        .unwrap();
+    let res = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.headers()
+        .get("incidentlog-last-event")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
 /// `GET /v1/events` with `Accept: application/x-ndjson`: the log up to the head as of the
 /// request, one recorded event per line exactly as in the JSON pages (and as `export` writes
 /// them), over several store reads; what `incidentlog restore` reads back.
@@ -1396,6 +1465,22 @@ async fn the_log_streams_as_ndjson_for_an_online_backup() {
         regrouper.push(e).unwrap();
     }
     assert_eq!(regrouper.finish().unwrap(), app.store.head());
+    // The last event each stream sends, to check a saved copy is whole.
+    let hash_at = |p: usize| -> String {
+        serde_json::from_str::<Value>(lines[p - 1]).unwrap()["hash"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        last_event_header(&app, "").await,
+        Some(format!("2500:{}", app.store.head().hash_hex()))
+    );
+    assert_eq!(
+        last_event_header(&app, "?after=10&limit=5").await,
+        Some(format!("15:{}", hash_at(15)))
+    );
+    assert_eq!(last_event_header(&app, "?after=2500").await, None);
     // `after` and `limit` (no clamp), another media range first, past the end.
     let tail = get_ndjson(&app, "?after=1200", "text/html, application/x-ndjson;q=0.9").await;
     let tail: Vec<&str> = tail.lines().collect();
@@ -1407,9 +1492,26 @@ async fn the_log_streams_as_ndjson_for_an_online_backup() {
         get_ndjson(&app, "?after=2500", "application/x-ndjson").await,
         ""
     );
-    // Plain JSON without the header, and the same 400 for a zero limit.
+    // Plain JSON without the header, or when the client prefers JSON; the same 400 for a
+    // zero limit.
     let r = app.get("/v1/events?after=0").await;
     assert_eq!(r.content_type, "application/json");
+    for accept in [
+        "application/json, application/x-ndjson;q=0.1",
+        "application/x-ndjson;q=0",
+        "application/x-ndjson, application/json",
+        "*/*",
+    ] {
+        let req = Request::get("/v1/events?after=2400")
+            .header(header::AUTHORIZATION, format!("Bearer {}", app.reader))
+            .header(header::ACCEPT, accept)
+            .body(Body::empty())
+            .unwrap();
+        let r = app.send(req).await;
+        assert_eq!(r.content_type, "application/json", "{accept}");
+    }
+    let alias = get_ndjson(&app, "?after=2400", "Application/NDJSON;q=0.5, */*;q=0.1").await;
+    assert_eq!(alias.lines().count(), 100);
     let req = Request::get("/v1/events?limit=0")
         .header(header::AUTHORIZATION, format!("Bearer {}", app.reader))
         .header(header::ACCEPT, "application/x-ndjson")

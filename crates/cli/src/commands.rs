@@ -347,8 +347,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// The log as `export --format ndjson` wrote it (or the events of GET /v1/events, one per
-    /// line, from position 1 on). A file, not standard input: it is read twice.
+    /// The log as `export --format ndjson` wrote it (or as `GET /v1/events` streams it with
+    /// `Accept: application/x-ndjson`), from position 1 on. A regular file: it is read twice.
     #[arg(value_name = "FILE.ndjson")]
     pub file: PathBuf,
 
@@ -357,79 +357,193 @@ pub struct RestoreArgs {
 
     #[command(flatten)]
     pub write: WriteArgs,
+
+    /// A chain hash the file must hold, as POSITION:HASH (e.g. the `Incidentlog-Head` header
+    /// of the ndjson stream, or a hash published earlier): a file cut short at an append
+    /// boundary is otherwise a shorter log that looks whole. Repeatable (in the environment
+    /// variable: comma-separated).
+    #[arg(
+        long,
+        env = "INCIDENTLOG_EXPECT_HASH",
+        value_delimiter = ',',
+        value_name = "POSITION:HASH",
+        value_parser = parse_checkpoint
+    )]
+    pub expect_hash: Vec<Checkpoint>,
 }
 
 /// Events per `EventStore::restore` call (one sync each).
 const RESTORE_CHUNK_EVENTS: usize = 4096;
 const RESTORE_CHUNK_BYTES: usize = 8 << 20;
+/// Longest line an export can hold: one event of at most 32 MiB plus its fields.
+const MAX_EXPORT_LINE: u64 = 40 << 20;
 
-/// Reads the export line by line, regrouping its events into appends (every hash checked);
-/// `f` gets each append with the 1-based line number of its last event.
+/// Lines `from..=to` of the file: where an append (or a problem) is.
+#[derive(Clone, Copy)]
+struct Lines(u64, u64);
+
+impl std::fmt::Display for Lines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 == self.1 {
+            write!(f, "line {}", self.0)
+        } else {
+            write!(f, "lines {}-{}", self.0, self.1)
+        }
+    }
+}
+
+/// One pass over the export from its start: each event parsed and regrouped into its append
+/// (every hash checked, see `incidentlog_store::Regrouper`), each published hash compared;
+/// `f` gets each append with the lines it spans. Returns the head the file reaches.
 fn each_exported_append(
-    path: &std::path::Path,
-    mut f: impl FnMut(incidentlog_store::RecordedAppend, u64) -> anyhow::Result<()>,
-) -> anyhow::Result<(incidentlog_store::Head, u64)> {
-    use std::io::BufRead;
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    file: &mut std::fs::File,
+    expect: &[Checkpoint],
+    mut f: impl FnMut(incidentlog_store::RecordedAppend, Lines) -> anyhow::Result<()>,
+) -> anyhow::Result<incidentlog_store::Head> {
+    use std::io::{BufRead, Read, Seek};
+    file.rewind()
+        .context("cannot read the file from its start")?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, &*file);
     let mut regrouper = incidentlog_store::Regrouper::new();
-    let mut line = String::new();
+    let mut line = Vec::new();
     let mut n = 0u64;
+    // The line of the first event of the append being collected.
+    let mut append_from: Option<u64> = None;
+    let mut seen_expected = vec![false; expect.len()];
     loop {
         line.clear();
-        let read = reader
-            .read_line(&mut line)
-            .with_context(|| format!("cannot read {} (line {})", path.display(), n + 1))?;
+        let read = (&mut reader)
+            .take(MAX_EXPORT_LINE + 1)
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read line {}", n + 1))?;
         if read == 0 {
             break;
         }
         n += 1;
-        let text = line.trim_end_matches(['\n', '\r']);
+        if line.len() as u64 > MAX_EXPORT_LINE {
+            bail!("line {n} is longer than {MAX_EXPORT_LINE} bytes: not an exported event");
+        }
+        let mut bytes: &[u8] = &line;
+        // A byte order mark an editor may have put before the first line.
+        if n == 1 {
+            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("line {n} is not UTF-8: not an exported event"))?
+            .trim_end_matches(['\n', '\r']);
         if text.trim().is_empty() {
             continue;
         }
         let event = incidentlog_api::wire::parse_wire_event(text)
             .map_err(|e| anyhow::anyhow!("line {n}: not an exported event: {e}"))?;
-        let pushed = regrouper.push(event).map_err(|e| match e {
-            StoreError::InvalidInput(why) => anyhow::anyhow!("line {n}: {why}"),
-            other => anyhow::Error::new(other).context(format!("line {n}")),
-        })?;
-        if let Some(append) = pushed {
-            f(append, n)?;
+        for (c, seen) in expect.iter().zip(seen_expected.iter_mut()) {
+            if c.position == event.global_position {
+                if c.hash != event.hash {
+                    return Err(anyhow::Error::new(Damaged).context(format!(
+                        "line {n}: the event at position {} has hash {}, not the expected {}",
+                        c.position,
+                        to_hex(&event.hash),
+                        to_hex(&c.hash)
+                    )));
+                }
+                *seen = true;
+            }
+        }
+        let from = append_from.unwrap_or(n);
+        match regrouper.push(event) {
+            Ok(Some(append)) => {
+                append_from = None;
+                f(append, Lines(from, n))?;
+            }
+            Ok(None) => append_from = Some(from),
+            Err(StoreError::InvalidInput(why)) => bail!("{}: {why}", Lines(from, n)),
+            Err(other) => return Err(anyhow::Error::new(other).context(format!("line {n}"))),
         }
     }
-    let head = regrouper.finish().map_err(|e| match e {
-        StoreError::InvalidInput(why) => anyhow::anyhow!("at the end of the file: {why}"),
-        other => anyhow::Error::new(other),
+    let head = regrouper.finish().map_err(|e| match (e, append_from) {
+        (StoreError::InvalidInput(why), Some(from)) => {
+            anyhow::anyhow!("at the end of the file ({}): {why}", Lines(from, n))
+        }
+        (other, _) => anyhow::Error::new(other).context("at the end of the file"),
     })?;
-    Ok((head, n))
+    if head.position == 0 {
+        bail!("the file holds no events: not an export of a log");
+    }
+    for (c, seen) in expect.iter().zip(&seen_expected) {
+        if !seen {
+            return Err(anyhow::Error::new(Damaged).context(format!(
+                "the file ends at position {}, before the expected hash at position {}: it was cut off",
+                head.position, c.position
+            )));
+        }
+    }
+    Ok(head)
 }
 
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
-    if args.file.as_os_str() == "-" {
-        bail!("restore reads its file twice (a check, then the writes): give a file, not -");
-    }
+    // A regular file only (a FIFO or a device cannot be read twice), opened once: both passes
+    // read the same file.
     let meta = std::fs::metadata(&args.file)
         .with_context(|| format!("cannot open {}", args.file.display()))?;
-    if meta.is_dir() {
-        bail!("{} is a directory, not an NDJSON file", args.file.display());
+    if !meta.is_file() {
+        bail!(
+            "{} is not a regular file: restore reads its file twice (a check, then the writes)",
+            args.file.display()
+        );
+    }
+    let mut file = std::fs::File::open(&args.file)
+        .with_context(|| format!("cannot open {}", args.file.display()))?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        bail!("{} is not a regular file", args.file.display());
     }
     let started = Instant::now();
-    // First the whole file is checked: nothing is written from a file that is not one whole,
-    // intact log.
+
+    // First the whole file is checked: nothing is written from a file that is not one whole
+    // log this service could have written.
     let bar = if meta.len() >= 4 << 20 {
         progress_bar(None, "events checked")
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let (file_head, _) = each_exported_append(&args.file, |a, _| {
-        bar.set_position(a.last_position());
+    // The decisions run on a thread of their own while this one reads and regroups.
+    let (to_check, appends) =
+        std::sync::mpsc::sync_channel::<(incidentlog_store::RecordedAppend, Lines)>(1024);
+    let checker = std::thread::spawn(move || -> anyhow::Result<()> {
+        let mut check = incidentlog_api::service::RestoreCheck::new(Utc::now());
+        for (a, lines) in appends {
+            crate::parse_name(&a.request.recorded_by).map_err(|why| {
+                anyhow::anyhow!(
+                    "{lines}: the append at position {}: recorded_by: {why}",
+                    a.first_position
+                )
+            })?;
+            check
+                .check(&a)
+                .map_err(|why| anyhow::anyhow!("{lines}: {why}"))?;
+        }
+        // The kept states are many small allocations, freed with the process.
+        std::mem::forget(check);
         Ok(())
-    })?;
+    });
+    // The end of every append, for the second pass to write only what this one checked.
+    let mut checked: Vec<(u64, [u8; 32])> = Vec::new();
+    let read = each_exported_append(&mut file, &args.expect_hash, |a, lines| {
+        checked.push((a.last_position(), a.last_hash));
+        bar.set_position(a.last_position());
+        // A closed channel means the checker stopped at a problem: its error is reported.
+        to_check
+            .send((a, lines))
+            .map_err(|_| anyhow::anyhow!("the check stopped"))
+    });
+    drop(to_check);
+    let checked_ok = checker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the check of the file panicked"))?;
     bar.finish_and_clear();
+    checked_ok?;
+    let file_head = read?;
 
-    let store = open_store(&args.store, &args.write).await?;
+    let store = Arc::new(open_store(&args.store, &args.write).await?);
     let store_head = store.head();
     // A store that already holds a beginning of this log (an interrupted restore) goes on
     // from there; any other content is refused.
@@ -449,21 +563,47 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
     let (mut chunk_events, mut chunk_bytes) = (0usize, 0usize);
     let mut prefix_checked = store_head.position == 0;
     let mut restored = 0u64;
+    let mut next_checked = checked.iter();
     let rt = tokio::runtime::Handle::current();
-    let write = |chunk: Vec<incidentlog_store::RecordedAppend>| -> anyhow::Result<u64> {
+    // Two chunks in flight: the next one is encoded while the last one syncs (the store
+    // checks each against the ones before it, so a failed chunk fails the next one too).
+    type Writing = tokio::task::JoinHandle<Result<incidentlog_store::Head, StoreError>>;
+    let mut writing: std::collections::VecDeque<(u64, Writing)> = Default::default();
+    let wait_oldest =
+        |writing: &mut std::collections::VecDeque<(u64, Writing)>| -> anyhow::Result<u64> {
+            let Some((first, handle)) = writing.pop_front() else {
+                return Ok(0);
+            };
+            let head = tokio::task::block_in_place(|| rt.block_on(handle))
+                .map_err(|e| anyhow::anyhow!("the restore task failed: {e}"))?
+                .with_context(|| format!("cannot restore the appends from position {first} on"))?;
+            bar.set_position(head.position);
+            Ok(head.position + 1 - first)
+        };
+    let write = |writing: &mut std::collections::VecDeque<(u64, Writing)>,
+                 chunk: Vec<incidentlog_store::RecordedAppend>|
+     -> anyhow::Result<u64> {
         let first = chunk.first().map_or(0, |a| a.first_position);
-        let head = tokio::task::block_in_place(|| rt.block_on(store.restore(chunk)))
-            .with_context(|| format!("cannot restore the appends from position {first} on"))?;
-        bar.set_position(head.position);
-        Ok(head.position + 1 - first)
+        let store = store.clone();
+        writing.push_back((first, rt.spawn(async move { store.restore(chunk).await })));
+        if writing.len() > 1 {
+            wait_oldest(writing)
+        } else {
+            Ok(0)
+        }
     };
-    each_exported_append(&args.file, |append, line| {
+    let passed = each_exported_append(&mut file, &[], |append, lines| {
         let last = append.last_position();
+        if next_checked.next() != Some(&(last, append.last_hash)) {
+            bail!(
+                "{lines}: the file changed since it was checked; nothing from here on was written"
+            );
+        }
         if last <= store_head.position {
             if last == store_head.position {
                 if append.last_hash != store_head.hash {
                     bail!(
-                        "line {line}: the store holds a different log (its hash at position {last} is {}, the file's is {})",
+                        "{lines}: the store holds a different log (its hash at position {last} is {}, the file's is {})",
                         store_head.hash_hex(),
                         to_hex(&append.last_hash)
                     );
@@ -487,14 +627,24 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
             .sum::<usize>();
         chunk.push(append);
         if chunk_events >= RESTORE_CHUNK_EVENTS || chunk_bytes >= RESTORE_CHUNK_BYTES {
-            restored += write(std::mem::take(&mut chunk))?;
+            restored += write(&mut writing, std::mem::take(&mut chunk))?;
             (chunk_events, chunk_bytes) = (0, 0);
         }
         Ok(())
-    })?;
-    if !chunk.is_empty() {
-        restored += write(chunk)?;
+    });
+    // Whatever happened, what is in flight ends first (its error is the first one).
+    let mut finished: anyhow::Result<()> = passed.map(|_| ());
+    if finished.is_ok() && !chunk.is_empty() {
+        finished = write(&mut writing, chunk).map(|n| restored += n);
     }
+    while !writing.is_empty() {
+        match wait_oldest(&mut writing) {
+            Ok(n) => restored += n,
+            Err(e) if finished.is_ok() => finished = Err(e),
+            Err(_) => {}
+        }
+    }
+    finished?;
     bar.finish_and_clear();
     let head = store.head();
     store

@@ -90,8 +90,9 @@ enum Command {
 /// Where the log lives: shared by every command.
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// Directory of the embedded file store; its tokens live here too. `serve`, `import` and
-    /// `token` create it if missing; `verify`, `replay` and `export` only read an existing one.
+    /// Directory of the embedded file store; its tokens live here too. `serve`, `import`,
+    /// `restore` and `token create` create it if missing; `verify`, `replay`, `export`,
+    /// `token list` and `token revoke` need an existing one.
     #[arg(
         long,
         env = "INCIDENTLOG_DATA_DIR",

@@ -127,7 +127,8 @@ pub struct ServeArgs {
     )]
     pub token_refresh: Duration,
 
-    /// Most live-feed (SSE) clients at once; more get 503.
+    /// Most long-lived streams at once: live feeds (SSE) and ndjson log streams
+    /// (GET /v1/events with Accept: application/x-ndjson); more get 503.
     #[arg(
         long,
         env = "INCIDENTLOG_MAX_SSE_CLIENTS",
@@ -137,8 +138,8 @@ pub struct ServeArgs {
     )]
     pub max_sse_clients: usize,
 
-    /// Most live-feed (SSE) streams of one token at once (anonymous readers: of one client
-    /// address); more get 429, so that one client cannot take every slot.
+    /// Most live feeds and ndjson log streams of one token at once (anonymous readers: of one
+    /// client address); more get 429, so that one client cannot take every slot.
     #[arg(
         long,
         env = "INCIDENTLOG_MAX_SSE_PER_CLIENT",

@@ -53,6 +53,8 @@ pub struct Regrouper {
     versions: HashMap<StreamId, u64>,
     /// Every event id seen (pending ones included).
     ids: HashSet<Uuid>,
+    /// Bytes of the pending events (the stores' limit on one append).
+    pending_bytes: usize,
 }
 
 fn invalid(reason: String) -> StoreError {
@@ -92,7 +94,13 @@ impl Regrouper {
             pending: Vec::new(),
             versions: HashMap::new(),
             ids: HashSet::new(),
+            pending_bytes: 0,
         }
+    }
+
+    /// Position of the first event of the append not complete yet, if any.
+    pub fn pending_from(&self) -> Option<u64> {
+        self.pending.first().map(|e| e.global_position)
     }
 
     /// The end of the last complete append.
@@ -132,6 +140,25 @@ impl Regrouper {
                     p - 1
                 )));
             }
+        }
+        let size = event.event_type.len() + event.data.get().len() + event.recorded_by.len();
+        if size > crate::pg::MAX_EVENT_BYTES {
+            return Err(invalid(format!(
+                "event at position {p} is too large ({size} bytes, at most {})",
+                crate::pg::MAX_EVENT_BYTES
+            )));
+        }
+        self.pending_bytes = if self.pending.is_empty() {
+            size
+        } else {
+            self.pending_bytes + size
+        };
+        if self.pending_bytes > crate::pg::MAX_APPEND_BYTES {
+            return Err(invalid(format!(
+                "the append at position {} is too large (more than {} bytes)",
+                self.pending.first().map_or(p, |e| e.global_position),
+                crate::pg::MAX_APPEND_BYTES
+            )));
         }
         if !self.ids.insert(event.event_id) {
             return Err(invalid(format!(

@@ -403,19 +403,67 @@ pub(crate) struct LogParams {
 
 const MAX_PAGE: usize = 1000;
 
-/// The client asks for the log as ndjson (`Accept` names `application/x-ndjson`).
+/// The client prefers the log as ndjson: its `Accept` gives `application/x-ndjson` (or
+/// `application/ndjson`) a quality above zero and above `application/json`'s, and not below a
+/// wildcard's. Ties go to JSON, the SPEC's shape.
 fn wants_ndjson(headers: &HeaderMap) -> bool {
-    headers
+    let (mut ndjson, mut json, mut wildcard) = (0.0f32, 0.0f32, 0.0f32);
+    let ranges = headers
         .get_all(axum::http::header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|media| {
-            media
-                .split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-ndjson"))
-        })
+        .flat_map(|v| v.split(','));
+    for range in ranges {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0)
+            .clamp(0.0, 1.0);
+        let best = match media.as_str() {
+            "application/x-ndjson" | "application/ndjson" => &mut ndjson,
+            "application/json" => &mut json,
+            "*/*" | "application/*" => &mut wildcard,
+            _ => continue,
+        };
+        *best = best.max(q);
+    }
+    ndjson > 0.0 && ndjson > json && ndjson >= wildcard
+}
+
+/// The ndjson body until the server stops or the token is revoked; then an error, so the
+/// transfer is cut (no last chunk) rather than ended as if the log ended there.
+fn until_stopped(
+    lines: impl futures_util::Stream<Item = Result<Vec<u8>, incidentlog_store::StoreError>>
+        + Send
+        + 'static,
+    long: LongStream,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    let LongStream { slots, stop } = long;
+    futures_util::stream::unfold(
+        (Box::pin(lines), stop, slots, false),
+        |(mut lines, mut stop, slots, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                () = &mut stop => Some((
+                    Err(std::io::Error::other("the server is stopping, or the token was revoked")),
+                    (lines, stop, slots, true),
+                )),
+                item = lines.next() => match item {
+                    None => None,
+                    Some(Ok(bytes)) => Some((Ok(bytes), (lines, stop, slots, false))),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "ndjson log stream ended by a store error");
+                        Some((Err(std::io::Error::other(e.to_string())), (lines, stop, slots, true)))
+                    }
+                },
+            }
+        },
+    )
 }
 
 /// The global log: events with position > `after`. With `Accept: application/x-ndjson`: every
@@ -430,25 +478,41 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
     ),
     responses(
         (status = 200, description = "A page of the log (JSON), or the log up to the head as of the request (ndjson, one recorded event per line)",
-         content((wire::LogPageDoc = "application/json"), (wire::RecordedEventDoc = "application/x-ndjson"))),
+         content((wire::LogPageDoc = "application/json"), (wire::RecordedEventDoc = "application/x-ndjson")),
+         headers(("Incidentlog-Last-Event" = String, description = "ndjson only: POSITION:HASH of the last event the stream sends (absent when it sends none); `incidentlog restore --expect-hash` checks a saved copy against it"))),
         (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub(crate) async fn log_page(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<LogParams>,
 ) -> Result<Response, ApiError> {
     let after = q.after.unwrap_or(0);
     let limit = page_limit(q.limit)?;
     if wants_ndjson(&headers) {
-        let limit = q.limit.map(|n| n as u64);
-        let body = axum::body::Body::from_stream(state.service.log_ndjson(after, limit));
+        let long = match LongStream::open(&state, principal, &extensions) {
+            Ok(long) => long,
+            Err(refused) => return Ok(*refused),
+        };
+        let (last, lines) = state
+            .service
+            .log_ndjson(after, q.limit.map(|n| n as u64))
+            .await?;
+        let body = axum::body::Body::from_stream(until_stopped(lines, long));
         let mut r = (StatusCode::OK, body).into_response();
         r.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-ndjson"),
         );
+        if let Some(last) = last {
+            if let Ok(v) = HeaderValue::from_str(&format!("{}:{}", last.position, last.hash_hex()))
+            {
+                r.headers_mut().insert("incidentlog-last-event", v);
+            }
+        }
         return Ok(r);
     }
     let events = state.service.log_page(after, limit).await?;
@@ -465,6 +529,68 @@ pub(crate) async fn log_page(
             next_after,
         },
     ))
+}
+
+/// A long-lived streamed answer (an SSE feed, an ndjson log stream): it holds a slot of
+/// `--max-sse-clients` and of the client's share of them while it runs, and ends when the
+/// server stops or its token is revoked (checked at every token reload, as every other
+/// request is).
+struct LongStream {
+    slots: (
+        tokio::sync::OwnedSemaphorePermit,
+        super::quota::Held<Client>,
+    ),
+    stop: futures_util::future::BoxFuture<'static, ()>,
+}
+
+impl LongStream {
+    /// The slots, or the answer refusing them (429 past the client's share, 503 past the
+    /// server's cap, both with `Retry-After: 5`).
+    fn open(
+        state: &AppState,
+        principal: Principal,
+        extensions: &axum::http::Extensions,
+    ) -> Result<LongStream, Box<Response>> {
+        let address = extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        let Some(client_slot) = state.sse_per_client.take(Client::of(&principal, address)) else {
+            return Err(Box::new(
+                ApiError::RateLimited {
+                    retry_after_secs: 5,
+                    why: "too many live feeds and log streams for this token (or client address)",
+                }
+                .into_response(),
+            ));
+        };
+        let Ok(permit) = state.sse_slots.clone().try_acquire_owned() else {
+            let mut r = ApiError::Unavailable(
+                "too many live feeds and log streams; try again later".into(),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            return Err(Box::new(r));
+        };
+        let mut stopping = state.stopping.clone();
+        let service = state.service.clone();
+        let stop = async move {
+            let revoked = async {
+                match &principal.name {
+                    Some(name) => service.tokens().revoked(name).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stopping.wait_for(|s| *s) => {}
+                () = revoked => {}
+            }
+        };
+        Ok(LongStream {
+            slots: (permit, client_slot),
+            stop: Box::pin(stop),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -505,38 +631,11 @@ pub(crate) async fn stream(
         ),
     };
     let after = last_event_id.or(q.after).unwrap_or(0);
-    let address = extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
-    let Some(client_slot) = state.sse_per_client.take(Client::of(&principal, address)) else {
-        return Err(ApiError::RateLimited {
-            retry_after_secs: 5,
-            why: "too many live feeds for this token (or client address)",
-        });
+    let long = match LongStream::open(&state, principal, &extensions) {
+        Ok(long) => long,
+        Err(refused) => return Ok(*refused),
     };
-    let Ok(permit) = state.sse_slots.clone().try_acquire_owned() else {
-        let mut r =
-            ApiError::Unavailable("too many SSE clients; try again later".into()).into_response();
-        r.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("5"));
-        return Ok(r);
-    };
-    let mut stopping = state.stopping.clone();
-    // The feed ends when the server stops, or when its token is revoked (checked at every
-    // token reload, as every other request is).
-    let service = state.service.clone();
-    let stop = async move {
-        let revoked = async {
-            match &principal.name {
-                Some(name) => service.tokens().revoked(name).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = stopping.wait_for(|s| *s) => {}
-            () = revoked => {}
-        }
-    };
+    let LongStream { slots, stop } = long;
     let events = incidentlog_store::subscribe(state.service.store().clone(), after)
         .take_while(|item| {
             if let Err(e) = item {
@@ -547,7 +646,7 @@ pub(crate) async fn stream(
         .filter_map(|item| futures_util::future::ready(item.ok()))
         .map(move |e| {
             // The permits live as long as the stream: the slots free when the client goes.
-            let _slot = (&permit, &client_slot);
+            let _slots = &slots;
             let data = serde_json::to_string(&WireEvent(&e)).unwrap_or_default();
             Ok::<_, Infallible>(
                 Event::default()
@@ -556,7 +655,7 @@ pub(crate) async fn stream(
                     .data(data),
             )
         })
-        .take_until(Box::pin(stop));
+        .take_until(stop);
     let sse = Sse::new(events).keep_alive(
         KeepAlive::new()
             .interval(state.config.sse_heartbeat)
