@@ -1141,7 +1141,7 @@ fn restore_rebuilds_an_exported_log_exactly() {
     }
 
     // A file cut at an append boundary is a shorter log that looks whole: a published hash
-    // (the ndjson stream's Incidentlog-Head header, or verify's head) tells.
+    // (the ndjson stream's Incidentlog-Last-Event header, or verify's head) tells.
     let pin = format!("12:{original_hash}");
     let target = dir.path().join("pinned");
     let out = cli(&[

@@ -59,6 +59,13 @@ impl FromStr for Role {
 }
 
 /// A new random secret (192 bits from the OS), or an error when the OS has no randomness.
+/// Whether `name` may name a token (and so be an event's `recorded_by`): 1 to 64 of letters,
+/// digits and `- _ . @`.
+pub fn is_token_name(name: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
+    !name.is_empty() && name.len() <= 64 && name.chars().all(ok_char)
+}
+
 pub fn try_new_secret() -> Result<String, ApiError> {
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes)

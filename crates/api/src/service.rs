@@ -46,7 +46,7 @@ macro_rules! lean {
 // After `lean!`, which it uses.
 mod import;
 mod restore;
-pub use restore::{RestoreCheck, RESTORE_MAX_CLOCK_SKEW};
+pub use restore::RestoreCheck;
 
 /// Page size of catch-up and replay reads: large enough that per-call overhead does not
 /// count, small enough for one reading thread (the file store spreads reads of 8k events and
@@ -907,8 +907,12 @@ impl AppService {
                     .unwrap_or(usize::MAX)
                     .min(LOG_NDJSON_PAGE);
                 let events = lean!(svc.inner.store, read_all(after, want))?;
+                // The stream promised events up to `end` (its header names the last): fewer is
+                // an error, which cuts the body, never a clean end.
                 let Some(last) = events.last().map(|e| e.global_position) else {
-                    return Ok(None);
+                    return Err(StoreError::Unavailable(format!(
+                        "the log ended at position {after}, before {end}"
+                    )));
                 };
                 let mut out = Vec::with_capacity(events.len() * 600);
                 for e in &events {

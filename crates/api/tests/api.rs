@@ -1215,6 +1215,40 @@ async fn log_streams_share_the_live_feed_caps_and_end_on_revocation() {
     })
     .await;
     assert_eq!(end, Ok(true), "the stream must end with an error");
+
+    // A stream read to its end gives its slots back; events appended after the request are
+    // not in it (it ends at the head it named).
+    let reader = app.reader.clone();
+    let res = app.router.clone().oneshot(log(&reader)).await.unwrap();
+    let named = res.headers()["incidentlog-last-event"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(named.starts_with("600:"), "{named}");
+    let more = json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]});
+    assert_eq!(
+        app.append(Uuid::new_v4(), more).await.status,
+        StatusCode::CREATED
+    );
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(body.iter().filter(|b| **b == b'\n').count(), 600);
+    for _ in 0..2 {
+        let res = app.router.clone().oneshot(log(&reader)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "the slots were given back");
+        axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+    }
+    let held: Vec<_> =
+        futures_util::future::join_all((0..2).map(|_| app.router.clone().oneshot(log(&reader))))
+            .await;
+    assert!(held
+        .iter()
+        .all(|r| r.as_ref().unwrap().status() == StatusCode::OK));
+    let over = app.router.clone().oneshot(log(&reader)).await.unwrap();
+    assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test]

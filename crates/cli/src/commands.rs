@@ -358,8 +358,8 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub write: WriteArgs,
 
-    /// A chain hash the file must hold, as POSITION:HASH (e.g. the `Incidentlog-Head` header
-    /// of the ndjson stream, or a hash published earlier): a file cut short at an append
+    /// A chain hash the file must hold, as POSITION:HASH (e.g. the `Incidentlog-Last-Event`
+    /// header of the ndjson stream, or a hash published earlier): a file cut short at an append
     /// boundary is otherwise a shorter log that looks whole. Repeatable (in the environment
     /// variable: comma-separated).
     #[arg(
@@ -481,6 +481,9 @@ fn each_exported_append(
 }
 
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
+    if args.file.as_os_str() == "-" {
+        bail!("restore reads its file twice (a check, then the writes): give a file, not -");
+    }
     // A regular file only (a FIFO or a device cannot be read twice), opened once: both passes
     // read the same file.
     let meta = std::fs::metadata(&args.file)
@@ -511,12 +514,6 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
     let checker = std::thread::spawn(move || -> anyhow::Result<()> {
         let mut check = incidentlog_api::service::RestoreCheck::new(Utc::now());
         for (a, lines) in appends {
-            crate::parse_name(&a.request.recorded_by).map_err(|why| {
-                anyhow::anyhow!(
-                    "{lines}: the append at position {}: recorded_by: {why}",
-                    a.first_position
-                )
-            })?;
             check
                 .check(&a)
                 .map_err(|why| anyhow::anyhow!("{lines}: {why}"))?;
@@ -574,9 +571,22 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
             let Some((first, handle)) = writing.pop_front() else {
                 return Ok(0);
             };
-            let head = tokio::task::block_in_place(|| rt.block_on(handle))
+            let head = match tokio::task::block_in_place(|| rt.block_on(handle))
                 .map_err(|e| anyhow::anyhow!("the restore task failed: {e}"))?
-                .with_context(|| format!("cannot restore the appends from position {first} on"))?;
+            {
+                Ok(head) => head,
+                // A lost connection or a timeout during the commit: the chunk may be written.
+                Err(e @ StoreError::Unavailable(_)) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "cannot restore the appends from position {first} on (some may have been written: run restore again, it goes on from what the store holds)"
+                    )))
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "cannot restore the appends from position {first} on"
+                    )))
+                }
+            };
             bar.set_position(head.position);
             Ok(head.position + 1 - first)
         };
@@ -644,13 +654,12 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
             Err(_) => {}
         }
     }
-    finished?;
     bar.finish_and_clear();
+    // Closed (synced) whatever happened: what was written stays, for a later run to go on.
+    let closed = store.close().await;
+    finished?;
+    closed.context("cannot close the store cleanly")?;
     let head = store.head();
-    store
-        .close()
-        .await
-        .context("cannot close the store cleanly")?;
     if head != file_head {
         bail!(
             "the store ends at position {} with hash {}, not the file's {} with {}",

@@ -211,8 +211,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// A name stored as `recorded_by` (a token name, or `import --recorded-by`): 1 to 64 of
 /// letters, digits and `- _ . @`.
 pub fn parse_name(s: &str) -> Result<String, String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
-    if s.is_empty() || s.len() > 64 || !s.chars().all(ok_char) {
+    if !incidentlog_api::auth::is_token_name(s) {
         return Err(format!(
             "invalid name {s:?}: use 1 to 64 characters among letters, digits and - _ . @"
         ));

@@ -487,6 +487,14 @@ impl FromStr for Backend {
     }
 }
 
+/// Largest event (type + data + recorded_by bytes) every backend takes (a file store record,
+/// its fixed fields included, is at most 32 MiB).
+pub const MAX_EVENT_BYTES: usize = (32 << 20) - 256;
+/// Largest single append, each event counted with [`RECORD_OVERHEAD`].
+pub const MAX_APPEND_BYTES: usize = 256 << 20;
+/// What a file store record adds to its event's bytes (framing, fixed fields, JSON keys).
+pub const RECORD_OVERHEAD: usize = 148;
+
 /// Default segment size of the file store.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
 

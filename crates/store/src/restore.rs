@@ -98,16 +98,6 @@ impl Regrouper {
         }
     }
 
-    /// Position of the first event of the append not complete yet, if any.
-    pub fn pending_from(&self) -> Option<u64> {
-        self.pending.first().map(|e| e.global_position)
-    }
-
-    /// The end of the last complete append.
-    pub fn head(&self) -> Head {
-        self.head
-    }
-
     /// Takes the next event; returns its append once that is complete. An event that cannot
     /// follow (a gap in positions, a hash that does not chain) is an `InvalidInput` error.
     pub fn push(&mut self, event: RecordedEvent) -> Result<Option<RecordedAppend>, StoreError> {
@@ -142,22 +132,24 @@ impl Regrouper {
             }
         }
         let size = event.event_type.len() + event.data.get().len() + event.recorded_by.len();
-        if size > crate::pg::MAX_EVENT_BYTES {
+        if size > crate::MAX_EVENT_BYTES {
             return Err(invalid(format!(
                 "event at position {p} is too large ({size} bytes, at most {})",
-                crate::pg::MAX_EVENT_BYTES
+                crate::MAX_EVENT_BYTES
             )));
         }
+        // Counted as the stores count an append: with each record's framing.
+        let framed = size + crate::RECORD_OVERHEAD;
         self.pending_bytes = if self.pending.is_empty() {
-            size
+            framed
         } else {
-            self.pending_bytes + size
+            self.pending_bytes + framed
         };
-        if self.pending_bytes > crate::pg::MAX_APPEND_BYTES {
+        if self.pending_bytes > crate::MAX_APPEND_BYTES {
             return Err(invalid(format!(
                 "the append at position {} is too large (more than {} bytes)",
                 self.pending.first().map_or(p, |e| e.global_position),
-                crate::pg::MAX_APPEND_BYTES
+                crate::MAX_APPEND_BYTES
             )));
         }
         if !self.ids.insert(event.event_id) {
@@ -166,11 +158,23 @@ impl Regrouper {
                 event.event_id
             )));
         }
+        // Is this event the last of its append? Then its hash comes out right with its index
+        // and the length that makes it the last. Only this event is hashed, so an append
+        // costs two hashes per event, however long.
+        let index = self.pending.len();
+        let prev_given = self.pending.last().map_or(self.head.hash, |e| e.hash);
+        let last = hash_as(&prev_given, &event, index, index + 1) == event.hash;
         self.pending.push(event);
+        if !last {
+            return Ok(None);
+        }
         let len = self.pending.len();
         let first = &self.pending[0];
         if hash_as(&self.head.hash, first, 0, len) != first.hash {
-            return Ok(None);
+            return Err(invalid(format!(
+                "the hash of the event at position {} does not chain: the event or one before it was changed",
+                first.global_position
+            )));
         }
         let mut prev = first.hash;
         for (i, e) in self.pending.iter().enumerate().skip(1) {

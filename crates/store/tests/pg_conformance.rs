@@ -58,6 +58,7 @@ pg_conformance!(
     tokens_roundtrip,
     close_refuses_appends_keeps_reads,
     restore_rebuilds_a_log_exactly,
+    restores_in_flight_keep_order_time_and_atomicity,
 );
 
 #[test]

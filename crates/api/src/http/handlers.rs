@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, VARY};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -513,6 +513,8 @@ pub(crate) async fn log_page(
                 r.headers_mut().insert("incidentlog-last-event", v);
             }
         }
+        r.headers_mut()
+            .insert(VARY, HeaderValue::from_static("accept"));
         return Ok(r);
     }
     let events = state.service.log_page(after, limit).await?;
@@ -522,13 +524,17 @@ pub(crate) async fn log_page(
         events: WireEvents<'a>,
         next_after: u64,
     }
-    Ok(json(
+    let mut r = json(
         StatusCode::OK,
         &Body {
             events: WireEvents(&events),
             next_after,
         },
-    ))
+    );
+    // The answer's form depends on `Accept`.
+    r.headers_mut()
+        .insert(VARY, HeaderValue::from_static("accept"));
+    Ok(r)
 }
 
 /// A long-lived streamed answer (an SSE feed, an ndjson log stream): it holds a slot of

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 /// How far a restored `recorded_at` may be ahead of this machine's clock (clock skew between
 /// the machine that recorded it and this one). Later times would stamp every new append.
-pub const RESTORE_MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
+const RESTORE_MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
 
 /// Decides every append of a restored log, in order, as the API decided it when it was
 /// recorded: on its incident's state before it, with its own `recorded_at` as "now" (the
@@ -66,6 +66,12 @@ impl RestoreCheck {
             return Err(format!(
                 "the append at position {first} was recorded at {}, later than this machine's clock allows: every new append would be stamped with that time (is this clock right?)",
                 crate::wire::format_time(&append.recorded_at)
+            ));
+        }
+        if !crate::auth::is_token_name(&append.request.recorded_by) {
+            return Err(format!(
+                "the append at position {first}: recorded_by {:?} is not a token name (1 to 64 letters, digits and - _ . @)",
+                append.request.recorded_by
             ));
         }
         if append.recorded_at.timestamp_micros() < 0 {

@@ -139,6 +139,9 @@ struct BodyBorrowed<'a> {
 }
 
 /// Size of the encoded record, for batch accounting and bounds checks.
+// The overhead the store crate publishes is this estimate's.
+const _: () = assert!(crate::RECORD_OVERHEAD == FRAME_HEAD + FIXED + FRAME_TAIL + 40);
+
 pub(crate) fn encoded_len_estimate(event_type: &str, recorded_by: &str, data: &RawValue) -> usize {
     FRAME_HEAD + FIXED + FRAME_TAIL + 40 + event_type.len() + recorded_by.len() + data.get().len()
 }

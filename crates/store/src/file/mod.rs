@@ -493,7 +493,7 @@ impl EventStore for FileStore {
             position: last.last_position(),
             hash: last.last_hash,
         };
-        let (requests, pins) = appends
+        let appends = appends
             .into_iter()
             .map(|a| {
                 let pin = writer::Pin {
@@ -503,13 +503,9 @@ impl EventStore for FileStore {
                 };
                 (a.request, pin)
             })
-            .unzip();
+            .collect();
         let results = self
-            .send_msg(|reply| Msg::Restore {
-                requests,
-                pins,
-                reply,
-            })
+            .send_msg(|reply| Msg::Restore { appends, reply })
             .await?;
         for r in results {
             r?;

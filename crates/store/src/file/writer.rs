@@ -26,7 +26,7 @@ use crate::{
 const MAX_BATCH_EVENTS: usize = 8192;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Largest single append.
-const MAX_APPEND_BYTES: usize = 256 << 20;
+const MAX_APPEND_BYTES: usize = crate::MAX_APPEND_BYTES;
 /// How often the writer yields to let more appends join a batch before writing it.
 const MAX_YIELDS: usize = 4;
 
@@ -37,10 +37,9 @@ pub(crate) enum Msg {
         requests: Vec<AppendRequest>,
         reply: oneshot::Sender<Results>,
     },
-    /// Appends as another store recorded them (`EventStore::restore`), one pin per request.
+    /// Appends as another store recorded them (`EventStore::restore`), each with its pin.
     Restore {
-        requests: Vec<AppendRequest>,
-        pins: Vec<Pin>,
+        appends: Vec<(AppendRequest, Pin)>,
         reply: oneshot::Sender<Results>,
     },
     Close {
@@ -128,7 +127,8 @@ pub(crate) struct Building {
     results: Vec<Results>,
     ctx: BatchCtx,
     roll: Option<u64>,
-    /// `recorded_at` of the appends of this batch (pinned ones keep their own).
+    /// The clock when the batch started: an ordinary append is recorded at the later of it
+    /// and `last_time` (a pinned one keeps its own time).
     now: i64,
     /// `recorded_at` of the last record in the batch (or in the log): a pinned append may
     /// not go before it.
@@ -269,11 +269,10 @@ impl Writer {
                 Some(Some(Msg::Append { requests, reply })) => {
                     self.add(building, requests, None, reply)
                 }
-                Some(Some(Msg::Restore {
-                    requests,
-                    pins,
-                    reply,
-                })) => self.add(building, requests, Some(pins), reply),
+                Some(Some(Msg::Restore { appends, reply })) => {
+                    let (requests, pins) = appends.into_iter().unzip();
+                    self.add(building, requests, Some(pins), reply)
+                }
                 Some(Some(Msg::Close { reply })) => return (false, Some(reply)),
                 None => {}
             }
@@ -359,9 +358,7 @@ impl Writer {
             let r = self.accept(requests, (mi, ri), req, ctx, times, pin, after_failure);
             match &r {
                 Ok(o) if !o.duplicate => {
-                    *last_time = pin.map_or(*now, |p| p.recorded_at);
-                    // Appends after a pinned one in this batch are not recorded before it.
-                    *now = (*now).max(*last_time);
+                    *last_time = pin.map_or((*now).max(*last_time), |p| p.recorded_at);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -563,7 +560,8 @@ impl Writer {
                 ));
             }
         }
-        let now = pin.map_or(times.now, |p| p.recorded_at);
+        // An ordinary append is not recorded before a restored one earlier in the batch.
+        let now = pin.map_or(times.now.max(times.last), |p| p.recorded_at);
         // Most appends carry one or a few events: compare pairs rather than build a set.
         let dup = if n <= 16 {
             (1..n).find_map(|i| {

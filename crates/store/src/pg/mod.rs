@@ -39,10 +39,10 @@ use crate::{
 /// The newest database schema version this build knows.
 pub const SCHEMA_VERSION: i32 = schema::SCHEMA_VERSION;
 
-/// Largest event (type + data + recorded_by bytes), as in the file store (32 MiB records).
-pub const MAX_EVENT_BYTES: usize = (32 << 20) - 256;
-/// Largest single append, as in the file store.
-pub const MAX_APPEND_BYTES: usize = 256 << 20;
+/// Largest event (type + data + recorded_by bytes), as in the file store.
+pub const MAX_EVENT_BYTES: usize = crate::MAX_EVENT_BYTES;
+/// Largest single append (counted without the file store's per-record overhead).
+pub const MAX_APPEND_BYTES: usize = crate::MAX_APPEND_BYTES;
 /// How often the head is polled when notifications are quiet (and the fallback when LISTEN
 /// is not delivering).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);

@@ -44,6 +44,7 @@ macro_rules! conformance_suite {
             tokens_roundtrip,
             close_refuses_appends_keeps_reads,
             restore_rebuilds_a_log_exactly,
+            restores_in_flight_keep_order_time_and_atomicity,
         );
     };
     (@each $factory:path; $($check:ident),* $(,)?) => {
@@ -1268,4 +1269,114 @@ pub async fn restore_rebuilds_a_log_exactly<S: EventStore>(store: Arc<S>) {
     assert!(last[10].recorded_at >= last[9].recorded_at);
     assert_eq!(store.verify().await.expect("verify").events, 11);
     source.close().await.expect("close source");
+}
+
+/// Restores in flight together (the CLI keeps two), a restore beside ordinary appends, and a
+/// restored time ahead of the clock: positions stay gap-free, `recorded_at` never decreases,
+/// an append after a restored one is not recorded before it, and a failed restore lets no
+/// later one through.
+pub async fn restores_in_flight_keep_order_time_and_atomicity<S: EventStore>(store: Arc<S>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = FileStore::open(&OpenOptions::new(dir.path()))
+        .await
+        .expect("source store");
+    for i in 0..6 {
+        source
+            .append(request(
+                Uuid::new_v4(),
+                ExpectedVersion::Exact(0),
+                events(1 + i % 3, "s"),
+            ))
+            .await
+            .expect("source append");
+    }
+    let recorded = all(&source).await;
+    let appends = regroup(&recorded).expect("regroup");
+    assert_eq!(appends.len(), 6);
+
+    // The first restore fails in its second append (a changed hash): neither the rest of it
+    // nor the restore in flight behind it may land; what landed is a prefix of the source.
+    let mut broken = appends[..3].to_vec();
+    broken[1].last_hash = [9; 32];
+    let (first, second) = tokio::join!(store.restore(broken), store.restore(appends[3..].to_vec()));
+    assert!(first.is_err(), "{first:?}");
+    assert!(second.is_err(), "{second:?}");
+    let landed = all(&*store).await;
+    assert!(landed.len() <= appends[0].request.events.len());
+    assert_eq!(event_keys(&landed), event_keys(&recorded[..landed.len()]));
+
+    // Going on from what landed: two restores in flight together both land, in order.
+    let done = appends
+        .iter()
+        .take_while(|a| a.last_position() <= landed.len() as u64)
+        .count();
+    let (a, b) = tokio::join!(
+        store.restore(appends[done..4].to_vec()),
+        store.restore(appends[4..].to_vec())
+    );
+    a.expect("first restore in flight");
+    assert_eq!(b.expect("second restore in flight"), source.head());
+    assert_eq!(event_keys(&all(&*store).await), event_keys(&recorded));
+
+    // A restored time ahead of this clock (another machine's clock ran fast), beside an
+    // ordinary append: neither goes back in time.
+    let last = recorded.last().expect("events");
+    let ahead = last.recorded_at + chrono::Duration::hours(1);
+    let mut later = NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: "Thing".into(),
+        data: RawValue::from_string("{}".into()).unwrap(),
+    };
+    // Its hash as the store will compute it: found by a store of our own, restored first.
+    let probe_dir = tempfile::tempdir().expect("temp dir");
+    let probe = FileStore::open(&OpenOptions::new(probe_dir.path()))
+        .await
+        .expect("probe store");
+    probe.restore(appends.clone()).await.expect("probe restore");
+    let c = Uuid::new_v4();
+    let mut future = RecordedAppend {
+        request: request(c, ExpectedVersion::Exact(0), vec![later.clone()]),
+        recorded_at: ahead,
+        first_position: recorded.len() as u64 + 1,
+        last_hash: [0; 32],
+    };
+    let refused = probe.restore(vec![future.clone()]).await;
+    let Err(StoreError::InvalidInput(why)) = refused else {
+        panic!("a wrong hash must be refused: {refused:?}");
+    };
+    // "... comes out with hash H, not ...": take H.
+    let hex = why
+        .split("hash ")
+        .nth(1)
+        .and_then(|h| h.split(',').next())
+        .expect("the computed hash in the message");
+    future.last_hash = incidentlog_store::from_hex_32(hex).expect("hex");
+    later.event_id = Uuid::new_v4();
+    let (restored, appended) = tokio::join!(
+        store.restore(vec![future]),
+        store.append(request(
+            Uuid::new_v4(),
+            ExpectedVersion::Exact(0),
+            vec![later]
+        ))
+    );
+    restored.expect("restore ahead of the clock");
+    appended.expect("append beside it");
+    let log = all(&*store).await;
+    assert_eq!(log.len(), recorded.len() + 2);
+    assert_gap_free(&log);
+    for w in log.windows(2) {
+        assert!(
+            w[0].recorded_at <= w[1].recorded_at,
+            "time went back at {}",
+            w[1].global_position
+        );
+    }
+    assert!(log.last().expect("events").recorded_at >= ahead);
+    assert_eq!(
+        store.verify().await.expect("verify").events,
+        log.len() as u64
+    );
+    source.close().await.expect("close");
+    probe.close().await.expect("close");
 }
