@@ -462,7 +462,7 @@ fn each_exported_append(
     }
     let head = regrouper.finish().map_err(|e| match (e, append_from) {
         (StoreError::InvalidInput(why), Some(from)) => {
-            anyhow::anyhow!("at the end of the file ({}): {why}", Lines(from, n))
+            anyhow::anyhow!("{}: at the end of the file: {why}", Lines(from, n))
         }
         (other, _) => anyhow::Error::new(other).context("at the end of the file"),
     })?;
@@ -602,48 +602,60 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
     };
+    // An error of this pass's own checks (not of the closure): the file changed since pass 1.
+    let mut writing_failed = false;
     let passed = each_exported_append(&mut file, &[], |append, lines| {
-        let last = append.last_position();
-        if next_checked.next() != Some(&(last, append.last_hash)) {
-            bail!(
-                "{lines}: the file changed since it was checked; nothing from here on was written"
+        let written = (|| -> anyhow::Result<()> {
+            let last = append.last_position();
+            if next_checked.next() != Some(&(last, append.last_hash)) {
+                bail!(
+                "{lines}: the file changed since it was checked (at the append ending at position {last}); nothing from there on was written"
             );
-        }
-        if last <= store_head.position {
-            if last == store_head.position {
-                if append.last_hash != store_head.hash {
-                    bail!(
+            }
+            if last <= store_head.position {
+                if last == store_head.position {
+                    if append.last_hash != store_head.hash {
+                        bail!(
                         "{lines}: the store holds a different log (its hash at position {last} is {}, the file's is {})",
                         store_head.hash_hex(),
                         to_hex(&append.last_hash)
                     );
+                    }
+                    prefix_checked = true;
                 }
-                prefix_checked = true;
+                return Ok(());
             }
-            return Ok(());
-        }
-        if !prefix_checked {
-            bail!(
+            if !prefix_checked {
+                bail!(
                 "the store's last event (position {}) is inside an append of the file: the store holds a different log",
                 store_head.position
             );
-        }
-        chunk_events += append.request.events.len();
-        chunk_bytes += append
-            .request
-            .events
-            .iter()
-            .map(|e| e.data.get().len() + e.event_type.len() + 200)
-            .sum::<usize>();
-        chunk.push(append);
-        if chunk_events >= RESTORE_CHUNK_EVENTS || chunk_bytes >= RESTORE_CHUNK_BYTES {
-            restored += write(&mut writing, std::mem::take(&mut chunk))?;
-            (chunk_events, chunk_bytes) = (0, 0);
-        }
-        Ok(())
+            }
+            chunk_events += append.request.events.len();
+            chunk_bytes += append
+                .request
+                .events
+                .iter()
+                .map(|e| e.data.get().len() + e.event_type.len() + 200)
+                .sum::<usize>();
+            chunk.push(append);
+            if chunk_events >= RESTORE_CHUNK_EVENTS || chunk_bytes >= RESTORE_CHUNK_BYTES {
+                restored += write(&mut writing, std::mem::take(&mut chunk))?;
+                (chunk_events, chunk_bytes) = (0, 0);
+            }
+            Ok(())
+        })();
+        writing_failed |= written.is_err();
+        written
     });
     // Whatever happened, what is in flight ends first (its error is the first one).
-    let mut finished: anyhow::Result<()> = passed.map(|_| ());
+    let mut finished: anyhow::Result<()> = passed.map(|_| ()).map_err(|e| {
+        if writing_failed {
+            e
+        } else {
+            e.context("the file changed since it was checked; nothing from there on was written")
+        }
+    });
     if finished.is_ok() && !chunk.is_empty() {
         finished = write(&mut writing, chunk).map(|n| restored += n);
     }

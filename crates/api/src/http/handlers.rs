@@ -416,10 +416,10 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
     for range in ranges {
         let mut parts = range.split(';');
         let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        // A quality that does not parse counts as 0: the range is ignored.
         let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .find_map(|q| q.trim().parse::<f32>().ok())
-            .unwrap_or(1.0)
+            .find_map(|p| p.trim().strip_prefix("q="))
+            .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0))
             .clamp(0.0, 1.0);
         let best = match media.as_str() {
             "application/x-ndjson" | "application/ndjson" => &mut ndjson,

@@ -15,10 +15,16 @@ use uuid::Uuid;
 /// the machine that recorded it and this one). Later times would stamp every new append.
 const RESTORE_MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
 
+/// How much later than its `recorded_at` an append may have been decided. The only rule that
+/// reads the clock is "occurred_at at most 24 h ahead", so "now" must not be earlier than the
+/// decision's: the writers stamp an append after it was decided, but the file store of
+/// earlier releases stamped a whole batch when the batch started, up to a sync's length
+/// before some of its appends were decided (an audit measured 13.5 ms), and wall clocks step.
+const DECISION_LEEWAY: Duration = Duration::minutes(1);
+
 /// Decides every append of a restored log, in order, as the API decided it when it was
-/// recorded: on its incident's state before it, with its own `recorded_at` as "now" (the
-/// decision ran just before it, so the only rule that reads the clock, "not in the future",
-/// is never stricter than it was), and with its events stored in the canonical form the API
+/// recorded: on its incident's state before it, with its own `recorded_at` plus
+/// [`DECISION_LEEWAY`] as "now", and with its events stored in the canonical form the API
 /// writes. Keeps the decision state of every incident (as an offline import does).
 pub struct RestoreCheck {
     states: HashMap<Uuid, IncidentState>,
@@ -109,8 +115,13 @@ impl RestoreCheck {
             .states
             .entry(id)
             .or_insert_with(|| IncidentState::with_id(id));
-        decide_and_apply(state, &typed, append.recorded_at, "/events")
-            .map_err(|errs| describe(first, &errs))
+        decide_and_apply(
+            state,
+            &typed,
+            append.recorded_at + DECISION_LEEWAY,
+            "/events",
+        )
+        .map_err(|errs| describe(first, &errs))
     }
 }
 
@@ -265,6 +276,29 @@ mod tests {
         spaced.request.events[0].data = RawValue::from_string(pretty).unwrap();
         let err = RestoreCheck::new(at(NOW)).check(&spaced).unwrap_err();
         assert!(err.contains("not in the form the API stores"), "{err}");
+        // The API's 24 hours ahead, with the leeway for a decision taken after the batch's
+        // time was stamped (as earlier file stores did).
+        let mut ahead = reported();
+        ahead["occurred_at"] = json!("2026-01-04T00:00:01Z");
+        assert!(RestoreCheck::new(at(NOW))
+            .check(&append(
+                id,
+                0,
+                1,
+                "2026-01-03T00:00:00Z",
+                &[("IncidentReported", ahead.clone())]
+            ))
+            .is_ok());
+        ahead["occurred_at"] = json!("2026-01-04T00:02:00Z");
+        assert!(RestoreCheck::new(at(NOW))
+            .check(&append(
+                id,
+                0,
+                1,
+                "2026-01-03T00:00:00Z",
+                &[("IncidentReported", ahead)]
+            ))
+            .is_err());
         // A first event that does not report the incident.
         let orphan = append(
             id,

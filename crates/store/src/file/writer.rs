@@ -91,7 +91,9 @@ pub(crate) struct Writer {
 /// The times an append is checked and recorded against (see [`Building`]).
 #[derive(Clone, Copy)]
 struct Times {
-    now: i64,
+    /// Its `recorded_at`.
+    at: i64,
+    /// `recorded_at` of the last record before it.
     last: i64,
 }
 
@@ -127,11 +129,8 @@ pub(crate) struct Building {
     results: Vec<Results>,
     ctx: BatchCtx,
     roll: Option<u64>,
-    /// The clock when the batch started: an ordinary append is recorded at the later of it
-    /// and `last_time` (a pinned one keeps its own time).
-    now: i64,
-    /// `recorded_at` of the last record in the batch (or in the log): a pinned append may
-    /// not go before it.
+    /// `recorded_at` of the last record in the batch (or in the log): no append goes before
+    /// it.
     last_time: i64,
     events: usize,
     bytes: usize,
@@ -334,7 +333,6 @@ impl Writer {
             requests,
             ctx,
             results,
-            now,
             last_time,
             ..
         } = b;
@@ -351,14 +349,20 @@ impl Writer {
                 continue;
             }
             let after_failure = failed.contains(&req.stream_id);
+            // An ordinary append is recorded when the writer takes it, after it was decided
+            // (a restore re-decides it at that time), and never before the record ahead of it.
+            let at = pin.map_or_else(
+                || chrono::Utc::now().timestamp_micros().max(*last_time),
+                |p| p.recorded_at,
+            );
             let times = Times {
-                now: *now,
+                at,
                 last: *last_time,
             };
             let r = self.accept(requests, (mi, ri), req, ctx, times, pin, after_failure);
             match &r {
                 Ok(o) if !o.duplicate => {
-                    *last_time = pin.map_or((*now).max(*last_time), |p| p.recorded_at);
+                    *last_time = at;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -409,16 +413,12 @@ impl Writer {
         } else {
             None
         };
-        let now = chrono::Utc::now()
-            .timestamp_micros()
-            .max(self.last_recorded_at);
         Building {
             requests: Vec::new(),
             replies: Vec::new(),
             results: Vec::new(),
             ctx: self.fresh_ctx(maps),
             roll,
-            now,
             last_time: self.last_recorded_at,
             events: 0,
             bytes: 0,
@@ -560,8 +560,7 @@ impl Writer {
                 ));
             }
         }
-        // An ordinary append is not recorded before a restored one earlier in the batch.
-        let now = pin.map_or(times.now.max(times.last), |p| p.recorded_at);
+        let now = times.at;
         // Most appends carry one or a few events: compare pairs rather than build a set.
         let dup = if n <= 16 {
             (1..n).find_map(|i| {

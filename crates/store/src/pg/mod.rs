@@ -41,7 +41,7 @@ pub const SCHEMA_VERSION: i32 = schema::SCHEMA_VERSION;
 
 /// Largest event (type + data + recorded_by bytes), as in the file store.
 pub const MAX_EVENT_BYTES: usize = crate::MAX_EVENT_BYTES;
-/// Largest single append (counted without the file store's per-record overhead).
+/// Largest single append (each event counted with the file store's per-record overhead).
 pub const MAX_APPEND_BYTES: usize = crate::MAX_APPEND_BYTES;
 /// How often the head is polled when notifications are quiet (and the fallback when LISTEN
 /// is not delivering).
@@ -228,7 +228,9 @@ fn validate(request: &AppendRequest) -> Result<(), StoreError> {
                 "event too large ({size} bytes, at most {MAX_EVENT_BYTES})"
             )));
         }
-        total += size;
+        // Counted as the file store counts it, so both refuse the same appends and every
+        // stored log restores into either.
+        total += size + crate::RECORD_OVERHEAD;
     }
     if total > MAX_APPEND_BYTES {
         return Err(StoreError::InvalidInput(format!(
