@@ -169,15 +169,10 @@ impl Regrouper {
             return Ok(None);
         }
         let len = self.pending.len();
-        let first = &self.pending[0];
-        if hash_as(&self.head.hash, first, 0, len) != first.hash {
-            return Err(invalid(format!(
-                "the hash of the event at position {} does not chain: the event or one before it was changed",
-                first.global_position
-            )));
-        }
-        let mut prev = first.hash;
-        for (i, e) in self.pending.iter().enumerate().skip(1) {
+        // The earlier events, chained from the head with this length. The last one was
+        // checked above against the hash given before it, which this makes the chain's.
+        let mut prev = self.head.hash;
+        for (i, e) in self.pending[..len - 1].iter().enumerate() {
             if hash_as(&prev, e, i, len) != e.hash {
                 return Err(invalid(format!(
                     "the hash of the event at position {} does not chain: the event or one before it was changed",
@@ -186,6 +181,7 @@ impl Regrouper {
             }
             prev = e.hash;
         }
+        let prev = self.pending[len - 1].hash;
         let mut events = std::mem::take(&mut self.pending).into_iter();
         let Some(first) = events.next() else {
             return Ok(None);
