@@ -480,6 +480,107 @@ fn each_exported_append(
     Ok(head)
 }
 
+/// The writes of `restore`'s second pass: appends gathered into chunks of about
+/// `RESTORE_CHUNK_EVENTS`, two chunks in flight (the next one is encoded while the last one
+/// syncs; the store checks each against the ones before it, so a failed chunk fails the next
+/// one too).
+struct ChunkWriter {
+    store: Arc<incidentlog_store::Store>,
+    rt: tokio::runtime::Handle,
+    bar: indicatif::ProgressBar,
+    chunk: Vec<incidentlog_store::RecordedAppend>,
+    chunk_events: usize,
+    chunk_bytes: usize,
+    in_flight: std::collections::VecDeque<(
+        u64,
+        tokio::task::JoinHandle<Result<incidentlog_store::Head, StoreError>>,
+    )>,
+    /// Events written so far.
+    restored: u64,
+}
+
+impl ChunkWriter {
+    fn new(store: Arc<incidentlog_store::Store>, bar: indicatif::ProgressBar) -> ChunkWriter {
+        ChunkWriter {
+            store,
+            rt: tokio::runtime::Handle::current(),
+            bar,
+            chunk: Vec::new(),
+            chunk_events: 0,
+            chunk_bytes: 0,
+            in_flight: Default::default(),
+            restored: 0,
+        }
+    }
+
+    fn push(&mut self, append: incidentlog_store::RecordedAppend) -> anyhow::Result<()> {
+        self.chunk_events += append.request.events.len();
+        self.chunk_bytes += append
+            .request
+            .events
+            .iter()
+            .map(|e| e.data.get().len() + e.event_type.len() + incidentlog_store::RECORD_OVERHEAD)
+            .sum::<usize>();
+        self.chunk.push(append);
+        if self.chunk_events >= RESTORE_CHUNK_EVENTS || self.chunk_bytes >= RESTORE_CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) -> anyhow::Result<()> {
+        let chunk = std::mem::take(&mut self.chunk);
+        (self.chunk_events, self.chunk_bytes) = (0, 0);
+        let Some(first) = chunk.first().map(|a| a.first_position) else {
+            return Ok(());
+        };
+        let store = self.store.clone();
+        let task = self.rt.spawn(async move { store.restore(chunk).await });
+        self.in_flight.push_back((first, task));
+        if self.in_flight.len() > 1 {
+            self.wait_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn wait_oldest(&mut self) -> anyhow::Result<()> {
+        let Some((first, task)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let rt = &self.rt;
+        let head = match tokio::task::block_in_place(|| rt.block_on(task))
+            .map_err(|e| anyhow::anyhow!("the restore task failed: {e}"))?
+        {
+            Ok(head) => head,
+            // A lost connection or a timeout during the commit: the chunk may be written.
+            Err(e @ StoreError::Unavailable(_)) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot restore the appends from position {first} on (some may have been written: run restore again, it goes on from what the store holds)"
+                )))
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot restore the appends from position {first} on")))
+            }
+        };
+        self.bar.set_position(head.position);
+        self.restored += head.position + 1 - first;
+        Ok(())
+    }
+
+    /// Sends what is gathered (unless the pass already failed) and waits for every chunk in
+    /// flight; the first error wins.
+    fn finish(&mut self, passed: anyhow::Result<()>) -> anyhow::Result<()> {
+        let mut finished = passed.and_then(|()| self.send());
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.wait_oldest() {
+                finished = finished.and(Err(e));
+            }
+        }
+        finished
+    }
+}
+
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
     if args.file.as_os_str() == "-" {
         bail!("restore reads its file twice (a check, then the writes): give a file, not -");
@@ -556,70 +657,27 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut chunk: Vec<incidentlog_store::RecordedAppend> = Vec::new();
-    let (mut chunk_events, mut chunk_bytes) = (0usize, 0usize);
     let mut prefix_checked = store_head.position == 0;
-    let mut restored = 0u64;
     let mut next_checked = checked.iter();
-    let rt = tokio::runtime::Handle::current();
-    // Two chunks in flight: the next one is encoded while the last one syncs (the store
-    // checks each against the ones before it, so a failed chunk fails the next one too).
-    type Writing = tokio::task::JoinHandle<Result<incidentlog_store::Head, StoreError>>;
-    let mut writing: std::collections::VecDeque<(u64, Writing)> = Default::default();
-    let wait_oldest =
-        |writing: &mut std::collections::VecDeque<(u64, Writing)>| -> anyhow::Result<u64> {
-            let Some((first, handle)) = writing.pop_front() else {
-                return Ok(0);
-            };
-            let head = match tokio::task::block_in_place(|| rt.block_on(handle))
-                .map_err(|e| anyhow::anyhow!("the restore task failed: {e}"))?
-            {
-                Ok(head) => head,
-                // A lost connection or a timeout during the commit: the chunk may be written.
-                Err(e @ StoreError::Unavailable(_)) => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "cannot restore the appends from position {first} on (some may have been written: run restore again, it goes on from what the store holds)"
-                    )))
-                }
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "cannot restore the appends from position {first} on"
-                    )))
-                }
-            };
-            bar.set_position(head.position);
-            Ok(head.position + 1 - first)
-        };
-    let write = |writing: &mut std::collections::VecDeque<(u64, Writing)>,
-                 chunk: Vec<incidentlog_store::RecordedAppend>|
-     -> anyhow::Result<u64> {
-        let first = chunk.first().map_or(0, |a| a.first_position);
-        let store = store.clone();
-        writing.push_back((first, rt.spawn(async move { store.restore(chunk).await })));
-        if writing.len() > 1 {
-            wait_oldest(writing)
-        } else {
-            Ok(0)
-        }
-    };
+    let mut writer = ChunkWriter::new(store.clone(), bar.clone());
     // An error of this pass's own checks (not of the closure): the file changed since pass 1.
-    let mut writing_failed = false;
+    let mut closure_failed = false;
     let passed = each_exported_append(&mut file, &[], |append, lines| {
-        let written = (|| -> anyhow::Result<()> {
+        let taken = (|| -> anyhow::Result<()> {
             let last = append.last_position();
             if next_checked.next() != Some(&(last, append.last_hash)) {
                 bail!(
-                "{lines}: the file changed since it was checked (at the append ending at position {last}); nothing from there on was written"
-            );
+                    "{lines}: the file changed since it was checked (at the append ending at position {last}); nothing from there on was written"
+                );
             }
             if last <= store_head.position {
                 if last == store_head.position {
                     if append.last_hash != store_head.hash {
                         bail!(
-                        "{lines}: the store holds a different log (its hash at position {last} is {}, the file's is {})",
-                        store_head.hash_hex(),
-                        to_hex(&append.last_hash)
-                    );
+                            "{lines}: the store holds a different log (its hash at position {last} is {}, the file's is {})",
+                            store_head.hash_hex(),
+                            to_hex(&append.last_hash)
+                        );
                     }
                     prefix_checked = true;
                 }
@@ -627,45 +685,25 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
             }
             if !prefix_checked {
                 bail!(
-                "the store's last event (position {}) is inside an append of the file: the store holds a different log",
-                store_head.position
-            );
+                    "the store's last event (position {}) is inside an append of the file: the store holds a different log",
+                    store_head.position
+                );
             }
-            chunk_events += append.request.events.len();
-            chunk_bytes += append
-                .request
-                .events
-                .iter()
-                .map(|e| e.data.get().len() + e.event_type.len() + 200)
-                .sum::<usize>();
-            chunk.push(append);
-            if chunk_events >= RESTORE_CHUNK_EVENTS || chunk_bytes >= RESTORE_CHUNK_BYTES {
-                restored += write(&mut writing, std::mem::take(&mut chunk))?;
-                (chunk_events, chunk_bytes) = (0, 0);
-            }
-            Ok(())
+            writer.push(append)
         })();
-        writing_failed |= written.is_err();
-        written
+        closure_failed |= taken.is_err();
+        taken
     });
-    // Whatever happened, what is in flight ends first (its error is the first one).
-    let mut finished: anyhow::Result<()> = passed.map(|_| ()).map_err(|e| {
-        if writing_failed {
+    let passed = passed.map(|_| ()).map_err(|e| {
+        if closure_failed {
             e
         } else {
             e.context("the file changed since it was checked; nothing from there on was written")
         }
     });
-    if finished.is_ok() && !chunk.is_empty() {
-        finished = write(&mut writing, chunk).map(|n| restored += n);
-    }
-    while !writing.is_empty() {
-        match wait_oldest(&mut writing) {
-            Ok(n) => restored += n,
-            Err(e) if finished.is_ok() => finished = Err(e),
-            Err(_) => {}
-        }
-    }
+    // Whatever happened, what is in flight ends first (its error is the first one).
+    let finished = writer.finish(passed);
+    let restored = writer.restored;
     bar.finish_and_clear();
     // Closed (synced) whatever happened: what was written stays, for a later run to go on.
     let closed = store.close().await;

@@ -29,6 +29,24 @@ struct Body<'a> {
     data: &'a RawValue,
 }
 
+impl<'a> RecordFields<'a> {
+    /// The fields of a recorded event at `append_index` of an append of `append_len` events.
+    pub(crate) fn of(e: &'a crate::RecordedEvent, append_index: u32, append_len: u32) -> Self {
+        RecordFields {
+            global_position: e.global_position,
+            stream_id: e.stream_id,
+            stream_version: e.stream_version,
+            event_id: e.event_id,
+            event_type: &e.event_type,
+            data: &e.data,
+            recorded_at: &e.recorded_at,
+            recorded_by: &e.recorded_by,
+            append_index,
+            append_len,
+        }
+    }
+}
+
 /// The file store's chain hash (proto-docs/storage-format.md), so `verify` and every event's
 /// `hash` mean the same on both backends: `BLAKE3(covered)` with `covered` =
 /// `global_position u64 | prev_hash [32] | stream_id [16] | event_id [16] | stream_version u64 |

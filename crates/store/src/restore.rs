@@ -62,21 +62,7 @@ fn invalid(reason: String) -> StoreError {
 }
 
 fn hash_as(prev: &[u8; 32], e: &RecordedEvent, index: usize, len: usize) -> [u8; 32] {
-    chain_hash(
-        prev,
-        &RecordFields {
-            global_position: e.global_position,
-            stream_id: e.stream_id,
-            stream_version: e.stream_version,
-            event_id: e.event_id,
-            event_type: &e.event_type,
-            data: &e.data,
-            recorded_at: &e.recorded_at,
-            recorded_by: &e.recorded_by,
-            append_index: index as u32,
-            append_len: len as u32,
-        },
-    )
+    chain_hash(prev, &RecordFields::of(e, index as u32, len as u32))
 }
 
 impl Default for Regrouper {

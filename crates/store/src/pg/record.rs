@@ -17,21 +17,9 @@ pub(crate) struct StoredEvent {
 impl StoredEvent {
     /// The chain hash this record must have after `prev`.
     pub(crate) fn expected_hash(&self, prev: &[u8; 32]) -> [u8; 32] {
-        let e = &self.event;
         chain_hash(
             prev,
-            &RecordFields {
-                global_position: e.global_position,
-                stream_id: e.stream_id,
-                stream_version: e.stream_version,
-                event_id: e.event_id,
-                event_type: &e.event_type,
-                data: &e.data,
-                recorded_at: &e.recorded_at,
-                recorded_by: &e.recorded_by,
-                append_index: self.append_index,
-                append_len: self.append_len,
-            },
+            &RecordFields::of(&self.event, self.append_index, self.append_len),
         )
     }
 }

@@ -301,16 +301,81 @@ struct Rows<'a> {
     hash: Vec<[u8; 32]>,
 }
 
-type BatchResult = (Vec<Result<AppendOutcome, StoreError>>, Option<Head>);
+impl<'a> Rows<'a> {
+    /// Adds the events of `request` as one append at positions `first..`, after stream version
+    /// `version`, recorded at `at`, chained after `prev`; returns the last event's hash.
+    fn push_append(
+        &mut self,
+        request: &'a AppendRequest,
+        first: u64,
+        version: u64,
+        at: &DateTime<Utc>,
+        mut prev: [u8; 32],
+    ) -> [u8; 32] {
+        let n = request.events.len() as u64;
+        let last = first + n - 1;
+        for (i, e) in request.events.iter().enumerate() {
+            let i = i as u64;
+            let (p, v) = (first + i, version + 1 + i);
+            prev = chain_hash(
+                &prev,
+                &RecordFields {
+                    global_position: p,
+                    stream_id: request.stream_id,
+                    stream_version: v,
+                    event_id: e.event_id,
+                    event_type: &e.event_type,
+                    data: &e.data,
+                    recorded_at: at,
+                    recorded_by: &request.recorded_by,
+                    append_index: i as u32,
+                    append_len: n as u32,
+                },
+            );
+            self.position.push(p as i64);
+            self.stream_id.push(request.stream_id);
+            self.stream_version.push(v as i64);
+            self.event_id.push(e.event_id);
+            self.event_type.push(&e.event_type);
+            self.data.push(e.data.get());
+            self.recorded_by.push(&request.recorded_by);
+            self.append_first.push(first as i64);
+            self.append_last.push(last as i64);
+            self.hash.push(prev);
+        }
+        prev
+    }
+}
 
-/// Runs one group-commit transaction. Decision errors (version, id conflict) are per request;
-/// an `Err` means the whole transaction failed and nothing of it is visible.
-async fn commit_batch(
+/// When the rows were recorded: one time for a batch of appends, or each restored row's own.
+enum RecordedAt<'a> {
+    Batch(&'a DateTime<Utc>),
+    Each(&'a [DateTime<Utc>]),
+}
+
+/// What a batch is decided against, read under the append lock.
+struct Locked {
+    head: Head,
+    last_recorded_at: Option<DateTime<Utc>>,
+    /// Rows of the `ids` statement for the batch's event ids.
+    id_rows: Vec<tokio_postgres::Row>,
+    /// Each stream's current version (0: none).
+    versions: HashMap<StreamId, u64>,
+}
+
+fn db_error(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Unavailable(format!("PostgreSQL: {}", describe(&e)))
+}
+
+/// Runs `body` as one transaction under the deadline every database call has; on an error it
+/// is rolled back, and nothing of it is visible.
+async fn transaction<T>(
     c: &WriterConn,
-    jobs: &[(Vec<AppendRequest>, Reply)],
-) -> Result<BatchResult, StoreError> {
+    what: &str,
+    body: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
     let fut = async {
-        let r = commit_batch_inner(c, jobs).await;
+        let r = body.await;
         if r.is_err() && !c.client.is_closed() {
             let _ = c.client.batch_execute("ROLLBACK").await;
         }
@@ -319,38 +384,28 @@ async fn commit_batch(
     match tokio::time::timeout(OP_TIMEOUT, fut).await {
         Ok(r) => r,
         Err(_) => Err(StoreError::Unavailable(format!(
-            "PostgreSQL: append transaction timed out after {OP_TIMEOUT:?}"
+            "PostgreSQL: {what} transaction timed out after {OP_TIMEOUT:?}"
         ))),
     }
 }
 
-async fn commit_batch_inner(
+/// Begins the transaction, takes the append lock and reads the head, the batch's event ids and
+/// its streams' versions, in one round trip: the server runs pipelined statements one after
+/// the other, and each SELECT takes its snapshot when it starts, i.e. after the lock is
+/// granted, so it sees every batch committed before ours. READ COMMITTED explicitly: under
+/// REPEATABLE READ the snapshot would be taken by the lock statement itself, before the lock
+/// is granted.
+async fn lock_and_read<'r>(
     c: &WriterConn,
-    jobs: &[(Vec<AppendRequest>, Reply)],
-) -> Result<BatchResult, StoreError> {
-    let db =
-        |e: tokio_postgres::Error| StoreError::Unavailable(format!("PostgreSQL: {}", describe(&e)));
-    let requests: Vec<&AppendRequest> = jobs.iter().flat_map(|(r, _)| r.iter()).collect();
-    // Which call (job) each request came from: requests of one call depend on each other
-    // (see `EventStore::append_many`).
-    let job_of: Vec<usize> = jobs
-        .iter()
-        .enumerate()
-        .flat_map(|(j, (r, _))| std::iter::repeat_n(j, r.len()))
-        .collect();
+    requests: impl Iterator<Item = &'r AppendRequest> + Clone,
+) -> Result<Locked, StoreError> {
     let all_ids: Vec<Uuid> = requests
-        .iter()
+        .clone()
         .flat_map(|r| r.events.iter().map(|e| e.event_id))
         .collect();
-    let mut streams: Vec<StreamId> = requests.iter().map(|r| r.stream_id).collect();
+    let mut streams: Vec<StreamId> = requests.map(|r| r.stream_id).collect();
     streams.sort_unstable();
     streams.dedup();
-
-    // One round trip: the server runs pipelined statements one after the other, and each
-    // SELECT takes its snapshot when it starts, i.e. after the lock is granted, so it sees
-    // every batch committed before ours.
-    // READ COMMITTED explicitly: under REPEATABLE READ the snapshot would be taken by the lock
-    // statement itself, before the lock is granted.
     let lock_sql = format!(
         "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
     );
@@ -361,20 +416,115 @@ async fn commit_batch_inner(
         c.client.query(&c.versions, &[&streams]),
     )
     .await
-    .map_err(db)?;
-
-    let (mut position, mut prev_hash, last_recorded_at) = match &head_row {
+    .map_err(db_error)?;
+    let (head, last_recorded_at) = match &head_row {
         Some(row) => {
             let p: i64 = row.get(0);
             let h: &[u8] = row.get(1);
-            let h: [u8; 32] = h
+            let hash: [u8; 32] = h
                 .try_into()
                 .map_err(|_| super::record::corrupt(p, "hash is not 32 bytes"))?;
             let at: DateTime<Utc> = row.get(2);
-            (u64::try_from(p).unwrap_or(0), h, Some(at))
+            let position = u64::try_from(p).unwrap_or(0);
+            (Head { position, hash }, Some(at))
         }
-        None => (0, [0u8; 32], None),
+        None => (Head::default(), None),
     };
+    let mut versions: HashMap<StreamId, u64> = HashMap::with_capacity(version_rows.len());
+    for row in &version_rows {
+        let v: Option<i64> = row.get(1);
+        versions.insert(
+            row.get(0),
+            v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
+        );
+    }
+    Ok(Locked {
+        head,
+        last_recorded_at,
+        id_rows,
+        versions,
+    })
+}
+
+/// Inserts the rows, announces the new head and commits (pipelined; the INSERT's own result
+/// tells whether COMMIT really committed: COMMIT of an aborted transaction answers ROLLBACK
+/// without an error). No rows: rolls back.
+async fn insert_and_commit(
+    c: &WriterConn,
+    rows: &Rows<'_>,
+    recorded_at: RecordedAt<'_>,
+    head: Head,
+) -> Result<(), StoreError> {
+    if rows.position.is_empty() {
+        return c.client.batch_execute("ROLLBACK").await.map_err(db_error);
+    }
+    let hashes: Vec<&[u8]> = rows.hash.iter().map(|h| h.as_slice()).collect();
+    let payload = format!("{}:{}", head.position, crate::to_hex(&head.hash));
+    let (statement, at): (&Statement, &(dyn tokio_postgres::types::ToSql + Sync)) =
+        match &recorded_at {
+            RecordedAt::Batch(t) => (&c.insert, *t),
+            RecordedAt::Each(ts) => (&c.insert_restored, ts),
+        };
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &rows.position,
+        &rows.stream_id,
+        &rows.stream_version,
+        &rows.event_id,
+        &rows.event_type,
+        &rows.data,
+        at,
+        &rows.recorded_by,
+        &rows.append_first,
+        &rows.append_last,
+        &hashes,
+    ];
+    let insert = c.client.execute(statement, &params);
+    let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&payload];
+    let notify = c.client.execute(&c.notify, &notify_params);
+    let commit = c.client.batch_execute("COMMIT");
+    let (inserted, notified, committed) = futures_util::future::join3(insert, notify, commit).await;
+    let inserted = inserted.map_err(db_error)?;
+    notified.map_err(db_error)?;
+    committed.map_err(db_error)?;
+    if inserted != rows.position.len() as u64 {
+        return Err(StoreError::Unavailable(format!(
+            "PostgreSQL: inserted {inserted} of {} rows",
+            rows.position.len()
+        )));
+    }
+    Ok(())
+}
+
+type BatchResult = (Vec<Result<AppendOutcome, StoreError>>, Option<Head>);
+
+/// Runs one group-commit transaction. Decision errors (version, id conflict) are per request;
+/// an `Err` means the whole transaction failed and nothing of it is visible.
+async fn commit_batch(
+    c: &WriterConn,
+    jobs: &[(Vec<AppendRequest>, Reply)],
+) -> Result<BatchResult, StoreError> {
+    transaction(c, "append", commit_batch_inner(c, jobs)).await
+}
+
+async fn commit_batch_inner(
+    c: &WriterConn,
+    jobs: &[(Vec<AppendRequest>, Reply)],
+) -> Result<BatchResult, StoreError> {
+    let requests: Vec<&AppendRequest> = jobs.iter().flat_map(|(r, _)| r.iter()).collect();
+    // Which call (job) each request came from: requests of one call depend on each other
+    // (see `EventStore::append_many`).
+    let job_of: Vec<usize> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, (r, _))| std::iter::repeat_n(j, r.len()))
+        .collect();
+    let Locked {
+        head,
+        last_recorded_at,
+        id_rows,
+        mut versions,
+    } = lock_and_read(c, requests.iter().copied()).await?;
+    let (mut position, mut prev_hash) = (head.position, head.hash);
     let now = truncate_to_micros(Utc::now());
     let recorded_at = match last_recorded_at {
         Some(last) if last > now => last,
@@ -397,14 +547,6 @@ async fn commit_batch_inner(
             },
         );
     }
-    let mut versions: HashMap<StreamId, u64> = HashMap::with_capacity(version_rows.len());
-    for row in &version_rows {
-        let v: Option<i64> = row.get(1);
-        versions.insert(
-            row.get(0),
-            v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
-        );
-    }
 
     let mut outcomes = Vec::with_capacity(requests.len());
     let mut rows = Rows::default();
@@ -421,42 +563,14 @@ async fn commit_batch_inner(
                 let n = request.events.len() as u64;
                 let first = position + 1;
                 let last = position + n;
+                prev_hash = rows.push_append(request, first, version, &recorded_at, prev_hash);
                 for (i, e) in request.events.iter().enumerate() {
-                    let i = i as u64;
-                    let p = first + i;
-                    let v = version + 1 + i;
-                    let hash = chain_hash(
-                        &prev_hash,
-                        &RecordFields {
-                            global_position: p,
-                            stream_id: request.stream_id,
-                            stream_version: v,
-                            event_id: e.event_id,
-                            event_type: &e.event_type,
-                            data: &e.data,
-                            recorded_at: &recorded_at,
-                            recorded_by: &request.recorded_by,
-                            append_index: i as u32,
-                            append_len: n as u32,
-                        },
-                    );
-                    prev_hash = hash;
-                    rows.position.push(p as i64);
-                    rows.stream_id.push(request.stream_id);
-                    rows.stream_version.push(v as i64);
-                    rows.event_id.push(e.event_id);
-                    rows.event_type.push(&e.event_type);
-                    rows.data.push(e.data.get());
-                    rows.recorded_by.push(&request.recorded_by);
-                    rows.append_first.push(first as i64);
-                    rows.append_last.push(last as i64);
-                    rows.hash.push(hash);
                     known.insert(
                         e.event_id,
                         Known {
-                            position: p,
+                            position: first + i as u64,
                             stream_id: request.stream_id,
-                            stream_version: v,
+                            stream_version: version + 1 + i as u64,
                             event_type: KnownStr::Borrowed(&e.event_type),
                             data: KnownStr::Borrowed(e.data.get()),
                             append_first: first,
@@ -478,119 +592,39 @@ async fn commit_batch_inner(
         outcomes.push(outcome);
     }
 
-    if rows.position.is_empty() {
-        c.client.batch_execute("ROLLBACK").await.map_err(db)?;
-        return Ok((outcomes, None));
-    }
-    let hashes: Vec<&[u8]> = rows.hash.iter().map(|h| h.as_slice()).collect();
-    let payload = format!("{position}:{}", crate::to_hex(&prev_hash));
-    // Pipelined; the INSERT's own result tells whether COMMIT really committed (COMMIT of an
-    // aborted transaction answers ROLLBACK without an error).
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
-        &rows.position,
-        &rows.stream_id,
-        &rows.stream_version,
-        &rows.event_id,
-        &rows.event_type,
-        &rows.data,
-        &recorded_at,
-        &rows.recorded_by,
-        &rows.append_first,
-        &rows.append_last,
-        &hashes,
-    ];
-    let insert = c.client.execute(&c.insert, &params);
-    let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&payload];
-    let notify = c.client.execute(&c.notify, &notify_params);
-    let commit = c.client.batch_execute("COMMIT");
-    let (inserted, notified, committed) = futures_util::future::join3(insert, notify, commit).await;
-    let inserted = inserted.map_err(db)?;
-    notified.map_err(db)?;
-    committed.map_err(db)?;
-    if inserted != rows.position.len() as u64 {
-        return Err(StoreError::Unavailable(format!(
-            "PostgreSQL: inserted {inserted} of {} rows",
-            rows.position.len()
-        )));
-    }
-    Ok((
-        outcomes,
-        Some(Head {
-            position,
-            hash: prev_hash,
-        }),
-    ))
+    let head = Head {
+        position,
+        hash: prev_hash,
+    };
+    let written = !rows.position.is_empty();
+    insert_and_commit(c, &rows, RecordedAt::Batch(&recorded_at), head).await?;
+    Ok((outcomes, written.then_some(head)))
 }
 
 /// Writes restored appends in one transaction (see `EventStore::restore`).
 async fn restore_batch(c: &WriterConn, appends: &[RecordedAppend]) -> Result<Head, StoreError> {
-    let fut = async {
-        let r = restore_batch_inner(c, appends).await;
-        if r.is_err() && !c.client.is_closed() {
-            let _ = c.client.batch_execute("ROLLBACK").await;
-        }
-        r
-    };
-    match tokio::time::timeout(OP_TIMEOUT, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "PostgreSQL: restore transaction timed out after {OP_TIMEOUT:?}"
-        ))),
-    }
+    transaction(c, "restore", restore_batch_inner(c, appends)).await
 }
 
 async fn restore_batch_inner(
     c: &WriterConn,
     appends: &[RecordedAppend],
 ) -> Result<Head, StoreError> {
-    let db =
-        |e: tokio_postgres::Error| StoreError::Unavailable(format!("PostgreSQL: {}", describe(&e)));
-    let all_ids: Vec<Uuid> = appends
-        .iter()
-        .flat_map(|a| a.request.events.iter().map(|e| e.event_id))
-        .collect();
-    let mut streams: Vec<StreamId> = appends.iter().map(|a| a.request.stream_id).collect();
-    streams.sort_unstable();
-    streams.dedup();
-    let lock_sql = format!(
-        "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
-    );
-    let (_, head_row, id_rows, version_rows) = futures_util::future::try_join4(
-        c.client.batch_execute(&lock_sql),
-        c.client.query_opt(&c.head, &[]),
-        c.client.query(&c.ids, &[&all_ids]),
-        c.client.query(&c.versions, &[&streams]),
-    )
-    .await
-    .map_err(db)?;
-    let (mut position, mut prev_hash, mut last_at) = match &head_row {
-        Some(row) => {
-            let p: i64 = row.get(0);
-            let h: &[u8] = row.get(1);
-            let h: [u8; 32] = h
-                .try_into()
-                .map_err(|_| super::record::corrupt(p, "hash is not 32 bytes"))?;
-            let at: DateTime<Utc> = row.get(2);
-            (u64::try_from(p).unwrap_or(0), h, Some(at))
-        }
-        None => (0, [0u8; 32], None),
-    };
+    let Locked {
+        head,
+        last_recorded_at: mut last_at,
+        id_rows,
+        mut versions,
+    } = lock_and_read(c, appends.iter().map(|a| &a.request)).await?;
+    let (mut position, mut prev_hash) = (head.position, head.hash);
     // A restored event id must be new (its recorded copy sits at another position).
-    let mut seen: HashMap<Uuid, u64> = HashMap::with_capacity(all_ids.len());
+    let mut seen: HashMap<Uuid, u64> = HashMap::with_capacity(id_rows.len());
     for row in &id_rows {
         let p: i64 = row.get(1);
         seen.insert(row.get(0), u64::try_from(p).unwrap_or(0));
     }
-    let mut versions: HashMap<StreamId, u64> = HashMap::with_capacity(version_rows.len());
-    for row in &version_rows {
-        let v: Option<i64> = row.get(1);
-        versions.insert(
-            row.get(0),
-            v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
-        );
-    }
     let mut rows = Rows::default();
-    let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(all_ids.len());
+    let mut times: Vec<DateTime<Utc>> = Vec::new();
     for a in appends {
         let request = &a.request;
         super::validate(request)?;
@@ -626,7 +660,6 @@ async fn restore_batch_inner(
         }
         let n = request.events.len() as u64;
         let first = position + 1;
-        let last = position + n;
         for (i, e) in request.events.iter().enumerate() {
             if let Some(&earlier) = seen.get(&e.event_id) {
                 return Err(StoreError::EventIdConflict {
@@ -634,45 +667,18 @@ async fn restore_batch_inner(
                     position: earlier,
                 });
             }
-            let i = i as u64;
-            let p = first + i;
-            let v = current + 1 + i;
-            prev_hash = chain_hash(
-                &prev_hash,
-                &RecordFields {
-                    global_position: p,
-                    stream_id: request.stream_id,
-                    stream_version: v,
-                    event_id: e.event_id,
-                    event_type: &e.event_type,
-                    data: &e.data,
-                    recorded_at: &at,
-                    recorded_by: &request.recorded_by,
-                    append_index: i as u32,
-                    append_len: n as u32,
-                },
-            );
-            seen.insert(e.event_id, p);
-            rows.position.push(p as i64);
-            rows.stream_id.push(request.stream_id);
-            rows.stream_version.push(v as i64);
-            rows.event_id.push(e.event_id);
-            rows.event_type.push(&e.event_type);
-            rows.data.push(e.data.get());
-            rows.recorded_by.push(&request.recorded_by);
-            rows.append_first.push(first as i64);
-            rows.append_last.push(last as i64);
-            rows.hash.push(prev_hash);
-            times.push(at);
+            seen.insert(e.event_id, first + i as u64);
         }
+        prev_hash = rows.push_append(request, first, current, &at, prev_hash);
+        times.extend(std::iter::repeat_n(at, request.events.len()));
+        position += n;
         if prev_hash != a.last_hash {
             return Err(StoreError::InvalidInput(format!(
-                "the restored append ending at position {last} comes out with hash {}, not {}: it was changed",
+                "the restored append ending at position {position} comes out with hash {}, not {}: it was changed",
                 crate::to_hex(&prev_hash),
                 crate::to_hex(&a.last_hash)
             )));
         }
-        position = last;
         last_at = Some(at);
         versions.insert(request.stream_id, current + n);
     }
@@ -680,39 +686,7 @@ async fn restore_batch_inner(
         position,
         hash: prev_hash,
     };
-    if rows.position.is_empty() {
-        c.client.batch_execute("ROLLBACK").await.map_err(db)?;
-        return Ok(head);
-    }
-    let hashes: Vec<&[u8]> = rows.hash.iter().map(|h| h.as_slice()).collect();
-    let payload = format!("{position}:{}", crate::to_hex(&prev_hash));
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
-        &rows.position,
-        &rows.stream_id,
-        &rows.stream_version,
-        &rows.event_id,
-        &rows.event_type,
-        &rows.data,
-        &times,
-        &rows.recorded_by,
-        &rows.append_first,
-        &rows.append_last,
-        &hashes,
-    ];
-    let insert = c.client.execute(&c.insert_restored, &params);
-    let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&payload];
-    let notify = c.client.execute(&c.notify, &notify_params);
-    let commit = c.client.batch_execute("COMMIT");
-    let (inserted, notified, committed) = futures_util::future::join3(insert, notify, commit).await;
-    let inserted = inserted.map_err(db)?;
-    notified.map_err(db)?;
-    committed.map_err(db)?;
-    if inserted != rows.position.len() as u64 {
-        return Err(StoreError::Unavailable(format!(
-            "PostgreSQL: inserted {inserted} of {} rows",
-            rows.position.len()
-        )));
-    }
+    insert_and_commit(c, &rows, RecordedAt::Each(&times), head).await?;
     Ok(head)
 }
 

@@ -812,31 +812,8 @@ pub async fn read_all_map_maps_what_read_all_reads<S: EventStore>(store: Arc<S>)
     }
     let everything = all(&*store).await;
     assert_eq!(everything.len(), n_requests * 100);
-    type Seen = (
-        u64,
-        Uuid,
-        u64,
-        Uuid,
-        String,
-        String,
-        DateTime<Utc>,
-        String,
-        [u8; 32],
-    );
-    let own = |e: EventRef<'_>| -> Seen {
-        (
-            e.global_position,
-            e.stream_id,
-            e.stream_version,
-            e.event_id,
-            e.event_type.to_owned(),
-            e.data.get().to_owned(),
-            e.recorded_at,
-            e.recorded_by.to_owned(),
-            e.hash,
-        )
-    };
-    let expected: Vec<Seen> = everything.iter().map(|e| own(e.borrowed())).collect();
+    let own = event_key;
+    let expected: Vec<EventKey> = event_keys(&everything);
     assert!(expected
         .iter()
         .any(|s| s.4.contains('"') && s.7.contains('"')));
@@ -850,7 +827,7 @@ pub async fn read_all_map_maps_what_read_all_reads<S: EventStore>(store: Arc<S>)
         (123, 8_500),
     ] {
         let got = store.read_all_map(after, limit, own).await.unwrap();
-        let want: Vec<Seen> = expected
+        let want: Vec<EventKey> = expected
             .iter()
             .skip(after as usize)
             .take(limit)
@@ -1117,23 +1094,22 @@ type EventKey = (
     [u8; 32],
 );
 
+fn event_key(e: EventRef<'_>) -> EventKey {
+    (
+        e.global_position,
+        e.stream_id,
+        e.stream_version,
+        e.event_id,
+        e.event_type.to_owned(),
+        e.data.get().to_owned(),
+        e.recorded_at,
+        e.recorded_by.to_owned(),
+        e.hash,
+    )
+}
+
 fn event_keys(events: &[RecordedEvent]) -> Vec<EventKey> {
-    events
-        .iter()
-        .map(|e| {
-            (
-                e.global_position,
-                e.stream_id,
-                e.stream_version,
-                e.event_id,
-                e.event_type.clone(),
-                e.data.get().to_string(),
-                e.recorded_at,
-                e.recorded_by.clone(),
-                e.hash,
-            )
-        })
-        .collect()
+    events.iter().map(|e| event_key(e.borrowed())).collect()
 }
 
 fn regroup(events: &[RecordedEvent]) -> Result<Vec<RecordedAppend>, StoreError> {
