@@ -1251,6 +1251,104 @@ async fn log_streams_share_the_live_feed_caps_and_end_on_revocation() {
     assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
+/// The status line of a GET sent over a fresh connection (the answer is not read further).
+async fn status_over_tcp(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut line = String::new();
+    tokio::io::BufReader::new(conn)
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    line
+}
+
+/// A client that stops reading its ndjson log stream keeps its live-feed slot only until the
+/// send timeout: then its connection is closed (the body cut, never ended) and the slot is
+/// free again. Over real TCP, through `serve`, with a receive buffer the log overflows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_nobody_reads_is_cut_after_the_send_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_sse_clients: 1,
+        send_timeout: Duration::from_secs(1),
+        ..ServeConfig::default()
+    };
+    let app = app_with(config.clone()).await;
+    // ~14 MB of log: far more than the socket buffers and hyper's write buffer hold.
+    let summary = "Shelling of the district reported by several sources. ".repeat(30);
+    for _ in 0..4 {
+        let mut body = String::new();
+        for _ in 0..2_000 {
+            let mut event = reported(Uuid::new_v4(), "UA-63", "shelling");
+            event["data"]["summary"] = json!(summary);
+            let line = json!({"incident_id": Uuid::new_v4(), "events": [event]});
+            body.push_str(&format!("{line}\n"));
+        }
+        assert_eq!(app.import(body).await.body["appended"], 2_000);
+    }
+    let listener = incidentlog_api::bind(&config).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(incidentlog_api::serve(
+        listener,
+        app.service.clone(),
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let request = format!(
+        "GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nAccept: application/x-ndjson\r\n\r\n",
+        app.reader
+    );
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = status_over_tcp(addr, &request).await;
+    assert!(
+        second.starts_with("HTTP/1.1 503"),
+        "the slot is taken: {second}"
+    );
+
+    // Past the send timeout the slot is given back.
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let again = status_over_tcp(addr, &request).await;
+        if again.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(again.starts_with("HTTP/1.1 503"), "{again}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the stalled stream still holds its slot"
+        );
+    }
+    // What the stalled client finds when it reads again: part of the log, then the end of
+    // the connection without the last chunk.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the stalled connection was not closed");
+    let lines = got.iter().filter(|b| **b == b'\n').count();
+    assert!(lines > 0 && !got.ends_with(b"0\r\n\r\n"), "{lines} lines");
+    assert!(
+        got.len() < 12_000_000,
+        "the whole log arrived: the stream was not cut ({} bytes)",
+        got.len()
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("serve returns")
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn sse_clients_are_capped() {
     let app = app_with(ServeConfig {

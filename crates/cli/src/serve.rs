@@ -181,6 +181,18 @@ pub struct ServeArgs {
         value_parser = parse_duration
     )]
     pub header_read_timeout: Duration,
+
+    /// Time a client may leave an answer unread (nothing taken from the connection) before
+    /// the connection is closed, e.g. "30s": a stalled live feed or log stream gives back its
+    /// slot and memory.
+    #[arg(
+        long,
+        env = "INCIDENTLOG_SEND_TIMEOUT",
+        default_value = "30s",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub send_timeout: Duration,
 }
 
 /// Largest count a limit takes (far above any machine's capacity; the limits are semaphores,
@@ -217,6 +229,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         max_connections: args.max_connections,
         max_connections_per_address: args.max_connections_per_address,
         header_read_timeout: args.header_read_timeout,
+        send_timeout: args.send_timeout,
     };
     // Before the first admin token: a start that fails on a taken port must not have printed
     // (and stored) a token nobody will see again.

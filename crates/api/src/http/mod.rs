@@ -7,6 +7,7 @@ mod metrics;
 mod query;
 mod quota;
 mod ratelimit;
+mod stall;
 
 use std::future::Future;
 use std::io::Write as _;
@@ -74,6 +75,10 @@ pub struct ServeConfig {
     /// the first byte of the request on a kept-alive connection; then the connection is
     /// closed (slowloris).
     pub header_read_timeout: Duration,
+    /// Time a client may leave an answer unread (its socket full, no byte taken) before the
+    /// connection is closed: a live feed, an ndjson log stream or a large answer then gives
+    /// back its slot and memory instead of holding them until shutdown.
+    pub send_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -95,6 +100,7 @@ impl Default for ServeConfig {
             max_connections: 10_000,
             max_connections_per_address: 1_000,
             header_read_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -570,6 +576,7 @@ async fn accept_loop(
                 req.extensions_mut().insert(ConnectInfo(peer));
                 router.clone().call(req)
             });
+        let stream = stall::SendTimeout::new(stream, config.send_timeout);
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {
@@ -577,8 +584,14 @@ async fn accept_loop(
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    match r {
+                        Err(e) if stall::is_send_timeout(&e) => {
+                            tracing::info!(%peer, "connection closed: {}", stall::ROOT_CAUSE);
+                        }
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        Ok(()) => {}
                     }
                     return;
                 }
