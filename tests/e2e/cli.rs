@@ -1246,3 +1246,165 @@ fn a_backup_streamed_from_a_running_server_restores_to_the_same_log() {
     let copy = cli_ok(&["verify", "--data-dir", d(&restored)]);
     assert_eq!(original, copy);
 }
+
+/// `export` of the views takes the filters of `GET /v1/incidents` and, like `replay`, a point
+/// in the past; the ndjson log takes the point in the past (and stops there), not the filters.
+#[test]
+fn exports_select_incidents_and_go_back_in_time() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let data_s = d(&data);
+    cli_ok(&["import", d(&seed_path()), "--data-dir", data_s]);
+    let seed_events = events_in_log(&data);
+    let later = dir.path().join("later.ndjson");
+    std::fs::write(&later, located_incident_line()).unwrap();
+    cli_ok(&["import", d(&later), "--data-dir", data_s]);
+
+    let csv = |extra: &[&str]| -> Vec<Vec<String>> {
+        let mut args = vec!["export", "--format", "csv", "--data-dir", data_s];
+        args.extend_from_slice(extra);
+        parse_csv(&cli_ok(&args))
+    };
+    let all = csv(&[]);
+    let col = |name: &str| all[0].iter().position(|c| c == name).unwrap();
+    // The incident ids of the whole export's rows that `keep` selects, in export order.
+    let ids_where = |keep: &dyn Fn(&Vec<String>) -> bool| -> Vec<String> {
+        all[1..]
+            .iter()
+            .filter(|r| keep(r))
+            .map(|r| r[col("incident_id")].clone())
+            .collect()
+    };
+    let ids = |rows: &[Vec<String>]| -> Vec<String> {
+        assert_eq!(rows[0], all[0], "the same header");
+        rows[1..]
+            .iter()
+            .map(|r| r[col("incident_id")].clone())
+            .collect()
+    };
+    assert_eq!(all.len(), 1 + 5);
+
+    let kherson = ids(&csv(&["--region", "UA-65"]));
+    assert_eq!(kherson.len(), 2);
+    assert_eq!(kherson, ids_where(&|r| r[col("region_code")] == "UA-65"));
+    let drones = ids(&csv(&["--kind", "drone_strike"]));
+    assert_eq!(drones.len(), 2);
+    assert_eq!(drones, ids_where(&|r| r[col("kind")] == "drone_strike"));
+    let both = ids(&csv(&["--kind", "drone_strike", "--region", "UA-65"]));
+    assert_eq!(
+        both,
+        vec!["5f0c7a52-3c1e-4d6b-9a51-0b7c2f9e1a03".to_string()]
+    );
+    let disputed = ids(&csv(&["--claim-status", "disputed"]));
+    assert_eq!(disputed.len(), 2);
+    assert_eq!(disputed, ids_where(&|r| r[col("claims_disputed")] != "0"));
+    assert!(ids(&csv(&["--claim-status", "confirmed"])).is_empty());
+    let on_the_2nd = ids(&csv(&["--from", "2026-01-02", "--to", "2026-01-02"]));
+    assert_eq!(on_the_2nd.len(), 2);
+    assert_eq!(
+        on_the_2nd,
+        ids_where(&|r| r[col("event_date")] == "2026-01-02")
+    );
+    let from_the_2nd = ids(&csv(&["--from", "2026-01-02T00:00:00Z"]));
+    assert_eq!(
+        from_the_2nd,
+        ids_where(&|r| r[col("event_date")].as_str() >= "2026-01-02")
+    );
+    assert_eq!(from_the_2nd.len(), 3);
+
+    let geo = |extra: &[&str]| -> usize {
+        let mut args = vec!["export", "--format", "geojson", "--data-dir", data_s];
+        args.extend_from_slice(extra);
+        let fc: Value = serde_json::from_str(&cli_ok(&args)).expect("GeoJSON");
+        fc["features"].as_array().unwrap().len()
+    };
+    assert_eq!(geo(&[]), 1);
+    assert_eq!(geo(&["--region", "UA-63"]), 1);
+    assert_eq!(geo(&["--region", "UA-65"]), 0);
+
+    // Back in time: before the later import the located incident did not exist; --as-of the
+    // seed's last recorded_at is the same cut as its position.
+    let log: Vec<Value> = cli_ok(&["export", "--data-dir", data_s])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(log.len() as u64, seed_events + 2);
+    let cut = seed_events.to_string();
+    let cut_at = log[seed_events as usize - 1]["recorded_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = csv(&["--at-position", &cut]);
+    assert_eq!(
+        ids(&before),
+        ids_where(&|r| !r[col("incident_id")].ends_with("1a99"))
+    );
+    assert_eq!(before.len(), 1 + 4);
+    assert_eq!(csv(&["--as-of", &cut_at]), before);
+    assert_eq!(geo(&["--at-position", &cut]), 0);
+    let prefix = cli_ok(&["export", "--data-dir", data_s, "--at-position", &cut]);
+    let prefix: Vec<Value> = prefix
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(prefix[..], log[..seed_events as usize]);
+    let prefix_as_of = cli_ok(&["export", "--data-dir", data_s, "--as-of", &cut_at]);
+    assert_eq!(prefix_as_of.lines().count() as u64, seed_events);
+    assert!(cli_ok(&[
+        "export",
+        "--data-dir",
+        data_s,
+        "--as-of",
+        "2000-01-01T00:00:00Z"
+    ])
+    .is_empty());
+
+    // Filters select views: with the ndjson log they are a usage error, as is an empty window.
+    for bad in [
+        &["export", "--data-dir", data_s, "--region", "UA-63"][..],
+        &[
+            "export",
+            "--format",
+            "csv",
+            "--data-dir",
+            data_s,
+            "--from",
+            "2026-01-03",
+            "--to",
+            "2026-01-02",
+        ][..],
+        &[
+            "export",
+            "--format",
+            "csv",
+            "--data-dir",
+            data_s,
+            "--from",
+            "2026-02-30",
+        ][..],
+        &[
+            "export",
+            "--format",
+            "csv",
+            "--data-dir",
+            data_s,
+            "--kind",
+            "nuke",
+        ][..],
+        &[
+            "export",
+            "--format",
+            "csv",
+            "--data-dir",
+            data_s,
+            "--as-of",
+            "2026-01-01",
+            "--at-position",
+            "3",
+        ][..],
+    ] {
+        let out = cli(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(out.stdout.is_empty(), "{bad:?}");
+    }
+}

@@ -11,7 +11,7 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, Subcommand, ValueEnum};
 use incidentlog_api::auth::{hash_secret, try_new_secret, Role};
 use incidentlog_api::service::AppService;
-use incidentlog_projections::Region;
+use incidentlog_projections::{ClaimStatus, IncidentQuery, Kind, Region, Window};
 use incidentlog_store::file::tokens as token_file;
 use incidentlog_store::{to_hex, EventStore, RecordedEvent, StoreError, TokenRecord};
 
@@ -761,11 +761,110 @@ pub struct ExportArgs {
     /// csv/geojson: include retracted incidents too (their `status` says so).
     #[arg(long, env = "INCIDENTLOG_INCLUDE_RETRACTED", value_parser = BoolishValueParser::new())]
     pub include_retracted: bool,
+
+    /// Export what was known at this time (RFC 3339): the log up to it, or the views built
+    /// from the events recorded at or before it.
+    #[arg(
+        long,
+        env = "INCIDENTLOG_AS_OF",
+        value_name = "T",
+        conflicts_with = "at_position",
+        value_parser = parse_time
+    )]
+    pub as_of: Option<DateTime<Utc>>,
+
+    /// Export what was known after this global position (the log up to it, or the views).
+    #[arg(long, env = "INCIDENTLOG_AT_POSITION", value_name = "N")]
+    pub at_position: Option<u64>,
+
+    /// csv/geojson: only incidents in this region (ISO 3166-2 code, e.g. UA-63).
+    #[arg(long, env = "INCIDENTLOG_REGION", value_name = "CODE", value_parser = clap::value_parser!(Region))]
+    pub region: Option<Region>,
+
+    /// csv/geojson: only incidents of this kind (missile_strike, drone_strike, air_strike,
+    /// shelling, armed_clash, explosion, attack_on_civilians, interception, other).
+    #[arg(long, env = "INCIDENTLOG_KIND", value_name = "KIND", value_parser = clap::value_parser!(Kind))]
+    pub kind: Option<Kind>,
+
+    /// csv/geojson: only incidents with a claim in this status (unverified, disputed,
+    /// confirmed, refuted).
+    #[arg(long, env = "INCIDENTLOG_CLAIM_STATUS", value_name = "STATUS", value_parser = clap::value_parser!(ClaimStatus))]
+    pub claim_status: Option<ClaimStatus>,
+
+    /// csv/geojson: only incidents that occurred at or after this date or time (YYYY-MM-DD or
+    /// RFC 3339; a date counts from its start), as `from` of GET /v1/incidents.
+    #[arg(long, env = "INCIDENTLOG_FROM", value_name = "DATE", value_parser = window_bound(true))]
+    pub from: Option<String>,
+
+    /// csv/geojson: only incidents that occurred at or before this date or time (a date counts
+    /// to its end), as `to` of GET /v1/incidents.
+    #[arg(long, env = "INCIDENTLOG_TO", value_name = "DATE", value_parser = window_bound(false))]
+    pub to: Option<String>,
+}
+
+/// A `--from` or `--to` value, checked as the window's bound (kept as text for `Window::parse`).
+fn window_bound(from: bool) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |s: &str| {
+        let parsed = if from {
+            Window::parse(Some(s), None)
+        } else {
+            Window::parse(None, Some(s))
+        };
+        parsed.map(|_| s.to_string()).map_err(|e| e.message)
+    }
+}
+
+impl ExportArgs {
+    /// The views' filters, `None` when none is given (every incident).
+    fn query(&self) -> Result<Option<IncidentQuery>, String> {
+        let window = Window::parse(self.from.as_deref(), self.to.as_deref())
+            .map_err(|e| format!("--from/--to: {}", e.message))?;
+        if self.region.is_none()
+            && self.kind.is_none()
+            && self.claim_status.is_none()
+            && window.is_all()
+        {
+            return Ok(None);
+        }
+        Ok(Some(IncidentQuery {
+            region: self.region,
+            kind: self.kind,
+            claim_status: self.claim_status,
+            window,
+            ..IncidentQuery::default()
+        }))
+    }
 }
 
 pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
+    let query = match args.query() {
+        Ok(q) if q.is_some() && args.format == ExportFormat::Ndjson => {
+            crate::say(format_args!(
+                "error: --region, --kind, --claim-status, --from and --to select incident views: use them with --format csv or geojson (the ndjson log is whole, or cut with --as-of/--at-position)"
+            ));
+            return Ok(exit::USAGE);
+        }
+        Ok(q) => q,
+        Err(why) => {
+            crate::say(format_args!("error: {why}"));
+            return Ok(exit::USAGE);
+        }
+    };
     let store = open_store_read_only(&args.store).await?;
-    let head = store.head().position;
+    let log_head = store.head().position;
+    let head = match (args.as_of, args.at_position) {
+        (Some(t), _) => store
+            .position_at(t)
+            .await
+            .context("cannot map --as-of to a log position")?,
+        (None, Some(p)) => p.min(log_head),
+        (None, None) => log_head,
+    };
+    if let Some(asked) = args.at_position.filter(|p| *p > log_head) {
+        crate::say(format_args!(
+            "note: the log ends at position {log_head}; exported up to it, not to {asked}"
+        ));
+    }
     let sink: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
             std::fs::File::create(path)
@@ -800,7 +899,8 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
                     .await
                     .context("rebuilding the views failed")?;
             let mut regions = RegionCache::default();
-            let views = projection.views();
+            let every = IncidentQuery::default();
+            let views = projection.matching(query.as_ref().unwrap_or(&every), true);
             if args.format == ExportFormat::Csv {
                 export::write_csv_header(&mut out)?;
             } else {
@@ -845,7 +945,8 @@ fn exiting_with(views: incidentlog_projections::Projection) {
     std::mem::forget(views);
 }
 
-/// Reads the log up to `head` page by page.
+/// Reads the log up to `head` (not past it: events appended meanwhile, or after a chosen
+/// position, are not part of the export) page by page.
 async fn for_each_page<S: EventStore>(
     store: &S,
     head: u64,
@@ -854,8 +955,9 @@ async fn for_each_page<S: EventStore>(
 ) -> anyhow::Result<()> {
     let mut after = 0;
     while after < head {
+        let want = usize::try_from(head - after).map_or(PAGE, |left| left.min(PAGE));
         let page = store
-            .read_all(after, PAGE)
+            .read_all(after, want)
             .await
             .with_context(|| format!("cannot read the log after position {after}"))?;
         let Some(last) = page.last() else { break };

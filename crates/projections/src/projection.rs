@@ -40,6 +40,28 @@ pub struct IncidentPage {
     pub next_cursor: Option<String>,
 }
 
+/// The slots of `slots` whose incident passes `q`'s filters.
+fn matching_slots<'a>(
+    slots: &'a [Slot],
+    q: &'a IncidentQuery,
+    any_status: bool,
+) -> impl Iterator<Item = &'a Slot> + 'a {
+    let status = q.status.unwrap_or(IncidentStatus::Active);
+    slots.iter().filter(move |s| {
+        let st = &s.state;
+        let Some(core) = st.core.as_deref() else {
+            return false;
+        };
+        let retracted = st.retraction.is_some();
+        (any_status || retracted == (status == IncidentStatus::Retracted))
+            && q.region.is_none_or(|r| r == core.region)
+            && q.kind.is_none_or(|k| k == core.kind)
+            && q.window.contains(core.occurred_at)
+            && q.claim_status
+                .is_none_or(|cs| st.claims.iter().any(|c| c.status() == cs))
+    })
+}
+
 #[derive(Clone, Debug)]
 struct Slot {
     state: IncidentState,
@@ -220,6 +242,19 @@ impl Projection {
             .filter_map(|slot| IncidentView::from_state(&slot.state))
     }
 
+    /// Every incident matching `q`'s filters (not its limit or cursor), in order of first
+    /// global position, as the pages of [`Projection::incidents`] list them one after the
+    /// other. `any_status` takes active and retracted incidents alike, whatever `q.status`
+    /// says (the views' export).
+    pub fn matching<'a>(
+        &'a self,
+        q: &'a IncidentQuery,
+        any_status: bool,
+    ) -> impl Iterator<Item = IncidentView> + 'a {
+        matching_slots(&self.slots, q, any_status)
+            .filter_map(|slot| IncidentView::from_state(&slot.state))
+    }
+
     /// One page of incidents matching `q`.
     pub fn incidents(&self, q: &IncidentQuery) -> Result<IncidentPage, FieldError> {
         // Above the maximum is clamped, as `GET /v1/events` does; 0 cannot make a page.
@@ -239,23 +274,10 @@ impl Projection {
                 )
             })?,
         };
-        let status = q.status.unwrap_or(IncidentStatus::Active);
         let start = self
             .slots
             .partition_point(|s| s.state.first_position <= after);
-        let mut matching = self.slots[start..].iter().filter(|s| {
-            let st = &s.state;
-            let Some(core) = st.core.as_deref() else {
-                return false;
-            };
-            let retracted = st.retraction.is_some();
-            (retracted == (status == IncidentStatus::Retracted))
-                && q.region.is_none_or(|r| r == core.region)
-                && q.kind.is_none_or(|k| k == core.kind)
-                && q.window.contains(core.occurred_at)
-                && q.claim_status
-                    .is_none_or(|cs| st.claims.iter().any(|c| c.status() == cs))
-        });
+        let mut matching = matching_slots(&self.slots[start..], q, false);
         let mut incidents = Vec::new();
         let mut last = 0;
         for s in matching.by_ref().take(limit) {

@@ -579,6 +579,48 @@ fn listing_filters_and_cursor() {
         }
     }
     assert_eq!(seen, (1..=25).collect::<Vec<u128>>());
+    // `matching` (the export's selection) is every page of the same query, one after the other.
+    let matching = |q: &IncidentQuery| -> Vec<u128> {
+        p.matching(q, false)
+            .map(|v| v.incident_id.as_u128() & 0xff)
+            .collect()
+    };
+    assert_eq!(matching(&IncidentQuery::default()), seen);
+    for q in [
+        IncidentQuery {
+            region: Some(Region::parse("UA-63").unwrap()),
+            kind: Some(Kind::DroneStrike),
+            ..Default::default()
+        },
+        IncidentQuery {
+            claim_status: Some(ClaimStatus::Unverified),
+            window: Window::parse(Some("2026-01-02"), None).unwrap(),
+            ..Default::default()
+        },
+    ] {
+        let mut paged = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = p
+                .incidents(&IncidentQuery {
+                    limit: Some(2),
+                    cursor: cursor.clone(),
+                    ..q.clone()
+                })
+                .unwrap();
+            paged.extend(
+                page.incidents
+                    .iter()
+                    .map(|v| v.incident_id.as_u128() & 0xff),
+            );
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert!(!paged.is_empty());
+        assert_eq!(matching(&q), paged, "{q:?}");
+    }
     // exactly one page: no cursor
     assert_eq!(
         p.incidents(&IncidentQuery {
