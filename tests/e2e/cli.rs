@@ -1408,3 +1408,85 @@ fn exports_select_incidents_and_go_back_in_time() {
         assert!(out.stdout.is_empty(), "{bad:?}");
     }
 }
+
+/// A running server answers `GET /v1/incidents` as CSV or GeoJSON with exactly the bytes
+/// `incidentlog export` writes once it is stopped, filters included: one writer for both.
+#[test]
+fn the_server_lists_incidents_as_the_export_writes_them() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let data_s = d(&data);
+    cli_ok(&["import", d(&seed_path()), "--data-dir", data_s]);
+    let later = dir.path().join("later.ndjson");
+    std::fs::write(&later, located_incident_line()).unwrap();
+    cli_ok(&["import", d(&later), "--data-dir", data_s]);
+    let reader = create_token(&data, "newsroom", "reader");
+
+    let mut srv = Server::start(&data, &[]);
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("/v1/incidents", "text/csv", &["--format", "csv"]),
+        (
+            "/v1/incidents?region=UA-65&kind=drone_strike",
+            "text/csv",
+            &[
+                "--format",
+                "csv",
+                "--region",
+                "UA-65",
+                "--kind",
+                "drone_strike",
+            ],
+        ),
+        (
+            "/v1/incidents?from=2026-01-02",
+            "application/geo+json, application/json;q=0.5",
+            &["--format", "geojson", "--from", "2026-01-02"],
+        ),
+        (
+            "/v1/incidents?claim_status=disputed",
+            "text/csv",
+            &["--format", "csv", "--claim-status", "disputed"],
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (path, accept, _) in &cases {
+        let r = srv
+            .req("GET", path)
+            .token(&reader)
+            .header("accept", accept)
+            .send();
+        r.expect(200);
+        let media = if accept.starts_with("text/csv") {
+            "text/csv; charset=utf-8"
+        } else {
+            "application/geo+json"
+        };
+        assert_eq!(r.header("content-type"), Some(media), "{path}");
+        assert!(!r.body.is_empty());
+        answers.push(r.body);
+    }
+    // JSON stays the default, and paging parameters do not mix with a table.
+    let json = srv.get("/v1/incidents", &reader);
+    json.expect(200);
+    assert_eq!(json.json()["incidents"].as_array().unwrap().len(), 5);
+    let bad = srv
+        .req("GET", "/v1/incidents?limit=2")
+        .token(&reader)
+        .header("accept", "text/csv")
+        .send()
+        .expect_problem(400);
+    assert_eq!(bad["errors"][0]["pointer"], "/limit");
+    assert_eq!(srv.terminate().code(), Some(0));
+
+    for ((path, _, flags), answer) in cases.iter().zip(&answers) {
+        let mut args = vec!["export", "--data-dir", data_s];
+        args.extend_from_slice(flags);
+        let exported = cli(&args);
+        assert!(exported.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(answer),
+            String::from_utf8_lossy(&exported.stdout),
+            "{path}"
+        );
+    }
+}

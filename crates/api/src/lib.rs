@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod error;
+pub mod export;
 mod http;
 pub mod json;
 pub mod metrics;

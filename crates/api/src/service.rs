@@ -56,6 +56,9 @@ const REPLAY_PAGE: usize = 4 * 1024;
 /// Events per read of an ndjson log stream (about 150 KB of output, what a stalled reader
 /// holds).
 const LOG_NDJSON_PAGE: usize = 256;
+/// Incidents per block of a CSV or GeoJSON listing (the JSON listing's largest page; about
+/// 0.5 MB of CSV, one short hold of the views' read lock each).
+pub const TABLE_BLOCK: usize = 1000;
 /// A rebuild reserves room for this many events at most up front (more grow as they come).
 const REBUILD_RESERVE_MAX: u64 = 1 << 24;
 /// Attempts for `expected_version: "any"` when another writer wins the race.
@@ -813,6 +816,59 @@ impl AppService {
         self.read_projection()
             .incidents(query)
             .map_err(ApiError::bad_request_at)
+    }
+
+    /// Every incident matching `query`'s filters (its limit and cursor aside) as one CSV or
+    /// GeoJSON table, in pieces of [`TABLE_BLOCK`] incidents, each read under the views' lock
+    /// as the client takes them (the pages of the JSON listing, one after the other). Each
+    /// incident is as its block found it: no earlier than the views at the request.
+    pub fn incidents_table(
+        &self,
+        query: IncidentQuery,
+        format: crate::export::TableFormat,
+    ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+        struct Table {
+            svc: AppService,
+            query: IncidentQuery,
+            writer: crate::export::TableWriter,
+            /// `None` before the first block; then the cursor of the next (`None` at the end).
+            next: Option<Option<String>>,
+        }
+        let table = Table {
+            svc: self.clone(),
+            query,
+            writer: crate::export::TableWriter::new(format),
+            next: None,
+        };
+        futures_util::stream::try_unfold(table, |mut t| async move {
+            let mut out = Vec::new();
+            let cursor = match t.next.take() {
+                None => {
+                    t.svc.caught_up().await;
+                    t.writer.begin(&mut out)?;
+                    None
+                }
+                Some(None) => return Ok(None),
+                Some(Some(cursor)) => Some(cursor),
+            };
+            let page = t
+                .svc
+                .read_projection()
+                .incidents(&IncidentQuery {
+                    limit: Some(TABLE_BLOCK),
+                    cursor,
+                    ..t.query.clone()
+                })
+                .map_err(|e| std::io::Error::other(e.message))?;
+            for view in &page.incidents {
+                t.writer.view(view, &mut out)?;
+            }
+            if page.next_cursor.is_none() {
+                t.writer.end(&mut out)?;
+            }
+            t.next = Some(page.next_cursor);
+            Ok(Some((out, t)))
+        })
     }
 
     /// The summary of one region at a resolved position (`None`: live), and the position the

@@ -197,6 +197,17 @@ pub struct StreamEventsDoc {
     pub next_after: Option<u64>,
 }
 
+/// The incidents that have a location, as GeoJSON (RFC 7946) Point features; properties as
+/// `proto-docs/export-formats.md` lists them.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct FeatureCollectionDoc {
+    /// Always "FeatureCollection".
+    #[schema(rename = "type")]
+    pub kind: String,
+    pub features: Vec<serde_json::Value>,
+}
+
 /// A page of the global log.
 #[derive(ToSchema)]
 #[allow(dead_code)]

@@ -1251,6 +1251,140 @@ async fn log_streams_share_the_live_feed_caps_and_end_on_revocation() {
     assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
+/// `GET /v1/incidents` as CSV or GeoJSON lists every matching incident, block after block,
+/// in the JSON listing's order; it takes a live-feed slot while it streams; JSON stays the
+/// default and wins ties.
+#[tokio::test]
+async fn incidents_list_as_csv_and_geojson_in_blocks() {
+    let app = app_with(ServeConfig {
+        max_sse_clients: 1,
+        ..ServeConfig::default()
+    })
+    .await;
+    let n = 2 * incidentlog_api::service::TABLE_BLOCK + 500;
+    let mut body = String::new();
+    for i in 0..n {
+        let mut event = reported(
+            Uuid::new_v4(),
+            if i % 2 == 0 { "UA-63" } else { "UA-65" },
+            "shelling",
+        );
+        if i % 3 == 0 {
+            event["data"]["location"] = json!({"lat": 49.99, "lon": 36.23, "precision": "near"});
+        }
+        let line = json!({"incident_id": Uuid::new_v4(), "events": [event]});
+        body.push_str(&format!("{line}\n"));
+    }
+    assert_eq!(app.import(body).await.body["appended"], n);
+    let get = |path: &str, accept: &str| {
+        Request::get(path)
+            .header(header::AUTHORIZATION, format!("Bearer {}", app.reader))
+            .header(header::ACCEPT, accept)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let text = |res: axum::response::Response| async move {
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+    // The JSON listing's order, page after page.
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = app
+            .get(&format!("/v1/incidents?region=UA-65&limit=1000{cursor}"))
+            .await;
+        for v in page.body["incidents"].as_array().unwrap() {
+            paged.push(v["incident_id"].as_str().unwrap().to_string());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged.len(), n / 2);
+
+    let res = app
+        .router
+        .clone()
+        .oneshot(get("/v1/incidents?region=UA-65", "text/csv"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()[header::CONTENT_TYPE],
+        "text/csv; charset=utf-8"
+    );
+    assert_eq!(res.headers()[header::VARY], "accept");
+    let csv = text(res).await;
+    let mut rows = csv.split("\r\n").filter(|r| !r.is_empty());
+    let head: Vec<&str> = rows.next().unwrap().split(',').collect();
+    let id_col = head.iter().position(|c| *c == "incident_id").unwrap();
+    let ids: Vec<String> = rows
+        .map(|r| r.split(',').nth(id_col).unwrap().to_string())
+        .collect();
+    assert_eq!(ids, paged, "every incident once, in the listing's order");
+
+    let res = app
+        .router
+        .clone()
+        .oneshot(get("/v1/incidents", "application/geo+json"))
+        .await
+        .unwrap();
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "application/geo+json");
+    let fc: Value = serde_json::from_str(&text(res).await).unwrap();
+    assert_eq!(fc["type"], "FeatureCollection");
+    assert_eq!(fc["features"].as_array().unwrap().len(), n.div_ceil(3));
+
+    // JSON by default and on ties; a table takes a live-feed slot.
+    for accept in [
+        "*/*",
+        "application/json, text/csv",
+        "text/csv;q=0.5, application/json",
+        "text/html",
+    ] {
+        let res = app
+            .router
+            .clone()
+            .oneshot(get("/v1/incidents?limit=1", accept))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{accept}");
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "application/json",
+            "{accept}"
+        );
+    }
+    let held = app
+        .router
+        .clone()
+        .oneshot(get("/v1/incidents", "text/csv"))
+        .await
+        .unwrap();
+    assert_eq!(held.status(), StatusCode::OK);
+    let refused = app.send(get("/v1/incidents", "text/csv")).await;
+    assert_problem(&refused, 503);
+    drop(held);
+    let again = app
+        .router
+        .clone()
+        .oneshot(get("/v1/incidents", "text/csv"))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    drop(again);
+    let r = app.send(get("/v1/incidents?cursor=abc", "text/csv")).await;
+    assert_problem(&r, 400);
+    assert_eq!(r.body["errors"][0]["pointer"], "/cursor");
+    let r = app
+        .send(get("/v1/incidents?region=XX-1", "application/geo+json"))
+        .await;
+    assert_problem(&r, 400);
+}
+
 /// The status line of a GET sent over a fresh connection (the answer is not read further).
 async fn status_over_tcp(addr: std::net::SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};

@@ -10,12 +10,12 @@ use chrono::{DateTime, Utc};
 use clap::builder::BoolishValueParser;
 use clap::{Args, Subcommand, ValueEnum};
 use incidentlog_api::auth::{hash_secret, try_new_secret, Role};
+use incidentlog_api::export::{TableFormat, TableWriter};
 use incidentlog_api::service::AppService;
-use incidentlog_projections::{ClaimStatus, IncidentQuery, Kind, Region, Window};
+use incidentlog_projections::{ClaimStatus, IncidentQuery, IncidentStatus, Kind, Region, Window};
 use incidentlog_store::file::tokens as token_file;
 use incidentlog_store::{to_hex, EventStore, RecordedEvent, StoreError, TokenRecord};
 
-use crate::export::{self, RegionInfo};
 use crate::{exit, open_store, open_store_read_only, StoreArgs, WriteArgs};
 
 /// Page size of sequential log reads.
@@ -898,38 +898,20 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
                 incidentlog_api::service::rebuild_views(&store, Some(head), &progress)
                     .await
                     .context("rebuilding the views failed")?;
-            let mut regions = RegionCache::default();
-            let every = IncidentQuery::default();
-            let views = projection.matching(query.as_ref().unwrap_or(&every), true);
-            if args.format == ExportFormat::Csv {
-                export::write_csv_header(&mut out)?;
+            let mut table = TableWriter::new(if args.format == ExportFormat::Csv {
+                TableFormat::Csv
             } else {
-                out.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[")?;
-            }
-            let mut first = true;
-            for view in views {
-                let v = serde_json::to_value(&view).context("cannot serialize a view")?;
-                let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("active");
-                if status != "active" && !args.include_retracted {
+                TableFormat::Geojson
+            });
+            let every = IncidentQuery::default();
+            table.begin(&mut out)?;
+            for view in projection.matching(query.as_ref().unwrap_or(&every), true) {
+                if view.status != IncidentStatus::Active && !args.include_retracted {
                     continue;
                 }
-                let code = v.get("region").and_then(|s| s.as_str()).unwrap_or("");
-                let info = regions.get(code);
-                if args.format == ExportFormat::Csv {
-                    export::write_csv_record(&mut out, &export::csv_row(&v, info))?;
-                } else if let Some(feature) = export::geojson_feature(&v, info) {
-                    if !first {
-                        out.write_all(b",\n")?;
-                    } else {
-                        out.write_all(b"\n")?;
-                    }
-                    first = false;
-                    serde_json::to_writer(&mut out, &feature)?;
-                }
+                table.view(&view, &mut out)?;
             }
-            if args.format == ExportFormat::Geojson {
-                out.write_all(b"\n]}\n")?;
-            }
+            table.end(&mut out)?;
             exiting_with(projection);
         }
     }
@@ -966,31 +948,6 @@ async fn for_each_page<S: EventStore>(
         bar.set_position(after);
     }
     Ok(())
-}
-
-/// Region and country names by code, looked up once each.
-#[derive(Default)]
-struct RegionCache {
-    map: std::collections::HashMap<String, RegionInfo>,
-}
-
-impl RegionCache {
-    fn get(&mut self, code: &str) -> &RegionInfo {
-        self.map.entry(code.to_string()).or_insert_with(|| {
-            let mut info = RegionInfo::default();
-            if let Ok(region) = Region::parse(code) {
-                info.name = region.name().to_string();
-                info.country_code = region.country().to_string();
-            } else {
-                info.country_code = code.split('-').next().unwrap_or("").to_string();
-            }
-            if let Some(c) = rust_iso3166::from_alpha2(&info.country_code) {
-                info.country_name = c.name.to_string();
-                info.country_numeric = Some(i32::from(c.numeric));
-            }
-            info
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

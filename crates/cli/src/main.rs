@@ -16,7 +16,6 @@ use incidentlog_store::{Backend, Durability, OpenOptions, Store, StoreError};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod commands;
-mod export;
 mod serve;
 
 /// Exit codes (documented in proto-docs/cli.md).

@@ -21,6 +21,7 @@ use super::quota::Client;
 use super::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
+use crate::export::TableFormat;
 use crate::service::{parse_command, AsOf, ImportReport, RejectedLine};
 use crate::wire::{
     self, AppendResponse, DigestResponse, HealthResponse, ReplayResponse, VerifyResponse,
@@ -353,7 +354,9 @@ pub(crate) struct ListParams {
     cursor: Option<String>,
 }
 
-/// Incident views, filtered, paged by cursor.
+/// Incident views, filtered, paged by cursor. With `Accept: text/csv` or
+/// `application/geo+json`: every matching incident (no paging) as the ACLED-style table or the
+/// FeatureCollection that `incidentlog export` writes.
 #[utoipa::path(
     get, path = "/v1/incidents", tag = "views",
     params(
@@ -363,18 +366,62 @@ pub(crate) struct ListParams {
         ("from" = Option<String>, Query, description = "occurred_at from (date or RFC 3339, inclusive)"),
         ("to" = Option<String>, Query, description = "occurred_at to (date or RFC 3339, inclusive)"),
         ("status" = Option<String>, Query, description = "active (default) or retracted"),
-        ("limit" = Option<usize>, Query, minimum = 1, description = "Default 100, at least 1, max 1000 (larger values are clamped)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")
+        ("limit" = Option<usize>, Query, minimum = 1, description = "Default 100, at least 1, max 1000 (larger values are clamped). Not with text/csv or application/geo+json"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page. Not with text/csv or application/geo+json")
     ),
     responses(
-        (status = 200, description = "A page", body = wire::IncidentPageDoc),
-        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "A page (JSON); or every matching incident as CSV (ACLED's columns, then ours) or as a GeoJSON FeatureCollection of those with a location",
+         content((wire::IncidentPageDoc = "application/json"), (String = "text/csv"), (wire::FeatureCollectionDoc = "application/geo+json"))),
+        (status = 400, description = "Malformed query, or limit/cursor with a table format", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "CSV/GeoJSON: too many live feeds and streams of this token or client address (Retry-After)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "CSV/GeoJSON: too many live feeds and streams (Retry-After)", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub(crate) async fn incidents(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListParams>,
 ) -> Result<Response, ApiError> {
+    const TABLES: [TableFormat; 2] = [TableFormat::Csv, TableFormat::Geojson];
+    let table = preferred_alternative(&headers, &[&["text/csv"], &["application/geo+json"]])
+        .map(|i| TABLES[i]);
+    if let Some(format) = table {
+        for (name, given) in [("limit", q.limit.is_some()), ("cursor", q.cursor.is_some())] {
+            if given {
+                return Err(ApiError::bad_field(
+                    format!("/{name}"),
+                    "pages the JSON listing; a CSV or GeoJSON answer lists every matching incident",
+                ));
+            }
+        }
+        let query = super::query::incident_query(
+            q.region.as_deref(),
+            q.kind.as_deref(),
+            q.claim_status.as_deref(),
+            q.from.as_deref(),
+            q.to.as_deref(),
+            q.status.as_deref(),
+            None,
+            None,
+        )?;
+        let long = match LongStream::open(&state, principal, &extensions) {
+            Ok(long) => long,
+            Err(refused) => return Ok(*refused),
+        };
+        let body = state.service.incidents_table(query, format);
+        let mut r = (
+            StatusCode::OK,
+            axum::body::Body::from_stream(until_stopped(body, long)),
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(format.media_type()));
+        r.headers_mut()
+            .insert(VARY, HeaderValue::from_static("accept"));
+        return Ok(r);
+    }
     let query = super::query::incident_query(
         q.region.as_deref(),
         q.kind.as_deref(),
@@ -386,7 +433,10 @@ pub(crate) async fn incidents(
         q.cursor,
     )?;
     let page = state.service.incidents(&query).await?;
-    Ok(json(StatusCode::OK, &page))
+    let mut r = json(StatusCode::OK, &page);
+    r.headers_mut()
+        .insert(VARY, HeaderValue::from_static("accept"));
+    Ok(r)
 }
 
 /// Routes without query parameters: any given is a 400 naming it, as on every route.
@@ -403,41 +453,56 @@ pub(crate) struct LogParams {
 
 const MAX_PAGE: usize = 1000;
 
-/// The client prefers the log as ndjson: its `Accept` gives `application/x-ndjson` (or
-/// `application/ndjson`) a quality above zero and above `application/json`'s, and not below a
-/// wildcard's. Ties go to JSON, the SPEC's shape.
+/// The client prefers the log as ndjson: see [`preferred_alternative`].
 fn wants_ndjson(headers: &HeaderMap) -> bool {
-    let (mut ndjson, mut json, mut wildcard) = (0.0f32, 0.0f32, 0.0f32);
-    let ranges = headers
+    preferred_alternative(headers, &[&["application/x-ndjson", "application/ndjson"]]).is_some()
+}
+
+/// Which of the `offered` alternatives to JSON (each a list of spellings of one media type)
+/// the client's `Accept` prefers, if any: one whose quality is above zero, above
+/// `application/json`'s, and not below a wildcard's (`*/*`, or its own `type/*`); the highest
+/// such, the first offered on a tie. Ties with JSON go to JSON, the SPEC's shape.
+fn preferred_alternative(headers: &HeaderMap, offered: &[&[&str]]) -> Option<usize> {
+    let ranges: Vec<(String, f32)> = headers
         .get_all(axum::http::header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','));
-    for range in ranges {
-        let mut parts = range.split(';');
-        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        // A quality that does not parse counts as 0: the range is ignored.
-        let q = parts
-            .find_map(|p| p.trim().strip_prefix("q="))
-            .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0))
-            .clamp(0.0, 1.0);
-        let best = match media.as_str() {
-            "application/x-ndjson" | "application/ndjson" => &mut ndjson,
-            "application/json" => &mut json,
-            "*/*" | "application/*" => &mut wildcard,
-            _ => continue,
-        };
-        *best = best.max(q);
+        .flat_map(|v| v.split(','))
+        .map(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            // A quality that does not parse counts as 0: the range is ignored.
+            let q = parts
+                .find_map(|p| p.trim().strip_prefix("q="))
+                .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0))
+                .clamp(0.0, 1.0);
+            (media, q)
+        })
+        .collect();
+    let quality = |names: &[&str]| -> f32 {
+        ranges
+            .iter()
+            .filter(|(m, _)| names.contains(&m.as_str()))
+            .map(|(_, q)| *q)
+            .fold(0.0, f32::max)
+    };
+    let json = quality(&["application/json"]);
+    let mut best: Option<(usize, f32)> = None;
+    for (i, names) in offered.iter().enumerate() {
+        let q = quality(names);
+        let kind = names[0].split('/').next().unwrap_or("");
+        let wildcard = quality(&["*/*", &format!("{kind}/*")]);
+        if q > 0.0 && q > json && q >= wildcard && best.is_none_or(|(_, b)| q > b) {
+            best = Some((i, q));
+        }
     }
-    ndjson > 0.0 && ndjson > json && ndjson >= wildcard
+    best.map(|(i, _)| i)
 }
 
 /// The ndjson body until the server stops or the token is revoked; then an error, so the
 /// transfer is cut (no last chunk) rather than ended as if the log ended there.
-fn until_stopped(
-    lines: impl futures_util::Stream<Item = Result<Vec<u8>, incidentlog_store::StoreError>>
-        + Send
-        + 'static,
+fn until_stopped<E: std::fmt::Display + Send + 'static>(
+    lines: impl futures_util::Stream<Item = Result<Vec<u8>, E>> + Send + 'static,
     long: LongStream,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
     let LongStream { slots, stop } = long;
@@ -457,7 +522,7 @@ fn until_stopped(
                     None => None,
                     Some(Ok(bytes)) => Some((Ok(bytes), (lines, stop, slots, false))),
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "ndjson log stream ended by a store error");
+                        tracing::warn!(error = %e, "streamed answer ended by an error");
                         Some((Err(std::io::Error::other(e.to_string())), (lines, stop, slots, true)))
                     }
                 },

@@ -1,12 +1,112 @@
-//! Exports of incident views for other tools: ACLED-style CSV and GeoJSON.
+//! Exports of incident views for other tools: ACLED-style CSV and GeoJSON, written by
+//! `incidentlog export` and by `GET /v1/incidents` (`Accept: text/csv` or
+//! `application/geo+json`) alike, byte for byte.
 //!
 //! Both work on the JSON shape of an incident view (SPEC section 5, `GET /v1/incidents/{id}`),
 //! not on the projection's Rust types, so the files say exactly what the API says. The column
 //! mapping is documented in `proto-docs/export-formats.md`.
 
+use std::collections::HashMap;
 use std::io::Write;
 
+use incidentlog_projections::{IncidentView, Region};
 use serde_json::{json, Map, Value};
+
+/// The two table formats of the incident views.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableFormat {
+    /// ACLED's 31 columns in ACLED's order, then ours; one row per incident.
+    Csv,
+    /// A FeatureCollection of the incidents that have a location.
+    Geojson,
+}
+
+impl TableFormat {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            TableFormat::Csv => "text/csv; charset=utf-8",
+            TableFormat::Geojson => "application/geo+json",
+        }
+    }
+}
+
+/// Writes incident views as one table, in pieces: [`TableWriter::begin`], any number of
+/// [`TableWriter::view`], [`TableWriter::end`].
+pub struct TableWriter {
+    format: TableFormat,
+    regions: RegionNames,
+    features: u64,
+}
+
+impl TableWriter {
+    pub fn new(format: TableFormat) -> TableWriter {
+        TableWriter {
+            format,
+            regions: RegionNames::default(),
+            features: 0,
+        }
+    }
+
+    /// The header row, or the FeatureCollection's opening.
+    pub fn begin(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        match self.format {
+            TableFormat::Csv => write_csv_header(out),
+            TableFormat::Geojson => {
+                out.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[")
+            }
+        }
+    }
+
+    /// One incident: its row, or its Feature when it has a location.
+    pub fn view(&mut self, view: &IncidentView, out: &mut impl Write) -> std::io::Result<()> {
+        let v = serde_json::to_value(view)?;
+        let info = self.regions.get(s(&v, "region"));
+        match self.format {
+            TableFormat::Csv => write_csv_record(out, &csv_row(&v, info)),
+            TableFormat::Geojson => {
+                let Some(feature) = geojson_feature(&v, info) else {
+                    return Ok(());
+                };
+                out.write_all(if self.features == 0 { b"\n" } else { b",\n" })?;
+                self.features += 1;
+                serde_json::to_writer(out, &feature).map_err(std::io::Error::from)
+            }
+        }
+    }
+
+    /// The FeatureCollection's closing (nothing for CSV).
+    pub fn end(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        match self.format {
+            TableFormat::Csv => Ok(()),
+            TableFormat::Geojson => out.write_all(b"\n]}\n"),
+        }
+    }
+}
+
+/// Region and country names by code, looked up once each.
+#[derive(Default)]
+pub struct RegionNames {
+    map: HashMap<String, RegionInfo>,
+}
+
+impl RegionNames {
+    pub fn get(&mut self, code: &str) -> &RegionInfo {
+        self.map.entry(code.to_string()).or_insert_with(|| {
+            let mut info = RegionInfo::default();
+            if let Ok(region) = Region::parse(code) {
+                info.name = region.name().to_string();
+                info.country_code = region.country().to_string();
+            } else {
+                info.country_code = code.split('-').next().unwrap_or("").to_string();
+            }
+            if let Some(c) = rust_iso3166::from_alpha2(&info.country_code) {
+                info.country_name = c.name.to_string();
+                info.country_numeric = Some(i32::from(c.numeric));
+            }
+            info
+        })
+    }
+}
 
 /// ACLED's own 31 columns, in ACLED's order.
 pub const ACLED_COLUMNS: [&str; 31] = [
