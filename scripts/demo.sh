@@ -19,7 +19,7 @@ if command -v jq >/dev/null 2>&1; then
   each_region() { jq -c '.regions[]'; }
   claim_only() { jq '{incident_id, kind, region, region_name, occurred_at, summary, status, claims}'; }
 else
-  pretty() { python3 -m json.tool; }
+  pretty() { python3 -m json.tool --indent 2; }
   each_region() {
     python3 -c 'import json, sys
 for r in json.load(sys.stdin)["regions"]:

@@ -1030,6 +1030,12 @@ impl TokenAccess {
                 args.data_dir.join("log").display()
             );
         }
+        if matches!(args.store, incidentlog_store::Backend::File)
+            && incidentlog_store::file::held_by_a_process(&args.data_dir)
+        {
+            tracing::info!("the store is in use by a server; editing its token file");
+            return Ok(TokenAccess::File(args.data_dir.clone()));
+        }
         let opened = if mode == TokenMode::Read {
             open_store_read_only(args).await
         } else {

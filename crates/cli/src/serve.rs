@@ -54,8 +54,9 @@ pub struct ServeArgs {
     )]
     pub bulk_body_limit: u64,
 
-    /// Time a request may take before it is cut off (e.g. 30s, 500ms). Does not apply to the
-    /// live feed.
+    /// Time limit of reads (GETs; 503 after it) and of receiving a request body (408), e.g.
+    /// 30s, 500ms; also the grace period of a shutdown. Appends, admin requests, the live feed
+    /// and streamed answers are not cut off by it.
     #[arg(
         long,
         env = "INCIDENTLOG_REQUEST_TIMEOUT",

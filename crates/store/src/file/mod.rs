@@ -291,6 +291,16 @@ fn stream_page_of(
         .collect()
 }
 
+/// Whether a process (a server) holds the data directory's `LOCK` right now: one try, no
+/// waiting, nothing created. The token commands ask first, so that they edit the token file of
+/// a served store at once instead of retrying the lock for [`LOCK_ATTEMPTS`].
+pub fn held_by_a_process(dir: &Path) -> bool {
+    let Ok(lock) = io::open_by_name(io::new_file_options(dir).read(true), &dir.join("LOCK")) else {
+        return false;
+    };
+    lock.try_lock().is_err()
+}
+
 /// Takes the data directory's `LOCK` (one process per directory). A read-only open neither
 /// creates nor writes it, and goes without when there is none (no process ever wrote there).
 fn lock_data_dir(dir: &Path, read_only: bool) -> Result<Option<File>, StoreError> {
