@@ -881,6 +881,9 @@ fn usage_errors_are_caught_before_anything_is_touched() {
     // (A limit beyond what a semaphore holds once panicked after the first token was made.)
     for args in [
         vec!["serve", "--max-connections", "0"],
+        vec!["serve", "--cors-origin", "https://dash.example.org/"],
+        vec!["serve", "--cors-origin", "dash.example.org"],
+        vec!["serve", "--send-timeout", "0s"],
         vec!["serve", "--max-concurrent-requests", "2305843009213693952"],
         vec!["serve", "--max-sse-clients", "18446744073709551615"],
         vec!["serve", "--max-concurrent-per-client", "0"],

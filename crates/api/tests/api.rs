@@ -1385,6 +1385,118 @@ async fn incidents_list_as_csv_and_geojson_in_blocks() {
     assert_problem(&r, 400);
 }
 
+/// With `cors_origins`, a listed page's preflight is answered without a token and every answer
+/// (a 401 too) names the page; other pages get no `Access-Control-Allow-Origin`. Without it,
+/// nothing changes: no CORS headers, and an OPTIONS without a token is a 401 like any request.
+#[tokio::test]
+async fn cors_lets_listed_pages_read_answers_and_preflights_need_no_token() {
+    let page = "https://dashboard.example.org";
+    let app = app_with(ServeConfig {
+        cors_origins: vec![page.to_string()],
+        ..ServeConfig::default()
+    })
+    .await;
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/v1/incidents")
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+            .header(
+                header::ACCESS_CONTROL_REQUEST_HEADERS,
+                "authorization, accept",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let res = app.router.clone().oneshot(preflight(page)).await.unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let h = res.headers();
+    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], page);
+    let allowed = h[header::ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("accept"),
+        "{allowed}"
+    );
+    assert!(h[header::ACCESS_CONTROL_ALLOW_METHODS]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    let res = app
+        .router
+        .clone()
+        .oneshot(preflight("https://elsewhere.example"))
+        .await
+        .unwrap();
+    assert!(res
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+
+    let get = |origin: &str, token: Option<&str>| {
+        let mut b = Request::get("/v1/incidents").header(header::ORIGIN, origin);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    let res = app
+        .router
+        .clone()
+        .oneshot(get(page, Some(&app.reader)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], page);
+    let exposed = res.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+        .to_str()
+        .unwrap();
+    assert!(
+        exposed.contains("x-request-id") && exposed.contains("retry-after"),
+        "{exposed}"
+    );
+    let vary: Vec<&str> = res
+        .headers()
+        .get_all(header::VARY)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    let vary = vary.join(",");
+    assert!(vary.contains("origin") && vary.contains("accept"), "{vary}");
+    let res = app.router.clone().oneshot(get(page, None)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], page);
+    let res = app
+        .router
+        .clone()
+        .oneshot(get("https://elsewhere.example", Some(&app.reader)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+
+    let plain = app_with(ServeConfig::default()).await;
+    let res = plain.router.clone().oneshot(preflight(page)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(res
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+    let res = plain
+        .router
+        .clone()
+        .oneshot(get(page, Some(&plain.reader)))
+        .await
+        .unwrap();
+    assert!(res
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+}
+
 /// The status line of a GET sent over a fresh connection (the answer is not read further).
 async fn status_over_tcp(addr: std::net::SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};

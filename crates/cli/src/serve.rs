@@ -194,6 +194,41 @@ pub struct ServeArgs {
         value_parser = parse_duration
     )]
     pub send_timeout: Duration,
+
+    /// Origin of a browser page allowed to call the API (CORS), e.g.
+    /// https://dashboard.example.org; repeat the flag, or separate with commas in the variable.
+    /// `*` allows every page. Tokens still decide what each caller may do.
+    #[arg(
+        long = "cors-origin",
+        env = "INCIDENTLOG_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        value_parser = parse_origin
+    )]
+    pub cors_origins: Vec<String>,
+}
+
+/// `*`, or a web origin: `http(s)://host[:port]`, nothing after it (browsers send exactly
+/// that in `Origin`, so anything else could never match).
+fn parse_origin(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s == "*" {
+        return Ok(s.to_string());
+    }
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .ok_or_else(|| format!("{s:?} is not an origin: expected https://host[:port] (or *)"))?;
+    let host_ok = !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if !host_ok {
+        return Err(format!(
+            "{s:?} is not an origin: expected scheme://host[:port], without a path, a trailing slash or spaces"
+        ));
+    }
+    Ok(s.to_ascii_lowercase())
 }
 
 /// Largest count a limit takes (far above any machine's capacity; the limits are semaphores,
@@ -231,6 +266,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         max_connections_per_address: args.max_connections_per_address,
         header_read_timeout: args.header_read_timeout,
         send_timeout: args.send_timeout,
+        cors_origins: args.cors_origins,
     };
     // Before the first admin token: a start that fails on a taken port must not have printed
     // (and stored) a token nobody will see again.

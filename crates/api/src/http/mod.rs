@@ -79,6 +79,10 @@ pub struct ServeConfig {
     /// connection is closed: a live feed, an ndjson log stream or a large answer then gives
     /// back its slot and memory instead of holding them until shutdown.
     pub send_timeout: Duration,
+    /// Origins of browser pages allowed to call the API (CORS), e.g.
+    /// `https://dashboard.example.org`; `*` allows any. Empty: no CORS headers (browsers then
+    /// let only same-origin pages read the answers).
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -101,6 +105,7 @@ impl Default for ServeConfig {
             max_connections_per_address: 1_000,
             header_read_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -205,9 +210,46 @@ fn build_router(
     // The gate wraps the whole router, not each route (`Router::layer` would): routing adds
     // `Allow` to a route's responses after its layers ran, and a refused caller must not learn
     // which methods a path serves.
-    Router::new()
+    let app = Router::new()
         .fallback_service(routes)
-        .layer(middleware::from_fn_with_state(state, gate))
+        .layer(middleware::from_fn_with_state(state, gate));
+    match cors(&config.cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
+}
+
+/// CORS for the browser pages of `cors_origins` (`*`: any page), outside the gate: a preflight
+/// carries no token and is answered here, and every answer (a 401 or 429 too) says which pages
+/// may read it. Tokens travel in `Authorization`, never in cookies, so no credentials mode.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::HEAD, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                header::HeaderName::from_static("last-event-id"),
+                header::HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::HeaderName::from_static("x-request-id"),
+                header::HeaderName::from_static("incidentlog-last-event"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// The role a request needs: admin for `/v1/admin/*` whatever the method, reporter for the
