@@ -135,6 +135,33 @@ fn every_error_status_records_nothing() {
             .expect("an answer to an over-large body");
         r.expect_problem(413);
     });
+    // A declared length over the limit is refused at once, before any of the body arrives
+    // (it once waited the request timeout and answered 408), for an append and a bulk import.
+    for (route, ct, limit) in [
+        (path.as_str(), "application/json", 1u64 << 20),
+        ("/v1/events", "application/x-ndjson", 64 << 20),
+    ] {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(srv.addr).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        write!(
+            conn,
+            "POST {route} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+            t.reporter,
+            limit + 1
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        conn.read_exact(&mut head)
+            .expect("an answer before the body");
+        assert_eq!(&head, b"HTTP/1.1 413", "{route}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{route}"
+        );
+    }
 
     // 415: wrong content type (for an append, and for the bulk import).
     records_nothing(&srv, &t.admin, "415", || {

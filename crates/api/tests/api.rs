@@ -1512,14 +1512,16 @@ async fn status_over_tcp(addr: std::net::SocketAddr, request: &str) -> String {
 
 /// A client that stops reading its ndjson log stream keeps its live-feed slot only until the
 /// send timeout: then its connection is closed (the body cut, never ended) and the slot is
-/// free again. Over real TCP, through `serve`, with a receive buffer the log overflows.
+/// free again; a client that reads steadily, if slowly, is not cut though its socket stays
+/// full for far longer than the timeout. Over real TCP, through `serve`, with a receive
+/// buffer the log overflows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_nobody_reads_is_cut_after_the_send_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let config = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         max_sse_clients: 1,
-        send_timeout: Duration::from_secs(1),
+        send_timeout: Duration::from_secs(2),
         ..ServeConfig::default()
     };
     let app = app_with(config.clone()).await;
@@ -1576,10 +1578,19 @@ async fn a_stream_nobody_reads_is_cut_after_the_send_timeout() {
         );
     }
     // What the stalled client finds when it reads again: part of the log, then the end of
-    // the connection without the last chunk.
+    // the connection (closed, or reset) without the last chunk.
     let mut got = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut got)).await;
-    assert!(read.is_ok(), "the stalled connection was not closed");
+    let mut piece = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stalled.read(&mut piece).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&piece[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled connection was not closed");
     let lines = got.iter().filter(|b| **b == b'\n').count();
     assert!(lines > 0 && !got.ends_with(b"0\r\n\r\n"), "{lines} lines");
     assert!(
@@ -1587,6 +1598,43 @@ async fn a_stream_nobody_reads_is_cut_after_the_send_timeout() {
         "the whole log arrived: the stream was not cut ({} bytes)",
         got.len()
     );
+
+    // Slow but steady: after a pause that fills every buffer on the way, 8 KB every 50 ms
+    // (160 KB/s) for 4 s, its socket full all along; then the rest at full speed. It gets
+    // the whole log. (A timer restarted by completed writes cut such readers: the kernel wakes
+    // a blocked writer only once a third of a send buffer of up to 4 MB has drained.)
+    let mut steady = tokio::net::TcpStream::connect(addr).await.unwrap();
+    steady.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let started = std::time::Instant::now();
+    let mut body = Vec::new();
+    let mut piece = vec![0u8; 8 * 1024];
+    while started.elapsed() < Duration::from_secs(4) {
+        let n = steady
+            .read(&mut piece)
+            .await
+            .expect("a steady reader is not cut");
+        assert!(
+            n > 0,
+            "a steady reader is not cut (after {} bytes)",
+            body.len()
+        );
+        body.extend_from_slice(&piece[..n]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(20), steady.read_to_end(&mut body))
+        .await
+        .expect("the answer ends")
+        .expect("a steady reader is not cut");
+    assert!(
+        body.ends_with(b"0\r\n\r\n"),
+        "the whole answer, with its last chunk"
+    );
+    let events = body
+        .windows(18)
+        .filter(|w| w == b"{\"global_position\"")
+        .count();
+    assert_eq!(events, 8_000, "every event of the log");
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(60), server)
         .await
@@ -2501,15 +2549,27 @@ async fn appends_during_a_long_import_of_the_same_incidents_all_land() {
 
 /// Bulk bodies are held whole until their import is answered (a 413 must record nothing), so
 /// only a bounded number are read at once: with many large bulk requests in flight, the
-/// others wait unread instead of each holding up to 64 MiB. Here the bodies never end; only
-/// two of six get read, and a wrong content type is still answered at once.
+/// others wait unread instead of each holding up to 64 MiB. And one client holds at most one
+/// of them (its second gets 429 at once), so that one client's trickled uploads cannot keep
+/// everyone else's imports waiting. Here the bodies never end: three tokens send two each;
+/// two bodies get read, each token's second is refused, the third token's first waits; a
+/// wrong content type is still answered at once.
 #[tokio::test]
 async fn only_two_bulk_bodies_are_read_at_once() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let app = app().await;
+    let third = add_token(&app.store, "rep2", "reporter").await;
+    app.service.reload_tokens().await.unwrap();
     let reading = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..6 {
+    for token in [
+        &app.reporter,
+        &app.admin,
+        &third,
+        &app.reporter,
+        &app.admin,
+        &third,
+    ] {
         let reading = reading.clone();
         // One line, then nothing more, ever: the body is being read from then on.
         let stream = futures_util::stream::once(async move {
@@ -2519,11 +2579,12 @@ async fn only_two_bulk_bodies_are_read_at_once() {
         .chain(futures_util::stream::pending());
         let req = Request::post("/v1/events")
             .header(header::CONTENT_TYPE, "application/x-ndjson")
-            .header(header::AUTHORIZATION, format!("Bearer {}", app.reporter))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Body::from_stream(stream))
             .unwrap();
         let router = app.router.clone();
         tasks.push(tokio::spawn(async move { router.oneshot(req).await }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -2531,13 +2592,28 @@ async fn only_two_bulk_bodies_are_read_at_once() {
         2,
         "bodies being read at once"
     );
+    let (answered, waiting): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.is_finished());
+    assert_eq!(
+        answered.len(),
+        3,
+        "each token's second import is answered at once"
+    );
+    for t in answered {
+        let res = t.await.unwrap().unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+    }
+    let tasks = waiting;
     let wrong = app
         .post_as("/v1/events", Some(&app.reporter.clone()), "text/plain", "x")
         .await;
     assert_problem(&wrong, 415);
-    // A finished import frees its slot for the next body.
+    // A finished import frees its slots (the server's and its client's) for the next body.
     for t in &tasks {
         t.abort();
+    }
+    for t in tasks {
+        assert!(t.await.unwrap_err().is_cancelled());
     }
     let r = tokio::time::timeout(Duration::from_secs(5), app.import("\n"))
         .await

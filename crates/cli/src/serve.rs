@@ -183,9 +183,9 @@ pub struct ServeArgs {
     )]
     pub header_read_timeout: Duration,
 
-    /// Time a client may leave an answer unread (nothing taken from the connection) before
-    /// the connection is closed, e.g. "30s": a stalled live feed or log stream gives back its
-    /// slot and memory.
+    /// Time a client may take nothing of its answer (its receive window shut) or leave data
+    /// unacknowledged before the connection is closed, e.g. "30s" (TCP_USER_TIMEOUT): a
+    /// stalled live feed or log stream gives back its slot and memory; a slow reader is not cut.
     #[arg(
         long,
         env = "INCIDENTLOG_SEND_TIMEOUT",

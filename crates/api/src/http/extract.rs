@@ -69,6 +69,32 @@ fn check_media(req: &Request, media: Media) -> Result<(), ApiError> {
     )))
 }
 
+/// 413 at once for a body whose declared `Content-Length` is over the limit: it is refused
+/// before anything waits for it (a bulk slot, the body's bytes, the request timeout).
+fn check_declared_length(req: &Request, state: &AppState, media: Media) -> Result<(), ApiError> {
+    let limit = body_limit(state, media);
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => Err(too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+fn body_limit(state: &AppState, media: Media) -> usize {
+    match media {
+        Media::Json => state.config.body_limit,
+        Media::Ndjson => state.config.bulk_body_limit,
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::PayloadTooLarge(format!("request body too large (limit {limit} bytes)"))
+}
+
 /// Reads the whole body within the request timeout; axum's body-limit rejection becomes 413.
 /// The caller has checked the content type (`check_media`).
 async fn read_body(req: Request, state: &AppState, media: Media) -> Result<Bytes, ApiError> {
@@ -79,13 +105,7 @@ async fn read_body(req: Request, state: &AppState, media: Media) -> Result<Bytes
         )),
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(ApiError::PayloadTooLarge(format!(
-                "request body too large (limit {} bytes)",
-                match media {
-                    Media::Json => state.config.body_limit,
-                    Media::Ndjson => state.config.bulk_body_limit,
-                }
-            )))
+            Err(too_large(body_limit(state, media)))
         }
         Ok(Err(rejection)) => Err(ApiError::bad_request(rejection.body_text())),
     }
@@ -99,6 +119,7 @@ impl FromRequest<AppState> for JsonBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         check_media(&req, Media::Json)?;
+        check_declared_length(&req, state, Media::Json)?;
         let bytes = read_body(req, state, Media::Json).await?;
         crate::json::from_slice(&bytes)
             .map(JsonBody)
@@ -107,8 +128,16 @@ impl FromRequest<AppState> for JsonBody {
 }
 
 /// An NDJSON request body, with the bulk slot it holds until dropped (so a bulk body is read
-/// only when one of `BULK_BODIES_IN_MEMORY` slots is free, and kept counted until answered).
-pub struct NdjsonBody(pub Bytes, pub tokio::sync::OwnedSemaphorePermit);
+/// only when one of `BULK_BODIES_IN_MEMORY` slots is free, and kept counted until answered),
+/// and its client's share of them: one at a time per token (anonymous: per address), so that
+/// one client trickling uploads cannot keep every other client's import waiting.
+pub struct NdjsonBody(pub Bytes, pub BulkSlot);
+
+/// The slots a bulk body holds while it is read and imported.
+pub struct BulkSlot {
+    _server: tokio::sync::OwnedSemaphorePermit,
+    _client: super::quota::Held<super::quota::Client>,
+}
 
 impl FromRequest<AppState> for NdjsonBody {
     type Rejection = ApiError;
@@ -116,12 +145,32 @@ impl FromRequest<AppState> for NdjsonBody {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         // A wrong content type is answered at once, not after waiting for a slot.
         check_media(&req, Media::Ndjson)?;
-        let slot = state
+        check_declared_length(&req, state, Media::Ndjson)?;
+        let address = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|axum::extract::ConnectInfo(addr)| addr.ip());
+        // The gate puts the caller in every API request (bulk imports need a token).
+        let client = match req.extensions().get::<crate::auth::Principal>() {
+            Some(principal) => super::quota::Client::of(principal, address),
+            None => super::quota::Client::Anonymous,
+        };
+        let Some(client) = state.bulk_per_client.take(client) else {
+            return Err(ApiError::RateLimited {
+                retry_after_secs: 1,
+                why: "one bulk import at a time per token (or client address): send the next when this one is answered",
+            });
+        };
+        let server = state
             .bulk_slots
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
+        let slot = BulkSlot {
+            _server: server,
+            _client: client,
+        };
         read_body(req, state, Media::Ndjson)
             .await
             .map(|body| NdjsonBody(body, slot))

@@ -208,6 +208,7 @@ pub(crate) async fn append(
         (status = 403, description = "Role too low", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large (64 MiB)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/x-ndjson", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "This token (anonymous: client address) already has a bulk import in flight, or too many requests (Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json")
     )
 )]

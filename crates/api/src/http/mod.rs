@@ -75,9 +75,10 @@ pub struct ServeConfig {
     /// the first byte of the request on a kept-alive connection; then the connection is
     /// closed (slowloris).
     pub header_read_timeout: Duration,
-    /// Time a client may leave an answer unread (its socket full, no byte taken) before the
-    /// connection is closed: a live feed, an ndjson log stream or a large answer then gives
-    /// back its slot and memory instead of holding them until shutdown.
+    /// Time a client may keep its receive window shut (take nothing of its answer) or leave
+    /// data unacknowledged before the kernel closes the connection (`TCP_USER_TIMEOUT`): a
+    /// stalled live feed, ndjson log stream or large answer then gives back its slot and
+    /// memory instead of holding them until shutdown.
     pub send_timeout: Duration,
     /// Origins of browser pages allowed to call the API (CORS), e.g.
     /// `https://dashboard.example.org`; `*` allows any. Empty: no CORS headers (browsers then
@@ -134,6 +135,8 @@ pub(crate) struct Shared {
     /// Bulk bodies being read or imported (each up to the 64 MiB bulk limit, held whole until
     /// the import is answered): the others wait without reading theirs.
     pub bulk_slots: Arc<Semaphore>,
+    /// Bulk bodies per client: one (see `extract::NdjsonBody`).
+    pub bulk_per_client: quota::Quota<quota::Client>,
     pub limiter: Arc<ratelimit::RateLimiter>,
     /// Turns true when the server stops accepting: SSE streams end.
     pub stopping: watch::Receiver<bool>,
@@ -173,6 +176,7 @@ fn build_router(
                 .clamp(1, Semaphore::MAX_PERMITS),
         )),
         bulk_slots: Arc::new(Semaphore::new(BULK_BODIES_IN_MEMORY)),
+        bulk_per_client: quota::Quota::new(1),
         limiter: Arc::new(ratelimit::RateLimiter::new(
             config.rate_limit_per_sec,
             config.rate_limit_burst,
@@ -618,7 +622,7 @@ async fn accept_loop(
                 req.extensions_mut().insert(ConnectInfo(peer));
                 router.clone().call(req)
             });
-        let stream = stall::SendTimeout::new(stream, config.send_timeout);
+        stall::set_send_timeout(&stream, config.send_timeout);
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {
@@ -628,7 +632,7 @@ async fn accept_loop(
                 r = conn.as_mut() => {
                     match r {
                         Err(e) if stall::is_send_timeout(&e) => {
-                            tracing::info!(%peer, "connection closed: {}", stall::ROOT_CAUSE);
+                            tracing::info!(%peer, "connection closed: {}", stall::CUT);
                         }
                         Err(e) => {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
