@@ -1365,6 +1365,7 @@ fn exports_select_incidents_and_go_back_in_time() {
     // Filters select views: with the ndjson log they are a usage error, as is an empty window.
     for bad in [
         &["export", "--data-dir", data_s, "--region", "UA-63"][..],
+        &["export", "--data-dir", data_s, "--include-retracted"][..],
         &[
             "export",
             "--format",

@@ -838,9 +838,9 @@ impl ExportArgs {
 
 pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
     let query = match args.query() {
-        Ok(q) if q.is_some() && args.format == ExportFormat::Ndjson => {
+        Ok(q) if (q.is_some() || args.include_retracted) && args.format == ExportFormat::Ndjson => {
             crate::say(format_args!(
-                "error: --region, --kind, --claim-status, --from and --to select incident views: use them with --format csv or geojson (the ndjson log is whole, or cut with --as-of/--at-position)"
+                "error: --region, --kind, --claim-status, --from, --to and --include-retracted select incident views: use them with --format csv or geojson (the ndjson log is whole, or cut with --as-of/--at-position)"
             ));
             return Ok(exit::USAGE);
         }

@@ -208,27 +208,56 @@ pub struct ServeArgs {
     pub cors_origins: Vec<String>,
 }
 
-/// `*`, or a web origin: `http(s)://host[:port]`, nothing after it (browsers send exactly
-/// that in `Origin`, so anything else could never match).
+/// `*`, or a web origin: `http(s)://host[:port]`, nothing after it, in the form browsers send
+/// in `Origin` (lower case, no default port), since anything else could never match.
 fn parse_origin(s: &str) -> Result<String, String> {
     let s = s.trim();
     if s == "*" {
         return Ok(s.to_string());
     }
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .ok_or_else(|| format!("{s:?} is not an origin: expected https://host[:port] (or *)"))?;
-    let host_ok = !rest.is_empty()
-        && rest
+    let lower = s.to_ascii_lowercase();
+    let (scheme, rest, default_port) = if let Some(rest) = lower.strip_prefix("https://") {
+        ("https", rest, 443)
+    } else if let Some(rest) = lower.strip_prefix("http://") {
+        ("http", rest, 80)
+    } else {
+        return Err(format!(
+            "{s:?} is not an origin: expected https://host[:port] (or *)"
+        ));
+    };
+    let not_an_origin = || {
+        format!(
+            "{s:?} is not an origin: expected scheme://host[:port] (port 1-65535, no leading zero), without a path, a trailing slash or spaces"
+        )
+    };
+    // The port follows the last ':' after an IPv6 literal's ']' (if any).
+    let host_end = rest.rfind(']').map_or(0, |i| i + 1);
+    let (host, port) = match rest[host_end..].rfind(':') {
+        Some(i) => (&rest[..host_end + i], Some(&rest[host_end + i + 1..])),
+        None => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
     if !host_ok {
-        return Err(format!(
-            "{s:?} is not an origin: expected scheme://host[:port], without a path, a trailing slash or spaces"
-        ));
+        return Err(not_an_origin());
     }
-    Ok(s.to_ascii_lowercase())
+    match port {
+        None => Ok(format!("{scheme}://{host}")),
+        Some(p) => {
+            let n: u16 = p
+                .parse()
+                .ok()
+                .filter(|n| *n > 0 && !p.starts_with('0'))
+                .ok_or_else(not_an_origin)?;
+            if n == default_port {
+                Ok(format!("{scheme}://{host}"))
+            } else {
+                Ok(format!("{scheme}://{host}:{n}"))
+            }
+        }
+    }
 }
 
 /// Largest count a limit takes (far above any machine's capacity; the limits are semaphores,
@@ -335,5 +364,37 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("SIGINT received: shutting down"),
         _ = terminate => tracing::info!("SIGTERM received: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_origin;
+
+    #[test]
+    fn origins_take_the_form_browsers_send() {
+        for (given, taken) in [
+            ("https://Dash.Example.org", "https://dash.example.org"),
+            ("https://dash.example.org:443", "https://dash.example.org"),
+            ("http://localhost:80", "http://localhost"),
+            ("http://localhost:3000", "http://localhost:3000"),
+            ("https://[::1]:8443", "https://[::1]:8443"),
+            ("*", "*"),
+        ] {
+            assert_eq!(parse_origin(given).as_deref(), Ok(taken), "{given}");
+        }
+        for bad in [
+            "dash.example.org",
+            "https://dash.example.org/",
+            "https://dash.example.org/app",
+            "https://a.example.org:99999",
+            "https://a.example.org:08443",
+            "https://a.example.org:0",
+            "https://a.example.org:",
+            "https://",
+            "ftp://a.example.org",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad}");
+        }
     }
 }
