@@ -12,7 +12,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use incidentlog_api::auth::{hash_secret, try_new_secret, Role};
 use incidentlog_api::export::{TableFormat, TableWriter};
 use incidentlog_api::service::AppService;
-use incidentlog_projections::{ClaimStatus, IncidentQuery, IncidentStatus, Kind, Region, Window};
+use incidentlog_projections::{ClaimStatus, IncidentQuery, Kind, Region, Window};
 use incidentlog_store::file::tokens as token_file;
 use incidentlog_store::{to_hex, EventStore, RecordedEvent, StoreError, TokenRecord};
 
@@ -60,7 +60,18 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub store: StoreArgs,
 
-    /// Rebuild the state as of this time (RFC 3339, e.g. 2026-01-02T12:00:00Z): only events
+    #[command(flatten)]
+    pub point: PointInLog,
+
+    /// Print the report as one JSON object instead of text.
+    #[arg(long, env = "INCIDENTLOG_JSON", value_parser = BoolishValueParser::new())]
+    pub json: bool,
+}
+
+/// `--as-of T | --at-position N`: a point in the log's past (`replay`, `export`).
+#[derive(Args, Debug)]
+pub struct PointInLog {
+    /// What was known at this time (RFC 3339, e.g. 2026-01-02T12:00:00Z): only the events
     /// recorded at or before it.
     #[arg(
         long,
@@ -71,13 +82,36 @@ pub struct ReplayArgs {
     )]
     pub as_of: Option<DateTime<Utc>>,
 
-    /// Rebuild the state after this global position.
+    /// What was known after this global position: only the events up to it.
     #[arg(long, env = "INCIDENTLOG_AT_POSITION", value_name = "N")]
     pub at_position: Option<u64>,
+}
 
-    /// Print the report as one JSON object instead of text.
-    #[arg(long, env = "INCIDENTLOG_JSON", value_parser = BoolishValueParser::new())]
-    pub json: bool,
+impl PointInLog {
+    /// The position asked for (`None`: none, the head), `--as-of` mapped onto the log. A
+    /// position past the log's end is kept (the HTTP API clamps the same way), but a typo
+    /// deserves a word on stderr: `done` is what the command did up to the end.
+    async fn resolve(
+        &self,
+        store: &incidentlog_store::Store,
+        done: &str,
+    ) -> anyhow::Result<Option<u64>> {
+        let head = store.head().position;
+        if let Some(asked) = self.at_position.filter(|p| *p > head) {
+            crate::say(format_args!(
+                "note: the log ends at position {head}; {done} up to it, not to {asked}"
+            ));
+        }
+        match self.as_of {
+            Some(t) => Ok(Some(
+                store
+                    .position_at(t)
+                    .await
+                    .context("cannot map --as-of to a log position")?,
+            )),
+            None => Ok(self.at_position),
+        }
+    }
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -91,15 +125,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     let store = open_store_read_only(&args.store).await?;
     let open_ms = opening.elapsed().as_millis() as u64;
     let head = store.head().position;
-    let at_position = match (args.as_of, args.at_position) {
-        (Some(t), _) => Some(
-            store
-                .position_at(t)
-                .await
-                .context("cannot map --as-of to a log position")?,
-        ),
-        (None, p) => p,
-    };
+    let at_position = args.point.resolve(&store, "replayed").await?;
     let target = at_position.map_or(head, |p| p.min(head));
     let bar = if target >= PROGRESS_MIN_EVENTS {
         progress_bar(Some(target), "events")
@@ -156,12 +182,6 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
             report.incidents, report.retracted
         )?;
         writeln!(out, "regions:     {} with incidents", report.regions)?;
-    }
-    if let Some(asked) = at_position.filter(|p| *p > head) {
-        // Not an error (the HTTP API clamps the same way), but a typo deserves a word.
-        crate::say(format_args!(
-            "note: the log ends at position {head}; replayed up to it, not to {asked}"
-        ));
     }
     Ok(exit::OK)
 }
@@ -762,20 +782,9 @@ pub struct ExportArgs {
     #[arg(long, env = "INCIDENTLOG_INCLUDE_RETRACTED", value_parser = BoolishValueParser::new())]
     pub include_retracted: bool,
 
-    /// Export what was known at this time (RFC 3339): the log up to it, or the views built
-    /// from the events recorded at or before it.
-    #[arg(
-        long,
-        env = "INCIDENTLOG_AS_OF",
-        value_name = "T",
-        conflicts_with = "at_position",
-        value_parser = parse_time
-    )]
-    pub as_of: Option<DateTime<Utc>>,
-
-    /// Export what was known after this global position (the log up to it, or the views).
-    #[arg(long, env = "INCIDENTLOG_AT_POSITION", value_name = "N")]
-    pub at_position: Option<u64>,
+    // The log up to that point, or the views built from it.
+    #[command(flatten)]
+    pub point: PointInLog,
 
     /// csv/geojson: only incidents in this region (ISO 3166-2 code, e.g. UA-63).
     #[arg(long, env = "INCIDENTLOG_REGION", value_name = "CODE", value_parser = clap::value_parser!(Region))]
@@ -852,19 +861,11 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
     };
     let store = open_store_read_only(&args.store).await?;
     let log_head = store.head().position;
-    let head = match (args.as_of, args.at_position) {
-        (Some(t), _) => store
-            .position_at(t)
-            .await
-            .context("cannot map --as-of to a log position")?,
-        (None, Some(p)) => p.min(log_head),
-        (None, None) => log_head,
-    };
-    if let Some(asked) = args.at_position.filter(|p| *p > log_head) {
-        crate::say(format_args!(
-            "note: the log ends at position {log_head}; exported up to it, not to {asked}"
-        ));
-    }
+    let head = args
+        .point
+        .resolve(&store, "exported")
+        .await?
+        .map_or(log_head, |p| p.min(log_head));
     let sink: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
             std::fs::File::create(path)
@@ -904,11 +905,9 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
                 TableFormat::Geojson
             });
             let every = IncidentQuery::default();
+            let query = query.as_ref().unwrap_or(&every);
             table.begin(&mut out)?;
-            for view in projection.matching(query.as_ref().unwrap_or(&every), true) {
-                if view.status != IncidentStatus::Active && !args.include_retracted {
-                    continue;
-                }
+            for view in projection.matching(query, args.include_retracted) {
                 table.view(&view, &mut out)?;
             }
             table.end(&mut out)?;

@@ -388,7 +388,7 @@ pub(crate) async fn incidents(
     const TABLES: [TableFormat; 2] = [TableFormat::Csv, TableFormat::Geojson];
     let table = preferred_alternative(&headers, &[&["text/csv"], &["application/geo+json"]])
         .map(|i| TABLES[i]);
-    if let Some(format) = table {
+    if table.is_some() {
         for (name, given) in [("limit", q.limit.is_some()), ("cursor", q.cursor.is_some())] {
             if given {
                 return Err(ApiError::bad_field(
@@ -397,16 +397,18 @@ pub(crate) async fn incidents(
                 ));
             }
         }
-        let query = super::query::incident_query(
-            q.region.as_deref(),
-            q.kind.as_deref(),
-            q.claim_status.as_deref(),
-            q.from.as_deref(),
-            q.to.as_deref(),
-            q.status.as_deref(),
-            None,
-            None,
-        )?;
+    }
+    let query = super::query::incident_query(
+        q.region.as_deref(),
+        q.kind.as_deref(),
+        q.claim_status.as_deref(),
+        q.from.as_deref(),
+        q.to.as_deref(),
+        q.status.as_deref(),
+        q.limit,
+        q.cursor,
+    )?;
+    if let Some(format) = table {
         let long = match LongStream::open(&state, principal, &extensions) {
             Ok(long) => long,
             Err(refused) => return Ok(*refused),
@@ -423,16 +425,6 @@ pub(crate) async fn incidents(
             .insert(VARY, HeaderValue::from_static("accept"));
         return Ok(r);
     }
-    let query = super::query::incident_query(
-        q.region.as_deref(),
-        q.kind.as_deref(),
-        q.claim_status.as_deref(),
-        q.from.as_deref(),
-        q.to.as_deref(),
-        q.status.as_deref(),
-        q.limit,
-        q.cursor,
-    )?;
     let page = state.service.incidents(&query).await?;
     let mut r = json(StatusCode::OK, &page);
     r.headers_mut()
