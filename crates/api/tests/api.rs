@@ -1603,8 +1603,27 @@ async fn a_stream_nobody_reads_is_cut_after_the_send_timeout() {
     // (160 KB/s) for 4 s, its socket full all along; then the rest at full speed. It gets
     // the whole log. (A timer restarted by completed writes cut such readers: the kernel wakes
     // a blocked writer only once a third of a send buffer of up to 4 MB has drained.)
-    let mut steady = tokio::net::TcpStream::connect(addr).await.unwrap();
-    steady.write_all(request.as_bytes()).await.unwrap();
+    // The slot of the probe answered 200 above is given back once the server sees that
+    // connection closed: until then this stream may get 503, and tries again.
+    let opening = std::time::Instant::now();
+    let mut steady = loop {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut status = [0u8; 12];
+        conn.read_exact(&mut status).await.unwrap();
+        if &status == b"HTTP/1.1 200" {
+            break conn;
+        }
+        assert_eq!(
+            &status, b"HTTP/1.1 503",
+            "the one slot is busy, nothing else"
+        );
+        assert!(
+            opening.elapsed() < Duration::from_secs(15),
+            "the probe's slot was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     tokio::time::sleep(Duration::from_millis(800)).await;
     let started = std::time::Instant::now();
     let mut body = Vec::new();
