@@ -2275,9 +2275,10 @@ impl LogIo for HookedSync {
         &self,
         path: &std::path::Path,
         create: bool,
+        len: u64,
     ) -> std::io::Result<Box<dyn LogFile>> {
         Ok(Box::new(HookedSyncFile {
-            inner: RealIo.open_append(path, create)?,
+            inner: RealIo.open_append(path, create, len)?,
             before_sync: self.before_sync.clone(),
         }))
     }
@@ -2293,6 +2294,9 @@ impl LogFile for HookedSyncFile {
     }
     fn set_len(&mut self, len: u64) -> std::io::Result<()> {
         self.inner.set_len(len)
+    }
+    fn trim_reserve(&mut self) -> std::io::Result<()> {
+        self.inner.trim_reserve()
     }
 }
 

@@ -566,6 +566,129 @@ async fn garbage_after_the_last_record_is_a_torn_tail() {
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), bytes.len() as u64);
 }
 
+/// Where the records of one segment's bytes end, checked: every byte after it is zero (the
+/// reserve) and the records up to it are the segment's whole content.
+fn records_end(bytes: &[u8]) -> usize {
+    let mut at = HEADER_LEN;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        at += 8 + len + 4;
+    }
+    assert!(at <= bytes.len(), "a record runs past the end");
+    assert!(
+        bytes[at..].iter().all(|b| *b == 0),
+        "not zeros after the records"
+    );
+    at
+}
+
+/// The active segment keeps zeros written ahead of its last record (so that syncs overwrite
+/// blocks in place instead of growing the file: no journal commit per batch); sealed segments
+/// and a cleanly closed log end with their last record; and a log left with its reserve (a
+/// crash, or a copy of a running store's directory) opens to exactly its records, read-only
+/// and for writing, with no torn tail reported, and goes on over the zeros.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_segment_reserves_zeros_that_recovery_takes_for_free_space() {
+    let reserve = incidentlog_store::file::RESERVE_BYTES as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(&opts(dir.path(), 4 << 20)).await.unwrap();
+    let stream = Uuid::new_v4();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let e = new_event(i);
+        ids.push(e.event_id);
+        store.append(append_req(stream, vec![e])).await.unwrap();
+    }
+    let seg = segments(dir.path())[0].clone();
+    let bytes = std::fs::read(&seg).unwrap();
+    let end = records_end(&bytes);
+    assert!(end < 4096, "{end}");
+    // Reserved once, by the first batch: the later ones were written over its zeros.
+    assert!(
+        bytes.len() > end && bytes.len() >= reserve,
+        "{} bytes on disk for {end} bytes of records: no reserve",
+        bytes.len()
+    );
+
+    // What a crash leaves: the reserve after the records (the synced mark names the last).
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    let mut ro = opts(crashed.path(), 4 << 20);
+    ro.read_only = true;
+    let reader = FileStore::open(&ro).await.unwrap();
+    assert_eq!(log_ids(&reader).await, ids);
+    assert_eq!(reader.verify().await.unwrap().events, 5);
+    reader.close().await.unwrap();
+    drop(reader);
+    let copy_seg = segments(crashed.path())[0].clone();
+    assert_eq!(
+        std::fs::read(&copy_seg).unwrap(),
+        bytes,
+        "a read-only open changed the file"
+    );
+
+    let reopened = FileStore::open(&opts(crashed.path(), 4 << 20))
+        .await
+        .unwrap();
+    assert_eq!(log_ids(&reopened).await, ids);
+    let more = new_event(9);
+    ids.push(more.event_id);
+    reopened
+        .append(append_req(stream, vec![more]))
+        .await
+        .unwrap();
+    assert_eq!(log_ids(&reopened).await, ids);
+    reopened.close().await.unwrap();
+    drop(reopened);
+    let after = std::fs::read(&copy_seg).unwrap();
+    assert_eq!(
+        &after[..end],
+        &bytes[..end],
+        "records before the reserve changed"
+    );
+    assert_eq!(
+        records_end(&after),
+        after.len(),
+        "a closed log keeps its reserve"
+    );
+    let again = FileStore::open(&opts(crashed.path(), 4 << 20))
+        .await
+        .unwrap();
+    assert_eq!(log_ids(&again).await, ids);
+    assert_eq!(again.verify().await.unwrap().events, 6);
+    again.close().await.unwrap();
+
+    // Small segments: every sealed one ends with its last record, only the active one has a
+    // reserve.
+    let rolled = tempfile::tempdir().unwrap();
+    let store2 = FileStore::open(&opts(rolled.path(), 2048)).await.unwrap();
+    for i in 0..60 {
+        store2
+            .append(append_req(Uuid::new_v4(), vec![new_event(i)]))
+            .await
+            .unwrap();
+    }
+    let segs = segments(rolled.path());
+    assert!(segs.len() > 2, "{} segments", segs.len());
+    for (k, path) in segs.iter().enumerate() {
+        let b = std::fs::read(path).unwrap();
+        let end = records_end(&b);
+        if k + 1 < segs.len() {
+            assert_eq!(end, b.len(), "sealed segment {k} keeps zeros");
+        } else {
+            assert!(
+                b.len() >= end + reserve / 2,
+                "the active segment has no reserve"
+            );
+        }
+    }
+    store2.close().await.unwrap();
+    drop(store);
+}
+
 /// A read-only open (`verify`, `replay`, `export`) changes nothing on disk: a torn tail stays,
 /// reads end before it, `verify` reports it with its offset, appends are refused, and a
 /// missing store is not created.

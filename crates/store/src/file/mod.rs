@@ -27,7 +27,7 @@ use uuid::Uuid;
 #[doc(hidden)]
 pub use format::fuzz_decode;
 #[doc(hidden)]
-pub use io::{LogFile, LogIo, RealIo};
+pub use io::{LogFile, LogIo, RealIo, RESERVE_BYTES};
 
 use format::{RecordMeta, RecordView};
 use index::{IdLookup, Index, Location};
@@ -142,8 +142,9 @@ impl FileStore {
         } else {
             let io = io.clone();
             let path = recovered.active_path.clone();
+            let len = recovered.active_len;
             Some(
-                tokio::task::spawn_blocking(move || io.open_append(&path, false))
+                tokio::task::spawn_blocking(move || io.open_append(&path, false, len))
                     .await
                     .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??,
             )

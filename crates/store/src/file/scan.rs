@@ -354,6 +354,9 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
         let end = scan_range(&file, HEADER_LEN as u64, file_len, |v, offset| {
             on_record(&mut index, &mut state, seg_idx, v, offset, path)
         })?;
+        // Where the log ends in the last segment, if before the end of the file: zeros
+        // reserved past the last record (`io::RealFile`).
+        let mut reserve_from = None;
         // Where the valid, complete appends of this segment end.
         let mut cut = match end {
             ScanEnd::Clean => None,
@@ -364,27 +367,35 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                 // Everything from the bad record to the end of the file, read once.
                 let mut tail = vec![0u8; (file_len - offset) as usize];
                 file.read_exact_at(&mut tail, offset)?;
-                if let Some(i) = valid_record_in(tail.get(1..).unwrap_or_default()) {
-                    let at = offset + 1 + i as u64;
-                    return Err(corrupt(
-                        path,
-                        offset,
-                        format!("{reason}, followed by a valid record at offset {at}"),
-                    ));
+                if tail.iter().all(|b| *b == 0) {
+                    // The reserve, or (the same to a reader) sectors of a write a crash cut
+                    // short that never reached the disk: no record is there. Appends go on
+                    // over it.
+                    reserve_from = Some(offset);
+                    None
+                } else {
+                    if let Some(i) = valid_record_in(tail.get(1..).unwrap_or_default()) {
+                        let at = offset + 1 + i as u64;
+                        return Err(corrupt(
+                            path,
+                            offset,
+                            format!("{reason}, followed by a valid record at offset {at}"),
+                        ));
+                    }
+                    if !looks_torn(&tail, offset) {
+                        return Err(corrupt(
+                            path,
+                            offset,
+                            format!(
+                                "{reason} in a record near the end that is complete on disk \
+                                 (no valid record after it): damaged after it was written, not \
+                                 an interrupted write (to give it up, truncate the file to this \
+                                 offset)"
+                            ),
+                        ));
+                    }
+                    Some((offset, reason))
                 }
-                if !looks_torn(&tail, offset) {
-                    return Err(corrupt(
-                        path,
-                        offset,
-                        format!(
-                            "{reason} in a record near the end that is complete on disk (no \
-                             valid record after it): damaged after it was written, not an \
-                             interrupted write (to give it up, truncate the file to this \
-                             offset)"
-                        ),
-                    ));
-                }
-                Some((offset, reason))
             }
         };
         if !state.pending.is_empty() {
@@ -415,7 +426,7 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                 torn_cut = Some((path.clone(), offset, reason));
                 offset
             }
-            None => file_len,
+            None => reserve_from.unwrap_or(file_len),
         };
         index.segments[seg_idx].len = good_len;
         if is_last {

@@ -943,6 +943,13 @@ impl IoStage {
                 return Err(StoreError::Unavailable(why));
             }
         }
+        if let Some(file) = self.file.as_mut() {
+            // Not needed for recovery (which takes the zeros for a reserve), but a closed
+            // log's files end with their last record, as older versions and copies expect.
+            if let Err(e) = file.trim_reserve() {
+                tracing::warn!(error = %e, "could not give back the space reserved past the end of the log");
+            }
+        }
         self.file = None;
         // The mark names the final head before close answers.
         if let Some(mut m) = self.marker.take() {
@@ -956,8 +963,12 @@ impl IoStage {
         if self.unsynced {
             self.sync().map_err(std::io::Error::other)?;
         }
+        // Before the next segment exists: only the last segment may end in reserved zeros.
+        if let Some(old) = self.file.as_mut() {
+            old.trim_reserve()?;
+        }
         let path = super::scan::segment_path(&self.log_dir, first);
-        let mut f = self.io.open_append(&path, true)?;
+        let mut f = self.io.open_append(&path, true, 0)?;
         f.write_all(&format::encode_header(first))?;
         f.sync_data()?;
         super::io::sync_dir(&self.log_dir)?;

@@ -79,7 +79,7 @@ impl LogFile for FaultyFile {
 }
 
 impl LogIo for FaultyIo {
-    fn open_append(&self, path: &Path, create: bool) -> io::Result<Box<dyn LogFile>> {
+    fn open_append(&self, path: &Path, create: bool, len: u64) -> io::Result<Box<dyn LogFile>> {
         if create && self.0.lock().unwrap().create {
             return Err(io::Error::from_raw_os_error(28));
         }
@@ -87,6 +87,8 @@ impl LogIo for FaultyIo {
             .append(true)
             .create_new(create)
             .open(path)?;
+        // No reserve here: appends go right after what recovery kept.
+        file.set_len(len)?;
         Ok(Box::new(FaultyFile {
             file,
             faults: self.0.clone(),
