@@ -105,11 +105,13 @@ impl LogFile for RealFile {
         Ok(())
     }
     fn trim_reserve(&mut self) -> io::Result<()> {
-        if self.reserved > self.len {
+        // The file's own length, not `reserved`: zeros a failed reserve left behind count too
+        // (a sealed segment must end with its last record, or the next open refuses it).
+        if self.file.metadata()?.len() > self.len {
             self.file.set_len(self.len)?;
             self.file.sync_all()?;
-            self.reserved = self.len;
         }
+        self.reserved = self.len;
         Ok(())
     }
 }
