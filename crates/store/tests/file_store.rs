@@ -544,6 +544,112 @@ async fn a_last_record_with_an_unwritten_sector_is_a_torn_tail() {
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), start as u64);
 }
 
+/// Zeros after a damaged last record (the reserve a running store keeps, left by a crash) do
+/// not make it look torn: a complete record with a bad checksum, or an intact one behind a
+/// damaged length field, is damage with or without zeros behind it, even with no synced mark
+/// naming it (a crash within the mark's lag): an acknowledged event is never cut silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_last_record_before_reserved_zeros_is_damage() {
+    let reserve = incidentlog_store::file::RESERVE_BYTES as usize;
+    for damage_len_field in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut bytes, _) = small_log(dir.path(), 5).await;
+        let seg = segments(dir.path())[0].clone();
+        let (start, end) = *record_spans(&bytes).last().unwrap();
+        if damage_len_field {
+            bytes[start] ^= 0x01;
+        } else {
+            bytes[end - 6] ^= 0x01;
+        }
+        bytes.resize(bytes.len() + reserve, 0);
+        std::fs::write(&seg, &bytes).unwrap();
+        forget_synced(dir.path());
+        for read_only in [true, false] {
+            let mut o = opts(dir.path(), 1 << 20);
+            o.read_only = read_only;
+            match FileStore::open(&o).await {
+                Err(StoreError::Corrupt { offset, reason, .. }) => {
+                    assert_eq!(offset, start as u64);
+                    assert!(reason.contains("complete on disk"), "{reason}");
+                }
+                Ok(_) => panic!("opened (read_only {read_only}, len {damage_len_field})"),
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(std::fs::read(&seg).unwrap(), bytes, "left as found");
+    }
+}
+
+/// Zeros where a record should start in the last segment, with records after them: what a
+/// copy of a running store holds when it read part of the reserve before the writer wrote
+/// there and later parts after, or what a crash leaves when a batch's sectors reached the disk
+/// out of order. The log ends before the zeros: a read-only open reports a torn tail naming
+/// both offsets, a writing open cuts it, and appends go on. When the synced mark names records
+/// after the zeros, they were acknowledged: refused and left as found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zeros_then_records_in_the_last_segment_end_the_log_before_the_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, ends) = small_log(dir.path(), 8).await;
+    let seg = segments(dir.path())[0].clone();
+    let (gap_start, gap_end) = (ends[3].0, ends[5].0);
+    let mut copy = bytes.clone();
+    copy[gap_start..gap_end].fill(0);
+    copy.resize(copy.len() + 4096, 0);
+    std::fs::write(&seg, &copy).unwrap();
+    match FileStore::open(&opts(dir.path(), 1 << 20)).await {
+        Err(StoreError::Corrupt { file, reason, .. }) => {
+            assert!(file.ends_with("SYNCED"), "{file}");
+            assert!(
+                reason.contains("acknowledged events are missing"),
+                "{reason}"
+            );
+        }
+        Ok(_) => panic!("opened a log missing marked records"),
+        Err(other) => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::read(&seg).unwrap(), copy, "left as found");
+
+    forget_synced(dir.path());
+    let kept: Vec<Uuid> = ends[..4].iter().flat_map(|(_, ids)| ids.clone()).collect();
+    let mut ro = opts(dir.path(), 1 << 20);
+    ro.read_only = true;
+    let reader = FileStore::open(&ro).await.unwrap();
+    assert_eq!(log_ids(&reader).await, kept);
+    match reader.verify().await {
+        Err(StoreError::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset, gap_start as u64);
+            assert!(reason.contains("torn tail"), "{reason}");
+            assert!(
+                reason.contains(&format!("other bytes from offset {gap_end}")),
+                "{reason}"
+            );
+            assert!(reason.contains("records after it"), "{reason}");
+        }
+        other => panic!("verify of zeros then records: {other:?}"),
+    }
+    reader.close().await.unwrap();
+    drop(reader);
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        copy,
+        "a read-only open changed the file"
+    );
+
+    let store = FileStore::open(&opts(dir.path(), 1 << 20)).await.unwrap();
+    assert_eq!(log_ids(&store).await, kept);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), gap_start as u64);
+    let more = new_event(99);
+    let mut all = kept.clone();
+    all.push(more.event_id);
+    store
+        .append(append_req(Uuid::new_v4(), vec![more]))
+        .await
+        .unwrap();
+    assert_eq!(log_ids(&store).await, all);
+    assert_eq!(store.verify().await.unwrap().events, all.len() as u64);
+    store.close().await.unwrap();
+}
+
 /// Garbage after the last record (a write cut short before its frame head was whole) is a
 /// torn tail: cut, every complete record kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,15 +153,15 @@ impl TornTail {
 /// Disk sector size: the unit a crash can leave unwritten.
 const SECTOR: u64 = 512;
 
-/// Whether damage at `offset`, with no valid record after it in the last segment, looks like
-/// a write that a crash cut short (never acknowledged: appends are answered after the sync)
-/// rather than damage to a record that was complete on disk. A cut-short write leaves the file
-/// ending inside a record, a frame head that is not one (a half-written or garbage tail), or
-/// sectors that never reached the disk, which read as zeros in an append-only file. A complete
-/// record whose bytes are all there but whose checksum fails, or an intact record behind a
-/// damaged length field, was damaged after it was written: cutting it could lose an
-/// acknowledged event, so it stops the open like any other damage.
-/// `tail` is the file from `offset` to its end.
+/// Whether damage at `offset` in the last segment looks like a write that a crash cut short
+/// (never acknowledged: appends are answered after the sync) rather than damage to a record
+/// that was complete on disk. A cut-short write leaves the file ending inside a record, a frame
+/// head that is not one (a half-written or garbage tail), or sectors that never reached the
+/// disk, which read as zeros. A complete record whose bytes are all there but whose checksum
+/// fails, or an intact record behind a damaged length field, was damaged after it was written:
+/// cutting it could lose an acknowledged event, so it stops the open like any other damage.
+/// `tail` is the file from `offset` to its end; zeros of the reserve (`io::RealFile`) may
+/// follow the record, so only the record's own extent is looked at.
 fn looks_torn(tail: &[u8], offset: u64) -> bool {
     if matches!(
         format::parse_record(tail),
@@ -169,19 +169,46 @@ fn looks_torn(tail: &[u8], offset: u64) -> bool {
     ) {
         return true;
     }
-    if format::intact_body_to_end(tail) {
+    // Where the written bytes end: the last nonzero byte, or up to a checksum's worth after it
+    // (a record's checksum may end in zero bytes).
+    let written = tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    let last_end = (written + format::FRAME_TAIL - 1).min(tail.len());
+    if (written..=last_end).any(|end| format::intact_body_to_end(&tail[..end])) {
         return false;
     }
     if !format::frame_head_ok(tail) {
         return true;
     }
+    zero_sector_in_record(tail, offset)
+}
+
+/// Whether a 512-byte sector that starts inside the record at the start of `tail` (whose frame
+/// head is valid) reads as zeros: a sector that never reached the disk.
+fn zero_sector_in_record(tail: &[u8], offset: u64) -> bool {
+    let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
+    let extent = (format::FRAME_HEAD + len + format::FRAME_TAIL).min(tail.len());
     // Sectors starting inside the record, as indexes into `tail`.
     let first = (offset.div_ceil(SECTOR) * SECTOR - offset) as usize;
-    (first..tail.len()).step_by(SECTOR as usize).any(|s| {
+    (first..extent).step_by(SECTOR as usize).any(|s| {
         tail[s..tail.len().min(s + SECTOR as usize)]
             .iter()
             .all(|b| *b == 0)
     })
+}
+
+/// Whether the bad record at the start of `tail` (in the last segment) is zeros where bytes
+/// should be: its frame head, or a sector of it. Bytes that never reached the disk read that
+/// way, and so do bytes a copy of a running store read before the writer got there (it
+/// writes over zeros reserved ahead). Records *after* such zeros are unsynced bytes of the
+/// same crash (a batch's sectors can reach the disk out of order) or what the copy read
+/// later: they cannot be kept without the ones in between, and nothing of them was covered
+/// by a sync that the synced mark names (the mark is checked before anything is cut). Unlike
+/// garbage or a complete record with a bad checksum, which stay damage.
+fn zeros_where_a_record_should_be(tail: &[u8], offset: u64) -> bool {
+    if tail.len() >= format::FRAME_HEAD && tail[..format::FRAME_HEAD].iter().all(|b| *b == 0) {
+        return true;
+    }
+    format::frame_head_ok(tail) && zero_sector_in_record(tail, offset)
 }
 
 /// Structural state carried across records: appends are contiguous and never cross segments.
@@ -373,6 +400,25 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                     // over it.
                     reserve_from = Some(offset);
                     None
+                } else if zeros_where_a_record_should_be(&tail, offset) {
+                    let reason = match tail.iter().position(|b| *b != 0) {
+                        Some(0) | None => format!("{reason}, a sector of it reads as zeros"),
+                        Some(i) => format!(
+                            "zeros where a record should start, then other bytes from offset {}",
+                            offset + i as u64
+                        ),
+                    };
+                    let later = valid_record_in(tail.get(1..).unwrap_or_default())
+                        .map(|i| offset + 1 + i as u64);
+                    let reason = match later {
+                        Some(at) => format!(
+                            "{reason}; records after it (from offset {at}) were written or read \
+                             out of order: a crash before their sync, or a copy of a running \
+                             store"
+                        ),
+                        None => reason,
+                    };
+                    Some((offset, reason))
                 } else {
                     if let Some(i) = valid_record_in(tail.get(1..).unwrap_or_default()) {
                         let at = offset + 1 + i as u64;
@@ -394,7 +440,7 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                             ),
                         ));
                     }
-                    Some((offset, reason))
+                    Some((offset, reason.to_string()))
                 }
             }
         };
@@ -402,7 +448,7 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
             if !is_last {
                 return Err(corrupt(path, state.start_offset, "incomplete append"));
             }
-            cut = Some((state.start_offset, "incomplete append"));
+            cut = Some((state.start_offset, "incomplete append".to_string()));
             state.pending.clear();
         }
         let good_len = match cut {
@@ -416,7 +462,7 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                 torn_tail = Some(TornTail {
                     file: path.clone(),
                     offset,
-                    reason: reason.to_string(),
+                    reason: reason.clone(),
                 });
                 offset
             }
