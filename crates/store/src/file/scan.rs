@@ -394,53 +394,62 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                 // Everything from the bad record to the end of the file, read once.
                 let mut tail = vec![0u8; (file_len - offset) as usize];
                 file.read_exact_at(&mut tail, offset)?;
-                if tail.iter().all(|b| *b == 0) {
+                // Where the first byte that is not zero is, and (searched only if there is
+                // one) where a valid record starts after the bad one.
+                let first_data = tail.iter().position(|b| *b != 0);
+                let later = || {
+                    valid_record_in(tail.get(1..).unwrap_or_default())
+                        .map(|i| offset + 1 + i as u64)
+                };
+                match first_data {
                     // The reserve, or (the same to a reader) sectors of a write a crash cut
                     // short that never reached the disk: no record is there. Appends go on
                     // over it.
-                    reserve_from = Some(offset);
-                    None
-                } else if zeros_where_a_record_should_be(&tail, offset) {
-                    let reason = match tail.iter().position(|b| *b != 0) {
-                        Some(0) | None => format!("{reason}, a sector of it reads as zeros"),
-                        Some(i) => format!(
-                            "zeros where a record should start, then other bytes from offset {}",
-                            offset + i as u64
-                        ),
-                    };
-                    let later = valid_record_in(tail.get(1..).unwrap_or_default())
-                        .map(|i| offset + 1 + i as u64);
-                    let reason = match later {
-                        Some(at) => format!(
-                            "{reason}; records after it (from offset {at}) were written or read \
-                             out of order: a crash before their sync, or a copy of a running \
-                             store"
-                        ),
-                        None => reason,
-                    };
-                    Some((offset, reason))
-                } else {
-                    if let Some(i) = valid_record_in(tail.get(1..).unwrap_or_default()) {
-                        let at = offset + 1 + i as u64;
-                        return Err(corrupt(
-                            path,
-                            offset,
-                            format!("{reason}, followed by a valid record at offset {at}"),
-                        ));
+                    None => {
+                        reserve_from = Some(offset);
+                        None
                     }
-                    if !looks_torn(&tail, offset) {
-                        return Err(corrupt(
-                            path,
-                            offset,
-                            format!(
-                                "{reason} in a record near the end that is complete on disk \
-                                 (no valid record after it): damaged after it was written, not \
-                                 an interrupted write (to give it up, truncate the file to this \
-                                 offset)"
+                    Some(first) if zeros_where_a_record_should_be(&tail, offset) => {
+                        let reason = match first {
+                            0 => format!("{reason}, a sector of it reads as zeros"),
+                            i => format!(
+                                "zeros where a record should start, then other bytes from \
+                                 offset {}",
+                                offset + i as u64
                             ),
-                        ));
+                        };
+                        let reason = match later() {
+                            Some(at) => format!(
+                                "{reason}; records after it (from offset {at}) were written or \
+                                 read out of order: a crash before their sync, or a copy of a \
+                                 running store"
+                            ),
+                            None => reason,
+                        };
+                        Some((offset, reason))
                     }
-                    Some((offset, reason.to_string()))
+                    Some(_) => {
+                        if let Some(at) = later() {
+                            return Err(corrupt(
+                                path,
+                                offset,
+                                format!("{reason}, followed by a valid record at offset {at}"),
+                            ));
+                        }
+                        if !looks_torn(&tail, offset) {
+                            return Err(corrupt(
+                                path,
+                                offset,
+                                format!(
+                                    "{reason} in a record near the end that is complete on \
+                                     disk (no valid record after it): damaged after it was \
+                                     written, not an interrupted write (to give it up, \
+                                     truncate the file to this offset)"
+                                ),
+                            ));
+                        }
+                        Some((offset, reason.to_string()))
+                    }
                 }
             }
         };

@@ -58,12 +58,16 @@ pub fn forget_synced(data_dir: &Path) {
     std::fs::remove_file(synced_mark(data_dir)).unwrap();
 }
 
-/// Byte ranges `(start, end)` of the records of one segment's bytes (trusting `len`).
+/// Byte ranges `(start, end)` of the records of one segment's bytes (trusting `len`; a zero
+/// `len` is no record: the zeros a running store reserves after its last one).
 pub fn record_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut at = HEADER_LEN;
     while at + 8 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
         let end = at + 8 + len + 4;
         if end > bytes.len() {
             break;
@@ -112,6 +116,18 @@ pub async fn log_ids<S: EventStore>(store: &S) -> Vec<Uuid> {
         .into_iter()
         .map(|e| e.event_id)
         .collect()
+}
+
+/// Opens with `o`, expecting the refusal of a log that lost events the synced mark names;
+/// returns the refusal's reason.
+pub async fn refused_by_the_mark(o: &OpenOptions) -> String {
+    match FileStore::open(o).await {
+        Err(StoreError::Corrupt { file, reason, .. }) => {
+            assert!(file.ends_with("SYNCED"), "{file}");
+            reason
+        }
+        other => panic!("opened a log that lost acknowledged events: {other:?}"),
+    }
 }
 
 pub fn is_corrupt(e: &StoreError) -> bool {
