@@ -1228,27 +1228,26 @@ async fn follow(inner: Arc<Inner>, from: u64) {
         // only to fold.
         let stream = incidentlog_store::subscribe_map(inner.store.clone(), position, decode);
         futures_util::pin_mut!(stream);
+        // One chunk buffer, reused: its capacity follows the largest chunk so far (a fresh
+        // vector per wake-up would grow one push at a time, moving large items each time).
+        let mut chunk = Vec::new();
         loop {
             let first = tokio::select! {
                 item = stream.next() => item,
                 _ = closing.wait_for(|c| *c) => return,
             };
-            // Take whatever else is ready too (no fixed-capacity chunk buffers: they would
-            // allocate a large vector per wake-up).
-            let chunk = first.map(|first| {
-                let mut chunk = vec![first];
-                while chunk.len() < FOLLOW_BATCH {
-                    match stream.next().now_or_never() {
-                        Some(Some(item)) => chunk.push(item),
-                        _ => break,
-                    }
+            let Some(first) = first else { break };
+            // Take whatever else is ready too.
+            chunk.push(first);
+            while chunk.len() < FOLLOW_BATCH {
+                match stream.next().now_or_never() {
+                    Some(Some(item)) => chunk.push(item),
+                    _ => break,
                 }
-                chunk
-            });
-            let Some(chunk) = chunk else { break };
+            }
             let received = chunk.len() as u64;
             let mut failed = None;
-            let mut items = chunk.into_iter().peekable();
+            let mut items = chunk.drain(..).peekable();
             // Short write-lock holds, so that reads keep a low latency under heavy appends.
             while items.peek().is_some() && failed.is_none() {
                 {

@@ -156,6 +156,10 @@ struct MarkerState {
     /// The newest synced head.
     synced: Option<Head>,
     stop: bool,
+    /// The thread waits for a newer synced head (not in its pause between two marks): only
+    /// then does a sync wake it. Woken in the pause, it would only go back to sleep, once per
+    /// batch (a futex call and a context switch on the appenders' path).
+    waiting: bool,
 }
 
 impl Marker {
@@ -183,7 +187,10 @@ impl Marker {
         let mut state = self.shared.lock();
         if state.synced.is_none_or(|s| s.position < head.position) {
             state.synced = Some(head);
-            self.shared.wake.notify_one();
+            if state.waiting {
+                state.waiting = false;
+                self.shared.wake.notify_one();
+            }
         }
     }
 
@@ -215,9 +222,11 @@ fn mark_loop(shared: &MarkerShared, log_dir: &Path, mut marked: Option<Head>) {
         let (target, stop) = {
             // Nothing synced past the mark yet (after a start, the mark read from disk).
             let behind = |s: &mut MarkerState| {
-                !s.stop
+                let behind = !s.stop
                     && s.synced
-                        .is_none_or(|h| marked.is_some_and(|m| h.position <= m.position))
+                        .is_none_or(|h| marked.is_some_and(|m| h.position <= m.position));
+                s.waiting = behind;
+                behind
             };
             let state = shared
                 .wake
@@ -273,6 +282,40 @@ mod tests {
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
+    }
+
+    /// A sync during the pause between two marks does not wake the thread, yet is marked once
+    /// the pause is over; a sync while the thread waits for one is marked right away.
+    #[test]
+    fn the_marker_follows_syncs_in_and_after_its_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Marker::start(dir.path().to_path_buf(), None).unwrap();
+        let head = |position: u64| Head {
+            position,
+            hash: [position as u8; 32],
+        };
+        let marked = |position: u64, within: Duration| {
+            let deadline = std::time::Instant::now() + within;
+            while read(dir.path()).ok().flatten() != Some(head(position)) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "position {position} was not marked within {within:?}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        m.synced(head(1));
+        marked(1, Duration::from_secs(1));
+        // In the pause that follows the first mark.
+        m.synced(head(2));
+        marked(2, INTERVAL + Duration::from_secs(1));
+        // Once the pause is over the thread waits for a sync, and marks it at once.
+        std::thread::sleep(INTERVAL + Duration::from_millis(200));
+        let waited = std::time::Instant::now();
+        m.synced(head(3));
+        marked(3, INTERVAL / 2);
+        assert!(waited.elapsed() < INTERVAL / 2);
+        m.stop();
     }
 
     #[test]
