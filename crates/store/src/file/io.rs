@@ -52,15 +52,43 @@ pub struct RealIo;
 /// end of the last record to the end of the file for that reserve, not for damage
 /// (`scan::recover`). A large batch (an import chunk) just extends the file: its own size
 /// already dwarfs one commit.
-struct RealFile {
-    file: File,
+struct RealFile<F = File> {
+    file: F,
     /// Where the next record goes.
     len: u64,
     /// The file's length: zeros from `len` to here.
     reserved: u64,
 }
 
-impl RealFile {
+/// What [`RealFile`] needs of a file (a seam for tests of the reserve's failure path, which
+/// takes a full disk to reach with a real file).
+trait Positional: Send + 'static {
+    fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    fn sync_data(&self) -> io::Result<()>;
+    fn sync_all(&self) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+}
+
+impl Positional for File {
+    fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, at)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        File::sync_all(self)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
+impl<F: Positional> RealFile<F> {
     /// Writes zeros from `reserved` to `len + RESERVE_BYTES`. A failure (a full disk) is not the
     /// batch's: what was written of the zeros is cut off again and appends go on without a
     /// reserve.
@@ -81,7 +109,7 @@ impl RealFile {
     }
 }
 
-impl LogFile for RealFile {
+impl<F: Positional> LogFile for RealFile<F> {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.file.write_all_at(buf, self.len)?;
         self.len += buf.len() as u64;
@@ -107,7 +135,7 @@ impl LogFile for RealFile {
     fn trim_reserve(&mut self) -> io::Result<()> {
         // The file's own length, not `reserved`: zeros a failed reserve left behind count too
         // (a sealed segment must end with its last record, or the next open refuses it).
-        if self.file.metadata()?.len() > self.len {
+        if self.file.len()? > self.len {
             self.file.set_len(self.len)?;
             self.file.sync_all()?;
         }
@@ -260,4 +288,155 @@ pub(crate) fn create_dir_like_parent(dir: &Path) -> io::Result<()> {
 /// fsync of a directory, so a created or renamed entry survives a crash.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A file on a disk that holds at most `cap` bytes: writes past it fail with ENOSPC after
+    /// writing what fits, like a full file system.
+    struct SmallDisk {
+        bytes: Mutex<Vec<u8>>,
+        cap: usize,
+    }
+
+    impl SmallDisk {
+        fn new(cap: usize) -> SmallDisk {
+            SmallDisk {
+                bytes: Mutex::new(Vec::new()),
+                cap,
+            }
+        }
+        fn bytes(&self) -> Vec<u8> {
+            self.bytes.lock().unwrap().clone()
+        }
+    }
+
+    impl Positional for SmallDisk {
+        fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()> {
+            let mut bytes = self.bytes.lock().unwrap();
+            let at = at as usize;
+            let end = (at + buf.len()).min(self.cap.max(at));
+            if bytes.len() < end {
+                bytes.resize(end, 0);
+            }
+            bytes[at..end].copy_from_slice(&buf[..end - at]);
+            if end < at + buf.len() {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            Ok(())
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.bytes.lock().unwrap().resize(len as usize, 0);
+            Ok(())
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn sync_all(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn len(&self) -> io::Result<u64> {
+            Ok(self.bytes.lock().unwrap().len() as u64)
+        }
+    }
+
+    fn segment(cap: usize) -> RealFile<SmallDisk> {
+        RealFile {
+            file: SmallDisk::new(cap),
+            len: 0,
+            reserved: 0,
+        }
+    }
+
+    /// What a sequence of writes should leave: the records, back to back.
+    fn records(writes: &[&[u8]]) -> Vec<u8> {
+        writes.concat()
+    }
+
+    #[test]
+    fn a_small_batch_reserves_zeros_after_it_and_later_batches_overwrite_them() {
+        let mut f = segment(8 << 20);
+        let header = [7u8; 64];
+        f.write_all(&header).unwrap();
+        assert_eq!(
+            f.file.bytes(),
+            header,
+            "the segment's first write reserves nothing"
+        );
+        let batch = [1u8; 300];
+        f.write_all(&batch).unwrap();
+        let bytes = f.file.bytes();
+        assert_eq!(bytes.len() as u64, 364 + RESERVE_BYTES);
+        assert_eq!(&bytes[..364], &records(&[&header, &batch])[..]);
+        assert!(bytes[364..].iter().all(|&b| b == 0));
+        // The next batch goes over the zeros: the file does not grow.
+        f.write_all(&[2u8; 100]).unwrap();
+        assert_eq!(f.file.bytes().len() as u64, 364 + RESERVE_BYTES);
+        f.trim_reserve().unwrap();
+        assert_eq!(
+            f.file.bytes(),
+            records(&[&header, &batch, &[2u8; 100]]),
+            "trimmed to the last record"
+        );
+    }
+
+    /// A full disk fails the zeros, not the batch: the batch is written, the zeros that fit
+    /// are cut off again, and appends go on without a reserve.
+    #[test]
+    fn a_reserve_the_disk_cannot_hold_is_cut_off_and_the_batch_stands() {
+        let cap = 4096;
+        let mut f = segment(cap);
+        let header = [7u8; 64];
+        let one = [1u8; 300];
+        let two = [2u8; 500];
+        f.write_all(&header).unwrap();
+        f.write_all(&one).unwrap();
+        assert_eq!(
+            f.file.bytes(),
+            records(&[&header, &one]),
+            "no partial zeros left behind"
+        );
+        assert_eq!((f.len, f.reserved), (364, 364));
+        f.write_all(&two).unwrap();
+        assert_eq!(f.file.bytes(), records(&[&header, &one, &two]));
+        // A batch that does not fit itself fails (the writer cuts it off and reports it).
+        let too_big = vec![3u8; cap];
+        assert_eq!(f.write_all(&too_big).unwrap_err().raw_os_error(), Some(28));
+        f.set_len(864).unwrap();
+        assert_eq!(f.file.bytes(), records(&[&header, &one, &two]));
+        f.trim_reserve().unwrap();
+        assert_eq!(f.file.bytes(), records(&[&header, &one, &two]));
+    }
+
+    /// Zeros a failed cut left behind (the file longer than `reserved` says) are trimmed too:
+    /// a sealed segment must end with its last record.
+    #[test]
+    fn trimming_goes_by_the_files_own_length() {
+        let mut f = segment(8 << 20);
+        f.write_all(&[7u8; 64]).unwrap();
+        f.file.set_len(64 + 4096).unwrap();
+        f.trim_reserve().unwrap();
+        assert_eq!(f.file.bytes(), [7u8; 64]);
+    }
+
+    #[test]
+    fn opening_a_segment_shorter_than_what_recovery_found_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        std::fs::write(&path, [0u8; 10]).unwrap();
+        let err = match RealIo.open_append(&path, false, 20) {
+            Ok(_) => panic!("a 10-byte file opened for appending after byte 20"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("10 bytes") && msg.contains("20 bytes"),
+            "{msg}"
+        );
+        assert!(RealIo.open_append(&path, false, 10).is_ok());
+    }
 }
