@@ -453,10 +453,7 @@ impl AppService {
     }
 
     fn stripe(&self, id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
-        // Client-chosen ids may share prefixes: mix both halves.
-        let (hi, lo) = id.as_u64_pair();
-        let mixed = (hi ^ lo.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.inner.stripes[(mixed >> 32) as usize % STRIPES].clone()
+        self.inner.stripes[stripe_index(id)].clone()
     }
 
     /// Waits until the live views include every event acknowledged so far (read-your-writes).
@@ -1094,6 +1091,14 @@ async fn check_integrity(inner: Arc<Inner>) {
         }
     };
     inner.integrity.send_replace(outcome);
+}
+
+/// The lock stripe of incident `id` (an index into `Inner::stripes`).
+pub(crate) fn stripe_index(id: Uuid) -> usize {
+    // Client-chosen ids may share prefixes: mix both halves.
+    let (hi, lo) = id.as_u64_pair();
+    let mixed = (hi ^ lo.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 32) as usize % STRIPES
 }
 
 /// `expected_version: 0` with events the empty state accepts: decided without reading the
