@@ -6,7 +6,6 @@ pub mod auth;
 mod error;
 pub mod export;
 mod http;
-pub mod json;
 pub mod metrics;
 pub mod service;
 pub mod wire;

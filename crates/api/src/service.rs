@@ -10,15 +10,14 @@ use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
 use incidentlog_projections::{
     decide, decide_and_apply, fold_incident, hyphenated_uuid, parse_events, whole_number,
-    DecodedEvent, Envelope, IncidentPage, IncidentQuery, IncidentState, IncidentView, Projection,
-    ProjectionError, Region, RegionSummary, TypedEvent, Window,
+    DecodedEvent, Envelope, IncidentPage, IncidentQuery, IncidentState, IncidentView, Json,
+    Projection, ProjectionError, Region, RegionSummary, TypedEvent, Window,
 };
 use incidentlog_store::{
     AppendOutcome, AppendRequest, EventRef, EventStore, ExpectedVersion, Head, NewEvent,
     RecordedEvent, Store, StoreError, VerifyReport,
 };
 use serde::Serialize;
-use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::sync::{watch, OwnedMutexGuard};
 use uuid::Uuid;
@@ -135,7 +134,10 @@ pub struct AppendCommand {
 
 /// Parses an append body `{"expected_version"?, "events": [...]}` (and, for bulk lines,
 /// `"incident_id"`). Every problem is reported with a JSON pointer.
-pub fn parse_command(body: &Value, path_incident: Option<Uuid>) -> Result<AppendCommand, ApiError> {
+pub fn parse_command(
+    body: &Json<'_>,
+    path_incident: Option<Uuid>,
+) -> Result<AppendCommand, ApiError> {
     let Some(obj) = body.as_object() else {
         return Err(ApiError::invalid(vec![field_error(
             "",
@@ -143,8 +145,11 @@ pub fn parse_command(body: &Value, path_incident: Option<Uuid>) -> Result<Append
         )]));
     };
     let mut errors = Vec::new();
-    for key in obj.keys() {
-        let known = matches!(key.as_str(), "expected_version" | "events")
+    // In key order, whatever order the body has them in.
+    let mut keys: Vec<&str> = obj.keys().collect();
+    keys.sort_unstable();
+    for key in keys {
+        let known = matches!(key, "expected_version" | "events")
             || (path_incident.is_none() && key == "incident_id");
         if !known {
             errors.push(field_error(
@@ -174,8 +179,8 @@ pub fn parse_command(body: &Value, path_incident: Option<Uuid>) -> Result<Append
         },
     };
     let expected = match obj.get("expected_version") {
-        None | Some(Value::Null) => Some(ExpectedVersion::Any),
-        Some(Value::String(s)) if s == "any" => Some(ExpectedVersion::Any),
+        None | Some(Json::Null) => Some(ExpectedVersion::Any),
+        Some(Json::String(s)) if s == "any" => Some(ExpectedVersion::Any),
         // A whole number written `2.0` is 2, as for the event counts (JSON Schema's "integer").
         Some(v) => match v.as_number().and_then(whole_number) {
             Some(n) => Some(ExpectedVersion::Exact(n)),
@@ -193,11 +198,11 @@ pub fn parse_command(body: &Value, path_incident: Option<Uuid>) -> Result<Append
             errors.push(field_error("/events", "required"));
             None
         }
-        Some(Value::Array(a)) if a.is_empty() => {
+        Some(Json::Array(a)) if a.is_empty() => {
             errors.push(field_error("/events", "at least one event is required"));
             None
         }
-        Some(v @ Value::Array(_)) => match parse_events(v, "/events") {
+        Some(v) if matches!(v, Json::Array(_)) => match parse_events(v, "/events") {
             Ok(events) => Some(events),
             Err(mut e) => {
                 errors.append(&mut e);

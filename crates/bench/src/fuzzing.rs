@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use incidentlog_projections::{
-    decide, parse_events, Envelope, IncidentEvent, IncidentState, Projection, EVENT_TYPES,
+    decide, parse_events, Envelope, IncidentEvent, IncidentState, Json, Projection, EVENT_TYPES,
 };
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -26,6 +26,7 @@ fn fixed_now() -> DateTime<Utc> {
 
 /// Event decoding and validation, as an append request goes through it:
 /// - `parse_events` never panics; a rejection carries at least one field error;
+/// - it decodes the server's borrowed tree (`Json`) as it decodes a `serde_json::Value`;
 /// - an accepted event's canonical data parses again to the same canonical bytes;
 /// - events `decide` accepts on a new incident fold (state and projection) without error;
 /// - stored-event decoding (`IncidentEvent::decode`, `Projection::apply`) of arbitrary data
@@ -55,12 +56,27 @@ pub fn event_decoding(data: &[u8]) {
         }
     }
 
-    // Append path.
+    // Append path, on both trees: the server's borrowed `Json` (which refuses repeated keys)
+    // and `serde_json::Value` (which keeps the last) decode alike.
+    let tree = Json::from_slice(data);
     let Ok(value) = serde_json::from_slice::<Value>(data) else {
+        assert!(tree.is_err(), "a borrowed tree of text serde_json refuses");
         return;
     };
     let events = value.get("events").unwrap_or(&value);
-    let typed = match parse_events(events, "/events") {
+    let by_value = parse_events(events, "/events");
+    if let Ok(tree) = &tree {
+        let tree_events = tree
+            .as_object()
+            .and_then(|o| o.get("events"))
+            .unwrap_or(tree);
+        assert_eq!(
+            parse_events(tree_events, "/events"),
+            by_value,
+            "the borrowed tree decodes differently"
+        );
+    }
+    let typed = match by_value {
         Ok(t) => t,
         Err(errors) => {
             assert!(!errors.is_empty(), "a rejection must say why");

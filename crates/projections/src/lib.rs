@@ -17,6 +17,7 @@ use uuid::Uuid;
 mod decide;
 mod error;
 mod events;
+mod json;
 mod projection;
 mod region;
 mod state;
@@ -33,6 +34,7 @@ pub use events::{
     Location, LocationPrecision, Sha256, Source, SourceAdded, SourceKind, TimePrecision,
     TypedEvent, EVENT_TYPES,
 };
+pub use json::{Json, JsonMembers, JsonObject, JsonValue};
 pub use projection::{
     fold_incident, DecodedEvent, IncidentPage, IncidentQuery, MemoryUsage, Projection,
     DEFAULT_LIMIT, MAX_LIMIT,

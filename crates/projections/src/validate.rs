@@ -1,12 +1,13 @@
 //! Strict decoding of append requests, reporting every problem with a JSON pointer.
 //!
-//! This walks `serde_json::Value` by hand (serde stops at the first error; a client fixing a
+//! This walks a JSON tree by hand ([`Json`](crate::Json) on the append path, or
+//! `serde_json::Value`) (serde stops at the first error; a client fixing a
 //! request wants all of them at once) and builds the typed events only when nothing is wrong.
-use serde_json::{Map, Value};
 use std::borrow::Cow;
 use uuid::Uuid;
 
 use crate::events::*;
+use crate::json::{JsonMembers, JsonValue};
 use crate::{FieldError, OccurredAt, Region};
 
 /// Longest accepted name-like text (source names, actors, localities), in characters.
@@ -20,8 +21,8 @@ pub const MAX_COUNT: u64 = 10_000_000;
 
 /// Strict decoding of an append body's `events` array (`pointer_prefix` = "/events"): every
 /// problem reported with a JSON pointer like "/events/1/data/killed".
-pub fn parse_events(
-    events: &Value,
+pub fn parse_events<V: JsonValue>(
+    events: &V,
     pointer_prefix: &str,
 ) -> Result<Vec<TypedEvent>, Vec<FieldError>> {
     let mut errs = Vec::new();
@@ -68,16 +69,24 @@ pub fn parse_events(
     }
 }
 
-fn parse_one(item: &Value, ptr: &Ptr<'_>, errs: &mut Vec<FieldError>) -> Option<TypedEvent> {
+fn parse_one<V: JsonValue>(
+    item: &V,
+    ptr: &Ptr<'_>,
+    errs: &mut Vec<FieldError>,
+) -> Option<TypedEvent> {
     let m = object(item, ptr, &["event_id", "type", "data"], errs)?;
     let event_id = uuid_field(m, "event_id", ptr, true, errs);
-    let ty = match m.get("type") {
-        None | Some(Value::Null) => {
+    let ty = match m
+        .get("type")
+        .filter(|v| !v.is_null())
+        .map(JsonValue::as_str)
+    {
+        None => {
             push(errs, ptr, "type", "is required");
             None
         }
-        Some(Value::String(s)) if EVENT_TYPES.contains(&s.as_str()) => Some(s.as_str()),
-        Some(Value::String(s)) => {
+        Some(Some(s)) if EVENT_TYPES.contains(&s) => Some(s),
+        Some(Some(s)) => {
             push(
                 errs,
                 ptr,
@@ -89,18 +98,18 @@ fn parse_one(item: &Value, ptr: &Ptr<'_>, errs: &mut Vec<FieldError>) -> Option<
             );
             None
         }
-        Some(_) => {
+        Some(None) => {
             push(errs, ptr, "type", "must be a string");
             None
         }
     };
     let dptr = Ptr::Key(ptr, "data");
     let data = match m.get("data") {
-        None | Some(Value::Null) => {
+        Some(d) if !d.is_null() => Some(d),
+        _ => {
             push(errs, ptr, "data", "is required");
             None
         }
-        Some(d) => Some(d),
     };
     let (ty, data) = (ty?, data?);
     let event = match ty {
@@ -153,50 +162,52 @@ fn push(errs: &mut Vec<FieldError>, ptr: &Ptr<'_>, key: &str, msg: impl Into<Str
 }
 
 /// `v` must be an object with only `allowed` keys; every unknown key is reported.
-fn object<'v>(
-    v: &'v Value,
+fn object<'v, V: JsonValue>(
+    v: &'v V,
     ptr: &Ptr<'_>,
     allowed: &[&str],
     errs: &mut Vec<FieldError>,
-) -> Option<&'v Map<String, Value>> {
+) -> Option<&'v V::Object> {
     let Some(m) = v.as_object() else {
         errs.push(FieldError::new(ptr.to_string(), "must be a JSON object"));
         return None;
     };
-    for k in m.keys() {
-        if !allowed.contains(&k.as_str()) {
-            push(
-                errs,
-                ptr,
-                k,
-                format!("unknown field {k:?}; allowed here: {}", allowed.join(", ")),
-            );
-        }
+    // Reported in key order whatever order the body has them in (as a `Value`'s map keeps
+    // them), so both trees give the same errors.
+    let mut unknown: Vec<&str> = m.keys().filter(|k| !allowed.contains(k)).collect();
+    unknown.sort_unstable();
+    for k in unknown {
+        push(
+            errs,
+            ptr,
+            k,
+            format!("unknown field {k:?}; allowed here: {}", allowed.join(", ")),
+        );
     }
     Some(m)
 }
 
 /// A present, non-null value. A `null` optional field counts as absent.
-fn present<'v>(
-    m: &'v Map<String, Value>,
+fn present<'v, M: JsonMembers>(
+    m: &'v M,
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
     errs: &mut Vec<FieldError>,
-) -> Option<&'v Value> {
+) -> Option<&'v M::Value> {
     match m.get(key) {
-        None | Some(Value::Null) => {
+        Some(v) if !v.is_null() => Some(v),
+        _ => {
             if required {
                 push(errs, ptr, key, "is required");
             }
             None
         }
-        Some(v) => Some(v),
     }
 }
 
-fn string_field<'v>(
-    m: &'v Map<String, Value>,
+fn string_field<'v, M: JsonMembers>(
+    m: &'v M,
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
@@ -214,8 +225,8 @@ fn string_field<'v>(
 
 /// Text: non-blank, at most `max` characters, no control characters (`multiline` allows
 /// line breaks and tabs).
-fn text(
-    m: &Map<String, Value>,
+fn text<M: JsonMembers>(
+    m: &M,
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
@@ -253,8 +264,8 @@ fn text(
     Some(Cow::Owned(s.to_owned()))
 }
 
-fn name(
-    m: &Map<String, Value>,
+fn name<M: JsonMembers>(
+    m: &M,
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
@@ -263,8 +274,8 @@ fn name(
     text(m, key, ptr, required, MAX_NAME_CHARS, false, errs)
 }
 
-fn long_text(
-    m: &Map<String, Value>,
+fn long_text<M: JsonMembers>(
+    m: &M,
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
@@ -275,8 +286,8 @@ fn long_text(
 
 /// A string field turned into a typed value by `parse`, whose error message is reported at the
 /// field's pointer.
-fn parsed_field<T>(
-    m: &Map<String, Value>,
+fn parsed_field<T, M: JsonMembers>(
+    m: &M,
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
@@ -293,8 +304,8 @@ fn parsed_field<T>(
     }
 }
 
-fn enum_field<T: std::str::FromStr<Err = String>>(
-    m: &Map<String, Value>,
+fn enum_field<T: std::str::FromStr<Err = String>, M: JsonMembers>(
+    m: &M,
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
@@ -321,8 +332,8 @@ pub fn whole_number(n: &serde_json::Number) -> Option<u64> {
     })
 }
 
-fn uuid_field(
-    m: &Map<String, Value>,
+fn uuid_field<M: JsonMembers>(
+    m: &M,
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
@@ -343,15 +354,15 @@ fn uuid_field(
     }
 }
 
-fn count(
-    m: &Map<String, Value>,
+fn count<M: JsonMembers>(
+    m: &M,
     key: &str,
     ptr: &Ptr<'_>,
     errs: &mut Vec<FieldError>,
 ) -> Option<u32> {
     let v = present(m, key, ptr, false, errs)?;
-    match v {
-        Value::Number(n) => {
+    match v.as_number() {
+        Some(n) => {
             // `2.0` is the whole number 2; stored as `2`.
             let f = n.as_f64().unwrap_or(f64::NAN);
             if let Some(u) = whole_number(n) {
@@ -372,15 +383,15 @@ fn count(
                 None
             }
         }
-        _ => {
+        None => {
             push(errs, ptr, key, "must be a number");
             None
         }
     }
 }
 
-fn url_field(
-    m: &Map<String, Value>,
+fn url_field<M: JsonMembers>(
+    m: &M,
     key: &str,
     ptr: &Ptr<'_>,
     errs: &mut Vec<FieldError>,
@@ -413,15 +424,15 @@ fn url_field(
     }
 }
 
-fn coord(
-    m: &Map<String, Value>,
+fn coord<M: JsonMembers>(
+    m: &M,
     key: &str,
     ptr: &Ptr<'_>,
     limit: f64,
     errs: &mut Vec<FieldError>,
 ) -> Option<f64> {
     let v = present(m, key, ptr, true, errs)?;
-    match v.as_f64() {
+    match v.as_number().and_then(serde_json::Number::as_f64) {
         Some(x) if x.is_finite() && (-limit..=limit).contains(&x) => Some(x),
         Some(_) => {
             push(
@@ -439,8 +450,8 @@ fn coord(
     }
 }
 
-fn source(
-    m: &Map<String, Value>,
+fn source<M: JsonMembers>(
+    m: &M,
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
@@ -463,7 +474,7 @@ fn source(
         errs,
     )?;
     let name = name(s, "name", &sptr, true, errs);
-    let kind = enum_field::<SourceKind>(s, "kind", &sptr, false, errs);
+    let kind = enum_field::<SourceKind, _>(s, "kind", &sptr, false, errs);
     let url = url_field(s, "url", &sptr, errs);
     let archive_url = url_field(s, "archive_url", &sptr, errs);
     let published_at = parsed_field(s, "published_at", &sptr, false, errs, OccurredAt::parse);
@@ -490,15 +501,15 @@ fn source(
     })
 }
 
-fn location(m: &Map<String, Value>, ptr: &Ptr<'_>, errs: &mut Vec<FieldError>) -> Option<Location> {
+fn location<M: JsonMembers>(m: &M, ptr: &Ptr<'_>, errs: &mut Vec<FieldError>) -> Option<Location> {
     let v = present(m, "location", ptr, false, errs)?;
     let lptr = Ptr::Key(ptr, "location");
     let l = object(v, &lptr, &["lat", "lon", "precision"], errs)?;
     let lat = coord(l, "lat", &lptr, 90.0, errs);
     let lon = coord(l, "lon", &lptr, 180.0, errs);
-    let precision = enum_field::<LocationPrecision>(l, "precision", &lptr, false, errs);
-    let precision = match (l.get("precision"), precision) {
-        (Some(Value::String(_)), None) => return None,
+    let precision = enum_field::<LocationPrecision, _>(l, "precision", &lptr, false, errs);
+    let precision = match (l.get("precision").and_then(JsonValue::as_str), precision) {
+        (Some(_), None) => return None,
         (_, p) => p.unwrap_or(LocationPrecision::Exact),
     };
     Some(Location {
@@ -519,8 +530,8 @@ fn finish<T>(errs: &[FieldError], before: usize, build: impl FnOnce() -> Option<
 
 // ---- one function per event type -----------------------------------------------------------
 
-fn incident_reported(
-    v: &Value,
+fn incident_reported<V: JsonValue>(
+    v: &V,
     p: &Ptr<'_>,
     errs: &mut Vec<FieldError>,
 ) -> Option<IncidentReported<'static>> {
@@ -542,9 +553,9 @@ fn incident_reported(
         ],
         errs,
     )?;
-    let kind = enum_field::<Kind>(m, "kind", p, true, errs);
+    let kind = enum_field::<Kind, _>(m, "kind", p, true, errs);
     let occurred_at = parsed_field(m, "occurred_at", p, true, errs, OccurredAt::parse);
-    let tp = enum_field::<TimePrecision>(m, "time_precision", p, false, errs);
+    let tp = enum_field::<TimePrecision, _>(m, "time_precision", p, false, errs);
     if let (Some(t), Some(tp)) = (occurred_at, tp) {
         if !tp.fits(&t) {
             push(errs, p, "time_precision", format!(
@@ -576,8 +587,8 @@ fn incident_reported(
     })
 }
 
-fn casualties(
-    v: &Value,
+fn casualties<V: JsonValue>(
+    v: &V,
     p: &Ptr<'_>,
     errs: &mut Vec<FieldError>,
 ) -> Option<CasualtiesReported<'static>> {
@@ -683,7 +694,11 @@ fn casualties(
     })
 }
 
-fn claim_made(v: &Value, p: &Ptr<'_>, errs: &mut Vec<FieldError>) -> Option<ClaimMade<'static>> {
+fn claim_made<V: JsonValue>(
+    v: &V,
+    p: &Ptr<'_>,
+    errs: &mut Vec<FieldError>,
+) -> Option<ClaimMade<'static>> {
     let before = errs.len();
     let m = object(
         v,
@@ -713,8 +728,8 @@ fn claim_made(v: &Value, p: &Ptr<'_>, errs: &mut Vec<FieldError>) -> Option<Clai
     })
 }
 
-fn claim_denied(
-    v: &Value,
+fn claim_denied<V: JsonValue>(
+    v: &V,
     p: &Ptr<'_>,
     errs: &mut Vec<FieldError>,
 ) -> Option<ClaimDenied<'static>> {
@@ -734,15 +749,15 @@ fn claim_denied(
     })
 }
 
-fn claim_assessed(
-    v: &Value,
+fn claim_assessed<V: JsonValue>(
+    v: &V,
     p: &Ptr<'_>,
     errs: &mut Vec<FieldError>,
 ) -> Option<ClaimAssessed<'static>> {
     let before = errs.len();
     let m = object(v, p, &["claim_id", "assessment", "by", "evidence"], errs)?;
     let claim_id = uuid_field(m, "claim_id", p, true, errs);
-    let assessment = enum_field::<Assessment>(m, "assessment", p, true, errs);
+    let assessment = enum_field::<Assessment, _>(m, "assessment", p, true, errs);
     let by = name(m, "by", p, true, errs);
     let evidence = long_text(m, "evidence", p, false, errs);
     finish(errs, before, || {
@@ -755,8 +770,8 @@ fn claim_assessed(
     })
 }
 
-fn source_added(
-    v: &Value,
+fn source_added<V: JsonValue>(
+    v: &V,
     p: &Ptr<'_>,
     errs: &mut Vec<FieldError>,
 ) -> Option<SourceAdded<'static>> {
@@ -766,8 +781,8 @@ fn source_added(
     finish(errs, before, || Some(SourceAdded { source: source? }))
 }
 
-fn corrected(
-    v: &Value,
+fn corrected<V: JsonValue>(
+    v: &V,
     p: &Ptr<'_>,
     errs: &mut Vec<FieldError>,
 ) -> Option<IncidentCorrected<'static>> {
@@ -787,9 +802,9 @@ fn corrected(
     allowed.extend_from_slice(&FIELDS);
     let m = object(v, p, &allowed, errs)?;
     let reason = long_text(m, "reason", p, true, errs);
-    let kind = enum_field::<Kind>(m, "kind", p, false, errs);
+    let kind = enum_field::<Kind, _>(m, "kind", p, false, errs);
     let occurred_at = parsed_field(m, "occurred_at", p, false, errs, OccurredAt::parse);
-    let tp = enum_field::<TimePrecision>(m, "time_precision", p, false, errs);
+    let tp = enum_field::<TimePrecision, _>(m, "time_precision", p, false, errs);
     if let (Some(t), Some(tp)) = (occurred_at, tp) {
         if !tp.fits(&t) {
             push(errs, p, "time_precision", format!(
@@ -805,7 +820,7 @@ fn corrected(
     let summary = long_text(m, "summary", p, false, errs);
     if !FIELDS
         .iter()
-        .any(|k| m.get(*k).is_some_and(|v| !v.is_null()))
+        .any(|k| m.get(k).is_some_and(|v| !v.is_null()))
     {
         errs.push(FieldError::new(
             p.to_string(),
@@ -833,8 +848,8 @@ fn corrected(
     })
 }
 
-fn retracted(
-    v: &Value,
+fn retracted<V: JsonValue>(
+    v: &V,
     p: &Ptr<'_>,
     errs: &mut Vec<FieldError>,
 ) -> Option<IncidentRetracted<'static>> {

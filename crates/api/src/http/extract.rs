@@ -5,8 +5,8 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use incidentlog_projections::Json;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use super::AppState;
 use crate::error::ApiError;
@@ -111,8 +111,16 @@ async fn read_body(req: Request, state: &AppState, media: Media) -> Result<Bytes
     }
 }
 
-/// A JSON request body, syntax-checked (400), with `Content-Type: application/json` (415).
-pub struct JsonBody(pub Value);
+/// A JSON request body with `Content-Type: application/json` (415), within the body limit
+/// (413); [`JsonBody::parse`] checks its syntax (400). The bytes are kept so that the parsed
+/// tree can borrow its strings from them.
+pub struct JsonBody(pub Bytes);
+
+impl JsonBody {
+    pub fn parse(&self) -> Result<Json<'_>, ApiError> {
+        Json::from_slice(&self.0).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+    }
+}
 
 impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
@@ -120,10 +128,7 @@ impl FromRequest<AppState> for JsonBody {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         check_media(&req, Media::Json)?;
         check_declared_length(&req, state, Media::Json)?;
-        let bytes = read_body(req, state, Media::Json).await?;
-        crate::json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+        read_body(req, state, Media::Json).await.map(JsonBody)
     }
 }
 

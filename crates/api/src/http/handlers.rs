@@ -184,8 +184,9 @@ pub(crate) async fn append(
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(_): ApiQuery<NoParams>,
-    JsonBody(body): JsonBody,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
+    let body = body.parse()?;
     let by = recorded_by(&principal)?;
     let cmd = parse_command(&body, Some(id))?;
     let appended = Box::pin(state.service.append(cmd, by)).await?;

@@ -680,7 +680,7 @@ impl LineBatch {
                 let parsed = if text.is_empty() {
                     Parsed::Blank
                 } else {
-                    match crate::json::from_slice(text) {
+                    match incidentlog_projections::Json::from_slice(text) {
                         Err(e) => {
                             Parsed::Rejected(ApiError::bad_request(format!("malformed JSON: {e}")))
                         }

@@ -27,9 +27,43 @@ fn cas(fields: Value) -> Value {
     ev("CasualtiesReported", d)
 }
 
+/// JSON text of `v` with every object's keys in reverse order (a `Value` writes them sorted).
+fn reversed_text(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let members: Vec<String> = m
+                .iter()
+                .rev()
+                .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), reversed_text(v)))
+                .collect();
+            format!("{{{}}}", members.join(","))
+        }
+        Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(reversed_text).collect();
+            format!("[{}]", items.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `parse_events` on the `Value` and on the borrowed tree the append path parses (from the
+/// text with its keys in either order): the same events, or the same errors in the same order.
+fn parse_both(events: &Value) -> Result<Vec<TypedEvent>, Vec<FieldError>> {
+    let by_value = parse_events(events, "/events");
+    for text in [events.to_string(), reversed_text(events)] {
+        let tree = Json::from_slice(text.as_bytes()).expect("valid JSON");
+        assert_eq!(
+            parse_events(&tree, "/events"),
+            by_value,
+            "the borrowed tree of {text} decodes differently"
+        );
+    }
+    by_value
+}
+
 /// (events array, expected [(pointer, message fragment)]); an empty list means "accepted".
 fn check(events: Value, expected: &[(&str, &str)]) {
-    let got = match parse_events(&events, "/events") {
+    let got = match parse_both(&events) {
         Ok(_) => vec![],
         Err(errs) => errs,
     };
@@ -91,6 +125,19 @@ fn validation_table() {
         (
             json!([ev("IncidentReported", with(reported(), "a/b~c", json!(1)))]),
             vec![("/events/0/data/a~1b~0c", "unknown field")],
+        ),
+        // Several unknown fields: reported in key order, whatever order the body has them in
+        // (`parse_both` also parses the text with its keys reversed).
+        (
+            json!([ev(
+                "IncidentReported",
+                with(with(with(reported(), "zz", json!(1)), "aa", json!(2)), "mm", json!(3))
+            )]),
+            vec![
+                ("/events/0/data/aa", "unknown field"),
+                ("/events/0/data/mm", "unknown field"),
+                ("/events/0/data/zz", "unknown field"),
+            ],
         ),
         (
             json!([ev(
@@ -356,7 +403,7 @@ fn canonical_data_is_deterministic_with_defaults_filled() {
         "source": {"kind": "official", "name": "Authorities"}, "region": "ua-63",
         "occurred_at": "2026-01-02T12:30:00+02:00", "kind": "shelling", "summary": null,
         "location": {"lon": 36.25, "lat": 49.99}}}]);
-    let t = parse_events(&a, "/events").unwrap();
+    let t = parse_both(&a).unwrap();
     assert_eq!(t[0].event_type(), "IncidentReported");
     assert_eq!(
         t[0].canonical_data().get(),
@@ -364,14 +411,14 @@ fn canonical_data_is_deterministic_with_defaults_filled() {
     );
     // A count written as `2.0` is stored as the number it is.
     let w = json!([cas(json!({"killed": 2.0}))]);
-    let t = parse_events(&w, "/events").unwrap();
+    let t = parse_both(&w).unwrap();
     assert!(
         t[0].canonical_data().get().ends_with(r#""killed":2}"#),
         "{}",
         t[0].canonical_data().get()
     );
     let d = json!([ev("IncidentReported", reported())]);
-    let t = parse_events(&d, "/events").unwrap();
+    let t = parse_both(&d).unwrap();
     assert_eq!(
         t[0].canonical_data().get(),
         r#"{"kind":"missile_strike","occurred_at":"2026-01-02","time_precision":"day","region":"UA-63","source":{"name":"Kharkiv regional authorities","kind":"official"}}"#
@@ -381,7 +428,7 @@ fn canonical_data_is_deterministic_with_defaults_filled() {
         "IncidentCorrected",
         json!({"occurred_at": "2026-01-01", "reason": "r"})
     )]);
-    let t = parse_events(&c, "/events").unwrap();
+    let t = parse_both(&c).unwrap();
     assert_eq!(
         t[0].canonical_data().get(),
         r#"{"reason":"r","occurred_at":"2026-01-01","time_precision":"day"}"#
