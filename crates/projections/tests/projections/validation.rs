@@ -131,7 +131,11 @@ fn validation_table() {
         (
             json!([ev(
                 "IncidentReported",
-                with(with(with(reported(), "zz", json!(1)), "aa", json!(2)), "mm", json!(3))
+                with(
+                    with(with(reported(), "zz", json!(1)), "aa", json!(2)),
+                    "mm",
+                    json!(3)
+                )
             )]),
             vec![
                 ("/events/0/data/aa", "unknown field"),
