@@ -1,6 +1,6 @@
 //! Wire shapes: what the API reads and writes, and their OpenAPI schemas.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use incidentlog_store::{ExpectedVersion, RecordedEvent};
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
@@ -17,7 +17,7 @@ pub fn expected_json(expected: ExpectedVersion) -> serde_json::Value {
 
 /// RFC 3339 UTC with microseconds and `Z`, the one timestamp format of the API.
 pub fn format_time(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    incidentlog_projections::fmt_micros(t)
 }
 
 /// A recorded event as every read returns it (`stream_id` is called `incident_id` here).

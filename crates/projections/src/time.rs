@@ -220,6 +220,86 @@ mod tests {
     use super::*;
 
     #[test]
+    fn micros_format_like_chrono() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut cases = vec![
+            0i64,
+            -1,
+            1,
+            999_999,
+            -86_400_000_000,
+            253_402_300_799_999_999,
+        ];
+        for _ in 0..200_000 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            // Years 0000 to 9999, and some far outside (chrono's own form then).
+            let span: u64 = 315_569_520_000_000_000;
+            cases.push((x % span) as i64 - 62_167_219_200_000_000);
+            if x >> 60 == 0 {
+                cases.push((x >> 1) as i64 - (1 << 62));
+            }
+        }
+        for micros in cases {
+            let Some(t) = DateTime::<Utc>::from_timestamp_micros(micros) else {
+                continue;
+            };
+            assert_eq!(
+                fmt_micros(&t),
+                t.to_rfc3339_opts(SecondsFormat::Micros, true),
+                "{micros} us"
+            );
+        }
+        // Nanoseconds below a microsecond are cut, as chrono cuts them.
+        let t = DateTime::<Utc>::from_timestamp_nanos(1_767_225_600_123_456_789);
+        assert_eq!(
+            fmt_micros(&t),
+            t.to_rfc3339_opts(SecondsFormat::Micros, true)
+        );
+    }
+
+    #[test]
+    fn formats_like_chrono() {
+        let mut cases = vec![MIN_NANOS, END_NANOS - 1, 0, -1, 1, NANOS_PER_DAY - 1];
+        // Days around leap years and centuries, at times with every fraction width.
+        for day in [
+            -25_567i64, -1, 0, 59, 60, 365, 11_016, 11_017, 20_454, 47_541, 47_542,
+        ] {
+            for extra in [0, 1, 999, 1_000, 1_000_000, 123_456_789, 86_399_999_999_999] {
+                cases.push(day * NANOS_PER_DAY + extra);
+            }
+        }
+        // And a spread over the whole accepted span (a fixed LCG: no randomness in tests).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let span = (i128::from(END_NANOS) - i128::from(MIN_NANOS)) as u64;
+            let mut nanos = (i128::from(MIN_NANOS) + i128::from(x % span)) as i64;
+            // Round some to whole seconds, milliseconds and microseconds.
+            match x >> 62 {
+                0 => nanos -= nanos.rem_euclid(1_000_000_000),
+                1 => nanos -= nanos.rem_euclid(1_000_000),
+                2 => nanos -= nanos.rem_euclid(1_000),
+                _ => {}
+            }
+            cases.push(nanos);
+        }
+        for nanos in cases {
+            for timestamp in [false, true] {
+                let t = OccurredAt { nanos, timestamp };
+                assert_eq!(
+                    t.to_string(),
+                    t.chrono_form(),
+                    "{nanos} ns, timestamp {timestamp}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn window_bounds_outside_the_event_years_are_open_ends() {
         let w = Window::parse(Some("1600-01-01"), Some("2300-01-01T00:00:00Z")).unwrap();
         assert_eq!((w.lo, w.hi), (i64::MIN, i64::MAX));
@@ -319,12 +399,47 @@ pub(crate) fn day_of(nanos: i64) -> i32 {
 }
 
 impl std::fmt::Display for OccurredAt {
+    /// The canonical form: `YYYY-MM-DD` for a date, else RFC 3339 in UTC with `Z` and as many
+    /// fraction digits as needed (none, 3, 6 or 9: chrono's `AutoSi`). Written by hand (every
+    /// event and view serializes it; chrono's formatter is general and slow): accepted values
+    /// lie in years 1678-2261, so the year always has four digits (`formats_like_chrono`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut buf = [0u8; 30];
+        let n = self.write_canonical(&mut buf);
+        // Only ASCII digits and separators were written.
+        f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+impl OccurredAt {
+    /// Writes the canonical form into `buf`, returning its length.
+    fn write_canonical(&self, buf: &mut [u8; 30]) -> usize {
+        let days = self.nanos.div_euclid(NANOS_PER_DAY);
+        let in_day = self.nanos.rem_euclid(NANOS_PER_DAY);
+        if !self.timestamp {
+            return write_date(buf, days);
+        }
+        let sub = in_day % 1_000_000_000;
+        let fraction = if sub % 1_000_000 == 0 {
+            (sub / 1_000_000, 3)
+        } else if sub % 1_000 == 0 {
+            (sub / 1_000, 6)
+        } else {
+            (sub, 9)
+        };
+        // No fraction at all for a whole second.
+        let fraction = if sub == 0 { (0, 0) } else { fraction };
+        write_timestamp(buf, days, in_day / 1_000_000_000, fraction)
+    }
+
+    /// chrono's rendering of the canonical form, which `write_canonical` reproduces.
+    #[cfg(test)]
+    fn chrono_form(&self) -> String {
         let t = self.to_datetime();
         if self.timestamp {
-            f.write_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+            t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
         } else {
-            write!(f, "{}", t.format("%Y-%m-%d"))
+            t.format("%Y-%m-%d").to_string()
         }
     }
 }
@@ -340,6 +455,72 @@ impl<'de> Deserialize<'de> for OccurredAt {
         let s = Cow::<'de, str>::deserialize(d)?;
         OccurredAt::parse(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// Writes `value` as `digits` decimal digits at `buf[at..]` (zero-padded).
+fn put_digits(buf: &mut [u8], at: usize, value: i64, digits: usize) {
+    let mut v = value;
+    for i in (0..digits).rev() {
+        buf[at + i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+/// Writes the date `days` after 1970-01-01 as `YYYY-MM-DD` (years 0-9999); returns 10.
+fn write_date(buf: &mut [u8; 30], days: i64) -> usize {
+    // civil from days (H. Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    put_digits(buf, 0, y, 4);
+    buf[4] = b'-';
+    put_digits(buf, 5, m, 2);
+    buf[7] = b'-';
+    put_digits(buf, 8, d, 2);
+    10
+}
+
+/// Writes `YYYY-MM-DDTHH:MM:SS[.fraction]Z` for second `secs` of day `days`, the fraction as
+/// `(value, digits)` (no fraction for 0 digits); returns the length.
+fn write_timestamp(buf: &mut [u8; 30], days: i64, secs: i64, fraction: (i64, usize)) -> usize {
+    write_date(buf, days);
+    buf[10] = b'T';
+    put_digits(buf, 11, secs / 3600, 2);
+    buf[13] = b':';
+    put_digits(buf, 14, secs / 60 % 60, 2);
+    buf[16] = b':';
+    put_digits(buf, 17, secs % 60, 2);
+    let mut n = 19;
+    let (value, digits) = fraction;
+    if digits > 0 {
+        buf[n] = b'.';
+        put_digits(buf, n + 1, value, digits);
+        n += 1 + digits;
+    }
+    buf[n] = b'Z';
+    n + 1
+}
+
+/// RFC 3339 in UTC with exactly six fraction digits and `Z`, as the log writes recorded times
+/// (chrono's `SecondsFormat::Micros`, written by hand for years 0-9999; chrono for the rest).
+pub fn fmt_micros(t: &DateTime<Utc>) -> String {
+    let micros = t.timestamp_micros();
+    let days = micros.div_euclid(86_400_000_000);
+    // 0000-01-01 and 9999-12-31.
+    if !(-719_528..=2_932_896).contains(&days) {
+        return t.to_rfc3339_opts(SecondsFormat::Micros, true);
+    }
+    let in_day = micros.rem_euclid(86_400_000_000);
+    let mut buf = [0u8; 30];
+    let n = write_timestamp(&mut buf, days, in_day / 1_000_000, (in_day % 1_000_000, 6));
+    // Only ASCII digits and separators were written.
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// An inclusive window on `occurred_at`. `from`/`to` may be dates (a date `to` covers its whole

@@ -10,7 +10,7 @@ use crate::{OccurredAt, Region};
 /// Recorded times as the log writes them: RFC 3339 UTC with exactly six fraction digits and
 /// `Z` (chrono's own form drops trailing zeros, so `.439000Z` in the log was `.439Z` here).
 fn micros<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    s.serialize_str(&crate::time::fmt_micros(t))
 }
 
 /// A source as views show it (the event's shape: absent fields left out).
