@@ -251,6 +251,12 @@ mod tests {
                 "{micros} us"
             );
         }
+        // A leap second stays second 60.
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .map(|t| t.and_utc())
+            .expect("a leap second");
+        assert_eq!(fmt_micros(&leap), "2016-12-31T23:59:60.500000Z");
         // Nanoseconds below a microsecond are cut, as chrono cuts them.
         let t = DateTime::<Utc>::from_timestamp_nanos(1_767_225_600_123_456_789);
         assert_eq!(
@@ -512,8 +518,9 @@ fn write_timestamp(buf: &mut [u8; 30], days: i64, secs: i64, fraction: (i64, usi
 pub fn fmt_micros(t: &DateTime<Utc>) -> String {
     let micros = t.timestamp_micros();
     let days = micros.div_euclid(86_400_000_000);
-    // 0000-01-01 and 9999-12-31.
-    if !(-719_528..=2_932_896).contains(&days) {
+    // 0000-01-01 and 9999-12-31; and a leap second (second 60), which chrono keeps as such
+    // while the microsecond count would carry it into the next minute.
+    if !(-719_528..=2_932_896).contains(&days) || t.nanosecond() >= 1_000_000_000 {
         return t.to_rfc3339_opts(SecondsFormat::Micros, true);
     }
     let in_day = micros.rem_euclid(86_400_000_000);

@@ -309,12 +309,12 @@ mod tests {
         // In the pause that follows the first mark.
         m.synced(head(2));
         marked(2, INTERVAL + Duration::from_secs(1));
-        // Once the pause is over the thread waits for a sync, and marks it at once.
+        // Once the pause is over the thread waits for a sync: only the sync's wake-up gets it
+        // marked (a lost one would leave it unmarked for good; the bound is generous for a
+        // busy disk).
         std::thread::sleep(INTERVAL + Duration::from_millis(200));
-        let waited = std::time::Instant::now();
         m.synced(head(3));
-        marked(3, INTERVAL / 2);
-        assert!(waited.elapsed() < INTERVAL / 2);
+        marked(3, Duration::from_secs(5));
         m.stop();
     }
 
