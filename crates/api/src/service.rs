@@ -11,7 +11,7 @@ use futures_util::{FutureExt, StreamExt};
 use incidentlog_projections::{
     decide, decide_and_apply, fold_incident, hyphenated_uuid, parse_events, whole_number,
     DecodedEvent, Envelope, IncidentPage, IncidentQuery, IncidentState, IncidentView, Json,
-    Projection, ProjectionError, Region, RegionSummary, TypedEvent, Window,
+    JsonMembers, JsonValue, Projection, ProjectionError, Region, RegionSummary, TypedEvent, Window,
 };
 use incidentlog_store::{
     AppendOutcome, AppendRequest, EventRef, EventStore, ExpectedVersion, Head, NewEvent,

@@ -6,7 +6,8 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use incidentlog_projections::{
-    decide, parse_events, Envelope, IncidentEvent, IncidentState, Json, Projection, EVENT_TYPES,
+    decide, parse_events, Envelope, IncidentEvent, IncidentState, Json, JsonMembers, JsonValue,
+    Projection, EVENT_TYPES,
 };
 use serde_json::value::RawValue;
 use serde_json::{json, Value};

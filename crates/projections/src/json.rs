@@ -41,72 +41,6 @@ impl<'a> Json<'a> {
         de.end()?;
         Ok(v)
     }
-
-    pub fn as_object(&self) -> Option<&JsonObject<'a>> {
-        match self {
-            Json::Object(o) => Some(o),
-            _ => None,
-        }
-    }
-
-    pub fn as_array(&self) -> Option<&[Json<'a>]> {
-        match self {
-            Json::Array(a) => Some(a),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Json::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_number(&self) -> Option<&Number> {
-        match self {
-            Json::Number(n) => Some(n),
-            _ => None,
-        }
-    }
-
-    pub fn is_null(&self) -> bool {
-        matches!(self, Json::Null)
-    }
-
-    /// The same value as a `serde_json::Value` (owned).
-    pub fn to_value(&self) -> Value {
-        match self {
-            Json::Null => Value::Null,
-            Json::Bool(b) => Value::Bool(*b),
-            Json::Number(n) => Value::Number(n.clone()),
-            Json::String(s) => Value::String(s.to_string()),
-            Json::Array(a) => Value::Array(a.iter().map(Json::to_value).collect()),
-            Json::Object(o) => Value::Object(
-                o.0.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_value()))
-                    .collect::<Map<_, _>>(),
-            ),
-        }
-    }
-}
-
-impl<'a> JsonObject<'a> {
-    pub fn get(&self, key: &str) -> Option<&Json<'a>> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| k.as_ref())
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// What validation needs of a JSON value: implemented by [`Json`] (the append path) and by
@@ -130,29 +64,41 @@ pub trait JsonMembers {
 impl<'a> JsonValue for Json<'a> {
     type Object = JsonObject<'a>;
     fn as_object(&self) -> Option<&JsonObject<'a>> {
-        Json::as_object(self)
+        match self {
+            Json::Object(o) => Some(o),
+            _ => None,
+        }
     }
     fn as_array(&self) -> Option<&[Json<'a>]> {
-        Json::as_array(self)
+        match self {
+            Json::Array(a) => Some(a),
+            _ => None,
+        }
     }
     fn as_str(&self) -> Option<&str> {
-        Json::as_str(self)
+        match self {
+            Json::String(s) => Some(s),
+            _ => None,
+        }
     }
     fn as_number(&self) -> Option<&Number> {
-        Json::as_number(self)
+        match self {
+            Json::Number(n) => Some(n),
+            _ => None,
+        }
     }
     fn is_null(&self) -> bool {
-        Json::is_null(self)
+        matches!(self, Json::Null)
     }
 }
 
 impl<'a> JsonMembers for JsonObject<'a> {
     type Value = Json<'a>;
     fn get(&self, key: &str) -> Option<&Json<'a>> {
-        JsonObject::get(self, key)
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
     fn keys(&self) -> impl Iterator<Item = &str> {
-        JsonObject::keys(self)
+        self.0.iter().map(|(k, _)| k.as_ref())
     }
 }
 
@@ -306,13 +252,29 @@ impl<'de> Visitor<'de> for KeyVisitor {
 mod tests {
     use super::*;
 
+    /// The same value as a `serde_json::Value`.
+    fn to_value(j: &Json<'_>) -> Value {
+        match j {
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::Number(n) => Value::Number(n.clone()),
+            Json::String(s) => Value::String(s.to_string()),
+            Json::Array(a) => Value::Array(a.iter().map(to_value).collect()),
+            Json::Object(o) => Value::Object(
+                o.0.iter()
+                    .map(|(k, v)| (k.to_string(), to_value(v)))
+                    .collect::<Map<_, _>>(),
+            ),
+        }
+    }
+
     #[test]
     fn parses_like_serde_json_when_no_key_repeats() {
         let text = br#"{"a": [1, -2, 3.5, 1e300, "x\u00e9\n", true, false, null, {}],
                         "b": {"c": {"d": 18446744073709551615}}, "e": "", "f": -0.0}"#;
         let ours = Json::from_slice(text).expect("valid JSON");
         let theirs: Value = serde_json::from_slice(text).expect("valid JSON");
-        assert_eq!(ours.to_value(), theirs);
+        assert_eq!(to_value(&ours), theirs);
         // Strings without escapes are borrowed from the text, the others owned.
         let Json::Object(o) = &ours else {
             panic!("an object")
@@ -354,7 +316,7 @@ mod tests {
         let keys = |n: usize| (0..n).map(|i| format!("\"k{i}\": {i}")).collect::<Vec<_>>();
         let many = format!("{{{}}}", keys(50_000).join(","));
         let parsed = Json::from_slice(many.as_bytes()).expect("distinct keys");
-        assert_eq!(parsed.as_object().map(JsonObject::len), Some(50_000));
+        assert_eq!(parsed.as_object().map(|o| o.keys().count()), Some(50_000));
         for at in [3, SCAN_MAX, SCAN_MAX + 1, 49_999] {
             let mut k = keys(50_000);
             k.push(format!("\"k{at}\": 0"));

@@ -412,8 +412,7 @@ impl std::fmt::Display for OccurredAt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut buf = [0u8; 30];
         let n = self.write_canonical(&mut buf);
-        // Only ASCII digits and separators were written.
-        f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| std::fmt::Error)?)
+        f.write_str(ascii(&buf[..n]))
     }
 }
 
@@ -426,15 +425,15 @@ impl OccurredAt {
             return write_date(buf, days);
         }
         let sub = in_day % 1_000_000_000;
-        let fraction = if sub % 1_000_000 == 0 {
+        let fraction = if sub == 0 {
+            (0, 0)
+        } else if sub % 1_000_000 == 0 {
             (sub / 1_000_000, 3)
         } else if sub % 1_000 == 0 {
             (sub / 1_000, 6)
         } else {
             (sub, 9)
         };
-        // No fraction at all for a whole second.
-        let fraction = if sub == 0 { (0, 0) } else { fraction };
         write_timestamp(buf, days, in_day / 1_000_000_000, fraction)
     }
 
@@ -526,8 +525,12 @@ pub fn fmt_micros(t: &DateTime<Utc>) -> String {
     let in_day = micros.rem_euclid(86_400_000_000);
     let mut buf = [0u8; 30];
     let n = write_timestamp(&mut buf, days, in_day / 1_000_000, (in_day % 1_000_000, 6));
-    // Only ASCII digits and separators were written.
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    ascii(&buf[..n]).to_owned()
+}
+
+/// What `write_date`/`write_timestamp` wrote: ASCII digits and separators only.
+fn ascii(written: &[u8]) -> &str {
+    std::str::from_utf8(written).unwrap_or_default()
 }
 
 /// An inclusive window on `occurred_at`. `from`/`to` may be dates (a date `to` covers its whole

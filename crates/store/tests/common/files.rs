@@ -130,6 +130,16 @@ pub async fn refused_by_the_mark(o: &OpenOptions) -> String {
     }
 }
 
+/// [`refused_by_the_mark`] because marked records are missing, with `seg` left as `bytes`.
+pub async fn refused_as_missing(o: &OpenOptions, seg: &std::path::Path, bytes: &[u8]) {
+    let reason = refused_by_the_mark(o).await;
+    assert!(
+        reason.contains("acknowledged events are missing"),
+        "{reason}"
+    );
+    assert_eq!(std::fs::read(seg).unwrap(), bytes, "left as found");
+}
+
 pub fn is_corrupt(e: &StoreError) -> bool {
     matches!(e, StoreError::Corrupt { .. })
 }
