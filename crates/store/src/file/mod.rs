@@ -6,6 +6,7 @@
 //! - `tokens.json`: API tokens, replaced atomically;
 //! - `LOCK`: held (flock) while a process has the store open.
 
+mod cohorts;
 mod format;
 mod index;
 mod io;
@@ -55,6 +56,9 @@ pub(crate) struct Shared {
     /// Batches written and events in them (for the benchmark's events-per-sync figure).
     pub(crate) writes: AtomicU64,
     pub(crate) written_events: AtomicU64,
+    /// Nanoseconds the I/O thread has spent writing and syncing (for the writer's
+    /// [`cohorts::Cohorts`]).
+    pub(crate) io_busy_ns: AtomicU64,
     /// Emptied batch buffers the I/O thread hands back for the next batches: a bulk batch is
     /// megabytes, and fresh memory for every one cost page faults and zeroing.
     pub(crate) spare: Mutex<Vec<writer::Buffers>>,
@@ -173,6 +177,7 @@ impl FileStore {
             durable_seq: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             written_events: AtomicU64::new(0),
+            io_busy_ns: AtomicU64::new(0),
             spare: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -205,6 +210,8 @@ impl FileStore {
             closed: false,
             inflight: std::collections::VecDeque::new(),
             seq: 0,
+            cohorts: cohorts::Cohorts::default(),
+            last_job_events: 0,
         };
         tokio::spawn(writer.run(rx));
         Ok(FileStore {

@@ -4,12 +4,14 @@
 //! against the durable index *and* the batches still on their way to disk, and encodes them into
 //! one buffer. The I/O thread writes that buffer with one `write`, syncs it once, publishes the
 //! new durable head and answers. While one batch syncs, the next one is being collected and
-//! encoded, so the disk never waits for the CPU and vice versa.
+//! encoded, so the disk never waits for the CPU and vice versa. How many of the waiting appends
+//! one batch takes is [`super::cohorts`]'s decision.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -86,6 +88,10 @@ pub(crate) struct Writer {
     /// Batches handed to the I/O thread and maybe not durable yet (oldest first).
     pub inflight: VecDeque<Overlay>,
     pub seq: u64,
+    /// Whether to split the appenders in two cohorts, and how.
+    pub cohorts: super::cohorts::Cohorts,
+    /// Events of the batch last handed to the I/O thread.
+    pub last_job_events: usize,
 }
 
 /// The times an append is checked and recorded against (see [`Building`]).
@@ -218,12 +224,20 @@ impl Writer {
                     break;
                 }
             }
-            let full = building.as_ref().is_some_and(Building::is_full);
+            let full = self.is_full(&building);
             let accepting = !full && !input_done && close.is_none();
             tokio::select! {
                 biased;
                 _ = self.idle.notified(), if busy => {
                     busy = false;
+                    let busy_total = self.shared.io_busy_ns.load(Ordering::Relaxed);
+                    let waiting = building.as_ref().map_or(0, |b| b.events) + rx.len();
+                    self.cohorts.io_idle(
+                        Instant::now(),
+                        Duration::from_nanos(busy_total),
+                        self.last_job_events,
+                        waiting,
+                    );
                     // The appenders the I/O thread just answered are about to submit again:
                     // let them join the batch that goes out now, so cohorts merge into one
                     // sync instead of alternating between two.
@@ -275,7 +289,7 @@ impl Writer {
                 Some(Some(Msg::Close { reply })) => return (false, Some(reply)),
                 None => {}
             }
-            if building.as_ref().is_some_and(Building::is_full) {
+            if self.is_full(building) {
                 return (false, None);
             }
             next = match rx.try_recv() {
@@ -293,6 +307,14 @@ impl Writer {
                 Err(mpsc::error::TryRecvError::Empty) => return (false, None),
             };
         }
+    }
+
+    /// The batch being built takes no more appends: its size limits, or (two cohorts) half
+    /// of the appends in hand.
+    fn is_full(&self, building: &Option<Building>) -> bool {
+        building
+            .as_ref()
+            .is_some_and(|b| b.is_full() || b.events >= self.cohorts.cap())
     }
 
     fn unavailable(&self) -> Option<String> {
@@ -441,6 +463,7 @@ impl Writer {
         }
         self.seg_len += ctx.buf.len() as u64;
         self.seq += 1;
+        self.last_job_events = ctx.entries.len();
         let job = Job {
             seq: self.seq,
             roll,
@@ -796,6 +819,7 @@ impl IoStage {
     }
 
     fn handle(&mut self, job: Job) {
+        let started = Instant::now();
         let Job {
             seq,
             roll,
@@ -868,6 +892,8 @@ impl IoStage {
                 spare.push(Buffers { buf, entries });
             }
         }
+        let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.shared.io_busy_ns.fetch_add(busy, Ordering::Relaxed);
         self.idle.notify_one();
     }
 
