@@ -837,7 +837,7 @@ impl IoStage {
             Some(why) => Err(why),
             None => self.write(roll, &buf, seg_len),
         };
-        match written {
+        match &written {
             Ok(()) => {
                 if !entries.is_empty() {
                     self.written = head;
@@ -862,22 +862,11 @@ impl IoStage {
                     self.shared.head_tx.send_replace(head.position);
                 }
                 self.shared.durable_seq.store(seq, Ordering::Release);
-                for (reply, results) in replies {
-                    let _ = reply.send(results);
-                }
             }
             Err(why) => {
                 if self.shared.poison_reason().is_none() {
                     tracing::error!(reason = %why, "log write failed: refusing appends until the store is reopened");
                     self.shared.set_poisoned(why.clone());
-                }
-                for (reply, results) in replies {
-                    let _ = reply.send(
-                        results
-                            .iter()
-                            .map(|_| Err(StoreError::Unavailable(why.clone())))
-                            .collect(),
-                    );
                 }
             }
         }
@@ -894,7 +883,26 @@ impl IoStage {
         }
         let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.shared.io_busy_ns.fetch_add(busy, Ordering::Relaxed);
+        // The writer before the appenders: woken after them, it would queue for a core behind
+        // every task their answers wake, while the next batch waits to be handed over.
         self.idle.notify_one();
+        match written {
+            Ok(()) => {
+                for (reply, results) in replies {
+                    let _ = reply.send(results);
+                }
+            }
+            Err(why) => {
+                for (reply, results) in replies {
+                    let _ = reply.send(
+                        results
+                            .iter()
+                            .map(|_| Err(StoreError::Unavailable(why.clone())))
+                            .collect(),
+                    );
+                }
+            }
+        }
     }
 
     /// Writes (and, strict, syncs) one batch that ends the active segment at `seg_len`. When
