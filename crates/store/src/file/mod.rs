@@ -56,9 +56,11 @@ pub(crate) struct Shared {
     /// Batches written and events in them (for the benchmark's events-per-sync figure).
     pub(crate) writes: AtomicU64,
     pub(crate) written_events: AtomicU64,
-    /// Nanoseconds the I/O thread has spent writing and syncing (for the writer's
+    /// Nanoseconds the I/O thread has spent on batches (for the writer's
     /// [`cohorts::Cohorts`]).
     pub(crate) io_busy_ns: AtomicU64,
+    /// Of those, in writing and syncing the log file.
+    pub(crate) io_disk_ns: AtomicU64,
     /// Emptied batch buffers the I/O thread hands back for the next batches: a bulk batch is
     /// megabytes, and fresh memory for every one cost page faults and zeroing.
     pub(crate) spare: Mutex<Vec<writer::Buffers>>,
@@ -178,6 +180,7 @@ impl FileStore {
             writes: AtomicU64::new(0),
             written_events: AtomicU64::new(0),
             io_busy_ns: AtomicU64::new(0),
+            io_disk_ns: AtomicU64::new(0),
             spare: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::channel(QUEUE);

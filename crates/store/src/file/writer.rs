@@ -230,14 +230,13 @@ impl Writer {
                 biased;
                 _ = self.idle.notified(), if busy => {
                     busy = false;
-                    let busy_total = self.shared.io_busy_ns.load(Ordering::Relaxed);
+                    let io = super::cohorts::IoTimes {
+                        busy: Duration::from_nanos(self.shared.io_busy_ns.load(Ordering::Relaxed)),
+                        disk: Duration::from_nanos(self.shared.io_disk_ns.load(Ordering::Relaxed)),
+                    };
                     let waiting = building.as_ref().map_or(0, |b| b.events) + rx.len();
-                    self.cohorts.io_idle(
-                        Instant::now(),
-                        Duration::from_nanos(busy_total),
-                        self.last_job_events,
-                        waiting,
-                    );
+                    self.cohorts
+                        .io_idle(Instant::now(), io, self.last_job_events, waiting);
                     // The appenders the I/O thread just answered are about to submit again:
                     // let them join the batch that goes out now, so cohorts merge into one
                     // sync instead of alternating between two.
@@ -918,6 +917,7 @@ impl IoStage {
         }
         let strict = self.durability == Durability::Strict;
         let file = self.file.as_mut().ok_or("the store is closed")?;
+        let started = Instant::now();
         let written = file
             .write_all(buf)
             .map_err(|e| format!("write failed: {e}"))
@@ -927,6 +927,8 @@ impl IoStage {
                     .map_err(|e| format!("fdatasync failed: {e}")),
                 false => Ok(()),
             });
+        let disk = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.shared.io_disk_ns.fetch_add(disk, Ordering::Relaxed);
         match written {
             Ok(()) => {
                 self.unsynced |= !strict;
