@@ -27,7 +27,8 @@ const IN_HAND_DECAY: f64 = 0.99;
 /// The I/O thread's running totals since it started.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct IoTimes {
-    /// On batches (writing, syncing, publishing, answering).
+    /// On batches (writing, syncing, publishing; the answers go out after the writer is
+    /// told the thread is free).
     pub busy: Duration,
     /// Of that, writing and syncing the log file.
     pub disk: Duration,

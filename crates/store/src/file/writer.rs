@@ -238,8 +238,8 @@ impl Writer {
                     self.cohorts
                         .io_idle(Instant::now(), io, self.last_job_events, waiting);
                     // The appenders the I/O thread just answered are about to submit again:
-                    // let them join the batch that goes out now, so cohorts merge into one
-                    // sync instead of alternating between two.
+                    // let them join the batch that goes out now (up to the cohorts' cap), so
+                    // that they share one sync instead of waiting for the next.
                     if building.is_some() && accepting {
                         let end = self.drain(&mut rx, None, &mut building, true).await;
                         input_done |= end.0;
