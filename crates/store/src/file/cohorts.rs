@@ -43,6 +43,8 @@ pub(crate) struct Cohorts {
     /// in seconds.
     wait: f64,
     disk: f64,
+    /// Events of the batch last handed to the I/O thread.
+    handed_over: usize,
     /// Recent peak of the events in hand when the I/O thread became idle (those it just
     /// answered plus those waiting for the next batch), decaying.
     in_hand: f64,
@@ -56,6 +58,7 @@ impl Default for Cohorts {
             last_idle: None,
             wait: 0.0,
             disk: 0.0,
+            handed_over: 0,
             in_hand: 0.0,
             cap: usize::MAX,
         }
@@ -63,9 +66,14 @@ impl Default for Cohorts {
 }
 
 impl Cohorts {
-    /// The I/O thread became idle at `now`, with these totals; the batch it finished held
-    /// `answered` events and `waiting` are ready for the next.
-    pub(crate) fn io_idle(&mut self, now: Instant, io: IoTimes, answered: usize, waiting: usize) {
+    /// A batch of `events` went to the I/O thread.
+    pub(crate) fn handed_over(&mut self, events: usize) {
+        self.handed_over = events;
+    }
+
+    /// The I/O thread became idle at `now`, with these totals (having answered the batch last
+    /// handed over); `waiting` events are ready for the next.
+    pub(crate) fn io_idle(&mut self, now: Instant, io: IoTimes, waiting: usize) {
         if let Some((then, before)) = self.last_idle {
             let wall = now.saturating_duration_since(then);
             let busy = io.busy.saturating_sub(before.busy);
@@ -75,7 +83,8 @@ impl Cohorts {
             self.disk += (disk - self.disk) * WEIGHT;
         }
         self.last_idle = Some((now, io));
-        self.in_hand = (self.in_hand * IN_HAND_DECAY).max((answered + waiting) as f64);
+        let in_hand = self.handed_over + waiting;
+        self.in_hand = (self.in_hand * IN_HAND_DECAY).max(in_hand as f64);
         self.cap = if self.disk > 0.0 && self.wait >= SPLIT_AT_WAIT_PER_DISK * self.disk {
             ((self.in_hand / 2.0).ceil() as usize).max(1)
         } else {
@@ -102,30 +111,32 @@ mod tests {
             now += Duration::from_micros(period);
             io.disk += Duration::from_micros(disk);
             io.busy += Duration::from_micros(disk + other);
-            c.io_idle(now, io, in_hand, 0);
+            c.handed_over(in_hand);
+            c.io_idle(now, io, 0);
         }
+    }
+
+    /// The cap of fresh cohorts after `run`.
+    fn cap_after(rounds: u32, period: u64, disk: u64, other: u64, in_hand: usize) -> usize {
+        let mut c = Cohorts::default();
+        run(&mut c, rounds, period, disk, other, in_hand);
+        c.cap()
     }
 
     #[test]
     fn appenders_slower_to_come_back_than_two_syncs_are_split_in_two() {
-        let mut c = Cohorts::default();
         // 64 appends in hand, syncs of 300 us every 1,250 us (50 us of bookkeeping): the I/O
         // thread waits 900 us for each batch.
-        run(&mut c, 40, 1250, 300, 50, 64);
-        assert_eq!(c.cap(), 32);
+        assert_eq!(cap_after(40, 1250, 300, 50, 64), 32);
     }
 
     #[test]
     fn appenders_back_within_two_syncs_keep_one_batch() {
-        let mut c = Cohorts::default();
         // The store bench's bare appenders: 200 us syncs, 300 us of waiting for the next batch.
-        run(&mut c, 40, 550, 200, 50, 64);
-        assert_eq!(c.cap(), usize::MAX);
+        assert_eq!(cap_after(40, 550, 200, 50, 64), usize::MAX);
         // Nothing measured yet, or no disk time at all (nothing written): no split either.
         assert_eq!(Cohorts::default().cap(), usize::MAX);
-        let mut idle = Cohorts::default();
-        run(&mut idle, 40, 1000, 0, 0, 64);
-        assert_eq!(idle.cap(), usize::MAX);
+        assert_eq!(cap_after(40, 1000, 0, 0, 64), usize::MAX);
     }
 
     #[test]
@@ -146,10 +157,8 @@ mod tests {
 
     #[test]
     fn a_single_appender_is_never_held_back() {
-        let mut c = Cohorts::default();
-        run(&mut c, 40, 2000, 300, 50, 1);
         assert_eq!(
-            c.cap(),
+            cap_after(40, 2000, 300, 50, 1),
             1,
             "a batch always takes one message, so 1 holds nobody back"
         );

@@ -214,7 +214,6 @@ impl FileStore {
             inflight: std::collections::VecDeque::new(),
             seq: 0,
             cohorts: cohorts::Cohorts::default(),
-            last_job_events: 0,
         };
         tokio::spawn(writer.run(rx));
         Ok(FileStore {

@@ -90,8 +90,6 @@ pub(crate) struct Writer {
     pub seq: u64,
     /// Whether to split the appenders in two cohorts, and how.
     pub cohorts: super::cohorts::Cohorts,
-    /// Events of the batch last handed to the I/O thread.
-    pub last_job_events: usize,
 }
 
 /// The times an append is checked and recorded against (see [`Building`]).
@@ -224,7 +222,7 @@ impl Writer {
                     break;
                 }
             }
-            let full = self.is_full(&building);
+            let full = self.takes_no_more(&building);
             let accepting = !full && !input_done && close.is_none();
             tokio::select! {
                 biased;
@@ -235,8 +233,7 @@ impl Writer {
                         disk: Duration::from_nanos(self.shared.io_disk_ns.load(Ordering::Relaxed)),
                     };
                     let waiting = building.as_ref().map_or(0, |b| b.events) + rx.len();
-                    self.cohorts
-                        .io_idle(Instant::now(), io, self.last_job_events, waiting);
+                    self.cohorts.io_idle(Instant::now(), io, waiting);
                     // The appenders the I/O thread just answered are about to submit again:
                     // let them join the batch that goes out now (up to the cohorts' cap), so
                     // that they share one sync instead of waiting for the next.
@@ -288,7 +285,7 @@ impl Writer {
                 Some(Some(Msg::Close { reply })) => return (false, Some(reply)),
                 None => {}
             }
-            if self.is_full(building) {
+            if self.takes_no_more(building) {
                 return (false, None);
             }
             next = match rx.try_recv() {
@@ -310,7 +307,7 @@ impl Writer {
 
     /// The batch being built takes no more appends: its size limits, or (two cohorts) half
     /// of the appends in hand.
-    fn is_full(&self, building: &Option<Building>) -> bool {
+    fn takes_no_more(&self, building: &Option<Building>) -> bool {
         building
             .as_ref()
             .is_some_and(|b| b.is_full() || b.events >= self.cohorts.cap())
@@ -462,7 +459,7 @@ impl Writer {
         }
         self.seg_len += ctx.buf.len() as u64;
         self.seq += 1;
-        self.last_job_events = ctx.entries.len();
+        self.cohorts.handed_over(ctx.entries.len());
         let job = Job {
             seq: self.seq,
             roll,
@@ -885,22 +882,15 @@ impl IoStage {
         // The writer before the appenders: woken after them, it would queue for a core behind
         // every task their answers wake, while the next batch waits to be handed over.
         self.idle.notify_one();
-        match written {
-            Ok(()) => {
-                for (reply, results) in replies {
-                    let _ = reply.send(results);
-                }
-            }
-            Err(why) => {
-                for (reply, results) in replies {
-                    let _ = reply.send(
-                        results
-                            .iter()
-                            .map(|_| Err(StoreError::Unavailable(why.clone())))
-                            .collect(),
-                    );
-                }
-            }
+        for (reply, results) in replies {
+            let results = match &written {
+                Ok(()) => results,
+                Err(why) => results
+                    .iter()
+                    .map(|_| Err(StoreError::Unavailable(why.clone())))
+                    .collect(),
+            };
+            let _ = reply.send(results);
         }
     }
 
