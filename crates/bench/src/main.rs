@@ -205,12 +205,19 @@ fn main() -> Result<()> {
             seconds,
             max_ops,
         } => fsync(dir, seconds, max_ops),
-        cmd => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async_main(cmd))
-        }
+        // Appends on one thread: no wake-ups across threads, ~12% less client CPU per
+        // request (measured, proto-docs/benchmarks.md), which runs on the cores the server
+        // measured against pgbench (which keeps its best, `-j 2`) needs. One thread issues
+        // well over 100k requests/s. Reads keep a thread per core, so that the client does
+        // not queue the answers whose latency it measures.
+        cmd @ Cmd::Append { .. } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async_main(cmd)),
+        cmd => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(async_main(cmd)),
     }
 }
 
