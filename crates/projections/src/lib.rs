@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+mod chunked;
 mod decide;
 mod error;
 mod events;

@@ -2,8 +2,9 @@
 use std::collections::HashMap;
 use uuid::Uuid;
 
+use crate::chunked::Chunked;
 use crate::events::*;
-use crate::state::{chunk, decode_envelope, vec_bytes, IncidentState, Interner, Stamp};
+use crate::state::{chunk, decode_envelope, IncidentState, Interner, Stamp};
 use crate::summary::{Link, Summaries};
 use crate::view::{IncidentView, RegionSummary};
 use crate::{Envelope, FieldError, ProjectionError, Region, Window};
@@ -42,12 +43,12 @@ pub struct IncidentPage {
 
 /// The slots of `slots` whose incident passes `q`'s filters.
 fn matching_slots<'a>(
-    slots: &'a [Slot],
+    slots: impl Iterator<Item = &'a Slot> + 'a,
     q: &'a IncidentQuery,
     any_status: bool,
 ) -> impl Iterator<Item = &'a Slot> + 'a {
     let status = q.status.unwrap_or(IncidentStatus::Active);
-    slots.iter().filter(move |s| {
+    slots.filter(move |s| {
         let st = &s.state;
         let Some(core) = st.core.as_deref() else {
             return false;
@@ -108,8 +109,9 @@ pub struct Projection {
     position: u64,
     events: u64,
     ids: HashMap<Uuid, u32>,
-    /// In order of first position (so also of first appearance).
-    slots: Vec<Slot>,
+    /// In order of first position (so also of first appearance). Chunked: a million slots
+    /// are not copied whenever they outgrow their array.
+    slots: Chunked<Slot>,
     summaries: Summaries,
     /// One copy of each name shared by all incidents.
     names: Interner,
@@ -121,7 +123,7 @@ impl Default for Projection {
             position: 0,
             events: 0,
             ids: HashMap::new(),
-            slots: Vec::new(),
+            slots: Chunked::default(),
             summaries: Summaries::default(),
             names: Interner::on(),
         }
@@ -251,7 +253,7 @@ impl Projection {
         q: &'a IncidentQuery,
         any_status: bool,
     ) -> impl Iterator<Item = IncidentView> + 'a {
-        matching_slots(&self.slots, q, any_status)
+        matching_slots(self.slots.iter(), q, any_status)
             .filter_map(|slot| IncidentView::from_state(&slot.state))
     }
 
@@ -277,7 +279,7 @@ impl Projection {
         let start = self
             .slots
             .partition_point(|s| s.state.first_position <= after);
-        let mut matching = matching_slots(&self.slots[start..], q, false);
+        let mut matching = matching_slots(self.slots.iter_from(start), q, false);
         let mut incidents = Vec::new();
         let mut last = 0;
         for s in matching.by_ref().take(limit) {
@@ -437,7 +439,7 @@ impl Projection {
             .iter()
             .map(|s| s.state.heap_bytes())
             .sum::<usize>()
-            + vec_bytes(&self.slots)
+            + self.slots.heap_bytes()
             + index
             + self.names.heap_bytes();
         MemoryUsage {
