@@ -205,11 +205,12 @@ fn main() -> Result<()> {
             seconds,
             max_ops,
         } => fsync(dir, seconds, max_ops),
-        // Appends on one thread: no wake-ups across threads, ~12% less client CPU per
-        // request (measured, proto-docs/benchmarks.md), which runs on the cores the server
-        // measured against pgbench (which keeps its best, `-j 2`) needs. One thread issues
-        // well over 100k requests/s. Reads keep a thread per core, so that the client does
-        // not queue the answers whose latency it measures.
+        // Appends run on one thread: without wake-ups across threads the client takes ~12%
+        // less CPU per request (proto-docs/benchmarks.md), CPU it shares with the server it
+        // measures, as pgbench shares it with PostgreSQL (pgbench keeps `-j 2`, its faster
+        // setting here). One thread issues well over 100k requests/s. The other commands keep
+        // a worker per core, so that the client does not queue the answers whose latency it
+        // measures.
         cmd @ Cmd::Append { .. } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

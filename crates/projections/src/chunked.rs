@@ -2,9 +2,9 @@
 //!
 //! The incidents' slots used to be one `Vec`: at a million incidents (~230 MB) a push that
 //! doubles it copies every slot into fresh memory, all inside one fold step under the views'
-//! write lock. On the benchmark machine that stalled the live views for a tenth of a second
-//! and more, with the other core idle (proto-docs/benchmarks.md, fifteenth session). Chunks
-//! of a fixed size are allocated once and filled in place.
+//! write lock. On the benchmark machine that stalled the live views for tens of milliseconds
+//! (~77 ms in one case measured), with the other core idle (proto-docs/benchmarks.md,
+//! fifteenth session). Chunks of a fixed size are allocated once and filled in place.
 
 use std::ops::{Index, IndexMut};
 
