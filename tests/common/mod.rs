@@ -515,9 +515,14 @@ pub fn try_request(
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     write_request(&mut stream, addr, method, path, headers, body, true)?;
-    let mut reader = BufReader::new(stream);
-    let (status, headers) = read_head(&mut reader)?;
-    let body = read_body(&mut reader, &headers, method == "HEAD")?;
+    read_response(&mut BufReader::new(stream), method == "HEAD")
+}
+
+/// One answer read off `reader` (for a test that writes its request by hand); `head`: the
+/// request was a HEAD, so the answer has no body.
+pub fn read_response<R: BufRead>(reader: &mut R, head: bool) -> std::io::Result<Response> {
+    let (status, headers) = read_head(reader)?;
+    let body = read_body(reader, &headers, head)?;
     Ok(Response {
         status,
         headers,

@@ -240,7 +240,7 @@ fn every_error_status_records_nothing() {
 /// a body that came with its head without arming the timer, and arms it otherwise).
 #[test]
 fn a_body_that_stops_arriving_is_answered_408() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::time::{Duration, Instant};
 
     let (_dir, srv, t) = server_with_tokens(&["--request-timeout", "1s"]);
@@ -257,29 +257,6 @@ fn a_body_that_stops_arriving_is_answered_408() {
         body.len()
     );
     let half = body.len() / 2;
-    let answer = |conn: &mut std::net::TcpStream| {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        // One answer, then the server closes (408) or keeps the connection (201): read
-        // until the body's declared length is in.
-        loop {
-            let n = conn.read(&mut buf).expect("an answer");
-            got.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&got).into_owned();
-            if n == 0 {
-                return text;
-            }
-            if let Some((h, b)) = text.split_once("\r\n\r\n") {
-                let len = h
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length: "))
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                if len.is_some_and(|len| b.len() >= len) {
-                    return text;
-                }
-            }
-        }
-    };
 
     records_nothing(&srv, &t.admin, "408", || {
         let mut conn = std::net::TcpStream::connect(srv.addr).unwrap();
@@ -288,10 +265,9 @@ fn a_body_that_stops_arriving_is_answered_408() {
         let started = Instant::now();
         conn.write_all(head.as_bytes()).unwrap();
         conn.write_all(&body[..half]).unwrap();
-        let text = answer(&mut conn);
+        let answer = read_response(&mut std::io::BufReader::new(conn), false).expect("an answer");
         let waited = started.elapsed();
-        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-        assert!(text.contains("application/problem+json"), "{text}");
+        answer.expect_problem(408);
         assert!(
             waited >= Duration::from_millis(800) && waited < Duration::from_secs(8),
             "answered after {waited:?}"
@@ -305,8 +281,8 @@ fn a_body_that_stops_arriving_is_answered_408() {
     conn.write_all(&body[..half]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     conn.write_all(&body[half..]).unwrap();
-    let text = answer(&mut conn);
-    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    let answer = read_response(&mut std::io::BufReader::new(conn), false).expect("an answer");
+    answer.expect(201);
     let got = srv.get(&format!("/v1/incidents/{incident}"), &t.reader);
     assert_eq!(got.status, 200, "{}", got.text());
 }

@@ -205,20 +205,19 @@ fn main() -> Result<()> {
             seconds,
             max_ops,
         } => fsync(dir, seconds, max_ops),
-        // Appends run on one thread: without wake-ups across threads the client takes ~12%
-        // less CPU per request (proto-docs/benchmarks.md), CPU it shares with the server it
-        // measures, as pgbench shares it with PostgreSQL (pgbench keeps `-j 2`, its faster
-        // setting here). One thread issues well over 100k requests/s. The other commands keep
-        // a worker per core, so that the client does not queue the answers whose latency it
-        // measures.
-        cmd @ Cmd::Append { .. } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(async_main(cmd)),
-        cmd => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(async_main(cmd)),
+        cmd => {
+            // Appends run on one thread: without wake-ups across threads the client takes ~12%
+            // less CPU per request (proto-docs/benchmarks.md), CPU it shares with the server it
+            // measures, as pgbench shares it with PostgreSQL (pgbench keeps `-j 2`, its faster
+            // setting here). One thread issues well over 100k requests/s. The other commands
+            // keep a worker per core, so that the client does not queue the answers whose
+            // latency it measures.
+            let mut runtime = match cmd {
+                Cmd::Append { .. } => tokio::runtime::Builder::new_current_thread(),
+                _ => tokio::runtime::Builder::new_multi_thread(),
+            };
+            runtime.enable_all().build()?.block_on(async_main(cmd))
+        }
     }
 }
 

@@ -1,13 +1,11 @@
 //! Extractors whose rejections are problem+json like every other error.
 
-use std::future::Future;
-use std::task::Poll;
-
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use futures_util::FutureExt;
 use incidentlog_projections::Json;
 use serde::de::DeserializeOwned;
 
@@ -104,17 +102,13 @@ async fn read_body(req: Request, state: &AppState, media: Media) -> Result<Bytes
     let mut read = std::pin::pin!(Bytes::from_request(req, state));
     // A small body usually arrives with the head: taken at once, it needs no timer (arming
     // and disarming one per request was ~1% of an append's CPU).
-    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
-    let read = match first {
-        Poll::Ready(read) => read,
-        Poll::Pending => match tokio::time::timeout(state.config.request_timeout, read).await {
-            Ok(read) => read,
-            Err(_) => {
-                return Err(ApiError::RequestTimeout(
-                    "the request body did not arrive in time".into(),
-                ))
-            }
-        },
+    let read = match read.as_mut().now_or_never() {
+        Some(read) => read,
+        None => tokio::time::timeout(state.config.request_timeout, read)
+            .await
+            .map_err(|_| {
+                ApiError::RequestTimeout("the request body did not arrive in time".into())
+            })?,
     };
     match read {
         Ok(bytes) => Ok(bytes),

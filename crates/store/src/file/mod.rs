@@ -79,6 +79,14 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+    /// The I/O thread's running totals, for the writer's [`cohorts::Cohorts`].
+    pub(crate) fn io_times(&self) -> cohorts::IoTimes {
+        let nanos = |n: &AtomicU64| std::time::Duration::from_nanos(n.load(Ordering::Relaxed));
+        cohorts::IoTimes {
+            busy: nanos(&self.io_busy_ns),
+            disk: nanos(&self.io_disk_ns),
+        }
+    }
     pub(crate) fn set_poisoned(&self, reason: String) {
         let mut p = self.poisoned.lock().unwrap_or_else(|e| e.into_inner());
         if p.is_none() {

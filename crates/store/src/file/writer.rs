@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -228,12 +228,9 @@ impl Writer {
                 biased;
                 _ = self.idle.notified(), if busy => {
                     busy = false;
-                    let io = super::cohorts::IoTimes {
-                        busy: Duration::from_nanos(self.shared.io_busy_ns.load(Ordering::Relaxed)),
-                        disk: Duration::from_nanos(self.shared.io_disk_ns.load(Ordering::Relaxed)),
-                    };
                     let waiting = building.as_ref().map_or(0, |b| b.events) + rx.len();
-                    self.cohorts.io_idle(Instant::now(), io, waiting);
+                    self.cohorts
+                        .io_idle(Instant::now(), self.shared.io_times(), waiting);
                     // The appenders the I/O thread just answered are about to submit again:
                     // let them join the batch that goes out now (up to the cohorts' cap), so
                     // that they share one sync instead of waiting for the next.
