@@ -404,9 +404,6 @@ fn prefer_small_pages(command: &Command) {
     }
 }
 
-/// Tasks a tokio worker polls between two polls of the I/O driver.
-const EVENT_INTERVAL: u32 = 15;
-
 /// Threads of tokio's blocking pool (reads of the log, import parsing, token files).
 const BLOCKING_THREADS: usize = 16;
 
@@ -422,11 +419,6 @@ fn main() -> ExitCode {
         // again ratcheted a server to 3 GB; with 16 threads, +80 MB and a plateau. Reads and
         // parsing are CPU work on two cores: 16 threads keep them busy.
         .max_blocking_threads(BLOCKING_THREADS)
-        // How many tasks a worker runs between looks at the sockets (tokio's default: 61).
-        // With 64 connections each waking its task, a busy worker found new requests late and
-        // the other core idled meanwhile: 15 gave +2.9% durable HTTP appends over seven
-        // alternating blocks (proto-docs/benchmarks.md, sixteenth session).
-        .event_interval(EVENT_INTERVAL)
         .build()
     {
         Ok(rt) => rt,
