@@ -257,14 +257,19 @@ fn a_body_that_stops_arriving_is_answered_408() {
         body.len()
     );
     let half = body.len() / 2;
-
-    records_nothing(&srv, &t.admin, "408", || {
+    // A connection that has sent the head and the first half of the body.
+    let half_sent = || {
         let mut conn = std::net::TcpStream::connect(srv.addr).unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let started = Instant::now();
         conn.write_all(head.as_bytes()).unwrap();
         conn.write_all(&body[..half]).unwrap();
+        conn
+    };
+
+    records_nothing(&srv, &t.admin, "408", || {
+        let started = Instant::now();
+        let conn = half_sent();
         let answer = read_response(&mut std::io::BufReader::new(conn), false).expect("an answer");
         let waited = started.elapsed();
         answer.expect_problem(408);
@@ -274,11 +279,7 @@ fn a_body_that_stops_arriving_is_answered_408() {
         );
     });
 
-    let mut conn = std::net::TcpStream::connect(srv.addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    conn.write_all(head.as_bytes()).unwrap();
-    conn.write_all(&body[..half]).unwrap();
+    let mut conn = half_sent();
     std::thread::sleep(Duration::from_millis(300));
     conn.write_all(&body[half..]).unwrap();
     let answer = read_response(&mut std::io::BufReader::new(conn), false).expect("an answer");

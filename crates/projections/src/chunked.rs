@@ -66,18 +66,14 @@ impl<T> Chunked<T> {
     }
 
     /// The index of the first element for which `pred` is false, the elements being
-    /// partitioned by it (as `slice::partition_point`).
+    /// partitioned by it (as `slice::partition_point`): first the chunk, by its last element
+    /// (chunks are never empty), then the place within it.
     pub(crate) fn partition_point(&self, pred: impl Fn(&T) -> bool) -> usize {
-        let (mut lo, mut hi) = (0, self.len);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if pred(&self[mid]) {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
+        let chunk = self.chunks.partition_point(|c| c.last().is_some_and(&pred));
+        match self.chunks.get(chunk) {
+            Some(c) => chunk * CHUNK + c.partition_point(&pred),
+            None => self.len,
         }
-        lo
     }
 
     /// Heap bytes held (see `state::chunk`).
