@@ -90,6 +90,8 @@ pub struct ServiceMetrics {
     pub append_retries: AtomicU64,
     /// Events applied to the live projection.
     pub events_applied: AtomicU64,
+    /// Of those, events the appending requests handed over (not read back from the log).
+    pub events_handed_over: AtomicU64,
 }
 
 impl Default for ServiceMetrics {
@@ -102,6 +104,7 @@ impl Default for ServiceMetrics {
             appends_rejected: AtomicU64::new(0),
             append_retries: AtomicU64::new(0),
             events_applied: AtomicU64::new(0),
+            events_handed_over: AtomicU64::new(0),
         }
     }
 }
@@ -145,6 +148,11 @@ impl ServiceMetrics {
                 "incidentlog_projection_events_applied_total",
                 "Events applied to the live views.",
                 &self.events_applied,
+            ),
+            (
+                "incidentlog_projection_events_handed_over_total",
+                "Events applied to the live views as the appending requests handed them over, without reading them back from the log.",
+                &self.events_handed_over,
             ),
         ] {
             let _ = writeln!(

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::{FutureExt, StreamExt};
 use incidentlog_projections::{
     decide, decide_and_apply, fold_incident, hyphenated_uuid, parse_events, whole_number,
     DecodedEvent, Envelope, IncidentPage, IncidentQuery, IncidentState, IncidentView, Json,
@@ -43,8 +42,10 @@ macro_rules! lean {
 }
 
 // After `lean!`, which it uses.
+mod handoff;
 mod import;
 mod restore;
+use handoff::Handoff;
 pub use restore::RestoreCheck;
 
 /// Page size of catch-up and replay reads: large enough that per-call overhead does not
@@ -65,8 +66,6 @@ const ANY_ATTEMPTS: usize = 16;
 /// Per-incident lock stripes: in-process writers of one incident take turns, so that
 /// decide-then-append never runs on state another writer of this process is changing.
 const STRIPES: usize = 8192;
-/// Most events the follower takes from the subscription at once.
-const FOLLOW_BATCH: usize = 4096;
 /// Events applied to the live views per write-lock hold.
 const APPLY_SLICE: usize = 256;
 /// How long a read waits for the live views to reach the durable head before answering anyway.
@@ -91,6 +90,9 @@ impl Inner {
             import_lock: tokio::sync::Mutex::new(()),
             replay_lock: tokio::sync::Mutex::new(()),
             follower: Mutex::new(None),
+            handoff: Mutex::new(Handoff::starting_after(position)),
+            handed_over: tokio::sync::Notify::new(),
+            appends_in_flight: std::sync::atomic::AtomicUsize::new(0),
             tokens: TokenTable::new(),
             metrics: ServiceMetrics::default(),
             live,
@@ -326,6 +328,12 @@ struct Inner {
     views_generation: std::sync::atomic::AtomicU64,
     /// Where the integrity check after start stands (`check_integrity`).
     integrity: watch::Sender<Integrity>,
+    /// Appended events on their way from the requests to the live views (`follow`).
+    handoff: Mutex<Handoff>,
+    /// Wakes the follower when what it waits for was handed over.
+    handed_over: tokio::sync::Notify,
+    /// Appends of this process that may still hand events over (`InFlight`).
+    appends_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// The integrity check after start (checksums and the whole hash chain).
@@ -539,16 +547,57 @@ impl AppService {
         recorded_by: &str,
     ) -> Result<Appended, ApiError> {
         self.refuse_if_damaged()?;
+        let in_flight = self.inner.live.then(|| InFlight::begin(&self.inner));
         let stripe = self.stripe(cmd.incident_id);
         let guard = stripe.lock().await;
         let result = self.append_locked(&cmd, recorded_by).await;
         drop(guard);
         match result {
-            Ok(outcome) => Ok(self.appended(&cmd, outcome)),
+            Ok(outcome) => {
+                let appended = self.appended(&cmd, outcome);
+                if in_flight.is_some() {
+                    self.hand_over(cmd, outcome);
+                }
+                drop(in_flight);
+                Ok(appended)
+            }
             Err(e) => {
                 self.inner.metrics.appends_rejected.fetch_add(1, Relaxed);
                 Err(e)
             }
+        }
+    }
+
+    /// Hands the events of a recorded append to the live views, stamped as the store recorded
+    /// them, so that the follower need not read and decode them again.
+    fn hand_over(&self, cmd: AppendCommand, outcome: AppendOutcome) {
+        let (false, Some(recorded_at)) = (outcome.duplicate, outcome.recorded_at) else {
+            return;
+        };
+        let n = cmd.events.len() as u64;
+        // The outcome describes exactly these events (anything else: the follower reads them).
+        if n == 0
+            || outcome.stream_id != cmd.incident_id
+            || outcome.last_position + 1 != outcome.first_position + n
+            || outcome.version < n
+        {
+            return;
+        }
+        let first_version = outcome.version - n + 1;
+        let events: Vec<DecodedEvent> = (0..)
+            .zip(cmd.events)
+            .map(|(i, e)| {
+                DecodedEvent::appended(
+                    e,
+                    outcome.first_position + i,
+                    cmd.incident_id,
+                    first_version + i,
+                    recorded_at,
+                )
+            })
+            .collect();
+        if lock(&self.inner.handoff).hand_over(events) {
+            self.inner.handed_over.notify_one();
         }
     }
 
@@ -1228,69 +1277,160 @@ pub async fn replay<S: EventStore>(
     Ok((report, projection))
 }
 
-/// Keeps the live views up to date: follows the store from `from`, applies what arrives in
-/// chunks under one write lock each, and publishes the applied position.
+/// Keeps the live views up to date from `from` on, in position order: folds the events the
+/// appending requests hand over (`handoff`) and reads from the store whatever nobody hands
+/// over, then publishes the applied position.
 async fn follow(inner: Arc<Inner>, from: u64) {
     let mut closing = inner.closing.subscribe();
+    let mut head = inner.store.watch_head();
     let mut position = from;
+    // Since when a durable position has waited for its hand-over.
+    let mut gap_since: Option<(u64, tokio::time::Instant)> = None;
     loop {
-        // Events arrive decoded (where the store read them), so the write lock below is held
-        // only to fold.
-        let stream = incidentlog_store::subscribe_map(inner.store.clone(), position, decode);
-        futures_util::pin_mut!(stream);
-        // One chunk buffer, reused: its capacity follows the largest chunk so far (a fresh
-        // vector per wake-up would grow one push at a time, moving large items each time).
-        let mut chunk = Vec::new();
-        loop {
-            let first = tokio::select! {
-                item = stream.next() => item,
-                _ = closing.wait_for(|c| *c) => return,
+        let ready = lock(&inner.handoff).take_ready();
+        if !ready.is_empty() {
+            let ready = ready.into_iter().map(|d| (d.global_position(), Ok(d)));
+            let applied = fold_into_views(&inner, &mut position, ready);
+            inner.metrics.events_handed_over.fetch_add(applied, Relaxed);
+            continue;
+        }
+        let durable = *head.borrow_and_update();
+        // Appends of this process in flight will hand their events over: a durable position
+        // nobody handed over yet is most likely theirs, about to come, and worth a moment's
+        // wait rather than a read. Otherwise it is read at once.
+        let handing_over = inner.appends_in_flight.load(Relaxed) > 0;
+        let now = tokio::time::Instant::now();
+        let gap_expired = match gap_since {
+            _ if durable <= position => {
+                gap_since = None;
+                false
+            }
+            Some((p, since)) if p == position => now >= since + HANDOFF_GRACE,
+            _ => {
+                gap_since = Some((position, now));
+                false
+            }
+        };
+        if durable <= position || (handing_over && !gap_expired) {
+            let head_gone = if handing_over {
+                // Woken by the hand-overs; the head is looked at again at least every
+                // `HANDOFF_GRACE` (it moves with every batch, and waking for each would
+                // cost more than the hand-over saves).
+                tokio::select! {
+                    _ = tokio::time::timeout(HANDOFF_GRACE, inner.handed_over.notified()) => false,
+                    _ = closing.wait_for(|c| *c) => return,
+                }
+            } else {
+                tokio::select! {
+                    _ = inner.handed_over.notified() => false,
+                    changed = head.changed() => changed.is_err(),
+                    _ = closing.wait_for(|c| *c) => return,
+                }
             };
-            let Some(first) = first else { break };
-            // Take whatever else is ready too.
-            chunk.push(first);
-            while chunk.len() < FOLLOW_BATCH {
-                match stream.next().now_or_never() {
-                    Some(Some(item)) => chunk.push(item),
-                    _ => break,
-                }
-            }
-            let received = chunk.len() as u64;
-            let mut failed = None;
-            let mut items = chunk.drain(..).peekable();
-            // Short write-lock holds, so that reads keep a low latency under heavy appends.
-            while items.peek().is_some() && failed.is_none() {
-                {
-                    let mut p = inner.projection.write().unwrap_or_else(|p| p.into_inner());
-                    for item in items.by_ref().take(APPLY_SLICE) {
-                        match item {
-                            Ok((at, decoded)) if at > position => {
-                                apply_logged(&mut p, at, decoded);
-                                position = at;
-                            }
-                            Ok(_) => {}
-                            Err(err) => {
-                                failed = Some(err.to_string());
-                                break;
-                            }
-                        }
-                    }
-                }
-                inner.applied.send_replace(position);
-            }
-            inner.metrics.events_applied.fetch_add(received, Relaxed);
-            if let Some(err) = failed {
-                if *closing.borrow() {
-                    // The store is closing under the reader: not a failure.
+            if head_gone {
+                // The store is closing or gone; look again later (or stop).
+                if pause_unless_closing(&mut closing).await {
                     return;
                 }
-                tracing::error!(error = %err, position, "reading the log for the live views failed; retrying");
-                break;
+                head = inner.store.watch_head();
+            }
+            continue;
+        }
+        gap_since = None;
+        if let Err(err) = read_into_views(&inner, &mut position, durable).await {
+            if *closing.borrow() {
+                // The store is closing under the reader: not a failure.
+                return;
+            }
+            tracing::error!(error = %err, position, "reading the log for the live views failed; retrying");
+            if pause_unless_closing(&mut closing).await {
+                return;
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = closing.wait_for(|c| *c) => return,
+    }
+}
+
+/// How long the follower waits for an append of this process to hand over a durable
+/// position before reading it from the store. The request that wrote it was woken when the
+/// store published it, so this is only reached when nobody will hand it over.
+const HANDOFF_GRACE: Duration = Duration::from_millis(2);
+
+/// Counts an append of this process as one that may still hand events over, until dropped
+/// (also when its request is cancelled).
+struct InFlight<'a>(&'a Inner);
+
+impl<'a> InFlight<'a> {
+    fn begin(inner: &'a Inner) -> InFlight<'a> {
+        inner.appends_in_flight.fetch_add(1, Relaxed);
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        // A follower waiting for a hand-over need not wait once no append can make one.
+        if self.0.appends_in_flight.fetch_sub(1, Relaxed) == 1 {
+            self.0.handed_over.notify_one();
         }
     }
+}
+
+/// Waits half a second; true if the service started closing meanwhile.
+async fn pause_unless_closing(closing: &mut watch::Receiver<bool>) -> bool {
+    let closed = tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(500)) => false,
+        _ = closing.wait_for(|c| *c) => true,
+    };
+    closed || *closing.borrow()
+}
+
+/// Reads the log after `position` up to `durable` into the live views.
+async fn read_into_views(
+    inner: &Inner,
+    position: &mut u64,
+    durable: u64,
+) -> Result<(), StoreError> {
+    while *position < durable {
+        let want = REPLAY_PAGE.min((durable - *position) as usize);
+        // Decoded where the store reads them, so the write lock is held only to fold.
+        let page = inner
+            .store
+            .read_all_map(*position, want, decode_for_fold)
+            .await?;
+        if page.is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "the log's durable head is {durable}, but nothing could be read after {position}"
+            )));
+        }
+        fold_into_views(inner, position, page.into_iter());
+    }
+    Ok(())
+}
+
+/// Folds events in position order under short write-lock holds (reads keep a low latency
+/// under heavy appends), and publishes the applied position after each. Returns how many
+/// it applied.
+fn fold_into_views(
+    inner: &Inner,
+    position: &mut u64,
+    items: impl Iterator<Item = (u64, Result<DecodedEvent, ProjectionError>)>,
+) -> u64 {
+    let mut items = items.peekable();
+    let mut applied = 0;
+    while items.peek().is_some() {
+        {
+            let mut p = inner.projection.write().unwrap_or_else(|p| p.into_inner());
+            for (at, decoded) in items.by_ref().take(APPLY_SLICE) {
+                if at > *position {
+                    apply_logged(&mut p, at, decoded);
+                    *position = at;
+                    applied += 1;
+                }
+            }
+        }
+        inner.applied.send_replace(*position);
+    }
+    lock(&inner.handoff).advanced_to(*position);
+    inner.metrics.events_applied.fetch_add(applied, Relaxed);
+    applied
 }

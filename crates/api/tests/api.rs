@@ -778,6 +778,114 @@ async fn bulk_import_of_many_lines_spans_chunks() {
     assert_eq!(r.body["casualties"]["killed"]["best"], 9000);
 }
 
+/// The live views take the events of single appends as their requests hand them over, and
+/// read everything else from the log: a bulk import, writes straight to the store (as another
+/// server on the same database makes them). All of it interleaved, they equal a rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_fed_by_hand_overs_and_by_the_log_equal_a_rebuild() {
+    let app = app().await;
+    let mut tasks = Vec::new();
+    for w in 0..4i64 {
+        let router = app.router.clone();
+        let token = app.reporter.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..15 {
+                let id = Uuid::new_v4();
+                let created = json!({"expected_version": 0, "events": [
+                    reported(Uuid::new_v4(), "UA-63", "shelling"), casualties(Uuid::new_v4(), 2)]});
+                let claim_id = Uuid::new_v4();
+                let disputed = json!({"events": [
+                    claim(Uuid::new_v4(), claim_id), denial(Uuid::new_v4(), claim_id)]});
+                let rising =
+                    json!({"expected_version": 4, "events": [casualties(Uuid::new_v4(), w + 3)]});
+                for body in [created, disputed, rising] {
+                    assert_eq!(
+                        append_status(router.clone(), &token, id, body).await,
+                        StatusCode::CREATED
+                    );
+                }
+            }
+        }));
+    }
+    let import = {
+        let service = app.service.clone();
+        tokio::spawn(async move {
+            let mut body = String::new();
+            for i in 0..300 {
+                let region = if i % 2 == 0 { "UA-65" } else { "UA-63" };
+                body.push_str(
+                    &json!({"incident_id": Uuid::new_v4(), "expected_version": 0,
+                    "events": [reported(Uuid::new_v4(), region, "drone_strike")]})
+                    .to_string(),
+                );
+                body.push('\n');
+            }
+            service.import_ndjson(body.as_bytes(), "cli", &|_| {}).await
+        })
+    };
+    let foreign = {
+        let store = app.store.clone();
+        tokio::spawn(async move {
+            for _ in 0..30 {
+                let event = reported(Uuid::new_v4(), "RU-BEL", "missile_strike");
+                store
+                    .append(incidentlog_store::AppendRequest {
+                        stream_id: Uuid::new_v4(),
+                        expected_version: incidentlog_store::ExpectedVersion::Exact(0),
+                        events: vec![incidentlog_store::NewEvent {
+                            event_id: Uuid::new_v4(),
+                            event_type: "IncidentReported".into(),
+                            data: serde_json::value::RawValue::from_string(
+                                event["data"].to_string(),
+                            )
+                            .unwrap(),
+                        }],
+                        recorded_by: "another server".into(),
+                    })
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let report = import.await.unwrap().unwrap();
+    assert_eq!(report.appended, 300);
+    foreign.await.unwrap();
+
+    let events = 4 * 15 * 5 + 300 + 30;
+    assert_eq!(app.head().await, events);
+    let (position, live) = app.service.live_digest().await;
+    assert_eq!(position, events);
+    let (rebuilt, _) = incidentlog_api::service::replay(&*app.store, None, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.events, events);
+    assert_eq!(
+        live, rebuilt.digest,
+        "live views equal a rebuild from the log"
+    );
+    let r = app.get("/v1/regions/RU-BEL").await;
+    assert_eq!(r.body["incidents"], 30, "{}", r.body);
+    // Both ways were taken: the single appends' events were handed over, the import's and
+    // the foreign writes' were read.
+    let metrics = app.service.metrics();
+    let handed_over = metrics
+        .events_handed_over
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let applied = metrics
+        .events_applied
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(applied, events, "every event applied once");
+    assert!(handed_over > 0, "no event was handed over");
+    assert!(
+        handed_over <= 4 * 15 * 5,
+        "only single appends hand over: {handed_over}"
+    );
+}
+
 #[tokio::test]
 async fn concurrent_any_appends_to_one_incident_all_land() {
     let app = app().await;

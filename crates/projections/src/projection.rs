@@ -1,5 +1,7 @@
 //! The live views of the whole log: incidents, regional summaries, as-of, digest.
 use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::chunked::Chunked;
@@ -83,7 +85,7 @@ pub struct MemoryUsage {
 
 /// A recorded event decoded ahead of its fold and owning its data, so that a rebuild can
 /// decode on the thread that reads the log while another folds in position order.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct DecodedEvent {
     stamp: Stamp,
     event: IncidentEvent<'static>,
@@ -96,6 +98,29 @@ impl DecodedEvent {
             stamp: Stamp::of(e),
             event: decode_envelope(e)?.into_owned(),
         })
+    }
+
+    /// An event of an append the store just recorded, from the validated event itself rather
+    /// than from its record: equal to [`DecodedEvent::decode`] of that record, because the
+    /// store keeps `event.canonical_data()`, which decodes back to `event`. The caller
+    /// vouches for the stamp: the position, stream version and `recorded_at` the store gave
+    /// this event.
+    pub fn appended(
+        event: TypedEvent,
+        position: u64,
+        incident_id: Uuid,
+        stream_version: u64,
+        recorded_at: DateTime<Utc>,
+    ) -> DecodedEvent {
+        DecodedEvent {
+            stamp: Stamp {
+                position,
+                incident_id,
+                stream_version,
+                recorded_at,
+            },
+            event: event.event,
+        }
     }
 
     pub fn global_position(&self) -> u64 {

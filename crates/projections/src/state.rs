@@ -282,7 +282,7 @@ impl Default for IncidentState {
 }
 
 /// Where an event sits in the log: what folding needs of its envelope besides the data.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Stamp {
     pub(crate) position: u64,
     pub(crate) incident_id: Uuid,

@@ -87,6 +87,10 @@ pub struct AppendOutcome {
     /// True when every event was already recorded with identical type and data: nothing was
     /// written and the positions are the original ones.
     pub duplicate: bool,
+    /// The `recorded_at` the store gave every event of this append (one time per append);
+    /// `None` for a duplicate. Lets a caller that keeps its own copy of the events stamp
+    /// them exactly as a reader of the log will see them.
+    pub recorded_at: Option<DateTime<Utc>>,
 }
 
 /// An event as the store recorded it.

@@ -14,9 +14,22 @@ pub struct Rec {
     pub event_type: String,
     pub data: Box<RawValue>,
     pub recorded_at: DateTime<Utc>,
+    /// The validated event the record was written from.
+    pub typed: TypedEvent,
 }
 
 impl Rec {
+    /// The event as the appending process hands it to its views (no decoding).
+    pub fn appended(&self) -> DecodedEvent {
+        DecodedEvent::appended(
+            self.typed.clone(),
+            self.position,
+            self.incident,
+            self.version,
+            self.recorded_at,
+        )
+    }
+
     pub fn env(&self) -> Envelope<'_> {
         Envelope {
             global_position: self.position,
@@ -95,6 +108,7 @@ impl Log {
                 } else {
                     now() + Duration::seconds(position as i64)
                 },
+                typed: t,
             });
         }
         Ok(self.recs.len() as u64)
@@ -145,6 +159,7 @@ impl Log {
                     event_type: t.event_type().to_owned(),
                     data: t.canonical_data(),
                     recorded_at: now() + Duration::seconds(position as i64),
+                    typed: t,
                 });
             }
         }

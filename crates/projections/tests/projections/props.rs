@@ -318,6 +318,15 @@ proptest! {
         // the digest serializes views borrowing their text: the same bytes as the owned views
         prop_assert_eq!(full.digest(), digest_by_definition(&full, &REGIONS));
         prop_assert_eq!(log.projection().digest(), full.digest());
+        // Views fed the appended events themselves (the server's hand-off) fold exactly like
+        // views that decode the records: event for event, and in the digest.
+        let mut handed = Projection::new();
+        for r in &log.recs {
+            let decoded = DecodedEvent::decode(&r.env()).unwrap();
+            prop_assert_eq!(&r.appended(), &decoded);
+            handed.apply_decoded(r.appended()).unwrap();
+        }
+        prop_assert_eq!(handed.digest(), full.digest());
     }
 
     #[test]

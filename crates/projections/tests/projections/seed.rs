@@ -12,6 +12,19 @@ fn seed_log() -> Log {
     log
 }
 
+/// The server hands each append's validated events to its views instead of decoding their
+/// records: both must give the same events and the same views.
+#[test]
+fn appended_events_equal_their_decoded_records() {
+    let log = seed_log();
+    let mut handed = Projection::new();
+    for r in &log.recs {
+        assert_eq!(r.appended(), DecodedEvent::decode(&r.env()).unwrap());
+        handed.apply_decoded(r.appended()).unwrap();
+    }
+    assert_eq!(handed.digest(), log.projection().digest());
+}
+
 #[test]
 fn seed_summaries_live() {
     let log = seed_log();

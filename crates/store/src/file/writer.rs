@@ -657,6 +657,7 @@ impl Writer {
                     first_position: first,
                     last_position: first + n as u64 - 1,
                     duplicate: true,
+                    recorded_at: None,
                 }),
                 Some((event_id, position)) => {
                     // Name an event that *is* recorded when the first mismatch is a new one.
@@ -760,6 +761,7 @@ impl Writer {
             first_position: first,
             last_position: first + n as u64 - 1,
             duplicate: false,
+            recorded_at: chrono::DateTime::from_timestamp_micros(now),
         })
     }
 }

@@ -586,6 +586,7 @@ async fn commit_batch_inner(
                     first_position: first,
                     last_position: last,
                     duplicate: false,
+                    recorded_at: Some(recorded_at),
                 })
             }
         };
@@ -748,6 +749,7 @@ fn decide(
             first_position: k0.position,
             last_position: last,
             duplicate: true,
+            recorded_at: None,
         }));
     }
     let actual = versions.get(&request.stream_id).copied().unwrap_or(0);

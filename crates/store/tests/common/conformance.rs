@@ -195,12 +195,19 @@ pub async fn append_and_read_back<S: EventStore>(store: Arc<S>) {
             version: 3,
             first_position: 1,
             last_position: 3,
-            duplicate: false
+            duplicate: false,
+            recorded_at: out.recorded_at,
         }
     );
+    assert!(out.recorded_at.is_some(), "a fresh append names its time");
     let read = store.read_stream(stream).await.unwrap();
     assert_eq!(read.len(), 3);
     for (i, (r, e)) in read.iter().zip(&batch).enumerate() {
+        assert_eq!(
+            Some(r.recorded_at),
+            out.recorded_at,
+            "every event of an append carries the time the outcome names"
+        );
         assert_eq!(r.global_position, i as u64 + 1);
         assert_eq!(r.stream_version, i as u64 + 1);
         assert_eq!(r.stream_id, stream);
@@ -359,6 +366,7 @@ pub async fn never_version_only_answers_repeats<S: EventStore>(store: Arc<S>) {
         repeat,
         AppendOutcome {
             duplicate: true,
+            recorded_at: None,
             ..first
         }
     );
@@ -427,6 +435,7 @@ pub async fn idempotent_retries<S: EventStore>(store: Arc<S>) {
         again,
         AppendOutcome {
             duplicate: true,
+            recorded_at: None,
             ..first
         }
     );
@@ -443,6 +452,7 @@ pub async fn idempotent_retries<S: EventStore>(store: Arc<S>) {
         late,
         AppendOutcome {
             duplicate: true,
+            recorded_at: None,
             ..first
         }
     );
@@ -452,6 +462,7 @@ pub async fn idempotent_retries<S: EventStore>(store: Arc<S>) {
         store.append(other_expectation).await.unwrap(),
         AppendOutcome {
             duplicate: true,
+            recorded_at: None,
             ..first
         }
     );
@@ -633,6 +644,7 @@ pub async fn append_many_requests_see_each_other<S: EventStore>(store: Arc<S>) {
         *dup,
         AppendOutcome {
             duplicate: true,
+            recorded_at: None,
             ..*r0
         }
     );

@@ -115,9 +115,11 @@ async fn run(ops: Vec<Op>) {
                             version: current + n as u64,
                             first_position: first,
                             last_position: first + n as u64 - 1,
-                            duplicate: false
+                            duplicate: false,
+                            recorded_at: out.recorded_at,
                         }
                     );
+                    assert!(out.recorded_at.is_some());
                     for (i, e) in req.events.iter().enumerate() {
                         log.push(ModelEvent {
                             stream: s,
@@ -139,6 +141,7 @@ async fn run(ops: Vec<Op>) {
                     again,
                     AppendOutcome {
                         duplicate: true,
+                        recorded_at: None,
                         ..out
                     }
                 );
