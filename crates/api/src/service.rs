@@ -1253,15 +1253,10 @@ pub async fn rebuild_views<S: EventStore>(
     Ok((projection, position))
 }
 
-/// An event as the views fold it, decoded on the thread that read it (a rebuild's reading
-/// threads; the live views' subscription).
-fn decode(e: EventRef<'_>) -> Result<DecodedEvent, ProjectionError> {
-    DecodedEvent::decode(&envelope_of(e))
-}
-
-/// [`decode`], with the event's position.
+/// An event as the views fold it, with its position, decoded on the thread that read it (a
+/// rebuild's reading threads; the live views' reads of what nobody handed over).
 fn decode_for_fold(e: EventRef<'_>) -> (u64, Result<DecodedEvent, ProjectionError>) {
-    (e.global_position, decode(e))
+    (e.global_position, DecodedEvent::decode(&envelope_of(e)))
 }
 
 /// Rebuilds the views from the log offline (the CLI's `replay`): events, duration, digest,
@@ -1299,19 +1294,18 @@ async fn follow(inner: Arc<Inner>, from: u64) {
         // nobody handed over yet is most likely theirs, about to come, and worth a moment's
         // wait rather than a read. Otherwise it is read at once.
         let handing_over = inner.appends_in_flight.load(Relaxed) > 0;
-        let now = tokio::time::Instant::now();
-        let gap_expired = match gap_since {
-            _ if durable <= position => {
-                gap_since = None;
-                false
-            }
-            Some((p, since)) if p == position => now >= since + HANDOFF_GRACE,
-            _ => {
-                gap_since = Some((position, now));
-                false
+        let gap = durable > position;
+        let gap_expired = gap && {
+            let now = tokio::time::Instant::now();
+            match gap_since {
+                Some((p, since)) if p == position => now >= since + HANDOFF_GRACE,
+                _ => {
+                    gap_since = Some((position, now));
+                    false
+                }
             }
         };
-        if durable <= position || (handing_over && !gap_expired) {
+        if !gap || (handing_over && !gap_expired) {
             let head_gone = if handing_over {
                 // Woken by the hand-overs; the head is looked at again at least every
                 // `HANDOFF_GRACE` (it moves with every batch, and waking for each would
