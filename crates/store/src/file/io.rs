@@ -4,6 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::{mpsc, Arc};
 
 /// Zeros written past the end of the active segment whenever a small batch reaches the end of
 /// what was written before (see [`RealFile`]).
@@ -48,21 +49,31 @@ pub struct RealIo;
 /// segments cheap to sync. So when a small batch (the group commit of single appends) reaches
 /// the end of the file, [`RESERVE_BYTES`] of zeros go after it, synced with it; the batches
 /// after it overwrite them in place, about one journal commit per MiB instead of one per batch
-/// (measured in proto-docs/benchmarks.md, "Twelfth session"). Recovery takes zeros from the
-/// end of the last record to the end of the file for that reserve, not for damage
-/// (`scan::recover`). A large batch (an import chunk) just extends the file: its own size
-/// already dwarfs one commit.
-struct RealFile<F = File> {
-    file: F,
+/// (measured in proto-docs/benchmarks.md, "Twelfth session"). Before the batches use the
+/// reserve up, a helper thread writes and syncs the next [`RESERVE_BYTES`] of zeros beyond it
+/// ([`TopUp`]), so a batch seldom waits for zeros itself. Recovery takes zeros from the end of
+/// the last record to the end of the file for that reserve, not for damage (`scan::recover`).
+/// A large batch (an import chunk) just extends the file: its own size already dwarfs one
+/// commit.
+struct RealFile<F: Positional = File> {
+    file: Arc<F>,
     /// Where the next record goes.
     len: u64,
-    /// The file's length: zeros from `len` to here.
+    /// The file's length: zeros from `len` to here, written and synced.
     reserved: u64,
+    /// Zeros being written from `reserved` up to here by the helper: no record may go past
+    /// `reserved` until they are done.
+    pending: Option<u64>,
+    /// Started by the first top-up.
+    helper: Option<TopUp<F>>,
 }
+
+/// Below this many reserved bytes, the helper tops the reserve up.
+const TOP_UP_BELOW: u64 = RESERVE_BYTES / 2;
 
 /// What [`RealFile`] needs of a file (a seam for tests of the reserve's failure path, which
 /// takes a full disk to reach with a real file).
-trait Positional: Send + 'static {
+trait Positional: Send + Sync + 'static {
     fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     fn sync_data(&self) -> io::Result<()>;
@@ -88,38 +99,158 @@ impl Positional for File {
     }
 }
 
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// Writes zeros over `from..to`.
+fn write_zeros<F: Positional>(file: &F, from: u64, to: u64) -> io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// The thread that writes and syncs zeros past the reserve while the log thread goes on
+/// writing batches into it. Writing the zeros (fresh page cache) and syncing them (a journal
+/// commit) took ~1.8 ms per MiB inside a batch, which every append of that batch waited for.
+/// One job at a time: `(from, to)`, answered with whether the zeros stand (on failure, a full
+/// disk, the helper cuts what it wrote off again: nothing else writes past `from` meanwhile).
+struct TopUp<F: Positional> {
+    jobs: Option<mpsc::Sender<(u64, u64)>>,
+    done: mpsc::Receiver<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _file: std::marker::PhantomData<F>,
+}
+
+impl<F: Positional> TopUp<F> {
+    fn start(file: Arc<F>) -> io::Result<TopUp<F>> {
+        let (jobs, rx) = mpsc::channel::<(u64, u64)>();
+        let (tx, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("incidentlog-reserve".into())
+            .spawn(move || {
+                for (from, to) in rx {
+                    let stands = match write_zeros(&*file, from, to).and_then(|()| file.sync_data())
+                    {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot reserve space past the end of the log");
+                            let _ = file.set_len(from);
+                            false
+                        }
+                    };
+                    if tx.send(stands).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(TopUp {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            _file: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<F: Positional> Drop for TopUp<F> {
+    /// Waits for the job in hand: no zeros may land after the file is given up (a reopen
+    /// writes records there).
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl<F: Positional> RealFile<F> {
+    fn new(file: F, len: u64, size: u64) -> RealFile<F> {
+        RealFile {
+            file: Arc::new(file),
+            len,
+            reserved: size,
+            pending: None,
+            helper: None,
+        }
+    }
+
     /// Writes zeros from `reserved` to `len + RESERVE_BYTES`. A failure (a full disk) is not the
     /// batch's: what was written of the zeros is cut off again and appends go on without a
     /// reserve.
     fn extend_reserve(&mut self) {
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let target = self.len + RESERVE_BYTES;
-        while self.reserved < target {
-            let n = (target - self.reserved).min(ZEROS.len() as u64) as usize;
-            if let Err(e) = self.file.write_all_at(&ZEROS[..n], self.reserved) {
-                tracing::debug!(error = %e, "cannot reserve space past the end of the log");
-                if self.file.set_len(self.len).is_ok() {
-                    self.reserved = self.len;
-                }
-                return;
+        if let Err(e) = write_zeros(&*self.file, self.reserved, target) {
+            tracing::debug!(error = %e, "cannot reserve space past the end of the log");
+            if self.file.set_len(self.len).is_ok() {
+                self.reserved = self.len;
             }
-            self.reserved += n as u64;
+            return;
+        }
+        self.reserved = target;
+    }
+
+    /// Takes the helper's answer, if it has one (`wait`: waits for it).
+    fn settle(&mut self, wait: bool) {
+        let (Some(end), Some(helper)) = (self.pending, &self.helper) else {
+            return;
+        };
+        let answer = match wait {
+            true => helper.done.recv().ok(),
+            false => match helper.done.try_recv() {
+                Ok(stands) => Some(stands),
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => None,
+            },
+        };
+        self.pending = None;
+        if answer == Some(true) {
+            self.reserved = end;
+        }
+    }
+
+    /// Hands the next [`RESERVE_BYTES`] of zeros past the reserve to the helper.
+    fn top_up(&mut self) {
+        if self.helper.is_none() {
+            match TopUp::start(self.file.clone()) {
+                Ok(h) => self.helper = Some(h),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no thread to reserve space ahead of the log");
+                    return;
+                }
+            }
+        }
+        let end = self.reserved + RESERVE_BYTES;
+        let sent = self
+            .helper
+            .as_ref()
+            .and_then(|h| h.jobs.as_ref())
+            .is_some_and(|jobs| jobs.send((self.reserved, end)).is_ok());
+        if sent {
+            self.pending = Some(end);
         }
     }
 }
 
 impl<F: Positional> LogFile for RealFile<F> {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let end = self.len + buf.len() as u64;
+        // A batch that would reach the helper's zeros waits for them.
+        self.settle(end > self.reserved);
         self.file.write_all_at(buf, self.len)?;
-        self.len += buf.len() as u64;
+        self.len = end;
+        // Not for the first write of a new segment (its header, synced alone): a header
+        // torn by a crash is only recognised in a file no longer than a header.
+        let small = buf.len() as u64 <= RESERVE_BYTES && self.len > buf.len() as u64;
         if self.len > self.reserved {
             self.reserved = self.len;
-            // Not for the first write of a new segment (its header, synced alone): a header
-            // torn by a crash is only recognised in a file no longer than a header.
-            if buf.len() as u64 <= RESERVE_BYTES && self.len > buf.len() as u64 {
+            if small {
                 self.extend_reserve();
             }
+        } else if small && self.pending.is_none() && self.reserved - self.len < TOP_UP_BELOW {
+            self.top_up();
         }
         Ok(())
     }
@@ -127,12 +258,14 @@ impl<F: Positional> LogFile for RealFile<F> {
         self.file.sync_data()
     }
     fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.settle(true);
         self.file.set_len(len)?;
         self.len = len;
         self.reserved = len;
         Ok(())
     }
     fn trim_reserve(&mut self) -> io::Result<()> {
+        self.settle(true);
         // The file's own length, not `reserved`: zeros a failed reserve left behind count too
         // (a sealed segment must end with its last record, or the next open refuses it).
         if self.file.len()? > self.len {
@@ -161,11 +294,7 @@ impl LogIo for RealIo {
                 ),
             ));
         }
-        Ok(Box::new(RealFile {
-            file,
-            len,
-            reserved: size,
-        }))
+        Ok(Box::new(RealFile::new(file, len, size)))
     }
 }
 
@@ -294,12 +423,15 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     /// A file on a disk that holds at most `cap` bytes: writes past it fail with ENOSPC after
     /// writing what fits, like a full file system.
     struct SmallDisk {
         bytes: Mutex<Vec<u8>>,
         cap: usize,
+        /// How long each write of zeros waits before it lands (a slow disk, for races).
+        zeros_delay: Duration,
     }
 
     impl SmallDisk {
@@ -307,6 +439,7 @@ mod tests {
             SmallDisk {
                 bytes: Mutex::new(Vec::new()),
                 cap,
+                zeros_delay: Duration::ZERO,
             }
         }
         fn bytes(&self) -> Vec<u8> {
@@ -316,6 +449,9 @@ mod tests {
 
     impl Positional for SmallDisk {
         fn write_all_at(&self, buf: &[u8], at: u64) -> io::Result<()> {
+            if buf.iter().all(|&b| b == 0) {
+                std::thread::sleep(self.zeros_delay);
+            }
             let mut bytes = self.bytes.lock().unwrap();
             let at = at as usize;
             let end = (at + buf.len()).min(self.cap.max(at));
@@ -344,11 +480,7 @@ mod tests {
     }
 
     fn segment(cap: usize) -> RealFile<SmallDisk> {
-        RealFile {
-            file: SmallDisk::new(cap),
-            len: 0,
-            reserved: 0,
-        }
+        RealFile::new(SmallDisk::new(cap), 0, 0)
     }
 
     /// What a sequence of writes should leave: the records, back to back.
@@ -409,6 +541,104 @@ mod tests {
         assert_eq!(f.file.bytes(), records(&[&header, &one, &two]));
         f.trim_reserve().unwrap();
         assert_eq!(f.file.bytes(), records(&[&header, &one, &two]));
+    }
+
+    /// Header and a first small batch (which reserves `RESERVE_BYTES`), then a batch that
+    /// leaves less than `TOP_UP_BELOW` of the reserve: the helper is at work past it.
+    fn topping_up(disk: SmallDisk) -> (RealFile<SmallDisk>, Vec<u8>) {
+        let mut f = RealFile::new(disk, 0, 0);
+        let header = [7u8; 64];
+        let one = [1u8; 300];
+        let two = vec![2u8; (RESERVE_BYTES - TOP_UP_BELOW + 1) as usize];
+        for b in [&header[..], &one, &two] {
+            f.write_all(b).unwrap();
+        }
+        assert_eq!(f.reserved, 364 + RESERVE_BYTES);
+        assert_eq!(
+            f.pending,
+            Some(364 + 2 * RESERVE_BYTES),
+            "no top-up started"
+        );
+        (f, records(&[&header, &one, &two]))
+    }
+
+    #[test]
+    fn the_helper_tops_the_reserve_up_before_the_batches_use_it_up() {
+        let (mut f, mut written) = topping_up(SmallDisk::new(8 << 20));
+        f.settle(true);
+        assert_eq!((f.pending, f.reserved), (None, 364 + 2 * RESERVE_BYTES));
+        let bytes = f.file.bytes();
+        assert_eq!(bytes.len() as u64, f.reserved);
+        assert_eq!(&bytes[..written.len()], &written[..]);
+        assert!(bytes[written.len()..].iter().all(|&b| b == 0));
+        // Batches past the first reserve go over the helper's zeros: the file does not grow.
+        let three = vec![3u8; RESERVE_BYTES as usize / 2];
+        f.write_all(&three).unwrap();
+        written.extend_from_slice(&three);
+        assert_eq!(f.file.bytes().len() as u64, 364 + 2 * RESERVE_BYTES);
+        f.trim_reserve().unwrap();
+        assert_eq!(f.file.bytes(), written);
+    }
+
+    /// A batch that reaches past the reserve while the helper writes zeros there waits for
+    /// them: zeros landing after it would overwrite acknowledged records.
+    #[test]
+    fn a_batch_that_reaches_the_helpers_zeros_waits_for_them() {
+        let mut disk = SmallDisk::new(8 << 20);
+        disk.zeros_delay = Duration::from_millis(5);
+        let (mut f, mut written) = topping_up(disk);
+        let three = vec![3u8; (RESERVE_BYTES / 2) as usize];
+        assert!(f.len + three.len() as u64 > 364 + RESERVE_BYTES);
+        f.write_all(&three).unwrap();
+        written.extend_from_slice(&three);
+        assert_eq!(f.pending, None);
+        let disk = f.file.clone();
+        drop(f);
+        let bytes = disk.bytes();
+        assert_eq!(bytes.len() as u64, 364 + 2 * RESERVE_BYTES);
+        assert_eq!(&bytes[..written.len()], &written[..], "zeros over records");
+        assert!(bytes[written.len()..].iter().all(|&b| b == 0));
+    }
+
+    /// Giving the reserve back waits for the helper: no zeros may follow a sealed segment's
+    /// last record.
+    #[test]
+    fn trimming_waits_for_the_helper() {
+        let mut disk = SmallDisk::new(8 << 20);
+        disk.zeros_delay = Duration::from_millis(5);
+        let (mut f, written) = topping_up(disk);
+        f.trim_reserve().unwrap();
+        let disk = f.file.clone();
+        drop(f);
+        assert_eq!(disk.bytes(), written);
+    }
+
+    /// So does cutting a failed batch off (the writer's `set_len`).
+    #[test]
+    fn cutting_a_batch_off_waits_for_the_helper() {
+        let mut disk = SmallDisk::new(8 << 20);
+        disk.zeros_delay = Duration::from_millis(5);
+        let (mut f, written) = topping_up(disk);
+        f.set_len(364).unwrap();
+        let disk = f.file.clone();
+        drop(f);
+        assert_eq!(disk.bytes(), &written[..364]);
+    }
+
+    /// A full disk fails the helper's zeros, not a batch: they are cut off again, the reserve
+    /// stays what it was, and appends go on.
+    #[test]
+    fn a_top_up_the_disk_cannot_hold_is_cut_off_and_appends_go_on() {
+        let cap = 364 + RESERVE_BYTES as usize + 1000;
+        let (mut f, mut written) = topping_up(SmallDisk::new(cap));
+        f.settle(true);
+        assert_eq!((f.pending, f.reserved), (None, 364 + RESERVE_BYTES));
+        assert_eq!(f.file.bytes().len() as u64, 364 + RESERVE_BYTES);
+        let four = [4u8; 300];
+        f.write_all(&four).unwrap();
+        written.extend_from_slice(&four);
+        f.trim_reserve().unwrap();
+        assert_eq!(f.file.bytes(), written);
     }
 
     /// Zeros a failed cut left behind (the file longer than `reserved` says) are trimmed too:
