@@ -1281,12 +1281,15 @@ async fn follow(inner: Arc<Inner>, from: u64) {
     let mut position = from;
     // Since when a durable position has waited for its hand-over.
     let mut gap_since: Option<(u64, tokio::time::Instant)> = None;
+    let mut ready = Vec::new();
     loop {
-        let ready = lock(&inner.handoff).take_ready();
+        lock(&inner.handoff).take_ready(&mut ready);
         if !ready.is_empty() {
-            let ready = ready.into_iter().map(|d| (d.global_position(), Ok(d)));
-            let applied = fold_into_views(&inner, &mut position, ready);
+            let events = ready.drain(..).map(|d| (d.global_position(), Ok(d)));
+            let applied = fold_into_views(&inner, &mut position, events);
             inner.metrics.events_handed_over.fetch_add(applied, Relaxed);
+            // Room for a usual batch is kept, not a burst's.
+            ready.shrink_to(READY_KEPT);
             continue;
         }
         let durable = *head.borrow_and_update();
@@ -1348,6 +1351,9 @@ async fn follow(inner: Arc<Inner>, from: u64) {
 /// position before reading it from the store. The request that wrote it was woken when the
 /// store published it, so this is only reached when nobody will hand it over.
 const HANDOFF_GRACE: Duration = Duration::from_millis(2);
+
+/// Handed-over events the follower keeps room for between batches (`Handoff::take_ready`).
+const READY_KEPT: usize = 1024;
 
 /// Counts an append of this process as one that may still hand events over, until dropped
 /// (also when its request is cancelled).

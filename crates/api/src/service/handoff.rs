@@ -50,10 +50,11 @@ impl Handoff {
         first == self.next
     }
 
-    /// The handed-over events that continue the views, in position order; afterwards the
-    /// views need the position after the last one.
-    pub(super) fn take_ready(&mut self) -> Vec<DecodedEvent> {
-        let mut ready = Vec::new();
+    /// Moves the handed-over events that continue the views into `ready`, in position order;
+    /// afterwards the views need the position after the last one. The caller keeps `ready`
+    /// from one call to the next: a fresh vector grown for every batch faulted in fresh pages
+    /// (the heap's freed pages are given back), ~4% of the server's CPU under appends.
+    pub(super) fn take_ready(&mut self, ready: &mut Vec<DecodedEvent>) {
         while let Some(entry) = self.waiting.first_entry() {
             let first = *entry.key();
             if first > self.next {
@@ -71,7 +72,6 @@ impl Handoff {
             }
             ready.append(&mut events);
         }
-        ready
     }
 
     /// The views reached `position` some other way (read from the store).
@@ -107,6 +107,12 @@ mod tests {
             .collect()
     }
 
+    fn ready(h: &mut Handoff) -> Vec<DecodedEvent> {
+        let mut ready = Vec::new();
+        h.take_ready(&mut ready);
+        ready
+    }
+
     fn positions(events: &[DecodedEvent]) -> Vec<u64> {
         events.iter().map(DecodedEvent::global_position).collect()
     }
@@ -116,11 +122,11 @@ mod tests {
         let mut h = Handoff::starting_after(10);
         assert!(!h.hand_over(append(14, 2)), "not what the views wait for");
         assert!(!h.hand_over(append(13, 1)));
-        assert!(h.take_ready().is_empty(), "11 and 12 are missing");
+        assert!(ready(&mut h).is_empty(), "11 and 12 are missing");
         assert!(h.hand_over(append(11, 2)), "the views wait for 11");
-        assert_eq!(positions(&h.take_ready()), vec![11, 12, 13, 14, 15]);
+        assert_eq!(positions(&ready(&mut h)), vec![11, 12, 13, 14, 15]);
         assert!(h.hand_over(append(16, 1)));
-        assert_eq!(positions(&h.take_ready()), vec![16]);
+        assert_eq!(positions(&ready(&mut h)), vec![16]);
         assert_eq!(h.waiting_appends(), 0);
     }
 
@@ -131,15 +137,15 @@ mod tests {
         assert!(!h.hand_over(append(8, 1)));
         // The follower read 1..=5 from the store: 6 and 7 of the first append still count.
         h.advanced_to(5);
-        assert_eq!(positions(&h.take_ready()), vec![6, 7, 8]);
+        assert_eq!(positions(&ready(&mut h)), vec![6, 7, 8]);
         // A late hand-over of something already read is ignored.
         assert!(!h.hand_over(append(2, 2)));
-        assert!(h.take_ready().is_empty());
+        assert!(ready(&mut h).is_empty());
         assert_eq!(h.waiting_appends(), 0);
         // Going back is not possible.
         h.advanced_to(3);
         assert!(h.hand_over(append(9, 1)));
-        assert_eq!(positions(&h.take_ready()), vec![9]);
+        assert_eq!(positions(&ready(&mut h)), vec![9]);
     }
 
     #[test]
