@@ -72,17 +72,18 @@ pub(crate) fn push_small<T>(v: &mut Vec<T>, item: T) {
     v.push(item);
 }
 
-/// A source as kept in memory (the rarely given parts boxed to keep incidents small).
+/// A source as kept in memory: the URL inline (most sources give one), the rarely given parts
+/// boxed to keep incidents small.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct SourceRec {
     pub(crate) name: Name,
-    pub(crate) kind: Option<SourceKind>,
+    pub(crate) url: Option<Box<str>>,
     pub(crate) extra: Option<Box<SourceExtra>>,
+    pub(crate) kind: Option<SourceKind>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct SourceExtra {
-    pub(crate) url: Option<Box<str>>,
     pub(crate) archive_url: Option<Box<str>>,
     pub(crate) published_at: Option<OccurredAt>,
     pub(crate) sha256: Option<Sha256>,
@@ -90,13 +91,8 @@ pub(crate) struct SourceExtra {
 
 impl SourceRec {
     fn from_source(s: Source<'_>, names: &mut Interner) -> SourceRec {
-        let extra = if s.url.is_some()
-            || s.archive_url.is_some()
-            || s.published_at.is_some()
-            || s.sha256.is_some()
-        {
+        let extra = if s.archive_url.is_some() || s.published_at.is_some() || s.sha256.is_some() {
             Some(Box::new(SourceExtra {
-                url: s.url.map(boxed),
                 archive_url: s.archive_url.map(boxed),
                 published_at: s.published_at,
                 sha256: s.sha256,
@@ -106,25 +102,20 @@ impl SourceRec {
         };
         SourceRec {
             name: names.name(s.name),
-            kind: s.kind,
+            url: s.url.map(boxed),
             extra,
+            kind: s.kind,
         }
     }
 
     fn same_as(&self, s: &Source<'_>) -> bool {
-        if *self.name != *s.name || self.kind != s.kind {
+        if *self.name != *s.name || self.kind != s.kind || self.url.as_deref() != s.url.as_deref() {
             return false;
         }
         match &self.extra {
-            None => {
-                s.url.is_none()
-                    && s.archive_url.is_none()
-                    && s.published_at.is_none()
-                    && s.sha256.is_none()
-            }
+            None => s.archive_url.is_none() && s.published_at.is_none() && s.sha256.is_none(),
             Some(x) => {
-                x.url.as_deref() == s.url.as_deref()
-                    && x.archive_url.as_deref() == s.archive_url.as_deref()
+                x.archive_url.as_deref() == s.archive_url.as_deref()
                     && x.published_at == s.published_at
                     && x.sha256 == s.sha256
             }
@@ -136,7 +127,7 @@ impl SourceRec {
         SourceView {
             name: S::from(&self.name),
             kind: self.kind,
-            url: x.and_then(|x| x.url.as_deref().map(S::from)),
+            url: self.url.as_deref().map(S::from),
             archive_url: x.and_then(|x| x.archive_url.as_deref().map(S::from)),
             published_at: x.and_then(|x| x.published_at),
             sha256: x.and_then(|x| x.sha256),
@@ -752,10 +743,9 @@ fn opt_name_bytes(n: &Option<Name>) -> usize {
 impl SourceRec {
     fn heap_bytes(&self) -> usize {
         name_bytes(&self.name)
+            + text_bytes(&self.url)
             + self.extra.as_deref().map_or(0, |x| {
-                chunk(std::mem::size_of::<SourceExtra>())
-                    + text_bytes(&x.url)
-                    + text_bytes(&x.archive_url)
+                chunk(std::mem::size_of::<SourceExtra>()) + text_bytes(&x.archive_url)
             })
     }
 }
