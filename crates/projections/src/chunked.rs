@@ -33,10 +33,6 @@ impl<T> Chunked<T> {
         self.len
     }
 
-    pub(crate) fn get(&self, i: usize) -> Option<&T> {
-        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
-    }
-
     pub(crate) fn push(&mut self, value: T) {
         match self.chunks.last_mut() {
             Some(last) if last.len() < CHUNK => last.push(value),
@@ -139,10 +135,7 @@ mod tests {
         }
         for i in [0, CHUNK - 1, CHUNK, n - 1] {
             assert_eq!(c[i], v[i]);
-            assert_eq!(c.get(i), v.get(i));
         }
-        assert_eq!(c.get(n), None);
-        assert_eq!(c.get(100 * CHUNK), None);
         for x in [0, 1, 2, 3 * CHUNK, 3 * n, 3 * n + 7] {
             assert_eq!(
                 c.partition_point(|e| *e < x),

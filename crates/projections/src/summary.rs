@@ -13,9 +13,8 @@
 //! a timestamp window, and the min/max `occurred_at`, scan the entries of one bucket.
 use std::collections::BTreeMap;
 
-use crate::chunked::Chunked;
 use crate::events::Kind;
-use crate::state::{vec_bytes, Contrib};
+use crate::state::{chunk, vec_bytes, Contrib};
 use crate::view::{ByKind, CasualtiesView, ClaimCounts, Figure, RegionSummary, StrikeCounts};
 use crate::{OccurredAt, Region, Window};
 
@@ -107,7 +106,7 @@ pub(crate) struct Bucket {
 }
 
 impl Bucket {
-    fn apply_change(entries: &Chunked<Entry>, s: &mut Sums, c: &Change) {
+    fn apply_change(entries: &[Entry], s: &mut Sums, c: &Change) {
         if c.removed != NONE {
             s.add_entry(&entries[c.removed as usize], u64::MAX);
         }
@@ -116,7 +115,7 @@ impl Bucket {
         }
     }
 
-    fn push_change(&mut self, c: Change, every: usize, entries: &Chunked<Entry>) {
+    fn push_change(&mut self, c: Change, every: usize, entries: &[Entry]) {
         // Both entries were just written, so this reads cached memory.
         Self::apply_change(entries, &mut self.totals, &c);
         self.changes.push(c);
@@ -126,7 +125,7 @@ impl Bucket {
     }
 
     /// Totals of the whole bucket after position `p`.
-    fn sums_at(&self, p: u64, every: usize, entries: &Chunked<Entry>) -> Sums {
+    fn sums_at(&self, p: u64, every: usize, entries: &[Entry]) -> Sums {
         let n = self.changes.partition_point(|c| c.pos <= p);
         let k = n / every;
         let mut s = if k > 0 {
@@ -141,11 +140,7 @@ impl Bucket {
     }
 
     /// Entries live after position `p` (each incident at most once).
-    fn live_at<'e>(
-        &'e self,
-        p: u64,
-        entries: &'e Chunked<Entry>,
-    ) -> impl Iterator<Item = &'e Entry> {
+    fn live_at<'e>(&'e self, p: u64, entries: &'e [Entry]) -> impl Iterator<Item = &'e Entry> {
         let n = self.changes.partition_point(|c| c.pos <= p);
         self.changes[..n]
             .iter()
@@ -154,7 +149,7 @@ impl Bucket {
             .filter(move |e| e.removed > p)
     }
 
-    fn scan_sums(&self, p: u64, w: &Window, entries: &Chunked<Entry>) -> Sums {
+    fn scan_sums(&self, p: u64, w: &Window, entries: &[Entry]) -> Sums {
         let mut s = Sums::default();
         for e in self
             .live_at(p, entries)
@@ -165,12 +160,7 @@ impl Bucket {
         s
     }
 
-    fn min_max(
-        &self,
-        p: u64,
-        w: &Window,
-        entries: &Chunked<Entry>,
-    ) -> Option<(OccurredAt, OccurredAt)> {
+    fn min_max(&self, p: u64, w: &Window, entries: &[Entry]) -> Option<(OccurredAt, OccurredAt)> {
         let mut it = self
             .live_at(p, entries)
             .map(Entry::occurred_at)
@@ -205,10 +195,8 @@ pub(crate) struct RegionBuckets {
 pub(crate) struct Summaries {
     pub(crate) checkpoint_every: usize,
     /// Every entry version of every bucket, in order of creation: one arena, so buckets never
-    /// reallocate large arrays (and the tail being written stays in cache). Chunked: at a
-    /// million entries (72 MB) a doubling `Vec` copied them all into fresh memory inside one
-    /// fold step.
-    pub(crate) entries: Chunked<Entry>,
+    /// reallocate large arrays (and the tail being written stays in cache).
+    pub(crate) entries: Vec<Entry>,
     pub(crate) buckets: Vec<Bucket>,
     pub(crate) regions: Vec<RegionBuckets>,
     /// code -> index in `regions` (sorted by code, so iteration is in code order).
@@ -225,7 +213,7 @@ impl Summaries {
     pub(crate) fn with_checkpoint_every(every: usize) -> Self {
         Summaries {
             checkpoint_every: every.max(1),
-            entries: Chunked::default(),
+            entries: Vec::new(),
             buckets: Vec::new(),
             regions: Vec::new(),
             index: BTreeMap::new(),
@@ -351,7 +339,7 @@ impl Summaries {
         // BTreeMap nodes: about 16 bytes of key and value per day plus node overhead.
         let maps: usize = self.regions.iter().map(|r| r.days.len() * 24).sum();
         // The arena's slack beyond its length is address space the process never touched.
-        self.entries.heap_bytes()
+        chunk(self.entries.len() * std::mem::size_of::<Entry>())
             + vec_bytes(&self.buckets)
             + self
                 .buckets
