@@ -95,8 +95,9 @@ fn apply_accepted(
     names: &mut Interner,
 ) {
     let position = st.last_position;
+    // Borrowed: the state copies what it keeps, and nothing else of the event is copied.
     st.apply_event(
-        te.event.clone(),
+        te.event.borrowed(),
         Meta {
             position,
             recorded_at: now,

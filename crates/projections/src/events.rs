@@ -481,7 +481,27 @@ fn own_opt(c: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
     c.map(own)
 }
 
+fn lend(c: &str) -> Cow<'_, str> {
+    Cow::Borrowed(c)
+}
+
+fn lend_opt<'b>(c: &'b Option<Cow<'_, str>>) -> Option<Cow<'b, str>> {
+    c.as_deref().map(lend)
+}
+
 impl Source<'_> {
+    /// See [`IncidentEvent::borrowed`].
+    pub fn borrowed(&self) -> Source<'_> {
+        Source {
+            name: lend(&self.name),
+            kind: self.kind,
+            url: lend_opt(&self.url),
+            archive_url: lend_opt(&self.archive_url),
+            published_at: self.published_at,
+            sha256: self.sha256,
+        }
+    }
+
     pub fn into_owned(self) -> Source<'static> {
         Source {
             name: own(self.name),
@@ -557,6 +577,73 @@ impl IncidentEvent<'_> {
             }),
             E::IncidentRetracted(d) => E::IncidentRetracted(IncidentRetracted {
                 reason: own(d.reason),
+                duplicate_of: d.duplicate_of,
+            }),
+        }
+    }
+
+    /// The same event borrowing its strings from this one: for folding an event that is
+    /// kept (a decided batch) without copying the text the state does not keep.
+    pub fn borrowed(&self) -> IncidentEvent<'_> {
+        use IncidentEvent as E;
+        match self {
+            E::IncidentReported(d) => E::IncidentReported(IncidentReported {
+                kind: d.kind,
+                occurred_at: d.occurred_at,
+                time_precision: d.time_precision,
+                region: d.region,
+                locality: lend_opt(&d.locality),
+                location: d.location,
+                perpetrator: lend_opt(&d.perpetrator),
+                target: lend_opt(&d.target),
+                summary: lend_opt(&d.summary),
+                source: d.source.borrowed(),
+            }),
+            E::CasualtiesReported(d) => E::CasualtiesReported(CasualtiesReported {
+                source: d.source.borrowed(),
+                killed: d.killed,
+                injured: d.injured,
+                killed_low: d.killed_low,
+                killed_high: d.killed_high,
+                civilians_killed: d.civilians_killed,
+                children_killed: d.children_killed,
+            }),
+            E::ClaimMade(d) => E::ClaimMade(ClaimMade {
+                claim_id: d.claim_id,
+                claimant: lend(&d.claimant),
+                statement: lend(&d.statement),
+                attributed_to: lend_opt(&d.attributed_to),
+                source: d.source.as_ref().map(Source::borrowed),
+            }),
+            E::ClaimDenied(d) => E::ClaimDenied(ClaimDenied {
+                claim_id: d.claim_id,
+                by: lend(&d.by),
+                statement: lend_opt(&d.statement),
+                source: d.source.as_ref().map(Source::borrowed),
+            }),
+            E::ClaimAssessed(d) => E::ClaimAssessed(ClaimAssessed {
+                claim_id: d.claim_id,
+                assessment: d.assessment,
+                by: lend(&d.by),
+                evidence: lend_opt(&d.evidence),
+            }),
+            E::SourceAdded(d) => E::SourceAdded(SourceAdded {
+                source: d.source.borrowed(),
+            }),
+            E::IncidentCorrected(d) => E::IncidentCorrected(IncidentCorrected {
+                reason: lend(&d.reason),
+                kind: d.kind,
+                occurred_at: d.occurred_at,
+                time_precision: d.time_precision,
+                region: d.region,
+                locality: lend_opt(&d.locality),
+                location: d.location,
+                perpetrator: lend_opt(&d.perpetrator),
+                target: lend_opt(&d.target),
+                summary: lend_opt(&d.summary),
+            }),
+            E::IncidentRetracted(d) => E::IncidentRetracted(IncidentRetracted {
+                reason: lend(&d.reason),
                 duplicate_of: d.duplicate_of,
             }),
         }

@@ -325,6 +325,8 @@ proptest! {
             let decoded = DecodedEvent::decode(&r.env()).unwrap();
             prop_assert_eq!(&r.appended(), &decoded);
             handed.apply_decoded(r.appended()).unwrap();
+            // The borrowed view a decided batch is applied through is the same event.
+            prop_assert_eq!(&r.typed.event.borrowed(), &r.typed.event);
         }
         prop_assert_eq!(handed.digest(), full.digest());
     }
