@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 
 /// Zeros written past the end of the active segment whenever a small batch reaches the end of
 /// what was written before (see [`RealFile`]).
@@ -56,7 +56,12 @@ pub struct RealIo;
 /// A large batch (an import chunk) just extends the file: its own size already dwarfs one
 /// commit.
 struct RealFile<F: Positional = File> {
-    file: Arc<F>,
+    file: F,
+    /// Opens the file again for the helper: its own open file description, so that a failed
+    /// writeback is reported to the log thread's `fdatasync` as well as to the helper's (Linux
+    /// reports a writeback error once per open file description; a shared descriptor would let
+    /// the helper's sync take the error and a batch's sync then succeed).
+    reopen: Reopen<F>,
     /// Where the next record goes.
     len: u64,
     /// The file's length: zeros from `len` to here, written and synced.
@@ -66,7 +71,11 @@ struct RealFile<F: Positional = File> {
     pending: Option<u64>,
     /// Started by the first top-up.
     helper: Option<TopUp<F>>,
+    /// The helper could not be started: batches write their zeros themselves.
+    no_helper: bool,
 }
+
+type Reopen<F> = Box<dyn Fn() -> io::Result<F> + Send>;
 
 /// Below this many reserved bytes, the helper tops the reserve up.
 const TOP_UP_BELOW: u64 = RESERVE_BYTES / 2;
@@ -125,14 +134,14 @@ struct TopUp<F: Positional> {
 }
 
 impl<F: Positional> TopUp<F> {
-    fn start(file: Arc<F>) -> io::Result<TopUp<F>> {
+    fn start(file: F) -> io::Result<TopUp<F>> {
         let (jobs, rx) = mpsc::channel::<(u64, u64)>();
         let (tx, done) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("incidentlog-reserve".into())
             .spawn(move || {
                 for (from, to) in rx {
-                    let stands = match write_zeros(&*file, from, to).and_then(|()| file.sync_data())
+                    let stands = match write_zeros(&file, from, to).and_then(|()| file.sync_data())
                     {
                         Ok(()) => true,
                         Err(e) => {
@@ -167,13 +176,15 @@ impl<F: Positional> Drop for TopUp<F> {
 }
 
 impl<F: Positional> RealFile<F> {
-    fn new(file: F, len: u64, size: u64) -> RealFile<F> {
+    fn new(file: F, reopen: Reopen<F>, len: u64, size: u64) -> RealFile<F> {
         RealFile {
-            file: Arc::new(file),
+            file,
+            reopen,
             len,
             reserved: size,
             pending: None,
             helper: None,
+            no_helper: false,
         }
     }
 
@@ -182,7 +193,7 @@ impl<F: Positional> RealFile<F> {
     /// reserve.
     fn extend_reserve(&mut self) {
         let target = self.len + RESERVE_BYTES;
-        if let Err(e) = write_zeros(&*self.file, self.reserved, target) {
+        if let Err(e) = write_zeros(&self.file, self.reserved, target) {
             tracing::debug!(error = %e, "cannot reserve space past the end of the log");
             if self.file.set_len(self.len).is_ok() {
                 self.reserved = self.len;
@@ -213,11 +224,15 @@ impl<F: Positional> RealFile<F> {
 
     /// Hands the next [`RESERVE_BYTES`] of zeros past the reserve to the helper.
     fn top_up(&mut self) {
+        if self.no_helper {
+            return;
+        }
         if self.helper.is_none() {
-            match TopUp::start(self.file.clone()) {
+            match (self.reopen)().and_then(TopUp::start) {
                 Ok(h) => self.helper = Some(h),
                 Err(e) => {
-                    tracing::debug!(error = %e, "no thread to reserve space ahead of the log");
+                    tracing::warn!(error = %e, "cannot start the helper that reserves space ahead of the log: batches write their zeros themselves");
+                    self.no_helper = true;
                     return;
                 }
             }
@@ -277,6 +292,12 @@ impl<F: Positional> LogFile for RealFile<F> {
     }
 }
 
+/// Opens `path` for writing again, as a new open file description (not a `dup`).
+fn reopener(path: &Path) -> Reopen<File> {
+    let path = path.to_path_buf();
+    Box::new(move || open_by_name(OpenOptions::new().write(true), &path))
+}
+
 impl LogIo for RealIo {
     fn open_append(&self, path: &Path, create: bool, len: u64) -> io::Result<Box<dyn LogFile>> {
         let dir = dir_of(path);
@@ -294,7 +315,7 @@ impl LogIo for RealIo {
                 ),
             ));
         }
-        Ok(Box::new(RealFile::new(file, len, size)))
+        Ok(Box::new(RealFile::new(file, reopener(path), len, size)))
     }
 }
 
@@ -422,25 +443,39 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     /// A file on a disk that holds at most `cap` bytes: writes past it fail with ENOSPC after
     /// writing what fits, like a full file system.
-    struct SmallDisk {
+    /// Handles to one disk share it (as opening a file again does).
+    #[derive(Clone)]
+    struct SmallDisk(Arc<Disk>);
+
+    struct Disk {
         bytes: Mutex<Vec<u8>>,
         cap: usize,
         /// How long each write of zeros waits before it lands (a slow disk, for races).
         zeros_delay: Duration,
     }
 
+    impl std::ops::Deref for SmallDisk {
+        type Target = Disk;
+        fn deref(&self) -> &Disk {
+            &self.0
+        }
+    }
+
     impl SmallDisk {
         fn new(cap: usize) -> SmallDisk {
-            SmallDisk {
+            SmallDisk::slow(cap, Duration::ZERO)
+        }
+        fn slow(cap: usize, zeros_delay: Duration) -> SmallDisk {
+            SmallDisk(Arc::new(Disk {
                 bytes: Mutex::new(Vec::new()),
                 cap,
-                zeros_delay: Duration::ZERO,
-            }
+                zeros_delay,
+            }))
         }
         fn bytes(&self) -> Vec<u8> {
             self.bytes.lock().unwrap().clone()
@@ -479,8 +514,13 @@ mod tests {
         }
     }
 
+    fn on(disk: SmallDisk) -> RealFile<SmallDisk> {
+        let again = disk.clone();
+        RealFile::new(disk, Box::new(move || Ok(again.clone())), 0, 0)
+    }
+
     fn segment(cap: usize) -> RealFile<SmallDisk> {
-        RealFile::new(SmallDisk::new(cap), 0, 0)
+        on(SmallDisk::new(cap))
     }
 
     /// What a sequence of writes should leave: the records, back to back.
@@ -546,7 +586,7 @@ mod tests {
     /// Header and a first small batch (which reserves `RESERVE_BYTES`), then a batch that
     /// leaves less than `TOP_UP_BELOW` of the reserve: the helper is at work past it.
     fn topping_up(disk: SmallDisk) -> (RealFile<SmallDisk>, Vec<u8>) {
-        let mut f = RealFile::new(disk, 0, 0);
+        let mut f = on(disk);
         let header = [7u8; 64];
         let one = [1u8; 300];
         let two = vec![2u8; (RESERVE_BYTES - TOP_UP_BELOW + 1) as usize];
@@ -584,8 +624,7 @@ mod tests {
     /// them: zeros landing after it would overwrite acknowledged records.
     #[test]
     fn a_batch_that_reaches_the_helpers_zeros_waits_for_them() {
-        let mut disk = SmallDisk::new(8 << 20);
-        disk.zeros_delay = Duration::from_millis(5);
+        let disk = SmallDisk::slow(8 << 20, Duration::from_millis(5));
         let (mut f, mut written) = topping_up(disk);
         let three = vec![3u8; (RESERVE_BYTES / 2) as usize];
         assert!(f.len + three.len() as u64 > 364 + RESERVE_BYTES);
@@ -604,8 +643,7 @@ mod tests {
     /// last record.
     #[test]
     fn trimming_waits_for_the_helper() {
-        let mut disk = SmallDisk::new(8 << 20);
-        disk.zeros_delay = Duration::from_millis(5);
+        let disk = SmallDisk::slow(8 << 20, Duration::from_millis(5));
         let (mut f, written) = topping_up(disk);
         f.trim_reserve().unwrap();
         let disk = f.file.clone();
@@ -616,8 +654,7 @@ mod tests {
     /// So does cutting a failed batch off (the writer's `set_len`).
     #[test]
     fn cutting_a_batch_off_waits_for_the_helper() {
-        let mut disk = SmallDisk::new(8 << 20);
-        disk.zeros_delay = Duration::from_millis(5);
+        let disk = SmallDisk::slow(8 << 20, Duration::from_millis(5));
         let (mut f, written) = topping_up(disk);
         f.set_len(364).unwrap();
         let disk = f.file.clone();
@@ -639,6 +676,47 @@ mod tests {
         written.extend_from_slice(&four);
         f.trim_reserve().unwrap();
         assert_eq!(f.file.bytes(), written);
+    }
+
+    /// Without a helper (it could not be started), batches write their zeros themselves.
+    #[test]
+    fn without_a_helper_batches_reserve_their_zeros_themselves() {
+        let disk = SmallDisk::new(8 << 20);
+        let mut f = RealFile::new(disk, Box::new(|| Err(io::Error::other("no"))), 0, 0);
+        let header = [7u8; 64];
+        let one = [1u8; 300];
+        let two = vec![2u8; (RESERVE_BYTES - TOP_UP_BELOW + 1) as usize];
+        let three = vec![3u8; (RESERVE_BYTES / 2) as usize];
+        for b in [&header[..], &one, &two, &three] {
+            f.write_all(b).unwrap();
+            assert_eq!(f.pending, None);
+        }
+        assert!(f.no_helper && f.helper.is_none());
+        let written = records(&[&header, &one, &two, &three]);
+        assert_eq!(f.reserved, written.len() as u64 + RESERVE_BYTES);
+        let bytes = f.file.bytes();
+        assert_eq!(&bytes[..written.len()], &written[..]);
+        assert!(bytes[written.len()..].iter().all(|&b| b == 0));
+    }
+
+    /// The helper's handle is an open file description of its own, not a `dup` (which shares
+    /// the offset, and the one report of a failed writeback, with the log thread's).
+    #[test]
+    fn the_helper_opens_the_segment_again() {
+        use std::io::{Seek, SeekFrom};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let mut log = open_by_name(OpenOptions::new().write(true), &path).unwrap();
+        let mut helper = reopener(&path)().unwrap();
+        log.seek(SeekFrom::Start(100)).unwrap();
+        assert_eq!(
+            helper.stream_position().unwrap(),
+            0,
+            "a shared file description"
+        );
+        helper.seek(SeekFrom::Start(7)).unwrap();
+        assert_eq!(log.stream_position().unwrap(), 100);
     }
 
     /// Zeros a failed cut left behind (the file longer than `reserved` says) are trimmed too:
