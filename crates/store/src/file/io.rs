@@ -73,6 +73,9 @@ struct RealFile<F: Positional = File> {
     helper: Option<TopUp<F>>,
     /// The helper could not be started: batches write their zeros themselves.
     no_helper: bool,
+    /// The last top-up failed (a full disk): none is tried again before the batches have used
+    /// the reserve up and written zeros themselves.
+    top_up_failed: bool,
 }
 
 type Reopen<F> = Box<dyn Fn() -> io::Result<F> + Send>;
@@ -185,6 +188,7 @@ impl<F: Positional> RealFile<F> {
             pending: None,
             helper: None,
             no_helper: false,
+            top_up_failed: false,
         }
     }
 
@@ -217,14 +221,15 @@ impl<F: Positional> RealFile<F> {
             },
         };
         self.pending = None;
-        if answer == Some(true) {
-            self.reserved = end;
+        match answer {
+            Some(true) => self.reserved = end,
+            _ => self.top_up_failed = true,
         }
     }
 
     /// Hands the next [`RESERVE_BYTES`] of zeros past the reserve to the helper.
     fn top_up(&mut self) {
-        if self.no_helper {
+        if self.no_helper || self.top_up_failed {
             return;
         }
         if self.helper.is_none() {
@@ -263,6 +268,8 @@ impl<F: Positional> LogFile for RealFile<F> {
             self.reserved = self.len;
             if small {
                 self.extend_reserve();
+                // The batches used the reserve up: the helper may try again.
+                self.top_up_failed = false;
             }
         } else if small && self.pending.is_none() && self.reserved - self.len < TOP_UP_BELOW {
             self.top_up();
@@ -674,6 +681,10 @@ mod tests {
         let four = [4u8; 300];
         f.write_all(&four).unwrap();
         written.extend_from_slice(&four);
+        assert_eq!(
+            f.pending, None,
+            "a failed top-up is not tried again at once"
+        );
         f.trim_reserve().unwrap();
         assert_eq!(f.file.bytes(), written);
     }
