@@ -70,7 +70,7 @@ struct RealFile<F: Positional = File> {
     /// `reserved` until they are done.
     pending: Option<u64>,
     /// Started by the first top-up.
-    helper: Option<TopUp<F>>,
+    helper: Option<TopUp>,
     /// The helper could not be started: batches write their zeros themselves.
     no_helper: bool,
     /// The last top-up failed (a full disk): none is tried again before the batches have used
@@ -129,15 +129,14 @@ fn write_zeros<F: Positional>(file: &F, from: u64, to: u64) -> io::Result<()> {
 /// commit) took ~1.8 ms per MiB inside a batch, which every append of that batch waited for.
 /// One job at a time: `(from, to)`, answered with whether the zeros stand (on failure, a full
 /// disk, the helper cuts what it wrote off again: nothing else writes past `from` meanwhile).
-struct TopUp<F: Positional> {
+struct TopUp {
     jobs: Option<mpsc::Sender<(u64, u64)>>,
     done: mpsc::Receiver<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    _file: std::marker::PhantomData<F>,
 }
 
-impl<F: Positional> TopUp<F> {
-    fn start(file: F) -> io::Result<TopUp<F>> {
+impl TopUp {
+    fn start<F: Positional>(file: F) -> io::Result<TopUp> {
         let (jobs, rx) = mpsc::channel::<(u64, u64)>();
         let (tx, done) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -162,12 +161,11 @@ impl<F: Positional> TopUp<F> {
             jobs: Some(jobs),
             done,
             thread: Some(thread),
-            _file: std::marker::PhantomData,
         })
     }
 }
 
-impl<F: Positional> Drop for TopUp<F> {
+impl Drop for TopUp {
     /// Waits for the job in hand: no zeros may land after the file is given up (a reopen
     /// writes records there).
     fn drop(&mut self) {
@@ -223,7 +221,12 @@ impl<F: Positional> RealFile<F> {
         self.pending = None;
         match answer {
             Some(true) => self.reserved = end,
-            _ => self.top_up_failed = true,
+            Some(false) => self.top_up_failed = true,
+            // The helper is gone (it cannot panic, but if it did): its zeros count for nothing.
+            None => {
+                self.helper = None;
+                self.no_helper = true;
+            }
         }
     }
 
