@@ -1403,6 +1403,8 @@ async fn read_into_views(
             )));
         }
         fold_into_views(inner, position, page.into_iter());
+        // Hand-overs of what was read here are not waited for (they are dropped if they come).
+        lock(&inner.handoff).advanced_to(*position);
     }
     Ok(())
 }
@@ -1430,7 +1432,6 @@ fn fold_into_views(
         }
         inner.applied.send_replace(*position);
     }
-    lock(&inner.handoff).advanced_to(*position);
     inner.metrics.events_applied.fetch_add(applied, Relaxed);
     applied
 }
