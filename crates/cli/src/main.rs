@@ -388,15 +388,14 @@ fn exit_code_of(err: &anyhow::Error) -> u8 {
     exit::FAILURE
 }
 
-/// The offline commands (`replay`, `import`, `export`, `verify`) build hundreds of megabytes of
-/// state once and exit: with transparent huge pages every first touch of a 2 MiB region makes
-/// the kernel zero all of it (~17% of a replay's samples). 4 KiB pages cost less there (replay
-/// ~15% faster, see proto-docs/benchmarks.md). `serve` keeps the system's setting: its state
-/// lives long and is read at random, where huge pages pay.
-fn prefer_small_pages(command: &Command) {
-    if matches!(command, Command::Serve(_) | Command::Token { .. }) {
-        return;
-    }
+/// Every command runs on 4 KiB pages: with transparent huge pages the first touch of a 2 MiB
+/// region makes the kernel zero all of it at once, ~5 ms on this VM, where the host backs
+/// fresh memory anew. The offline commands (`replay`, `import`, `export`, `verify`) build
+/// hundreds of megabytes of state once: 4 KiB pages made replay ~15% faster. Under `serve`
+/// the views grow with every new incident, and a worker that faulted a huge page stalled
+/// every task it held: HTTP appends' p99 went 5.4-6.4 ms -> 2.5-2.8 ms, the rate +3%, region
+/// GETs unchanged (proto-docs/benchmarks.md, nineteenth session).
+fn prefer_small_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
         // Only a speed setting: carry on with the system's.
@@ -410,7 +409,7 @@ const BLOCKING_THREADS: usize = 16;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
-    prefer_small_pages(&cli.command);
+    prefer_small_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Each blocking thread that ever runs keeps allocator memory of its own (reads of the
