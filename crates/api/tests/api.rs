@@ -44,7 +44,7 @@ async fn add_token(store: &Store, name: &str, role: &str) -> String {
 }
 
 async fn app_with(config: ServeConfig) -> App {
-    app_on(config, Arc::new(RealIo)).await
+    app_on(config, Arc::new(RealIo::default())).await
 }
 
 /// The app on a file store whose segment files go through `io` (fault injection).
@@ -2386,7 +2386,7 @@ impl LogIo for HookedSync {
         len: u64,
     ) -> std::io::Result<Box<dyn LogFile>> {
         Ok(Box::new(HookedSyncFile {
-            inner: RealIo.open_append(path, create, len)?,
+            inner: RealIo::default().open_append(path, create, len)?,
             before_sync: self.before_sync.clone(),
         }))
     }
@@ -2405,6 +2405,9 @@ impl LogFile for HookedSyncFile {
     }
     fn trim_reserve(&mut self) -> std::io::Result<()> {
         self.inner.trim_reserve()
+    }
+    fn sealed(&mut self) {
+        self.inner.sealed()
     }
 }
 

@@ -142,6 +142,7 @@ fn segment_seed() -> Vec<u8> {
             durability: Durability::Relaxed,
             segment_size: 1 << 20,
             read_only: false,
+            log_cache: None,
         })
         .await
         .unwrap();

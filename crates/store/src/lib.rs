@@ -501,6 +501,9 @@ pub const RECORD_OVERHEAD: usize = 148;
 
 /// Default segment size of the file store.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
+/// Default of [`OpenOptions::log_cache`]: the newest 64 MiB of the log (~120,000 single-event
+/// appends) stay in the page cache for readers that follow the head.
+pub const DEFAULT_LOG_CACHE: u64 = 64 << 20;
 
 /// How to open a [`Store`].
 #[derive(Clone, Debug)]
@@ -516,6 +519,13 @@ pub struct OpenOptions {
     /// (reads end before it; `verify` reports it as damage), no segment is created, and
     /// appends are refused.
     pub read_only: bool,
+    /// File store: how much of the newest log the writer leaves in the OS page cache. Older
+    /// records, once synced, are dropped from it (`posix_fadvise(DONTNEED)`, as PostgreSQL
+    /// does with WAL it has finished), and a sealed segment is dropped whole: the log is
+    /// written once and mostly read near its head, and the memory it would hold goes back to
+    /// the heap at once. Reads of older records come from the disk. `None` leaves the page
+    /// cache to the kernel.
+    pub log_cache: Option<u64>,
 }
 
 impl OpenOptions {
@@ -527,6 +537,7 @@ impl OpenOptions {
             durability: Durability::Strict,
             segment_size: DEFAULT_SEGMENT_SIZE,
             read_only: false,
+            log_cache: Some(DEFAULT_LOG_CACHE),
         }
     }
 }

@@ -115,7 +115,10 @@ impl std::fmt::Debug for FileStore {
 impl FileStore {
     /// Opens (creating if needed) the store in `opts.data_dir`, recovering the log.
     pub async fn open(opts: &OpenOptions) -> Result<FileStore, StoreError> {
-        Self::open_with_io(opts, Arc::new(RealIo)).await
+        let io = RealIo {
+            log_cache: opts.log_cache,
+        };
+        Self::open_with_io(opts, Arc::new(io)).await
     }
 
     /// [`FileStore::open`] with a custom file layer (fault injection in tests).

@@ -991,6 +991,7 @@ impl IoStage {
         // Before the next segment exists: only the last segment may end in reserved zeros.
         if let Some(old) = self.file.as_mut() {
             old.trim_reserve()?;
+            old.sealed();
         }
         let path = super::scan::segment_path(&self.log_dir, first);
         let mut f = self.io.open_append(&path, true, 0)?;
