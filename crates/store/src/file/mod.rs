@@ -567,10 +567,35 @@ impl EventStore for FileStore {
         &self,
         stream_ids: Vec<Uuid>,
     ) -> Result<Vec<Vec<RecordedEvent>>, StoreError> {
-        self.blocking(move |shared| {
-            stream_ids
-                .into_iter()
-                .map(|id| stream_of(shared, id))
+        // Where every stream's records are, under one read lock. Streams that do not exist
+        // yet (a bulk import asks for its new incidents by the thousand) need no read at all:
+        // when none has records the answer needs no blocking thread, whose wait for a busy
+        // core was ~18% of an offline import's time.
+        let (locations, head) = {
+            let index = self.shared.index();
+            let locations: Vec<Vec<Location>> = stream_ids
+                .iter()
+                .map(|id| {
+                    index
+                        .stream_positions_after(id, 0, usize::MAX)
+                        .into_iter()
+                        .filter_map(|p| index.locate(p))
+                        .collect()
+                })
+                .collect();
+            (locations, index.head)
+        };
+        if locations.iter().all(Vec::is_empty) {
+            return Ok(locations.into_iter().map(|_| Vec::new()).collect());
+        }
+        self.blocking(move |_| {
+            locations
+                .iter()
+                .map(|locs| {
+                    locs.iter()
+                        .map(|loc| read_record(loc, Some(head)).map(|(_, e)| e))
+                        .collect()
+                })
                 .collect()
         })
         .await

@@ -173,6 +173,12 @@ pub async fn read_streams_reads_each_stream<S: EventStore>(store: Arc<S>) {
         assert_eq!(key(got), key(&one));
     }
     assert_eq!(all.iter().map(Vec::len).collect::<Vec<_>>(), [1, 0, 3]);
+    // Only unknown streams (a bulk import's new incidents): one empty answer each.
+    let none = store
+        .read_streams(vec![unknown, Uuid::new_v4()])
+        .await
+        .unwrap();
+    assert_eq!(none.iter().map(Vec::len).collect::<Vec<_>>(), [0, 0]);
 }
 
 pub async fn append_and_read_back<S: EventStore>(store: Arc<S>) {
