@@ -308,26 +308,119 @@ pub struct ImportArgs {
     pub recorded_by: String,
 }
 
+/// Bytes read from a file or stdin on a thread of its own, up to [`READ_AHEAD_CHUNKS`] chunks
+/// ahead of the import. tokio's file and stdin hand every read to a blocking thread and wait
+/// for it; with both cores busy parsing and staging, that wait came to ~1/6 of an offline
+/// import's time (proto-docs/benchmarks.md, nineteenth session).
+struct ReadAhead {
+    chunks: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+    done: bool,
+}
+
+const READ_CHUNK: usize = 1 << 20;
+const READ_AHEAD_CHUNKS: usize = 4;
+
+impl ReadAhead {
+    fn start(mut source: impl std::io::Read + Send + 'static) -> anyhow::Result<ReadAhead> {
+        let (tx, chunks) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
+        std::thread::Builder::new()
+            .name("incidentlog-read".into())
+            .spawn(move || loop {
+                let mut buf = vec![0u8; READ_CHUNK];
+                let read = match source.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Ok(buf)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let failed = read.is_err();
+                // The import stopped reading (it failed): nothing more to do.
+                if tx.blocking_send(read).is_err() || failed {
+                    return;
+                }
+            })
+            .context("cannot start the thread that reads the input")?;
+        Ok(ReadAhead {
+            chunks,
+            chunk: Vec::new(),
+            at: 0,
+            done: false,
+        })
+    }
+}
+
+impl tokio::io::AsyncBufRead for ReadAhead {
+    fn poll_fill_buf(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<&[u8]>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        while this.at == this.chunk.len() && !this.done {
+            match this.chunks.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.chunk = chunk;
+                    this.at = 0;
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(None) => this.done = true,
+            }
+        }
+        Poll::Ready(Ok(&this.chunk[this.at..]))
+    }
+
+    fn consume(self: std::pin::Pin<&mut Self>, n: usize) {
+        let this = self.get_mut();
+        this.at = (this.at + n).min(this.chunk.len());
+    }
+}
+
+impl tokio::io::AsyncRead for ReadAhead {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use tokio::io::AsyncBufRead;
+        let available = match self.as_mut().poll_fill_buf(cx) {
+            std::task::Poll::Ready(Ok(bytes)) => {
+                let n = bytes.len().min(out.remaining());
+                out.put_slice(&bytes[..n]);
+                n
+            }
+            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        };
+        self.consume(available);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
     let from_stdin = args.file.as_os_str() == "-";
     // Open the input first: a typo in the file name should not touch the store.
-    let (input, size): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, Option<u64>) = if from_stdin {
-        (Box::new(tokio::io::stdin()), None)
+    let (reader, size) = if from_stdin {
+        (ReadAhead::start(std::io::stdin())?, None)
     } else {
-        let file = tokio::fs::File::open(&args.file)
-            .await
+        let file = std::fs::File::open(&args.file)
             .with_context(|| format!("cannot open {}", args.file.display()))?;
         let meta = file
             .metadata()
-            .await
             .with_context(|| format!("cannot read {}", args.file.display()))?;
         if meta.is_dir() {
             bail!("{} is a directory, not an NDJSON file", args.file.display());
         }
-        let size = Some(meta.len());
-        (Box::new(file), size)
+        (ReadAhead::start(file)?, Some(meta.len()))
     };
-    let reader = tokio::io::BufReader::with_capacity(1 << 20, input);
     let store = Arc::new(open_store(&args.store, &args.write).await?);
     // No views: the import keeps the decision state of every incident it touches, and reads
     // (once) the stream of an incident recorded before it.
