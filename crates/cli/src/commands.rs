@@ -316,7 +316,6 @@ struct ReadAhead {
     chunks: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
     at: usize,
-    done: bool,
 }
 
 const READ_CHUNK: usize = 1 << 20;
@@ -349,7 +348,6 @@ impl ReadAhead {
             chunks,
             chunk: Vec::new(),
             at: 0,
-            done: false,
         })
     }
 }
@@ -361,18 +359,17 @@ impl tokio::io::AsyncBufRead for ReadAhead {
     ) -> std::task::Poll<std::io::Result<&[u8]>> {
         use std::task::Poll;
         let this = self.get_mut();
-        while this.at == this.chunk.len() && !this.done {
+        // The reading thread ends (and the channel closes) at the end of the input and after
+        // an error, so a closed channel is the end for every later call too.
+        while this.at == this.chunk.len() {
             match this.chunks.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.chunk = chunk;
                     this.at = 0;
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Ready(None) => this.done = true,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => break,
             }
         }
         Poll::Ready(Ok(&this.chunk[this.at..]))

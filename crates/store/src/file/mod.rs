@@ -300,13 +300,22 @@ fn stream_page_of(
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let (locs, head) = {
         let index = shared.index();
-        let locs: Vec<Location> = index
-            .stream_positions_after(&stream_id, after, limit)
-            .into_iter()
-            .filter_map(|p| index.locate(p))
-            .collect();
-        (locs, index.head)
+        (locate_stream(&index, &stream_id, after, limit), index.head)
     };
+    read_located(&locs, head)
+}
+
+/// Where the records of `stream_id` after version `after` are, at most `limit`.
+fn locate_stream(index: &Index, stream_id: &Uuid, after: u64, limit: usize) -> Vec<Location> {
+    index
+        .stream_positions_after(stream_id, after, limit)
+        .into_iter()
+        .filter_map(|p| index.locate(p))
+        .collect()
+}
+
+/// Reads the records at `locs` (located while the head was `head`).
+fn read_located(locs: &[Location], head: Head) -> Result<Vec<RecordedEvent>, StoreError> {
     locs.iter()
         .map(|loc| read_record(loc, Some(head)).map(|(_, e)| e))
         .collect()
@@ -575,13 +584,7 @@ impl EventStore for FileStore {
             let index = self.shared.index();
             let locations: Vec<Vec<Location>> = stream_ids
                 .iter()
-                .map(|id| {
-                    index
-                        .stream_positions_after(id, 0, usize::MAX)
-                        .into_iter()
-                        .filter_map(|p| index.locate(p))
-                        .collect()
-                })
+                .map(|id| locate_stream(&index, id, 0, usize::MAX))
                 .collect();
             (locations, index.head)
         };
@@ -591,11 +594,7 @@ impl EventStore for FileStore {
         self.blocking(move |_| {
             locations
                 .iter()
-                .map(|locs| {
-                    locs.iter()
-                        .map(|loc| read_record(loc, Some(head)).map(|(_, e)| e))
-                        .collect()
-                })
+                .map(|locs| read_located(locs, head))
                 .collect()
         })
         .await
