@@ -1256,3 +1256,53 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
     }
     Ok(exit::OK)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Gives `data` in reads of at most 7 bytes, then fails (a broken pipe, a bad disk).
+    struct Dribble {
+        data: Vec<u8>,
+        at: usize,
+    }
+
+    impl std::io::Read for Dribble {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.at == self.data.len() {
+                return Err(std::io::Error::other("the input broke"));
+            }
+            let n = buf.len().min(7).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[tokio::test]
+    async fn read_ahead_gives_every_byte_in_order_then_the_end() {
+        let data: Vec<u8> = (0..3 * READ_CHUNK + 123).map(|i| (i % 251) as u8).collect();
+        let mut input = ReadAhead::start(std::io::Cursor::new(data.clone())).unwrap();
+        let mut got = Vec::new();
+        input.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, data);
+        // The end stays the end.
+        assert_eq!(input.read(&mut [0u8; 16]).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn read_ahead_passes_a_read_error_on_after_what_was_read() {
+        let data = b"{\"a\":1}\n{\"b\":2}\n".to_vec();
+        let mut input = ReadAhead::start(Dribble {
+            data: data.clone(),
+            at: 0,
+        })
+        .unwrap();
+        let mut got = Vec::new();
+        let err = input.read_to_end(&mut got).await.unwrap_err();
+        assert_eq!(err.to_string(), "the input broke");
+        assert_eq!(got, data);
+        assert_eq!(input.read(&mut [0u8; 16]).await.unwrap(), 0, "then the end");
+    }
+}
