@@ -19,9 +19,9 @@ pub fn decide(
     now: DateTime<Utc>,
     pointer_prefix: &str,
 ) -> Result<(), Vec<FieldError>> {
-    if let [only] = events {
-        // One event is checked against the state itself: no copy of it.
-        return check_only(state, only, now, pointer_prefix);
+    if checks_stand_alone(events) {
+        // Checked against the state itself: no copy of it.
+        return check_each(state, events, now, pointer_prefix);
     }
     let mut st = state.clone();
     decide_in(&mut st, events, now, pointer_prefix)
@@ -37,9 +37,13 @@ pub fn decide_and_apply(
     now: DateTime<Utc>,
     pointer_prefix: &str,
 ) -> Result<(), Vec<FieldError>> {
-    if let [only] = events {
-        check_only(state, only, now, pointer_prefix)?;
-        apply_accepted(state, only, now, &mut Interner::off());
+    if checks_stand_alone(events) {
+        // Checked on the state as it is, then applied in place: no copy to throw away.
+        check_each(state, events, now, pointer_prefix)?;
+        let mut names = Interner::off();
+        for te in events {
+            apply_accepted(state, te, now, &mut names);
+        }
         return Ok(());
     }
     let mut st = state.clone();
@@ -48,15 +52,46 @@ pub fn decide_and_apply(
     Ok(())
 }
 
-/// The problems of a one-event batch.
-fn check_only(
+/// Whether every event of the batch gets the same check on the state before the batch as on
+/// the state the events before it leave: true when none of those earlier events changes
+/// anything a check reads (see [`leaves_checks_alone`]). One event always does.
+fn checks_stand_alone(events: &[TypedEvent]) -> bool {
+    match events.split_last() {
+        Some((_, earlier)) => earlier.iter().all(|te| leaves_checks_alone(&te.event)),
+        None => true,
+    }
+}
+
+/// Whether applying `ev` leaves everything [`check_event`] reads as it was: whether the incident
+/// exists (`core`, `version` above 0), its core fields, its retraction, which claim ids it
+/// has, its id. Casualty figures, sources and a claim's denials and assessments are never
+/// read by a check. A new check that reads more must revisit this list (the test
+/// `batches_checked_on_the_state_before_them_decide_like_a_copy` compares every short batch
+/// with the copying path).
+fn leaves_checks_alone(ev: &IncidentEvent<'_>) -> bool {
+    match ev {
+        IncidentEvent::CasualtiesReported(_)
+        | IncidentEvent::SourceAdded(_)
+        | IncidentEvent::ClaimDenied(_)
+        | IncidentEvent::ClaimAssessed(_) => true,
+        IncidentEvent::IncidentReported(_)
+        | IncidentEvent::ClaimMade(_)
+        | IncidentEvent::IncidentCorrected(_)
+        | IncidentEvent::IncidentRetracted(_) => false,
+    }
+}
+
+/// Every event of the batch checked on `st` itself (for a batch whose checks stand alone).
+fn check_each(
     st: &IncidentState,
-    te: &TypedEvent,
+    events: &[TypedEvent],
     now: DateTime<Utc>,
     pointer_prefix: &str,
 ) -> Result<(), Vec<FieldError>> {
     let mut errs = Vec::new();
-    check_event(st, 0, te, now, pointer_prefix, &mut errs);
+    for (i, te) in events.iter().enumerate() {
+        check_event(st, i, te, now, pointer_prefix, &mut errs);
+    }
     if errs.is_empty() {
         Ok(())
     } else {
@@ -190,4 +225,168 @@ fn future_msg(t: &crate::OccurredAt, now: DateTime<Utc>) -> String {
         "{t} is more than 24 hours in the future (server time {})",
         crate::time::fmt_recorded(&now)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use uuid::Uuid;
+
+    const INCIDENT: Uuid = Uuid::from_u128(0x1d00_0000_0000_4000_8000_0000_0000_0001);
+    const C1: &str = "c1a1e000-0000-4000-8000-000000000001";
+    const C2: &str = "c1a1e000-0000-4000-8000-000000000002";
+
+    /// Events of every type, with variations that pass or fail each check depending on the
+    /// state (and on the events before them).
+    fn pool() -> Vec<TypedEvent> {
+        let src = |n: &str| json!({"name": n});
+        let events: Vec<(&str, Value)> = vec![
+            (
+                "IncidentReported",
+                json!({"kind": "shelling", "occurred_at": "2026-01-02", "region": "UA-63", "source": src("R")}),
+            ),
+            (
+                "IncidentReported",
+                json!({"kind": "drone_strike", "occurred_at": "2030-01-02T10:00:00Z", "region": "UA-65", "source": src("R")}),
+            ),
+            (
+                "CasualtiesReported",
+                json!({"killed": 3, "source": src("A")}),
+            ),
+            (
+                "CasualtiesReported",
+                json!({"injured": 2, "source": src("B")}),
+            ),
+            (
+                "ClaimMade",
+                json!({"claim_id": C1, "claimant": "MoD", "statement": "s"}),
+            ),
+            (
+                "ClaimMade",
+                json!({"claim_id": C2, "claimant": "GS", "statement": "t", "source": src("C")}),
+            ),
+            ("ClaimDenied", json!({"claim_id": C1, "by": "GS"})),
+            (
+                "ClaimDenied",
+                json!({"claim_id": C2, "by": "MoD", "source": src("D")}),
+            ),
+            (
+                "ClaimAssessed",
+                json!({"claim_id": C1, "assessment": "confirmed", "by": "ACLED"}),
+            ),
+            ("SourceAdded", json!({"source": src("BBC")})),
+            (
+                "IncidentCorrected",
+                json!({"region": "UA-65", "reason": "r"}),
+            ),
+            (
+                "IncidentCorrected",
+                json!({"time_precision": "hour", "reason": "r"}),
+            ),
+            (
+                "IncidentCorrected",
+                json!({"occurred_at": "2030-01-01", "reason": "r"}),
+            ),
+            ("IncidentRetracted", json!({"reason": "r"})),
+            (
+                "IncidentRetracted",
+                json!({"reason": "dup", "duplicate_of": INCIDENT.to_string()}),
+            ),
+        ];
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, (t, d))| {
+                let body = json!([{"event_id": Uuid::from_u128(0xe000 + i as u128), "type": t, "data": d}]);
+                let mut parsed = crate::parse_events(&body, "/events").expect("valid event");
+                parsed.remove(0)
+            })
+            .collect()
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-01-10T12:00:00Z".parse().expect("a time")
+    }
+
+    /// The decision by definition: the batch decided on a copy of the state, event by event.
+    fn by_copy(
+        state: &IncidentState,
+        batch: &[TypedEvent],
+    ) -> (Result<(), Vec<FieldError>>, IncidentState) {
+        let mut st = state.clone();
+        let verdict = decide_in(&mut st, batch, now(), "/events");
+        let after = if verdict.is_ok() { st } else { state.clone() };
+        (verdict, after)
+    }
+
+    /// Every state reached by up to `depth` events of the pool, each decided on its own.
+    fn states(pool: &[TypedEvent], depth: usize) -> Vec<IncidentState> {
+        let mut all = vec![IncidentState::with_id(INCIDENT)];
+        let mut frontier = all.clone();
+        for _ in 0..depth {
+            let mut next = Vec::new();
+            for st in &frontier {
+                for ev in pool {
+                    let mut s = st.clone();
+                    if decide_and_apply(&mut s, std::slice::from_ref(ev), now(), "/events").is_ok()
+                    {
+                        next.push(s);
+                    }
+                }
+            }
+            all.extend(next.iter().cloned());
+            frontier = next;
+        }
+        all
+    }
+
+    fn check(state: &IncidentState, batch: &[TypedEvent], stood_alone: &mut usize) {
+        let (want, want_state) = by_copy(state, batch);
+        assert_eq!(
+            decide(state, batch, now(), "/events"),
+            want,
+            "{batch:?} on {state:?}"
+        );
+        let mut applied = state.clone();
+        let got = decide_and_apply(&mut applied, batch, now(), "/events");
+        assert_eq!(got, want, "{batch:?} on {state:?}");
+        assert_eq!(applied, want_state, "{batch:?} on {state:?}");
+        *stood_alone += usize::from(checks_stand_alone(batch));
+    }
+
+    #[test]
+    fn batches_checked_on_the_state_before_them_decide_like_a_copy() {
+        let pool = pool();
+        let mut stood_alone = 0;
+        // Every pair of events on every state of up to four events; every triple on every
+        // state of up to three.
+        for (depth, len) in [(4, 2), (3, 3)] {
+            for st in states(&pool, depth) {
+                let mut idx = vec![0; len];
+                loop {
+                    let batch: Vec<TypedEvent> = idx.iter().map(|&i| pool[i].clone()).collect();
+                    check(&st, &batch, &mut stood_alone);
+                    // The next combination, like an odometer.
+                    let mut k = len;
+                    loop {
+                        if k == 0 {
+                            break;
+                        }
+                        k -= 1;
+                        idx[k] += 1;
+                        if idx[k] < pool.len() {
+                            break;
+                        }
+                        idx[k] = 0;
+                    }
+                    if idx.iter().all(|&i| i == 0) {
+                        break;
+                    }
+                }
+            }
+        }
+        // Both paths were taken many times.
+        assert!(stood_alone > 10_000, "{stood_alone}");
+    }
 }
