@@ -36,7 +36,18 @@ impl<'a> Json<'a> {
     /// Parses `bytes`; a repeated key in any object is an error naming the key and where it
     /// is. Syntax errors are serde_json's own (same messages, positions and depth limit).
     pub fn from_slice(bytes: &'a [u8]) -> Result<Json<'a>, serde_json::Error> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
+        // Checked as UTF-8 in one pass, the text's strings need no check each (serde_json
+        // checks every string of a byte slice on its own, a call per key and value). Not
+        // UTF-8: the byte-slice parser, for its error and where it is.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::parse(serde_json::Deserializer::from_str(text)),
+            Err(_) => Self::parse(serde_json::Deserializer::from_slice(bytes)),
+        }
+    }
+
+    fn parse<R: serde_json::de::Read<'a>>(
+        mut de: serde_json::Deserializer<R>,
+    ) -> Result<Json<'a>, serde_json::Error> {
         let v = Json::deserialize(&mut de)?;
         de.end()?;
         Ok(v)
