@@ -599,6 +599,43 @@ async fn bulk_import_decides_after_a_repeat_on_what_was_recorded() {
     assert_eq!(app.head().await, 3);
 }
 
+/// The same with a line between the repeat and the conflict: every line the chunk accepted for
+/// the incident is looked at, not only the last one. Line 1 repeats a recorded event, line 2
+/// was decided after it (one version too far, as it turns out), and line 3 expects the
+/// version that lines 1 and 2 really reach.
+#[tokio::test]
+async fn bulk_import_decides_after_a_repeat_further_back_on_what_was_recorded() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    let figure = casualties(Uuid::new_v4(), 3);
+    for (version, event) in [
+        (0, reported(Uuid::new_v4(), "UA-63", "shelling")),
+        (1, figure.clone()),
+    ] {
+        let r = app
+            .append(id, json!({"expected_version": version, "events": [event]}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let body = [
+        json!({"incident_id": id, "events": [figure]}),
+        json!({"incident_id": id, "events": [casualties(Uuid::new_v4(), 4)]}),
+        json!({"incident_id": id, "expected_version": 3, "events": [casualties(Uuid::new_v4(), 5)]}),
+    ]
+    .iter()
+    .map(|l| l.to_string() + "\n")
+    .collect::<String>();
+    let r = app.import(body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"appended": 2, "duplicates": 1, "rejected": []}),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.head().await, 4);
+}
+
 /// A body of bad lines cannot make the report (and the server's memory) grow without bound:
 /// the first 10,000 rejected lines are listed, in line order, with the total beside them.
 #[tokio::test]

@@ -21,6 +21,9 @@
 //! on it (it changed no state).
 use super::*;
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 /// Lines (and bytes) per parsing task of a bulk import, and how many tasks run ahead.
 const PARSE_BATCH_LINES: usize = 2048;
 const PARSE_BATCH_BYTES: usize = 4 << 20;
@@ -63,7 +66,7 @@ impl AppService {
             last_position: 0,
             cur: Chunk::default(),
             writing: None,
-            carried: HashMap::new(),
+            carried: FastMap::default(),
             carry_max: if self.inner.live {
                 CARRY_STATES_LIVE
             } else {
@@ -75,6 +78,7 @@ impl AppService {
             // Failed half-way: let the chunk being written finish before answering.
             let _ = w.results.await;
         }
+        free_in_background(std::mem::take(&mut import.carried));
         result?;
         let mut report = import.report;
         keep_first_rejected(&mut report.rejected);
@@ -96,7 +100,7 @@ struct Importer<'a> {
     writing: Option<Writing>,
     /// States of incidents whose lines of earlier chunks all landed (at most `carry_max`):
     /// valid while the stream is still at their version.
-    carried: HashMap<Uuid, Box<IncidentState>>,
+    carried: FastMap<Uuid, Box<IncidentState>>,
     carry_max: usize,
 }
 
@@ -112,13 +116,14 @@ struct Chunk {
     lines: Vec<Staged>,
     /// Decision state of each incident of the chunk after its accepted lines (boxed: moved
     /// between maps, and rehashed as they grow).
-    states: HashMap<Uuid, Box<IncidentState>>,
-    event_ids: HashSet<Uuid>,
+    states: FastMap<Uuid, Box<IncidentState>>,
+    event_ids: FastSet<Uuid>,
     /// Lock stripes of the chunk's incidents (by stripe index), held until the chunk is settled.
-    guards: HashMap<usize, OwnedMutexGuard<()>>,
+    guards: FastMap<usize, OwnedMutexGuard<()>>,
     events: usize,
-    /// Indexes into `lines` of the lines accepted for each incident (folded into `states`).
-    accepted: HashMap<Uuid, Vec<usize>>,
+    /// Index into `lines` of the last line accepted for each incident (folded into `states`);
+    /// each accepted line links to the one before it (`Staged::earlier`).
+    accepted: FastMap<Uuid, usize>,
 }
 
 struct Staged {
@@ -129,6 +134,9 @@ struct Staged {
     /// error: the store answers it (an exact repeat: the original outcome; else a conflict),
     /// in the chunk's one `append_many` instead of a round trip of its own.
     repeat: Option<ApiError>,
+    /// The line accepted before this one for the same incident in this chunk, if any (a list
+    /// per incident without a vector to allocate for each).
+    earlier: Option<usize>,
 }
 
 impl Staged {
@@ -146,9 +154,9 @@ struct Writing {
     /// The results, and how long the store took (not counting the wait to collect them).
     results: tokio::task::JoinHandle<(Results, Duration)>,
     lines: Vec<(u64, AppendCommand, Option<ApiError>)>,
-    states: HashMap<Uuid, Box<IncidentState>>,
-    event_ids: HashSet<Uuid>,
-    guards: HashMap<usize, OwnedMutexGuard<()>>,
+    states: FastMap<Uuid, Box<IncidentState>>,
+    event_ids: FastSet<Uuid>,
+    guards: FastMap<usize, OwnedMutexGuard<()>>,
 }
 
 /// What staging one line came to.
@@ -305,7 +313,7 @@ impl Importer<'_> {
     /// incident) and kept like the carried ones (valid while the stream is at their version).
     async fn prefetch(&mut self, parsed: &[(u64, Parsed)]) -> Result<(), ApiError> {
         let mut wanted = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen = FastSet::default();
         for (_, p) in parsed {
             let Parsed::Command(cmd, _) = p else { continue };
             let id = cmd.incident_id;
@@ -379,7 +387,7 @@ impl Importer<'_> {
             self.cur.events += p.cmd.events.len();
             self.cur.event_ids.extend(ids());
             let at = self.cur.lines.len();
-            self.cur.accepted.entry(id).or_default().push(at);
+            let earlier = self.cur.accepted.insert(id, at);
             self.cur.lines.push(Staged {
                 line: p.line,
                 request: AppendRequest {
@@ -390,6 +398,7 @@ impl Importer<'_> {
                 },
                 cmd: p.cmd,
                 repeat: None,
+                earlier,
             });
             return self.send_when_full().await;
         };
@@ -400,17 +409,13 @@ impl Importer<'_> {
         }
         // ... or on lines of this chunk that may not land as decided: one that repeats
         // recorded events leaves the stream where it was. Write them, then decide again.
-        if let Some(earlier) = self.cur.accepted.get(&id) {
-            let mut uncertain = false;
-            for &i in earlier {
-                if svc.may_repeat(&self.cur.lines[i].cmd).await? {
-                    uncertain = true;
-                    break;
-                }
-            }
-            if uncertain {
+        let mut earlier = self.cur.accepted.get(&id).copied();
+        while let Some(i) = earlier {
+            let line = &self.cur.lines[i];
+            if svc.may_repeat(&line.cmd).await? {
                 return Ok(Step::Again(followed_by(self.write_now().await?, p)));
             }
+            earlier = line.earlier;
         }
         // A line that may repeat recorded events goes into the chunk under a version no stream
         // reaches: the store answers it in order with the lines before it (an exact repeat:
@@ -428,6 +433,7 @@ impl Importer<'_> {
                 },
                 cmd: p.cmd,
                 repeat: Some(err),
+                earlier: None,
             });
             return self.send_when_full().await;
         }
@@ -536,9 +542,9 @@ impl Importer<'_> {
         let m = &svc.inner.metrics;
         m.store_append_seconds.observe_duration(took);
         let mut retry = Vec::new();
-        let mut failed_incidents = HashSet::new();
+        let mut failed_incidents = FastSet::default();
         // Incidents whose stream may differ from the chunk's decision state.
-        let mut unsure = HashSet::new();
+        let mut unsure = FastSet::default();
         let mut trouble = false;
         for ((line, cmd, repeat), result) in w.lines.into_iter().zip(results) {
             let n = cmd.events.len() as u64;
@@ -735,4 +741,18 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
         .rposition(|c| !c.is_ascii_whitespace())
         .map_or(start, |i| i + 1);
     &b[start..end.max(start)]
+}
+
+/// Frees the states an import kept on a thread of its own: a million of them take ~0.25 s to
+/// free, which the import's answer should not wait for (offline, the process exits right after
+/// and need not free them at all). Small maps are freed at once.
+fn free_in_background(states: FastMap<Uuid, Box<IncidentState>>) {
+    const FREED_INLINE: usize = 4096;
+    if states.len() <= FREED_INLINE {
+        return;
+    }
+    // If no thread can be started, the states are freed here when the closure is dropped.
+    let _ = std::thread::Builder::new()
+        .name("incidentlog-free".into())
+        .spawn(move || drop(states));
 }
