@@ -316,6 +316,9 @@ struct ReadAhead {
     chunks: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
     at: usize,
+    /// Chunks read through go back to the reading thread to be filled again: a fresh megabyte
+    /// per read costs its zeroing and page faults.
+    used: std::sync::mpsc::Sender<Vec<u8>>,
 }
 
 const READ_CHUNK: usize = 1 << 20;
@@ -324,10 +327,13 @@ const READ_AHEAD_CHUNKS: usize = 4;
 impl ReadAhead {
     fn start(mut source: impl std::io::Read + Send + 'static) -> anyhow::Result<ReadAhead> {
         let (tx, chunks) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
+        let (used, spare) = std::sync::mpsc::channel::<Vec<u8>>();
         std::thread::Builder::new()
             .name("incidentlog-read".into())
             .spawn(move || loop {
-                let mut buf = vec![0u8; READ_CHUNK];
+                let mut buf = spare.try_recv().unwrap_or_default();
+                // A used chunk was full, mostly: little or nothing to zero again.
+                buf.resize(READ_CHUNK, 0);
                 let read = match source.read(&mut buf) {
                     Ok(0) => return,
                     Ok(n) => {
@@ -348,6 +354,7 @@ impl ReadAhead {
             chunks,
             chunk: Vec::new(),
             at: 0,
+            used,
         })
     }
 }
@@ -365,7 +372,9 @@ impl tokio::io::AsyncBufRead for ReadAhead {
             match this.chunks.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
-                    this.chunk = chunk;
+                    let used = std::mem::replace(&mut this.chunk, chunk);
+                    // The thread may have ended (end of input): then the chunk is dropped.
+                    let _ = this.used.send(used);
                     this.at = 0;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
