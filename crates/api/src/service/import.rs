@@ -72,6 +72,7 @@ impl AppService {
             } else {
                 CARRY_STATES_OFFLINE
             },
+            spare_lines: Vec::new(),
         };
         let result = import.run(input, progress).await;
         if let Some(w) = import.writing.take() {
@@ -102,6 +103,8 @@ struct Importer<'a> {
     /// valid while the stream is still at their version.
     carried: FastMap<Uuid, Box<IncidentState>>,
     carry_max: usize,
+    /// The lines of the last settled chunk, emptied, for the next chunk to stage into.
+    spare_lines: Vec<Staged>,
 }
 
 /// A line waiting to be staged (again).
@@ -113,6 +116,9 @@ struct Pending {
 
 #[derive(Default)]
 struct Chunk {
+    /// The store's request of each staged line, handed to `append_many` as they are.
+    requests: Vec<AppendRequest>,
+    /// The rest of each staged line (one per request).
     lines: Vec<Staged>,
     /// Decision state of each incident of the chunk after its accepted lines (boxed: moved
     /// between maps, and rehashed as they grow).
@@ -128,7 +134,6 @@ struct Chunk {
 
 struct Staged {
     line: u64,
-    request: AppendRequest,
     cmd: AppendCommand,
     /// A line that failed validation but repeats recorded event ids, with its validation
     /// error: the store answers it (an exact repeat: the original outcome; else a conflict),
@@ -140,11 +145,11 @@ struct Staged {
 }
 
 impl Staged {
-    fn into_pending(self) -> Pending {
+    fn into_pending(self, request: AppendRequest) -> Pending {
         Pending {
             line: self.line,
             cmd: self.cmd,
-            new: self.request.events,
+            new: request.events,
         }
     }
 }
@@ -153,7 +158,7 @@ impl Staged {
 struct Writing {
     /// The results, and how long the store took (not counting the wait to collect them).
     results: tokio::task::JoinHandle<(Results, Duration)>,
-    lines: Vec<(u64, AppendCommand, Option<ApiError>)>,
+    lines: Vec<Staged>,
     states: FastMap<Uuid, Box<IncidentState>>,
     event_ids: FastSet<Uuid>,
     guards: FastMap<usize, OwnedMutexGuard<()>>,
@@ -388,14 +393,14 @@ impl Importer<'_> {
             self.cur.event_ids.extend(ids());
             let at = self.cur.lines.len();
             let earlier = self.cur.accepted.insert(id, at);
+            self.cur.requests.push(AppendRequest {
+                stream_id: id,
+                expected_version: ExpectedVersion::Exact(version),
+                events: p.new,
+                recorded_by: self.recorded_by.to_string(),
+            });
             self.cur.lines.push(Staged {
                 line: p.line,
-                request: AppendRequest {
-                    stream_id: id,
-                    expected_version: ExpectedVersion::Exact(version),
-                    events: p.new,
-                    recorded_by: self.recorded_by.to_string(),
-                },
                 cmd: p.cmd,
                 repeat: None,
                 earlier,
@@ -423,14 +428,14 @@ impl Importer<'_> {
         // error) and never writes it. Anything else is rejected right away.
         if svc.may_repeat(&p.cmd).await? {
             self.cur.events += p.cmd.events.len();
+            self.cur.requests.push(AppendRequest {
+                stream_id: id,
+                expected_version: ExpectedVersion::NEVER,
+                events: p.new,
+                recorded_by: self.recorded_by.to_string(),
+            });
             self.cur.lines.push(Staged {
                 line: p.line,
-                request: AppendRequest {
-                    stream_id: id,
-                    expected_version: ExpectedVersion::NEVER,
-                    events: p.new,
-                    recorded_by: self.recorded_by.to_string(),
-                },
                 cmd: p.cmd,
                 repeat: Some(err),
                 earlier: None,
@@ -489,17 +494,12 @@ impl Importer<'_> {
     /// Hands the current chunk to the store (on its own task) and starts an empty one. The
     /// chunk before must have been settled.
     fn send(&mut self) {
-        let mut chunk = std::mem::take(&mut self.cur);
-        let n = chunk.lines.len();
-        let mut requests = Vec::with_capacity(n);
-        let mut lines = Vec::with_capacity(n);
-        for s in chunk.lines.drain(..) {
-            requests.push(s.request);
-            lines.push((s.line, s.cmd, s.repeat));
-        }
-        // The next chunk stages into the same (now empty) vector: growing megabytes afresh
-        // per chunk costs page faults.
-        self.cur.lines = chunk.lines;
+        let chunk = std::mem::take(&mut self.cur);
+        // The next chunk stages into the lines of the last settled one, emptied: growing
+        // megabytes afresh per chunk costs page faults. (The requests go to the store.)
+        self.cur.lines = std::mem::take(&mut self.spare_lines);
+        self.cur.requests.reserve(chunk.requests.len());
+        let requests = chunk.requests;
         let store = self.svc.inner.store.clone();
         self.writing = Some(Writing {
             results: tokio::spawn(async move {
@@ -507,7 +507,7 @@ impl Importer<'_> {
                 let results = lean!(store, append_many(requests));
                 (results, started.elapsed())
             }),
-            lines,
+            lines: chunk.lines,
             states: chunk.states,
             event_ids: chunk.event_ids,
             guards: chunk.guards,
@@ -531,12 +531,11 @@ impl Importer<'_> {
     /// plain successes, the current chunk (staged on the written one's states) is taken apart
     /// and its lines are returned, to be staged again.
     async fn settle(&mut self) -> Result<Vec<Pending>, ApiError> {
-        let Some(w) = self.writing.take() else {
+        let Some(mut w) = self.writing.take() else {
             return Ok(Vec::new());
         };
         let svc = self.svc;
-        let (results, took) = w
-            .results
+        let (results, took) = (&mut w.results)
             .await
             .map_err(|e| ApiError::Internal(format!("writing task failed: {e}")))?;
         let m = &svc.inner.metrics;
@@ -546,7 +545,10 @@ impl Importer<'_> {
         // Incidents whose stream may differ from the chunk's decision state.
         let mut unsure = FastSet::default();
         let mut trouble = false;
-        for ((line, cmd, repeat), result) in w.lines.into_iter().zip(results) {
+        for (staged, result) in w.lines.drain(..).zip(results) {
+            let Staged {
+                line, cmd, repeat, ..
+            } = staged;
             let n = cmd.events.len() as u64;
             m.append_batch_size.observe(n as f64);
             if let Some(err) = repeat {
@@ -628,12 +630,18 @@ impl Importer<'_> {
             }
         }
         drop(w.guards);
+        self.spare_lines = w.lines;
         if !trouble {
             return Ok(Vec::new());
         }
         // The current chunk was staged on states that did not all land: take it apart (which
         // also releases its stripes before the single appends below retake them).
-        let Chunk { lines, guards, .. } = std::mem::take(&mut self.cur);
+        let Chunk {
+            requests,
+            lines,
+            guards,
+            ..
+        } = std::mem::take(&mut self.cur);
         drop(guards);
         for id in &unsure {
             self.carried.remove(id);
@@ -653,7 +661,11 @@ impl Importer<'_> {
                 Err(e) => reject(&mut self.report, line, &e),
             }
         }
-        Ok(lines.into_iter().map(Staged::into_pending).collect())
+        Ok(lines
+            .into_iter()
+            .zip(requests)
+            .map(|(s, r)| s.into_pending(r))
+            .collect())
     }
 }
 
