@@ -352,7 +352,55 @@ mod tests {
         let got = decide_and_apply(&mut applied, batch, now(), "/events");
         assert_eq!(got, want, "{batch:?} on {state:?}");
         assert_eq!(applied, want_state, "{batch:?} on {state:?}");
+        // A decision-only state takes the batch the same way and keeps the same facts.
+        let mut lean = state.clone().into_decision_only();
+        let got = decide_and_apply(&mut lean, batch, now(), "/events");
+        assert_eq!(got, want, "{batch:?} on decision-only {state:?}");
+        assert_eq!(
+            lean,
+            want_state.into_decision_only(),
+            "{batch:?} on {state:?}"
+        );
         *stood_alone += usize::from(checks_stand_alone(batch));
+    }
+
+    /// A decision-only state folded from the start equals the full state reduced, and both
+    /// decide every event of the pool alike.
+    #[test]
+    fn a_decision_only_state_decides_like_the_full_state() {
+        let pool = pool();
+        let mut full = vec![IncidentState::with_id(INCIDENT)];
+        let mut lean = vec![IncidentState::with_id(INCIDENT).into_decision_only()];
+        // Histories of up to six events.
+        for _ in 0..6 {
+            let (mut next_full, mut next_lean) = (Vec::new(), Vec::new());
+            for (f, l) in full.iter().zip(&lean) {
+                for ev in pool.iter().map(std::slice::from_ref) {
+                    let (mut f, mut l) = (f.clone(), l.clone());
+                    let verdict = decide_and_apply(&mut f, ev, now(), "/events");
+                    assert_eq!(decide_and_apply(&mut l, ev, now(), "/events"), verdict);
+                    if verdict.is_ok() {
+                        assert_eq!(l, f.clone().into_decision_only(), "{ev:?} on {f:?}");
+                        next_full.push(f);
+                        next_lean.push(l);
+                    }
+                }
+            }
+            for (f, l) in next_full.iter().zip(&next_lean) {
+                for probe in pool.iter().map(std::slice::from_ref) {
+                    assert_eq!(
+                        decide(l, probe, now(), "/events"),
+                        decide(f, probe, now(), "/events"),
+                        "{probe:?} on {f:?}"
+                    );
+                }
+                // No view comes from a decision-only state.
+                assert!(crate::view::IncidentView::<&str>::build(l).is_none());
+            }
+            full = next_full;
+            lean = next_lean;
+        }
+        assert!(full.len() > 1000, "{}", full.len());
     }
 
     #[test]

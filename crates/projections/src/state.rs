@@ -264,6 +264,8 @@ pub struct IncidentState {
     pub(crate) claims: Vec<Claim>,
     pub(crate) sources: Vec<SourceRec>,
     pub(crate) corrections: Vec<Correction>,
+    /// Keeps only what decisions read (see [`IncidentState::into_decision_only`]).
+    pub(crate) decision_only: bool,
 }
 
 impl Default for IncidentState {
@@ -318,7 +320,28 @@ impl IncidentState {
             claims: Vec::new(),
             sources: Vec::new(),
             corrections: Vec::new(),
+            decision_only: false,
         }
+    }
+
+    /// This state reduced to what a decision reads: whether the incident exists, its core, its
+    /// retraction, its claims (without their denials and assessments), its id and version.
+    /// Sources, casualty figures and the list of corrections are dropped, and the events
+    /// applied to it from now on keep none of them: it decides every batch exactly like the
+    /// full state (a test compares them on every short history and batch), for a fraction of
+    /// the memory and work. A bulk import keeps one per incident it touches. It makes no view.
+    pub fn into_decision_only(mut self) -> IncidentState {
+        self.decision_only = true;
+        self.casualties = Casualties::default();
+        self.sources = Vec::new();
+        self.corrections = Vec::new();
+        for c in &mut self.claims {
+            // Indexes into the dropped sources.
+            c.source = None;
+            c.denials = Vec::new();
+            c.assessments = Vec::new();
+        }
+        self
     }
 
     /// Version 0 of a known incident id (lets `decide` reject `duplicate_of` = itself even in
@@ -478,11 +501,22 @@ impl IncidentState {
                     target: names.opt(r.target),
                     summary: r.summary.map(boxed),
                 }));
-                self.add_source(r.source, names);
+                if !self.decision_only {
+                    self.add_source(r.source, names);
+                }
             }
+            // What no decision reads, a decision-only state does not keep.
+            IncidentEvent::CasualtiesReported(_)
+            | IncidentEvent::ClaimDenied(_)
+            | IncidentEvent::ClaimAssessed(_)
+            | IncidentEvent::SourceAdded(_)
+                if self.decision_only => {}
             IncidentEvent::CasualtiesReported(c) => self.apply_casualties(c, names),
             IncidentEvent::ClaimMade(c) => {
-                let source = c.source.map(|s| self.add_source(s, names));
+                let source = match c.source {
+                    Some(s) if !self.decision_only => Some(self.add_source(s, names)),
+                    _ => None,
+                };
                 push_small(
                     &mut self.claims,
                     Claim {
@@ -529,6 +563,9 @@ impl IncidentState {
             }
             IncidentEvent::IncidentCorrected(c) => {
                 let fields = self.apply_correction(&c);
+                if self.decision_only {
+                    return;
+                }
                 push_small(
                     &mut self.corrections,
                     Correction {

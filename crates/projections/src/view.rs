@@ -141,6 +141,10 @@ impl<'a, S: From<&'a str>> IncidentView<S> {
     /// The view with its text owned (`S = String`) or borrowed from the state (`S = &str`,
     /// for serializing many views without copying their text): the same JSON either way.
     pub(crate) fn build(st: &'a IncidentState) -> Option<IncidentView<S>> {
+        // A decision-only state lacks sources and figures: no view comes from one.
+        if st.decision_only {
+            return None;
+        }
         let core = st.core.as_deref()?;
         let src = |i: Option<u32>| {
             i.and_then(|i| st.sources.get(i as usize))

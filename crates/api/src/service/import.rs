@@ -37,10 +37,11 @@ const LINE_ERRORS_LISTED: usize = 20;
 const INPUT_IDLE: Duration = Duration::from_millis(100);
 /// Events per `append_many` call of a bulk import (one sync each).
 const IMPORT_CHUNK_EVENTS: usize = 16 * 1024;
-/// Decision states an import keeps from one chunk to the next (~1 KiB each), so that the next
-/// chunk decides on them instead of waiting for the live views to apply the last one (which
-/// put the views' fold on the import's critical path), or, offline, instead of reading and
-/// folding the stream again. Offline, they are the only copy of the incidents' states.
+/// Decision states an import keeps from one chunk to the next (decision-only, a few hundred
+/// bytes each: `IncidentState::into_decision_only`), so that the next chunk decides on them
+/// instead of waiting for the live views to apply the last one (which put the views' fold on
+/// the import's critical path), or, offline, instead of reading and folding the stream again.
+/// Offline, they are the only copy of the incidents' states.
 const CARRY_STATES_LIVE: usize = 64 * 1024;
 const CARRY_STATES_OFFLINE: usize = 1024 * 1024;
 
@@ -100,7 +101,8 @@ struct Importer<'a> {
     /// The chunk being written, if any.
     writing: Option<Writing>,
     /// States of incidents whose lines of earlier chunks all landed (at most `carry_max`):
-    /// valid while the stream is still at their version.
+    /// valid while the stream is still at their version. Every state the import holds is
+    /// decision-only.
     carried: FastMap<Uuid, Box<IncidentState>>,
     carry_max: usize,
     /// The lines of the last settled chunk, emptied, for the next chunk to stage into.
@@ -337,7 +339,7 @@ impl Importer<'_> {
         }
         let streams = lean!(self.svc.inner.store, read_streams(wanted.clone()))?;
         for (id, events) in wanted.into_iter().zip(streams) {
-            let mut state = IncidentState::with_id(id);
+            let mut state = IncidentState::with_id(id).into_decision_only();
             for e in &events {
                 state.apply(&envelope(e))?;
             }
@@ -487,7 +489,7 @@ impl Importer<'_> {
             Some(state) if state.version() == lean!(svc.inner.store, stream_version(id))? => {
                 Ok(state)
             }
-            _ => Ok(Box::new(svc.decision_state(id).await?)),
+            _ => Ok(Box::new(svc.decision_state(id).await?.into_decision_only())),
         }
     }
 
