@@ -44,6 +44,7 @@ macro_rules! lean {
 // After `lean!`, which it uses.
 mod handoff;
 mod import;
+pub use import::IMPORT_CHUNK_EVENTS;
 mod restore;
 use handoff::Handoff;
 pub use restore::RestoreCheck;

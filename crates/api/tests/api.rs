@@ -10,7 +10,7 @@ use axum::Router;
 use chrono::Utc;
 use futures_util::StreamExt;
 use incidentlog_api::auth::{ensure_admin_token, hash_secret, new_secret};
-use incidentlog_api::service::AppService;
+use incidentlog_api::service::{AppService, IMPORT_CHUNK_EVENTS};
 use incidentlog_api::{router, ServeConfig};
 use incidentlog_store::file::{LogFile, LogIo, RealIo};
 use incidentlog_store::{EventStore, FileStore, OpenOptions, Store, TokenRecord};
@@ -2336,8 +2336,8 @@ async fn offline_import_decides_later_chunks_on_earlier_ones() {
             json!({"incident_id": before, "expected_version": 2, "events": [denial(Uuid::new_v4(), before_claim)]}),
         ),
     ];
-    // More than a chunk (16,384 events) of other incidents.
-    for _ in 0..17_000 {
+    // More than a chunk of other incidents.
+    for _ in 0..IMPORT_CHUNK_EVENTS + 600 {
         lines.push(line(
             json!({"incident_id": Uuid::new_v4(), "expected_version": 0, "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
         ));
@@ -2364,7 +2364,11 @@ async fn offline_import_decides_later_chunks_on_earlier_ones() {
         "{:?}",
         report.rejected
     );
-    assert_eq!(report.appended, 2 + 1 + 17_000 + 1 + 1, "{report:?}");
+    assert_eq!(
+        report.appended,
+        2 + 1 + IMPORT_CHUNK_EVENTS as u64 + 600 + 1 + 1,
+        "{report:?}"
+    );
     let head = app.head().await;
     app.service.wait_applied(head).await;
     let a_view = app.get(&format!("/v1/incidents/{a}")).await;
@@ -2545,7 +2549,7 @@ async fn an_import_cut_off_half_way_answers_after_its_last_write_and_a_retry_lan
         .collect();
     let all: String = lines.iter().map(|(_, l)| l.as_str()).collect();
     // The input breaks off in the middle of line 50,001 (the import parses up to 16,384 lines
-    // ahead of staging, and writes chunks of 16,384 events).
+    // ahead of staging, and writes chunks of IMPORT_CHUNK_EVENTS events).
     let cut = lines[..50_000].iter().map(|(_, l)| l.len()).sum::<usize>() + 40;
     let input = tokio::io::BufReader::new(CutOff {
         data: all.as_bytes()[..cut].to_vec(),
@@ -2564,7 +2568,7 @@ async fn an_import_cut_off_half_way_answers_after_its_last_write_and_a_retry_lan
     );
     let landed = app.head().await;
     assert!(
-        (16_384..=50_000).contains(&landed),
+        (IMPORT_CHUNK_EVENTS as u64..=50_000).contains(&landed),
         "at least the first chunk was written before the input broke: {landed}"
     );
     // Nothing is still being written behind the answer (a chunk sent before the input broke
@@ -2616,13 +2620,14 @@ async fn import_redecides_a_chunk_staged_on_a_written_chunk_that_did_not_all_lan
     .await;
     app.append(x, json!({"events": [repeated.clone()]})).await;
     let line = |v: Value| v.to_string();
-    // First chunk (16,384 events): the repeat, staged as a new append at version 2 -> 3.
+    // First chunk (IMPORT_CHUNK_EVENTS events): the repeat, staged as a new append at version
+    // 2 -> 3.
     let mut lines = vec![line(json!({"incident_id": x, "events": [repeated]}))];
     let y = Uuid::new_v4();
     lines.push(line(
         json!({"incident_id": y, "expected_version": 0, "events": [reported(Uuid::new_v4(), "UA-65", "shelling")]}),
     ));
-    for _ in 0..16_382 {
+    for _ in 0..IMPORT_CHUNK_EVENTS - 2 {
         lines.push(line(
             json!({"incident_id": Uuid::new_v4(), "expected_version": 0, "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
         ));
@@ -2645,7 +2650,7 @@ async fn import_redecides_a_chunk_staged_on_a_written_chunk_that_did_not_all_lan
     assert_eq!(rejected, [(next, 409)], "{:?}", report.rejected);
     assert_eq!(
         (report.appended, report.duplicates),
-        (1 + 16_382 + 1 + 1, 1),
+        (1 + IMPORT_CHUNK_EVENTS as u64 - 2 + 1 + 1, 1),
         "{report:?}"
     );
     let x_view = app.get(&format!("/v1/incidents/{x}")).await;
