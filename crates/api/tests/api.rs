@@ -564,12 +564,9 @@ async fn axum_rejections_are_problem_json() {
     assert_eq!(app.head().await, 0);
 }
 
-/// A line that repeats recorded events (an idempotent re-send with "any") leaves the stream
-/// where it was. A later line of the same chunk that expects that version is decided on what
-/// was recorded, not on the repeat taken for a new append: accepted, not a 409.
-#[tokio::test]
-async fn bulk_import_decides_after_a_repeat_on_what_was_recorded() {
-    let app = app().await;
+/// An incident recorded at version 2 (a report, then a casualty figure); the figure's event,
+/// for a line to repeat it.
+async fn incident_with_a_figure(app: &App) -> (Uuid, Value) {
     let id = Uuid::new_v4();
     let figure = casualties(Uuid::new_v4(), 3);
     for (version, event) in [
@@ -581,6 +578,16 @@ async fn bulk_import_decides_after_a_repeat_on_what_was_recorded() {
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     }
+    (id, figure)
+}
+
+/// A line that repeats recorded events (an idempotent re-send with "any") leaves the stream
+/// where it was. A later line of the same chunk that expects that version is decided on what
+/// was recorded, not on the repeat taken for a new append: accepted, not a 409.
+#[tokio::test]
+async fn bulk_import_decides_after_a_repeat_on_what_was_recorded() {
+    let app = app().await;
+    let (id, figure) = incident_with_a_figure(&app).await;
     let body = [
         json!({"incident_id": id, "events": [figure]}),
         json!({"incident_id": id, "expected_version": 2, "events": [casualties(Uuid::new_v4(), 5)]}),
@@ -606,17 +613,7 @@ async fn bulk_import_decides_after_a_repeat_on_what_was_recorded() {
 #[tokio::test]
 async fn bulk_import_decides_after_a_repeat_further_back_on_what_was_recorded() {
     let app = app().await;
-    let id = Uuid::new_v4();
-    let figure = casualties(Uuid::new_v4(), 3);
-    for (version, event) in [
-        (0, reported(Uuid::new_v4(), "UA-63", "shelling")),
-        (1, figure.clone()),
-    ] {
-        let r = app
-            .append(id, json!({"expected_version": version, "events": [event]}))
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    }
+    let (id, figure) = incident_with_a_figure(&app).await;
     let body = [
         json!({"incident_id": id, "events": [figure]}),
         json!({"incident_id": id, "events": [casualties(Uuid::new_v4(), 4)]}),

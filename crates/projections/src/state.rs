@@ -304,6 +304,26 @@ pub(crate) struct Meta {
 /// A broken state rule: message and the data field it is about (None: the event as a whole).
 pub(crate) type RuleError = (Option<&'static str>, String);
 
+/// Whether applying `ev` leaves everything a decision reads as it was: whether the incident
+/// exists (`core`, `version` above 0), its core fields, its retraction, which claim ids it
+/// has, its id. Casualty figures, sources and a claim's denials and assessments are never read
+/// by a check (`IncidentState::check`, `decide::check_event`), so `decide` checks a batch of
+/// these on the state before it, and a decision-only state does not keep them. A new check
+/// that reads more must revisit this list (the tests in `decide.rs` compare every short batch
+/// and history with the copying path and the full state).
+pub(crate) fn leaves_decisions_alone(ev: &IncidentEvent<'_>) -> bool {
+    match ev {
+        IncidentEvent::CasualtiesReported(_)
+        | IncidentEvent::SourceAdded(_)
+        | IncidentEvent::ClaimDenied(_)
+        | IncidentEvent::ClaimAssessed(_) => true,
+        IncidentEvent::IncidentReported(_)
+        | IncidentEvent::ClaimMade(_)
+        | IncidentEvent::IncidentCorrected(_)
+        | IncidentEvent::IncidentRetracted(_) => false,
+    }
+}
+
 impl IncidentState {
     /// Version 0: the incident does not exist.
     pub fn new() -> Self {
@@ -506,11 +526,7 @@ impl IncidentState {
                 }
             }
             // What no decision reads, a decision-only state does not keep.
-            IncidentEvent::CasualtiesReported(_)
-            | IncidentEvent::ClaimDenied(_)
-            | IncidentEvent::ClaimAssessed(_)
-            | IncidentEvent::SourceAdded(_)
-                if self.decision_only => {}
+            ev if self.decision_only && leaves_decisions_alone(&ev) => {}
             IncidentEvent::CasualtiesReported(c) => self.apply_casualties(c, names),
             IncidentEvent::ClaimMade(c) => {
                 let source = match c.source {
