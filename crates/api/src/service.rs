@@ -509,11 +509,12 @@ impl AppService {
         }
     }
 
-    /// The decision state of an incident as the store has it now.
+    /// The decision state of an incident as the store has it now (decision-only:
+    /// `IncidentState::into_decision_only`).
     async fn decision_state(&self, id: Uuid) -> Result<IncidentState, ApiError> {
         let version = lean!(self.inner.store, stream_version(id))?;
         if version == 0 {
-            return Ok(IncidentState::with_id(id));
+            return Ok(IncidentState::with_id(id).into_decision_only());
         }
         if self.inner.live {
             let state = self.read_projection().decision_state(id);
@@ -532,7 +533,7 @@ impl AppService {
             }
         }
         let events = lean!(self.inner.store, read_stream(id))?;
-        let mut state = IncidentState::with_id(id);
+        let mut state = IncidentState::with_id(id).into_decision_only();
         for e in &events {
             state.apply(&envelope(e))?;
         }
@@ -548,7 +549,7 @@ impl AppService {
         recorded_by: &str,
     ) -> Result<Appended, ApiError> {
         self.refuse_if_damaged()?;
-        let in_flight = self.inner.live.then(|| InFlight::begin(&self.inner));
+        let in_flight = self.inner.live.then(|| InFlight::begin(&*self.inner));
         let stripe = self.stripe(cmd.incident_id);
         let guard = stripe.lock().await;
         let result = self.append_locked(&cmd, recorded_by).await;
@@ -572,33 +573,9 @@ impl AppService {
     /// Hands the events of a recorded append to the live views, stamped as the store recorded
     /// them, so that the follower need not read and decode them again.
     fn hand_over(&self, cmd: AppendCommand, outcome: AppendOutcome) {
-        let (false, Some(recorded_at)) = (outcome.duplicate, outcome.recorded_at) else {
-            return;
-        };
-        let n = cmd.events.len() as u64;
-        // The outcome describes exactly these events (anything else: the follower reads them).
-        if n == 0
-            || outcome.stream_id != cmd.incident_id
-            || outcome.last_position + 1 != outcome.first_position + n
-            || outcome.version < n
-        {
-            return;
-        }
-        let first_version = outcome.version - n + 1;
-        let events: Vec<DecodedEvent> = (0..)
-            .zip(cmd.events)
-            .map(|(i, e)| {
-                DecodedEvent::appended(
-                    e,
-                    outcome.first_position + i,
-                    cmd.incident_id,
-                    first_version + i,
-                    recorded_at,
-                )
-            })
-            .collect();
-        if lock(&self.inner.handoff).hand_over(events) {
-            self.inner.handed_over.notify_one();
+        let mut events = Vec::with_capacity(cmd.events.len());
+        if stamp_recorded(cmd.incident_id, cmd.events, &outcome, &mut events).is_ok() {
+            self.inner.hand_over(events);
         }
     }
 
@@ -1358,22 +1335,66 @@ const READY_KEPT: usize = 1024;
 
 /// Counts an append of this process as one that may still hand events over, until dropped
 /// (also when its request is cancelled).
-struct InFlight<'a>(&'a Inner);
+/// (A borrow of `Inner` for a request; an `Arc` for a task of its own, as a bulk import's
+/// writes.)
+struct InFlight<I: std::ops::Deref<Target = Inner>>(I);
 
-impl<'a> InFlight<'a> {
-    fn begin(inner: &'a Inner) -> InFlight<'a> {
+impl<I: std::ops::Deref<Target = Inner>> InFlight<I> {
+    fn begin(inner: I) -> InFlight<I> {
         inner.appends_in_flight.fetch_add(1, Relaxed);
         InFlight(inner)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl<I: std::ops::Deref<Target = Inner>> Drop for InFlight<I> {
     fn drop(&mut self) {
         // A follower waiting for a hand-over need not wait once no append can make one.
         if self.0.appends_in_flight.fetch_sub(1, Relaxed) == 1 {
             self.0.handed_over.notify_one();
         }
     }
+}
+
+impl Inner {
+    /// Hands recorded events (positions ascending, without gaps) to the follower.
+    fn hand_over(&self, events: Vec<DecodedEvent>) {
+        if lock(&self.handoff).hand_over(events) {
+            self.handed_over.notify_one();
+        }
+    }
+}
+
+/// Stamps the events of one recorded append as the store recorded them (its outcome) and
+/// pushes them onto `out`. Gives the events back when the outcome does not describe exactly
+/// them (a repeat, a store that split the append): those the follower reads from the store.
+fn stamp_recorded(
+    incident_id: Uuid,
+    events: Vec<TypedEvent>,
+    outcome: &AppendOutcome,
+    out: &mut Vec<DecodedEvent>,
+) -> Result<(), Vec<TypedEvent>> {
+    let (false, Some(recorded_at)) = (outcome.duplicate, outcome.recorded_at) else {
+        return Err(events);
+    };
+    let n = events.len() as u64;
+    if n == 0
+        || outcome.stream_id != incident_id
+        || outcome.last_position + 1 != outcome.first_position + n
+        || outcome.version < n
+    {
+        return Err(events);
+    }
+    let first_version = outcome.version - n + 1;
+    out.extend((0..).zip(events).map(|(i, e)| {
+        DecodedEvent::appended(
+            e,
+            outcome.first_position + i,
+            incident_id,
+            first_version + i,
+            recorded_at,
+        )
+    }));
+    Ok(())
 }
 
 /// Waits half a second; true if the service started closing meanwhile.

@@ -316,6 +316,7 @@ mod tests {
                     assert_eq!(decide_and_apply(&mut l, ev, now(), "/events"), verdict);
                     if verdict.is_ok() {
                         assert_eq!(l, f.clone().into_decision_only(), "{ev:?} on {f:?}");
+                        assert_eq!(l, f.decision_only_copy(), "{ev:?} on {f:?}");
                         next.push((f, l));
                     }
                 }

@@ -448,11 +448,14 @@ impl Projection {
         }
     }
 
-    /// Decision state of one incident as of the last applied position (version 0 if unknown).
+    /// Decision state of one incident as of the last applied position (version 0 if unknown),
+    /// decision-only ([`IncidentState::decision_only_copy`]): a decision reads nothing else,
+    /// and copying the figures, sources and corrections of a long-lived incident for every
+    /// append to it was a tenth of a live bulk import's CPU.
     pub fn decision_state(&self, id: Uuid) -> IncidentState {
         match self.ids.get(&id) {
-            Some(i) => self.slots[*i as usize].state.clone(),
-            None => IncidentState::with_id(id),
+            Some(i) => self.slots[*i as usize].state.decision_only_copy(),
+            None => IncidentState::with_id(id).into_decision_only(),
         }
     }
 

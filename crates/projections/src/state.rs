@@ -364,6 +364,40 @@ impl IncidentState {
         self
     }
 
+    /// [`IncidentState::into_decision_only`] of a copy, without copying what it drops: what a
+    /// live service hands a decision (an append, an import's first line on an incident) from
+    /// the views it keeps full.
+    pub fn decision_only_copy(&self) -> IncidentState {
+        IncidentState {
+            id: self.id,
+            version: self.version,
+            first_position: self.first_position,
+            last_position: self.last_position,
+            first_recorded_at: self.first_recorded_at,
+            last_recorded_at: self.last_recorded_at,
+            core: self.core.clone(),
+            retraction: self.retraction.clone(),
+            casualties: Casualties::default(),
+            claims: self
+                .claims
+                .iter()
+                .map(|c| Claim {
+                    id: c.id,
+                    claimant: c.claimant.clone(),
+                    statement: c.statement.clone(),
+                    attributed_to: c.attributed_to.clone(),
+                    source: None,
+                    recorded_at: c.recorded_at,
+                    denials: Vec::new(),
+                    assessments: Vec::new(),
+                })
+                .collect(),
+            sources: Vec::new(),
+            corrections: Vec::new(),
+            decision_only: true,
+        }
+    }
+
     /// Version 0 of a known incident id (lets `decide` reject `duplicate_of` = itself even in
     /// the batch that creates the incident).
     pub fn with_id(id: Uuid) -> Self {

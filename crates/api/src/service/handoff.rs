@@ -6,9 +6,11 @@
 //! (proto-docs/benchmarks.md, "Seventeenth session"). A request whose append the store
 //! recorded hands its events over, stamped with
 //! the positions, versions and `recorded_at` the store gave them, and the follower folds them
-//! in position order. What nobody hands over (a bulk import, another server on the same
-//! PostgreSQL database, a request cancelled after its write) the follower reads from the
-//! store as before: the hand-off only saves work, the store stays the source of truth.
+//! in position order. A live bulk import hands over the recorded lines of each chunk from the
+//! task that wrote it (`import::hand_over_written`). What nobody hands over (another server on
+//! the same PostgreSQL database, a request cancelled after its write, a repeat) the follower
+//! reads from the store as before: the hand-off only saves work, the store stays the source
+//! of truth.
 
 use std::collections::BTreeMap;
 

@@ -139,7 +139,10 @@ struct Chunk {
 
 struct Staged {
     line: u64,
+    /// Its events, once written, may have gone to the live views (`hand_over_written`):
+    /// `events` keeps their number.
     cmd: AppendCommand,
+    events: usize,
     /// A line that failed validation but repeats recorded event ids, with its validation
     /// error: the store answers it (an exact repeat: the original outcome; else a conflict),
     /// in the chunk's one `append_many` instead of a round trip of its own.
@@ -150,6 +153,7 @@ struct Staged {
 }
 
 impl Staged {
+    /// (Only lines not yet written are staged again: their events are all there.)
     fn into_pending(self, request: AppendRequest) -> Pending {
         Pending {
             line: self.line,
@@ -161,9 +165,9 @@ impl Staged {
 
 /// A chunk handed to the store: its `append_many` runs on its own task.
 struct Writing {
-    /// The results, and how long the store took (not counting the wait to collect them).
-    results: tokio::task::JoinHandle<(Results, Duration)>,
-    lines: Vec<Staged>,
+    /// The results, how long the store took (not counting the wait to collect them), and the
+    /// chunk's lines.
+    results: tokio::task::JoinHandle<(Results, Duration, Vec<Staged>)>,
     states: FastMap<Uuid, Box<IncidentState>>,
     event_ids: FastSet<Uuid>,
     guards: FastMap<usize, OwnedMutexGuard<()>>,
@@ -406,6 +410,7 @@ impl Importer<'_> {
             });
             self.cur.lines.push(Staged {
                 line: p.line,
+                events: p.cmd.events.len(),
                 cmd: p.cmd,
                 repeat: None,
                 earlier,
@@ -441,6 +446,7 @@ impl Importer<'_> {
             });
             self.cur.lines.push(Staged {
                 line: p.line,
+                events: p.cmd.events.len(),
                 cmd: p.cmd,
                 repeat: Some(err),
                 earlier: None,
@@ -492,7 +498,7 @@ impl Importer<'_> {
             Some(state) if state.version() == lean!(svc.inner.store, stream_version(id))? => {
                 Ok(state)
             }
-            _ => Ok(Box::new(svc.decision_state(id).await?.into_decision_only())),
+            _ => Ok(Box::new(svc.decision_state(id).await?)),
         }
     }
 
@@ -505,14 +511,22 @@ impl Importer<'_> {
         self.cur.lines = std::mem::take(&mut self.spare_lines);
         self.cur.requests.reserve(chunk.requests.len());
         let requests = chunk.requests;
-        let store = self.svc.inner.store.clone();
+        let mut lines = chunk.lines;
+        let inner = self.svc.inner.clone();
+        // The follower waits a moment for the hand-over of what this chunk writes instead of
+        // reading it back from the store.
+        let in_flight = inner.live.then(|| InFlight::begin(inner.clone()));
         self.writing = Some(Writing {
             results: tokio::spawn(async move {
                 let started = Instant::now();
-                let results = lean!(store, append_many(requests));
-                (results, started.elapsed())
+                let results = lean!(inner.store, append_many(requests));
+                let took = started.elapsed();
+                if in_flight.is_some() {
+                    hand_over_written(&inner, &mut lines, &results);
+                }
+                drop(in_flight);
+                (results, took, lines)
             }),
-            lines: chunk.lines,
             states: chunk.states,
             event_ids: chunk.event_ids,
             guards: chunk.guards,
@@ -540,7 +554,7 @@ impl Importer<'_> {
             return Ok(Vec::new());
         };
         let svc = self.svc;
-        let (results, took) = (&mut w.results)
+        let (results, took, mut lines) = (&mut w.results)
             .await
             .map_err(|e| ApiError::Internal(format!("writing task failed: {e}")))?;
         let m = &svc.inner.metrics;
@@ -550,11 +564,15 @@ impl Importer<'_> {
         // Incidents whose stream may differ from the chunk's decision state.
         let mut unsure = FastSet::default();
         let mut trouble = false;
-        for (staged, result) in w.lines.drain(..).zip(results) {
+        for (staged, result) in lines.drain(..).zip(results) {
             let Staged {
-                line, cmd, repeat, ..
+                line,
+                cmd,
+                events,
+                repeat,
+                ..
             } = staged;
-            let n = cmd.events.len() as u64;
+            let n = events as u64;
             m.append_batch_size.observe(n as f64);
             if let Some(err) = repeat {
                 if let Err(StoreError::Unavailable(msg)) = &result {
@@ -635,7 +653,7 @@ impl Importer<'_> {
             }
         }
         drop(w.guards);
-        self.spare_lines = w.lines;
+        self.spare_lines = lines;
         if !trouble {
             return Ok(Vec::new());
         }
@@ -671,6 +689,33 @@ impl Importer<'_> {
             .zip(requests)
             .map(|(s, r)| s.into_pending(r))
             .collect())
+    }
+}
+
+/// Hands the events of a written chunk's recorded lines to the live views (taking them out of
+/// the lines), as a single append does: the follower need not read and decode them again. Only
+/// the store's outcomes are used, before the import settles them: what the store recorded is
+/// recorded whatever the import makes of it.
+fn hand_over_written(inner: &Inner, lines: &mut [Staged], results: &Results) {
+    let mut run: Vec<DecodedEvent> = Vec::new();
+    for (staged, result) in lines.iter_mut().zip(results) {
+        let (None, Ok(outcome)) = (&staged.repeat, result) else {
+            continue;
+        };
+        // A hand-over is a run of positions without gaps.
+        if run
+            .last()
+            .is_some_and(|e| e.global_position() + 1 != outcome.first_position)
+        {
+            inner.hand_over(std::mem::take(&mut run));
+        }
+        let events = std::mem::take(&mut staged.cmd.events);
+        if let Err(events) = stamp_recorded(staged.cmd.incident_id, events, outcome, &mut run) {
+            staged.cmd.events = events;
+        }
+    }
+    if !run.is_empty() {
+        inner.hand_over(run);
     }
 }
 
