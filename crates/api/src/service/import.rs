@@ -277,9 +277,7 @@ impl Importer<'_> {
             if spare.len() < PARSE_AHEAD {
                 spare.push(used);
             }
-            if !self.svc.inner.live {
-                self.prefetch(&parsed).await?;
-            }
+            self.prefetch(&parsed).await?;
             let mut last_line = 0;
             for (line, p) in parsed {
                 last_line = line;
@@ -322,9 +320,12 @@ impl Importer<'_> {
         }
     }
 
-    /// Without live views, the states of the incidents of a parsed batch that the import does
-    /// not hold yet are read from the store together (one round trip instead of one per
-    /// incident) and kept like the carried ones (valid while the stream is at their version).
+    /// The states of the incidents of a parsed batch that the import does not hold yet, fetched
+    /// together and kept like the carried ones (valid while the stream is at their version,
+    /// which `state_for` checks): copied from the live views under one read lock, or, offline,
+    /// read from the store in one round trip. One at a time, each copy waited for the lock
+    /// between the follower's folding slices: ~6 us per incident, a third of the staging's
+    /// time in a live import.
     async fn prefetch(&mut self, parsed: &[(u64, Parsed)]) -> Result<(), ApiError> {
         let mut wanted = Vec::new();
         let mut seen = FastSet::default();
@@ -342,6 +343,18 @@ impl Importer<'_> {
             }
         }
         if wanted.is_empty() {
+            return Ok(());
+        }
+        if self.svc.inner.live {
+            // A state the views have not brought up to the stream's version yet is not used
+            // (`state_for` then asks `decision_state`, which waits for the views or reads).
+            let states: Vec<IncidentState> = {
+                let views = self.svc.read_projection();
+                wanted.iter().map(|id| views.decision_state(*id)).collect()
+            };
+            for (id, state) in wanted.into_iter().zip(states) {
+                self.carried.insert(id, Box::new(state));
+            }
             return Ok(());
         }
         let streams = lean!(self.svc.inner.store, read_streams(wanted.clone()))?;
