@@ -526,7 +526,7 @@ async fn a_last_record_with_an_unwritten_sector_is_a_torn_tail() {
     assert!(sector + 512 < end, "the record spans whole sectors");
     bytes[sector..sector + 512].fill(0);
     std::fs::write(&seg, &bytes).unwrap();
-    refused_as_missing(&opts(dir.path(), 1 << 20), &seg, &bytes).await;
+    refused_as_missing(&opts(dir.path(), 1 << 20), &seg, start, &bytes).await;
 
     forget_synced(dir.path());
     let store = FileStore::open(&opts(dir.path(), 1 << 20)).await.unwrap();
@@ -586,7 +586,7 @@ async fn zeros_then_records_in_the_last_segment_end_the_log_before_the_zeros() {
     copy[gap_start..gap_end].fill(0);
     copy.resize(copy.len() + 4096, 0);
     std::fs::write(&seg, &copy).unwrap();
-    refused_as_missing(&opts(dir.path(), 1 << 20), &seg, &copy).await;
+    refused_as_missing(&opts(dir.path(), 1 << 20), &seg, gap_start, &copy).await;
 
     forget_synced(dir.path());
     let kept: Vec<Uuid> = ends[..4].iter().flat_map(|(_, ids)| ids.clone()).collect();
@@ -886,10 +886,18 @@ async fn acknowledged_events_missing_from_the_end_are_refused() {
     copy_dir(src.path(), lost_segment.path());
     let last = segments(lost_segment.path()).pop().unwrap();
     std::fs::remove_file(&last).unwrap();
+    // The refusal names where the log now ends: the end of the segment before.
+    let now_last = segments(lost_segment.path()).pop().unwrap();
+    let now_last_len = std::fs::metadata(&now_last).unwrap().len();
     for read_only in [true, false] {
-        let reason = refused(lost_segment.path(), read_only).await;
+        let (file, offset, reason) = refused(lost_segment.path(), read_only).await;
         assert!(
             reason.contains("acknowledged events are missing"),
+            "{reason}"
+        );
+        assert_eq!(
+            (file.as_str(), offset),
+            (now_last.to_str().unwrap(), now_last_len),
             "{reason}"
         );
         assert!(
@@ -915,9 +923,14 @@ async fn acknowledged_events_missing_from_the_end_are_refused() {
     );
     let at = spans[spans.len() - last_append].0;
     std::fs::write(&last, &bytes[..at]).unwrap();
-    let reason = refused(cut.path(), false).await;
+    let (file, offset, reason) = refused(cut.path(), false).await;
     assert!(
         reason.contains("acknowledged events are missing"),
+        "{reason}"
+    );
+    assert_eq!(
+        (file.as_str(), offset),
+        (last.to_str().unwrap(), at as u64),
         "{reason}"
     );
     assert_eq!(std::fs::read(&last).unwrap(), &bytes[..at], "left as found");
@@ -941,8 +954,13 @@ async fn acknowledged_events_missing_from_the_end_are_refused() {
     store.close().await.unwrap();
     drop(store);
     std::fs::write(synced_mark(cut.path()), mark).unwrap();
-    let reason = refused(cut.path(), true).await;
+    let (file, offset, reason) = refused(cut.path(), true).await;
     assert!(reason.contains("the history was changed"), "{reason}");
+    // The record now at the marked position.
+    assert!(
+        file.ends_with(".seg") && offset > 0,
+        "{file} {offset}: {reason}"
+    );
 
     // The untouched log opens, and its mark names its head.
     let store = FileStore::open(&opts(src.path(), 600)).await.unwrap();

@@ -304,7 +304,14 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
     }
 
     if let (Some(m), true) = (&mark, segments.is_empty()) {
-        synced::check(m, log_dir, 0, |_| Err(corrupt(log_dir, 0, "no segments")))?;
+        let end = synced::LogEnd {
+            file: log_dir,
+            offset: 0,
+            torn: Some("no segment left"),
+        };
+        synced::check(m, log_dir, 0, end, |_| {
+            Err(corrupt(log_dir, 0, "no segments"))
+        })?;
     }
     if segments.is_empty() && !read_only {
         let path = segment_path(log_dir, 1);
@@ -513,15 +520,28 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
         };
     }
     if let Some(m) = &mark {
-        synced::check(m, log_dir, index.len(), |position| {
-            // Usually the head (a clean close), whose hash was just read.
-            if position == index.head.position {
-                return Ok(index.head.hash);
-            }
+        let last = index.segments.last();
+        let (file, offset, torn) = match (&torn_cut, &torn_tail) {
+            (Some((file, offset, why)), _) => (file.as_path(), *offset, Some(why.as_str())),
+            (None, Some(t)) => (t.file.as_path(), t.offset, Some(t.reason.as_str())),
+            (None, None) => (
+                last.map_or(log_dir, |s| s.path.as_path()),
+                last.map_or(0, |s| s.len),
+                None,
+            ),
+        };
+        let end = synced::LogEnd { file, offset, torn };
+        synced::check(m, log_dir, index.len(), end, |position| {
             let loc = index
                 .locate(position)
                 .ok_or_else(|| corrupt(log_dir, 0, "marked position not in the index"))?;
-            Ok(super::read_record(&loc, None)?.1.hash)
+            // Usually the head (a clean close), whose hash was just read.
+            let hash = if position == index.head.position {
+                index.head.hash
+            } else {
+                super::read_record(&loc, None)?.1.hash
+            };
+            Ok((hash, loc.path, loc.start))
         })?;
     }
     if let Some((path, offset, reason)) = torn_cut {

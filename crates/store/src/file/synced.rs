@@ -101,38 +101,59 @@ pub(crate) fn remove_leftovers(log_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Where a recovered log ends: the file and offset after its last record (where records are
+/// missing from, when the mark names more), and why the records after it were set aside, if
+/// they were (a torn tail).
+pub(crate) struct LogEnd<'a> {
+    pub file: &'a Path,
+    pub offset: u64,
+    pub torn: Option<&'a str>,
+}
+
 /// Checks the recovered log against the mark: it must hold the marked position, with the
-/// marked hash (`hash_at` reads the chain hash of a position the log holds).
+/// marked hash (`record_at` reads the chain hash of a position the log holds, and the file and
+/// offset of its record). A refusal names the place in the log (SPEC: file and offset), and
+/// the mark.
 pub(crate) fn check(
     mark: &Head,
     log_dir: &Path,
     log_end: u64,
-    hash_at: impl FnOnce(u64) -> Result<[u8; 32], StoreError>,
+    end: LogEnd<'_>,
+    record_at: impl FnOnce(u64) -> Result<([u8; 32], PathBuf, u64), StoreError>,
 ) -> Result<(), StoreError> {
     let path = log_dir.join(FILE_NAME);
-    let remedy = "if an older copy of the log was restored on purpose, remove that file to \
-                  accept the loss";
+    let remedy = format!(
+        "if an older copy of the log was restored on purpose, remove {} to accept the loss",
+        path.display()
+    );
     if log_end < mark.position {
+        let torn = end
+            .torn
+            .map(|why| format!(" (what follows was set aside: {why})"))
+            .unwrap_or_default();
         return Err(corrupt(
-            &path,
-            0,
+            end.file,
+            end.offset,
             format!(
-                "acknowledged events are missing: the log ends at position {log_end}, but \
-                 position {} was synced before (a segment deleted, or the log cut short); \
-                 {remedy}",
-                mark.position
+                "acknowledged events are missing: the log ends here{torn}, at position \
+                 {log_end}, but position {} was synced before, as {} records (a segment \
+                 deleted, or the log cut short); {remedy}",
+                mark.position,
+                path.display()
             ),
         ));
     }
-    if hash_at(mark.position)? != mark.hash {
+    let (hash, file, offset) = record_at(mark.position)?;
+    if hash != mark.hash {
         return Err(corrupt(
-            &path,
-            0,
+            &file,
+            offset,
             format!(
                 "the history was changed: the record at position {} is not the one synced \
-                 there before (chain hash {}); {remedy}",
+                 there before (chain hash {}, as {} records); {remedy}",
                 mark.position,
-                mark.hash_hex()
+                mark.hash_hex(),
+                path.display()
             ),
         ));
     }

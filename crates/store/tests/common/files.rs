@@ -118,23 +118,39 @@ pub async fn log_ids<S: EventStore>(store: &S) -> Vec<Uuid> {
         .collect()
 }
 
-/// Opens with `o`, expecting the refusal of a log that lost events the synced mark names;
-/// returns the refusal's reason.
-pub async fn refused_by_the_mark(o: &OpenOptions) -> String {
+/// Opens with `o`, expecting the refusal of a log that lost events the synced mark names (or
+/// whose history under it changed); returns the refusal's file, offset and reason. The
+/// reason names the mark.
+pub async fn refused_by_the_mark(o: &OpenOptions) -> (String, u64, String) {
     match FileStore::open(o).await {
-        Err(StoreError::Corrupt { file, reason, .. }) => {
-            assert!(file.ends_with("SYNCED"), "{file}");
-            reason
+        Err(StoreError::Corrupt {
+            file,
+            offset,
+            reason,
+        }) => {
+            assert!(reason.contains("SYNCED"), "{reason}");
+            (file, offset, reason)
         }
         other => panic!("opened a log that lost acknowledged events: {other:?}"),
     }
 }
 
-/// [`refused_by_the_mark`] because marked records are missing, with `seg` left as `bytes`.
-pub async fn refused_as_missing(o: &OpenOptions, seg: &std::path::Path, bytes: &[u8]) {
-    let reason = refused_by_the_mark(o).await;
+/// [`refused_by_the_mark`] because marked records are missing, naming `seg` at `ends_at`
+/// (where the log's records end), with `seg` left as `bytes`.
+pub async fn refused_as_missing(
+    o: &OpenOptions,
+    seg: &std::path::Path,
+    ends_at: usize,
+    bytes: &[u8],
+) {
+    let (file, offset, reason) = refused_by_the_mark(o).await;
     assert!(
         reason.contains("acknowledged events are missing"),
+        "{reason}"
+    );
+    assert_eq!(
+        (file.as_str(), offset),
+        (seg.to_str().unwrap(), ends_at as u64),
         "{reason}"
     );
     assert_eq!(std::fs::read(seg).unwrap(), bytes, "left as found");
