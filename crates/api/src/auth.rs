@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use incidentlog_store::{EventStore, Store, StoreError, TokenRecord};
@@ -138,11 +139,19 @@ pub struct TokenTable {
     reloaded: tokio::sync::watch::Sender<u64>,
     /// Token bucket for reloads caused by unknown secrets: (tokens, last refill).
     miss_budget: Mutex<(f64, Instant)>,
+    /// Reloads take turns.
     reload_guard: tokio::sync::Mutex<()>,
+    /// Reloads started, and which of them (by that count) completed last: a request whose
+    /// secret missed needs a reload that started after the miss, and takes any other
+    /// request's (`TokenTable::check`).
+    reloads_started: AtomicU64,
+    reloads_done: AtomicU64,
 }
 
-/// Reloads caused by unknown secrets: bursts of up to 10, then 4 per second, so that a
-/// new token works on first use while a flood of bad secrets cannot hammer the store.
+/// Reloads caused by unknown secrets: bursts of up to 10, then 4 per second, so that a flood
+/// of bad secrets cannot hammer the store. Requests that miss share the reloads, and wait for
+/// the next one when the budget is spent: a new token works on first use, whatever else is
+/// presented at the same time.
 const MISS_RELOAD_BURST: f64 = 10.0;
 const MISS_RELOADS_PER_SEC: f64 = 4.0;
 
@@ -165,12 +174,20 @@ impl TokenTable {
             reloaded: tokio::sync::watch::Sender::new(0),
             miss_budget: Mutex::new((MISS_RELOAD_BURST, Instant::now())),
             reload_guard: tokio::sync::Mutex::new(()),
+            reloads_started: AtomicU64::new(0),
+            reloads_done: AtomicU64::new(0),
         }
     }
 
     /// Re-reads every token from the store. Revoked tokens and unknown roles are left out.
     pub async fn reload(&self, store: &Store) -> Result<(), ApiError> {
         let _one_at_a_time = self.reload_guard.lock().await;
+        self.reload_locked(store).await
+    }
+
+    /// [`TokenTable::reload`], the caller holding `reload_guard`.
+    async fn reload_locked(&self, store: &Store) -> Result<(), ApiError> {
+        let this = self.reloads_started.fetch_add(1, SeqCst) + 1;
         let records = store.tokens().await?;
         let mut map = HashMap::with_capacity(records.len());
         for r in records {
@@ -191,6 +208,7 @@ impl TokenTable {
             );
         }
         *self.entries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+        self.reloads_done.store(this, SeqCst);
         self.reloaded.send_modify(|n| *n += 1);
         Ok(())
     }
@@ -234,30 +252,37 @@ impl TokenTable {
         self.find(&blake3::hash(secret.as_bytes()))
     }
 
-    /// Checks a secret; on a miss, reloads from the store (rate-limited) and retries.
+    /// Checks a secret; on a miss, looks again after a reload that started after the miss:
+    /// another request's, or its own (rate-limited: past the budget it waits for the next
+    /// one's turn, holding the others that missed, who then share it).
     pub async fn check(&self, store: &Store, secret: &str) -> Result<Lookup, ApiError> {
         let presented = blake3::hash(secret.as_bytes());
         if let Some(p) = self.find(&presented) {
             return Ok(Lookup::Valid(p));
         }
-        let due = {
-            let mut budget = self.miss_budget.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let refill = now.duration_since(budget.1).as_secs_f64() * MISS_RELOADS_PER_SEC;
-            budget.0 = (budget.0 + refill).min(MISS_RELOAD_BURST);
-            budget.1 = now;
-            let due = budget.0 >= 1.0;
-            if due {
-                budget.0 -= 1.0;
+        let missed_after = self.reloads_started.load(SeqCst);
+        let _one_at_a_time = self.reload_guard.lock().await;
+        if self.reloads_done.load(SeqCst) <= missed_after {
+            if let Some(wait) = self.take_miss_reload() {
+                tokio::time::sleep(wait).await;
             }
-            due
-        };
-        if due {
-            self.reload(store).await?;
-            if let Some(p) = self.find(&presented) {
-                return Ok(Lookup::Valid(p));
-            }
+            self.reload_locked(store).await?;
         }
-        Ok(Lookup::Unknown)
+        Ok(match self.find(&presented) {
+            Some(p) => Lookup::Valid(p),
+            None => Lookup::Unknown,
+        })
+    }
+
+    /// Takes one reload from the budget; how long to wait first if it is spent.
+    fn take_miss_reload(&self) -> Option<Duration> {
+        let mut budget = self.miss_budget.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(budget.1).as_secs_f64() * MISS_RELOADS_PER_SEC;
+        budget.0 = (budget.0 + refill).min(MISS_RELOAD_BURST) - 1.0;
+        budget.1 = now;
+        // In debt: the reload waits until the bucket would have refilled to it (reloads take
+        // turns, so the debt never passes one).
+        (budget.0 < 0.0).then(|| Duration::from_secs_f64(-budget.0 / MISS_RELOADS_PER_SEC))
     }
 }

@@ -1199,6 +1199,37 @@ async fn auth_matrix() {
     assert_problem(&app.get_as("/v1/regions", Some(&late)).await, 401);
 }
 
+/// A new token works on first use however many requests present it at once, and right after
+/// a flood of made-up secrets: requests that miss share the token table's reloads, and when
+/// the reload budget is spent they wait for the next reload instead of being refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_tokens_work_on_first_use_in_bursts_and_after_unknown_secrets() {
+    let app = app().await;
+    // More made-up secrets than the reload budget holds.
+    for i in 0..12 {
+        let bogus = format!("il_bogus_{i}");
+        assert_problem(&app.get_as("/v1/regions", Some(&bogus)).await, 401);
+    }
+    for round in 0..2 {
+        let token = add_token(&app.store, &format!("burst{round}"), "reader").await;
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let router = app.router.clone();
+            let token = token.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = Request::get("/v1/regions")
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .body(Body::empty())
+                    .unwrap();
+                router.oneshot(req).await.unwrap().status()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), StatusCode::OK, "round {round}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn public_read_lets_anonymous_gets_through_but_not_admin_or_writes() {
     let app = app_with(ServeConfig {
