@@ -59,9 +59,15 @@ pub enum ApiError {
         retry_after_secs: u64,
         why: &'static str,
     },
-    /// 503: the store cannot take the request (or the server is shutting down / full).
+    /// 503: the server cannot take the request now (shutting down, busy); the detail is for
+    /// the client.
     #[error("{0}")]
     Unavailable(String),
+    /// 503: the store failed (a write, the database). The cause is logged with the request id,
+    /// never shown (the CLI, whose user runs the store, prints it); `during` says what the
+    /// client needs to know (a bulk import: the line, and how much landed before it).
+    #[error("store unavailable{during}: {cause}")]
+    StoreUnavailable { during: String, cause: String },
     /// 500: logged with the request id, never shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -143,7 +149,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::StoreUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) | ApiError::DamagedLog(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -154,6 +162,10 @@ impl ApiError {
             ApiError::Internal(_) | ApiError::DamagedLog(_) => {
                 "internal error; see the server log for this request id".into()
             }
+            ApiError::StoreUnavailable { during, .. } => format!(
+                "store unavailable{during}; try again later (the server log has the cause under \
+                 this request id)"
+            ),
             other => other.to_string(),
         }
     }
@@ -278,6 +290,11 @@ impl IntoResponse for ApiError {
                     .extensions_mut()
                     .insert(InternalDetail(detail.clone()));
             }
+            ApiError::StoreUnavailable { .. } => {
+                response
+                    .extensions_mut()
+                    .insert(InternalDetail(self.to_string()));
+            }
             _ => {}
         }
         response
@@ -313,7 +330,10 @@ impl From<StoreError> for ApiError {
                 detail: msg.clone(),
                 errors: vec![field_error("/events", msg)],
             },
-            StoreError::Unavailable(msg) => ApiError::Unavailable(format!("store unavailable: {msg}")),
+            StoreError::Unavailable(cause) => ApiError::StoreUnavailable {
+                during: String::new(),
+                cause,
+            },
             other @ StoreError::Corrupt { .. } => ApiError::DamagedLog(other.to_string()),
             other @ StoreError::Io(_) => ApiError::Internal(other.to_string()),
         }

@@ -1084,10 +1084,13 @@ impl AppService {
     /// chained onto a history that was changed.
     pub(crate) fn refuse_if_damaged(&self) -> Result<(), ApiError> {
         match &*self.inner.integrity.borrow() {
-            Integrity::Damaged(what) => Err(ApiError::Unavailable(format!(
-                "appends are refused: the log failed its integrity check at start ({what}); \
-                 an operator must check it (`incidentlog verify`)"
-            ))),
+            // Where the damage is (a file, an offset) is the operator's to know: logged.
+            Integrity::Damaged(what) => Err(ApiError::StoreUnavailable {
+                during: ": appends are refused, the log failed its integrity check at start; \
+                         an operator must check it (`incidentlog verify`)"
+                    .into(),
+                cause: what.clone(),
+            }),
             _ => Ok(()),
         }
     }

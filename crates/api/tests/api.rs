@@ -2503,13 +2503,14 @@ impl tokio::io::AsyncRead for CutOff {
 
 /// Real segment files with `before_sync` run before every sync (a delay, a panic): fault
 /// injection deep in the disk layer.
+/// Runs a hook before every sync; the sync fails with the hook's error.
 struct HookedSync {
-    before_sync: Arc<dyn Fn() + Send + Sync>,
+    before_sync: Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>,
 }
 
 struct HookedSyncFile {
     inner: Box<dyn LogFile>,
-    before_sync: Arc<dyn Fn() + Send + Sync>,
+    before_sync: Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>,
 }
 
 impl LogIo for HookedSync {
@@ -2531,7 +2532,7 @@ impl LogFile for HookedSyncFile {
         self.inner.write_all(buf)
     }
     fn sync_data(&mut self) -> std::io::Result<()> {
-        (self.before_sync)();
+        (self.before_sync)()?;
         self.inner.sync_data()
     }
     fn set_len(&mut self, len: u64) -> std::io::Result<()> {
@@ -2543,6 +2544,60 @@ impl LogFile for HookedSyncFile {
     fn sealed(&mut self) {
         self.inner.sealed()
     }
+}
+
+/// A store that fails (a sync refused: a full disk) answers 503 without its cause: the cause
+/// (an OS error, a path) is the operator's, logged with the request id. A bulk import's 503
+/// still says at which line it stopped and how much landed before.
+#[tokio::test]
+async fn a_failed_sync_answers_503_without_the_cause() {
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trigger = armed.clone();
+    let before_sync = Arc::new(move || {
+        if trigger.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other(
+                "injected: No space left on /srv/secret-volume",
+            ));
+        }
+        Ok(())
+    });
+    let app = app_on(ServeConfig::default(), Arc::new(HookedSync { before_sync })).await;
+    let line = |id: Uuid| {
+        json!({"incident_id": id, "expected_version": 0,
+            "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]})
+        .to_string()
+            + "\n"
+    };
+    let imported = app.import(line(Uuid::new_v4())).await;
+    assert_eq!(imported.status, StatusCode::OK, "{}", imported.body);
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let r = app
+        .append(
+            Uuid::new_v4(),
+            json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+        )
+        .await;
+    assert_problem(&r, 503);
+    let detail = r.body["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.starts_with("store unavailable"), "{detail}");
+    let imported = app
+        .import(line(Uuid::new_v4()) + &line(Uuid::new_v4()))
+        .await;
+    assert_problem(&imported, 503);
+    let import_detail = imported.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        import_detail.contains("at line 1 (0 events appended before)"),
+        "{import_detail}"
+    );
+    for d in [detail.as_str(), import_detail] {
+        assert!(
+            !d.contains("injected") && !d.contains("secret-volume"),
+            "the cause leaked: {d}"
+        );
+        assert!(d.contains("request id"), "{d}");
+    }
+    assert_eq!(app.head().await, 1);
 }
 
 /// When the store's disk layer panics under an append, the append is answered (503
@@ -2558,6 +2613,7 @@ async fn a_panic_in_the_disk_layer_answers_503_and_hides_what_it_did_not_acknowl
         if trigger.load(std::sync::atomic::Ordering::SeqCst) {
             panic!("injected: the disk layer panicked mid-sync");
         }
+        Ok(())
     });
     let app = app_on(ServeConfig::default(), Arc::new(HookedSync { before_sync })).await;
     let kept = Uuid::new_v4();
@@ -2630,7 +2686,10 @@ async fn an_import_cut_off_half_way_answers_after_its_last_write_and_a_retry_lan
     let slow = Duration::from_millis(400);
     // Every sync takes `slow` longer: a chunk is still on its way to disk well after the
     // import's next step.
-    let before_sync = Arc::new(move || std::thread::sleep(slow));
+    let before_sync = Arc::new(move || {
+        std::thread::sleep(slow);
+        Ok(())
+    });
     let app = app_on(ServeConfig::default(), Arc::new(HookedSync { before_sync })).await;
     let lines: Vec<(Uuid, String)> = (0..60_000)
         .map(|_| {

@@ -588,11 +588,8 @@ impl Importer<'_> {
             let n = events as u64;
             m.append_batch_size.observe(n as f64);
             if let Some(err) = repeat {
-                if let Err(StoreError::Unavailable(msg)) = &result {
-                    return Err(ApiError::Unavailable(format!(
-                        "store unavailable at line {line} ({} events appended before): {msg}",
-                        self.report.appended
-                    )));
+                if let Err(StoreError::Unavailable(cause)) = &result {
+                    return Err(self.store_failed_at(line, cause));
                 }
                 // An exact repeat leaves the incident as it was (it was not folded into the
                 // state).
@@ -638,11 +635,8 @@ impl Importer<'_> {
                         reject(&mut self.report, line, &e);
                     }
                 }
-                Err(StoreError::Unavailable(msg)) => {
-                    return Err(ApiError::Unavailable(format!(
-                        "store unavailable at line {line} ({} events appended before): {msg}",
-                        self.report.appended
-                    )));
+                Err(StoreError::Unavailable(cause)) => {
+                    return Err(self.store_failed_at(line, &cause));
                 }
                 Err(e) => {
                     trouble = true;
@@ -693,7 +687,9 @@ impl Importer<'_> {
                         self.report.duplicates += n;
                     }
                 }
-                Err(ApiError::Unavailable(msg)) => return Err(ApiError::Unavailable(msg)),
+                Err(e @ (ApiError::Unavailable(_) | ApiError::StoreUnavailable { .. })) => {
+                    return Err(e)
+                }
                 Err(e) => reject(&mut self.report, line, &e),
             }
         }
@@ -729,6 +725,19 @@ fn hand_over_written(inner: &Inner, lines: &mut [Staged], results: &Results) {
     }
     if !run.is_empty() {
         inner.hand_over(run);
+    }
+}
+
+impl Importer<'_> {
+    /// The store failed at `line`: the import stops there (the lines before it landed).
+    fn store_failed_at(&self, line: u64, cause: &str) -> ApiError {
+        ApiError::StoreUnavailable {
+            during: format!(
+                " at line {line} ({} events appended before)",
+                self.report.appended
+            ),
+            cause: cause.to_string(),
+        }
     }
 }
 
