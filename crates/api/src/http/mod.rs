@@ -488,6 +488,25 @@ fn route_of(path: &str) -> Option<&'static str> {
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// A server-made request id: this process's random prefix and a counter (`3f9c01aa-17`), so
+/// that ids do not repeat across restarts or between servers writing to one log store.
+fn new_request_id() -> HeaderValue {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        if getrandom::fill(&mut bytes).is_err() {
+            // No randomness: the start time tells processes apart well enough for logs.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
+            bytes = nanos.to_le_bytes();
+        }
+        incidentlog_store::to_hex(&bytes)
+    });
+    let n = REQUEST_COUNTER.fetch_add(1, Relaxed);
+    HeaderValue::from_str(&format!("{prefix}-{n}")).unwrap_or_else(|_| HeaderValue::from(n))
+}
+
 /// The one middleware (each `from_fn` layer clones the inner service per request, so there is
 /// only one): request id, auth and limits for the API routes, metrics, logging of internal
 /// errors with the request id.
@@ -498,8 +517,7 @@ async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Respon
         .get("x-request-id")
         .filter(|v| v.len() <= 64 && !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_graphic))
         .cloned();
-    let request_id =
-        request_id.unwrap_or_else(|| HeaderValue::from(REQUEST_COUNTER.fetch_add(1, Relaxed)));
+    let request_id = request_id.unwrap_or_else(new_request_id);
     let route = route_of(req.uri().path());
     let method = req.method().clone();
     let uri = req.uri().clone();
