@@ -63,6 +63,13 @@ pub enum ApiError {
     /// the client.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 with `Retry-After` (whole seconds): the server is at a bound that frees soon; `why`
+    /// is the detail.
+    #[error("{why}")]
+    Busy {
+        retry_after_secs: u64,
+        why: &'static str,
+    },
     /// 503: the store failed (a write, the database). The cause is logged with the request id,
     /// never shown (the CLI, whose user runs the store, prints it); `during` says what the
     /// client needs to know (a bulk import: the line, and how much landed before it).
@@ -149,9 +156,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::StoreUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::StoreUnavailable { .. }
+            | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::DamagedLog(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -274,6 +281,9 @@ impl IntoResponse for ApiError {
         );
         match &self {
             ApiError::RateLimited {
+                retry_after_secs, ..
+            }
+            | ApiError::Busy {
                 retry_after_secs, ..
             } => {
                 response

@@ -2876,30 +2876,49 @@ async fn appends_during_a_long_import_of_the_same_incidents_all_land() {
 }
 
 /// Bulk bodies are held whole until their import is answered (a 413 must record nothing), so
-/// only a bounded number are read at once: with many large bulk requests in flight, the
-/// others wait unread instead of each holding up to 64 MiB. And one client holds at most one
-/// of them (its second gets 429 at once), so that one client's trickled uploads cannot keep
-/// everyone else's imports waiting. Here the bodies never end: three tokens send two each;
-/// two bodies get read, each token's second is refused, the third token's first waits; a
-/// wrong content type is still answered at once.
+/// the memory they hold is bounded (twice the bulk limit), counted by the bytes that have
+/// arrived: uploads that trickle hold next to nothing and keep no other import waiting (an
+/// audit kept every other import waiting 30 s with two trickled uploads from two tokens, when
+/// two bodies were the bound). One client holds at most one bulk body (its second is 429 at
+/// once). A body that finds no memory free waits, holding nothing; one that would pass the
+/// bound half-way is answered 503 with `Retry-After` at once.
 #[tokio::test]
-async fn only_two_bulk_bodies_are_read_at_once() {
+async fn bulk_bodies_hold_memory_for_what_arrived_and_trickles_keep_no_one_waiting() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let app = app().await;
-    let third = add_token(&app.store, "rep2", "reporter").await;
+    const KIB: usize = 1024;
+    let app = app_with(ServeConfig {
+        bulk_body_limit: 64 * KIB,
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut tokens = Vec::new();
+    for i in 0..5 {
+        tokens.push(add_token(&app.store, &format!("bulk{i}"), "reporter").await);
+    }
     app.service.reload_tokens().await.unwrap();
+    // A bulk body in these chunks; one that does not end waits for more, forever.
+    let post = |token: &str, chunks: Vec<Vec<u8>>, ends: bool| {
+        let stream = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::io::Error>(axum::body::Bytes::from(c))),
+        )
+        .chain(futures_util::stream::pending().take(if ends { 0 } else { 1 }));
+        let req = Request::post("/v1/events")
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::from_stream(stream))
+            .unwrap();
+        let router = app.router.clone();
+        tokio::spawn(async move { router.oneshot(req).await.unwrap() })
+    };
+    let blank = |n: usize| vec![b'\n'; n];
+
+    // Three tokens trickle: one line each, then nothing more, ever.
     let reading = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for token in [
-        &app.reporter,
-        &app.admin,
-        &third,
-        &app.reporter,
-        &app.admin,
-        &third,
-    ] {
+    let mut trickling = Vec::new();
+    for token in &tokens[..3] {
         let reading = reading.clone();
-        // One line, then nothing more, ever: the body is being read from then on.
         let stream = futures_util::stream::once(async move {
             reading.fetch_add(1, Ordering::SeqCst);
             Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"\n"))
@@ -2911,42 +2930,59 @@ async fn only_two_bulk_bodies_are_read_at_once() {
             .body(Body::from_stream(stream))
             .unwrap();
         let router = app.router.clone();
-        tasks.push(tokio::spawn(async move { router.oneshot(req).await }));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        trickling.push(tokio::spawn(async move { router.oneshot(req).await }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        reading.load(Ordering::SeqCst),
-        2,
-        "bodies being read at once"
-    );
-    let (answered, waiting): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.is_finished());
-    assert_eq!(
-        answered.len(),
-        3,
-        "each token's second import is answered at once"
-    );
-    for t in answered {
-        let res = t.await.unwrap().unwrap();
-        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
-    }
-    let tasks = waiting;
-    let wrong = app
-        .post_as("/v1/events", Some(&app.reporter.clone()), "text/plain", "x")
-        .await;
-    assert_problem(&wrong, 415);
-    // A finished import frees its slots (the server's and its client's) for the next body.
-    for t in &tasks {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(reading.load(Ordering::SeqCst), 3, "all three are read");
+    // Each trickling token's second import: 429 at once.
+    let second = post(&tokens[0], vec![blank(1)], true).await.unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(second.headers()[header::RETRY_AFTER], "1");
+    // Another client's import goes through while they trickle.
+    let other = tokio::time::timeout(
+        Duration::from_secs(5),
+        post(&tokens[3], vec![blank(40 * KIB)], true),
+    )
+    .await
+    .expect("an import is not kept waiting by trickled uploads")
+    .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+
+    // Memory: 128 KiB in all. Two bodies of 60 KiB that never end hold 120 KiB (the three
+    // trickles 1 KiB each).
+    let big = [
+        post(&tokens[3], vec![blank(60 * KIB)], false),
+        post(&tokens[4], vec![blank(60 * KIB)], false),
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A body whose first bytes fit but whose rest does not: 503 at once, with Retry-After.
+    let extra = add_token(&app.store, "bulk5", "reporter").await;
+    app.service.reload_tokens().await.unwrap();
+    let half_way = tokio::time::timeout(
+        Duration::from_secs(5),
+        post(&extra, vec![blank(KIB), blank(30 * KIB)], true),
+    )
+    .await
+    .expect("a body that would pass the bound half-way is answered at once")
+    .unwrap();
+    assert_eq!(half_way.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(half_way.headers()[header::RETRY_AFTER], "1");
+    // One whose first bytes do not fit waits, holding nothing, and goes on once memory frees.
+    let waiting = post(&extra, vec![blank(30 * KIB)], true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "waits for memory");
+    for t in big {
         t.abort();
-    }
-    for t in tasks {
         assert!(t.await.unwrap_err().is_cancelled());
     }
-    let r = tokio::time::timeout(Duration::from_secs(5), app.import("\n"))
+    let went_on = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
-        .expect("a bulk body is read once the slots are free");
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        .expect("the waiting body is read once memory is free")
+        .unwrap();
+    assert_eq!(went_on.status(), StatusCode::OK);
+    for t in trickling {
+        t.abort();
+    }
 }
 
 /// What the audits of the seventh and eighth sessions found at the edges of the API.

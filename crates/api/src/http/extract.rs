@@ -71,7 +71,7 @@ fn check_media(req: &Request, media: Media) -> Result<(), ApiError> {
 }
 
 /// 413 at once for a body whose declared `Content-Length` is over the limit: it is refused
-/// before anything waits for it (a bulk slot, the body's bytes, the request timeout).
+/// before anything waits for it (room for a bulk body, the body's bytes, the request timeout).
 fn check_declared_length(req: &Request, state: &AppState, media: Media) -> Result<(), ApiError> {
     let limit = body_limit(state, media);
     let declared = req
@@ -140,17 +140,27 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
-/// An NDJSON request body, with the bulk slot it holds until dropped (so a bulk body is read
-/// only when one of `BULK_BODIES_IN_MEMORY` slots is free, and kept counted until answered),
-/// and its client's share of them: one at a time per token (anonymous: per address), so that
-/// one client trickling uploads cannot keep every other client's import waiting.
+/// An NDJSON request body, with the memory it holds counted until dropped (the import is
+/// answered), and its client's share: one bulk body at a time per token (anonymous: per
+/// address).
+///
+/// Memory is counted by the bytes that have arrived (`Shared::bulk_memory`, twice the bulk
+/// limit), not by bodies: a client trickling an upload holds only what it sent, so slow
+/// uploads cannot keep other clients' imports waiting (with a count of two bodies, two
+/// trickled uploads from two tokens kept every other import waiting for the request timeout,
+/// again and again). A body starts being read once some memory is free (waiting holds
+/// nothing); a body that needs more than is free half-way is answered 503 with `Retry-After`
+/// at once, letting go of what it held, so that bodies never wait on each other's memory.
 pub struct NdjsonBody(pub Bytes, pub BulkSlot);
 
-/// The slots a bulk body holds while it is read and imported.
+/// The memory and the client's slot a bulk body holds while it is read and imported.
 pub struct BulkSlot {
-    _server: tokio::sync::OwnedSemaphorePermit,
+    _memory: Option<tokio::sync::OwnedSemaphorePermit>,
     _client: super::quota::Held<super::quota::Client>,
 }
+
+/// Units in which bulk memory is counted (`Shared::bulk_memory` permits).
+pub(crate) const BULK_MEMORY_UNIT: usize = 1024;
 
 impl FromRequest<AppState> for NdjsonBody {
     type Rejection = ApiError;
@@ -174,20 +184,75 @@ impl FromRequest<AppState> for NdjsonBody {
                 why: "one bulk import at a time per token (or client address): send the next when this one is answered",
             });
         };
-        let server = state
-            .bulk_slots
-            .clone()
-            .acquire_owned()
+        let read = read_counted(req, state);
+        let (body, memory) = tokio::time::timeout(state.config.request_timeout, read)
             .await
-            .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
+            .map_err(|_| {
+                ApiError::RequestTimeout("the request body did not arrive in time".into())
+            })??;
         let slot = BulkSlot {
-            _server: server,
+            _memory: memory,
             _client: client,
         };
-        read_body(req, state, Media::Ndjson)
-            .await
-            .map(|body| NdjsonBody(body, slot))
+        Ok(NdjsonBody(body, slot))
     }
+}
+
+/// Reads a bulk body, counting its bytes against `bulk_memory` as they arrive (see
+/// [`NdjsonBody`]); 413 past the bulk limit.
+async fn read_counted(
+    req: Request,
+    state: &AppState,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ApiError> {
+    use futures_util::StreamExt;
+    let limit = body_limit(state, Media::Ndjson);
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    // The declared length is at most the limit (checked): room for it is only address
+    // space until written.
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut units = 0usize;
+    let mut stream = req.into_body().into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the body failed: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        let need = (body.len() + chunk.len()).div_ceil(BULK_MEMORY_UNIT) - units;
+        if need > 0 {
+            let more = u32::try_from(need).map_err(|_| too_large(limit))?;
+            let permit = match held {
+                // Holding nothing yet: wait for room (FIFO), as the bodies before it go.
+                None => state
+                    .bulk_memory
+                    .clone()
+                    .acquire_many_owned(more)
+                    .await
+                    .ok(),
+                // Holding some: never wait while holding (two bodies waiting for each other's
+                // memory would wait for the request timeout).
+                Some(_) => state.bulk_memory.clone().try_acquire_many_owned(more).ok(),
+            };
+            let Some(permit) = permit else {
+                return Err(ApiError::Busy {
+                    retry_after_secs: 1,
+                    why: "bulk bodies in memory are at their bound; send this one again shortly",
+                });
+            };
+            match &mut held {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+            units += need;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((Bytes::from(body), held))
 }
 
 /// Query parameters; a malformed or unknown parameter is a 400.

@@ -210,7 +210,7 @@ pub(crate) async fn append(
         (status = 413, description = "Body too large (64 MiB)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/x-ndjson", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "This token (anonymous: client address) already has a bulk import in flight, or too many requests (Retry-After)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json")
+        (status = 503, description = "Store unavailable; or the memory for bulk bodies ran out half-way through this one (Retry-After: send it again)", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub(crate) async fn bulk_import(

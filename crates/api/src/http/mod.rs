@@ -132,9 +132,9 @@ pub(crate) struct Shared {
     /// Requests in flight per client (`max_concurrent_per_client`; SSE not counted).
     pub in_flight_per_client: quota::Quota<quota::Client>,
     pub in_flight: Arc<Semaphore>,
-    /// Bulk bodies being read or imported (each up to the 64 MiB bulk limit, held whole until
-    /// the import is answered): the others wait without reading theirs.
-    pub bulk_slots: Arc<Semaphore>,
+    /// Memory of the bulk bodies being read or imported (held whole until the import is
+    /// answered), in `extract::BULK_MEMORY_UNIT`s: twice the bulk body limit.
+    pub bulk_memory: Arc<Semaphore>,
     /// Bulk bodies per client: one (see `extract::NdjsonBody`).
     pub bulk_per_client: quota::Quota<quota::Client>,
     pub limiter: Arc<ratelimit::RateLimiter>,
@@ -143,9 +143,9 @@ pub(crate) struct Shared {
     pub summaries: cache::SummaryCache,
 }
 
-/// Bulk bodies held in memory at once: one being imported (imports take turns anyway), one
-/// read ahead. Without a bound, the 1,024 concurrent requests allowed could each hold a 64 MiB
-/// body: 64 GiB.
+/// Bulk bodies' worth of memory held at once (bodies of the bulk limit): one being imported
+/// (imports take turns anyway), one read ahead. Without a bound, the 1,024 concurrent requests
+/// allowed could each hold a 64 MiB body: 64 GiB.
 pub(crate) const BULK_BODIES_IN_MEMORY: usize = 2;
 
 /// The router with every route and layer, for in-process use (tests); SSE streams end when
@@ -174,7 +174,10 @@ fn build_app(service: AppService, config: &ServeConfig, stopping: watch::Receive
                 .max_concurrent_requests
                 .clamp(1, Semaphore::MAX_PERMITS),
         )),
-        bulk_slots: Arc::new(Semaphore::new(BULK_BODIES_IN_MEMORY)),
+        bulk_memory: Arc::new(Semaphore::new(
+            (BULK_BODIES_IN_MEMORY * config.bulk_body_limit.div_ceil(extract::BULK_MEMORY_UNIT))
+                .clamp(1, Semaphore::MAX_PERMITS),
+        )),
         bulk_per_client: quota::Quota::new(1),
         limiter: Arc::new(ratelimit::RateLimiter::new(
             config.rate_limit_per_sec,
