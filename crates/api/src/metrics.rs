@@ -136,7 +136,7 @@ impl ServiceMetrics {
             ),
             (
                 "incidentlog_appends_rejected_total",
-                "Append requests or bulk lines rejected.",
+                "Append requests and bulk lines refused for what they said (400, 408, 409, 413, 415, 422 to a single append; a bulk report's rejected lines); not auth, rate limits or store failures.",
                 &self.appends_rejected,
             ),
             (

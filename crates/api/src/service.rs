@@ -563,10 +563,9 @@ impl AppService {
                 drop(in_flight);
                 Ok(appended)
             }
-            Err(e) => {
-                self.inner.metrics.appends_rejected.fetch_add(1, Relaxed);
-                Err(e)
-            }
+            // Counted in `incidentlog_appends_rejected_total` by the HTTP layer (which also
+            // sees what never gets here) or, for a bulk line, by the import.
+            Err(e) => Err(e),
         }
     }
 

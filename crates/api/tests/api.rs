@@ -2245,6 +2245,79 @@ async fn metrics_and_health() {
     assert!(text.contains("incidentlog_sse_subscribers 0"), "{text}");
 }
 
+/// `incidentlog_appends_rejected_total` counts every append refused for what it said, however
+/// early (an extractor's 413/415, a malformed body, a bad path), and every rejected bulk line
+/// once; not refusals of the caller (401) or of an import as a whole. HEAD has its own label.
+#[tokio::test]
+async fn rejected_appends_are_counted_once_each_however_early() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    let ok =
+        json!({"expected_version": 0, "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]});
+    assert_eq!(app.append(id, ok).await.status, StatusCode::CREATED);
+    let stale = json!({"expected_version": 0, "events": [casualties(Uuid::new_v4(), 1)]});
+    let path = format!("/v1/incidents/{id}/events");
+    let reporter = app.reporter.clone();
+    let refusals = [
+        // 409: stale expected version; 422: no events; 400: malformed; 415; 413.
+        app.append(id, stale).await.status,
+        app.append(id, json!({"events": []})).await.status,
+        app.post_as(&path, Some(&reporter), "application/json", "{bad")
+            .await
+            .status,
+        app.post_as(&path, Some(&reporter), "text/plain", "{}")
+            .await
+            .status,
+        app.post_as(
+            &path,
+            Some(&reporter),
+            "application/json",
+            vec![b' '; 2 << 20],
+        )
+        .await
+        .status,
+        app.post_as(
+            "/v1/incidents/not-a-uuid/events",
+            Some(&reporter),
+            "application/json",
+            "{}",
+        )
+        .await
+        .status,
+    ];
+    assert_eq!(refusals.map(|s| s.as_u16()), [409, 422, 400, 415, 413, 400]);
+    // Not counted: no token.
+    let r = app.post_as(&path, None, "application/json", "{}").await;
+    assert_problem(&r, 401);
+    // A bulk import with two bad lines (malformed, invalid) among good ones.
+    let good = json!({"incident_id": Uuid::new_v4(), "expected_version": 0,
+        "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]});
+    let invalid = json!({"incident_id": Uuid::new_v4(), "events": []});
+    let r = app.import(format!("{good}\n{{bad\n{invalid}\n")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["rejected"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        r.body
+    );
+    let head = Request::head("/v1/regions")
+        .header(header::AUTHORIZATION, format!("Bearer {}", app.reader))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.send(head).await.status, StatusCode::OK);
+    let text = app.get_as("/metrics", None).await.body;
+    let text = text.as_str().unwrap_or_default();
+    assert!(
+        text.contains("incidentlog_appends_rejected_total 8\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("incidentlog_http_request_duration_seconds_count{route=\"/v1/regions\",method=\"HEAD\",status=\"200\"} 1"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn serve_shuts_down_cleanly_and_closes_the_store() {
     let dir = tempfile::tempdir().unwrap();

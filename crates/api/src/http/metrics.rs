@@ -24,7 +24,7 @@ pub const ROUTES: &[&str] = &[
     "other",
 ];
 
-const METHODS: &[&str] = &["GET", "POST", "other"];
+const METHODS: &[&str] = &["GET", "POST", "HEAD", "other"];
 
 /// Statuses the API answers with; anything else is counted under "other".
 const STATUSES: &[u16] = &[

@@ -531,6 +531,16 @@ async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Respon
         Some(route) => guarded(&state, route, req, next).await,
     };
     let status = response.status();
+    if route == Some("/v1/incidents/{id}/events")
+        && method == axum::http::Method::POST
+        && matches!(status.as_u16(), 400 | 408 | 409 | 413 | 415 | 422)
+    {
+        state
+            .service
+            .metrics()
+            .appends_rejected
+            .fetch_add(1, Relaxed);
+    }
     let rid = request_id.to_str().unwrap_or("-");
     if let Some(InternalDetail(detail)) = response.extensions_mut().remove::<InternalDetail>() {
         tracing::error!(request_id = %rid, %method, %uri, error = %detail, "internal error");

@@ -283,7 +283,9 @@ impl Importer<'_> {
                 last_line = line;
                 match p {
                     Parsed::Blank => {}
-                    Parsed::Rejected(err) => reject(&mut self.report, line, &err),
+                    Parsed::Rejected(err) => {
+                        reject(&mut self.report, &self.svc.inner.metrics, line, &err)
+                    }
                     Parsed::Command(cmd, new) => {
                         // Staged directly; only what comes back to be staged again is queued.
                         if let Step::Again(lines) = self.stage(Pending { line, cmd, new }).await? {
@@ -468,8 +470,7 @@ impl Importer<'_> {
         }
         let m = &svc.inner.metrics;
         m.append_batch_size.observe(p.cmd.events.len() as f64);
-        m.appends_rejected.fetch_add(1, Relaxed);
-        reject(&mut self.report, p.line, &err);
+        reject(&mut self.report, &self.svc.inner.metrics, p.line, &err);
         Ok(Step::Done)
     }
 
@@ -604,8 +605,7 @@ impl Importer<'_> {
                         // after a failed one: they are decided again.
                         trouble = true;
                         failed_incidents.insert(cmd.incident_id);
-                        m.appends_rejected.fetch_add(1, Relaxed);
-                        reject(&mut self.report, line, &answer);
+                        reject(&mut self.report, &self.svc.inner.metrics, line, &answer);
                     }
                 }
                 continue;
@@ -630,9 +630,8 @@ impl Importer<'_> {
                     if cmd.expected == ExpectedVersion::Any || dependent {
                         retry.push((line, cmd));
                     } else {
-                        m.appends_rejected.fetch_add(1, Relaxed);
                         let e = svc.conflict(&cmd, actual);
-                        reject(&mut self.report, line, &e);
+                        reject(&mut self.report, &self.svc.inner.metrics, line, &e);
                     }
                 }
                 Err(StoreError::Unavailable(cause)) => {
@@ -640,10 +639,9 @@ impl Importer<'_> {
                 }
                 Err(e) => {
                     trouble = true;
-                    m.appends_rejected.fetch_add(1, Relaxed);
                     failed_incidents.insert(cmd.incident_id);
                     let e = svc.with_versions(&cmd, e.into()).await;
-                    reject(&mut self.report, line, &e);
+                    reject(&mut self.report, &self.svc.inner.metrics, line, &e);
                 }
             }
         }
@@ -690,7 +688,7 @@ impl Importer<'_> {
                 Err(e @ (ApiError::Unavailable(_) | ApiError::StoreUnavailable { .. })) => {
                     return Err(e)
                 }
-                Err(e) => reject(&mut self.report, line, &e),
+                Err(e) => reject(&mut self.report, &self.svc.inner.metrics, line, &e),
             }
         }
         Ok(lines
@@ -849,7 +847,9 @@ impl LineBatch {
     }
 }
 
-fn reject(report: &mut ImportReport, line: u64, err: &ApiError) {
+/// A line refused: listed in the report, counted in the metrics.
+fn reject(report: &mut ImportReport, metrics: &ServiceMetrics, line: u64, err: &ApiError) {
+    metrics.appends_rejected.fetch_add(1, Relaxed);
     *report.rejected_total.get_or_insert(0) += 1;
     report.rejected.push(RejectedLine {
         line,
