@@ -41,7 +41,7 @@ const ACLED: [&str; 31] = [
     "timestamp",
 ];
 
-fn d(p: &Path) -> &str {
+pub(crate) fn d(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -611,7 +611,7 @@ fn exports_and_replay_skip_an_event_the_views_cannot_take_alike() {
 }
 
 /// The records of the last segment file: (file, its bytes, start offset of each record).
-fn last_segment_records(data_dir: &Path) -> (std::path::PathBuf, Vec<u8>, Vec<usize>) {
+pub(crate) fn last_segment_records(data_dir: &Path) -> (std::path::PathBuf, Vec<u8>, Vec<usize>) {
     let path = segments(data_dir).pop().expect("a segment file");
     let bytes = std::fs::read(&path).unwrap();
     let mut starts = Vec::new();

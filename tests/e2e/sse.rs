@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use crate::cli::d;
 use crate::common::*;
 
 fn append_one(addr: std::net::SocketAddr, token: &str) {
@@ -119,4 +120,56 @@ fn sse_clients_beyond_the_cap_get_503() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// A live feed that cannot go on (a record damaged on disk, met in the catch-up) says so with a
+/// last `problem` event (problem+json that names no file or offset) before it ends, so that it
+/// does not look as if the log ended there.
+#[test]
+fn a_feed_that_meets_a_damaged_record_says_so_before_it_ends() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    cli_ok(&["import", d(&seed_path()), "--data-dir", d(&data)]);
+    let token = create_token(&data, "desk", "reader");
+    let srv = Server::start(&data, &[]);
+    // A byte in the body of the third record, under the running server (a start refuses a
+    // damaged log).
+    let (segment, mut bytes, starts) = crate::cli::last_segment_records(&data);
+    let third = starts[2];
+    bytes[third + 8 + 120] ^= 0x20;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+        .unwrap();
+    let auth = format!("Bearer {token}");
+    let mut feed = SseStream::open(
+        srv.addr,
+        "/v1/events/stream?after=0",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(feed.status, 200);
+    // Records before the damage may come first (the catch-up reads pages of records).
+    let mut position = 0;
+    let last = loop {
+        let ev = feed
+            .next_event()
+            .expect("a last event saying why the feed stops");
+        if ev.event.as_deref() == Some("problem") {
+            break ev;
+        }
+        position += 1;
+        assert_eq!(ev.id, Some(position.to_string()), "{ev:?}");
+        assert!(position < 3, "the damaged record was sent: {ev:?}");
+    };
+    assert_eq!(last.event.as_deref(), Some("problem"), "{last:?}");
+    assert_eq!(last.id, None, "{last:?}");
+    let problem: Value = serde_json::from_str(&last.data).expect("problem+json");
+    assert_eq!(problem["status"], 500, "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("request id") && !detail.contains(".seg"),
+        "{detail}"
+    );
+    assert!(feed.next_event().is_none(), "nothing after the problem");
 }

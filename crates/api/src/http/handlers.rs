@@ -1,7 +1,6 @@
 //! Route handlers. Each one parses its input into typed values, calls the service, and
 //! serializes the answer; errors are `ApiError` (problem+json).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
@@ -499,10 +498,14 @@ fn until_stopped<E: std::fmt::Display + Send + 'static>(
     lines: impl futures_util::Stream<Item = Result<Vec<u8>, E>> + Send + 'static,
     long: LongStream,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
-    let LongStream { slots, stop } = long;
+    let LongStream {
+        slots,
+        stop,
+        request_id,
+    } = long;
     futures_util::stream::unfold(
-        (Box::pin(lines), stop, slots, false),
-        |(mut lines, mut stop, slots, done)| async move {
+        (Box::pin(lines), stop, (slots, request_id), false),
+        |(mut lines, mut stop, held, done)| async move {
             if done {
                 return None;
             }
@@ -510,14 +513,14 @@ fn until_stopped<E: std::fmt::Display + Send + 'static>(
                 biased;
                 () = &mut stop => Some((
                     Err(std::io::Error::other("the server is stopping, or the token was revoked")),
-                    (lines, stop, slots, true),
+                    (lines, stop, held, true),
                 )),
                 item = lines.next() => match item {
                     None => None,
-                    Some(Ok(bytes)) => Some((Ok(bytes), (lines, stop, slots, false))),
+                    Some(Ok(bytes)) => Some((Ok(bytes), (lines, stop, held, false))),
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "streamed answer ended by an error");
-                        Some((Err(std::io::Error::other(e.to_string())), (lines, stop, slots, true)))
+                        tracing::error!(request_id = %held.1, error = %e, "streamed answer cut by an error");
+                        Some((Err(std::io::Error::other(e.to_string())), (lines, stop, held, true)))
                     }
                 },
             }
@@ -606,6 +609,8 @@ struct LongStream {
         super::quota::Held<Client>,
     ),
     stop: futures_util::future::BoxFuture<'static, ()>,
+    /// For the log, should the stream fail once its answer has started.
+    request_id: String,
 }
 
 impl LongStream {
@@ -651,9 +656,13 @@ impl LongStream {
                 () = revoked => {}
             }
         };
+        let request_id = extensions
+            .get::<super::RequestId>()
+            .map_or_else(|| "-".to_string(), ToString::to_string);
         Ok(LongStream {
             slots: (permit, client_slot),
             stop: Box::pin(stop),
+            request_id,
         })
     }
 }
@@ -700,25 +709,44 @@ pub(crate) async fn stream(
         Ok(long) => long,
         Err(refused) => return Ok(*refused),
     };
-    let LongStream { slots, stop } = long;
+    let LongStream {
+        slots,
+        stop,
+        request_id,
+    } = long;
     let events = incidentlog_store::subscribe(state.service.store().clone(), after)
-        .take_while(|item| {
-            if let Err(e) = item {
-                tracing::warn!(error = %e, "SSE stream ended by a store error");
-            }
-            futures_util::future::ready(item.is_ok())
-        })
-        .filter_map(|item| futures_util::future::ready(item.ok()))
-        .map(move |e| {
+        .flat_map(move |item| {
             // The permits live as long as the stream: the slots free when the client goes.
             let _slots = &slots;
-            let data = serde_json::to_string(&WireEvent(&e)).unwrap_or_default();
-            Ok::<_, Infallible>(
-                Event::default()
-                    .id(e.global_position.to_string())
-                    .event(e.event_type.as_str())
-                    .data(data),
-            )
+            let items = match item {
+                Ok(e) => {
+                    let data = serde_json::to_string(&WireEvent(&e)).unwrap_or_default();
+                    vec![Ok(Event::default()
+                        .id(e.global_position.to_string())
+                        .event(e.event_type.as_str())
+                        .data(data))]
+                }
+                // The feed cannot go on (a damaged record, a store gone): a last `problem`
+                // event says so (the stream then ends), so that it does not look as if the
+                // log ended there. (Cutting the transfer instead could lose the event with
+                // the head, unflushed.) The cause is the server log's, under the request id.
+                Err(e) => {
+                    tracing::error!(request_id = %request_id, error = %e, "live feed ended by a store error");
+                    let problem = ApiError::Internal(String::new()).problem();
+                    vec![Err(Event::default()
+                        .event("problem")
+                        .data(serde_json::to_string(&problem).unwrap_or_default()))]
+                }
+            };
+            futures_util::stream::iter(items)
+        })
+        // Up to and including the problem event.
+        .scan(false, |ended, item| {
+            let next = (!*ended).then(|| {
+                *ended = item.is_err();
+                Ok::<_, std::convert::Infallible>(item.unwrap_or_else(|problem| problem))
+            });
+            futures_util::future::ready(next)
         })
         .take_until(stop);
     let sse = Sse::new(events).keep_alive(

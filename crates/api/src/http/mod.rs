@@ -491,6 +491,16 @@ fn route_of(path: &str) -> Option<&'static str> {
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The request's id (`x-request-id`), in its extensions for the handlers.
+#[derive(Clone)]
+pub(crate) struct RequestId(pub HeaderValue);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.to_str().unwrap_or("-"))
+    }
+}
+
 /// A server-made request id: this process's random prefix and a counter (`3f9c01aa-17`), so
 /// that ids do not repeat across restarts or between servers writing to one log store.
 fn new_request_id() -> HeaderValue {
@@ -513,7 +523,7 @@ fn new_request_id() -> HeaderValue {
 /// The one middleware (each `from_fn` layer clones the inner service per request, so there is
 /// only one): request id, auth and limits for the API routes, metrics, logging of internal
 /// errors with the request id.
-async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = req
         .headers()
@@ -521,6 +531,8 @@ async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Respon
         .filter(|v| v.len() <= 64 && !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_graphic))
         .cloned();
     let request_id = request_id.unwrap_or_else(new_request_id);
+    // For what logs after the answer has started (a streamed answer's error).
+    req.extensions_mut().insert(RequestId(request_id.clone()));
     let route = route_of(req.uri().path());
     let method = req.method().clone();
     let uri = req.uri().clone();
