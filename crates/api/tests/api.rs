@@ -2811,6 +2811,16 @@ async fn an_import_cut_off_half_way_answers_after_its_last_write_and_a_retry_lan
         ids == prefix,
         "the log holds the first {landed} lines in line order"
     );
+    // What landed is counted, though the import that wrote it failed before settling it.
+    let appended = app
+        .service
+        .metrics()
+        .events_appended
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        appended, landed,
+        "events_appended_total after a failed import"
+    );
 
     let report = app
         .service

@@ -535,6 +535,7 @@ impl Importer<'_> {
                 let started = Instant::now();
                 let results = lean!(inner.store, append_many(requests));
                 let took = started.elapsed();
+                count_written(&inner.metrics, &lines, &results);
                 if in_flight.is_some() {
                     hand_over_written(&inner, &mut lines, &results);
                 }
@@ -613,13 +614,12 @@ impl Importer<'_> {
             match result {
                 Ok(outcome) => {
                     self.last_position = self.last_position.max(outcome.last_position);
+                    // (The metrics counted them when the store answered: `count_written`.)
                     if outcome.duplicate {
                         unsure.insert(cmd.incident_id);
                         self.report.duplicates += n;
-                        m.events_duplicate.fetch_add(n, Relaxed);
                     } else {
                         self.report.appended += n;
-                        m.events_appended.fetch_add(n, Relaxed);
                     }
                 }
                 // Another process wrote to the incident between validation and write; with
@@ -696,6 +696,22 @@ impl Importer<'_> {
             .zip(requests)
             .map(|(s, r)| s.into_pending(r))
             .collect())
+    }
+}
+
+/// Counts what the store recorded of a written chunk (plain lines; a repeat's answer is
+/// counted when settled), as soon as it answers: an import whose client went away is never
+/// settled, but what it wrote was appended all the same.
+fn count_written(metrics: &ServiceMetrics, lines: &[Staged], results: &Results) {
+    for (staged, result) in lines.iter().zip(results) {
+        if let (None, Ok(outcome)) = (&staged.repeat, result) {
+            let n = staged.events as u64;
+            if outcome.duplicate {
+                metrics.events_duplicate.fetch_add(n, Relaxed);
+            } else {
+                metrics.events_appended.fetch_add(n, Relaxed);
+            }
+        }
     }
 }
 
