@@ -465,6 +465,22 @@ fn outage_child() {
         &batch(json!(0), vec![casualties("x", 1)]),
     );
     assert_eq!(r.status, 503, "append while down: {}", r.text());
+    // A bulk import too, saying where it stopped and nothing of the cause.
+    let line = json!({"incident_id": new_id(), "expected_version": 0,
+        "events": [reported("shelling", "UA-63", "2025-03-01")]});
+    let r = server
+        .req("POST", "/v1/events")
+        .token(&admin)
+        .body("application/x-ndjson", format!("{line}\n").into_bytes())
+        .send();
+    assert_eq!(r.status, 503, "import while down: {}", r.text());
+    assert_eq!(
+        r.json()["detail"],
+        "store unavailable at line 1 (0 events appended before); try again later (the server \
+         log has the cause under this request id)",
+        "{}",
+        r.text()
+    );
     // A log read answers promptly: 503, or 200 when the server has the page in memory.
     let r = server.get("/v1/events?after=0&limit=10", &admin);
     assert!(

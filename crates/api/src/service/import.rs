@@ -77,13 +77,37 @@ impl AppService {
                 CARRY_STATES_OFFLINE
             },
             spare_lines: Vec::new(),
+            at_line: 1,
         };
-        let result = import.run(input, progress).await;
+        let mut result = import.run(input, progress).await;
+        // The first line not recorded, should the import have failed.
+        let mut stopped_at = import.cur.lines.first().map_or(import.at_line, |s| s.line);
         if let Some(w) = import.writing.take() {
-            // Failed half-way: let the chunk being written finish before answering.
-            let _ = w.results.await;
+            // Failed half-way: let the chunk being written finish before answering, and count
+            // what it recorded (it is not settled).
+            if let Ok((results, _, lines)) = w.results.await {
+                for (staged, result) in lines.iter().zip(&results) {
+                    match (&staged.repeat, result) {
+                        (None, Ok(o)) if !o.duplicate => {
+                            import.report.appended += staged.events as u64
+                        }
+                        (None, Ok(_)) => {}
+                        _ => stopped_at = stopped_at.min(staged.line),
+                    }
+                }
+            }
         }
         free_in_background(std::mem::take(&mut import.carried));
+        // A store that failed before a write (reading a state, on PostgreSQL) says where the
+        // import stopped too, as a failed write does.
+        if let Err(ApiError::StoreUnavailable { during, .. }) = &mut result {
+            if during.is_empty() {
+                *during = format!(
+                    " at line {stopped_at} ({} events appended before)",
+                    import.report.appended
+                );
+            }
+        }
         result?;
         let mut report = import.report;
         keep_first_rejected(&mut report.rejected);
@@ -110,6 +134,8 @@ struct Importer<'a> {
     carry_max: usize,
     /// The lines of the last settled chunk, emptied, for the next chunk to stage into.
     spare_lines: Vec<Staged>,
+    /// The line being staged (or the first of the parsed batch being prepared).
+    at_line: u64,
 }
 
 /// A line waiting to be staged (again).
@@ -277,6 +303,9 @@ impl Importer<'_> {
             if spare.len() < PARSE_AHEAD {
                 spare.push(used);
             }
+            if let Some((first, _)) = parsed.first() {
+                self.at_line = *first;
+            }
             self.prefetch(&parsed).await?;
             let mut last_line = 0;
             for (line, p) in parsed {
@@ -385,6 +414,7 @@ impl Importer<'_> {
 
     /// Validates one line against its incident's running state and queues it in the chunk.
     async fn stage(&mut self, p: Pending) -> Result<Step, ApiError> {
+        self.at_line = p.line;
         let svc = self.svc;
         let ids = || p.cmd.events.iter().map(|e| e.event_id);
         // An event id still on its way to the log: write it first, so that the line is
