@@ -554,19 +554,15 @@ impl AppService {
         let guard = stripe.lock().await;
         let result = self.append_locked(&cmd, recorded_by).await;
         drop(guard);
-        match result {
-            Ok(outcome) => {
-                let appended = self.appended(&cmd, outcome);
-                if in_flight.is_some() {
-                    self.hand_over(cmd, outcome);
-                }
-                drop(in_flight);
-                Ok(appended)
-            }
-            // Counted in `incidentlog_appends_rejected_total` by the HTTP layer (which also
-            // sees what never gets here) or, for a bulk line, by the import.
-            Err(e) => Err(e),
+        // A refusal is counted in `incidentlog_appends_rejected_total` by the HTTP layer
+        // (which also sees what never gets here) or, for a bulk line, by the import.
+        let outcome = result?;
+        let appended = self.appended(&cmd, outcome);
+        if in_flight.is_some() {
+            self.hand_over(cmd, outcome);
         }
+        drop(in_flight);
+        Ok(appended)
     }
 
     /// Hands the events of a recorded append to the live views, stamped as the store recorded

@@ -138,6 +138,15 @@ impl App {
         self.send(b.body(body.into()).unwrap()).await
     }
 
+    /// One report of a shelling in UA-63, a new incident.
+    async fn append_fresh(&self) -> Resp {
+        self.append(
+            Uuid::new_v4(),
+            json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+        )
+        .await
+    }
+
     async fn append(&self, id: Uuid, body: Value) -> Resp {
         self.post_as(
             &format!("/v1/incidents/{id}/events"),
@@ -2206,11 +2215,7 @@ async fn the_log_streams_as_ndjson_for_an_online_backup() {
 #[tokio::test]
 async fn metrics_and_health() {
     let app = app().await;
-    app.append(
-        Uuid::new_v4(),
-        json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
-    )
-    .await;
+    app.append_fresh().await;
     let r = app.get_as("/readyz", None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["position"], 1);
@@ -2367,12 +2372,7 @@ async fn serve_shuts_down_cleanly_and_closes_the_store() {
 #[tokio::test]
 async fn admin_replay_finishes_when_the_newest_event_is_one_the_views_skip() {
     let app = app().await;
-    let r = app
-        .append(
-            Uuid::new_v4(),
-            json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
-        )
-        .await;
+    let r = app.append_fresh().await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     app.store
         .append(incidentlog_store::AppendRequest {
@@ -2576,6 +2576,21 @@ impl tokio::io::AsyncRead for CutOff {
 
 /// Real segment files with `before_sync` run before every sync (a delay, a panic): fault
 /// injection deep in the disk layer.
+/// Syncs that run `fault` once the flag is set, and pass before.
+fn armed_sync(
+    fault: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
+) -> (Arc<std::sync::atomic::AtomicBool>, Arc<HookedSync>) {
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trigger = armed.clone();
+    let before_sync = Arc::new(move || {
+        if trigger.load(std::sync::atomic::Ordering::SeqCst) {
+            return fault();
+        }
+        Ok(())
+    });
+    (armed, Arc::new(HookedSync { before_sync }))
+}
+
 /// Runs a hook before every sync; the sync fails with the hook's error.
 struct HookedSync {
     before_sync: Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>,
@@ -2624,17 +2639,12 @@ impl LogFile for HookedSyncFile {
 /// still says at which line it stopped and how much landed before.
 #[tokio::test]
 async fn a_failed_sync_answers_503_without_the_cause() {
-    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trigger = armed.clone();
-    let before_sync = Arc::new(move || {
-        if trigger.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(std::io::Error::other(
-                "injected: No space left on /srv/secret-volume",
-            ));
-        }
-        Ok(())
+    let (armed, io) = armed_sync(|| {
+        Err(std::io::Error::other(
+            "injected: No space left on /srv/secret-volume",
+        ))
     });
-    let app = app_on(ServeConfig::default(), Arc::new(HookedSync { before_sync })).await;
+    let app = app_on(ServeConfig::default(), io).await;
     let line = |id: Uuid| {
         json!({"incident_id": id, "expected_version": 0,
             "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]})
@@ -2645,12 +2655,7 @@ async fn a_failed_sync_answers_503_without_the_cause() {
     assert_eq!(imported.status, StatusCode::OK, "{}", imported.body);
     armed.store(true, std::sync::atomic::Ordering::SeqCst);
 
-    let r = app
-        .append(
-            Uuid::new_v4(),
-            json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
-        )
-        .await;
+    let r = app.append_fresh().await;
     assert_problem(&r, 503);
     let detail = r.body["detail"].as_str().unwrap_or_default().to_string();
     assert!(detail.starts_with("store unavailable"), "{detail}");
@@ -2680,15 +2685,8 @@ async fn a_failed_sync_answers_503_without_the_cause() {
 #[tokio::test]
 async fn a_panic_in_the_disk_layer_answers_503_and_hides_what_it_did_not_acknowledge() {
     // Syncs panic once armed (a bug or a fault deep in the disk layer).
-    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trigger = armed.clone();
-    let before_sync = Arc::new(move || {
-        if trigger.load(std::sync::atomic::Ordering::SeqCst) {
-            panic!("injected: the disk layer panicked mid-sync");
-        }
-        Ok(())
-    });
-    let app = app_on(ServeConfig::default(), Arc::new(HookedSync { before_sync })).await;
+    let (armed, io) = armed_sync(|| panic!("injected: the disk layer panicked mid-sync"));
+    let app = app_on(ServeConfig::default(), io).await;
     let kept = Uuid::new_v4();
     let r = app
         .append(
@@ -2731,12 +2729,7 @@ async fn a_panic_in_the_disk_layer_answers_503_and_hides_what_it_did_not_acknowl
         StatusCode::SERVICE_UNAVAILABLE
     );
 
-    let again = app
-        .append(
-            Uuid::new_v4(),
-            json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
-        )
-        .await;
+    let again = app.append_fresh().await;
     assert_problem(&again, 503);
     let line = json!({"incident_id": Uuid::new_v4(), "expected_version": 0,
         "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]});

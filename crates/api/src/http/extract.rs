@@ -74,15 +74,18 @@ fn check_media(req: &Request, media: Media) -> Result<(), ApiError> {
 /// before anything waits for it (room for a bulk body, the body's bytes, the request timeout).
 fn check_declared_length(req: &Request, state: &AppState, media: Media) -> Result<(), ApiError> {
     let limit = body_limit(state, media);
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match declared {
+    match declared_length(req) {
         Some(n) if n > limit as u64 => Err(too_large(limit)),
         _ => Ok(()),
     }
+}
+
+/// The body's `Content-Length`, if it declares a readable one.
+fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 fn body_limit(state: &AppState, media: Media) -> usize {
@@ -206,14 +209,10 @@ async fn read_counted(
 ) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ApiError> {
     use futures_util::StreamExt;
     let limit = body_limit(state, Media::Ndjson);
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok());
     // The declared length is at most the limit (checked): room for it is only address
     // space until written.
-    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let declared = declared_length(&req).map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+    let mut body = Vec::with_capacity(declared.min(limit));
     let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut units = 0usize;
     let mut stream = req.into_body().into_data_stream();

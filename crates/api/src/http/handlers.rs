@@ -715,16 +715,20 @@ pub(crate) async fn stream(
         request_id,
     } = long;
     let events = incidentlog_store::subscribe(state.service.store().clone(), after)
-        .flat_map(move |item| {
+        // `ended`: the feed failed and said so; nothing follows.
+        .scan(false, move |ended, item| {
             // The permits live as long as the stream: the slots free when the client goes.
             let _slots = &slots;
-            let items = match item {
+            let event = match item {
+                _ if *ended => None,
                 Ok(e) => {
                     let data = serde_json::to_string(&WireEvent(&e)).unwrap_or_default();
-                    vec![Ok(Event::default()
-                        .id(e.global_position.to_string())
-                        .event(e.event_type.as_str())
-                        .data(data))]
+                    Some(
+                        Event::default()
+                            .id(e.global_position.to_string())
+                            .event(e.event_type.as_str())
+                            .data(data),
+                    )
                 }
                 // The feed cannot go on (a damaged record, a store gone): a last `problem`
                 // event says so (the stream then ends), so that it does not look as if the
@@ -732,21 +736,16 @@ pub(crate) async fn stream(
                 // the head, unflushed.) The cause is the server log's, under the request id.
                 Err(e) => {
                     tracing::error!(request_id = %request_id, error = %e, "live feed ended by a store error");
+                    *ended = true;
                     let problem = ApiError::Internal(String::new()).problem();
-                    vec![Err(Event::default()
-                        .event("problem")
-                        .data(serde_json::to_string(&problem).unwrap_or_default()))]
+                    Some(
+                        Event::default()
+                            .event("problem")
+                            .data(serde_json::to_string(&problem).unwrap_or_default()),
+                    )
                 }
             };
-            futures_util::stream::iter(items)
-        })
-        // Up to and including the problem event.
-        .scan(false, |ended, item| {
-            let next = (!*ended).then(|| {
-                *ended = item.is_err();
-                Ok::<_, std::convert::Infallible>(item.unwrap_or_else(|problem| problem))
-            });
-            futures_util::future::ready(next)
+            futures_util::future::ready(event.map(Ok::<_, std::convert::Infallible>))
         })
         .take_until(stop);
     let sse = Sse::new(events).keep_alive(

@@ -86,13 +86,11 @@ impl AppService {
             // Failed half-way: let the chunk being written finish before answering, and count
             // what it recorded (it is not settled).
             if let Ok((results, _, lines)) = w.results.await {
-                for (staged, result) in lines.iter().zip(&results) {
-                    match (&staged.repeat, result) {
-                        (None, Ok(o)) if !o.duplicate => {
-                            import.report.appended += staged.events as u64
-                        }
-                        (None, Ok(_)) => {}
-                        _ => stopped_at = stopped_at.min(staged.line),
+                for (staged, outcome) in lines.iter().zip(&results).map(recorded) {
+                    match outcome {
+                        Some(o) if !o.duplicate => import.report.appended += staged.events as u64,
+                        Some(_) => {}
+                        None => stopped_at = stopped_at.min(staged.line),
                     }
                 }
             }
@@ -102,10 +100,7 @@ impl AppService {
         // import stopped too, as a failed write does.
         if let Err(ApiError::StoreUnavailable { during, .. }) = &mut result {
             if during.is_empty() {
-                *during = format!(
-                    " at line {stopped_at} ({} events appended before)",
-                    import.report.appended
-                );
+                *during = import.stopped_at(stopped_at);
             }
         }
         result?;
@@ -312,9 +307,7 @@ impl Importer<'_> {
                 last_line = line;
                 match p {
                     Parsed::Blank => {}
-                    Parsed::Rejected(err) => {
-                        reject(&mut self.report, &self.svc.inner.metrics, line, &err)
-                    }
+                    Parsed::Rejected(err) => self.reject(line, &err),
                     Parsed::Command(cmd, new) => {
                         // Staged directly; only what comes back to be staged again is queued.
                         if let Step::Again(lines) = self.stage(Pending { line, cmd, new }).await? {
@@ -332,6 +325,50 @@ impl Importer<'_> {
         self.write_all_staged().await?;
         progress(line_no);
         Ok(())
+    }
+
+    /// A line refused: listed in the report, counted in the metrics.
+    fn reject(&mut self, line: u64, err: &ApiError) {
+        self.svc
+            .inner
+            .metrics
+            .appends_rejected
+            .fetch_add(1, Relaxed);
+        let report = &mut self.report;
+        *report.rejected_total.get_or_insert(0) += 1;
+        report.rejected.push(RejectedLine {
+            line,
+            status: err.status().as_u16(),
+            detail: err.public_detail(),
+            // The first few per line (10,000 lines listed; each may hold thousands).
+            errors: err
+                .field_errors()
+                .iter()
+                .take(LINE_ERRORS_LISTED)
+                .cloned()
+                .collect(),
+        });
+        // Rejections arrive nearly in line order: trim to the first ones now and then, so
+        // that memory stays bounded (at most twice the listed number).
+        if report.rejected.len() >= 2 * REJECTED_LISTED {
+            keep_first_rejected(&mut report.rejected);
+        }
+    }
+
+    /// The store failed at `line`: the import stops there (the lines before it landed).
+    fn store_failed_at(&self, line: u64, cause: &str) -> ApiError {
+        ApiError::StoreUnavailable {
+            during: self.stopped_at(line),
+            cause: cause.to_string(),
+        }
+    }
+
+    /// What a store failure's answer says of where the import stopped.
+    fn stopped_at(&self, line: u64) -> String {
+        format!(
+            " at line {line} ({} events appended before)",
+            self.report.appended
+        )
     }
 
     /// Lines staged or being written, not yet settled.
@@ -500,7 +537,7 @@ impl Importer<'_> {
         }
         let m = &svc.inner.metrics;
         m.append_batch_size.observe(p.cmd.events.len() as f64);
-        reject(&mut self.report, &self.svc.inner.metrics, p.line, &err);
+        self.reject(p.line, &err);
         Ok(Step::Done)
     }
 
@@ -636,7 +673,7 @@ impl Importer<'_> {
                         // after a failed one: they are decided again.
                         trouble = true;
                         failed_incidents.insert(cmd.incident_id);
-                        reject(&mut self.report, &self.svc.inner.metrics, line, &answer);
+                        self.reject(line, &answer);
                     }
                 }
                 continue;
@@ -661,7 +698,7 @@ impl Importer<'_> {
                         retry.push((line, cmd));
                     } else {
                         let e = svc.conflict(&cmd, actual);
-                        reject(&mut self.report, &self.svc.inner.metrics, line, &e);
+                        self.reject(line, &e);
                     }
                 }
                 Err(StoreError::Unavailable(cause)) => {
@@ -671,7 +708,7 @@ impl Importer<'_> {
                     trouble = true;
                     failed_incidents.insert(cmd.incident_id);
                     let e = svc.with_versions(&cmd, e.into()).await;
-                    reject(&mut self.report, &self.svc.inner.metrics, line, &e);
+                    self.reject(line, &e);
                 }
             }
         }
@@ -718,7 +755,7 @@ impl Importer<'_> {
                 Err(e @ (ApiError::Unavailable(_) | ApiError::StoreUnavailable { .. })) => {
                     return Err(e)
                 }
-                Err(e) => reject(&mut self.report, &self.svc.inner.metrics, line, &e),
+                Err(e) => self.reject(line, &e),
             }
         }
         Ok(lines
@@ -733,16 +770,27 @@ impl Importer<'_> {
 /// counted when settled), as soon as it answers: an import whose client went away is never
 /// settled, but what it wrote was appended all the same.
 fn count_written(metrics: &ServiceMetrics, lines: &[Staged], results: &Results) {
-    for (staged, result) in lines.iter().zip(results) {
-        if let (None, Ok(outcome)) = (&staged.repeat, result) {
-            let n = staged.events as u64;
-            if outcome.duplicate {
-                metrics.events_duplicate.fetch_add(n, Relaxed);
-            } else {
-                metrics.events_appended.fetch_add(n, Relaxed);
-            }
+    for (staged, outcome) in lines.iter().zip(results).map(recorded) {
+        let Some(outcome) = outcome else { continue };
+        let n = staged.events as u64;
+        if outcome.duplicate {
+            metrics.events_duplicate.fetch_add(n, Relaxed);
+        } else {
+            metrics.events_appended.fetch_add(n, Relaxed);
         }
     }
+}
+
+/// A written line and what the store recorded for it as a plain append (`None`: a repeat the
+/// store answered, or a failure).
+fn recorded<'a>(
+    (staged, result): (&'a Staged, &'a Result<AppendOutcome, StoreError>),
+) -> (&'a Staged, Option<&'a AppendOutcome>) {
+    let outcome = match (&staged.repeat, result) {
+        (None, Ok(outcome)) => Some(outcome),
+        _ => None,
+    };
+    (staged, outcome)
 }
 
 /// Hands the events of a written chunk's recorded lines to the live views (taking them out of
@@ -769,19 +817,6 @@ fn hand_over_written(inner: &Inner, lines: &mut [Staged], results: &Results) {
     }
     if !run.is_empty() {
         inner.hand_over(run);
-    }
-}
-
-impl Importer<'_> {
-    /// The store failed at `line`: the import stops there (the lines before it landed).
-    fn store_failed_at(&self, line: u64, cause: &str) -> ApiError {
-        ApiError::StoreUnavailable {
-            during: format!(
-                " at line {line} ({} events appended before)",
-                self.report.appended
-            ),
-            cause: cause.to_string(),
-        }
     }
 }
 
@@ -890,29 +925,6 @@ impl LineBatch {
                 (line, parsed)
             })
             .collect()
-    }
-}
-
-/// A line refused: listed in the report, counted in the metrics.
-fn reject(report: &mut ImportReport, metrics: &ServiceMetrics, line: u64, err: &ApiError) {
-    metrics.appends_rejected.fetch_add(1, Relaxed);
-    *report.rejected_total.get_or_insert(0) += 1;
-    report.rejected.push(RejectedLine {
-        line,
-        status: err.status().as_u16(),
-        detail: err.public_detail(),
-        // The first few per line (10,000 lines listed; each may hold thousands).
-        errors: err
-            .field_errors()
-            .iter()
-            .take(LINE_ERRORS_LISTED)
-            .cloned()
-            .collect(),
-    });
-    // Rejections arrive nearly in line order: trim to the first ones now and then, so that
-    // memory stays bounded (at most twice the listed number).
-    if report.rejected.len() >= 2 * REJECTED_LISTED {
-        keep_first_rejected(&mut report.rejected);
     }
 }
 
