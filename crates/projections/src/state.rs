@@ -17,14 +17,14 @@ pub(crate) type Name = Arc<str>;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Interner {
     on: bool,
-    set: HashSet<Name>,
+    set: HashSet<Name, foldhash::fast::RandomState>,
 }
 
 impl Interner {
     pub(crate) fn on() -> Self {
         Interner {
             on: true,
-            set: HashSet::new(),
+            set: HashSet::default(),
         }
     }
 
