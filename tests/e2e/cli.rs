@@ -1494,3 +1494,46 @@ fn the_server_lists_incidents_as_the_export_writes_them() {
         );
     }
 }
+
+/// An export is a copy of the log's sources and witnesses: a file it creates is owner-only,
+/// whatever the umask. And an export whose reader stops early is not a success.
+#[test]
+fn exports_are_owner_only_and_a_cut_off_export_fails() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Stdio;
+
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let data_s = d(&data);
+    cli_ok(&["import", d(&seed_path()), "--data-dir", data_s]);
+    for format in ["ndjson", "csv", "geojson"] {
+        let file = dir.path().join(format!("export.{format}"));
+        cli_ok(&[
+            "export",
+            "--format",
+            format,
+            "--data-dir",
+            data_s,
+            "-o",
+            d(&file),
+        ]);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{format}: {mode:o}");
+        assert!(std::fs::metadata(&file).unwrap().len() > 0);
+    }
+
+    // The reader is gone before the first byte is written: the export cannot be complete.
+    for format in ["ndjson", "csv", "geojson"] {
+        let mut child = command()
+            .args(["export", "--format", format, "--data-dir", data_s])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{format}: {stderr}");
+        assert!(stderr.contains("output was closed"), "{format}: {stderr}");
+    }
+}

@@ -246,6 +246,16 @@ fn coord(v: &Value) -> Option<f64> {
     v.as_f64()
 }
 
+/// Degrees as ACLED gives them, to four decimals; what rounds to zero is `0.0000`, never
+/// `-0.0000`.
+fn degrees(x: f64) -> String {
+    let rounded = format!("{x:.4}");
+    match rounded.strip_prefix('-') {
+        Some(unsigned) if unsigned.bytes().all(|b| b == b'0' || b == b'.') => unsigned.to_string(),
+        _ => rounded,
+    }
+}
+
 /// `lat`, `lon` and precision of the view's location, if it has one.
 pub fn location(view: &Value) -> Option<(f64, f64, String)> {
     let loc = view.get("location")?;
@@ -355,12 +365,8 @@ pub fn csv_row(view: &Value, region: &RegionInfo) -> Vec<String> {
         String::new(),
         String::new(),
         s(view, "locality").to_string(),
-        loc.as_ref()
-            .map(|l| format!("{:.4}", l.0))
-            .unwrap_or_default(),
-        loc.as_ref()
-            .map(|l| format!("{:.4}", l.1))
-            .unwrap_or_default(),
+        loc.as_ref().map(|l| degrees(l.0)).unwrap_or_default(),
+        loc.as_ref().map(|l| degrees(l.1)).unwrap_or_default(),
         loc.as_ref()
             .map(|l| acled_geo_precision(&l.2).to_string())
             .unwrap_or_default(),
@@ -620,6 +626,16 @@ mod tests {
         let cols: Vec<&str> = text.trim_end().split(',').collect();
         assert_eq!(&cols[..31], &ACLED_COLUMNS[..]);
         assert_eq!(cols[31], "incident_id");
+    }
+
+    #[test]
+    fn degrees_round_to_four_decimals_without_a_negative_zero() {
+        assert_eq!(degrees(49.99351), "49.9935");
+        assert_eq!(degrees(-36.23038), "-36.2304");
+        assert_eq!(degrees(-0.0), "0.0000");
+        assert_eq!(degrees(-1e-7), "0.0000");
+        assert_eq!(degrees(-0.00005), "-0.0001");
+        assert_eq!(degrees(-180.0), "-180.0000");
     }
 
     #[test]

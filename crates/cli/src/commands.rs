@@ -1,6 +1,7 @@
 //! The offline commands: replay, verify, import, export, token.
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -966,8 +967,15 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
         .await?
         .map_or(log_head, |p| p.min(log_head));
     let sink: Box<dyn Write> = match &args.output {
+        // Owner-only, as the store's own files: an export holds what the log does (sources
+        // and witnesses). A file that exists keeps its mode.
         Some(path) => Box::new(
-            std::fs::File::create(path)
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
                 .with_context(|| format!("cannot create {}", path.display()))?,
         ),
         None => Box::new(std::io::stdout().lock()),

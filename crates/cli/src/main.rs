@@ -470,8 +470,12 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) if is_broken_pipe(&err) => {
-            // `incidentlog export | head`: the reader left; not an error (as in ripgrep).
-            ExitCode::from(exit::OK)
+            // `incidentlog export | head`: the reader left. Not a success: a backup piped
+            // into a command that died must not look complete.
+            say(format_args!(
+                "error: the output was closed before it was complete (its reader stopped)"
+            ));
+            ExitCode::from(exit::FAILURE)
         }
         Err(err) => {
             say(format_args!("error: {err:#}"));

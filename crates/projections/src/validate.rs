@@ -223,8 +223,16 @@ fn string_field<'v, M: JsonMembers>(
     }
 }
 
-/// Text: non-blank, at most `max` characters, no control characters (`multiline` allows
-/// line breaks and tabs).
+/// Characters that show nothing on their own: zero-width spaces and joiners, direction
+/// marks, the word joiner and invisible operators, the byte order mark, the soft hyphen. A
+/// text made of these and whitespace is blank to a reader.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+}
+
+/// Text: non-blank (whitespace and invisible characters alone are blank), at most `max`
+/// characters, no control characters (`multiline` allows line breaks and tabs; one line
+/// also refuses the Unicode line and paragraph separators).
 fn text<M: JsonMembers>(
     m: &M,
     key: &str,
@@ -235,8 +243,13 @@ fn text<M: JsonMembers>(
     errs: &mut Vec<FieldError>,
 ) -> Option<Cow<'static, str>> {
     let s = string_field(m, key, ptr, required, errs)?;
-    if s.trim().is_empty() {
-        push(errs, ptr, key, "must not be empty");
+    if s.chars().all(|c| c.is_whitespace() || invisible(c)) {
+        push(
+            errs,
+            ptr,
+            key,
+            "must not be empty (or only spaces and invisible characters)",
+        );
         return None;
     }
     let n = s.chars().count();
@@ -249,9 +262,10 @@ fn text<M: JsonMembers>(
         );
         return None;
     }
-    let bad = s
-        .chars()
-        .any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')));
+    let bad = s.chars().any(|c| {
+        let line_break = matches!(c, '\n' | '\r' | '\u{2028}' | '\u{2029}');
+        (c.is_control() || line_break) && !(multiline && (line_break || c == '\t'))
+    });
     if bad {
         let what = if multiline {
             "must not contain control characters other than line breaks and tabs"
@@ -433,7 +447,9 @@ fn coord<M: JsonMembers>(
 ) -> Option<f64> {
     let v = present(m, key, ptr, true, errs)?;
     match v.as_number().and_then(serde_json::Number::as_f64) {
-        Some(x) if x.is_finite() && (-limit..=limit).contains(&x) => Some(x),
+        // `+ 0.0` turns -0.0 into 0: the same place, so the same content (a client that
+        // re-serializes a retry, as JavaScript does, sends `0` where it first sent `-0.0`).
+        Some(x) if x.is_finite() && (-limit..=limit).contains(&x) => Some(x + 0.0),
         Some(_) => {
             push(
                 errs,

@@ -245,6 +245,27 @@ fn validation_table() {
                 ("/events/0/data/summary", "empty"),
             ],
         ),
+        // Invisible characters alone are blank; one-line names refuse the Unicode line and
+        // paragraph separators (free text allows them, as it allows line breaks).
+        (
+            json!([ev(
+                "IncidentReported",
+                with(
+                    with(
+                        with(reported(), "summary", json!("\u{200B}\u{FEFF} \u{2060}")),
+                        "locality",
+                        json!("Kharkiv\u{2028}centre")
+                    ),
+                    "target",
+                    json!("\u{00AD}\u{200D}")
+                )
+            )]),
+            vec![
+                ("/events/0/data/locality", "single line"),
+                ("/events/0/data/target", "empty"),
+                ("/events/0/data/summary", "empty"),
+            ],
+        ),
         (
             json!([ev(
                 "IncidentReported",
@@ -421,6 +442,24 @@ fn canonical_data_is_deterministic_with_defaults_filled() {
         "{}",
         t[0].canonical_data().get()
     );
+    // -0.0 and 0 are the same place, so the same content: a retry that a client re-serialized
+    // (JavaScript writes -0 as `0`) is a repeat, not a conflict.
+    let zero = |lat: Value, lon: Value| {
+        let e = json!([ev(
+            "IncidentReported",
+            with(reported(), "location", json!({"lat": lat, "lon": lon}))
+        )]);
+        parse_both(&e).unwrap()[0]
+            .canonical_data()
+            .get()
+            .to_string()
+    };
+    let negative = zero(json!(-0.0), json!(-0.0));
+    assert_eq!(negative, zero(json!(0), json!(0)));
+    assert!(
+        negative.contains(r#""location":{"lat":0.0,"lon":0.0,"#),
+        "{negative}"
+    );
     let d = json!([ev("IncidentReported", reported())]);
     let t = parse_both(&d).unwrap();
     assert_eq!(
@@ -504,4 +543,24 @@ fn windows_parse_dates_and_timestamps() {
     assert!(!w.contains(at("2026-01-03T00:00:00Z")));
     assert!(!w.contains(at("2026-01-01T23:59:59Z")));
     assert!(w.contains(at("2026-01-03T01:00:00+02:00")));
+}
+
+/// Text with invisible characters among visible ones (joined emoji, right-to-left names with
+/// their direction marks) is accepted as sent, and free text keeps its Unicode line breaks.
+#[test]
+fn visible_text_with_invisible_characters_is_kept() {
+    let locality = "\u{200F}خاركيف\u{200F} 👩\u{200D}⚕️";
+    let summary = "first line\u{2028}second line";
+    let e = json!([ev(
+        "IncidentReported",
+        with(
+            with(reported(), "locality", json!(locality)),
+            "summary",
+            json!(summary)
+        )
+    )]);
+    let t = parse_both(&e).unwrap();
+    let data: Value = serde_json::from_str(t[0].canonical_data().get()).unwrap();
+    assert_eq!(data["locality"], locality);
+    assert_eq!(data["summary"], summary);
 }
