@@ -25,11 +25,13 @@ const MIN_NANOS: i64 = -9_214_560_000_000_000_000;
 const END_NANOS: i64 = 9_214_646_400_000_000_000;
 
 /// Where a window bound falls.
+#[derive(Clone, Copy)]
 enum Bound {
-    /// Before every instant events may have.
-    Before,
-    /// After every instant events may have.
-    After,
+    /// Before every instant events may have: the instant it names (ns since the epoch) and
+    /// whether it is a date.
+    Before(i128, bool),
+    /// After every instant events may have (as `Before`).
+    After(i128, bool),
     At(OccurredAt),
 }
 
@@ -37,10 +39,26 @@ impl Bound {
     /// The bound in ns; a date `end` covers its whole day.
     fn nanos(self, end: bool) -> i64 {
         match self {
-            Bound::Before => i64::MIN,
-            Bound::After => i64::MAX,
+            Bound::Before(..) => i64::MIN,
+            Bound::After(..) => i64::MAX,
             Bound::At(t) if end && !t.timestamp => t.nanos.saturating_add(NANOS_PER_DAY - 1),
             Bound::At(t) => t.nanos,
+        }
+    }
+
+    /// The instant the bound names, even outside the years events may have (where `nanos`
+    /// is only before or after them all), so that two such bounds can still be ordered.
+    fn instant(self, end: bool) -> i128 {
+        let whole_day = |date: bool| {
+            if end && date {
+                i128::from(NANOS_PER_DAY - 1)
+            } else {
+                0
+            }
+        };
+        match self {
+            Bound::Before(n, date) | Bound::After(n, date) => n + whole_day(date),
+            Bound::At(_) => i128::from(self.nanos(end)),
         }
     }
 }
@@ -68,14 +86,20 @@ impl OccurredAt {
             Ok(t) => return Ok(Bound::At(t)),
             Err(e) => e,
         };
-        let secs = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        const NS: i128 = 1_000_000_000;
+        let date = NaiveDate::parse_from_str(s, "%Y-%m-%d")
             .ok()
             .and_then(|d| d.and_hms_opt(0, 0, 0))
-            .map(|t| t.and_utc().timestamp())
-            .or_else(|| DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp()));
-        match secs {
-            Some(secs) if secs < MIN_NANOS / 1_000_000_000 => Ok(Bound::Before),
-            Some(secs) if secs >= END_NANOS / 1_000_000_000 => Ok(Bound::After),
+            .map(|t| (i128::from(t.and_utc().timestamp()) * NS, true));
+        let instant = date.or_else(|| {
+            DateTime::parse_from_rfc3339(s).ok().map(|t| {
+                let n = i128::from(t.timestamp()) * NS + i128::from(t.timestamp_subsec_nanos());
+                (n, false)
+            })
+        });
+        match instant {
+            Some((n, date)) if n < i128::from(MIN_NANOS) => Ok(Bound::Before(n, date)),
+            Some((n, date)) if n >= i128::from(END_NANOS) => Ok(Bound::After(n, date)),
             _ => Err(err),
         }
     }
@@ -318,6 +342,31 @@ mod tests {
             Window::parse(None, Some("1600-01-01")).unwrap().hi,
             i64::MIN
         );
+        // Two such bounds keep their order: reversed is an error at `/from`, as in range.
+        for (from, to) in [
+            ("1600-01-01", "1500-01-01"),
+            ("2400-01-01", "2300-01-01"),
+            ("1677-12-31T23:59:59Z", "1600-01-01"),
+            (
+                "2300-01-01T00:00:00.000000002Z",
+                "2300-01-01T00:00:00.000000001Z",
+            ),
+            ("2300-01-02", "2300-01-01T23:59:59Z"),
+            ("2400-01-01", "2026-01-01"),
+            ("2026-01-01", "1600-01-01"),
+        ] {
+            let err = Window::parse(Some(from), Some(to)).unwrap_err();
+            assert_eq!(err.pointer, "/from", "{from} {to}");
+        }
+        for (from, to) in [
+            ("1500-01-01", "1600-01-01"),
+            ("1600-01-01", "1600-01-01"),
+            ("2300-01-01T12:00:00Z", "2300-01-01"),
+            ("2300-01-01", "2300-01-01T00:00:00Z"),
+            ("1600-01-01", "2400-01-01"),
+        ] {
+            assert!(Window::parse(Some(from), Some(to)).is_ok(), "{from} {to}");
+        }
     }
 
     #[test]
@@ -560,17 +609,25 @@ impl Window {
     /// Parses the `from` and `to` query parameters (pointers `/from`, `/to`).
     pub fn parse(from: Option<&str>, to: Option<&str>) -> Result<Window, FieldError> {
         let mut w = Window::all();
+        let from = from
+            .map(|f| OccurredAt::parse_bound(f).map_err(|m| FieldError::new("/from", m)))
+            .transpose()?;
+        let to = to
+            .map(|t| OccurredAt::parse_bound(t).map_err(|m| FieldError::new("/to", m)))
+            .transpose()?;
         if let Some(f) = from {
-            w.lo = OccurredAt::parse_bound(f)
-                .map_err(|m| FieldError::new("/from", m))?
-                .nanos(false);
+            w.lo = f.nanos(false);
         }
-        if let Some(s) = to {
-            w.hi = OccurredAt::parse_bound(s)
-                .map_err(|m| FieldError::new("/to", m))?
-                .nanos(true);
+        if let Some(t) = to {
+            w.hi = t.nanos(true);
         }
-        if w.lo > w.hi {
+        // Ordered by the instants they name: two bounds before (or after) every event are
+        // still in an order (`from=1600-01-01&to=1500-01-01` is as empty as any other).
+        let reversed = match (from, to) {
+            (Some(f), Some(t)) => f.instant(false) > t.instant(true),
+            _ => false,
+        };
+        if reversed {
             return Err(FieldError::new(
                 "/from",
                 "`from` is after `to`: the window is empty",
