@@ -365,3 +365,165 @@ fn a_log_kept_out_of_the_page_cache_reads_back_whole() {
     let again = srv.req("GET", "/v1/admin/digest").token(&t.admin).send();
     assert_eq!(again.json()["digest"], digest);
 }
+
+/// A bulk import still running when a shutdown's grace period ends stops between lines and
+/// answers 503 naming the first line not recorded and how many events landed before it:
+/// exactly the lines before it are in the log after a restart, and the server exits 0.
+#[test]
+fn a_shutdown_stops_a_long_bulk_import_between_lines_with_an_answer() {
+    let (dir, mut srv, tokens) = server_with_tokens(&["--request-timeout", "300ms"]);
+    const LINES: usize = 120_000;
+    let mut ids = Vec::with_capacity(LINES);
+    let mut body = Vec::new();
+    for _ in 0..LINES {
+        let incident = new_id();
+        let line = json!({"incident_id": incident,
+            "events": [reported("shelling", "UA-63", "2026-01-02")]});
+        body.extend_from_slice(line.to_string().as_bytes());
+        body.push(b'\n');
+        ids.push(incident);
+    }
+    let started = Instant::now();
+    let import = {
+        let req = srv
+            .req("POST", "/v1/events")
+            .token(&tokens.reporter)
+            .body("application/x-ndjson", body);
+        std::thread::spawn(move || req.try_send())
+    };
+    // Once the import has written its first lines, the shutdown begins; its grace period
+    // (300 ms) ends long before the import would.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = srv.get("/v1/events?after=0&limit=1", &tokens.reader);
+        if r.json()["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the import never wrote");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    srv.signal("TERM");
+    let answer = import
+        .join()
+        .unwrap()
+        .expect("the import is answered, not cut off");
+    let status = srv.wait_exit();
+    assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
+    let problem = answer.expect_problem(503);
+    assert_eq!(answer.header("retry-after"), Some("5"));
+    let detail = problem["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("shutting down"), "{detail}");
+    // "... stopped at line N (M events appended before) ..."
+    let number_after = |what: &str| -> usize {
+        let rest = &detail[detail.find(what).unwrap_or_else(|| panic!("{detail}")) + what.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap_or_else(|_| panic!("{detail}"))
+    };
+    let line = number_after("at line ");
+    let appended = number_after("(");
+    assert!(
+        line > 1 && line <= LINES,
+        "stopped at line {line} of {LINES}, {:?} after the start: {detail}",
+        started.elapsed()
+    );
+    assert_eq!(appended, line - 1, "{detail}");
+    // After a restart: exactly the lines before it, in order.
+    let srv = Server::start(dir.path(), &[]);
+    let (events, _) = srv.log_head(&tokens.admin);
+    assert_eq!(events as usize, appended);
+    let last = srv.get(
+        &format!("/v1/events?after={}&limit=1", appended - 1),
+        &tokens.reader,
+    );
+    let last = &last.json()["events"][0];
+    assert_eq!(
+        last["incident_id"].as_str(),
+        Some(ids[line - 2].as_str()),
+        "{last}"
+    );
+}
+
+/// A SIGTERM during the start-up (here, while the log is opened and the views built) stops
+/// the server cleanly once the start-up is done, without serving: exit 0, not death by the
+/// signal's default action half-way through opening the store.
+#[test]
+fn sigterm_during_the_start_up_stops_cleanly_before_serving() {
+    use std::io::Read;
+    use std::process::Stdio;
+
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let mut lines = String::new();
+    for _ in 0..30_000 {
+        let line = json!({"incident_id": new_id(),
+            "events": [reported("shelling", "UA-63", "2026-01-02")]});
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    let file = dir.path().join("many.ndjson");
+    std::fs::write(&file, lines).unwrap();
+    cli_ok(&["import", file.to_str().unwrap(), "--data-dir", data_s]);
+    create_token(&data, "root", "admin");
+
+    let mut child = command()
+        .args(["serve", "--data-dir", data_s, "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // As soon as it handles SIGTERM (bit 15 of the caught-signals mask), long before the
+    // 30,000 events are open and folded.
+    let status = format!("/proc/{}/status", child.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught = std::fs::read_to_string(&status)
+            .ok()
+            .and_then(|s| {
+                let mask = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SigCgt:"))?
+                    .trim()
+                    .to_string();
+                u64::from_str_radix(&mask, 16).ok()
+            })
+            .unwrap_or(0);
+        if caught & (1 << 14) != 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM never handled");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = child.wait().unwrap();
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "{stderr}");
+    assert!(
+        !stdout.contains("listening on"),
+        "served after the signal: {stdout}"
+    );
+    assert!(stderr.contains("stopped cleanly"), "{stderr}");
+    // The log is intact and the next start serves it.
+    let srv = Server::start(&data, &[]);
+    drop(srv);
+    cli_ok(&["verify", "--data-dir", data_s]);
+}

@@ -75,6 +75,13 @@ pub enum ApiError {
     /// client needs to know (a bulk import: the line, and how much landed before it).
     #[error("store unavailable{during}: {cause}")]
     StoreUnavailable { during: String, cause: String },
+    /// 503 with `Retry-After`: a bulk import stopped between lines because the server is
+    /// shutting down and its grace period is over; `during` says where, and how much landed.
+    #[error(
+        "the server is shutting down: the import stopped{during}; send the body again once the \
+         server is back (the lines already recorded are recognized as repeats)"
+    )]
+    ShuttingDown { during: String },
     /// 500: logged with the request id, never shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -83,6 +90,9 @@ pub enum ApiError {
     #[error("{0}")]
     DamagedLog(String),
 }
+
+/// `Retry-After` of an import stopped by a shutdown: about a restart's time.
+const SHUTDOWN_RETRY_SECS: u64 = 5;
 
 /// One problem with one field of a request.
 pub fn field_error(pointer: impl Into<String>, message: impl Into<String>) -> FieldError {
@@ -158,6 +168,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_)
             | ApiError::StoreUnavailable { .. }
+            | ApiError::ShuttingDown { .. }
             | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::DamagedLog(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -294,6 +305,11 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::ShuttingDown { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(SHUTDOWN_RETRY_SECS));
             }
             ApiError::Internal(detail) | ApiError::DamagedLog(detail) => {
                 response

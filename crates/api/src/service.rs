@@ -89,6 +89,7 @@ impl Inner {
                 .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
             import_lock: tokio::sync::Mutex::new(()),
+            imports_stop: AtomicBool::new(false),
             replay_lock: tokio::sync::Mutex::new(()),
             follower: Mutex::new(None),
             handoff: Mutex::new(Handoff::starting_after(position)),
@@ -318,6 +319,9 @@ struct Inner {
     closed: AtomicBool,
     stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
     import_lock: tokio::sync::Mutex<()>,
+    /// Set when a shutdown's grace period is over: bulk imports stop at their next batch
+    /// (`stop_imports`).
+    imports_stop: AtomicBool,
     replay_lock: tokio::sync::Mutex<()>,
     follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) tokens: TokenTable,
@@ -445,6 +449,15 @@ impl AppService {
     /// Resolves when the service starts closing (used to end SSE streams).
     pub fn closing(&self) -> watch::Receiver<bool> {
         self.inner.closing.subscribe()
+    }
+
+    /// Tells bulk imports to stop at their next batch of lines: each then answers 503 naming
+    /// the first line not recorded, once its chunk in flight is durable (a shutdown whose
+    /// grace period is over, so that an import longer than it still gets an answer). Returns
+    /// whether an import was running or waiting.
+    pub fn stop_imports(&self) -> bool {
+        self.inner.imports_stop.store(true, Relaxed);
+        self.inner.import_lock.try_lock().is_err()
     }
 
     /// Stops the follower and closes the store (waits for in-flight appends, syncs).

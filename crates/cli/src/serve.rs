@@ -276,6 +276,10 @@ fn count() -> clap::builder::RangedU64ValueParser<usize> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
+    // Before anything else: a SIGTERM or SIGINT during the start-up (opening a large log,
+    // cutting a torn tail, building the views) stops the server once the start-up is done,
+    // instead of killing it half-way with the signal's default action.
+    let stop = StopSignal::listen();
     let store = Arc::new(open_store(&args.store, &args.write).await?);
     let config = ServeConfig {
         listen: args.listen,
@@ -310,7 +314,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let service = AppService::start(store.clone())
         .await
         .context("cannot build the views from the log")?;
-    incidentlog_api::serve(listener, service, config, shutdown_signal())
+    if stop.arrived() {
+        tracing::info!("the signal came during the start-up: stopping before serving");
+        service.close().await.context("closing the store failed")?;
+        tracing::info!("stopped cleanly");
+        return Ok(exit::OK);
+    }
+    incidentlog_api::serve(listener, service, config, stop.wait())
         .await
         .context("the server stopped with an error")?;
     tracing::info!("stopped cleanly");
@@ -339,31 +349,44 @@ fn print_first_token(secret: &str, listen: SocketAddr) {
     let _ = out.flush();
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGTERM or SIGINT (Ctrl-C), listened for from the moment it is made.
+struct StopSignal(tokio::sync::watch::Receiver<bool>);
+
+impl StopSignal {
+    /// Installs the handlers now (a signal that comes before anyone waits is kept).
+    fn listen() -> StopSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        tokio::spawn(async move {
+            let (mut terminate, mut interrupt) = match (terminate, interrupt) {
+                (Ok(t), Ok(i)) => (t, i),
+                (Err(e), _) | (_, Err(e)) => {
+                    // Served without a graceful stop rather than not at all.
+                    tracing::error!("cannot listen for SIGTERM/SIGINT: {e}");
+                    return std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM received: shutting down"),
+                _ = interrupt.recv() => tracing::info!("SIGINT received: shutting down"),
             }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received: shutting down"),
-        _ = terminate => tracing::info!("SIGTERM received: shutting down"),
+            tx.send_replace(true);
+            // Hold the channel: `wait` resolves on the value, not on the sender's end.
+            std::future::pending::<()>().await
+        });
+        StopSignal(rx)
+    }
+
+    /// Whether a signal came already.
+    fn arrived(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once a signal came.
+    async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
     }
 }
 

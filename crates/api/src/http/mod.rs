@@ -578,6 +578,10 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     response
 }
 
+/// How long a shutdown waits, after its grace period, for the bulk imports it asked to stop
+/// to answer (each stops at its next batch of lines, once its chunk in flight is durable).
+const IMPORT_STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// What the accept loop leaves for the shutdown: the connection permits to wait for, and the
 /// signal that ends the connections still open when the grace period is over.
 struct Accepted {
@@ -761,17 +765,31 @@ pub async fn serve(
     let _all = match tokio::time::timeout(config.request_timeout, all).await {
         Ok(all) => all,
         Err(_) => {
-            let open = result.limit as usize - result.connections.available_permits();
-            tracing::warn!(
-                open,
-                "connections still open after the shutdown's grace period; closing them"
-            );
-            result.closing.send_replace(Closing::Now);
-            result
-                .connections
-                .clone()
-                .acquire_many_owned(result.limit)
-                .await
+            // A bulk import longer than the grace period stops at its next batch of lines and
+            // answers 503 with where it stopped: a moment more for that answer.
+            let answered = if service.stop_imports() {
+                tracing::info!("bulk imports still running; asking them to stop and answer");
+                let all = result.connections.clone().acquire_many_owned(result.limit);
+                tokio::time::timeout(IMPORT_STOP_WAIT, all).await.ok()
+            } else {
+                None
+            };
+            match answered {
+                Some(all) => all,
+                None => {
+                    let open = result.limit as usize - result.connections.available_permits();
+                    tracing::warn!(
+                        open,
+                        "connections still open after the shutdown's grace period; closing them"
+                    );
+                    result.closing.send_replace(Closing::Now);
+                    result
+                        .connections
+                        .clone()
+                        .acquire_many_owned(result.limit)
+                        .await
+                }
+            }
         }
     };
     refresher.abort();

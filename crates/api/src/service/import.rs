@@ -96,9 +96,11 @@ impl AppService {
             }
         }
         free_in_background(std::mem::take(&mut import.carried));
-        // A store that failed before a write (reading a state, on PostgreSQL) says where the
-        // import stopped too, as a failed write does.
-        if let Err(ApiError::StoreUnavailable { during, .. }) = &mut result {
+        // A store that failed before a write (reading a state, on PostgreSQL), or a shutdown,
+        // says where the import stopped too, as a failed write does.
+        if let Err(ApiError::StoreUnavailable { during, .. } | ApiError::ShuttingDown { during }) =
+            &mut result
+        {
             if during.is_empty() {
                 *during = import.stopped_at(stopped_at);
             }
@@ -300,6 +302,13 @@ impl Importer<'_> {
             }
             if let Some((first, _)) = parsed.first() {
                 self.at_line = *first;
+            }
+            if self.svc.inner.imports_stop.load(Relaxed) {
+                // The server is shutting down and its grace period is over: stop between
+                // lines (where, the caller says).
+                return Err(ApiError::ShuttingDown {
+                    during: String::new(),
+                });
             }
             self.prefetch(&parsed).await?;
             let mut last_line = 0;
