@@ -1537,3 +1537,66 @@ fn exports_are_owner_only_and_a_cut_off_export_fails() {
         assert!(stderr.contains("output was closed"), "{format}: {stderr}");
     }
 }
+
+/// Ctrl-C during `incidentlog import` stops it between two lines, once the chunk being
+/// written is durable, and says where: exit 1, exactly the lines before that one recorded,
+/// and running the import again records the rest as new and the rest as repeats.
+#[test]
+fn an_interrupted_import_stops_between_lines_and_says_where() {
+    use std::process::Stdio;
+
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let data_s = d(&data);
+    const LINES: usize = 200_000;
+    let mut text = String::new();
+    for _ in 0..LINES {
+        let line = json!({"incident_id": new_id(),
+            "events": [reported("shelling", "UA-63", "2026-01-02")]});
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    let file = dir.path().join("many.ndjson");
+    std::fs::write(&file, text).unwrap();
+
+    let child = command()
+        .args(["import", d(&file), "--data-dir", data_s])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // "interrupted: the import stopped at line N (M events appended before); ..."
+    let number_after = |what: &str| -> usize {
+        let at = stderr.find(what).unwrap_or_else(|| panic!("{stderr}")) + what.len();
+        let digits: String = stderr[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap_or_else(|_| panic!("{stderr}"))
+    };
+    assert!(
+        stderr.contains("interrupted: the import stopped"),
+        "{stderr}"
+    );
+    let line = number_after("at line ");
+    let appended = number_after("(");
+    assert!((1..=LINES).contains(&line), "{stderr}");
+    assert_eq!(appended, line - 1, "{stderr}");
+    cli_ok(&["verify", "--data-dir", data_s]);
+    assert_eq!(events_in_log(&data), appended as u64);
+
+    // Again: the rest lands, what landed is recognized.
+    let report: Value =
+        serde_json::from_str(&cli_ok(&["import", d(&file), "--data-dir", data_s])).unwrap();
+    assert_eq!(report["appended"], (LINES - appended) as u64, "{report}");
+    assert_eq!(report["duplicates"], appended as u64, "{report}");
+}

@@ -442,10 +442,26 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
     };
     let progress_bar = bar.clone();
     let progress = move |n: u64| progress_bar.set_position(n);
+    // Ctrl-C (or SIGTERM) stops the import between two lines, once the chunk being written is
+    // durable, and says where: running it again imports the rest.
+    let interrupted = stop_imports_on_signal(&service)?;
     let result = service
         .import_ndjson(reader, &args.recorded_by, &progress)
         .await;
+    interrupted.abort();
     bar.finish_and_clear();
+    if let Err(incidentlog_api::ApiError::ShuttingDown { during }) = &result {
+        let appended = during.clone();
+        service
+            .close()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("cannot close the store cleanly")?;
+        bail!(
+            "interrupted: the import stopped{appended}; run it again to import the rest (the \
+             lines already recorded are recognized as repeats)"
+        );
+    }
     // Close (sync) even when the import failed half-way: what was acknowledged stays.
     let closed = service.close().await;
     let report = result.context("import failed")?;
@@ -460,6 +476,22 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
     } else {
         exit::REJECTED
     })
+}
+
+/// A task that asks `service`'s imports to stop on the first SIGINT or SIGTERM (installed
+/// now, so that a signal is never met by its default action during the import).
+fn stop_imports_on_signal(service: &AppService) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let service = service.clone();
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        service.stop_imports();
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
