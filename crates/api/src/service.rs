@@ -671,10 +671,14 @@ impl AppService {
         };
         let started = Instant::now();
         let result = lean!(self.inner.store, append(request));
-        self.inner
-            .metrics
-            .store_append_seconds
-            .observe_duration(started.elapsed());
+        // Only appends the store wrote: a repeat or a conflict is answered without a sync,
+        // and would pull the durability latency down.
+        if matches!(&result, Ok(o) if !o.duplicate) {
+            self.inner
+                .metrics
+                .store_append_seconds
+                .observe_duration(started.elapsed());
+        }
         result
     }
 

@@ -2215,7 +2215,25 @@ async fn the_log_streams_as_ndjson_for_an_online_backup() {
 #[tokio::test]
 async fn metrics_and_health() {
     let app = app().await;
-    app.append_fresh().await;
+    let id = Uuid::new_v4();
+    let body = json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]});
+    assert_eq!(
+        app.append(id, body.clone()).await.status,
+        StatusCode::CREATED
+    );
+    // A repeat, and an event id reused with other content, are answered without a write:
+    // not in the store's append latency.
+    assert_eq!(app.append(id, body.clone()).await.status, StatusCode::OK);
+    let mut reused = body.clone();
+    reused["events"][0]["data"]["kind"] = json!("drone_strike");
+    assert_eq!(
+        app.append(id, reused.clone()).await.status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        app.append(Uuid::new_v4(), reused).await.status,
+        StatusCode::CONFLICT
+    );
     let r = app.get_as("/readyz", None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["position"], 1);
@@ -2248,6 +2266,10 @@ async fn metrics_and_health() {
         "{text}"
     );
     assert!(text.contains("incidentlog_sse_subscribers 0"), "{text}");
+    assert!(
+        text.contains("incidentlog_store_append_seconds_count 1\n"),
+        "{text}"
+    );
 }
 
 /// `incidentlog_appends_rejected_total` counts every append refused for what it said, however

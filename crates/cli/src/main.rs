@@ -214,7 +214,10 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// `30` (seconds), `30s`, `500ms`, `2m`.
+/// The longest duration a flag takes.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 24 * 3600);
+
+/// `30` (seconds), `30s`, `500ms`, `2m`; at most 24 days.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -232,6 +235,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     // (or spin).
     if d.is_zero() {
         return Err(format!("{s:?}: the duration must be more than zero"));
+    }
+    // Far above any sensible timeout, and within what every use takes: the kernel's send
+    // timeout (TCP_USER_TIMEOUT, 2^31 - 1 ms) and a deadline computed from now.
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s:?}: the duration must be at most 24 days ({}s)",
+            MAX_DURATION.as_secs()
+        ));
     }
     Ok(d)
 }
@@ -252,6 +263,10 @@ pub fn parse_name(s: &str) -> Result<String, String> {
 /// turn every other log off, errors included.
 fn parse_log_filter(s: &str) -> Result<String, String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    if s.trim().is_empty() {
+        // An empty filter enables nothing: every log off, errors included, without a word.
+        return Err("an empty log filter would turn every log off (say `off` for that)".into());
+    }
     let bare_non_level = s.split(',').map(str::trim).any(|d| {
         !d.is_empty() && !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str())
     });
@@ -287,8 +302,14 @@ impl clap::builder::TypedValueParser for BackendParser {
         let s = value
             .to_str()
             .ok_or_else(|| invalid("--store: not valid UTF-8".into()))?;
-        s.parse::<Backend>()
-            .map_err(|_| invalid(format!("invalid --store {}", describe_store_value(s))))
+        s.parse::<Backend>().map_err(|e| {
+            if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+                // What the URL parser found wrong (it never repeats the URL).
+                invalid(format!("invalid --store: {e}"))
+            } else {
+                invalid(format!("invalid --store {}", describe_store_value(s)))
+            }
+        })
     }
 }
 
@@ -367,7 +388,17 @@ fn init_logging(level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::try_new(l),
-        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+        // RUST_LOG gets the checks `--log` gets: `wran` would otherwise turn every log off.
+        None => match std::env::var("RUST_LOG") {
+            Ok(v) => match parse_log_filter(&v) {
+                Ok(v) => EnvFilter::try_new(v),
+                Err(e) => {
+                    say(format_args!("warning: RUST_LOG: {e}; using `info`"));
+                    EnvFilter::try_new("info")
+                }
+            },
+            Err(_) => EnvFilter::try_new("info"),
+        },
     };
     let filter = filter.unwrap_or_else(|e| {
         say(format_args!("warning: bad log filter ({e}); using `info`"));
@@ -436,9 +467,49 @@ fn prefer_small_pages() {
 /// Threads of tokio's blocking pool (reads of the log, import parsing, token files).
 const BLOCKING_THREADS: usize = 16;
 
+/// Variables of the repository's scripts and tests, which reach the binary from their
+/// environment: not settings, but not typos either.
+const SCRIPT_VARIABLES: [&str; 6] = [
+    "INCIDENTLOG_TEST_",
+    "INCIDENTLOG_BENCH_",
+    "INCIDENTLOG_PROFILE",
+    "INCIDENTLOG_BIN",
+    "INCIDENTLOG_LOAD_BIN",
+    "INCIDENTLOG_PG_BIN",
+];
+
+/// `INCIDENTLOG_*` variables that no flag of any command reads: most likely a misspelt
+/// setting (`INCIDENTLOG_CORS_ORIGIN` for `INCIDENTLOG_CORS_ORIGINS`), which would otherwise
+/// be ignored without a word.
+fn unknown_settings(vars: impl Iterator<Item = String>) -> Vec<String> {
+    use clap::CommandFactory;
+    fn collect(cmd: &clap::Command, known: &mut std::collections::HashSet<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                known.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            collect(sub, known);
+        }
+    }
+    let mut known = std::collections::HashSet::new();
+    collect(&Cli::command(), &mut known);
+    let mut unknown: Vec<String> = vars
+        .filter(|v| v.starts_with("INCIDENTLOG_") && !known.contains(v))
+        .filter(|v| !SCRIPT_VARIABLES.iter().any(|s| v.starts_with(s)))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
+    let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+    for name in unknown_settings(names) {
+        tracing::warn!("{name} is not a setting of incidentlog (see --help); ignored");
+    }
     prefer_small_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -514,7 +585,7 @@ mod tests {
         ] {
             assert!(parse_log_filter(ok).is_ok(), "{ok}");
         }
-        for bad in ["wran", "verbose", "info,loud", "bogus[["] {
+        for bad in ["wran", "verbose", "info,loud", "bogus[[", "", " "] {
             assert!(parse_log_filter(bad).is_err(), "{bad}");
         }
     }
@@ -543,8 +614,53 @@ mod tests {
     }
 
     #[test]
+    fn misspelt_settings_are_found() {
+        let vars = [
+            "INCIDENTLOG_CORS_ORIGIN",
+            "INCIDENTLOG_CORS_ORIGINS",
+            "INCIDENTLOG_LOG",
+            "INCIDENTLOG_BODYLIMIT",
+            "INCIDENTLOG_TEST_PG",
+            "INCIDENTLOG_PROFILE",
+            "PATH",
+        ];
+        assert_eq!(
+            unknown_settings(vars.iter().map(|v| v.to_string())),
+            vec!["INCIDENTLOG_BODYLIMIT", "INCIDENTLOG_CORS_ORIGIN"]
+        );
+    }
+
+    #[test]
+    fn postgres_urls_are_checked_without_repeating_them() {
+        for bad in [
+            "postgres://u:secretpw@h:notaport/db",
+            "postgres://u:secretpw@h/db?sslmode=bogus",
+        ] {
+            let err = bad.parse::<Backend>().unwrap_err();
+            assert!(err.contains("bad PostgreSQL URL"), "{err}");
+            assert!(!err.contains("secretpw"), "{err}");
+        }
+        assert!("postgres://u:pw@localhost:5432/db"
+            .parse::<Backend>()
+            .is_ok());
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        // At most 24 days: what every use takes (the kernel's send timeout, deadlines).
+        assert_eq!(
+            parse_duration("2073600s"),
+            Ok(Duration::from_secs(24 * 24 * 3600))
+        );
+        for huge in [
+            "2073601s",
+            "9223372036854775807s",
+            "18446744073709551615",
+            "4294969296ms",
+        ] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());

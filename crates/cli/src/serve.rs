@@ -40,7 +40,7 @@ pub struct ServeArgs {
         env = "INCIDENTLOG_BODY_LIMIT",
         default_value = "1MiB",
         value_name = "BYTES",
-        value_parser = parse_bytes
+        value_parser = body_limit
     )]
     pub body_limit: u64,
 
@@ -50,7 +50,7 @@ pub struct ServeArgs {
         env = "INCIDENTLOG_BULK_BODY_LIMIT",
         default_value = "64MiB",
         value_name = "BYTES",
-        value_parser = parse_bytes
+        value_parser = body_limit
     )]
     pub bulk_body_limit: u64,
 
@@ -76,7 +76,8 @@ pub struct ServeArgs {
     )]
     pub rate_limit: u32,
 
-    /// Burst allowed above the rate limit (requests); 0 means one second's worth.
+    /// Requests a token may make at once before the rate limit applies (the size of its
+    /// bucket, which refills at `--rate-limit` per second); 0 means one second's worth.
     #[arg(
         long,
         env = "INCIDENTLOG_RATE_LIMIT_BURST",
@@ -129,7 +130,7 @@ pub struct ServeArgs {
     pub token_refresh: Duration,
 
     /// Most long-lived streams at once: live feeds (SSE) and ndjson log streams
-    /// (GET /v1/events with Accept: application/x-ndjson); more get 503.
+    /// (GET /v1/events with Accept: application/x-ndjson); more get 503; 0 turns both off.
     #[arg(
         long,
         env = "INCIDENTLOG_MAX_SSE_CLIENTS",
@@ -265,6 +266,15 @@ fn parse_origin(s: &str) -> Result<String, String> {
 /// before anything is created, not a panic after).
 const MAX_LIMIT: u64 = 1 << 30;
 
+/// A body limit: a size (`parse_bytes`), at least one byte (a limit of 0 would refuse every
+/// append with 413).
+fn body_limit(s: &str) -> Result<u64, String> {
+    match parse_bytes(s)? {
+        0 => Err(format!("{s:?}: a body limit must be at least 1 byte")),
+        n => Ok(n),
+    }
+}
+
 /// A count that must be at least 1 (a limit of 0 would refuse everything).
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_LIMIT)
@@ -393,6 +403,14 @@ impl StopSignal {
 #[cfg(test)]
 mod tests {
     use super::parse_origin;
+
+    #[test]
+    fn body_limits_are_at_least_one_byte() {
+        assert!(super::body_limit("0").is_err());
+        assert!(super::body_limit("0MiB").is_err());
+        assert_eq!(super::body_limit("1"), Ok(1));
+        assert_eq!(super::body_limit("64MiB"), Ok(64 << 20));
+    }
 
     #[test]
     fn origins_take_the_form_browsers_send() {

@@ -482,6 +482,9 @@ impl FromStr for Backend {
         if s == "file" {
             Ok(Backend::File)
         } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            // Checked now, so that a mistyped URL is refused before anything starts. The
+            // message names what is wrong, never the URL (it may hold a password).
+            tokio_postgres::Config::from_str(s).map_err(|e| format!("bad PostgreSQL URL: {e}"))?;
             Ok(Backend::Postgres(s.to_string()))
         } else {
             Err(format!(

@@ -649,7 +649,10 @@ impl Importer<'_> {
             .await
             .map_err(|e| ApiError::Internal(format!("writing task failed: {e}")))?;
         let m = &svc.inner.metrics;
-        m.store_append_seconds.observe_duration(took);
+        // A chunk of repeats and conflicts only wrote nothing and waited for no sync.
+        if results.iter().any(|r| matches!(r, Ok(o) if !o.duplicate)) {
+            m.store_append_seconds.observe_duration(took);
+        }
         let mut retry = Vec::new();
         let mut failed_incidents = FastSet::default();
         // Incidents whose stream may differ from the chunk's decision state.
