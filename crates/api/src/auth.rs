@@ -146,6 +146,8 @@ pub struct TokenTable {
     /// request's (`TokenTable::check`).
     reloads_started: AtomicU64,
     reloads_done: AtomicU64,
+    /// Why the last reload failed (the table kept the tokens loaded before), if it did.
+    unreadable: Mutex<Option<String>>,
 }
 
 /// Reloads caused by unknown secrets: bursts of up to 10, then 4 per second, so that a flood
@@ -176,6 +178,7 @@ impl TokenTable {
             reload_guard: tokio::sync::Mutex::new(()),
             reloads_started: AtomicU64::new(0),
             reloads_done: AtomicU64::new(0),
+            unreadable: Mutex::new(None),
         }
     }
 
@@ -185,34 +188,101 @@ impl TokenTable {
         self.reload_locked(store).await
     }
 
-    /// [`TokenTable::reload`], the caller holding `reload_guard`.
+    /// [`TokenTable::reload`], the caller holding `reload_guard`. A reload that fails keeps
+    /// the tokens loaded before (and says so, once until the tokens read again); it counts as
+    /// done for the requests waiting on it, which then answer at once instead of each waiting
+    /// for a reload of its own.
     async fn reload_locked(&self, store: &Store) -> Result<(), ApiError> {
         let this = self.reloads_started.fetch_add(1, SeqCst) + 1;
-        let records = store.tokens().await?;
-        let mut map = HashMap::with_capacity(records.len());
-        for r in records {
-            if r.revoked_at.is_some() {
-                continue;
+        let loaded = match store.tokens().await {
+            Ok(records) => checked(records),
+            Err(e) => Err(ApiError::from(e)),
+        };
+        let result = match loaded {
+            Ok(map) => {
+                let before = self.entries.read().unwrap_or_else(|p| p.into_inner()).len();
+                if map.is_empty() && before > 0 {
+                    tracing::warn!(
+                        before,
+                        "the token table is empty now: every token is refused (a deleted \
+                         tokens.json reads as no tokens)"
+                    );
+                }
+                *self.entries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+                if lock(&self.unreadable).take().is_some() {
+                    tracing::info!("the tokens read again");
+                }
+                Ok(())
             }
-            let Ok(role) = r.role.parse::<Role>() else {
-                tracing::warn!(token = %r.name, role = %r.role, "token with unknown role ignored");
-                continue;
-            };
-            map.insert(
-                r.secret_hash,
-                Entry {
-                    name: Arc::from(r.name.as_str()),
-                    role,
-                    hash: blake3::Hash::from_bytes(r.secret_hash),
-                },
-            );
-        }
-        *self.entries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+            Err(e) => {
+                let mut unreadable = lock(&self.unreadable);
+                if unreadable.is_none() {
+                    let kept = self.entries.read().unwrap_or_else(|p| p.into_inner()).len();
+                    tracing::error!(
+                        error = %e,
+                        kept,
+                        "cannot read the tokens; the tokens loaded before stay in use, and \
+                         unknown ones get 503 until they read again"
+                    );
+                }
+                *unreadable = Some(e.to_string());
+                Err(e)
+            }
+        };
         self.reloads_done.store(this, SeqCst);
         self.reloaded.send_modify(|n| *n += 1);
-        Ok(())
+        result
     }
+}
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The token table of `records`: revoked tokens and unknown roles left out. Refused whole
+/// when a name breaks the rules the CLI creates them by (a hand-edited file): a name shown
+/// as `recorded_by` in the log forever must be a plain name, and one name must stand for
+/// one token (revocation goes by name).
+fn checked(records: Vec<TokenRecord>) -> Result<HashMap<[u8; 32], Entry>, ApiError> {
+    let mut names = std::collections::HashSet::with_capacity(records.len());
+    for r in &records {
+        if !is_token_name(&r.name) {
+            return Err(ApiError::Internal(format!(
+                "a token's name breaks the naming rules ({:?}): 1 to 64 of letters, digits and \
+                 - _ . @",
+                r.name.chars().take(80).collect::<String>()
+            )));
+        }
+        // (The file store refuses such a file itself.)
+        if !names.insert(r.name.as_str()) {
+            return Err(ApiError::Internal(format!(
+                "two tokens are named {:?}: names are unique",
+                r.name
+            )));
+        }
+    }
+    let mut map = HashMap::with_capacity(records.len());
+    for r in records {
+        if r.revoked_at.is_some() {
+            continue;
+        }
+        let Ok(role) = r.role.parse::<Role>() else {
+            tracing::warn!(token = %r.name, role = %r.role, "token with unknown role ignored");
+            continue;
+        };
+        map.insert(
+            r.secret_hash,
+            Entry {
+                name: Arc::from(r.name.as_str()),
+                role,
+                hash: blake3::Hash::from_bytes(r.secret_hash),
+            },
+        );
+    }
+    Ok(map)
+}
+
+impl TokenTable {
     /// Is a token of this name in the table (not revoked)? Names are never reused, revoked
     /// or not, so the name stands for the token.
     pub fn is_active(&self, name: &str) -> bool {
@@ -266,12 +336,21 @@ impl TokenTable {
             if let Some(wait) = self.take_miss_reload() {
                 tokio::time::sleep(wait).await;
             }
-            self.reload_locked(store).await?;
+            // A failed reload is reported below, as for the requests that shared it.
+            let _ = self.reload_locked(store).await;
         }
-        Ok(match self.find(&presented) {
-            Some(p) => Lookup::Valid(p),
-            None => Lookup::Unknown,
-        })
+        if let Some(p) = self.find(&presented) {
+            return Ok(Lookup::Valid(p));
+        }
+        // Unknown to the tokens as last loaded; if they cannot be read now, it may be a new
+        // token: not a 401, but "try again".
+        match lock(&self.unreadable).as_deref() {
+            Some(_) => Err(ApiError::Busy {
+                retry_after_secs: 5,
+                why: "the tokens cannot be read right now (see the server log); try again",
+            }),
+            None => Ok(Lookup::Unknown),
+        }
     }
 
     /// Takes one reload from the budget; how long to wait first if it is spent.

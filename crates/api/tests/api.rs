@@ -3270,3 +3270,71 @@ async fn refused_callers_learn_no_routes_and_small_contract_edges_hold() {
     );
     assert_eq!(app.head().await, 3);
 }
+
+/// A token file that cannot be read (damaged, or hand-edited against the rules) under a
+/// running server: the tokens loaded before stay in use; an unknown secret gets a quick 503
+/// with `Retry-After` (it may be a token made since), not a slow 500 each; once the file
+/// reads again, unknown secrets are 401 again.
+#[tokio::test]
+async fn an_unreadable_token_file_keeps_the_tokens_loaded_before() {
+    let app = app().await;
+    let file = app._dir.path().join("tokens.json");
+    let good = std::fs::read(&file).unwrap();
+    let text = String::from_utf8(good.clone()).unwrap();
+    // Damaged; then a name outside the rules; then two tokens of one name.
+    let reader_name = "\"name\": \"ro\"";
+    assert!(text.contains(reader_name), "{text}");
+    let damaged = [
+        good[..good.len() - 40].to_vec(),
+        text.replacen(reader_name, "\"name\": \"Mallory <x>\\n\"", 1)
+            .into_bytes(),
+        text.replacen(reader_name, "\"name\": \"rep\"", 1)
+            .into_bytes(),
+    ];
+    for bad in damaged {
+        assert_ne!(bad, good);
+        std::fs::write(&file, &bad).unwrap();
+        let started = std::time::Instant::now();
+        let unknown: Vec<_> = futures_util::future::join_all(
+            (0..20).map(|_| app.get_as("/v1/regions", Some("il_made_up_secret"))),
+        )
+        .await;
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        for r in &unknown {
+            assert_problem(r, 503);
+        }
+        // Tokens loaded before still work, under their names.
+        assert_eq!(
+            app.get_as("/v1/regions", Some(&app.reader)).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(app.append_fresh().await.status, StatusCode::CREATED);
+    }
+    std::fs::write(&file, &good).unwrap();
+    assert_problem(
+        &app.get_as("/v1/regions", Some("il_made_up_secret")).await,
+        401,
+    );
+}
+
+/// A path that ends with a slash is served by no route, so auth treats it as unknown too:
+/// 401 without a token (even beside the open `/healthz`), 404 with one of any role (not 403
+/// as for the route it resembles).
+#[tokio::test]
+async fn paths_ending_with_a_slash_are_unknown_paths() {
+    let app = app().await;
+    for path in ["/healthz/", "/metrics/", "/readyz/"] {
+        assert_problem(&app.get_as(path, None).await, 401);
+    }
+    for path in ["/v1/events/", "/v1/events//", "/v1/incidents/x/events/"] {
+        let reader = app.reader.clone();
+        let r = app
+            .post_as(path, Some(&reader), "application/x-ndjson", "")
+            .await;
+        assert_problem(&r, 404);
+    }
+}

@@ -316,14 +316,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let listener = incidentlog_api::bind(&config).await?;
     match incidentlog_api::auth::ensure_admin_token(&store)
         .await
-        .context("cannot create the first admin token")?
+        .context("cannot read the tokens (or create the first admin token)")?
     {
         Some(secret) => print_first_token(&secret, args.listen),
         None => tracing::debug!("tokens exist; no first admin token created"),
     }
     let service = AppService::start(store.clone())
         .await
-        .context("cannot build the views from the log")?;
+        .context("cannot start the service (its tokens, the views of the log)")?;
     if stop.arrived() {
         tracing::info!("the signal came during the start-up: stopping before serving");
         service.close().await.context("closing the store failed")?;

@@ -24,12 +24,20 @@ pub fn load(dir: &Path) -> Result<Vec<TokenRecord>, StoreError> {
         Err(e) => return Err(e.into()),
     };
     // Not the log: a damaged token file is an I/O-like failure (exit 1), not log damage.
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let invalid = |why: String| {
         StoreError::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{} is not a valid token file: {e}", path.display()),
+            format!("{} is not a valid token file: {why}", path.display()),
         ))
-    })
+    };
+    let tokens: Vec<TokenRecord> =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    // One name, one token (`add` keeps it so; a hand edit may not): revocation goes by name.
+    let mut names = std::collections::HashSet::with_capacity(tokens.len());
+    if let Some(twice) = tokens.iter().find(|t| !names.insert(t.name.as_str())) {
+        return Err(invalid(format!("two tokens are named {:?}", twice.name)));
+    }
+    Ok(tokens)
 }
 
 /// Adds `token`; a token of the same name is an `InvalidInput` error.
