@@ -23,6 +23,8 @@ for a in "$@"; do
   esac
 done
 export BENCH_QUICK="$QUICK"
+# Ours answers after fsync, whatever the caller's environment says.
+export INCIDENTLOG_DURABILITY=strict
 
 # Run ourselves under a throwaway PostgreSQL (once).
 if [[ -z "${INCIDENTLOG_TEST_PG:-}" && -z "${BENCH_PG_TRIED:-}" ]]; then
@@ -144,7 +146,7 @@ main_run() {
   for r in $(seq 1 "$ROUNDS"); do
     if [[ $have_pg == 1 ]]; then
       log "round $r/$ROUNDS: pgbench single-row inserts of the event row, 64 clients, ${PGB_T}s"
-      timeout 300 "$PG_BIN/pgbench" -n -c 64 -j 2 -T "$PGB_T" -f "$WORK/insert.sql" "$(pg_url_db peer)" >"$WORK/pgbench.out" 2>&1 \
+      timeout 300 "$PG_BIN/pgbench" -n -M prepared -c 64 -j 2 -T "$PGB_T" -f "$WORK/insert.sql" "$(pg_url_db peer)" >"$WORK/pgbench.out" 2>&1 \
         || { cat "$WORK/pgbench.out" >&2; die "pgbench failed"; }
       local tps; tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$WORK/pgbench.out" | tail -n 1)
       record "BENCH pg_insert_c64_r${r}_rows_per_sec=${tps%.*} rows/s"

@@ -4,7 +4,7 @@
 //! On the same database server, in the same run:
 //! - `pg_store_append_c64`: PgStore appends, 64 concurrent appenders, one event per append
 //!   (the shape of one HTTP append), strict durability;
-//! - `pgbench_insert_c64`: `pgbench -n -c 64 -j 2 -T 10 -f scripts/pgbench-insert.sql`, the
+//! - `pgbench_insert_c64`: `pgbench -n -M prepared -c 64 -j 2 -T 10 -f scripts/pgbench-insert.sql`, the
 //!   same row, one INSERT per transaction, into a table of the same schema;
 //! - `pg_store_version_read_and_append_c64`: the same with a `stream_version` read before each
 //!   append, the store calls one HTTP append makes;
@@ -131,7 +131,8 @@ fn pgbench_rate(url: &str, secs: u64) -> Option<f64> {
         .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pgbench-insert.sql");
     let out = Command::new(Path::new(&bin).join("pgbench"))
-        .args(["-n", "-c", "64", "-j", "2", "-T", &secs.to_string(), "-f"])
+        // Prepared statements, as an application would use them (not parsed per insert).
+        .args(["-n", "-M", "prepared", "-c", "64", "-j", "2", "-T", &secs.to_string(), "-f"])
         .arg(script)
         .arg(url)
         .output()
