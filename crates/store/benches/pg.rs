@@ -132,8 +132,9 @@ fn pgbench_rate(url: &str, secs: u64) -> Option<f64> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pgbench-insert.sql");
     let out = Command::new(Path::new(&bin).join("pgbench"))
         // Prepared statements, as an application would use them (not parsed per insert).
-        .args(["-n", "-M", "prepared", "-c", "64", "-j", "2", "-T", &secs.to_string(), "-f"])
-        .arg(script)
+        .args(["-n", "-M", "prepared", "-c", "64", "-j", "2", "-f"])
+        .arg(&script)
+        .args(["-T", &secs.to_string()])
         .arg(url)
         .output()
         .ok()?;
