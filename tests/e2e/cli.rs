@@ -1572,9 +1572,14 @@ fn an_interrupted_import_stops_between_lines_and_says_where() {
         .unwrap();
     assert!(sent.success());
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    // "interrupted: the import stopped at line N (M events appended before); ..."
+    let all = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("interrupt again to quit at once"), "{all}");
+    // "error: interrupted: the import stopped at line N (M events appended before); ..."
+    let stderr = all
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("{all}"));
     let number_after = |what: &str| -> usize {
         let at = stderr.find(what).unwrap_or_else(|| panic!("{stderr}")) + what.len();
         let digits: String = stderr[at..]
@@ -1599,4 +1604,55 @@ fn an_interrupted_import_stops_between_lines_and_says_where() {
         serde_json::from_str(&cli_ok(&["import", d(&file), "--data-dir", data_s])).unwrap();
     assert_eq!(report["appended"], (LINES - appended) as u64, "{report}");
     assert_eq!(report["duplicates"], appended as u64, "{report}");
+}
+
+/// An import waiting for input (`import -` from a producer that stalled) sees a first Ctrl-C
+/// only at its next line; a second one quits at once (exit 130), keeping what was written.
+#[test]
+fn a_second_interrupt_quits_an_import_waiting_for_input() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let mut child = command()
+        .args(["import", "-", "--data-dir", d(&data)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // One line recorded (written within a moment of the pause after it), then nothing more.
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", located_incident_line()).unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let pid = child.id().to_string();
+    let interrupt = || {
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    interrupt();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a first interrupt waits for the next line"
+    );
+    interrupt();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupt again to quit at once"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("quitting at once"), "{stderr}");
+    cli_ok(&["verify", "--data-dir", d(&data)]);
+    let line: Value = serde_json::from_str(&located_incident_line()).unwrap();
+    let events = line["events"].as_array().unwrap().len() as u64;
+    assert_eq!(events_in_log(&data), events);
 }

@@ -479,7 +479,9 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
 }
 
 /// A task that asks `service`'s imports to stop on the first SIGINT or SIGTERM (installed
-/// now, so that a signal is never met by its default action during the import).
+/// now, so that a signal is never met by its default action during the import), and quits
+/// at once on a second one: an import waiting for input (`import -` from a producer that
+/// stalled) only sees the first at its next line.
 fn stop_imports_on_signal(service: &AppService) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
@@ -491,6 +493,19 @@ fn stop_imports_on_signal(service: &AppService) -> anyhow::Result<tokio::task::J
             _ = terminate.recv() => {}
         }
         service.stop_imports();
+        crate::say(format_args!(
+            "interrupted: the import stops at its next line, once what it is writing is \
+             durable (interrupt again to quit at once)"
+        ));
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        // What was synced stays; a write cut short is a torn tail the next open cuts off.
+        crate::say(format_args!(
+            "interrupted again: quitting at once; run the import again to record the rest"
+        ));
+        std::process::exit(i32::from(crate::exit::INTERRUPTED));
     }))
 }
 

@@ -30,6 +30,8 @@ pub mod exit {
     pub const DAMAGED: u8 = 3;
     /// `import` finished, but some lines were rejected (the report lists them).
     pub const REJECTED: u8 = 4;
+    /// `import` quit at once on a second SIGINT/SIGTERM (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// incidentlog: an append-only, event-sourced log of conflict incidents with an HTTP API.
