@@ -216,7 +216,8 @@ impl TokenTable {
             }
             Err(e) => {
                 let mut unreadable = lock(&self.unreadable);
-                if unreadable.is_none() {
+                // The first load's failure is the start's, reported by the caller.
+                if unreadable.is_none() && this > 1 {
                     let kept = self.entries.read().unwrap_or_else(|p| p.into_inner()).len();
                     tracing::error!(
                         error = %e,
@@ -239,35 +240,52 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The token table of `records`: revoked tokens and unknown roles left out. Refused whole
-/// when a name breaks the rules the CLI creates them by (a hand-edited file): a name shown
-/// as `recorded_by` in the log forever must be a plain name, and one name must stand for
-/// one token (revocation goes by name).
-fn checked(records: Vec<TokenRecord>) -> Result<HashMap<[u8; 32], Entry>, ApiError> {
+/// Whether `records` form a valid token table: names by the rules the CLI creates them by
+/// (a name is shown as `recorded_by` in the log for good), one token per name (revocation
+/// goes by name), a known role each (a hand-edited `Admin` must not silently lock its
+/// holder out), and one token per secret (which name would record?). A hand-edited
+/// `tokens.json` is checked here, by the server's reloads and by the `token` commands alike.
+pub fn check_token_table(records: &[TokenRecord]) -> Result<(), String> {
     let mut names = std::collections::HashSet::with_capacity(records.len());
-    for r in &records {
+    let mut secrets = std::collections::HashSet::with_capacity(records.len());
+    for r in records {
+        let shown: String = r.name.chars().take(80).collect();
         if !is_token_name(&r.name) {
-            return Err(ApiError::Internal(format!(
-                "a token's name breaks the naming rules ({:?}): 1 to 64 of letters, digits and \
-                 - _ . @",
-                r.name.chars().take(80).collect::<String>()
-            )));
+            return Err(format!(
+                "the token name {shown:?} breaks the naming rules: 1 to 64 of letters, digits \
+                 and - _ . @"
+            ));
         }
-        // (The file store refuses such a file itself.)
         if !names.insert(r.name.as_str()) {
-            return Err(ApiError::Internal(format!(
-                "two tokens are named {:?}: names are unique",
-                r.name
-            )));
+            return Err(format!("two tokens are named {shown:?}: names are unique"));
+        }
+        if r.role.parse::<Role>().is_err() {
+            return Err(format!(
+                "token {shown:?} has the unknown role {:?} (reader, reporter or admin)",
+                r.role.chars().take(40).collect::<String>()
+            ));
+        }
+        if !secrets.insert(r.secret_hash) {
+            return Err(format!(
+                "token {shown:?} has the secret of another token: one secret, one token"
+            ));
         }
     }
+    Ok(())
+}
+
+/// The token table of `records` (revoked tokens left out), refused whole unless
+/// [`check_token_table`] passes.
+fn checked(records: Vec<TokenRecord>) -> Result<HashMap<[u8; 32], Entry>, ApiError> {
+    check_token_table(&records)
+        .map_err(|e| ApiError::Unavailable(format!("the token table is not valid: {e}")))?;
     let mut map = HashMap::with_capacity(records.len());
     for r in records {
         if r.revoked_at.is_some() {
             continue;
         }
+        // Checked above.
         let Ok(role) = r.role.parse::<Role>() else {
-            tracing::warn!(token = %r.name, role = %r.role, "token with unknown role ignored");
             continue;
         };
         map.insert(

@@ -3284,12 +3284,24 @@ async fn an_unreadable_token_file_keeps_the_tokens_loaded_before() {
     // Damaged; then a name outside the rules; then two tokens of one name.
     let reader_name = "\"name\": \"ro\"";
     assert!(text.contains(reader_name), "{text}");
+    // The reader's entry edited by hand: a field set to `value`, or copied from the reporter's.
+    let edited = |field: &str, value: Option<Value>| -> Vec<u8> {
+        let mut table: Value = serde_json::from_slice(&good).unwrap();
+        let entries = table.as_array_mut().unwrap();
+        let of = |name: &str| entries.iter().position(|t| t["name"] == name).unwrap();
+        let (ro, rep) = (of("ro"), of("rep"));
+        entries[ro][field] = value.unwrap_or_else(|| entries[rep][field].clone());
+        serde_json::to_vec_pretty(&table).unwrap()
+    };
     let damaged = [
         good[..good.len() - 40].to_vec(),
         text.replacen(reader_name, "\"name\": \"Mallory <x>\\n\"", 1)
             .into_bytes(),
         text.replacen(reader_name, "\"name\": \"rep\"", 1)
             .into_bytes(),
+        // A role in the wrong case, and one secret for two names.
+        edited("role", Some(json!("READER"))),
+        edited("secret_hash", None),
     ];
     for bad in damaged {
         assert_ne!(bad, good);

@@ -1244,11 +1244,21 @@ impl TokenAccess {
     }
 }
 
+/// A token table the server would refuse (hand-edited against the rules) is refused here
+/// too, rather than listed, extended or rewritten as if it were fine.
+async fn checked_table(access: &TokenAccess) -> anyhow::Result<Vec<TokenRecord>> {
+    let tokens = access.list().await.context("cannot read the tokens")?;
+    incidentlog_api::auth::check_token_table(&tokens)
+        .map_err(|e| anyhow::anyhow!("the token table is not valid: {e}"))?;
+    Ok(tokens)
+}
+
 pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
     match cmd {
         TokenCommand::Create { store, name, role } => {
             let role: Role = role.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
             let access = TokenAccess::open(&store, TokenMode::Create).await?;
+            checked_table(&access).await?;
             let secret = try_new_secret().map_err(|e| anyhow::anyhow!("{e}"))?;
             access
                 .add(TokenRecord {
@@ -1267,7 +1277,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
         }
         TokenCommand::List { store, json } => {
             let access = TokenAccess::open(&store, TokenMode::Read).await?;
-            let tokens = access.list().await.context("cannot read the tokens")?;
+            let tokens = checked_table(&access).await?;
             let mut out = std::io::stdout().lock();
             let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             if json {
@@ -1307,6 +1317,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
         }
         TokenCommand::Revoke { store, name } => {
             let access = TokenAccess::open(&store, TokenMode::Edit).await?;
+            checked_table(&access).await?;
             let found = access
                 .revoke(&name, Utc::now())
                 .await
