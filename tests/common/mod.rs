@@ -754,6 +754,35 @@ pub fn reported(kind: &str, region: &str, occurred_at: &str) -> Value {
     })
 }
 
+/// `n` lines of a bulk import, each a new incident with one `IncidentReported`, and the
+/// incidents' ids in line order.
+pub fn new_incident_lines(n: usize) -> (String, Vec<String>) {
+    let mut text = String::new();
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let incident = new_id();
+        let line = serde_json::json!({"incident_id": incident,
+            "events": [reported("shelling", "UA-63", "2026-01-02")]});
+        text.push_str(&line.to_string());
+        text.push('\n');
+        ids.push(incident);
+    }
+    (text, ids)
+}
+
+/// N and M of an import's "... stopped at line N (M events appended before) ...".
+pub fn stopped_at(message: &str) -> (usize, usize) {
+    let number = |text: &str| -> usize {
+        let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap_or_else(|_| panic!("{message}"))
+    };
+    let (_, rest) = message
+        .split_once("stopped at line ")
+        .unwrap_or_else(|| panic!("{message}"));
+    let (_, appended) = rest.split_once(" (").unwrap_or_else(|| panic!("{message}"));
+    (number(rest), number(appended))
+}
+
 /// A `CasualtiesReported` event.
 pub fn casualties(source: &str, killed: u64) -> Value {
     serde_json::json!({

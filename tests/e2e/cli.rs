@@ -1549,13 +1549,7 @@ fn an_interrupted_import_stops_between_lines_and_says_where() {
     let data = dir.path().join("data");
     let data_s = d(&data);
     const LINES: usize = 200_000;
-    let mut text = String::new();
-    for _ in 0..LINES {
-        let line = json!({"incident_id": new_id(),
-            "events": [reported("shelling", "UA-63", "2026-01-02")]});
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
+    let (text, _) = new_incident_lines(LINES);
     let file = dir.path().join("many.ndjson");
     std::fs::write(&file, text).unwrap();
 
@@ -1580,20 +1574,11 @@ fn an_interrupted_import_stops_between_lines_and_says_where() {
         .lines()
         .find(|l| l.starts_with("error:"))
         .unwrap_or_else(|| panic!("{all}"));
-    let number_after = |what: &str| -> usize {
-        let at = stderr.find(what).unwrap_or_else(|| panic!("{stderr}")) + what.len();
-        let digits: String = stderr[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().unwrap_or_else(|_| panic!("{stderr}"))
-    };
     assert!(
         stderr.contains("interrupted: the import stopped"),
         "{stderr}"
     );
-    let line = number_after("at line ");
-    let appended = number_after("(");
+    let (line, appended) = stopped_at(stderr);
     assert!((1..=LINES).contains(&line), "{stderr}");
     assert_eq!(appended, line - 1, "{stderr}");
     cli_ok(&["verify", "--data-dir", data_s]);

@@ -373,22 +373,13 @@ fn a_log_kept_out_of_the_page_cache_reads_back_whole() {
 fn a_shutdown_stops_a_long_bulk_import_between_lines_with_an_answer() {
     let (dir, mut srv, tokens) = server_with_tokens(&["--request-timeout", "300ms"]);
     const LINES: usize = 120_000;
-    let mut ids = Vec::with_capacity(LINES);
-    let mut body = Vec::new();
-    for _ in 0..LINES {
-        let incident = new_id();
-        let line = json!({"incident_id": incident,
-            "events": [reported("shelling", "UA-63", "2026-01-02")]});
-        body.extend_from_slice(line.to_string().as_bytes());
-        body.push(b'\n');
-        ids.push(incident);
-    }
+    let (body, ids) = new_incident_lines(LINES);
     let started = Instant::now();
     let import = {
         let req = srv
             .req("POST", "/v1/events")
             .token(&tokens.reporter)
-            .body("application/x-ndjson", body);
+            .body("application/x-ndjson", body.into_bytes());
         std::thread::spawn(move || req.try_send())
     };
     // Once the import has written its first lines, the shutdown begins; its grace period
@@ -413,14 +404,7 @@ fn a_shutdown_stops_a_long_bulk_import_between_lines_with_an_answer() {
     assert_eq!(answer.header("retry-after"), Some("5"));
     let detail = problem["detail"].as_str().unwrap().to_string();
     assert!(detail.contains("shutting down"), "{detail}");
-    // "... stopped at line N (M events appended before) ..."
-    let number_after = |what: &str| -> usize {
-        let rest = &detail[detail.find(what).unwrap_or_else(|| panic!("{detail}")) + what.len()..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().unwrap_or_else(|_| panic!("{detail}"))
-    };
-    let line = number_after("at line ");
-    let appended = number_after("(");
+    let (line, appended) = stopped_at(&detail);
     assert!(
         line > 1 && line <= LINES,
         "stopped at line {line} of {LINES}, {:?} after the start: {detail}",
@@ -454,13 +438,7 @@ fn sigterm_during_the_start_up_stops_cleanly_before_serving() {
     let dir = temp_dir();
     let data = dir.path().join("data");
     let data_s = data.to_str().unwrap();
-    let mut lines = String::new();
-    for _ in 0..30_000 {
-        let line = json!({"incident_id": new_id(),
-            "events": [reported("shelling", "UA-63", "2026-01-02")]});
-        lines.push_str(&line.to_string());
-        lines.push('\n');
-    }
+    let (lines, _) = new_incident_lines(30_000);
     let file = dir.path().join("many.ndjson");
     std::fs::write(&file, lines).unwrap();
     cli_ok(&["import", file.to_str().unwrap(), "--data-dir", data_s]);

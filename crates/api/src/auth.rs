@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -146,8 +146,8 @@ pub struct TokenTable {
     /// request's (`TokenTable::check`).
     reloads_started: AtomicU64,
     reloads_done: AtomicU64,
-    /// Why the last reload failed (the table kept the tokens loaded before), if it did.
-    unreadable: Mutex<Option<String>>,
+    /// Whether the last reload failed (the table kept the tokens loaded before).
+    unreadable: AtomicBool,
 }
 
 /// Reloads caused by unknown secrets: bursts of up to 10, then 4 per second, so that a flood
@@ -178,7 +178,7 @@ impl TokenTable {
             reload_guard: tokio::sync::Mutex::new(()),
             reloads_started: AtomicU64::new(0),
             reloads_done: AtomicU64::new(0),
-            unreadable: Mutex::new(None),
+            unreadable: AtomicBool::new(false),
         }
     }
 
@@ -209,15 +209,14 @@ impl TokenTable {
                     );
                 }
                 *self.entries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
-                if lock(&self.unreadable).take().is_some() {
+                if self.unreadable.swap(false, SeqCst) {
                     tracing::info!("the tokens read again");
                 }
                 Ok(())
             }
             Err(e) => {
-                let mut unreadable = lock(&self.unreadable);
                 // The first load's failure is the start's, reported by the caller.
-                if unreadable.is_none() && this > 1 {
+                if !self.unreadable.swap(true, SeqCst) && this > 1 {
                     let kept = self.entries.read().unwrap_or_else(|p| p.into_inner()).len();
                     tracing::error!(
                         error = %e,
@@ -226,7 +225,6 @@ impl TokenTable {
                          unknown ones get 503 until they read again"
                     );
                 }
-                *unreadable = Some(e.to_string());
                 Err(e)
             }
         };
@@ -234,10 +232,6 @@ impl TokenTable {
         self.reloaded.send_modify(|n| *n += 1);
         result
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether `records` form a valid token table: names by the rules the CLI creates them by
@@ -362,13 +356,13 @@ impl TokenTable {
         }
         // Unknown to the tokens as last loaded; if they cannot be read now, it may be a new
         // token: not a 401, but "try again".
-        match lock(&self.unreadable).as_deref() {
-            Some(_) => Err(ApiError::Busy {
+        if self.unreadable.load(SeqCst) {
+            return Err(ApiError::Busy {
                 retry_after_secs: 5,
                 why: "the tokens cannot be read right now (see the server log); try again",
-            }),
-            None => Ok(Lookup::Unknown),
+            });
         }
+        Ok(Lookup::Unknown)
     }
 
     /// Takes one reload from the budget; how long to wait first if it is spent.

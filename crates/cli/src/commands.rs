@@ -450,24 +450,23 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
         .await;
     interrupted.abort();
     bar.finish_and_clear();
-    if let Err(incidentlog_api::ApiError::ShuttingDown { during }) = &result {
-        let appended = during.clone();
-        service
-            .close()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("cannot close the store cleanly")?;
-        bail!(
-            "interrupted: the import stopped{appended}; run it again to import the rest (the \
-             lines already recorded are recognized as repeats)"
-        );
-    }
     // Close (sync) even when the import failed half-way: what was acknowledged stays.
-    let closed = service.close().await;
-    let report = result.context("import failed")?;
-    closed
+    let closed = service
+        .close()
+        .await
         .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("cannot close the store cleanly")?;
+        .context("cannot close the store cleanly");
+    let report = match result {
+        Err(incidentlog_api::ApiError::ShuttingDown { during }) => {
+            closed?;
+            bail!(
+                "interrupted: the import stopped{during}; run it again to import the rest (the \
+                 lines already recorded are recognized as repeats)"
+            );
+        }
+        result => result.context("import failed")?,
+    };
+    closed?;
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &report)?;
     writeln!(out)?;
@@ -483,24 +482,16 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
 /// at once on a second one: an import waiting for input (`import -` from a producer that
 /// stalled) only sees the first at its next line.
 fn stop_imports_on_signal(service: &AppService) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut signals = crate::StopSignals::install().context("cannot listen for SIGINT/SIGTERM")?;
     let service = service.clone();
     Ok(tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
+        signals.next().await;
         service.stop_imports();
         crate::say(format_args!(
             "interrupted: the import stops at its next line, once what it is writing is \
              durable (interrupt again to quit at once)"
         ));
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
+        signals.next().await;
         // What was synced stays; a write cut short is a torn tail the next open cuts off.
         crate::say(format_args!(
             "interrupted again: quitting at once; run the import again to record the rest"

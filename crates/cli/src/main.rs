@@ -466,6 +466,31 @@ fn prefer_small_pages() {
     }
 }
 
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment this is made: a signal that
+/// comes before anyone waits is kept, and none meets its default action (death) meanwhile.
+pub struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the next signal; its name.
+    pub async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
 /// Threads of tokio's blocking pool (reads of the log, import parsing, token files).
 const BLOCKING_THREADS: usize = 16;
 

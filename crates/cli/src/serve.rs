@@ -365,23 +365,19 @@ struct StopSignal(tokio::sync::watch::Receiver<bool>);
 impl StopSignal {
     /// Installs the handlers now (a signal that comes before anyone waits is kept).
     fn listen() -> StopSignal {
-        use tokio::signal::unix::{signal, SignalKind};
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let terminate = signal(SignalKind::terminate());
-        let interrupt = signal(SignalKind::interrupt());
+        let signals = crate::StopSignals::install();
         tokio::spawn(async move {
-            let (mut terminate, mut interrupt) = match (terminate, interrupt) {
-                (Ok(t), Ok(i)) => (t, i),
-                (Err(e), _) | (_, Err(e)) => {
+            let mut signals = match signals {
+                Ok(signals) => signals,
+                Err(e) => {
                     // Served without a graceful stop rather than not at all.
                     tracing::error!("cannot listen for SIGTERM/SIGINT: {e}");
                     return std::future::pending::<()>().await;
                 }
             };
-            tokio::select! {
-                _ = terminate.recv() => tracing::info!("SIGTERM received: shutting down"),
-                _ = interrupt.recv() => tracing::info!("SIGINT received: shutting down"),
-            }
+            let name = signals.next().await;
+            tracing::info!("{name} received: shutting down");
             tx.send_replace(true);
             // Hold the channel: `wait` resolves on the value, not on the sender's end.
             std::future::pending::<()>().await

@@ -24,41 +24,36 @@ pub struct OccurredAt {
 const MIN_NANOS: i64 = -9_214_560_000_000_000_000;
 const END_NANOS: i64 = 9_214_646_400_000_000_000;
 
-/// Where a window bound falls.
+/// A window bound: the instant it names (ns since the epoch, also outside the years events
+/// may have, so that two such bounds can still be ordered) and whether it is a date (a date
+/// `to` covers its whole day).
 #[derive(Clone, Copy)]
-enum Bound {
-    /// Before every instant events may have: the instant it names (ns since the epoch) and
-    /// whether it is a date.
-    Before(i128, bool),
-    /// After every instant events may have (as `Before`).
-    After(i128, bool),
-    At(OccurredAt),
+struct Bound {
+    nanos: i128,
+    date: bool,
 }
 
 impl Bound {
-    /// The bound in ns; a date `end` covers its whole day.
-    fn nanos(self, end: bool) -> i64 {
-        match self {
-            Bound::Before(..) => i64::MIN,
-            Bound::After(..) => i64::MAX,
-            Bound::At(t) if end && !t.timestamp => t.nanos.saturating_add(NANOS_PER_DAY - 1),
-            Bound::At(t) => t.nanos,
+    /// The instant the bound stands for as a `from` (`end` false) or a `to` (`end` true).
+    fn instant(self, end: bool) -> i128 {
+        if end && self.date {
+            self.nanos + i128::from(NANOS_PER_DAY - 1)
+        } else {
+            self.nanos
         }
     }
 
-    /// The instant the bound names, even outside the years events may have (where `nanos`
-    /// is only before or after them all), so that two such bounds can still be ordered.
-    fn instant(self, end: bool) -> i128 {
-        let whole_day = |date: bool| {
-            if end && date {
-                i128::from(NANOS_PER_DAY - 1)
-            } else {
-                0
-            }
-        };
-        match self {
-            Bound::Before(n, date) | Bound::After(n, date) => n + whole_day(date),
-            Bound::At(_) => i128::from(self.nanos(end)),
+    /// [`Bound::instant`] in the window's ns: before every instant events may have is
+    /// `i64::MIN`, after them all `i64::MAX`.
+    fn nanos(self, end: bool) -> i64 {
+        let n = self.instant(end);
+        if n < i128::from(MIN_NANOS) {
+            i64::MIN
+        } else if n >= i128::from(END_NANOS) {
+            i64::MAX
+        } else {
+            // Between the two i64 bounds just checked.
+            n as i64
         }
     }
 }
@@ -83,7 +78,12 @@ impl OccurredAt {
     /// is an open start).
     fn parse_bound(s: &str) -> Result<Bound, String> {
         let err = match Self::parse(s) {
-            Ok(t) => return Ok(Bound::At(t)),
+            Ok(t) => {
+                return Ok(Bound {
+                    nanos: i128::from(t.nanos),
+                    date: !t.timestamp,
+                })
+            }
             Err(e) => e,
         };
         const NS: i128 = 1_000_000_000;
@@ -97,9 +97,10 @@ impl OccurredAt {
                 (n, false)
             })
         });
+        // Only outside the years events may have: inside them, `parse` said what is wrong.
+        let inside = i128::from(MIN_NANOS)..i128::from(END_NANOS);
         match instant {
-            Some((n, date)) if n < i128::from(MIN_NANOS) => Ok(Bound::Before(n, date)),
-            Some((n, date)) if n >= i128::from(END_NANOS) => Ok(Bound::After(n, date)),
+            Some((nanos, date)) if !inside.contains(&nanos) => Ok(Bound { nanos, date }),
             _ => Err(err),
         }
     }

@@ -767,35 +767,31 @@ pub async fn serve(
     // that stopped reading its answer or its live feed) is closed. Appends already handed to
     // the store are answered by then or not at all, and the store's close below still waits
     // for each of them to be durable.
-    let all = result.connections.clone().acquire_many_owned(result.limit);
-    let _all = match tokio::time::timeout(config.request_timeout, all).await {
-        Ok(all) => all,
-        Err(_) => {
-            // A bulk import longer than the grace period stops at its next batch of lines and
-            // answers 503 with where it stopped: a moment more for that answer.
-            let answered = if service.stop_imports() {
-                tracing::info!("bulk imports still running; asking them to stop and answer");
-                let all = result.connections.clone().acquire_many_owned(result.limit);
-                tokio::time::timeout(IMPORT_STOP_WAIT, all).await.ok()
-            } else {
-                None
-            };
-            match answered {
-                Some(all) => all,
-                None => {
-                    let open = result.limit as usize - result.connections.available_permits();
-                    tracing::warn!(
-                        open,
-                        "connections still open after the shutdown's grace period; closing them"
-                    );
-                    result.closing.send_replace(Closing::Now);
-                    result
-                        .connections
-                        .clone()
-                        .acquire_many_owned(result.limit)
-                        .await
-                }
-            }
+    let all_ended_within = |wait| {
+        let connections = result.connections.clone().acquire_many_owned(result.limit);
+        async move { tokio::time::timeout(wait, connections).await.ok() }
+    };
+    let mut ended = all_ended_within(config.request_timeout).await;
+    // A bulk import longer than the grace period stops at its next batch of lines and answers
+    // 503 with where it stopped: a moment more for that answer.
+    if ended.is_none() && service.stop_imports() {
+        tracing::info!("bulk imports still running; asking them to stop and answer");
+        ended = all_ended_within(IMPORT_STOP_WAIT).await;
+    }
+    let _all = match ended {
+        Some(all) => all,
+        None => {
+            let open = result.limit as usize - result.connections.available_permits();
+            tracing::warn!(
+                open,
+                "connections still open after the shutdown's grace period; closing them"
+            );
+            result.closing.send_replace(Closing::Now);
+            result
+                .connections
+                .clone()
+                .acquire_many_owned(result.limit)
+                .await
         }
     };
     refresher.abort();

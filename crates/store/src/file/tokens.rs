@@ -23,21 +23,15 @@ pub fn load(dir: &Path) -> Result<Vec<TokenRecord>, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
-    // Not the log: a damaged token file is an I/O-like failure (exit 1), not log damage.
-    let invalid = |why: String| {
+    // Not the log: a damaged token file is an I/O-like failure (exit 1), not log damage. What
+    // a hand edit may break beyond the JSON (one token per name, ...) the API checks, for
+    // every backend (`auth::check_token_table`).
+    serde_json::from_slice(&bytes).map_err(|e| {
         StoreError::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{} is not a valid token file: {why}", path.display()),
+            format!("{} is not a valid token file: {e}", path.display()),
         ))
-    };
-    let tokens: Vec<TokenRecord> =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-    // One name, one token (`add` keeps it so; a hand edit may not): revocation goes by name.
-    let mut names = std::collections::HashSet::with_capacity(tokens.len());
-    if let Some(twice) = tokens.iter().find(|t| !names.insert(t.name.as_str())) {
-        return Err(invalid(format!("two tokens are named {:?}", twice.name)));
-    }
-    Ok(tokens)
+    })
 }
 
 /// Adds `token`; a token of the same name is an `InvalidInput` error.
