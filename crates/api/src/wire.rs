@@ -102,8 +102,26 @@ impl Serialize for WireEvents<'_> {
 
 /// `expected_version`: a non-negative integer or the string `"any"`.
 pub fn expected_version_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{OneOfBuilder, Schema};
+    Schema::OneOf(expected_version_kinds(OneOfBuilder::new()).build())
+}
+
+/// `expected_version` in a request: also `null`, which means "any" like leaving it out.
+pub fn expected_version_input_schema() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
-    let one_of = OneOfBuilder::new()
+    let kinds = expected_version_kinds(OneOfBuilder::new());
+    Schema::OneOf(
+        kinds
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .build(),
+    )
+}
+
+fn expected_version_kinds(
+    one_of: utoipa::openapi::schema::OneOfBuilder,
+) -> utoipa::openapi::schema::OneOfBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    one_of
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::Integer)
@@ -114,8 +132,6 @@ pub fn expected_version_schema() -> utoipa::openapi::schema::Schema {
                 .schema_type(Type::String)
                 .enum_values(Some(["any"])),
         )
-        .build();
-    Schema::OneOf(one_of)
 }
 
 /// A recorded event.
@@ -161,9 +177,9 @@ pub struct EventInputDoc {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct AppendBodyDoc {
-    /// An integer (0: the incident must not exist yet) or `"any"` (default).
-    #[schema(schema_with = expected_version_schema, example = json!("any"))]
-    pub expected_version: serde_json::Value,
+    /// An integer (0: the incident must not exist yet) or `"any"`; left out or `null`: `"any"`.
+    #[schema(schema_with = expected_version_input_schema, example = json!("any"))]
+    pub expected_version: Option<serde_json::Value>,
     pub events: Vec<EventInputDoc>,
 }
 
@@ -172,9 +188,9 @@ pub struct AppendBodyDoc {
 #[allow(dead_code)]
 pub struct ImportLineDoc {
     pub incident_id: Uuid,
-    /// An integer (0: the incident must not exist yet) or `"any"` (default).
-    #[schema(schema_with = expected_version_schema)]
-    pub expected_version: serde_json::Value,
+    /// An integer (0: the incident must not exist yet) or `"any"`; left out or `null`: `"any"`.
+    #[schema(schema_with = expected_version_input_schema)]
+    pub expected_version: Option<serde_json::Value>,
     pub events: Vec<EventInputDoc>,
 }
 

@@ -1669,16 +1669,28 @@ async fn cors_lets_listed_pages_read_answers_and_preflights_need_no_token() {
         .to_str()
         .unwrap()
         .contains("POST"));
-    let res = app
-        .router
-        .clone()
-        .oneshot(preflight("https://elsewhere.example"))
-        .await
-        .unwrap();
+    // A preflight answered by the CORS layer carries every answer's headers all the same.
+    assert!(!h["x-request-id"].is_empty());
+    assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(h[header::CACHE_CONTROL], "no-store");
+    let mut with_id = preflight("https://elsewhere.example");
+    with_id
+        .headers_mut()
+        .insert("x-request-id", "client-chosen-7".parse().unwrap());
+    let res = app.router.clone().oneshot(with_id).await.unwrap();
     assert!(res
         .headers()
         .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
         .is_none());
+    assert_eq!(res.headers()["x-request-id"], "client-chosen-7");
+    assert_eq!(res.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    // ... and is counted, under its method's "other".
+    let metrics = app.get_as("/metrics", None).await.body;
+    let metrics = metrics.as_str().unwrap_or_default();
+    assert!(
+        metrics.contains(r#"route="/v1/incidents",method="other",status="200""#),
+        "{metrics}"
+    );
 
     let get = |origin: &str, token: Option<&str>| {
         let mut b = Request::get("/v1/incidents").header(header::ORIGIN, origin);
@@ -2450,6 +2462,26 @@ fn checked_in_openapi_is_current() {
         "/v1/admin/replay",
     ] {
         assert!(doc["paths"].get(p).is_some(), "{p} missing");
+    }
+    // `expected_version` may be left out or null ("any"), as the server accepts.
+    for body in ["AppendBodyDoc", "ImportLineDoc"] {
+        let schema = &doc["components"]["schemas"][body];
+        let required = schema["required"].as_array().unwrap();
+        assert!(
+            !required.contains(&json!("expected_version")) && required.contains(&json!("events")),
+            "{body}: {required:?}"
+        );
+        let kinds: Vec<&Value> = schema["properties"]["expected_version"]["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| &k["type"])
+            .collect();
+        assert_eq!(
+            kinds,
+            [&json!("integer"), &json!("string"), &json!("null")],
+            "{body}"
+        );
     }
 }
 

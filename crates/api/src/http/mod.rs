@@ -218,11 +218,60 @@ fn build_app(service: AppService, config: &ServeConfig, stopping: watch::Receive
     // which methods a path serves.
     // As a service of its own, not as a layer of an outer `Router` (one routing step and
     // one boxed future less per request).
-    let app = tower::Layer::layer(&middleware::from_fn_with_state(state, gate), routes);
+    let app = tower::Layer::layer(&middleware::from_fn_with_state(state.clone(), gate), routes);
     match cors(&config.cors_origins) {
-        Some(cors) => App::new(tower::Layer::layer(&cors, app)),
+        Some(cors) => App::new(tower::Layer::layer(
+            &middleware::from_fn_with_state(state, preflight),
+            tower::Layer::layer(&cors, app),
+        )),
         None => App::new(app),
     }
+}
+
+/// Around the CORS layer: a preflight it answers never reaches the gate, yet gets the gate's
+/// headers (request id, nosniff, no-store) and is counted like any answer.
+async fn preflight(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() != Method::OPTIONS {
+        return next.run(req).await;
+    }
+    let started = Instant::now();
+    let client_id = client_request_id(&req);
+    let route = route_of(req.uri().path());
+    let mut response = next.run(req).await;
+    // The gate stamps every answer it gives: one without an id was the CORS layer's.
+    if !response.headers().contains_key("x-request-id") {
+        let request_id = client_id.unwrap_or_else(new_request_id);
+        stamp(response.headers_mut(), request_id);
+        state.http_metrics.observe(
+            route,
+            "OPTIONS",
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+    }
+    response
+}
+
+/// The client's `x-request-id`, if it is one we can echo (short, visible ASCII).
+fn client_request_id(req: &Request) -> Option<HeaderValue> {
+    req.headers()
+        .get("x-request-id")
+        .filter(|v| v.len() <= 64 && !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned()
+}
+
+/// The headers of every answer: its request id; JSON (or text) as labelled, never to be sniffed
+/// into something else; and what a token may read is not for shared caches (the live feed
+/// sets its own no-cache).
+fn stamp(headers: &mut axum::http::HeaderMap, request_id: HeaderValue) {
+    headers.insert("x-request-id", request_id);
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
 }
 
 /// CORS for the browser pages of `cors_origins` (`*`: any page), outside the gate: a preflight
@@ -532,12 +581,7 @@ fn new_request_id() -> HeaderValue {
 /// errors with the request id.
 async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .filter(|v| v.len() <= 64 && !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_graphic))
-        .cloned();
-    let request_id = request_id.unwrap_or_else(new_request_id);
+    let request_id = client_request_id(&req).unwrap_or_else(new_request_id);
     // For what logs after the answer has started (a streamed answer's error).
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let route = route_of(req.uri().path());
@@ -568,17 +612,7 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     } else {
         tracing::debug!(request_id = %rid, %method, %uri, status = status.as_u16(), "request");
     }
-    let headers = response.headers_mut();
-    headers.insert("x-request-id", request_id);
-    // Answers are JSON (or text) as labelled, never to be sniffed into something else; and
-    // what a token may read is not for shared caches (the live feed sets its own no-cache).
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers
-        .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
+    stamp(response.headers_mut(), request_id);
     state
         .http_metrics
         .observe(route, method.as_str(), status.as_u16(), started.elapsed());
