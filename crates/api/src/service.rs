@@ -62,8 +62,10 @@ const LOG_NDJSON_PAGE: usize = 256;
 pub const TABLE_BLOCK: usize = 1000;
 /// A rebuild reserves room for this many events at most up front (more grow as they come).
 const REBUILD_RESERVE_MAX: u64 = 1 << 24;
-/// Attempts for `expected_version: "any"` when another writer wins the race.
-const ANY_ATTEMPTS: usize = 16;
+/// How long an append with `expected_version: "any"` keeps deciding again when another
+/// process wins the race for its incident (several servers on one database), before it gives
+/// up with a 503 (never a 409: "any" cannot mismatch).
+const ANY_RETRY_WINDOW: Duration = Duration::from_secs(2);
 /// Per-incident lock stripes: in-process writers of one incident take turns, so that
 /// decide-then-append never runs on state another writer of this process is changing.
 const STRIPES: usize = 8192;
@@ -612,7 +614,8 @@ impl AppService {
         cmd: &AppendCommand,
         recorded_by: &str,
     ) -> Result<AppendOutcome, ApiError> {
-        for attempt in 0..ANY_ATTEMPTS {
+        let started = Instant::now();
+        for attempt in 0u32.. {
             let version = if is_new_incident_append(cmd) {
                 // No lookup of the version: decided on the empty state and written with
                 // expected version 0, the store's own checks (event ids first, then the
@@ -638,12 +641,14 @@ impl AppService {
             match self.write(cmd, version, recorded_by).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
-                    if cmd.expected == ExpectedVersion::Any && attempt + 1 < ANY_ATTEMPTS {
-                        self.inner.metrics.append_retries.fetch_add(1, Relaxed);
-                        tokio::task::yield_now().await;
-                        continue;
+                    if cmd.expected != ExpectedVersion::Any {
+                        return Err(self.conflict(cmd, actual));
                     }
-                    return Err(self.conflict(cmd, actual));
+                    if started.elapsed() >= ANY_RETRY_WINDOW {
+                        break;
+                    }
+                    self.inner.metrics.append_retries.fetch_add(1, Relaxed);
+                    race_backoff(attempt, cmd.incident_id).await;
                 }
                 Err(e @ StoreError::EventIdConflict { .. }) => {
                     return Err(self.with_versions(cmd, e.into()).await)
@@ -651,9 +656,10 @@ impl AppService {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::Unavailable(
-            "too many concurrent writers on this incident; try again".into(),
-        ))
+        Err(ApiError::Busy {
+            retry_after_secs: 1,
+            why: "too many concurrent writers on this incident; try again",
+        })
     }
 
     /// Hands a decided batch to the store under `expected_version = version`.
@@ -1138,6 +1144,24 @@ async fn check_integrity(inner: Arc<Inner>) {
         }
     };
     inner.integrity.send_replace(outcome);
+}
+
+/// The pause before deciding again after a race lost to another process: none at first, then
+/// up to a few milliseconds, random, so that two servers' writers of one incident stop
+/// arriving in lockstep (the one whose views learn of the other's appends last would lose
+/// every round).
+async fn race_backoff(attempt: u32, incident: Uuid) {
+    if attempt < 2 {
+        tokio::task::yield_now().await;
+        return;
+    }
+    let cap_us = 1000u64 << attempt.min(3);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // A cheap mix of the clock and the incident: no randomness source needed for a jitter.
+    let mix = (u64::from(nanos) ^ incident.as_u64_pair().0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    tokio::time::sleep(Duration::from_micros((mix >> 32) % cap_us)).await;
 }
 
 /// The lock stripe of incident `id` (an index into `Inner::stripes`).
