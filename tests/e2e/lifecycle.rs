@@ -29,12 +29,48 @@ fn first_start_prints_an_admin_token_once() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use"), "{err}");
+    // ... even once `LOCK` is deleted, as operators do with lock files: the directory itself
+    // is locked (a second server on the same log once started and corrupted it).
+    std::fs::remove_file(dir.path().join("LOCK")).expect("remove LOCK");
+    let d = dir.path().to_str().unwrap();
+    for args in [
+        &["serve", "--data-dir", d, "--listen", "127.0.0.1:0"][..],
+        &["replay", "--data-dir", d],
+    ] {
+        let out = exit_within(args, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("in use"), "{args:?}: {err}");
+    }
     // SIGINT (Ctrl-C) stops it as cleanly as SIGTERM.
     srv.signal("INT");
     assert_eq!(srv.wait_exit().code(), Some(0), "SIGINT must exit 0");
     let srv = Server::start(dir.path(), &[]);
     assert_eq!(srv.admin_token, None, "{:?}", srv.startup_stdout);
     srv.get("/v1/admin/verify", &admin).expect(200);
+}
+
+/// Runs the binary with `args`, which must exit within `limit` (a server that starts where it
+/// should not would run on): killed and failed otherwise.
+fn exit_within(args: &[&str], limit: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn incidentlog");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait incidentlog").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("incidentlog {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("wait incidentlog")
 }
 
 /// A start that cannot listen (the port is taken) fails before anything else: exit 1, no

@@ -4,7 +4,7 @@
 //! - `log/<first position, 20 digits>.seg`: segments (format in `format.rs` and
 //!   `proto-docs/storage-format.md`);
 //! - `tokens.json`: API tokens, replaced atomically;
-//! - `LOCK`: held (flock) while a process has the store open.
+//! - `LOCK`: held (flock), like the directory itself, while a process has the store open.
 
 mod cohorts;
 mod format;
@@ -321,21 +321,44 @@ fn read_located(locs: &[Location], head: Head) -> Result<Vec<RecordedEvent>, Sto
         .collect()
 }
 
-/// Whether a process (a server) holds the data directory's `LOCK` right now: one try, no
+/// Whether a process (a server) holds the data directory's lock right now: one try, no
 /// waiting, nothing created. The token commands ask first, so that they edit the token file of
 /// a served store at once instead of retrying the lock for [`LOCK_ATTEMPTS`].
 pub fn held_by_a_process(dir: &Path) -> bool {
+    if let Ok(d) = File::open(dir) {
+        if matches!(d.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
+            return true;
+        }
+    }
     let Ok(lock) = io::open_by_name(io::new_file_options(dir).read(true), &dir.join("LOCK")) else {
         return false;
     };
     lock.try_lock().is_err()
 }
 
-/// Takes the data directory's `LOCK` (one process per directory). A read-only open neither
-/// creates nor writes it, and goes without when there is none (no process ever wrote there).
-fn lock_data_dir(dir: &Path, read_only: bool) -> Result<Option<File>, StoreError> {
+/// The data directory's lock, held while the store is open: the directory itself, flock-ed
+/// (deleting or replacing `LOCK` cannot undo that, which once let a second server write the
+/// same log), and `LOCK` as well (what earlier versions lock).
+pub(crate) struct DataDirLock {
+    _dir: File,
+    _file: Option<File>,
+}
+
+/// Takes the data directory's lock (one process per directory). A read-only open neither
+/// creates nor writes `LOCK`, and goes without it when there is none (no process ever wrote
+/// there).
+fn lock_data_dir(dir: &Path, read_only: bool) -> Result<DataDirLock, StoreError> {
+    let in_use = || {
+        StoreError::Unavailable(format!(
+            "data directory {} is in use by another process",
+            dir.display()
+        ))
+    };
+    let dir_fd = File::open(dir)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", dir.display())))?;
+    take(&dir_fd, in_use)?;
     let path = dir.join("LOCK");
-    let lock = match io::open_by_name(
+    let file = match io::open_by_name(
         io::new_file_options(dir)
             .create(!read_only)
             .truncate(false)
@@ -343,24 +366,36 @@ fn lock_data_dir(dir: &Path, read_only: bool) -> Result<Option<File>, StoreError
             .read(read_only),
         &path,
     ) {
-        Ok(f) => f,
-        Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Ok(f) => Some(f),
+        Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e.into()),
     };
-    // A forked child briefly shares our descriptors (until its exec closes them), so a lock
-    // released a moment ago may still look taken: retry for a little while.
+    if let Some(f) = &file {
+        take(f, in_use)?;
+    }
+    Ok(DataDirLock {
+        _dir: dir_fd,
+        _file: file,
+    })
+}
+
+/// Takes an exclusive flock on `f`. A forked child briefly shares our descriptors (until its
+/// exec closes them), so a lock released a moment ago may still look taken: retry for a little
+/// while.
+fn take(f: &File, in_use: impl Fn() -> StoreError) -> Result<(), StoreError> {
     let mut attempts = 0;
-    while lock.try_lock().is_err() {
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
         attempts += 1;
         if attempts >= LOCK_ATTEMPTS {
-            return Err(StoreError::Unavailable(format!(
-                "data directory {} is in use by another process",
-                dir.display()
-            )));
+            return Err(in_use());
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Ok(Some(lock))
 }
 
 /// Reads and decodes one durable record; `head` supplies the hash of the head record.

@@ -795,11 +795,11 @@ pub(crate) struct IoStage {
     pub written: Head,
     /// Keeps `log/SYNCED` up to date (none when read-only).
     pub marker: Option<super::synced::Marker>,
-    /// The data directory's lock (one process per directory; none when a read-only open
-    /// finds no LOCK file). Held here, not by the store handle: released only once the last
-    /// batch is written and the mark final, so that an open right after a drop can never
-    /// recover the log while this thread still writes to it. Declared last: dropped last.
-    pub _lock: Option<std::fs::File>,
+    /// The data directory's lock (one process per directory). Held here, not by the store
+    /// handle: released only once the last batch is written and the mark final, so that an
+    /// open right after a drop can never recover the log while this thread still writes to
+    /// it. Declared last: dropped last.
+    pub _lock: super::DataDirLock,
 }
 
 impl IoStage {
