@@ -359,6 +359,24 @@ fn a_tampered_row_is_damage_to_every_offline_command() {
             "{args:?}: {stderr}"
         );
     }
+    // A server will not serve it either, and has made no first admin token on its way out
+    // (one was printed and kept once, by a start that then failed).
+    let out = cli(&[
+        "serve",
+        "--store",
+        &url,
+        "--data-dir",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("admin token"),
+        "{out:?}"
+    );
+    let list = cli_ok(&["token", "list", "--store", &url, "--data-dir", data]);
+    assert!(!list.contains("admin"), "{list}");
 }
 
 /// Servers started together on an empty database all start; exactly one creates (and prints)

@@ -1014,6 +1014,80 @@ fn a_server_finds_an_edited_record_after_start_and_refuses_appends() {
     r.expect(200);
 }
 
+/// Damage done under a running server: a record edited in place is found by the next
+/// `GET /v1/admin/verify`, which then counts like the check after start (`damaged`, appends
+/// refused); the active segment deleted makes the next append a 503 (it would have been
+/// acknowledged into a file the next start does not have), the server `unavailable`, and its
+/// shutdown exit 1.
+#[test]
+fn damage_under_a_running_server_stops_its_appends() {
+    use std::os::unix::fs::FileExt;
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    cli_ok(&["import", d(&seed_path()), "--data-dir", d(&data)]);
+    let token = create_token(&data, "desk", "admin");
+    let srv = Server::start(&data, &[]);
+    let append = |srv: &Server, token: &str| {
+        srv.append(
+            token,
+            &new_id(),
+            &batch(json!(0), vec![reported("shelling", "UA-63", "2026-01-10")]),
+        )
+    };
+    append(&srv, &token).expect(201);
+    // The first record (after the segment's 32-byte header; a running server's segment goes
+    // on with reserved zeros after its records).
+    let segment = segments(&data).pop().expect("a segment file");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let first = 32;
+    let len = u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
+    let key = b"\"recorded_by\":\"";
+    let letter = (first + 8 + 96..first + 8 + len - key.len())
+        .find(|&i| &bytes[i..i + key.len()] == key)
+        .expect("recorded_by in the body")
+        + key.len();
+    bytes[letter] = bytes[letter].to_ascii_uppercase();
+    let crc = crc32c::crc32c(&bytes[first + 8..first + 8 + len])
+        .rotate_right(15)
+        .wrapping_add(0xa282_ead8);
+    bytes[first + 8 + len..first + 12 + len].copy_from_slice(&crc.to_le_bytes());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    f.write_all_at(&bytes[first..first + 12 + len], first as u64)
+        .unwrap();
+    let r = srv.get("/v1/admin/verify", &token);
+    assert_eq!(r.json()["ok"], json!(false), "{}", r.text());
+    let r = srv.get("/readyz", &token);
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (503, json!("damaged"))
+    );
+    let r = append(&srv, &token);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("integrity check"), "{}", r.text());
+
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    cli_ok(&["import", d(&seed_path()), "--data-dir", d(&data)]);
+    let token = create_token(&data, "desk", "admin");
+    let mut srv = Server::start(&data, &[]);
+    append(&srv, &token).expect(201);
+    std::fs::remove_file(segments(&data).pop().expect("a segment file")).unwrap();
+    for _ in 0..2 {
+        let r = append(&srv, &token);
+        assert_eq!(r.status, 503, "{}", r.text());
+    }
+    let r = srv.get("/readyz", &token);
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (503, json!("unavailable"))
+    );
+    // No clean stop, however orderly the shutdown.
+    assert_eq!(srv.terminate().code(), Some(1));
+}
+
 /// `incidentlog restore` rebuilds an exported log byte for byte (the same export, the same
 /// digest), goes on after an interrupted restore, and writes nothing from a file that is not
 /// one whole, intact log.

@@ -42,12 +42,98 @@ fn first_start_prints_an_admin_token_once() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("in use"), "{args:?}: {err}");
     }
-    // SIGINT (Ctrl-C) stops it as cleanly as SIGTERM.
+    // SIGINT (Ctrl-C) stops it as cleanly as SIGTERM, and so does SIGHUP (a closed terminal
+    // or ssh session: its default action killed the server without a word).
     srv.signal("INT");
     assert_eq!(srv.wait_exit().code(), Some(0), "SIGINT must exit 0");
-    let srv = Server::start(dir.path(), &[]);
+    let mut srv = Server::start(dir.path(), &[]);
     assert_eq!(srv.admin_token, None, "{:?}", srv.startup_stdout);
     srv.get("/v1/admin/verify", &admin).expect(200);
+    srv.signal("HUP");
+    assert_eq!(srv.wait_exit().code(), Some(0), "SIGHUP must exit 0");
+}
+
+/// A first admin token that cannot be shown (stdout is a full disk) is revoked at once, and
+/// the log says how to make one; `token create` does the same and fails. A secret nobody saw
+/// must not stay valid.
+#[test]
+fn a_token_that_cannot_be_printed_does_not_stay_valid() {
+    use std::process::Stdio;
+    let dir = temp_dir();
+    let data = dir.path().to_str().unwrap();
+    let full = || std::fs::File::create("/dev/full").expect("/dev/full");
+    let mut child = command()
+        .args(["serve", "--data-dir", data, "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(full())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn incidentlog");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let line = loop {
+        let line = rx.recv_timeout(TIMEOUT).expect("the server's log");
+        if line.contains("first admin token") {
+            break line;
+        }
+    };
+    assert!(
+        line.contains("revoked") && line.contains("token create"),
+        "{line}"
+    );
+    terminate(&mut child);
+    let list = cli_ok(&["token", "list", "--data-dir", data, "--json"]);
+    let tokens: Vec<Value> = list
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 1, "{list}");
+    assert_eq!(tokens[0]["name"], "admin");
+    assert!(!tokens[0]["revoked_at"].is_null(), "{list}");
+
+    let out = command()
+        .args([
+            "token",
+            "create",
+            "--data-dir",
+            data,
+            "--name",
+            "desk",
+            "--role",
+            "reader",
+        ])
+        .stdout(full())
+        .output()
+        .expect("run incidentlog");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revoked again"),
+        "{out:?}"
+    );
+    let list = cli_ok(&["token", "list", "--data-dir", data, "--json"]);
+    assert!(
+        list.lines()
+            .any(|l| l.contains("\"desk\"") && !l.contains("\"revoked_at\":null")),
+        "{list}"
+    );
+}
+
+/// Stops a child with SIGTERM and waits for it.
+fn terminate(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
 }
 
 /// Runs the binary with `args`, which must exit within `limit` (a server that starts where it

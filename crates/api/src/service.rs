@@ -1084,7 +1084,22 @@ impl AppService {
 
     /// Checks every record's checksum and the hash chain.
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
-        self.inner.store.verify().await
+        let result = self.inner.store.verify().await;
+        // Damage found by a later check counts like damage found at start: a server must not
+        // go on chaining appends onto a history that was changed under it.
+        if let (Err(e @ StoreError::Corrupt { .. }), true) = (&result, self.inner.live) {
+            if !matches!(&*self.inner.integrity.borrow(), Integrity::Damaged(_)) {
+                tracing::error!(
+                    error = %e,
+                    "integrity check FAILED: the log was changed or damaged; appends are \
+                     refused and /readyz says `damaged` until it is checked"
+                );
+                self.inner
+                    .integrity
+                    .send_replace(Integrity::Damaged(e.to_string()));
+            }
+        }
+        result
     }
 
     /// Resolves once the integrity check after start has finished.
@@ -1104,7 +1119,7 @@ impl AppService {
         match &*self.inner.integrity.borrow() {
             // Where the damage is (a file, an offset) is the operator's to know: logged.
             Integrity::Damaged(what) => Err(ApiError::StoreUnavailable {
-                during: ": appends are refused, the log failed its integrity check at start; \
+                during: ": appends are refused, the log failed an integrity check; \
                          an operator must check it (`incidentlog verify`)"
                     .into(),
                 cause: what.clone(),
@@ -1143,7 +1158,12 @@ async fn check_integrity(inner: Arc<Inner>) {
             Integrity::Done
         }
     };
-    inner.integrity.send_replace(outcome);
+    // (A check asked for meanwhile may have found damage already: it stands.)
+    inner.integrity.send_modify(|i| {
+        if !matches!(i, Integrity::Damaged(_)) {
+            *i = outcome;
+        }
+    });
 }
 
 /// The pause before deciding again after a race lost to another process: none at first, then

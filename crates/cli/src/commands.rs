@@ -477,12 +477,13 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
     })
 }
 
-/// A task that asks `service`'s imports to stop on the first SIGINT or SIGTERM (installed
+/// A task that asks `service`'s imports to stop on the first SIGINT, SIGTERM or SIGHUP (installed
 /// now, so that a signal is never met by its default action during the import), and quits
 /// at once on a second one: an import waiting for input (`import -` from a producer that
 /// stalled) only sees the first at its next line.
 fn stop_imports_on_signal(service: &AppService) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut signals = crate::StopSignals::install().context("cannot listen for SIGINT/SIGTERM")?;
+    let mut signals =
+        crate::StopSignals::install().context("cannot listen for SIGINT/SIGTERM/SIGHUP")?;
     let service = service.clone();
     Ok(tokio::spawn(async move {
         signals.next().await;
@@ -1261,9 +1262,23 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
                 })
                 .await
                 .with_context(|| format!("cannot create token {name:?}"))?;
+            let printed = {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{secret}").and_then(|()| out.flush())
+            };
+            if let Err(e) = printed {
+                // A secret nobody saw must not stay valid.
+                let revoked = access.revoke(&name, Utc::now()).await;
+                access.close().await?;
+                revoked.with_context(|| {
+                    format!("cannot print the new token's secret ({e}), nor revoke token {name:?} again")
+                })?;
+                bail!(
+                    "cannot print the new token's secret ({e}): token {name:?} was revoked again \
+                     (names are not reused: create it under another name)"
+                );
+            }
             access.close().await?;
-            writeln!(std::io::stdout().lock(), "{secret}")
-                .context("cannot print the new token's secret")?;
             tracing::info!(token = %name, role = %role, "token created");
         }
         TokenCommand::List { store, json } => {

@@ -30,7 +30,7 @@ pub mod exit {
     pub const DAMAGED: u8 = 3;
     /// `import` finished, but some lines were rejected (the report lists them).
     pub const REJECTED: u8 = 4;
-    /// `import` quit at once on a second SIGINT/SIGTERM (128 + SIGINT, as shells report it).
+    /// `import` quit at once on a second SIGINT/SIGTERM/SIGHUP (128 + SIGINT, as shells report it).
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -60,7 +60,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the HTTP API until SIGTERM or SIGINT (then: stop accepting, finish in-flight
+    /// Run the HTTP API until SIGTERM, SIGINT or SIGHUP (then: stop accepting, finish in-flight
     /// appends, sync, exit 0). On a data dir without tokens, creates an admin token and
     /// prints it once.
     Serve(serve::ServeArgs),
@@ -466,11 +466,13 @@ fn prefer_small_pages() {
     }
 }
 
-/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment this is made: a signal that
-/// comes before anyone waits is kept, and none meets its default action (death) meanwhile.
+/// SIGTERM, SIGINT (Ctrl-C) and SIGHUP (the terminal or ssh session went away), listened for
+/// from the moment this is made: a signal that comes before anyone waits is kept, and none
+/// meets its default action (death without a word, requests cut) meanwhile.
 pub struct StopSignals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
@@ -479,6 +481,7 @@ impl StopSignals {
         Ok(StopSignals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -487,6 +490,7 @@ impl StopSignals {
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
+            _ = self.hangup.recv() => "SIGHUP",
         }
     }
 }

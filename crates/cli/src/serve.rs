@@ -9,6 +9,7 @@ use clap::builder::BoolishValueParser;
 use clap::Args;
 use incidentlog_api::service::AppService;
 use incidentlog_api::ServeConfig;
+use incidentlog_store::{Backend, EventStore};
 
 use crate::{exit, open_store, parse_bytes, parse_duration, StoreArgs, WriteArgs};
 
@@ -286,7 +287,7 @@ fn count() -> clap::builder::RangedU64ValueParser<usize> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
-    // Before anything else: a SIGTERM or SIGINT during the start-up (opening a large log,
+    // Before anything else: a SIGTERM, SIGINT or SIGHUP during the start-up (opening a large log,
     // cutting a torn tail, building the views) stops the server once the start-up is done,
     // instead of killing it half-way with the signal's default action.
     let stop = StopSignal::listen();
@@ -311,19 +312,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         send_timeout: args.send_timeout,
         cors_origins: args.cors_origins,
     };
-    // Before the first admin token: a start that fails on a taken port must not have printed
-    // (and stored) a token nobody will see again.
+    // Before the first admin token: a start that fails on a taken port, or on a log that
+    // cannot be served (a damaged PostgreSQL log), must not have printed (and stored) a token
+    // nobody will see again.
     let listener = incidentlog_api::bind(&config).await?;
+    let service = AppService::start(store.clone())
+        .await
+        .context("cannot start the service (its tokens, the views of the log)")?;
     match incidentlog_api::auth::ensure_admin_token(&store)
         .await
         .context("cannot read the tokens (or create the first admin token)")?
     {
-        Some(secret) => print_first_token(&secret, args.listen),
+        Some(secret) => {
+            let hint = token_command_hint(&args.store);
+            if let Err(e) = print_first_token(&secret, args.listen, &hint) {
+                // A secret nobody saw must not stay valid (and it was the first start's only
+                // chance to show one): revoked, and said where an operator will look.
+                let revoked = store
+                    .revoke_token(incidentlog_api::auth::FIRST_ADMIN_NAME, chrono::Utc::now())
+                    .await;
+                tracing::error!(
+                    error = %e,
+                    revoked = revoked.is_ok(),
+                    "could not print the first admin token on stdout, so it was revoked; \
+                     create one with `{hint} --name NAME --role admin`"
+                );
+            }
+            // The service loaded the (empty) table before the token was made.
+            if let Err(e) = service.reload_tokens().await {
+                tracing::warn!(error = %e, "could not reload the tokens after the first one");
+            }
+        }
         None => tracing::debug!("tokens exist; no first admin token created"),
     }
-    let service = AppService::start(store.clone())
-        .await
-        .context("cannot start the service (its tokens, the views of the log)")?;
     if stop.arrived() {
         tracing::info!("the signal came during the start-up: stopping before serving");
         service.close().await.context("closing the store failed")?;
@@ -333,12 +354,51 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
     incidentlog_api::serve(listener, service, config, stop.wait())
         .await
         .context("the server stopped with an error")?;
+    // A store that refused appends (a failed write or sync, its files changed under it) did
+    // not stop cleanly, however orderly the shutdown.
+    if let Some(why) = store.failed_reason() {
+        tracing::error!(
+            reason = %why,
+            "stopped, but the store had been refusing appends: check the log (`incidentlog verify`) before serving it again"
+        );
+        return Ok(exit::FAILURE);
+    }
     tracing::info!("stopped cleanly");
     Ok(exit::OK)
 }
 
+/// The `token create` command for this server's store, as far as it can be shown (a
+/// PostgreSQL URL may hold a password: named, not printed).
+fn token_command_hint(store: &StoreArgs) -> String {
+    match &store.store {
+        Backend::Postgres(_) => {
+            "incidentlog token create --store <this server's postgres:// URL>".to_string()
+        }
+        Backend::File if store.data_dir == std::path::Path::new("./data") => {
+            "incidentlog token create".to_string()
+        }
+        Backend::File => format!(
+            "incidentlog token create --data-dir {}",
+            shell_quoted(&store.data_dir.to_string_lossy())
+        ),
+    }
+}
+
+/// `s` as one shell word (single quotes when it holds anything but plain path characters).
+fn shell_quoted(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+' | ':' | ',')
+        })
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// Printed once, on stdout, when a data dir gets its first token.
-fn print_first_token(secret: &str, listen: SocketAddr) {
+fn print_first_token(secret: &str, listen: SocketAddr, hint: &str) -> std::io::Result<()> {
     use std::io::Write;
     // With port 0 the real address is only known once bound (the `listening on` line).
     let url = if listen.port() == 0 {
@@ -347,19 +407,17 @@ fn print_first_token(secret: &str, listen: SocketAddr) {
         format!("http://{listen}")
     };
     let mut out = std::io::stdout().lock();
-    // Ignore a closed stdout: the server must still run (a token can be added later with
-    // `incidentlog token create`).
-    let _ = writeln!(
+    writeln!(
         out,
         "admin token: {secret}\n\
          (first start: this admin token is shown only now and only its hash is stored; keep it.\n \
          use it as `curl -H 'Authorization: Bearer {secret}' {url}/v1/regions`,\n \
-         and create more with `incidentlog token create --name NAME --role reader|reporter|admin`)"
-    );
-    let _ = out.flush();
+         and create more with `{hint} --name NAME --role reader|reporter|admin`)"
+    )?;
+    out.flush()
 }
 
-/// SIGTERM or SIGINT (Ctrl-C), listened for from the moment it is made.
+/// SIGTERM, SIGINT (Ctrl-C) or SIGHUP, listened for from the moment it is made.
 struct StopSignal(tokio::sync::watch::Receiver<bool>);
 
 impl StopSignal {
@@ -372,7 +430,7 @@ impl StopSignal {
                 Ok(signals) => signals,
                 Err(e) => {
                     // Served without a graceful stop rather than not at all.
-                    tracing::error!("cannot listen for SIGTERM/SIGINT: {e}");
+                    tracing::error!("cannot listen for SIGTERM/SIGINT/SIGHUP: {e}");
                     return std::future::pending::<()>().await;
                 }
             };

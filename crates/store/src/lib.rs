@@ -405,6 +405,13 @@ pub trait EventStore: Send + Sync + 'static {
         None
     }
 
+    /// Why the store refuses appends until it is reopened, if it does: a write or sync failed,
+    /// or its files changed under it (the file store). Not a closed store, nor a database away
+    /// for now: a process stopping with this set did not stop cleanly.
+    fn failed_reason(&self) -> Option<String> {
+        None
+    }
+
     /// Recomputes every checksum and the whole hash chain.
     fn verify(&self) -> impl Future<Output = Result<VerifyReport, StoreError>> + Send;
 
@@ -655,6 +662,10 @@ impl EventStore for Store {
 
     fn unavailable_reason(&self) -> Option<String> {
         with_backend!(self, s => s.unavailable_reason())
+    }
+
+    fn failed_reason(&self) -> Option<String> {
+        with_backend!(self, s => s.failed_reason())
     }
 
     async fn verify(&self) -> Result<VerifyReport, StoreError> {

@@ -218,6 +218,52 @@ async fn a_second_process_cannot_open_the_same_dir() {
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
 }
 
+/// The active segment deleted, cut short, or its data directory moved away under a running
+/// store: the next append is refused (its events would be lost at the next start) and so is
+/// every one after it, instead of being acknowledged into a file the log no longer has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_changed_under_a_running_store_refuses_appends() {
+    type Meddle = fn(&Path);
+    let meddling: [(&str, Meddle); 3] = [
+        ("deleted", |dir| {
+            std::fs::remove_file(segments(dir).last().unwrap()).unwrap()
+        }),
+        ("cut", |dir| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(segments(dir).last().unwrap())
+                .unwrap();
+            f.set_len(0).unwrap();
+        }),
+        ("moved", |dir| {
+            let moved = dir.with_extension("moved");
+            std::fs::rename(dir.join("log"), &moved).unwrap();
+            std::fs::create_dir(dir.join("log")).unwrap();
+        }),
+    ];
+    for (what, meddle) in meddling {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(&opts(dir.path(), 1 << 20)).await.unwrap();
+        let stream = Uuid::new_v4();
+        for i in 0..3 {
+            store
+                .append(append_req(stream, vec![new_event(i)]))
+                .await
+                .unwrap();
+        }
+        meddle(dir.path());
+        for i in 0..2 {
+            let err = store
+                .append(append_req(stream, vec![new_event(10 + i)]))
+                .await
+                .expect_err(what);
+            assert!(matches!(err, StoreError::Unavailable(_)), "{what}: {err:?}");
+        }
+        assert!(store.unavailable_reason().is_some(), "{what}");
+        let _ = std::fs::remove_dir_all(dir.path().with_extension("moved"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn position_at_over_many_events_and_a_reopen() {
     let dir = tempfile::tempdir().unwrap();

@@ -28,6 +28,13 @@ pub trait LogFile: Send + 'static {
     }
     /// Nothing more will be written to this segment (the log went on in a new one).
     fn sealed(&mut self) {}
+    /// Whether the file is still the segment at its path, linked, and (`before_write`) not
+    /// cut short of the log: an operator's `rm`, `truncate` or a data directory moved or
+    /// replaced under the running store. Appends written into such a file would be lost at
+    /// the next start: the batch is refused instead. Err: what happened.
+    fn check_in_place(&self, _before_write: bool) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Opens segment files for appending.
@@ -66,6 +73,8 @@ const DROP_STEP: u64 = 1 << 20;
 /// commit.
 struct RealFile<F: Positional = File> {
     file: F,
+    /// Where the file is (none in tests of the reserve): see [`LogFile::check_in_place`].
+    path: Option<std::path::PathBuf>,
     /// Opens the file again for the helper: its own open file description, so that a failed
     /// writeback is reported to the log thread's `fdatasync` as well as to the helper's (Linux
     /// reports a writeback error once per open file description; a shared descriptor would let
@@ -106,6 +115,20 @@ trait Positional: Send + Sync + 'static {
     fn len(&self) -> io::Result<u64>;
     /// Drops `from..to` from the page cache (only a hint: pages still dirty stay).
     fn drop_cache(&self, from: u64, to: u64) -> io::Result<()>;
+    /// Device, inode, link count and size, for [`LogFile::check_in_place`] (None: a file of
+    /// the tests, with no path).
+    fn identity(&self) -> io::Result<Option<Identity>> {
+        Ok(None)
+    }
+}
+
+/// What identifies a file in place: `(dev, ino)` at its path, still linked, its size.
+#[derive(Clone, Copy, Debug)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    links: u64,
+    size: u64,
 }
 
 impl Positional for File {
@@ -130,6 +153,16 @@ impl Positional for File {
         };
         rustix::fs::fadvise(self, from, Some(len), rustix::fs::Advice::DontNeed)?;
         Ok(())
+    }
+    fn identity(&self) -> io::Result<Option<Identity>> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.metadata()?;
+        Ok(Some(Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            links: m.nlink(),
+            size: m.len(),
+        }))
     }
 }
 
@@ -202,6 +235,7 @@ impl<F: Positional> RealFile<F> {
     fn new(file: F, reopen: Reopen<F>, len: u64, size: u64, cache: Option<u64>) -> RealFile<F> {
         RealFile {
             file,
+            path: None,
             reopen,
             len,
             reserved: size,
@@ -345,6 +379,48 @@ impl<F: Positional> LogFile for RealFile<F> {
         self.reserved = self.len;
         Ok(())
     }
+    fn check_in_place(&self, before_write: bool) -> Result<(), String> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let here = match self.file.identity() {
+            Ok(Some(id)) => id,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("cannot check {}: {e}", path.display())),
+        };
+        if here.links == 0 {
+            return Err(format!(
+                "{} was deleted under the running store",
+                path.display()
+            ));
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => {
+                use std::os::unix::fs::MetadataExt;
+                if (m.dev(), m.ino()) != (here.dev, here.ino) {
+                    return Err(format!(
+                        "{} was replaced under the running store (the data directory moved                          or a file was put in its place)",
+                        path.display()
+                    ));
+                }
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{} cannot be found under the running store ({e}): the data directory                      was moved or changed",
+                    path.display()
+                ))
+            }
+        }
+        if before_write && here.size < self.len {
+            return Err(format!(
+                "{} was cut to {} bytes under the running store (its records reach {})",
+                path.display(),
+                here.size,
+                self.len
+            ));
+        }
+        Ok(())
+    }
     fn sealed(&mut self) {
         // Its newest records are still the log's newest for a moment, but sealed segments
         // would otherwise each keep `cache` bytes cached for good.
@@ -377,13 +453,9 @@ impl LogIo for RealIo {
                 ),
             ));
         }
-        Ok(Box::new(RealFile::new(
-            file,
-            reopener(path),
-            len,
-            size,
-            self.log_cache,
-        )))
+        let mut segment = RealFile::new(file, reopener(path), len, size, self.log_cache);
+        segment.path = Some(path.to_path_buf());
+        Ok(Box::new(segment))
     }
 }
 

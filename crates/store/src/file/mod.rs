@@ -760,6 +760,10 @@ impl EventStore for FileStore {
             .then(|| "the store is closed".to_string())
     }
 
+    fn failed_reason(&self) -> Option<String> {
+        self.shared.poison_reason()
+    }
+
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
         if let Some(torn) = &self.torn_tail {
             return Err(torn.to_error());
