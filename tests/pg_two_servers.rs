@@ -320,6 +320,64 @@ fn any_appends_to_one_hot_incident_from_two_servers_all_land() {
     }
 }
 
+/// Two logs in one database, a schema each (`options=-csearch_path=...` in the URL): each
+/// server sees only its own log's head and appends. (A shared NOTIFY channel once moved one
+/// server's head to the other log's, so that every read on it waited 30 s for events it would
+/// never find.)
+#[test]
+fn two_logs_in_one_database_keep_to_themselves() {
+    let Some(base) = pg_base() else {
+        return;
+    };
+    let url = fresh_database(&base);
+    psql(&url, "CREATE SCHEMA log_one; CREATE SCHEMA log_two");
+    let in_schema = |schema: &str| {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}options=-csearch_path%3D{schema}")
+    };
+    let (url_one, url_two) = (in_schema("log_one"), in_schema("log_two"));
+    let (dir_one, dir_two) = (temp_dir(), temp_dir());
+    let token_one = token_create(&url_one, dir_one.path(), "desk", "admin");
+    let token_two = token_create(&url_two, dir_two.path(), "desk", "admin");
+    let one = Server::start(dir_one.path(), &["--store", &url_one]);
+    let two = Server::start(dir_two.path(), &["--store", &url_two]);
+    let report = |server: &Server, token: &str| {
+        let event = reported("shelling", "UA-63", "2025-03-01T04:15:00Z");
+        server
+            .append(token, &new_id(), &batch(json!(0), vec![event]))
+            .expect(201);
+    };
+    report(&two, &token_two);
+    for _ in 0..20 {
+        report(&one, &token_one);
+    }
+    // The other log's NOTIFYs (and anything the poll finds) have had time to arrive.
+    std::thread::sleep(Duration::from_millis(700));
+    let ready = two.get("/readyz", &token_two);
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(
+        (
+            ready.json()["head"].clone(),
+            ready.json()["position"].clone()
+        ),
+        (json!(1), json!(1)),
+        "{}",
+        ready.text()
+    );
+    let started = Instant::now();
+    two.get("/v1/regions", &token_two).expect(200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(log_of(&two, &token_two).len(), 1);
+    assert_eq!(log_of(&one, &token_one).len(), 20);
+    // The schemas hold their own tables.
+    let ready = one.get("/readyz", &token_one);
+    assert_eq!(ready.json()["head"], json!(20), "{}", ready.text());
+}
+
 #[test]
 fn a_tampered_row_is_damage_to_every_offline_command() {
     let Some(base) = pg_base() else {

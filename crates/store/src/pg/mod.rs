@@ -143,6 +143,7 @@ impl PgStore {
         }
         schema::migrate(&client).await?;
         let head = read_head(&client).await?;
+        let key = log_key(&client).await?;
         drop(client);
 
         let (head_tx, _) = watch::channel(head.position);
@@ -156,9 +157,10 @@ impl PgStore {
             Arc::downgrade(&shared),
             config.clone(),
             durability,
+            key,
             rx,
         ));
-        tokio::spawn(follow_head(Arc::downgrade(&shared), config.clone()));
+        tokio::spawn(follow_head(Arc::downgrade(&shared), config.clone(), key));
         let pool = Arc::new(Pool::new(config, READ_CONNECTIONS));
         let (versions, asks) = mpsc::channel(4096);
         tokio::spawn(read_versions(Arc::clone(&pool), asks));
@@ -330,8 +332,23 @@ async fn read_versions(pool: Arc<Pool>, mut asks: mpsc::Receiver<VersionAsk>) {
     }
 }
 
+/// This log's key: its `events` table's OID, as the search path resolves it (see
+/// [`writer::LogKey`]).
+async fn log_key(client: &tokio_postgres::Client) -> Result<writer::LogKey, StoreError> {
+    let row = timed(
+        "open",
+        OP_TIMEOUT,
+        client.query_one("SELECT 'events'::regclass::oid::bigint", &[]),
+    )
+    .await?;
+    let oid: i64 = row.get(0);
+    u32::try_from(oid)
+        .map(writer::LogKey)
+        .map_err(|_| StoreError::Unavailable(format!("the events table's OID {oid} is not an OID")))
+}
+
 /// Follows appends of every process: LISTEN on a dedicated connection, poll as the fallback.
-async fn follow_head(shared: Weak<Shared>, config: Config) {
+async fn follow_head(shared: Weak<Shared>, config: Config, key: writer::LogKey) {
     loop {
         if shared.strong_count() == 0 {
             return;
@@ -341,7 +358,7 @@ async fn follow_head(shared: Weak<Shared>, config: Config) {
                 let listen = timed(
                     "LISTEN",
                     OP_TIMEOUT,
-                    client.batch_execute(&format!("LISTEN {}", writer::HEAD_CHANNEL)),
+                    client.batch_execute(&format!("LISTEN {}", key.head_channel())),
                 )
                 .await;
                 if let Err(e) = listen {

@@ -4,7 +4,7 @@
 //! transaction:
 //!
 //! ```text
-//! BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(APPEND_LOCK);
+//! BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(LOCK_CLASS, log's OID);
 //! read head (position, hash, recorded_at), known event ids, stream versions   -- pipelined
 //! decide every request in memory; assign positions head+1.. ; chain the hashes
 //! INSERT ... SELECT * FROM unnest(arrays); SELECT pg_notify(head); COMMIT     -- pipelined
@@ -33,10 +33,33 @@ use crate::{
     StreamId,
 };
 
-/// Advisory lock key that serializes appends of every process on one database.
-pub(crate) const APPEND_LOCK: i64 = 0x696e_6369_6170_7031; // "inciapp1"
-/// NOTIFY channel carrying the new head (`position:hexhash`) after each commit.
-pub(crate) const HEAD_CHANNEL: &str = "incidentlog_head";
+/// Which log of the database this is: its `events` table's OID (each schema on a search path
+/// has its own). The advisory lock that serializes appends of every process, and the NOTIFY
+/// channel that carries the new head (`position:hexhash`) after each commit, are the log's
+/// own: two logs in one database (a schema each) neither wait for each other's appends nor
+/// move each other's head (a shared channel once made one server believe in a head its log
+/// did not have, and every read wait 30 s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LogKey(pub(crate) u32);
+
+impl LogKey {
+    /// The first key of the two-key advisory lock ("inci"; two-key locks never meet the
+    /// one-key ones of `schema`).
+    const LOCK_CLASS: i32 = 0x696e_6369;
+
+    pub(crate) fn head_channel(self) -> String {
+        format!("incidentlog_head_{}", self.0)
+    }
+
+    fn lock_sql(self) -> String {
+        format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({}, {})",
+            Self::LOCK_CLASS,
+            // The OID's bits as the int4 the lock takes.
+            self.0 as i32
+        )
+    }
+}
 
 /// Limits of one transaction (the queue itself is bounded by the channel).
 const MAX_BATCH_EVENTS: usize = 8192;
@@ -66,10 +89,16 @@ struct WriterConn {
     /// `insert` with a `recorded_at` per row (restored appends keep theirs).
     insert_restored: Statement,
     notify: Statement,
+    /// Takes this log's append lock (`LogKey`).
+    lock_sql: String,
 }
 
 impl WriterConn {
-    async fn open(config: &Config, durability: Durability) -> Result<WriterConn, StoreError> {
+    async fn open(
+        config: &Config,
+        durability: Durability,
+        key: LogKey,
+    ) -> Result<WriterConn, StoreError> {
         let client = connect(config).await?;
         let prepare = async {
             if durability == Durability::Relaxed {
@@ -111,7 +140,7 @@ impl WriterConn {
                  $5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::bigint[], \
                  $10::bigint[], $11::bytea[])",
             );
-            let notify_sql = format!("SELECT pg_notify('{HEAD_CHANNEL}', $1)");
+            let notify_sql = format!("SELECT pg_notify('{}', $1)", key.head_channel());
             let notify = client.prepare(&notify_sql);
             let (head, ids, versions) = try_join3(head, ids, versions).await?;
             let (insert, insert_restored, notify) =
@@ -128,6 +157,7 @@ impl WriterConn {
             insert,
             insert_restored,
             notify,
+            lock_sql: key.lock_sql(),
         })
     }
 }
@@ -137,6 +167,7 @@ pub(crate) async fn run(
     shared: Weak<Shared>,
     config: Config,
     durability: Durability,
+    key: LogKey,
     mut rx: mpsc::Receiver<Msg>,
 ) {
     let mut conn: Option<WriterConn> = None;
@@ -162,7 +193,7 @@ pub(crate) async fn run(
                 };
                 let result = match conn.as_ref().filter(|c| !c.client.is_closed()) {
                     Some(c) => restore_batch(c, &appends).await,
-                    None => match WriterConn::open(&config, durability).await {
+                    None => match WriterConn::open(&config, durability, key).await {
                         Ok(c) => {
                             let r = restore_batch(&c, &appends).await;
                             conn = Some(c);
@@ -210,7 +241,7 @@ pub(crate) async fn run(
 
         let result = match conn.as_ref().filter(|c| !c.client.is_closed()) {
             Some(c) => commit_batch(c, &jobs).await,
-            None => match WriterConn::open(&config, durability).await {
+            None => match WriterConn::open(&config, durability, key).await {
                 Ok(c) => {
                     let r = commit_batch(&c, &jobs).await;
                     conn = Some(c);
@@ -406,11 +437,8 @@ async fn lock_and_read<'r>(
     let mut streams: Vec<StreamId> = requests.map(|r| r.stream_id).collect();
     streams.sort_unstable();
     streams.dedup();
-    let lock_sql = format!(
-        "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({APPEND_LOCK})"
-    );
     let (_, head_row, id_rows, version_rows) = futures_util::future::try_join4(
-        c.client.batch_execute(&lock_sql),
+        c.client.batch_execute(&c.lock_sql),
         c.client.query_opt(&c.head, &[]),
         c.client.query(&c.ids, &[&all_ids]),
         c.client.query(&c.versions, &[&streams]),
