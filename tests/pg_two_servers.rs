@@ -378,6 +378,68 @@ fn two_logs_in_one_database_keep_to_themselves() {
     assert_eq!(ready.json()["head"], json!(20), "{}", ready.text());
 }
 
+/// The offline readers (`verify`, `replay`, `export`, `token list`) create and migrate
+/// nothing: an auditor's role with only SELECT, or a database in read-only mode (as a hot
+/// standby is), will do. On a database with no log yet they say so.
+#[test]
+fn read_only_commands_need_only_select() {
+    let Some(base) = pg_base() else {
+        return;
+    };
+    let url = fresh_database(&base);
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let seed = seed_path();
+    let seed = seed.to_str().expect("utf-8");
+    let empty = fresh_database(&base);
+    let out = cli(&["verify", "--store", &empty, "--data-dir", data]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no incidentlog log yet"),
+        "{out:?}"
+    );
+    cli_ok(&["import", "--store", &url, "--data-dir", data, seed]);
+    let role = format!("auditor_{}", uuid::Uuid::new_v4().simple());
+    psql(
+        &url,
+        &format!(
+            "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA public TO {role}; \
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"
+        ),
+    );
+    let auditor = url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(auditor, url, "the test's URL names its user as postgres@");
+    let commands: [&[&str]; 5] = [
+        &["verify"],
+        &["replay"],
+        &["export", "--format", "csv"],
+        &["export", "--format", "ndjson"],
+        &["token", "list"],
+    ];
+    let run_all = |store: &str| {
+        for args in commands {
+            let mut all = args.to_vec();
+            all.extend(["--store", store, "--data-dir", data]);
+            cli_ok(&all);
+        }
+    };
+    run_all(&auditor);
+    let name = url.rsplit('/').next().expect("a database name");
+    let name = name.split('?').next().expect("a database name");
+    psql(
+        &base,
+        &format!("ALTER DATABASE {name} SET default_transaction_read_only = on"),
+    );
+    run_all(&url);
+    psql(
+        &base,
+        &format!("ALTER DATABASE {name} RESET default_transaction_read_only"),
+    );
+    psql(&url, &format!("DROP OWNED BY {role}"));
+    psql(&base, &format!("DROP ROLE {role}"));
+}
+
 #[test]
 fn a_tampered_row_is_damage_to_every_offline_command() {
     let Some(base) = pg_base() else {

@@ -576,6 +576,9 @@ impl Store {
     pub async fn open(opts: &OpenOptions) -> Result<Store, StoreError> {
         match &opts.backend {
             Backend::File => Ok(Store::File(file::FileStore::open(opts).await?)),
+            Backend::Postgres(url) if opts.read_only => {
+                Ok(Store::Postgres(pg::PgStore::open_read_only(url).await?))
+            }
             Backend::Postgres(url) => Ok(Store::Postgres(
                 pg::PgStore::open(url, opts.durability).await?,
             )),

@@ -109,7 +109,12 @@ pub struct PgStore {
     versions: mpsc::Sender<VersionAsk>,
     closed: AtomicBool,
     durability: Durability,
+    /// Opened by `open_read_only`: no writer runs, appends are refused.
+    read_only: bool,
 }
+
+/// What appends to a store opened read-only get.
+const READ_ONLY: &str = "the store was opened read-only: appends are refused";
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,6 +129,23 @@ impl PgStore {
     /// Connects, applies missing migrations, reads the head and starts the writer and the head
     /// follower. `url` is a `postgres://` or `postgresql://` URL (libpq key=value works too).
     pub async fn open(url: &str, durability: Durability) -> Result<PgStore, StoreError> {
+        PgStore::open_as(url, durability, false).await
+    }
+
+    /// Opens for reading only (the offline `verify`, `replay`, `export`, `token list`): creates
+    /// and migrates nothing, so a role with only SELECT, or a read-only database (a hot
+    /// standby, `default_transaction_read_only`), will do; the schema must be there and
+    /// current. Nothing follows the head after it is read: such a command reads the log up to
+    /// where it stood when it began.
+    pub async fn open_read_only(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::open_as(url, Durability::Strict, true).await
+    }
+
+    async fn open_as(
+        url: &str,
+        durability: Durability,
+        read_only: bool,
+    ) -> Result<PgStore, StoreError> {
         let config = parse_config(url)?;
         let client = conn::connect(&config).await?;
         // Event data is UTF-8 text: another server encoding would refuse some of it at insert
@@ -141,7 +163,11 @@ impl PgStore {
                  (CREATE DATABASE ... ENCODING 'UTF8')"
             )));
         }
-        schema::migrate(&client).await?;
+        if read_only {
+            schema::check(&client).await?;
+        } else {
+            schema::migrate(&client).await?;
+        }
         let head = read_head(&client).await?;
         let key = log_key(&client).await?;
         drop(client);
@@ -153,14 +179,18 @@ impl PgStore {
             unreachable: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(writer::run(
-            Arc::downgrade(&shared),
-            config.clone(),
-            durability,
-            key,
-            rx,
-        ));
-        tokio::spawn(follow_head(Arc::downgrade(&shared), config.clone(), key));
+        if !read_only {
+            tokio::spawn(writer::run(
+                Arc::downgrade(&shared),
+                config.clone(),
+                durability,
+                key,
+                rx,
+            ));
+        }
+        if !read_only {
+            tokio::spawn(follow_head(Arc::downgrade(&shared), config.clone(), key));
+        }
         let pool = Arc::new(Pool::new(config, READ_CONNECTIONS));
         let (versions, asks) = mpsc::channel(4096);
         tokio::spawn(read_versions(Arc::clone(&pool), asks));
@@ -171,6 +201,7 @@ impl PgStore {
             versions,
             closed: AtomicBool::new(false),
             durability,
+            read_only,
         })
     }
 
@@ -181,6 +212,11 @@ impl PgStore {
                 .map(|_| Err(StoreError::Unavailable("store is closed".to_owned())))
                 .collect()
         };
+        if self.read_only {
+            return (0..n)
+                .map(|_| Err(StoreError::Unavailable(READ_ONLY.to_owned())))
+                .collect();
+        }
         if self.closed.load(Ordering::Acquire) {
             return closed();
         }
@@ -423,6 +459,9 @@ impl EventStore for PgStore {
     async fn restore(&self, appends: Vec<RecordedAppend>) -> Result<Head, StoreError> {
         if appends.is_empty() {
             return Ok(self.head());
+        }
+        if self.read_only {
+            return Err(StoreError::Unavailable(READ_ONLY.to_owned()));
         }
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable("store is closed".to_owned()));

@@ -51,6 +51,46 @@ CREATE TABLE tokens (
 /// The newest schema version this binary knows.
 pub(crate) const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
+/// For a read-only open: the schema must be there and current, since nothing may be created
+/// or migrated (a role with only SELECT, a hot standby).
+pub(crate) async fn check(client: &Client) -> Result<(), StoreError> {
+    let run = async {
+        let present: bool = client
+            .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        if !present {
+            return Ok(None);
+        }
+        let current: i32 = client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok::<Option<i32>, tokio_postgres::Error>(Some(current))
+    };
+    match timed("check the schema", OP_TIMEOUT, run).await? {
+        None => Err(StoreError::Unavailable(
+            "this database holds no incidentlog log yet (no schema_migrations table on the \
+             search path); a read-only command creates nothing: `serve`, `import` or \
+             `restore` make it"
+                .to_owned(),
+        )),
+        Some(v) if v > SCHEMA_VERSION => Err(StoreError::Unavailable(format!(
+            "database schema version {v} is newer than this binary supports \
+             ({SCHEMA_VERSION}); upgrade incidentlog"
+        ))),
+        Some(v) if v < SCHEMA_VERSION => Err(StoreError::Unavailable(format!(
+            "database schema version {v} is older than this binary's ({SCHEMA_VERSION}); a \
+             read-only command migrates nothing: run `incidentlog serve` (or `import`) once \
+             with a role that may"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Applies every missing migration; returns the schema version afterwards.
 pub(crate) async fn migrate(client: &Client) -> Result<i32, StoreError> {
     let run = async {
