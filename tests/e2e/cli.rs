@@ -1610,6 +1610,32 @@ fn exports_are_owner_only_and_a_cut_off_export_fails() {
         assert_eq!(out.status.code(), Some(1), "{format}: {stderr}");
         assert!(stderr.contains("output was closed"), "{format}: {stderr}");
     }
+
+    // A full disk: the error names where the export went, and an earlier export at that
+    // path is left alone by one that failed (written beside it, renamed when complete).
+    let out = cli(&["export", "--data-dir", data_s, "-o", "/dev/full"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("/dev/full") && stderr.contains("No space left"),
+        "{stderr}"
+    );
+    let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    let out = cli(&[
+        "export",
+        "--data-dir",
+        d(&dir.path().join("no-such-store")),
+        "-o",
+        d(&dir.path().join("export.ndjson")),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        std::fs::metadata(dir.path().join("export.ndjson"))
+            .unwrap()
+            .len()
+            > 0
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), before.len());
 }
 
 /// Ctrl-C during `incidentlog import` stops it between two lines, once the chunk being

@@ -2,7 +2,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1005,31 +1005,51 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
         .resolve(&store, "exported")
         .await?
         .map_or(log_head, |p| p.min(log_head));
-    let sink: Box<dyn Write> = match &args.output {
-        // Owner-only, as the store's own files: an export holds what the log does (sources
-        // and witnesses). A file that exists keeps its mode.
-        Some(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        ),
-        None => Box::new(std::io::stdout().lock()),
+    let (sink, staged): (Box<dyn Write>, _) = match &args.output {
+        Some(path) => {
+            let staged = ExportFile::create(path)?;
+            (Box::new(staged.file()?), Some(staged))
+        }
+        None => (Box::new(std::io::stdout().lock()), None),
     };
+    let to = args
+        .output
+        .as_ref()
+        .map_or_else(|| "stdout".to_string(), |p| p.display().to_string());
     let mut out = std::io::BufWriter::with_capacity(1 << 20, sink);
     let bar = if head >= PROGRESS_MIN_EVENTS && args.output.is_some() {
         progress_bar(Some(head), "events")
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let written = write_export(&args, &store, head, query.as_ref(), &bar, &mut out).await;
+    bar.finish_and_clear();
+    written
+        .and_then(|()| out.flush().map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot write the export to {to}"))?;
+    drop(out);
+    if let Some(staged) = staged {
+        staged
+            .commit()
+            .with_context(|| format!("cannot write the export to {to}"))?;
+    }
+    Ok(exit::OK)
+}
+
+/// Writes the export of the log up to `head` to `out`.
+async fn write_export(
+    args: &ExportArgs,
+    store: &incidentlog_store::Store,
+    head: u64,
+    query: Option<&IncidentQuery>,
+    bar: &indicatif::ProgressBar,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     match args.format {
         ExportFormat::Ndjson => {
-            for_each_page(&store, head, &bar, |events| {
+            for_each_page(store, head, bar, |events| {
                 for e in events {
-                    serde_json::to_writer(&mut out, &incidentlog_api::wire::WireEvent(e))?;
+                    serde_json::to_writer(&mut *out, &incidentlog_api::wire::WireEvent(e))?;
                     out.write_all(b"\n")?;
                 }
                 Ok(())
@@ -1042,7 +1062,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
             let progress_bar = bar.clone();
             let progress = move |n: u64| progress_bar.set_position(n);
             let (projection, _) =
-                incidentlog_api::service::rebuild_views(&store, Some(head), &progress)
+                incidentlog_api::service::rebuild_views(store, Some(head), &progress)
                     .await
                     .context("rebuilding the views failed")?;
             let mut table = TableWriter::new(if args.format == ExportFormat::Csv {
@@ -1051,18 +1071,100 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
                 TableFormat::Geojson
             });
             let every = IncidentQuery::default();
-            let query = query.as_ref().unwrap_or(&every);
-            table.begin(&mut out)?;
+            let query = query.unwrap_or(&every);
+            table.begin(&mut *out)?;
             for view in projection.matching(query, args.include_retracted) {
-                table.view(&view, &mut out)?;
+                table.view(&view, &mut *out)?;
             }
-            table.end(&mut out)?;
+            table.end(&mut *out)?;
             exiting_with(projection);
         }
     }
-    bar.finish_and_clear();
-    out.flush().context("cannot write the export")?;
-    Ok(exit::OK)
+    Ok(())
+}
+
+/// `export --output PATH`, written next to PATH under a temporary name and renamed over it
+/// only once complete and synced: an export that fails (a full disk, a damaged log) leaves
+/// whatever PATH held (an earlier backup) as it was, and no partial file. Owner-only, as the
+/// store's own files (an export holds what the log does: sources and witnesses); a file that
+/// exists keeps its mode. A PATH that is not a regular file (`/dev/stdout`, a FIFO) is
+/// written in place.
+struct ExportFile {
+    path: PathBuf,
+    file: std::fs::File,
+    /// The temporary name, until renamed over `path` (None: written in place).
+    staged: Option<PathBuf>,
+}
+
+impl ExportFile {
+    fn create(path: &Path) -> anyhow::Result<ExportFile> {
+        let existing = std::fs::metadata(path).ok();
+        if existing.as_ref().is_some_and(|m| !m.is_file()) {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            return Ok(ExportFile {
+                path: path.to_path_buf(),
+                file,
+                staged: None,
+            });
+        }
+        let name = path
+            .file_name()
+            .with_context(|| format!("{} names no file", path.display()))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".incidentlog-export-{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {} (as {})", path.display(), tmp.display()))?;
+        if let Some(m) = existing {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = m.permissions().mode() & 0o7777;
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
+        }
+        Ok(ExportFile {
+            path: path.to_path_buf(),
+            file,
+            staged: Some(tmp),
+        })
+    }
+
+    fn file(&self) -> anyhow::Result<std::fs::File> {
+        self.file.try_clone().context("cannot open the export file")
+    }
+
+    /// Syncs the complete export and puts it in place.
+    fn commit(mut self) -> anyhow::Result<()> {
+        self.file.sync_all()?;
+        let Some(tmp) = self.staged.take() else {
+            return Ok(());
+        };
+        if let Err(e) = std::fs::rename(&tmp, &self.path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+        Ok(())
+    }
+}
+
+impl Drop for ExportFile {
+    /// An export that did not complete leaves no partial file behind.
+    fn drop(&mut self) {
+        if let Some(tmp) = &self.staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 /// Leaves the rebuilt views of an offline command unfreed: the process exits right after, and
@@ -1341,6 +1443,46 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An export that does not complete leaves the file it was to replace as it was, and no
+    /// partial file; one that completes replaces it, keeping its mode; a new one is 0600.
+    #[test]
+    fn an_export_file_is_replaced_only_when_complete() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup.ndjson");
+        std::fs::write(&path, "the earlier backup\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let entries = || std::fs::read_dir(dir.path()).unwrap().count();
+
+        let staged = ExportFile::create(&path).unwrap();
+        staged.file().unwrap().write_all(b"half an exp").unwrap();
+        assert_eq!(entries(), 2, "written beside it, under another name");
+        drop(staged);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "the earlier backup\n"
+        );
+        assert_eq!(entries(), 1, "no partial file left");
+
+        let staged = ExportFile::create(&path).unwrap();
+        staged
+            .file()
+            .unwrap()
+            .write_all(b"the new export\n")
+            .unwrap();
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "the new export\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        assert_eq!(entries(), 1);
+
+        let fresh = dir.path().join("fresh.csv");
+        let staged = ExportFile::create(&fresh).unwrap();
+        staged.commit().unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
     use tokio::io::AsyncReadExt;
 
     /// Gives `data` in reads of at most 7 bytes, then fails (a broken pipe, a bad disk).

@@ -145,8 +145,8 @@ impl FileStore {
                     )));
                 }
             } else {
-                io::create_private_dir_all(&dir)?;
-                io::create_dir_like_parent(&ld)?;
+                io::create_private_dir_all(&dir).map_err(|e| at_path(&dir, e))?;
+                io::create_dir_like_parent(&ld).map_err(|e| at_path(&ld, e))?;
             }
             let lock = lock_data_dir(&dir, read_only)?;
             Ok((lock, scan::recover(&ld, read_only)?))
@@ -354,8 +354,7 @@ fn lock_data_dir(dir: &Path, read_only: bool) -> Result<DataDirLock, StoreError>
             dir.display()
         ))
     };
-    let dir_fd = File::open(dir)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", dir.display())))?;
+    let dir_fd = File::open(dir).map_err(|e| at_path(dir, e))?;
     take(&dir_fd, in_use)?;
     let path = dir.join("LOCK");
     let file = match io::open_by_name(
@@ -368,7 +367,7 @@ fn lock_data_dir(dir: &Path, read_only: bool) -> Result<DataDirLock, StoreError>
     ) {
         Ok(f) => Some(f),
         Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(at_path(&path, e)),
     };
     if let Some(f) = &file {
         take(f, in_use)?;
@@ -377,6 +376,12 @@ fn lock_data_dir(dir: &Path, read_only: bool) -> Result<DataDirLock, StoreError>
         _dir: dir_fd,
         _file: file,
     })
+}
+
+/// An I/O error that names the file or directory it happened on (`Permission denied` alone
+/// does not say which of a data directory's files to fix).
+fn at_path(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 /// Takes an exclusive flock on `f`. A forked child briefly shares our descriptors (until its
