@@ -381,7 +381,10 @@ fn lock_data_dir(dir: &Path, read_only: bool) -> Result<DataDirLock, StoreError>
 /// An I/O error that names the file or directory it happened on (`Permission denied` alone
 /// does not say which of a data directory's files to fix).
 fn at_path(path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    StoreError::Io(std::io::Error::new(
+        e.kind(),
+        format!("{}: {e}", path.display()),
+    ))
 }
 
 /// Takes an exclusive flock on `f`. A forked child briefly shares our descriptors (until its
