@@ -529,6 +529,13 @@ pub struct RestoreArgs {
         value_parser = parse_checkpoint
     )]
     pub expect_hash: Vec<Checkpoint>,
+
+    /// Restore a log recorded (in part) later than this machine's clock, as a server whose
+    /// clock ran ahead writes it. Refused without this flag, since every new append would be
+    /// stamped with the log's latest time until this clock passes it (a clock set wrong here
+    /// is the likelier cause).
+    #[arg(long, env = "INCIDENTLOG_ALLOW_CLOCK_AHEAD", value_parser = BoolishValueParser::new())]
+    pub allow_clock_ahead: bool,
 }
 
 /// Events per `EventStore::restore` call (one sync each).
@@ -771,8 +778,12 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
     // The decisions run on a thread of their own while this one reads and regroups.
     let (to_check, appends) =
         std::sync::mpsc::sync_channel::<(incidentlog_store::RecordedAppend, Lines)>(1024);
+    let allow_clock_ahead = args.allow_clock_ahead;
     let checker = std::thread::spawn(move || -> anyhow::Result<()> {
         let mut check = incidentlog_api::service::RestoreCheck::new(Utc::now());
+        if allow_clock_ahead {
+            check = check.allowing_clock_ahead();
+        }
         for (a, lines) in appends {
             check
                 .check(&a)

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 mod chain;
+mod clock;
 pub mod file;
 pub mod pg;
 pub mod restore;

@@ -65,12 +65,19 @@ impl RestoreCheck {
         }
     }
 
+    /// Takes appends recorded later than this machine's clock too (`restore
+    /// --allow-clock-ahead`: the clock that recorded the log ran ahead).
+    pub fn allowing_clock_ahead(mut self) -> RestoreCheck {
+        self.latest = DateTime::<Utc>::MAX_UTC;
+        self
+    }
+
     /// Checks the next append of the log; on success its incident's state includes it.
     pub fn check(&mut self, append: &RecordedAppend) -> Result<(), String> {
         let first = append.first_position;
         if append.recorded_at > self.latest {
             return Err(format!(
-                "the append at position {first} was recorded at {}, later than this machine's clock allows: every new append would be stamped with that time (is this clock right?)",
+                "the append at position {first} was recorded at {}, later than this machine's clock allows: every new append would be stamped with that time (is this clock right? if the clock that recorded the log ran ahead, --allow-clock-ahead restores it anyway)",
                 crate::wire::format_time(&append.recorded_at)
             ));
         }
@@ -232,6 +239,11 @@ mod tests {
         );
         let err = RestoreCheck::new(at(NOW)).check(&future).unwrap_err();
         assert!(err.contains("later than this machine's clock"), "{err}");
+        assert!(err.contains("--allow-clock-ahead"), "{err}");
+        RestoreCheck::new(at(NOW))
+            .allowing_clock_ahead()
+            .check(&future)
+            .unwrap();
         assert!(RestoreCheck::new(at(NOW))
             .check(&append(
                 id,

@@ -367,7 +367,11 @@ impl Writer {
             // An ordinary append is recorded when the writer takes it, after it was decided
             // (a restore re-decides it at that time), and never before the record ahead of it.
             let at = pin.map_or_else(
-                || chrono::Utc::now().timestamp_micros().max(*last_time),
+                || {
+                    let now = chrono::Utc::now().timestamp_micros();
+                    crate::clock::warn_if_behind(now, *last_time);
+                    now.max(*last_time)
+                },
                 |p| p.recorded_at,
             );
             let times = Times {

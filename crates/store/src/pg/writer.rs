@@ -555,7 +555,10 @@ async fn commit_batch_inner(
     let (mut position, mut prev_hash) = (head.position, head.hash);
     let now = truncate_to_micros(Utc::now());
     let recorded_at = match last_recorded_at {
-        Some(last) if last > now => last,
+        Some(last) if last > now => {
+            crate::clock::warn_if_behind(now.timestamp_micros(), last.timestamp_micros());
+            last
+        }
         _ => now,
     };
 
