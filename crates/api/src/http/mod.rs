@@ -576,6 +576,52 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(&format!("{prefix}-{n}")).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
+/// Internal-error lines logged per second at most: a database that went away fails every
+/// request alike (an audit counted 250,000 identical lines in 8 s of an outage). The rest are
+/// counted, and the count goes with the next line logged.
+const ERROR_LINES_PER_SEC: u32 = 10;
+
+static ERROR_LINES: LineLimit = LineLimit::new(ERROR_LINES_PER_SEC);
+/// The same for the other 5xx answers (a server busy or shutting down answers many alike).
+static FAILED_LINES: LineLimit = LineLimit::new(ERROR_LINES_PER_SEC);
+
+/// A budget of log lines per second.
+struct LineLimit {
+    per_sec: u32,
+    /// (start of the current second, lines logged in it, lines suppressed since the last one
+    /// logged).
+    state: std::sync::Mutex<Option<(Instant, u32, u64)>>,
+}
+
+impl LineLimit {
+    const fn new(per_sec: u32) -> LineLimit {
+        LineLimit {
+            per_sec,
+            state: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether a line may be logged now: `Some(n)` with the lines suppressed before it.
+    fn allow(&self) -> Option<u64> {
+        self.allow_at(Instant::now())
+    }
+
+    fn allow_at(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, logged, suppressed) = state.get_or_insert((now, 0, 0));
+        if now.duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            *logged = 0;
+        }
+        if *logged >= self.per_sec {
+            *suppressed += 1;
+            return None;
+        }
+        *logged += 1;
+        Some(std::mem::take(suppressed))
+    }
+}
+
 /// The one middleware (each `from_fn` layer clones the inner service per request, so there is
 /// only one): request id, auth and limits for the API routes, metrics, logging of internal
 /// errors with the request id.
@@ -606,9 +652,27 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     }
     let rid = request_id.to_str().unwrap_or("-");
     if let Some(InternalDetail(detail)) = response.extensions_mut().remove::<InternalDetail>() {
-        tracing::error!(request_id = %rid, %method, %uri, error = %detail, "internal error");
+        match ERROR_LINES.allow() {
+            Some(0) => {
+                tracing::error!(request_id = %rid, %method, %uri, error = %detail, "internal error")
+            }
+            Some(suppressed) => tracing::error!(
+                request_id = %rid, %method, %uri, error = %detail, suppressed,
+                "internal error (and `suppressed` more since the last one logged)"
+            ),
+            None => {}
+        }
     } else if status.is_server_error() {
-        tracing::warn!(request_id = %rid, %method, %uri, status = status.as_u16(), "request failed");
+        match FAILED_LINES.allow() {
+            Some(0) => tracing::warn!(
+                request_id = %rid, %method, %uri, status = status.as_u16(), "request failed"
+            ),
+            Some(suppressed) => tracing::warn!(
+                request_id = %rid, %method, %uri, status = status.as_u16(), suppressed,
+                "request failed (and `suppressed` more since the last one logged)"
+            ),
+            None => {}
+        }
     } else {
         tracing::debug!(request_id = %rid, %method, %uri, status = status.as_u16(), "request");
     }
@@ -832,4 +896,21 @@ pub async fn serve(
     service.close().await?;
     tracing::info!("store closed; bye");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_error_lines_are_limited_per_second_and_the_rest_counted() {
+        let limit = LineLimit::new(3);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let first: Vec<_> = (0..5).map(|i| limit.allow_at(at(i))).collect();
+        assert_eq!(first, [Some(0), Some(0), Some(0), None, None]);
+        // The next second: the count of what was left out goes with its first line.
+        assert_eq!(limit.allow_at(at(1000)), Some(2));
+        assert_eq!(limit.allow_at(at(1001)), Some(0));
+    }
 }
