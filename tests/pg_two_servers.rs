@@ -440,6 +440,58 @@ fn read_only_commands_need_only_select() {
     psql(&base, &format!("DROP ROLE {role}"));
 }
 
+/// A hung database (its backends stopped, connections open but silent): `/readyz` says so
+/// within a few seconds, not only once a query times out (15 s), and ok again once it
+/// answers.
+#[test]
+fn readiness_notices_a_hung_database_within_seconds() {
+    let Some(base) = pg_base() else {
+        return;
+    };
+    let url = fresh_database(&base);
+    let name = url.rsplit('/').next().expect("a database name");
+    let name = name.split('?').next().expect("a database name").to_string();
+    let dir = temp_dir();
+    let admin = token_create(&url, dir.path(), "root", "admin");
+    let server = Server::start(dir.path(), &["--store", &url]);
+    server.get("/readyz", &admin).expect(200);
+    /// Resumes the database's backends however the test ends (other tests share the cluster).
+    struct Resume(String);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            signal_backends(&self.0, "CONT");
+        }
+    }
+    fn signal_backends(database: &str, signal: &str) {
+        let _ = Command::new("pkill")
+            .args([
+                &format!("-{signal}"),
+                "-f",
+                &format!("postgres: .* {database} "),
+            ])
+            .status();
+    }
+    let resume = Resume(name.clone());
+    signal_backends(&name, "STOP");
+    let stopped = Instant::now();
+    loop {
+        let r = server.get("/readyz", &admin);
+        if r.status == 503 {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(8),
+            "/readyz still {} {} {:?} after the database hung",
+            r.status,
+            r.text(),
+            stopped.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(resume);
+    eventually(&server, &admin, "/readyz", |v| v["status"] == "ok");
+}
+
 #[test]
 fn a_tampered_row_is_damage_to_every_offline_command() {
     let Some(base) = pg_base() else {

@@ -43,6 +43,10 @@ pub const SCHEMA_VERSION: i32 = schema::SCHEMA_VERSION;
 pub const MAX_EVENT_BYTES: usize = crate::MAX_EVENT_BYTES;
 /// Largest single append (each event counted with the file store's per-record overhead).
 pub const MAX_APPEND_BYTES: usize = crate::MAX_APPEND_BYTES;
+/// A head poll unanswered this long makes the store unavailable for readiness while it waits
+/// (the poll itself waits up to `OP_TIMEOUT`: /readyz said ok through the first 15 s of a
+/// hung database).
+const HEAD_POLL_SLOW: Duration = Duration::from_secs(2);
 /// How often the head is polled when notifications are quiet (and the fallback when LISTEN
 /// is not delivering).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -408,7 +412,20 @@ async fn follow_head(shared: Weak<Shared>, config: Config, key: writer::LogKey) 
                         let Some(s) = shared.upgrade() else {
                             return;
                         };
-                        match read_head(&client).await {
+                        let poll = read_head(&client);
+                        tokio::pin!(poll);
+                        let answer = tokio::select! {
+                            r = &mut poll => r,
+                            _ = tokio::time::sleep(HEAD_POLL_SLOW) => {
+                                // A hung database: not ready from now on, not only once the
+                                // query times out.
+                                s.set_unreachable(Some(format!(
+                                    "the database has not answered for {HEAD_POLL_SLOW:?}"
+                                )));
+                                poll.await
+                            }
+                        };
+                        match answer {
                             Ok(head) => {
                                 s.advance(head);
                                 s.set_unreachable(None);
