@@ -382,7 +382,12 @@ async fn open_store_as(
             ),
             Backend::Postgres(_) => "cannot open the PostgreSQL store".to_string(),
         };
-        anyhow::Error::new(e).context(what)
+        match e {
+            // Not "store unavailable", which reads as an outage to wait out: at open it is as
+            // often a setting to fix (a permission, a database holding something else).
+            StoreError::Unavailable(why) => anyhow::anyhow!(why).context(what),
+            e => anyhow::Error::new(e).context(what),
+        }
     })
 }
 
