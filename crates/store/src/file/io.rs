@@ -28,11 +28,12 @@ pub trait LogFile: Send + 'static {
     }
     /// Nothing more will be written to this segment (the log went on in a new one).
     fn sealed(&mut self) {}
-    /// Whether the file is still the segment at its path, linked, and (`before_write`) not
-    /// cut short of the log: an operator's `rm`, `truncate` or a data directory moved or
-    /// replaced under the running store. Appends written into such a file would be lost at
-    /// the next start: the batch is refused instead. Err: what happened.
-    fn check_in_place(&self, _before_write: bool) -> Result<(), String> {
+    /// Before each batch: whether the file is still linked and not cut short of the log (an
+    /// operator's `rm`, `truncate`), and, at most once a second, still the segment at its path
+    /// (a data directory moved or replaced). Appends written into such a file would be lost at
+    /// the next start: the batch is refused instead. Err: what happened. (One `fstat` per
+    /// batch; the path's lookup only once a second, off most batches' way.)
+    fn check_in_place(&mut self) -> Result<(), String> {
         Ok(())
     }
 }
@@ -75,6 +76,8 @@ struct RealFile<F: Positional = File> {
     file: F,
     /// Where the file is (none in tests of the reserve): see [`LogFile::check_in_place`].
     path: Option<std::path::PathBuf>,
+    /// When the path was last checked to still lead to this file.
+    path_checked: Option<std::time::Instant>,
     /// Opens the file again for the helper: its own open file description, so that a failed
     /// writeback is reported to the log thread's `fdatasync` as well as to the helper's (Linux
     /// reports a writeback error once per open file description; a shared descriptor would let
@@ -101,6 +104,9 @@ struct RealFile<F: Positional = File> {
 }
 
 type Reopen<F> = Box<dyn Fn() -> io::Result<F> + Send>;
+
+/// How often [`LogFile::check_in_place`] looks the active segment up by its path.
+const PATH_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Below this many reserved bytes, the helper tops the reserve up.
 const TOP_UP_BELOW: u64 = RESERVE_BYTES / 2;
@@ -236,6 +242,7 @@ impl<F: Positional> RealFile<F> {
         RealFile {
             file,
             path: None,
+            path_checked: None,
             reopen,
             len,
             reserved: size,
@@ -379,7 +386,7 @@ impl<F: Positional> LogFile for RealFile<F> {
         self.reserved = self.len;
         Ok(())
     }
-    fn check_in_place(&self, before_write: bool) -> Result<(), String> {
+    fn check_in_place(&mut self) -> Result<(), String> {
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -394,24 +401,7 @@ impl<F: Positional> LogFile for RealFile<F> {
                 path.display()
             ));
         }
-        match std::fs::symlink_metadata(path) {
-            Ok(m) => {
-                use std::os::unix::fs::MetadataExt;
-                if (m.dev(), m.ino()) != (here.dev, here.ino) {
-                    return Err(format!(
-                        "{} was replaced under the running store (the data directory moved                          or a file was put in its place)",
-                        path.display()
-                    ));
-                }
-            }
-            Err(e) => {
-                return Err(format!(
-                    "{} cannot be found under the running store ({e}): the data directory                      was moved or changed",
-                    path.display()
-                ))
-            }
-        }
-        if before_write && here.size < self.len {
+        if here.size < self.len {
             return Err(format!(
                 "{} was cut to {} bytes under the running store (its records reach {})",
                 path.display(),
@@ -419,6 +409,32 @@ impl<F: Positional> LogFile for RealFile<F> {
                 self.len
             ));
         }
+        if self
+            .path_checked
+            .is_some_and(|at| at.elapsed() < PATH_CHECK_EVERY)
+        {
+            return Ok(());
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => {
+                use std::os::unix::fs::MetadataExt;
+                if (m.dev(), m.ino()) != (here.dev, here.ino) {
+                    return Err(format!(
+                        "{} was replaced under the running store (the data directory moved \
+                         or a file was put in its place)",
+                        path.display()
+                    ));
+                }
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{} cannot be found under the running store ({e}): the data directory \
+                     was moved or changed",
+                    path.display()
+                ))
+            }
+        }
+        self.path_checked = Some(std::time::Instant::now());
         Ok(())
     }
     fn sealed(&mut self) {

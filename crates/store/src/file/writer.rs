@@ -911,7 +911,7 @@ impl IoStage {
         let strict = self.durability == Durability::Strict;
         let file = self.file.as_mut().ok_or("the store is closed")?;
         // Nothing written yet: a refused batch leaves the file as it found it.
-        file.check_in_place(true)?;
+        file.check_in_place()?;
         let started = Instant::now();
         let written = file
             .write_all(buf)
@@ -927,10 +927,7 @@ impl IoStage {
         match written {
             Ok(()) => {
                 self.unsynced |= !strict;
-                // Removed or replaced while the batch was written: it went into a file the
-                // next start will not read, so it is not acknowledged (and not cut: the file
-                // is no longer the log's).
-                file.check_in_place(false)
+                Ok(())
             }
             Err(why) => {
                 let before = seg_len.saturating_sub(buf.len() as u64);
