@@ -425,6 +425,17 @@ fn read_only_commands_need_only_select() {
         }
     };
     run_all(&auditor);
+    // A schema first on the search path without a log is where a writer with that URL would
+    // make one: the readers do not pass the log further down the path off as its.
+    psql(&url, "CREATE SCHEMA empty_first");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let shadowed = format!("{url}{sep}options=-csearch_path%3Dempty_first,public");
+    let out = cli(&["verify", "--store", &shadowed, "--data-dir", data]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no incidentlog log yet"),
+        "{out:?}"
+    );
     let name = url.rsplit('/').next().expect("a database name");
     let name = name.split('?').next().expect("a database name");
     psql(

@@ -1689,6 +1689,54 @@ fn an_interrupted_import_stops_between_lines_and_says_where() {
         serde_json::from_str(&cli_ok(&["import", d(&file), "--data-dir", data_s])).unwrap();
     assert_eq!(report["appended"], (LINES - appended) as u64, "{report}");
     assert_eq!(report["duplicates"], appended as u64, "{report}");
+
+    // An export to a file stopped by SIGTERM half-way leaves the earlier file as it was and
+    // no temporary file beside it.
+    let backup = dir.path().join("backup.ndjson");
+    std::fs::write(&backup, "the earlier backup\n").unwrap();
+    let child = command()
+        .args(["export", "--data-dir", data_s, "-o", d(&backup)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let temp = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .contains(".incidentlog-export-")
+            })
+    };
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !temp() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temporary export file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // The export finished before the signal came: nothing left to check.
+        assert!(!temp());
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!temp(), "a temporary export file was left behind");
+    assert_eq!(
+        std::fs::read_to_string(&backup).unwrap(),
+        "the earlier backup\n"
+    );
 }
 
 /// An import waiting for input (`import -` from a producer that stalled) sees a first Ctrl-C

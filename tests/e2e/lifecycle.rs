@@ -53,6 +53,53 @@ fn first_start_prints_an_admin_token_once() {
     assert_eq!(srv.wait_exit().code(), Some(0), "SIGHUP must exit 0");
 }
 
+/// Started with SIGHUP ignored (`nohup incidentlog serve &`, to outlive the terminal), the
+/// server keeps ignoring it; SIGTERM still stops it cleanly.
+#[test]
+fn a_server_started_under_nohup_outlives_a_hangup() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let dir = temp_dir();
+    let mut child = std::process::Command::new("nohup")
+        .arg(bin())
+        .args([
+            "serve",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run nohup");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("listening on"));
+    assert!(listening.is_some(), "the server did not start");
+    terminate_with(&child, "HUP");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "SIGHUP stopped a server started under nohup"
+    );
+    terminate_with(&child, "TERM");
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+}
+
+fn terminate_with(child: &std::process::Child, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+}
+
 /// A first admin token that cannot be shown (stdout is a full disk) is revoked at once, and
 /// the log says how to make one; `token create` does the same and fails. A secret nobody saw
 /// must not stay valid.

@@ -1018,6 +1018,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
         .map_or(log_head, |p| p.min(log_head));
     let (sink, staged): (Box<dyn Write>, _) = match &args.output {
         Some(path) => {
+            remove_export_temp_on_signal()?;
             let staged = ExportFile::create(path)?;
             (Box::new(staged.file()?), Some(staged))
         }
@@ -1098,8 +1099,10 @@ async fn write_export(
 /// only once complete and synced: an export that fails (a full disk, a damaged log) leaves
 /// whatever PATH held (an earlier backup) as it was, and no partial file. Owner-only, as the
 /// store's own files (an export holds what the log does: sources and witnesses); a file that
-/// exists keeps its mode. A PATH that is not a regular file (`/dev/stdout`, a FIFO) is
-/// written in place.
+/// exists keeps its mode. Written in place instead (truncated, as a plain open would) when a
+/// rename would change more than the bytes: PATH is a symlink (`/dev/stdout`, a link to the
+/// backup), not a regular file, has other hard links, belongs to someone else, or its
+/// directory takes no new file from us.
 struct ExportFile {
     path: PathBuf,
     file: std::fs::File,
@@ -1107,20 +1110,42 @@ struct ExportFile {
     staged: Option<PathBuf>,
 }
 
+/// The temporary file of the export in progress, for the signal handler to remove.
+static EXPORT_TEMP: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
 impl ExportFile {
     fn create(path: &Path) -> anyhow::Result<ExportFile> {
-        let existing = std::fs::metadata(path).ok();
-        if existing.as_ref().is_some_and(|m| !m.is_file()) {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            return Ok(ExportFile {
-                path: path.to_path_buf(),
-                file,
-                staged: None,
-            });
+        let existing = std::fs::symlink_metadata(path).ok();
+        let stageable = existing.as_ref().is_none_or(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.file_type().is_file()
+                && m.nlink() == 1
+                && m.uid() == rustix::process::geteuid().as_raw()
+        });
+        if stageable {
+            if let Some(staged) = ExportFile::staged(path, existing.as_ref())? {
+                return Ok(staged);
+            }
         }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(ExportFile {
+            path: path.to_path_buf(),
+            file,
+            staged: None,
+        })
+    }
+
+    /// A temporary file beside `path`; None when its directory takes no new file from us.
+    fn staged(
+        path: &Path,
+        existing: Option<&std::fs::Metadata>,
+    ) -> anyhow::Result<Option<ExportFile>> {
         let name = path
             .file_name()
             .with_context(|| format!("{} names no file", path.display()))?;
@@ -1128,22 +1153,35 @@ impl ExportFile {
         tmp_name.push(name);
         tmp_name.push(format!(".incidentlog-export-{}.tmp", std::process::id()));
         let tmp = path.with_file_name(tmp_name);
-        let file = std::fs::OpenOptions::new()
+        let file = match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .with_context(|| format!("cannot create {} (as {})", path.display(), tmp.display()))?;
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && existing.is_some() => {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot create {} (as {})",
+                    path.display(),
+                    tmp.display()
+                )))
+            }
+        };
         if let Some(m) = existing {
             use std::os::unix::fs::PermissionsExt;
             let mode = m.permissions().mode() & 0o7777;
             let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
         }
-        Ok(ExportFile {
+        *EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()) = Some(tmp.clone());
+        Ok(Some(ExportFile {
             path: path.to_path_buf(),
             file,
             staged: Some(tmp),
-        })
+        }))
     }
 
     fn file(&self) -> anyhow::Result<std::fs::File> {
@@ -1156,6 +1194,7 @@ impl ExportFile {
         let Some(tmp) = self.staged.take() else {
             return Ok(());
         };
+        EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Err(e) = std::fs::rename(&tmp, &self.path) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e.into());
@@ -1174,8 +1213,27 @@ impl Drop for ExportFile {
     fn drop(&mut self) {
         if let Some(tmp) = &self.staged {
             let _ = std::fs::remove_file(tmp);
+            EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
     }
+}
+
+/// SIGINT, SIGTERM or SIGHUP during an export: its temporary file is removed before the
+/// process ends (as the signal's default action would end it: no partial file, and none to
+/// pile up beside a backup a cron job keeps retrying).
+fn remove_export_temp_on_signal() -> anyhow::Result<()> {
+    let mut signals = crate::StopSignals::install().context("cannot listen for signals")?;
+    tokio::spawn(async move {
+        let name = signals.next().await;
+        if let Some(tmp) = EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+        crate::say(format_args!(
+            "error: interrupted ({name}): the export is incomplete"
+        ));
+        std::process::exit(i32::from(exit::FAILURE));
+    });
+    Ok(())
 }
 
 /// Leaves the rebuilt views of an offline command unfreed: the process exits right after, and
@@ -1456,7 +1514,8 @@ mod tests {
     use super::*;
 
     /// An export that does not complete leaves the file it was to replace as it was, and no
-    /// partial file; one that completes replaces it, keeping its mode; a new one is 0600.
+    /// partial file; one that completes replaces it, keeping its mode; a new one is 0600; a
+    /// symlink or a hard-linked file is written in place.
     #[test]
     fn an_export_file_is_replaced_only_when_complete() {
         use std::os::unix::fs::PermissionsExt;
@@ -1493,6 +1552,23 @@ mod tests {
         staged.commit().unwrap();
         let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+
+        // A symlink (as /dev/stdout is) and a file with another hard link are written in
+        // place: renaming over them would replace the link, or split the file from its twin.
+        let link = dir.path().join("latest.ndjson");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let twin = dir.path().join("twin.ndjson");
+        std::fs::hard_link(&fresh, &twin).unwrap();
+        for (target, read_back) in [(&link, &path), (&twin, &fresh)] {
+            let staged = ExportFile::create(target).unwrap();
+            staged.file().unwrap().write_all(b"in place\n").unwrap();
+            staged.commit().unwrap();
+            assert_eq!(std::fs::read_to_string(read_back).unwrap(), "in place\n");
+        }
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
     use tokio::io::AsyncReadExt;
 

@@ -477,27 +477,52 @@ fn prefer_small_pages() {
 pub struct StopSignals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
+    /// None when SIGHUP was ignored at start (`nohup incidentlog serve &`): it stays ignored.
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl StopSignals {
     pub fn install() -> std::io::Result<StopSignals> {
         use tokio::signal::unix::{signal, SignalKind};
+        let hangup = if hangup_ignored() {
+            None
+        } else {
+            Some(signal(SignalKind::hangup())?)
+        };
         Ok(StopSignals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
-            hangup: signal(SignalKind::hangup())?,
+            hangup,
         })
     }
 
     /// Resolves on the next signal; its name.
     pub async fn next(&mut self) -> &'static str {
+        let hangup = async {
+            match &mut self.hangup {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
-            _ = self.hangup.recv() => "SIGHUP",
+            _ = hangup => "SIGHUP",
         }
     }
+}
+
+/// Whether this process was started with SIGHUP ignored (by `nohup`, or a supervisor that
+/// means it to outlive a terminal), from `SigIgn` in /proc/self/status (bit 0 is SIGHUP).
+/// Read before any handler is installed; anywhere that file cannot be read, not ignored.
+fn hangup_ignored() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & 1 == 1)
 }
 
 /// Threads of tokio's blocking pool (reads of the log, import parsing, token files).

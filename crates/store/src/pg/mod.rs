@@ -372,19 +372,21 @@ async fn read_versions(pool: Arc<Pool>, mut asks: mpsc::Receiver<VersionAsk>) {
     }
 }
 
-/// This log's key: its `events` table's OID, as the search path resolves it (see
-/// [`writer::LogKey`]).
+/// This log's key: the schema its `events` table lives in, as the search path resolves it
+/// (see [`writer::LogKey`]).
 async fn log_key(client: &tokio_postgres::Client) -> Result<writer::LogKey, StoreError> {
     let row = timed(
         "open",
         OP_TIMEOUT,
-        client.query_one("SELECT 'events'::regclass::oid::bigint", &[]),
+        client.query_one(
+            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = 'events'::regclass",
+            &[],
+        ),
     )
     .await?;
-    let oid: i64 = row.get(0);
-    u32::try_from(oid)
-        .map(writer::LogKey)
-        .map_err(|_| StoreError::Unavailable(format!("the events table's OID {oid} is not an OID")))
+    let schema: String = row.get(0);
+    Ok(writer::LogKey::of_schema(&schema))
 }
 
 /// Follows appends of every process: LISTEN on a dedicated connection, poll as the fallback.

@@ -55,8 +55,16 @@ pub(crate) const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 /// or migrated (a role with only SELECT, a hot standby).
 pub(crate) async fn check(client: &Client) -> Result<(), StoreError> {
     let run = async {
+        // In the schema a writer with this URL would create it in (the first existing one on
+        // the search path), not anywhere on the path: a log further down the path is another
+        // tenant's, which a read with this URL must not pass off as this one.
         let present: bool = client
-            .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .query_one(
+                "SELECT CASE WHEN current_schema() IS NULL THEN false ELSE \
+                 to_regclass(format('%I.schema_migrations', current_schema())) IS NOT NULL \
+                 AND to_regclass(format('%I.events', current_schema())) IS NOT NULL END",
+                &[],
+            )
             .await?
             .get(0);
         if !present {
@@ -73,9 +81,9 @@ pub(crate) async fn check(client: &Client) -> Result<(), StoreError> {
     };
     match timed("check the schema", OP_TIMEOUT, run).await? {
         None => Err(StoreError::Unavailable(
-            "this database holds no incidentlog log yet (no schema_migrations table on the \
-             search path); a read-only command creates nothing: `serve`, `import` or \
-             `restore` make it"
+            "this database holds no incidentlog log yet (no schema_migrations and events \
+             tables in the first schema of the search path); a read-only command creates \
+             nothing: `serve`, `import` or `restore` make it"
                 .to_owned(),
         )),
         Some(v) if v > SCHEMA_VERSION => Err(StoreError::Unavailable(format!(

@@ -33,31 +33,59 @@ use crate::{
     StreamId,
 };
 
-/// Which log of the database this is: its `events` table's OID (each schema on a search path
-/// has its own). The advisory lock that serializes appends of every process, and the NOTIFY
-/// channel that carries the new head (`position:hexhash`) after each commit, are the log's
-/// own: two logs in one database (a schema each) neither wait for each other's appends nor
-/// move each other's head (a shared channel once made one server believe in a head its log
-/// did not have, and every read wait 30 s).
+/// Which log of the database this is: a hash of the schema its `events` table lives in (each
+/// schema on a search path can hold a log). The advisory lock that serializes appends of
+/// every process, and the NOTIFY channel that carries the new head (`position:hexhash`)
+/// after each commit, are the log's own: two logs in one database (a schema each) neither
+/// wait for each other's appends nor move each other's head (a shared channel once made one
+/// server believe in a head its log did not have, and every read wait 30 s). The schema's
+/// name, not the table's OID: a table dropped and made again (a restore into an emptied
+/// schema) keeps its key, so servers started before and after still exclude each other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct LogKey(pub(crate) u32);
+pub(crate) struct LogKey(pub(crate) u64);
 
 impl LogKey {
-    /// The first key of the two-key advisory lock ("inci"; two-key locks never meet the
-    /// one-key ones of `schema`).
-    const LOCK_CLASS: i32 = 0x696e_6369;
+    /// The key of the log in `schema`: FNV-1a of the name (stable across builds and
+    /// machines, as every server of one database must agree on it).
+    pub(crate) fn of_schema(schema: &str) -> LogKey {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in b"incidentlog:".iter().chain(schema.as_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        LogKey(h)
+    }
 
     pub(crate) fn head_channel(self) -> String {
-        format!("incidentlog_head_{}", self.0)
+        format!("incidentlog_head_{:016x}", self.0)
     }
 
     fn lock_sql(self) -> String {
+        // The two-key form (its key space never meets the one-key locks of `schema`), the
+        // hash's halves as the int4 keys it takes.
         format!(
             "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({}, {})",
-            Self::LOCK_CLASS,
-            // The OID's bits as the int4 the lock takes.
-            self.0 as i32
+            (self.0 >> 32) as u32 as i32,
+            self.0 as u32 as i32
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogKey;
+
+    #[test]
+    fn each_schema_has_its_own_lock_and_channel() {
+        let (a, b) = (LogKey::of_schema("public"), LogKey::of_schema("tenant_b"));
+        assert_ne!(a, b);
+        assert_ne!(a.head_channel(), b.head_channel());
+        assert_ne!(a.lock_sql(), b.lock_sql());
+        // Fixed: every server of one database, whatever its build, must agree.
+        assert_eq!(a, LogKey::of_schema("public"));
+        assert_eq!(a.head_channel(), "incidentlog_head_89078c180b4dd722");
+        // A channel name is an identifier of at most 63 bytes.
+        assert!(a.head_channel().len() <= 63);
     }
 }
 
