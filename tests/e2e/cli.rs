@@ -1067,6 +1067,9 @@ fn damage_under_a_running_server_stops_its_appends() {
     let r = append(&srv, &token);
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("integrity check"), "{}", r.text());
+    // Nor is its stop a clean one: the log is damaged (exit 3).
+    let mut srv = srv;
+    assert_eq!(srv.terminate().code(), Some(3));
 
     let dir = temp_dir();
     let data = dir.path().join("data");

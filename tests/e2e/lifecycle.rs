@@ -173,6 +173,29 @@ fn a_token_that_cannot_be_printed_does_not_stay_valid() {
             .any(|l| l.contains("\"desk\"") && !l.contains("\"revoked_at\":null")),
         "{list}"
     );
+
+    // A closed stdout is /dev/null by the time the program runs: no better.
+    let out = command()
+        .args([
+            "token",
+            "create",
+            "--data-dir",
+            data,
+            "--name",
+            "night",
+            "--role",
+            "reader",
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .expect("run incidentlog");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let list = cli_ok(&["token", "list", "--data-dir", data, "--json"]);
+    assert!(
+        list.lines()
+            .any(|l| l.contains("\"night\"") && !l.contains("\"revoked_at\":null")),
+        "{list}"
+    );
 }
 
 /// Stops a child with SIGTERM and waits for it.

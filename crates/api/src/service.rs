@@ -1102,6 +1102,14 @@ impl AppService {
         result
     }
 
+    /// What damage an integrity check found in the log (at start or since), if any.
+    pub fn damage(&self) -> Option<String> {
+        match &*self.inner.integrity.borrow() {
+            Integrity::Damaged(what) => Some(what.clone()),
+            _ => None,
+        }
+    }
+
     /// Resolves once the integrity check after start has finished.
     pub async fn integrity_checked(&self) {
         let mut integrity = self.inner.integrity.subscribe();

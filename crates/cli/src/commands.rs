@@ -1433,7 +1433,11 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
                 })
                 .await
                 .with_context(|| format!("cannot create token {name:?}"))?;
-            let printed = {
+            let printed = if crate::stdout_discards() {
+                Err(std::io::Error::other(
+                    "standard output is /dev/null (closed, or sent there)",
+                ))
+            } else {
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "{secret}").and_then(|()| out.flush())
             };

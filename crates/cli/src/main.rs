@@ -429,6 +429,22 @@ pub fn say(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
+/// Whether standard output goes nowhere: `/dev/null`, which is also what the runtime puts in
+/// place of a closed stdout (`>&-`) before `main` runs. A secret shown only once must not be
+/// "shown" there.
+pub fn stdout_discards() -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(null) = std::fs::metadata("/dev/null") else {
+        return false;
+    };
+    let Ok(out) = rustix::fs::fstat(std::io::stdout()) else {
+        return false;
+    };
+    null.file_type().is_char_device()
+        && rustix::fs::FileType::from_raw_mode(out.st_mode) == rustix::fs::FileType::CharacterDevice
+        && out.st_rdev == null.rdev()
+}
+
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()

@@ -351,9 +351,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         tracing::info!("stopped cleanly");
         return Ok(exit::OK);
     }
-    incidentlog_api::serve(listener, service, config, stop.wait())
+    incidentlog_api::serve(listener, service.clone(), config, stop.wait())
         .await
         .context("the server stopped with an error")?;
+    if let Some(what) = service.damage() {
+        tracing::error!(
+            damage = %what,
+            "stopped, but an integrity check found the log damaged: check it (`incidentlog verify`) before serving it again"
+        );
+        return Ok(exit::DAMAGED);
+    }
     // A store that refused appends (a failed write or sync, its files changed under it) did
     // not stop cleanly, however orderly the shutdown.
     if let Some(why) = store.failed_reason() {
@@ -406,6 +413,11 @@ fn print_first_token(secret: &str, listen: SocketAddr, hint: &str) -> std::io::R
     } else {
         format!("http://{listen}")
     };
+    if crate::stdout_discards() {
+        return Err(std::io::Error::other(
+            "standard output is /dev/null (closed, or sent there)",
+        ));
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

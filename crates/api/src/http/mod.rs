@@ -601,6 +601,12 @@ impl LineLimit {
         }
     }
 
+    /// The lines suppressed since the last one logged, counted as reported.
+    fn take_suppressed(&self) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.as_mut().map_or(0, |(_, _, n)| std::mem::take(n))
+    }
+
     /// Whether a line may be logged now: `Some(n)` with the lines suppressed before it.
     fn allow(&self) -> Option<u64> {
         self.allow_at(Instant::now())
@@ -851,6 +857,23 @@ pub async fn serve(
         })
     };
 
+    // Lines the per-second limit left out are counted in the next line logged; when none
+    // comes, a summary says how many.
+    let log_summaries = tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let errors = ERROR_LINES.take_suppressed();
+            if errors > 0 {
+                tracing::error!(suppressed = errors, "internal errors not logged one by one");
+            }
+            let failed = FAILED_LINES.take_suppressed();
+            if failed > 0 {
+                tracing::warn!(suppressed = failed, "failed requests not logged one by one");
+            }
+        }
+    });
+
     tracing::info!(%addr, "listening");
     {
         let mut out = std::io::stdout().lock();
@@ -893,6 +916,7 @@ pub async fn serve(
         }
     };
     refresher.abort();
+    log_summaries.abort();
     service.close().await?;
     tracing::info!("store closed; bye");
     Ok(())
@@ -912,5 +936,12 @@ mod tests {
         // The next second: the count of what was left out goes with its first line.
         assert_eq!(limit.allow_at(at(1000)), Some(2));
         assert_eq!(limit.allow_at(at(1001)), Some(0));
+        // ... or, when no line comes, with the summary the server logs every second.
+        for i in 2..6 {
+            limit.allow_at(at(1000 + i));
+        }
+        assert_eq!(limit.take_suppressed(), 3);
+        assert_eq!(limit.take_suppressed(), 0);
+        assert_eq!(limit.allow_at(at(2000)), Some(0));
     }
 }

@@ -134,15 +134,29 @@ impl FileStore {
         let read_only = opts.read_only;
         let (lock, recovered) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             if read_only {
-                if !ld.is_dir() {
-                    return Err(StoreError::Io(std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!(
-                            "no store in {} ({} does not exist)",
-                            dir.display(),
-                            ld.display()
-                        ),
-                    )));
+                match std::fs::metadata(&ld) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(at_path(
+                            &ld,
+                            std::io::Error::new(
+                                std::io::ErrorKind::InvalidInput,
+                                "not a directory",
+                            ),
+                        ))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::Io(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!(
+                                "no store in {} ({} does not exist)",
+                                dir.display(),
+                                ld.display()
+                            ),
+                        )));
+                    }
+                    // Permission denied, say: not "no store".
+                    Err(e) => return Err(at_path(&ld, e)),
                 }
             } else {
                 io::create_private_dir_all(&dir).map_err(|e| at_path(&dir, e))?;
