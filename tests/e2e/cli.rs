@@ -1078,6 +1078,8 @@ fn damage_under_a_running_server_stops_its_appends() {
     let mut srv = Server::start(&data, &[]);
     append(&srv, &token).expect(201);
     std::fs::remove_file(segments(&data).pop().expect("a segment file")).unwrap();
+    // (The store looks at its file at most every 10 ms.)
+    std::thread::sleep(std::time::Duration::from_millis(50));
     for _ in 0..2 {
         let r = append(&srv, &token);
         assert_eq!(r.status, 503, "{}", r.text());

@@ -220,8 +220,9 @@ async fn a_second_process_cannot_open_the_same_dir() {
 
 /// The active segment deleted, cut short, or its data directory moved away under a running
 /// store: the next append is refused (its events would be lost at the next start) and so is
-/// every one after it, instead of being acknowledged into a file the log no longer has. (A
-/// move is noticed at most a second later: the path is looked up once a second.)
+/// every one after it, instead of being acknowledged into a file the log no longer has. (The
+/// file is checked at most every 10 ms, and a move noticed at most a second later: the path
+/// is looked up once a second.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_changed_under_a_running_store_refuses_appends() {
     type Meddle = fn(&Path);
@@ -253,9 +254,12 @@ async fn a_segment_changed_under_a_running_store_refuses_appends() {
                 .unwrap();
         }
         meddle(dir.path());
-        if what == "moved" {
-            std::thread::sleep(std::time::Duration::from_millis(1100));
-        }
+        // The file is checked at most every 10 ms, its path once a second.
+        std::thread::sleep(std::time::Duration::from_millis(if what == "moved" {
+            1100
+        } else {
+            20
+        }));
         for i in 0..2 {
             let err = store
                 .append(append_req(stream, vec![new_event(10 + i)]))

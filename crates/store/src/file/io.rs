@@ -28,11 +28,11 @@ pub trait LogFile: Send + 'static {
     }
     /// Nothing more will be written to this segment (the log went on in a new one).
     fn sealed(&mut self) {}
-    /// Before each batch: whether the file is still linked and not cut short of the log (an
-    /// operator's `rm`, `truncate`), and, at most once a second, still the segment at its path
-    /// (a data directory moved or replaced). Appends written into such a file would be lost at
-    /// the next start: the batch is refused instead. Err: what happened. (One `fstat` per
-    /// batch; the path's lookup only once a second, off most batches' way.)
+    /// Before a batch: whether the file is still linked and not cut short of the log (an
+    /// operator's `rm`, `truncate`; at most every 10 ms), and still the segment at its path
+    /// (a data directory moved or replaced; at most once a second). Appends written into such
+    /// a file would be lost at the next start: the batch is refused instead. Err: what
+    /// happened.
     fn check_in_place(&mut self) -> Result<(), String> {
         Ok(())
     }
@@ -78,6 +78,8 @@ struct RealFile<F: Positional = File> {
     path: Option<std::path::PathBuf>,
     /// When the path was last checked to still lead to this file.
     path_checked: Option<std::time::Instant>,
+    /// When the file was last checked to be linked and whole.
+    file_checked: Option<std::time::Instant>,
     /// Opens the file again for the helper: its own open file description, so that a failed
     /// writeback is reported to the log thread's `fdatasync` as well as to the helper's (Linux
     /// reports a writeback error once per open file description; a shared descriptor would let
@@ -107,6 +109,8 @@ type Reopen<F> = Box<dyn Fn() -> io::Result<F> + Send>;
 
 /// How often [`LogFile::check_in_place`] looks the active segment up by its path.
 const PATH_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often it checks that the active segment is still linked and whole.
+const FILE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Below this many reserved bytes, the helper tops the reserve up.
 const TOP_UP_BELOW: u64 = RESERVE_BYTES / 2;
@@ -243,6 +247,7 @@ impl<F: Positional> RealFile<F> {
             file,
             path: None,
             path_checked: None,
+            file_checked: None,
             reopen,
             len,
             reserved: size,
@@ -390,6 +395,16 @@ impl<F: Positional> LogFile for RealFile<F> {
         let Some(path) = &self.path else {
             return Ok(());
         };
+        // Not before every batch: a `statx` on the I/O thread per batch cost the store bench
+        // 13% of its appends (64 appenders, proto-docs/benchmarks.md, twenty-third session).
+        let now = std::time::Instant::now();
+        if self
+            .file_checked
+            .is_some_and(|at| now.duration_since(at) < FILE_CHECK_EVERY)
+        {
+            return Ok(());
+        }
+        self.file_checked = Some(now);
         let here = match self.file.identity() {
             Ok(Some(id)) => id,
             Ok(None) => return Ok(()),
