@@ -1101,8 +1101,9 @@ async fn write_export(
 /// store's own files (an export holds what the log does: sources and witnesses); a file that
 /// exists keeps its mode. Written in place instead (truncated, as a plain open would) when a
 /// rename would change more than the bytes: PATH is a symlink (`/dev/stdout`, a link to the
-/// backup), not a regular file, has other hard links, belongs to someone else, or its
-/// directory takes no new file from us.
+/// backup), not a regular file, has other hard links, belongs to someone else, is read-only
+/// to its owner (the open then fails as a redirection would), or its directory takes no new
+/// file from us.
 struct ExportFile {
     path: PathBuf,
     file: std::fs::File,
@@ -1117,10 +1118,12 @@ impl ExportFile {
     fn create(path: &Path) -> anyhow::Result<ExportFile> {
         let existing = std::fs::symlink_metadata(path).ok();
         let stageable = existing.as_ref().is_none_or(|m| {
-            use std::os::unix::fs::MetadataExt;
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
             m.file_type().is_file()
                 && m.nlink() == 1
                 && m.uid() == rustix::process::geteuid().as_raw()
+                // A backup its owner made read-only is not replaced behind their back.
+                && m.permissions().mode() & 0o200 != 0
         });
         if stageable {
             if let Some(staged) = ExportFile::staged(path, existing.as_ref())? {
@@ -1573,6 +1576,25 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+
+        // A file its owner made read-only is not replaced by a rename: the open fails as a
+        // redirection would (root writes it in place).
+        use std::os::unix::fs::MetadataExt;
+        let kept = dir.path().join("kept.ndjson");
+        std::fs::write(&kept, "keep me\n").unwrap();
+        std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let inode = std::fs::metadata(&kept).unwrap().ino();
+        match ExportFile::create(&kept) {
+            Ok(staged) => {
+                assert!(staged.staged.is_none(), "written in place");
+                staged.commit().unwrap();
+                assert_eq!(std::fs::metadata(&kept).unwrap().ino(), inode);
+            }
+            Err(e) => {
+                assert!(format!("{e:#}").contains("ermission denied"), "{e:#}");
+                assert_eq!(std::fs::read_to_string(&kept).unwrap(), "keep me\n");
+            }
+        }
     }
     use tokio::io::AsyncReadExt;
 
