@@ -1641,6 +1641,25 @@ fn exports_are_owner_only_and_a_cut_off_export_fails() {
             > 0
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), before.len());
+
+    // `-o /dev/stdout` writes to the descriptor the shell opened (`>>` appends), not to a
+    // fresh open of the file behind it at offset 0.
+    let appended = dir.path().join("appended.txt");
+    std::fs::write(&appended, "prior content\n").unwrap();
+    let out = command()
+        .args(["export", "--data-dir", data_s, "-o", "/dev/stdout"])
+        .stdout(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&appended)
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&appended).unwrap();
+    assert!(text.starts_with("prior content\n{"), "{text}");
+    assert_eq!(text.lines().count(), 11, "{text}");
 }
 
 /// Ctrl-C during `incidentlog import` stops it between two lines, once the chunk being

@@ -1017,6 +1017,10 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
         .await?
         .map_or(log_head, |p| p.min(log_head));
     let (sink, staged): (Box<dyn Write>, _) = match &args.output {
+        // The inherited descriptor itself, as the shell opened it (`>>` appends): opening
+        // the alias again would start at offset 0, truncating or overwriting the file.
+        Some(path) if names_descriptor(path, 1) => (Box::new(std::io::stdout().lock()), None),
+        Some(path) if names_descriptor(path, 2) => (Box::new(std::io::stderr().lock()), None),
         Some(path) => {
             remove_export_temp_on_signal()?;
             let staged = ExportFile::create(path)?;
@@ -1029,7 +1033,11 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
         .as_ref()
         .map_or_else(|| "stdout".to_string(), |p| p.display().to_string());
     let mut out = std::io::BufWriter::with_capacity(1 << 20, sink);
-    let bar = if head >= PROGRESS_MIN_EVENTS && args.output.is_some() {
+    let to_a_file = args
+        .output
+        .as_ref()
+        .is_some_and(|p| !names_descriptor(p, 1) && !names_descriptor(p, 2));
+    let bar = if head >= PROGRESS_MIN_EVENTS && to_a_file {
         progress_bar(Some(head), "events")
     } else {
         indicatif::ProgressBar::hidden()
@@ -1093,6 +1101,20 @@ async fn write_export(
         }
     }
     Ok(())
+}
+
+/// Whether `path` is an alias of this process's descriptor `fd` (`/dev/stdout`,
+/// `/dev/fd/1`, `/proc/self/fd/1`, and the same for stderr).
+fn names_descriptor(path: &Path, fd: u32) -> bool {
+    let named = match fd {
+        1 => "/dev/stdout",
+        2 => "/dev/stderr",
+        _ => "",
+    };
+    let p = path.as_os_str();
+    p == named
+        || p == format!("/dev/fd/{fd}").as_str()
+        || p == format!("/proc/self/fd/{fd}").as_str()
 }
 
 /// `export --output PATH`, written next to PATH under a temporary name and renamed over it

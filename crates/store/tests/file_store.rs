@@ -226,7 +226,7 @@ async fn a_second_process_cannot_open_the_same_dir() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_changed_under_a_running_store_refuses_appends() {
     type Meddle = fn(&Path);
-    let meddling: [(&str, Meddle); 3] = [
+    let meddling: [(&str, Meddle); 4] = [
         ("deleted", |dir| {
             std::fs::remove_file(segments(dir).last().unwrap()).unwrap()
         }),
@@ -236,6 +236,19 @@ async fn a_segment_changed_under_a_running_store_refuses_appends() {
                 .open(segments(dir).last().unwrap())
                 .unwrap();
             f.set_len(0).unwrap();
+        }),
+        // Cut, then written past by a batch that came before the next check: the file is
+        // as long as before, with a hole where the records were.
+        ("cut, then written past", |dir| {
+            let segment = segments(dir).last().unwrap().clone();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&segment)
+                .unwrap();
+            let len = f.metadata().unwrap().len();
+            f.set_len(0).unwrap();
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(b"x", len).unwrap();
         }),
         ("moved", |dir| {
             let moved = dir.with_extension("moved");
