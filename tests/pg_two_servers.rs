@@ -71,6 +71,18 @@ fn fresh_database(base: &str) -> String {
     }
 }
 
+/// `url` with `options=-csearch_path=PATH` added (the schemas its tables live in).
+fn with_search_path(url: &str, path: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-csearch_path%3D{path}")
+}
+
+/// The database a URL names.
+fn database_name(url: &str) -> &str {
+    let name = url.rsplit('/').next().expect("a database name");
+    name.split('?').next().expect("a database name")
+}
+
 fn token_create(url: &str, dir: &Path, name: &str, role: &str) -> String {
     let out = cli_ok(&[
         "token",
@@ -331,11 +343,10 @@ fn two_logs_in_one_database_keep_to_themselves() {
     };
     let url = fresh_database(&base);
     psql(&url, "CREATE SCHEMA log_one; CREATE SCHEMA log_two");
-    let in_schema = |schema: &str| {
-        let sep = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{sep}options=-csearch_path%3D{schema}")
-    };
-    let (url_one, url_two) = (in_schema("log_one"), in_schema("log_two"));
+    let (url_one, url_two) = (
+        with_search_path(&url, "log_one"),
+        with_search_path(&url, "log_two"),
+    );
     let (dir_one, dir_two) = (temp_dir(), temp_dir());
     let token_one = token_create(&url_one, dir_one.path(), "desk", "admin");
     let token_two = token_create(&url_two, dir_two.path(), "desk", "admin");
@@ -428,16 +439,14 @@ fn read_only_commands_need_only_select() {
     // A schema first on the search path without a log is where a writer with that URL would
     // make one: the readers do not pass the log further down the path off as its.
     psql(&url, "CREATE SCHEMA empty_first");
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let shadowed = format!("{url}{sep}options=-csearch_path%3Dempty_first,public");
+    let shadowed = with_search_path(&url, "empty_first,public");
     let out = cli(&["verify", "--store", &shadowed, "--data-dir", data]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no incidentlog log yet"),
         "{out:?}"
     );
-    let name = url.rsplit('/').next().expect("a database name");
-    let name = name.split('?').next().expect("a database name");
+    let name = database_name(&url);
     psql(
         &base,
         &format!("ALTER DATABASE {name} SET default_transaction_read_only = on"),
@@ -460,8 +469,7 @@ fn readiness_notices_a_hung_database_within_seconds() {
         return;
     };
     let url = fresh_database(&base);
-    let name = url.rsplit('/').next().expect("a database name");
-    let name = name.split('?').next().expect("a database name").to_string();
+    let name = database_name(&url).to_string();
     let dir = temp_dir();
     let admin = token_create(&url, dir.path(), "root", "admin");
     let server = Server::start(dir.path(), &["--store", &url]);

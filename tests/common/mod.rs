@@ -251,14 +251,9 @@ impl Server {
         self.wait_exit()
     }
 
-    /// Sends a signal by name (through `kill(1)`, so no unsafe code here).
+    /// Sends a signal by name.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
+        send_signal(self.pid(), name);
     }
 
     pub fn wait_exit(&mut self) -> ExitStatus {
@@ -315,6 +310,17 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends signal `name` (`TERM`, `INT`, ...) to process `pid` (through `kill(1)`, so no
+/// unsafe code here).
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} failed");
 }
 
 /// Recognises the first-start line `admin token: SECRET`.

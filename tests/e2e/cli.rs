@@ -610,6 +610,26 @@ fn exports_and_replay_skip_an_event_the_views_cannot_take_alike() {
     );
 }
 
+/// Edits the record at `start` of a segment's `bytes` as someone who knows the format would:
+/// the first letter of its `recorded_by` value upper-cased ("cli-import" becomes
+/// "Cli-import"), its checksum recomputed (the chain hash not). Returns the record's covered
+/// length and the letter as it was.
+pub(crate) fn edit_recorded_by(bytes: &mut [u8], start: usize) -> (usize, u8) {
+    let len = u32::from_le_bytes(bytes[start..start + 4].try_into().unwrap()) as usize;
+    let key = b"\"recorded_by\":\"";
+    let letter = (start + 8 + 96..start + 8 + len - key.len())
+        .find(|&i| &bytes[i..i + key.len()] == key)
+        .expect("recorded_by in the body")
+        + key.len();
+    let was = bytes[letter];
+    bytes[letter] = was.to_ascii_uppercase();
+    let crc = crc32c::crc32c(&bytes[start + 8..start + 8 + len])
+        .rotate_right(15)
+        .wrapping_add(0xa282_ead8);
+    bytes[start + 8 + len..start + 12 + len].copy_from_slice(&crc.to_le_bytes());
+    (len, was)
+}
+
 /// The records of the last segment file: (file, its bytes, start offset of each record).
 pub(crate) fn last_segment_records(data_dir: &Path) -> (std::path::PathBuf, Vec<u8>, Vec<usize>) {
     let path = segments(data_dir).pop().expect("a segment file");
@@ -650,20 +670,8 @@ fn verify_with_a_published_hash_catches_a_deliberate_edit_of_the_last_record() {
 
     // Edit one letter of the last record's JSON body and recompute its checksum.
     let (segment, mut bytes, starts) = last_segment_records(&data);
-    let last = *starts.last().unwrap();
-    let len = u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as usize;
-    // The first letter of the `recorded_by` value ("cli-import" becomes "Cli-import").
-    let key = b"\"recorded_by\":\"";
-    let letter = (last + 8 + 96..last + 8 + len - key.len())
-        .find(|&i| &bytes[i..i + key.len()] == key)
-        .expect("recorded_by in the body")
-        + key.len();
-    assert!(bytes[letter].is_ascii_lowercase());
-    bytes[letter] = bytes[letter].to_ascii_uppercase();
-    let crc = crc32c::crc32c(&bytes[last + 8..last + 8 + len])
-        .rotate_right(15)
-        .wrapping_add(0xa282_ead8);
-    bytes[last + 8 + len..last + 12 + len].copy_from_slice(&crc.to_le_bytes());
+    let (_, was) = edit_recorded_by(&mut bytes, *starts.last().unwrap());
+    assert!(was.is_ascii_lowercase());
     std::fs::write(&segment, &bytes).unwrap();
 
     let marked = cli(&["verify", "--data-dir", data_s]);
@@ -976,18 +984,7 @@ fn a_server_finds_an_edited_record_after_start_and_refuses_appends() {
     let token = create_token(&data, "desk", "admin");
     // One letter of the first record's `recorded_by`, with its checksum recomputed.
     let (segment, mut bytes, starts) = last_segment_records(&data);
-    let first = starts[0];
-    let len = u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
-    let key = b"\"recorded_by\":\"";
-    let letter = (first + 8 + 96..first + 8 + len - key.len())
-        .find(|&i| &bytes[i..i + key.len()] == key)
-        .expect("recorded_by in the body")
-        + key.len();
-    bytes[letter] = bytes[letter].to_ascii_uppercase();
-    let crc = crc32c::crc32c(&bytes[first + 8..first + 8 + len])
-        .rotate_right(15)
-        .wrapping_add(0xa282_ead8);
-    bytes[first + 8 + len..first + 12 + len].copy_from_slice(&crc.to_le_bytes());
+    edit_recorded_by(&mut bytes, starts[0]);
     std::fs::write(&segment, &bytes).unwrap();
     let out = cli(&["verify", "--data-dir", d(&data)]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
@@ -1040,17 +1037,7 @@ fn damage_under_a_running_server_stops_its_appends() {
     let segment = segments(&data).pop().expect("a segment file");
     let mut bytes = std::fs::read(&segment).unwrap();
     let first = 32;
-    let len = u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
-    let key = b"\"recorded_by\":\"";
-    let letter = (first + 8 + 96..first + 8 + len - key.len())
-        .find(|&i| &bytes[i..i + key.len()] == key)
-        .expect("recorded_by in the body")
-        + key.len();
-    bytes[letter] = bytes[letter].to_ascii_uppercase();
-    let crc = crc32c::crc32c(&bytes[first + 8..first + 8 + len])
-        .rotate_right(15)
-        .wrapping_add(0xa282_ead8);
-    bytes[first + 8 + len..first + 12 + len].copy_from_slice(&crc.to_le_bytes());
+    let (len, _) = edit_recorded_by(&mut bytes, first);
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(&segment)
@@ -1684,11 +1671,7 @@ fn an_interrupted_import_stops_between_lines_and_says_where() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    send_signal(child.id(), "INT");
     let out = child.wait_with_output().unwrap();
     let all = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{all}");
@@ -1742,11 +1725,7 @@ fn an_interrupted_import_stops_between_lines_and_says_where() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    send_signal(child.id(), "TERM");
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.success() {
@@ -1784,14 +1763,8 @@ fn a_second_interrupt_quits_an_import_waiting_for_input() {
     writeln!(stdin, "{}", located_incident_line()).unwrap();
     stdin.flush().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(800));
-    let pid = child.id().to_string();
-    let interrupt = || {
-        let sent = std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    };
+    let pid = child.id();
+    let interrupt = || send_signal(pid, "INT");
     interrupt();
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(

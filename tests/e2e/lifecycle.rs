@@ -82,22 +82,14 @@ fn a_server_started_under_nohup_outlives_a_hangup() {
         .map_while(Result::ok)
         .find(|l| l.starts_with("listening on"));
     assert!(listening.is_some(), "the server did not start");
-    terminate_with(&child, "HUP");
+    send_signal(child.id(), "HUP");
     std::thread::sleep(Duration::from_millis(700));
     assert!(
         child.try_wait().expect("wait").is_none(),
         "SIGHUP stopped a server started under nohup"
     );
-    terminate_with(&child, "TERM");
+    send_signal(child.id(), "TERM");
     assert_eq!(child.wait().expect("wait").code(), Some(0));
-}
-
-fn terminate_with(child: &std::process::Child, signal: &str) {
-    let sent = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
 }
 
 /// A first admin token that cannot be shown (stdout is a full disk) is revoked at once, and
@@ -138,7 +130,8 @@ fn a_token_that_cannot_be_printed_does_not_stay_valid() {
         line.contains("revoked") && line.contains("token create"),
         "{line}"
     );
-    terminate(&mut child);
+    send_signal(child.id(), "TERM");
+    let _ = child.wait();
     let list = cli_ok(&["token", "list", "--data-dir", data, "--json"]);
     let tokens: Vec<Value> = list
         .lines()
@@ -196,14 +189,6 @@ fn a_token_that_cannot_be_printed_does_not_stay_valid() {
             .any(|l| l.contains("\"night\"") && !l.contains("\"revoked_at\":null")),
         "{list}"
     );
-}
-
-/// Stops a child with SIGTERM and waits for it.
-fn terminate(child: &mut std::process::Child) {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
 }
 
 /// Runs the binary with `args`, which must exit within `limit` (a server that starts where it
@@ -457,11 +442,7 @@ fn a_closed_stderr_neither_stops_requests_nor_the_clean_shutdown() {
     // A request that logs at warn level too (a 404 is debug; ask for a bad path).
     let r = Req::new(addr, "GET", "/v1/nope").token(&token).send();
     assert_eq!(r.status, 404);
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(child.id(), "TERM");
     let deadline = Instant::now() + TIMEOUT;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -666,11 +647,7 @@ fn sigterm_during_the_start_up_stops_cleanly_before_serving() {
         assert!(Instant::now() < deadline, "SIGTERM never handled");
         std::thread::sleep(Duration::from_millis(1));
     }
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    send_signal(child.id(), "TERM");
     let exit = child.wait().unwrap();
     let mut stdout = String::new();
     let mut stderr = String::new();

@@ -1088,16 +1088,7 @@ impl AppService {
         // Damage found by a later check counts like damage found at start: a server must not
         // go on chaining appends onto a history that was changed under it.
         if let (Err(e @ StoreError::Corrupt { .. }), true) = (&result, self.inner.live) {
-            if !matches!(&*self.inner.integrity.borrow(), Integrity::Damaged(_)) {
-                tracing::error!(
-                    error = %e,
-                    "integrity check FAILED: the log was changed or damaged; appends are \
-                     refused and /readyz says `damaged` until it is checked"
-                );
-                self.inner
-                    .integrity
-                    .send_replace(Integrity::Damaged(e.to_string()));
-            }
+            found_damage(&self.inner, e);
         }
         result
     }
@@ -1144,33 +1135,39 @@ impl AppService {
 /// traffic before its log has been verified.
 async fn check_integrity(inner: Arc<Inner>) {
     let started = Instant::now();
-    let outcome = match inner.store.verify().await {
-        Ok(r) => {
-            tracing::info!(
-                events = r.events,
-                ms = started.elapsed().as_millis() as u64,
-                "integrity check passed: checksums and hash chain"
-            );
-            Integrity::Done
-        }
-        Err(e @ StoreError::Corrupt { .. }) => {
-            tracing::error!(
-                error = %e,
-                "integrity check FAILED: the log was changed or damaged; appends are refused \
-                 and /readyz says `damaged` until it is checked"
-            );
-            Integrity::Damaged(e.to_string())
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "the integrity check could not run");
-            Integrity::Done
-        }
-    };
+    match inner.store.verify().await {
+        Ok(r) => tracing::info!(
+            events = r.events,
+            ms = started.elapsed().as_millis() as u64,
+            "integrity check passed: checksums and hash chain"
+        ),
+        Err(e @ StoreError::Corrupt { .. }) => return found_damage(&inner, &e),
+        Err(e) => tracing::warn!(error = %e, "the integrity check could not run"),
+    }
     // (A check asked for meanwhile may have found damage already: it stands.)
-    inner.integrity.send_modify(|i| {
-        if !matches!(i, Integrity::Damaged(_)) {
-            *i = outcome;
+    inner.integrity.send_if_modified(|i| {
+        let checking = *i == Integrity::Checking;
+        if checking {
+            *i = Integrity::Done;
         }
+        checking
+    });
+}
+
+/// An integrity check (at start, or asked for) found the log damaged: logged once, and from
+/// now on appends are refused and `/readyz` says `damaged`.
+fn found_damage(inner: &Inner, e: &StoreError) {
+    inner.integrity.send_if_modified(|i| {
+        if matches!(i, Integrity::Damaged(_)) {
+            return false;
+        }
+        tracing::error!(
+            error = %e,
+            "integrity check FAILED: the log was changed or damaged; appends are refused and \
+             /readyz says `damaged` until it is checked"
+        );
+        *i = Integrity::Damaged(e.to_string());
+        true
     });
 }
 

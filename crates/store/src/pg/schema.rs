@@ -70,14 +70,7 @@ pub(crate) async fn check(client: &Client) -> Result<(), StoreError> {
         if !present {
             return Ok(None);
         }
-        let current: i32 = client
-            .query_one(
-                "SELECT coalesce(max(version), 0) FROM schema_migrations",
-                &[],
-            )
-            .await?
-            .get(0);
-        Ok::<Option<i32>, tokio_postgres::Error>(Some(current))
+        Ok(Some(applied_version(client).await?))
     };
     match timed("check the schema", OP_TIMEOUT, run).await? {
         None => Err(StoreError::Unavailable(
@@ -86,10 +79,7 @@ pub(crate) async fn check(client: &Client) -> Result<(), StoreError> {
              nothing: `serve`, `import` or `restore` make it"
                 .to_owned(),
         )),
-        Some(v) if v > SCHEMA_VERSION => Err(StoreError::Unavailable(format!(
-            "database schema version {v} is newer than this binary supports \
-             ({SCHEMA_VERSION}); upgrade incidentlog"
-        ))),
+        Some(v) if v > SCHEMA_VERSION => Err(newer_schema(v)),
         Some(v) if v < SCHEMA_VERSION => Err(StoreError::Unavailable(format!(
             "database schema version {v} is older than this binary's ({SCHEMA_VERSION}); a \
              read-only command migrates nothing: run `incidentlog serve` (or `import`) once \
@@ -97,6 +87,25 @@ pub(crate) async fn check(client: &Client) -> Result<(), StoreError> {
         ))),
         Some(_) => Ok(()),
     }
+}
+
+/// The newest migration `schema_migrations` records (0: none).
+async fn applied_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// A database migrated by a newer binary: refused rather than misread.
+fn newer_schema(version: i32) -> StoreError {
+    StoreError::Unavailable(format!(
+        "database schema version {version} is newer than this binary supports \
+         ({SCHEMA_VERSION}); upgrade incidentlog"
+    ))
 }
 
 /// Applies every missing migration; returns the schema version afterwards.
@@ -113,14 +122,7 @@ pub(crate) async fn migrate(client: &Client) -> Result<i32, StoreError> {
                     applied_at timestamptz NOT NULL DEFAULT now());"
             ))
             .await?;
-        let current: i32 = client
-            .query_one(
-                "SELECT coalesce(max(version), 0) FROM schema_migrations",
-                &[],
-            )
-            .await?
-            .get(0);
-        Ok::<i32, tokio_postgres::Error>(current)
+        applied_version(client).await
     };
     let current = match timed("migrate", OP_TIMEOUT, run).await {
         Ok(v) => v,
@@ -131,10 +133,7 @@ pub(crate) async fn migrate(client: &Client) -> Result<i32, StoreError> {
     };
     if current > SCHEMA_VERSION {
         let _ = client.batch_execute("ROLLBACK").await;
-        return Err(StoreError::Unavailable(format!(
-            "database schema version {current} is newer than this binary supports \
-             ({SCHEMA_VERSION}); upgrade incidentlog"
-        )));
+        return Err(newer_schema(current));
     }
     let apply = async {
         for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
