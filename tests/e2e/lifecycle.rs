@@ -92,6 +92,47 @@ fn a_server_started_under_nohup_outlives_a_hangup() {
     assert_eq!(child.wait().expect("wait").code(), Some(0));
 }
 
+/// A shell script's `incidentlog serve &` starts with SIGINT ignored (so that a Ctrl-C meant
+/// for the script does not reach its background jobs); the server keeps it ignored, and stops
+/// on SIGTERM as ever.
+#[test]
+fn a_server_started_with_sigint_ignored_keeps_it_ignored() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let dir = temp_dir();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
+        .arg(bin())
+        .args([
+            "serve",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run sh");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("listening on"));
+    assert!(listening.is_some(), "the server did not start");
+    send_signal(child.id(), "INT");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "SIGINT stopped a server started with SIGINT ignored"
+    );
+    send_signal(child.id(), "TERM");
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+}
+
 /// A first admin token that cannot be shown (stdout is a full disk) is revoked at once, and
 /// the log says how to make one; `token create` does the same and fails. A secret nobody saw
 /// must not stay valid.

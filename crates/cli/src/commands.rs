@@ -1174,9 +1174,12 @@ impl ExportFile {
         let name = path
             .file_name()
             .with_context(|| format!("{} names no file", path.display()))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".incidentlog-export-{}.tmp", std::process::id()));
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(name);
+        prefix.push(".incidentlog-export-");
+        remove_stale_temps(path, &prefix);
+        let mut tmp_name = prefix;
+        tmp_name.push(format!("{}.tmp", std::process::id()));
         let tmp = path.with_file_name(tmp_name);
         let file = match std::fs::OpenOptions::new()
             .write(true)
@@ -1239,6 +1242,46 @@ impl Drop for ExportFile {
         if let Some(tmp) = &self.staged {
             let _ = std::fs::remove_file(tmp);
             EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+    }
+}
+
+/// Removes the temporary files that exports to `path` killed outright (kill -9, the OOM
+/// killer, a power cut) left beside it: `{prefix}PID.tmp`, ours, of a process that no longer
+/// exists. A nightly backup retried after such deaths would otherwise pile up copies of the
+/// log. A file whose PID is alive (an export running now, or the PID reused) is left alone.
+fn remove_stale_temps(path: &Path, prefix: &std::ffi::OsStr) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let me = rustix::process::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .as_bytes()
+            .strip_prefix(prefix.as_bytes())
+            .and_then(|rest| rest.strip_suffix(b".tmp"))
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| digits.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        let ours = entry
+            .metadata()
+            .is_ok_and(|m| m.file_type().is_file() && m.uid() == me);
+        let dead = rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH);
+        if ours && dead && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(
+                "removed {}, left by an export that was killed",
+                entry.path().display()
+            );
         }
     }
 }
@@ -1616,6 +1659,38 @@ mod tests {
                 assert!(format!("{e:#}").contains("ermission denied"), "{e:#}");
                 assert_eq!(std::fs::read_to_string(&kept).unwrap(), "keep me\n");
             }
+        }
+    }
+
+    /// The temporary file of an export killed outright is removed by the next export to the
+    /// same file; one of a process still alive (an export running now) is left alone, as are
+    /// other files' and other names'.
+    #[test]
+    fn an_export_removes_what_a_killed_export_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup.ndjson");
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let alive = 1; // init: alive, and not this process (whose own name it would take)
+        let temp = |name: &str, pid: u32| {
+            let p = dir
+                .path()
+                .join(format!(".{name}.incidentlog-export-{pid}.tmp"));
+            std::fs::write(&p, "half an export").unwrap();
+            p
+        };
+        let stale = temp("backup.ndjson", dead);
+        let running = temp("backup.ndjson", alive);
+        let other_file = temp("other.ndjson", dead);
+        let not_a_pid = dir.path().join(".backup.ndjson.incidentlog-export-x1.tmp");
+        std::fs::write(&not_a_pid, "").unwrap();
+
+        let staged = ExportFile::create(&path).unwrap();
+        staged.commit().unwrap();
+        assert!(!stale.exists(), "the killed export's file is removed");
+        for kept in [&running, &other_file, &not_a_pid] {
+            assert!(kept.exists(), "{} is kept", kept.display());
         }
     }
     use tokio::io::AsyncReadExt;

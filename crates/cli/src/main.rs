@@ -492,7 +492,10 @@ fn prefer_small_pages() {
 /// meets its default action (death without a word, requests cut) meanwhile.
 pub struct StopSignals {
     terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
+    /// None when SIGINT was ignored at start: a shell script's `incidentlog serve &` (a
+    /// non-interactive shell has its background jobs ignore SIGINT, so that a Ctrl-C meant for
+    /// the script does not reach them). It stays ignored.
+    interrupt: Option<tokio::signal::unix::Signal>,
     /// None when SIGHUP was ignored at start (`nohup incidentlog serve &`): it stays ignored.
     hangup: Option<tokio::signal::unix::Signal>,
 }
@@ -500,45 +503,53 @@ pub struct StopSignals {
 impl StopSignals {
     pub fn install() -> std::io::Result<StopSignals> {
         use tokio::signal::unix::{signal, SignalKind};
-        let hangup = if hangup_ignored() {
-            None
-        } else {
-            Some(signal(SignalKind::hangup())?)
+        // Read before any handler is installed (a handler replaces the disposition).
+        let ignored = ignored_at_start();
+        let unless_ignored = |kind: SignalKind| -> std::io::Result<_> {
+            if ignored & (1 << (kind.as_raw_value() - 1)) != 0 {
+                Ok(None)
+            } else {
+                signal(kind).map(Some)
+            }
         };
         Ok(StopSignals {
             terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-            hangup,
+            interrupt: unless_ignored(SignalKind::interrupt())?,
+            hangup: unless_ignored(SignalKind::hangup())?,
         })
     }
 
     /// Resolves on the next signal; its name.
     pub async fn next(&mut self) -> &'static str {
-        let hangup = async {
-            match &mut self.hangup {
-                Some(h) => h.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = hangup => "SIGHUP",
+            _ = unless_absent(&mut self.interrupt) => "SIGINT",
+            _ = unless_absent(&mut self.hangup) => "SIGHUP",
         }
     }
 }
 
-/// Whether this process was started with SIGHUP ignored (by `nohup`, or a supervisor that
-/// means it to outlive a terminal), from `SigIgn` in /proc/self/status (bit 0 is SIGHUP).
-/// Read before any handler is installed; anywhere that file cannot be read, not ignored.
-fn hangup_ignored() -> bool {
+/// The next delivery of a signal listened for; never, for one left ignored.
+async fn unless_absent(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The signals this process was started with ignored (SIGHUP by `nohup`, SIGINT by a shell
+/// script's `&`), from `SigIgn` in /proc/self/status: bit N-1 is signal N. Anywhere that file
+/// cannot be read, none.
+fn ignored_at_start() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
             u64::from_str_radix(mask.trim(), 16).ok()
         })
-        .is_some_and(|mask| mask & 1 == 1)
+        .unwrap_or(0)
 }
 
 /// Threads of tokio's blocking pool (reads of the log, import parsing, token files).
