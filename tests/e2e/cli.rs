@@ -153,6 +153,17 @@ fn import_export_replay_verify() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.ndjson"));
 
+    // Input without line breaks (a binary file, /dev/zero): refused once a line passes 64 MiB,
+    // instead of being read into memory whole.
+    let endless = dir.path().join("one-endless-line.ndjson");
+    let f = std::fs::File::create(&endless).unwrap();
+    f.set_len(65 << 20).unwrap();
+    drop(f);
+    let out = cli(&["import", d(&endless), "--data-dir", data_s]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1 is longer than 64 MiB"), "{err}");
+
     // Export ndjson: the log, recorded events in the SPEC shape.
     let out = cli_ok(&["export", "--data-dir", data_s]);
     let events: Vec<Value> = out

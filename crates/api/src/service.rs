@@ -17,7 +17,7 @@ use incidentlog_store::{
     RecordedEvent, Store, StoreError, VerifyReport,
 };
 use serde::Serialize;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::{watch, OwnedMutexGuard};
 use uuid::Uuid;
 
@@ -1133,16 +1133,37 @@ impl AppService {
 /// edited with its checksum recomputed is found here within seconds of the start; until the
 /// check is done the server is `starting` (not ready), so a load balancer sends it no
 /// traffic before its log has been verified.
+/// A check that could not run (a read error, the database away) is tried again, with longer
+/// pauses each time, and the server stays `starting` meanwhile: "not checked" is not "checked".
 async fn check_integrity(inner: Arc<Inner>) {
-    let started = Instant::now();
-    match inner.store.verify().await {
-        Ok(r) => tracing::info!(
-            events = r.events,
-            ms = started.elapsed().as_millis() as u64,
-            "integrity check passed: checksums and hash chain"
-        ),
-        Err(e @ StoreError::Corrupt { .. }) => return found_damage(&inner, &e),
-        Err(e) => tracing::warn!(error = %e, "the integrity check could not run"),
+    let mut pause = Duration::from_secs(2);
+    loop {
+        let started = Instant::now();
+        match inner.store.verify().await {
+            Ok(r) => {
+                tracing::info!(
+                    events = r.events,
+                    ms = started.elapsed().as_millis() as u64,
+                    "integrity check passed: checksums and hash chain"
+                );
+                break;
+            }
+            Err(e @ StoreError::Corrupt { .. }) => return found_damage(&inner, &e),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "the integrity check could not run; the server stays `starting` (not \
+                     ready) and tries again in {} s",
+                    pause.as_secs()
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+        }
+        // (A check asked for meanwhile may have found damage already: it stands.)
+        if matches!(&*inner.integrity.borrow(), Integrity::Damaged(_)) {
+            return;
+        }
     }
     // (A check asked for meanwhile may have found damage already: it stands.)
     inner.integrity.send_if_modified(|i| {

@@ -143,6 +143,7 @@ fn segment_seed() -> Vec<u8> {
             segment_size: 1 << 20,
             read_only: false,
             log_cache: None,
+            ..OpenOptions::new(dir.path())
         })
         .await
         .unwrap();

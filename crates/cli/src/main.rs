@@ -366,6 +366,7 @@ async fn open_store_as(
         segment_size: write.segment_size,
         read_only,
         log_cache: write.log_cache.0,
+        ..OpenOptions::new(&store.data_dir)
     };
     Store::open(&opts).await.map_err(|e| {
         let hint = match (&store.store, &e) {

@@ -516,6 +516,9 @@ pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
 /// appends) stay in the page cache for readers that follow the head.
 pub const DEFAULT_LOG_CACHE: u64 = 64 << 20;
 
+/// See [`OpenOptions::stalled_after`]: a healthy disk takes milliseconds.
+pub const DEFAULT_STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How to open a [`Store`].
 #[derive(Clone, Debug)]
 pub struct OpenOptions {
@@ -537,6 +540,9 @@ pub struct OpenOptions {
     /// the heap at once. Reads of older records come from the disk. `None` leaves the page
     /// cache to the kernel.
     pub log_cache: Option<u64>,
+    /// File store: a write and sync of the log that has not returned after this long (a hung
+    /// disk, a hard NFS mount) makes the store unavailable: `/readyz` says so.
+    pub stalled_after: std::time::Duration,
 }
 
 impl OpenOptions {
@@ -549,6 +555,7 @@ impl OpenOptions {
             segment_size: DEFAULT_SEGMENT_SIZE,
             read_only: false,
             log_cache: Some(DEFAULT_LOG_CACHE),
+            stalled_after: DEFAULT_STALLED_AFTER,
         }
     }
 }

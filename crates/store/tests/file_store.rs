@@ -53,6 +53,29 @@ async fn reopen_keeps_everything_across_segments() {
     assert_eq!(all.last().unwrap().hash, store.head().hash);
 }
 
+/// A segment whose size is absurd (a sparse file, `truncate -s 1T`, a damaged file system)
+/// is reported as damage naming the file; the tables sized from the files' sizes before the
+/// scan do not ask for memory that size would suggest (the process aborted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_sparse_segment_is_damage_not_an_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 600, 10).await;
+    let first = segments(dir.path())[0].clone();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    match FileStore::open(&opts(dir.path(), 600)).await.unwrap_err() {
+        StoreError::Corrupt { file, reason, .. } => {
+            assert_eq!(file, first);
+            assert!(reason.contains("larger than 4 GiB"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A reader token record (its secret does not matter here).
 fn a_token() -> incidentlog_store::TokenRecord {
     incidentlog_store::TokenRecord {

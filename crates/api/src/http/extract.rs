@@ -210,9 +210,11 @@ async fn read_counted(
     use futures_util::StreamExt;
     let limit = body_limit(state, Media::Ndjson);
     // The declared length is at most the limit (checked): room for it is only address
-    // space until written.
+    // space until written. Not past 64 MiB, though: an operator may raise the limit far
+    // beyond what can be reserved, and a client's Content-Length must not make the
+    // reservation fail (an abort); a larger body grows the buffer as it arrives.
     let declared = declared_length(&req).map_or(0, |n| usize::try_from(n).unwrap_or(limit));
-    let mut body = Vec::with_capacity(declared.min(limit));
+    let mut body = Vec::with_capacity(declared.min(limit).min(64 << 20));
     let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut units = 0usize;
     let mut stream = req.into_body().into_data_stream();

@@ -723,12 +723,17 @@ pub(crate) async fn stream(
                 _ if *ended => None,
                 Ok(e) => {
                     let data = serde_json::to_string(&WireEvent(&e)).unwrap_or_default();
-                    Some(
-                        Event::default()
-                            .id(e.global_position.to_string())
-                            .event(e.event_type.as_str())
-                            .data(data),
-                    )
+                    let event = Event::default().id(e.global_position.to_string());
+                    // Types are checked when appended, but the store does not know them: a
+                    // record edited on disk (or a row another program wrote) could hold a line
+                    // break, on which axum's `event` panics. Such an event goes unnamed (its
+                    // data still carries the type).
+                    let event = if e.event_type.contains(['\r', '\n']) {
+                        event
+                    } else {
+                        event.event(e.event_type.as_str())
+                    };
+                    Some(event.data(data))
                 }
                 // The feed cannot go on (a damaged record, a store gone): a last `problem`
                 // event says so (the stream then ends), so that it does not look as if the

@@ -30,6 +30,9 @@ const PARSE_BATCH_BYTES: usize = 4 << 20;
 /// Enough to keep the parsing threads busy while a chunk is written and synced (8 against 2:
 /// ~7% faster `incidentlog import` of the 1M-event bench log, at most ~32 MiB more held).
 const PARSE_AHEAD: usize = 8;
+/// The longest line a bulk import takes (the default bulk body limit): one append of ~200k
+/// events.
+pub const MAX_IMPORT_LINE: usize = 64 << 20;
 /// Field problems listed per rejected line of a bulk report (its `detail` counts them all).
 const LINE_ERRORS_LISTED: usize = 20;
 /// How long a line read may wait for more input before the lines read so far are parsed and
@@ -243,7 +246,11 @@ impl Importer<'_> {
                     {
                         deadline = Some(tokio::time::Instant::now() + INPUT_IDLE);
                     }
-                    let read = input.read_until(b'\n', &mut batch.bytes);
+                    // A line may not grow past `MAX_IMPORT_LINE` (a file without line breaks,
+                    // `/dev/zero`: the offline import has no body limit to stop it).
+                    let room = MAX_IMPORT_LINE - (batch.bytes.len() - line_start);
+                    let mut bounded = (&mut input).take(room as u64);
+                    let read = bounded.read_until(b'\n', &mut batch.bytes);
                     let n = match deadline {
                         None => read.await,
                         Some(at) => match tokio::time::timeout_at(at, read).await {
@@ -262,6 +269,16 @@ impl Importer<'_> {
                     if batch.bytes.len() == line_start {
                         eof = true;
                         break;
+                    }
+                    if batch.bytes.len() - line_start >= MAX_IMPORT_LINE
+                        && !batch.bytes.ends_with(b"\n")
+                    {
+                        return Err(ApiError::PayloadTooLarge(format!(
+                            "line {} is longer than {} MiB, the most one line may hold (is the \
+                             input NDJSON?); the import stopped before it",
+                            line_no + 1,
+                            MAX_IMPORT_LINE >> 20
+                        )));
                     }
                     let mut start = line_start;
                     // A UTF-8 byte order mark before the first line (Windows tools write

@@ -588,11 +588,30 @@ pub(crate) fn dir_of(path: &Path) -> &Path {
 /// Creates the data directory `dir` and any missing parents, owner-only (0700 on Unix) like
 /// the files in them. Directories that exist keep their mode (the operator's choice).
 pub(crate) fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
+        .collect();
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
+    builder.create(dir)?;
+    // Each new directory's entry in its parent must survive a crash as well, or a crash
+    // before the next start could take the whole new log with it (its SYNCED mark included).
+    for created in missing.iter().rev() {
+        sync_new_entry(created)?;
+    }
+    Ok(())
+}
+
+/// fsync of the directory holding the new entry `path`. A directory this user may write in
+/// but not read (`-wx`) cannot be opened to sync it: left to the file system then.
+fn sync_new_entry(path: &Path) -> io::Result<()> {
+    match sync_dir(dir_of(path)) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+        r => r,
+    }
 }
 
 /// Creates `dir` (if missing) with the mode and, as far as allowed, the owner of the directory
@@ -613,6 +632,7 @@ pub(crate) fn create_dir_like_parent(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
         r => r?,
     }
+    sync_new_entry(dir)?;
     #[cfg(unix)]
     if let Ok(p) = parent {
         use std::os::unix::fs::MetadataExt;

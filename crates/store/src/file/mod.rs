@@ -20,6 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -61,6 +62,12 @@ pub(crate) struct Shared {
     pub(crate) io_busy_ns: AtomicU64,
     /// Of those, in writing and syncing the log file.
     pub(crate) io_disk_ns: AtomicU64,
+    /// When the I/O thread took the batch it is on, in milliseconds after `epoch` (0: idle).
+    /// A write or sync that does not return (a hung disk, a hard NFS mount) makes the store
+    /// unavailable once it has taken `stalled_after`.
+    pub(crate) io_busy_since_ms: AtomicU64,
+    pub(crate) epoch: Instant,
+    stalled_after: Duration,
     /// Emptied batch buffers the I/O thread hands back for the next batches: a bulk batch is
     /// megabytes, and fresh memory for every one cost page faults and zeroing.
     pub(crate) spare: Mutex<Vec<writer::Buffers>>,
@@ -206,6 +213,9 @@ impl FileStore {
             written_events: AtomicU64::new(0),
             io_busy_ns: AtomicU64::new(0),
             io_disk_ns: AtomicU64::new(0),
+            io_busy_since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            stalled_after: opts.stalled_after,
             spare: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -775,6 +785,17 @@ impl EventStore for FileStore {
     fn unavailable_reason(&self) -> Option<String> {
         if let Some(r) = self.shared.poison_reason() {
             return Some(r);
+        }
+        let since = self.shared.io_busy_since_ms.load(Ordering::Relaxed);
+        if since != 0 {
+            let now = self.shared.epoch.elapsed().as_millis() as u64 + 1;
+            let busy = Duration::from_millis(now.saturating_sub(since));
+            if busy >= self.shared.stalled_after {
+                return Some(format!(
+                    "a write or sync of the log has not returned for {} s (a hung disk?)",
+                    busy.as_secs()
+                ));
+            }
         }
         self.shared
             .closed

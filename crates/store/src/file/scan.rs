@@ -253,6 +253,9 @@ impl AppendState {
     }
 }
 
+/// The most events the tables are sized for before the scan (~1.4 GB of log).
+const MAX_SIZE_HINT: usize = 1 << 22;
+
 /// Scans every segment, rebuilds the index, cuts a torn tail. Creates the first segment of
 /// an empty log. `read_only`: changes nothing on disk (a torn tail is left in place and
 /// reported in [`Recovered::torn_tail`], an empty log gets no segment).
@@ -263,13 +266,20 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
     let mark = synced::read(log_dir)?;
     let mut segments = list_segments(log_dir)?;
     let mut index = Index::new();
-    // Rough size hint: ~350 bytes per event.
+    // Rough size hint for the tables: ~350 bytes per event. Only a hint, taken from sizes a
+    // damaged or sparse file can make absurd (`truncate -s 2T`), which must end in the scan's
+    // clear error, not in an allocation that aborts: each file counts for at most the 4 GiB a
+    // segment may hold, and the hint for at most MAX_SIZE_HINT events (a log larger than
+    // that grows its tables as it is read).
     let total: u64 = segments
         .iter()
         .filter_map(|(_, p)| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
-    index.reserve((total / 300) as usize);
+        .map(|m| m.len().min(u64::from(u32::MAX)))
+        .fold(0u64, u64::saturating_add);
+    let expected_events = usize::try_from(total / 300)
+        .unwrap_or(MAX_SIZE_HINT)
+        .min(MAX_SIZE_HINT);
+    index.reserve(expected_events);
 
     // A last segment whose header never fully reached the disk was being created: drop it.
     if let Some((_, path)) = segments.last() {
@@ -323,7 +333,6 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
     // The event-id table is the costliest index (a random access per event): build it on a
     // second thread while this one scans and builds the rest.
     let (ids_tx, ids_rx) = std::sync::mpsc::channel::<Vec<(Uuid, u32)>>();
-    let expected_events = (total / 300) as usize;
     let ids_sink = match std::thread::Builder::new()
         .name("incidentlog-open-ids".into())
         .spawn(move || {

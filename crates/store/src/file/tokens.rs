@@ -91,10 +91,18 @@ fn store(dir: &Path, tokens: &[TokenRecord]) -> Result<(), StoreError> {
         .create_new(true)
         .open(&tmp)?;
     super::io::adopt_dir_owner(&f, dir);
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(FILE))?;
+    let written = f
+        .write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| {
+            drop(f);
+            std::fs::rename(&tmp, dir.join(FILE))
+        });
+    if let Err(e) = written {
+        // A full disk: no half-written copy is left beside the tokens.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
     super::io::sync_dir(dir)?;
     Ok(())
 }

@@ -813,12 +813,20 @@ impl IoStage {
         }
         // Every handle is gone: flush what relaxed durability left unsynced.
         if self.unsynced && self.shared.poison_reason().is_none() {
-            let _ = self.sync();
+            if let Err(e) = self.sync() {
+                // Nobody is left to answer: the log is all that can be told.
+                tracing::error!(
+                    "the last sync of appends made with relaxed durability failed: {e}; they \
+                     may be lost (the next start keeps what reached the disk)"
+                );
+            }
         }
     }
 
     fn handle(&mut self, job: Job) {
         let started = Instant::now();
+        let since = started.duration_since(self.shared.epoch).as_millis() as u64 + 1;
+        self.shared.io_busy_since_ms.store(since, Ordering::Relaxed);
         let Job {
             seq,
             roll,
@@ -882,6 +890,7 @@ impl IoStage {
         }
         let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.shared.io_busy_ns.fetch_add(busy, Ordering::Relaxed);
+        self.shared.io_busy_since_ms.store(0, Ordering::Relaxed);
         // The writer before the appenders: woken after them, it would queue for a core behind
         // every task their answers wake, while the next batch waits to be handed over.
         self.idle.notify_one();

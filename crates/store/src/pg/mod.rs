@@ -751,12 +751,19 @@ impl EventStore for PgStore {
                     offset: 0,
                     reason: format!("secret hash of token {name} is not 32 bytes"),
                 })?;
+                // A time chrono cannot hold ('infinity', set by hand) is an error here, not a
+                // panic in the task that reloads the tokens.
+                let bad_time = |e: tokio_postgres::Error| StoreError::Corrupt {
+                    file: "PostgreSQL table tokens".to_owned(),
+                    offset: 0,
+                    reason: format!("a time of token {name} cannot be read: {e}"),
+                };
                 Ok(TokenRecord {
-                    name,
                     role: row.get(1),
                     secret_hash,
-                    created_at: row.get(3),
-                    revoked_at: row.get(4),
+                    created_at: row.try_get(3).map_err(bad_time)?,
+                    revoked_at: row.try_get(4).map_err(bad_time)?,
+                    name,
                 })
             })
             .collect()

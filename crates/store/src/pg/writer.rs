@@ -480,7 +480,11 @@ async fn lock_and_read<'r>(
             let hash: [u8; 32] = h
                 .try_into()
                 .map_err(|_| super::record::corrupt(p, "hash is not 32 bytes"))?;
-            let at: DateTime<Utc> = row.get(2);
+            // A time chrono cannot hold (written by hand: 'infinity') is damage, not a panic
+            // of the writer task.
+            let at: DateTime<Utc> = row
+                .try_get(2)
+                .map_err(|e| super::record::corrupt(p, format!("recorded_at: {e}")))?;
             let position = u64::try_from(p).unwrap_or(0);
             (Head { position, hash }, Some(at))
         }

@@ -28,6 +28,8 @@ struct Faults {
     /// Fail the write with this 0-based index (counting every write), with `write`'s kind.
     write_at: Option<u64>,
     sync: bool,
+    /// Every sync takes this long first (a hung disk).
+    sync_delay: Option<std::time::Duration>,
     create: bool,
     writes: u64,
 }
@@ -67,6 +69,10 @@ impl LogFile for FaultyFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
+        let delay = self.faults.lock().unwrap().sync_delay;
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         if self.faults.lock().unwrap().sync {
             return Err(io::Error::other("injected fdatasync failure"));
         }
@@ -314,4 +320,49 @@ async fn concurrent_appends_with_enospc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_with_a_short_write() {
     concurrent_fault(WriteFault::Short, 3).await;
+}
+
+/// A write or sync that does not return (a hung disk): the store says it is unavailable once
+/// it has taken `stalled_after`, and available again once it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_sync_makes_the_store_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = FaultyIo::default();
+    let mut o = opts(dir.path(), 1 << 20);
+    o.stalled_after = std::time::Duration::from_millis(300);
+    let store = Arc::new(
+        FileStore::open_with_io(&o, Arc::new(io.clone()))
+            .await
+            .unwrap(),
+    );
+    let s = Uuid::new_v4();
+    store
+        .append(append_req(s, vec![new_event(0)]))
+        .await
+        .unwrap();
+    assert_eq!(store.unavailable_reason(), None);
+
+    io.0.lock().unwrap().sync_delay = Some(std::time::Duration::from_millis(1500));
+    let hung = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(append_req(s, vec![new_event(1)])).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        store.unavailable_reason(),
+        None,
+        "not yet: a sync may take a moment"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let reason = store
+        .unavailable_reason()
+        .expect("unavailable while the sync hangs");
+    assert!(reason.contains("has not returned"), "{reason}");
+    io.0.lock().unwrap().sync_delay = None;
+    hung.await.unwrap().unwrap();
+    assert_eq!(
+        store.unavailable_reason(),
+        None,
+        "available again once it returned"
+    );
 }
