@@ -261,3 +261,55 @@ async fn concurrent_appends_to_one_stream_never_double_assign_a_version() {
         assert_eq!(e.stream_version, i as u64 + 1);
     }
 }
+
+/// Anyone who can connect to the database can NOTIFY on a log's channel: a forged head (a
+/// position far ahead) must not become the store's head, or every read would wait for events
+/// that never come. Notifications only wake the follower, which reads the head from the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_notification_does_not_move_the_head() {
+    let Some(url) = test_database("a_forged_notification_does_not_move_the_head").await else {
+        return;
+    };
+    let store = open(&url).await;
+    let stream = Uuid::new_v4();
+    store
+        .append(request(
+            stream,
+            ExpectedVersion::Exact(0),
+            vec![new_event(1)],
+        ))
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // The channel of the log in schema `public` (fixed: `LogKey`'s unit test).
+    client
+        .batch_execute(&format!(
+            "SELECT pg_notify('incidentlog_head_89078c180b4dd722', '9999999:{}')",
+            "0".repeat(64)
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.head().position, 1, "a forged head was taken");
+    // A real append by another process is still seen through its notification.
+    let other = open(&url).await;
+    other
+        .append(request(
+            stream,
+            ExpectedVersion::Exact(1),
+            vec![new_event(2)],
+        ))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while store.head().position != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other's append was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

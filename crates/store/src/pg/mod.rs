@@ -50,6 +50,8 @@ const HEAD_POLL_SLOW: Duration = Duration::from_secs(2);
 /// How often the head is polled when notifications are quiet (and the fallback when LISTEN
 /// is not delivering).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// The least time between two reads of the head that notifications ask for.
+const NOTIFIED_POLL_GAP: Duration = Duration::from_millis(5);
 /// Read connections per process (each pipelines any number of concurrent queries).
 const READ_CONNECTIONS: usize = 4;
 /// Rows per query when `verify` walks the log.
@@ -310,15 +312,6 @@ fn head_from_row(row: Option<&tokio_postgres::Row>) -> Result<Head, StoreError> 
     })
 }
 
-/// Parses a NOTIFY payload `position:hexhash`.
-fn parse_head(payload: &str) -> Option<Head> {
-    let (position, hash) = payload.split_once(':')?;
-    Some(Head {
-        position: position.parse().ok()?,
-        hash: crate::from_hex_32(hash)?,
-    })
-}
-
 type VersionAsk = (StreamId, oneshot::Sender<Result<u64, StoreError>>);
 
 /// Answers `stream_version` calls: the service asks once per append, so under load many asks
@@ -440,26 +433,23 @@ async fn follow_head(shared: Weak<Shared>, config: Config, key: writer::LogKey) 
                         }
                         drop(s);
                         // Wait for a notification or the poll interval, whichever first.
-                        let deadline = tokio::time::sleep(POLL_INTERVAL);
-                        tokio::pin!(deadline);
-                        let mut lost = false;
-                        loop {
-                            tokio::select! {
-                                n = notifications.recv() => match n {
-                                    Some(payload) => {
-                                        let Some(s) = shared.upgrade() else { return };
-                                        if let Some(head) = parse_head(&payload) {
-                                            s.advance(head);
-                                        }
-                                    }
-                                    None => { lost = true; break; }
-                                },
-                                _ = &mut deadline => break,
-                            }
-                        }
-                        if lost {
+                        // A notification only wakes the follower, which then reads the head
+                        // from the table: anyone who can connect to the database can NOTIFY
+                        // on the channel, and a forged head (a position far ahead) would
+                        // make every read wait for events that never come. Notifications
+                        // that arrive together share one read, and reads are at least
+                        // `NOTIFIED_POLL_GAP` apart (this server's own appends move its head
+                        // at once; other servers' are seen within that).
+                        let polled = tokio::time::Instant::now();
+                        let woken = tokio::select! {
+                            n = notifications.recv() => n.is_some(),
+                            _ = tokio::time::sleep(POLL_INTERVAL) => true,
+                        };
+                        if !woken {
                             break;
                         }
+                        tokio::time::sleep_until(polled + NOTIFIED_POLL_GAP).await;
+                        while notifications.try_recv().is_ok() {}
                     }
                 }
             }
