@@ -642,6 +642,52 @@ async fn bulk_import_decides_after_a_repeat_further_back_on_what_was_recorded() 
     assert_eq!(app.head().await, 4);
 }
 
+/// Accepted lines are recorded in line order, whatever lines the store turns away between
+/// them: a reused event id (409), an accepted line that turns out to repeat a recorded event,
+/// and the later lines of the same and of other incidents in the same chunk. (The store used
+/// to write the other incidents' later lines first and the turned-away incident's after them,
+/// so that the same body gave another log when it arrived in one piece than line by line.)
+#[tokio::test]
+async fn bulk_import_records_accepted_lines_in_line_order() {
+    let app = app().await;
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let figure = casualties(Uuid::new_v4(), 1);
+    let mut reused = figure.clone();
+    reused["data"]["killed"] = json!(2);
+    let source = |name: &str| json!({"event_id": Uuid::new_v4(), "type": "SourceAdded", "data": {"source": {"name": name}}});
+    let lines = [
+        (a, reported(Uuid::new_v4(), "UA-63", "shelling")),
+        (a, figure.clone()),
+        (a, reused),
+        (a, source("first")),
+        (b, reported(Uuid::new_v4(), "UA-65", "shelling")),
+        (a, figure),
+        (a, source("second")),
+        (c, reported(Uuid::new_v4(), "UA-63", "drone_strike")),
+    ];
+    let body: String = lines
+        .iter()
+        .map(|(id, e)| json!({"incident_id": id, "events": [e]}).to_string() + "\n")
+        .collect();
+    let r = app.import(body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["appended"], 6, "{}", r.body);
+    assert_eq!(r.body["duplicates"], 1, "{}", r.body);
+    assert_eq!(r.body["rejected"][0]["line"], 3, "{}", r.body);
+    let log = app.get("/v1/events?after=0").await;
+    let recorded: Vec<String> = log.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_string())
+        .collect();
+    let in_line_order: Vec<String> = [0, 1, 3, 4, 6, 7]
+        .iter()
+        .map(|&i| lines[i].1["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(recorded, in_line_order);
+}
+
 /// A body of bad lines cannot make the report (and the server's memory) grow without bound:
 /// the first 10,000 rejected lines are listed, in line order, with the total beside them.
 #[tokio::test]

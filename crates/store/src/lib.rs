@@ -250,8 +250,8 @@ pub enum StoreError {
 
 impl StoreError {
     /// The request failed its event-id or version check: within one `append_many`, later
-    /// requests to the same stream depend on it and are not written.
-    pub(crate) fn is_check_failure(&self) -> bool {
+    /// requests depend on it and are not written.
+    pub fn is_check_failure(&self) -> bool {
         matches!(
             self,
             StoreError::EventIdConflict { .. } | StoreError::WrongExpectedVersion { .. }
@@ -274,11 +274,14 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
 
     /// Several appends sharing one write and one sync. Each request is atomic on its own; the
-    /// results are in request order. Requests to one stream depend on each other: once one of
-    /// them fails its event-id or version check, every later request of the call to that
-    /// stream that would write fails with [`StoreError::WrongExpectedVersion`] (its caller
-    /// decided it on a state that included the failed one). Exact repeats are still answered
-    /// as duplicates.
+    /// results are in request order. The requests depend on each other: once one that would
+    /// write fails its event-id or version check, every later request of the call that would
+    /// write fails with [`StoreError::WrongExpectedVersion`], whatever its stream (its caller
+    /// may have decided it on a state that included the failed one, and must be able to
+    /// record it after the failed one is settled: a bulk import keeps its line order). Exact
+    /// repeats are still answered as duplicates, and a request under
+    /// [`ExpectedVersion::NEVER`] (a question, never written) is answered as on its own and
+    /// stops nothing.
     fn append_many(
         &self,
         requests: Vec<AppendRequest>,

@@ -12,7 +12,9 @@
 //!   leaves, before it is known to have landed. That is a speculation: when the written chunk
 //!   comes back with anything but plain successes (a conflict, an accepted line the store
 //!   found to be a repeat, a retry), the current chunk's decisions are thrown away and its
-//!   lines staged again on what was recorded.
+//!   lines staged again on what was recorded. The store writes no line of a chunk after one
+//!   it turned away (`append_many`); those lines are staged again first, so accepted lines
+//!   are recorded in line order.
 //!
 //! Nothing of a chunk is sent before the chunk before it has been settled, so the store sees
 //! the chunks one at a time, in line order, as without the overlap. A line that failed
@@ -670,7 +672,12 @@ impl Importer<'_> {
         if results.iter().any(|r| matches!(r, Ok(o) if !o.duplicate)) {
             m.store_append_seconds.observe_duration(took);
         }
-        let mut retry = Vec::new();
+        // Lines to decide again, before the current chunk's: the store wrote none of them.
+        let mut again: Vec<Pending> = Vec::new();
+        // A line of this chunk that would have written failed its check: the store wrote no
+        // later line (see `EventStore::append_many`), so that they can be recorded after it
+        // is settled, in line order.
+        let mut stopped = false;
         let mut failed_incidents = FastSet::default();
         // Incidents whose stream may differ from the chunk's decision state.
         let mut unsure = FastSet::default();
@@ -718,23 +725,27 @@ impl Importer<'_> {
                         self.report.appended += n;
                     }
                 }
-                // Another process wrote to the incident between validation and write; with
-                // "any" (or after an earlier line of this incident failed) decide again.
+                // Another process wrote to the incident between validation and write (or an
+                // accepted line before was found to repeat recorded events): with "any" decide
+                // again; after an earlier failed line (not written) decide again.
                 Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                     trouble = true;
-                    let dependent = !failed_incidents.insert(cmd.incident_id);
-                    if cmd.expected == ExpectedVersion::Any || dependent {
-                        retry.push((line, cmd));
+                    failed_incidents.insert(cmd.incident_id);
+                    if cmd.expected == ExpectedVersion::Any || stopped {
+                        let new = new_events(&cmd.events);
+                        again.push(Pending { line, cmd, new });
                     } else {
                         let e = svc.conflict(&cmd, actual);
                         self.reject(line, &e);
                     }
+                    stopped = true;
                 }
                 Err(StoreError::Unavailable(cause)) => {
                     return Err(self.store_failed_at(line, &cause));
                 }
                 Err(e) => {
                     trouble = true;
+                    stopped |= e.is_check_failure();
                     failed_incidents.insert(cmd.incident_id);
                     let e = svc.with_versions(&cmd, e.into()).await;
                     self.reject(line, &e);
@@ -770,28 +781,13 @@ impl Importer<'_> {
         for id in &unsure {
             self.carried.remove(id);
         }
-        for (line, cmd) in retry {
-            match svc.append(cmd, self.recorded_by).await {
-                Ok(a) => {
-                    self.last_position = self.last_position.max(a.response.last_position);
-                    let n = a.response.last_position + 1 - a.response.first_position;
-                    if a.created {
-                        self.report.appended += n;
-                    } else {
-                        self.report.duplicates += n;
-                    }
-                }
-                Err(e @ (ApiError::Unavailable(_) | ApiError::StoreUnavailable { .. })) => {
-                    return Err(e)
-                }
-                Err(e) => self.reject(line, &e),
-            }
-        }
-        Ok(lines
-            .into_iter()
-            .zip(requests)
-            .map(|(s, r)| s.into_pending(r))
-            .collect())
+        again.extend(
+            lines
+                .into_iter()
+                .zip(requests)
+                .map(|(s, r)| s.into_pending(r)),
+        );
+        Ok(again)
     }
 }
 

@@ -20,9 +20,7 @@ use super::format::{self, RecordMeta, HEADER_LEN};
 use super::index::{IdLookup, MixState, Segment, MAX_POSITION};
 use super::io::{LogFile, LogIo};
 use super::{read_record, Shared};
-use crate::{
-    AppendOutcome, AppendRequest, Durability, ExpectedVersion, Head, StoreError, StreamId,
-};
+use crate::{AppendOutcome, AppendRequest, Durability, ExpectedVersion, Head, StoreError};
 
 /// A batch stops growing at this many events or bytes (a single larger append still goes).
 const MAX_BATCH_EVENTS: usize = 8192;
@@ -352,8 +350,9 @@ impl Writer {
             ..
         } = b;
         let mut rs = Vec::with_capacity(requests[mi].len());
-        // Streams with a failed request earlier in this message (see `append_many`).
-        let mut failed: HashSet<StreamId> = HashSet::new();
+        // A request earlier in this message that would have written failed its check: no
+        // later one writes (see `append_many`).
+        let mut stopped = false;
         let mut restore_failed = false;
         for (ri, req) in requests[mi].iter().enumerate() {
             let pin = pins.as_ref().and_then(|p| p.get(ri));
@@ -363,7 +362,7 @@ impl Writer {
                 )));
                 continue;
             }
-            let after_failure = failed.contains(&req.stream_id);
+            let after_failure = stopped;
             // An ordinary append is recorded when the writer takes it, after it was decided
             // (a restore re-decides it at that time), and never before the record ahead of it.
             let at = pin.map_or_else(
@@ -386,8 +385,8 @@ impl Writer {
                 Ok(_) => {}
                 Err(e) => {
                     restore_failed = true;
-                    if !after_failure && e.is_check_failure() {
-                        failed.insert(req.stream_id);
+                    if e.is_check_failure() && req.expected_version != ExpectedVersion::NEVER {
+                        stopped = true;
                     }
                 }
             }
@@ -541,8 +540,8 @@ impl Writer {
     }
 
     /// Validates one request against the log and the batch so far; encodes it when accepted.
-    /// `after_failure`: an earlier request of the same message to this stream failed its
-    /// check, so this one may only be answered as a repeat.
+    /// `after_failure`: an earlier request of the same message failed its check, so this one
+    /// may only be answered as a repeat.
     /// `pin`: a restored append, which keeps its time, position and hash.
     #[allow(clippy::too_many_arguments)]
     fn accept(

@@ -613,12 +613,16 @@ async fn commit_batch_inner(
 
     let mut outcomes = Vec::with_capacity(requests.len());
     let mut rows = Rows::default();
-    let mut failed: HashSet<(usize, StreamId)> = HashSet::new();
+    // Calls (jobs) in which a request that would have written failed its check: no later
+    // request of the call writes.
+    let mut stopped: HashSet<usize> = HashSet::new();
     for (request, job) in requests.iter().zip(&job_of) {
-        let after_failure = failed.contains(&(*job, request.stream_id));
+        let after_failure = stopped.contains(job);
         let outcome = decide(request, &known, &versions, after_failure);
-        if !after_failure && matches!(&outcome, Decision::Done(Err(e)) if e.is_check_failure()) {
-            failed.insert((*job, request.stream_id));
+        if request.expected_version != ExpectedVersion::NEVER
+            && matches!(&outcome, Decision::Done(Err(e)) if e.is_check_failure())
+        {
+            stopped.insert(*job);
         }
         let outcome = match outcome {
             Decision::Done(result) => result,
@@ -816,8 +820,8 @@ fn decide(
         }));
     }
     let actual = versions.get(&request.stream_id).copied().unwrap_or(0);
-    // An earlier request of the same call to this stream failed: this one was decided on a
-    // state that included it.
+    // An earlier request of the same call failed: this one may have been decided on a state
+    // that included it, and must not be recorded before the failed one is settled.
     if after_failure {
         return Decision::Done(Err(StoreError::WrongExpectedVersion {
             stream_id: request.stream_id,

@@ -609,19 +609,20 @@ pub async fn append_many_is_per_request_atomic<S: EventStore>(store: Arc<S>) {
     let results = store
         .append_many(vec![
             request(a, ExpectedVersion::Exact(0), events(3, "a")),
-            request(b, ExpectedVersion::Exact(0), events(2, "b")), // wrong version
-            request(c, ExpectedVersion::Any, vec![]),              // invalid
+            request(c, ExpectedVersion::Any, vec![]), // invalid (stops nothing)
             request(c, ExpectedVersion::Exact(0), events(2, "c")),
+            // Wrong version (last: nothing after it would be written).
+            request(b, ExpectedVersion::Exact(0), events(2, "b")),
         ])
         .await;
     assert_eq!(results.len(), 4);
     let ra = results[0].as_ref().unwrap();
     assert!(matches!(
-        results[1],
+        results[3],
         Err(StoreError::WrongExpectedVersion { actual: 1, .. })
     ));
-    assert!(matches!(results[2], Err(StoreError::InvalidInput(_))));
-    let rc = results[3].as_ref().unwrap();
+    assert!(matches!(results[1], Err(StoreError::InvalidInput(_))));
+    let rc = results[2].as_ref().unwrap();
     assert_eq!((ra.first_position, ra.last_position, ra.version), (2, 4, 3));
     assert_eq!((rc.first_position, rc.last_position, rc.version), (5, 6, 2));
     assert_eq!(store.stream_version(b).await.unwrap(), 1);
@@ -662,16 +663,20 @@ pub async fn append_many_requests_see_each_other<S: EventStore>(store: Arc<S>) {
         .all(|(i, e)| e.stream_version == i as u64 + 1));
 }
 
-/// Once a request fails its version or event-id check, later requests of the same call to
-/// that stream are not written, even when their expected version happens to match (their
-/// caller decided them on a state that included the failed request); repeats are still
-/// answered as duplicates, and other streams are not affected.
+/// Once a request that would write fails its version or event-id check, no later request of
+/// the same call is written, even when its expected version happens to match (its caller may
+/// have decided it on a state that included the failed request, and records it after that
+/// one is settled: a bulk import keeps its line order), whatever its stream; repeats are still
+/// answered as duplicates. A question under `ExpectedVersion::NEVER` stops nothing.
 pub async fn append_many_requests_after_a_failure_depend_on_it<S: EventStore>(store: Arc<S>) {
-    let (s, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let (s, other, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let first = request(s, ExpectedVersion::Exact(0), events(1, "1"));
     store.append(first.clone()).await.unwrap();
     let results = store
         .append_many(vec![
+            // A question: "is this recorded?" (no); it stops nothing.
+            request(third, ExpectedVersion::NEVER, events(1, "q")),
+            request(third, ExpectedVersion::Exact(0), events(1, "t")),
             // Stale: the caller believed the stream empty.
             request(s, ExpectedVersion::Exact(0), events(1, "a")),
             // Decided on "a" having been written: its version (1) matches by coincidence.
@@ -681,6 +686,12 @@ pub async fn append_many_requests_after_a_failure_depend_on_it<S: EventStore>(st
             request(s, ExpectedVersion::Any, events(1, "c")),
         ])
         .await;
+    assert!(matches!(
+        results[0],
+        Err(StoreError::WrongExpectedVersion { .. })
+    ));
+    assert_eq!(results[1].as_ref().unwrap().version, 1);
+    let results = &results[2..];
     assert!(matches!(
         results[0],
         Err(StoreError::WrongExpectedVersion { actual: 1, .. })
@@ -693,7 +704,12 @@ pub async fn append_many_requests_after_a_failure_depend_on_it<S: EventStore>(st
         "{:?}",
         results[1]
     );
-    assert_eq!(results[2].as_ref().unwrap().version, 1);
+    // Another stream, after the failure: not written either.
+    assert!(matches!(
+        results[2],
+        Err(StoreError::WrongExpectedVersion { actual: 0, .. })
+    ));
+    assert_eq!(store.stream_version(other).await.unwrap(), 0);
     assert!(results[3].as_ref().unwrap().duplicate);
     assert!(matches!(
         results[4],
