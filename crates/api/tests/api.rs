@@ -1455,6 +1455,63 @@ async fn sse_feed_ends_when_its_token_is_revoked() {
     assert_eq!(next_sse_event(&mut other_feed, &mut b).await.0, 2);
 }
 
+/// A `+` left unencoded in a query string arrives as a space: the error for a timestamp with an
+/// offset sent that way says how to send it.
+#[tokio::test]
+async fn an_unencoded_plus_in_a_time_is_explained() {
+    let app = app().await;
+    for path in [
+        "/v1/regions/UA-63?as_of=2026-01-02T10:00:00+02:00",
+        "/v1/regions?from=2026-01-02T10:00:00+02:00",
+        "/v1/incidents?to=2026-01-02T10:00:00+02:00",
+    ] {
+        let r = app.get(path).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.body);
+        assert!(
+            r.body["detail"].as_str().unwrap().contains("%2B"),
+            "{path}: {}",
+            r.body
+        );
+    }
+    let encoded = app
+        .get("/v1/regions?from=2026-01-02T10:00:00%2B02:00")
+        .await;
+    assert_eq!(encoded.status, StatusCode::OK, "{}", encoded.body);
+}
+
+/// `--max-sse-clients 0` turns the long-lived answers off: the feed, the ndjson log stream and
+/// the CSV listing each get a 503 that says so, without a `Retry-After` (trying again will not
+/// help); the JSON pages still answer.
+#[tokio::test]
+async fn long_lived_answers_turned_off_say_so() {
+    let app = app_with(ServeConfig {
+        max_sse_clients: 0,
+        ..ServeConfig::default()
+    })
+    .await;
+    for (path, accept) in [
+        ("/v1/events/stream", "text/event-stream"),
+        ("/v1/events", "application/x-ndjson"),
+        ("/v1/incidents", "text/csv"),
+    ] {
+        let req = Request::get(path)
+            .header(header::AUTHORIZATION, format!("Bearer {}", app.reader))
+            .header(header::ACCEPT, accept)
+            .body(Body::empty())
+            .unwrap();
+        let r = app.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(r.headers().get(header::RETRY_AFTER).is_none(), "{path}");
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let problem: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains("turned off"),
+            "{path}: {problem}"
+        );
+    }
+    assert_eq!(app.get("/v1/events").await.status, StatusCode::OK);
+}
+
 /// ndjson log streams count with the live feeds against `--max-sse-per-client`, and one
 /// ends (cut, not completed) when its token is revoked.
 #[tokio::test]

@@ -130,8 +130,9 @@ pub struct ServeArgs {
     )]
     pub token_refresh: Duration,
 
-    /// Most long-lived streams at once: live feeds (SSE) and ndjson log streams
-    /// (GET /v1/events with Accept: application/x-ndjson); more get 503; 0 turns both off.
+    /// Most long-lived streams at once: live feeds (SSE), ndjson log streams (GET /v1/events
+    /// with Accept: application/x-ndjson) and CSV/GeoJSON listings (GET /v1/incidents with
+    /// Accept: text/csv or application/geo+json); more get 503; 0 turns all three off.
     #[arg(
         long,
         env = "INCIDENTLOG_MAX_SSE_CLIENTS",
@@ -141,8 +142,9 @@ pub struct ServeArgs {
     )]
     pub max_sse_clients: usize,
 
-    /// Most live feeds and ndjson log streams of one token at once (anonymous readers: of one
-    /// client address); more get 429, so that one client cannot take every slot.
+    /// Most live feeds, ndjson log streams and CSV/GeoJSON listings of one token at once
+    /// (anonymous readers: of one client address); more get 429, so that one client cannot
+    /// take every slot.
     #[arg(
         long,
         env = "INCIDENTLOG_MAX_SSE_PER_CLIENT",

@@ -126,6 +126,27 @@ impl OccurredAt {
         let t = DateTime::parse_from_rfc3339(s).map_err(|_| {
             format!("{s:?} is neither an RFC 3339 timestamp (2026-01-02T10:30:00Z) nor a date (2026-01-02)")
         })?;
+        // chrono reads any number of fraction digits and drops those past the nanosecond: two
+        // times that differ there would be stored alike (and a retry with the other taken for
+        // a repeat). Refused instead.
+        let fraction_digits = s
+            .split_once('.')
+            .map_or(0, |(_, f)| f.bytes().take_while(u8::is_ascii_digit).count());
+        if fraction_digits > 9 {
+            return Err(format!(
+                "{s:?} has {fraction_digits} fraction digits: at most 9 (nanoseconds)"
+            ));
+        }
+        // chrono takes second 60 at the end of any minute; a leap second only ever ends a UTC
+        // day (23:59:60Z, or the same instant in another offset).
+        if t.nanosecond() >= 1_000_000_000 {
+            let utc = t.with_timezone(&Utc);
+            if (utc.hour(), utc.minute()) != (23, 59) {
+                return Err(format!(
+                    "{s:?} has a leap second (:60) where none can be: only at 23:59:60 UTC"
+                ));
+            }
+        }
         let nanos = t
             .timestamp_nanos_opt()
             .ok_or_else(|| format!("{s:?} is out of the supported range (years 1678 to 2261)"))?;
@@ -400,6 +421,26 @@ mod tests {
             "2026-07-01T02:59:60+03:00",
         ] {
             assert_eq!(OccurredAt::parse(s), Ok(last), "{s}");
+        }
+        // Only a UTC day ends with a leap second.
+        for s in ["2026-06-30T23:59:60+02:00", "2026-06-30T10:30:60Z"] {
+            let e = OccurredAt::parse(s).unwrap_err();
+            assert!(e.contains("leap second"), "{s}: {e}");
+        }
+    }
+
+    /// Digits past the nanosecond are refused, not dropped: two times that differ only there
+    /// would be stored alike.
+    #[test]
+    fn at_most_nine_fraction_digits() {
+        assert!(OccurredAt::parse("2026-01-02T10:00:00.123456789Z").is_ok());
+        assert!(OccurredAt::parse("2026-01-02T10:00:00.123456789+01:00").is_ok());
+        for s in [
+            "2026-01-02T10:00:00.1234567891Z",
+            "2026-01-02T10:00:00.5000000001+02:00",
+        ] {
+            let e = OccurredAt::parse(s).unwrap_err();
+            assert!(e.contains("fraction digits"), "{s}: {e}");
         }
     }
 

@@ -224,10 +224,17 @@ fn string_field<'v, M: JsonMembers>(
 }
 
 /// Characters that show nothing on their own: zero-width spaces and joiners, direction
-/// marks, the word joiner and invisible operators, the byte order mark, the soft hyphen. A
-/// text made of these and whitespace is blank to a reader.
+/// marks, the word joiner and invisible operators, deprecated format characters, the byte
+/// order mark, the soft hyphen, the combining grapheme joiner, the Hangul fillers, Khmer's
+/// inherent vowels, variation selectors, tag characters, and noncharacters. A text made of
+/// these and whitespace is blank to a reader.
 fn invisible(c: char) -> bool {
-    matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FDD0}'..='\u{FDEF}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}')
+        || (c as u32) & 0xFFFE == 0xFFFE
 }
 
 /// Text: non-blank (whitespace and invisible characters alone are blank), at most `max`
@@ -411,12 +418,15 @@ fn url_field<M: JsonMembers>(
     errs: &mut Vec<FieldError>,
 ) -> Option<Cow<'static, str>> {
     let s = string_field(m, key, ptr, false, errs)?;
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"));
+    // Schemes are case-insensitive (RFC 3986, 3.1).
+    let rest = ["https://", "http://"].iter().find_map(|scheme| {
+        let head = s.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme)
+            .then(|| &s[scheme.len()..])
+    });
     let host_ok = rest
         .map(|r| r.split(['/', '?', '#']).next().unwrap_or(""))
-        .is_some_and(|h| !h.is_empty() && !h.starts_with(':'));
+        .is_some_and(authority_ok);
     if s.len() > MAX_URL_BYTES {
         push(
             errs,
@@ -436,6 +446,35 @@ fn url_field<M: JsonMembers>(
     } else {
         Some(Cow::Owned(s.to_owned()))
     }
+}
+
+/// `[userinfo@]host[:port]` with a host, and a port (if any) of at most 65535.
+fn authority_ok(authority: &str) -> bool {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let (host, port) = match host_port.strip_prefix('[') {
+        // An IPv6 literal: `[...]` then the port, if any.
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, rest)) if !addr.is_empty() => match rest {
+                "" => (addr, None),
+                _ => match rest.strip_prefix(':') {
+                    Some(port) => (addr, Some(port)),
+                    None => return false,
+                },
+            },
+            _ => return false,
+        },
+        None => match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.is_empty()
+            || (p.len() <= 5
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u32>().is_ok_and(|n| n <= 65_535))
+    });
+    !host.is_empty() && port_ok
 }
 
 fn coord<M: JsonMembers>(

@@ -241,7 +241,11 @@ fn as_of(as_of: Option<&str>, at_position: Option<u64>) -> Result<AsOf, ApiError
         (Some(t), None) => DateTime::parse_from_rfc3339(t)
             .map(|t| AsOf::Time(t.with_timezone(&Utc)))
             .map_err(|e| {
-                ApiError::bad_field("/as_of", format!("expected an RFC 3339 timestamp: {e}"))
+                let hint = super::query::plus_hint(t);
+                ApiError::bad_field(
+                    "/as_of",
+                    format!("expected an RFC 3339 timestamp: {e}{hint}"),
+                )
             }),
         (None, Some(p)) => Ok(AsOf::Position(p)),
         (None, None) => Ok(AsOf::Live),
@@ -621,6 +625,17 @@ impl LongStream {
         principal: Principal,
         extensions: &axum::http::Extensions,
     ) -> Result<LongStream, Box<Response>> {
+        if state.config.max_sse_clients == 0 {
+            // Not busy, turned off: no `Retry-After`, and a message that says so.
+            return Err(Box::new(
+                ApiError::Unavailable(
+                    "live feeds, ndjson log streams and CSV/GeoJSON listings are turned off \
+                     on this server (--max-sse-clients 0)"
+                        .into(),
+                )
+                .into_response(),
+            ));
+        }
         let address = extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip());
@@ -771,7 +786,7 @@ pub(crate) struct SummaryParams {
 }
 
 fn window(q: &SummaryParams) -> Result<Window, ApiError> {
-    Window::parse(q.from.as_deref(), q.to.as_deref()).map_err(ApiError::bad_request_at)
+    super::query::window(q.from.as_deref(), q.to.as_deref())
 }
 
 /// Summaries of every region with incidents.

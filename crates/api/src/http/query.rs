@@ -29,7 +29,7 @@ pub fn incident_query(
         .map(Region::parse)
         .transpose()
         .map_err(|m| ApiError::bad_field("/region", m))?;
-    let window = Window::parse(from, to).map_err(ApiError::bad_request_at)?;
+    let window = window(from, to)?;
     Ok(IncidentQuery {
         region,
         kind: parse::<Kind>("kind", kind)?,
@@ -39,4 +39,23 @@ pub fn incident_query(
         limit,
         cursor,
     })
+}
+
+/// The `from`/`to` window of a query, its error hinting at an undecoded `+`.
+pub(crate) fn window(from: Option<&str>, to: Option<&str>) -> Result<Window, ApiError> {
+    Window::parse(from, to).map_err(|mut e| {
+        let value = if e.pointer == "/to" { to } else { from };
+        e.message.push_str(plus_hint(value.unwrap_or("")));
+        ApiError::bad_request_at(e)
+    })
+}
+
+/// A `+` in a query string is a space once decoded: a timestamp sent with `+02:00` arrives
+/// with ` 02:00` and fails to parse. The hint for a value holding a space.
+pub(crate) fn plus_hint(value: &str) -> &'static str {
+    if value.contains(' ') {
+        " (a + in a query string must be sent as %2B: `+02:00` arrives as ` 02:00`)"
+    } else {
+        ""
+    }
 }

@@ -564,3 +564,99 @@ fn visible_text_with_invisible_characters_is_kept() {
     assert_eq!(data["locality"], locality);
     assert_eq!(data["summary"], summary);
 }
+
+/// More characters that show nothing alone: Hangul fillers, the combining grapheme joiner,
+/// tag characters, variation selectors, noncharacters. Text made only of them is blank.
+#[test]
+fn text_of_fillers_tags_and_selectors_alone_is_blank() {
+    for blank in [
+        "\u{3164}",
+        "\u{115F}\u{1160}",
+        "\u{034F}",
+        "\u{E0001}\u{E0041}",
+        "\u{FE0F} \u{FE00}",
+        "\u{FFFE}",
+        "\u{17B4}",
+        "\u{206A}",
+    ] {
+        let e = json!([ev(
+            "IncidentReported",
+            with(reported(), "target", json!(blank))
+        )]);
+        let errs = parse_both(&e).unwrap_err();
+        assert_eq!(errs.len(), 1, "{blank:?}: {errs:?}");
+        assert_eq!(errs[0].pointer, "/events/0/data/target");
+        assert!(errs[0].message.contains("empty"), "{blank:?}: {errs:?}");
+    }
+}
+
+/// URLs: the scheme in any case (RFC 3986, 3.1), userinfo, IPv6 literals and ports up to
+/// 65535; not a port past it, nor an empty host.
+#[test]
+fn urls_take_any_scheme_case_and_valid_ports_only() {
+    let with_url = |url: &str| {
+        json!([ev(
+            "IncidentReported",
+            with(reported(), "source", json!({"name": "A", "url": url}))
+        )])
+    };
+    for good in [
+        "HTTPS://EXAMPLE.COM/",
+        "Http://example.com",
+        "https://example.com:443/a?b#c",
+        "https://example.com:/a",
+        "https://user:pw@example.com:8080/",
+        "https://[2001:db8::1]:8443/x",
+        "https://[::1]",
+    ] {
+        assert!(parse_both(&with_url(good)).is_ok(), "{good}");
+    }
+    for bad in [
+        "https://example.com:99999/",
+        "https://example.com:65536",
+        "https://example.com:8o/",
+        "https://:80/",
+        "https://user@/",
+        "https://[::1/",
+        "https://[]:80/",
+        "https://[::1]x/",
+        "ftp://example.com/",
+    ] {
+        let errs = parse_both(&with_url(bad)).unwrap_err();
+        assert_eq!(errs[0].pointer, "/events/0/data/source/url", "{bad}");
+    }
+}
+
+/// The examples of proto-docs/events.md, one per event type, are valid and, appended in the
+/// order shown, accepted one after another by one incident (a newcomer posting them as written
+/// must not meet a 409 or a 422).
+#[test]
+fn the_examples_in_events_md_are_accepted_in_order() {
+    let doc = include_str!("../../../../proto-docs/events.md");
+    let examples: Vec<Value> = doc
+        .split("```json\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        // (The first block is a schematic, not JSON; the count below catches a broken one.)
+        .filter_map(|text| serde_json::from_str::<Value>(text).ok())
+        .filter(|v| v.get("type").is_some() && v.get("event_id").is_some())
+        .collect();
+    assert_eq!(examples.len(), 8, "one example per event type");
+    let mut ids = std::collections::HashSet::new();
+    let mut state = IncidentState::with_id(uuid::Uuid::new_v4());
+    // The examples' times are in January 2026.
+    let when = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 1, 10, 0, 0, 0).unwrap();
+    for (i, example) in examples.iter().enumerate() {
+        assert!(
+            ids.insert(example["event_id"].as_str().unwrap().to_owned()),
+            "example {i} reuses an event_id"
+        );
+        let typed = parse_both(&json!([example])).unwrap_or_else(|e| panic!("example {i}: {e:?}"));
+        decide_and_apply(&mut state, &typed, when, "/events")
+            .unwrap_or_else(|e| panic!("example {i} ({}): {e:?}", example["type"]));
+    }
+    let seed = include_str!("../../../../tests/fixtures/seed-incidents.ndjson");
+    for id in &ids {
+        assert!(!seed.contains(id.as_str()), "{id} is a seed event's id too");
+    }
+}
