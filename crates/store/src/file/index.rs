@@ -73,9 +73,13 @@ impl BuildHasher for MixState {
 struct IdKey([u32; 2]);
 
 impl IdKey {
-    fn of(id: &Uuid) -> IdKey {
+    /// Keyed by the process's random `seed`: with a fixed fold (`hi ^ rotl(lo, 32)`) a client
+    /// could make ids that share a key with any recorded one at will, and each such id costs a
+    /// read of the log to tell them apart, on the writer's path. Ids with one `lo` never share
+    /// a key (the fold is a bijection of `hi`), and which `lo`s pair up depends on the seed.
+    fn of(id: &Uuid, seed: u64) -> IdKey {
         let (hi, lo) = id.as_u64_pair();
-        let k = hi ^ lo.rotate_left(32);
+        let k = hi ^ mix(lo ^ seed);
         IdKey([k as u32, (k >> 32) as u32])
     }
 }
@@ -103,7 +107,7 @@ impl IdTable {
     }
 
     pub(crate) fn insert(&mut self, event_id: Uuid, position: u32) {
-        match self.ids.entry(IdKey::of(&event_id)) {
+        match self.ids.entry(IdKey::of(&event_id, self.ids.hasher().0)) {
             std::collections::hash_map::Entry::Occupied(_) => {
                 self.overflow.insert(event_id, position);
             }
@@ -117,7 +121,7 @@ impl IdTable {
         if let Some(p) = self.overflow.get(id) {
             return IdLookup::Exact(u64::from(*p));
         }
-        match self.ids.get(&IdKey::of(id)) {
+        match self.ids.get(&IdKey::of(id, self.ids.hasher().0)) {
             Some(p) => IdLookup::Candidate(u64::from(*p)),
             None => IdLookup::Absent,
         }
@@ -372,5 +376,36 @@ impl Index {
         self.offsets.shrink_to_fit();
         self.recorded_at.shrink_to_fit();
         self.stream_prev.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids made to share a key under a fixed fold (`hi ^ rotl(lo, 32)`) do not share one under
+    /// the process's keyed fold; ids that do share a key (made here with the seed, which a
+    /// client does not know) are still told apart: the later one exactly.
+    #[test]
+    fn id_keys_are_keyed_and_collisions_stay_exact() {
+        let mut table = IdTable::with_capacity(16);
+        let seed = table.ids.hasher().0;
+        let recorded = Uuid::new_v4();
+        let (hi, lo) = recorded.as_u64_pair();
+        table.insert(recorded, 1);
+
+        // Aimed at the old fold: same key as `recorded` there, not here.
+        let lo2 = lo ^ 0x0123_4567_89ab_cdef;
+        let aimed = Uuid::from_u64_pair(hi ^ lo.rotate_left(32) ^ lo2.rotate_left(32), lo2);
+        assert!(IdKey::of(&aimed, seed) != IdKey::of(&recorded, seed));
+        assert!(matches!(table.lookup(&aimed), IdLookup::Absent));
+
+        // Made with the seed: one key, both ids found.
+        let lo3 = lo ^ 0xfedc_ba98_7654_3210;
+        let twin = Uuid::from_u64_pair(hi ^ mix(lo ^ seed) ^ mix(lo3 ^ seed), lo3);
+        assert!(IdKey::of(&twin, seed) == IdKey::of(&recorded, seed));
+        table.insert(twin, 2);
+        assert!(matches!(table.lookup(&twin), IdLookup::Exact(2)));
+        assert!(matches!(table.lookup(&recorded), IdLookup::Candidate(1)));
     }
 }
