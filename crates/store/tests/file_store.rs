@@ -76,6 +76,26 @@ async fn a_huge_sparse_segment_is_damage_not_an_abort() {
     }
 }
 
+/// A last segment whose header is incomplete is a segment a crash cut while creating it,
+/// and is removed; but not when the synced mark says the log reaches into it: records that
+/// were acknowledged are missing, and the refusal leaves everything as found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headless_last_segment_the_mark_reaches_into_is_left_as_found() {
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 600, 12).await;
+    assert!(dir.path().join("log/SYNCED").exists());
+    let last = segments(dir.path()).last().unwrap().clone();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    let err = FileStore::open(&opts(dir.path(), 600)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert_eq!(std::fs::metadata(&last).map(|m| m.len()).ok(), Some(10));
+}
+
 /// A reader token record (its secret does not matter here).
 fn a_token() -> incidentlog_store::TokenRecord {
     incidentlog_store::TokenRecord {

@@ -282,9 +282,12 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
     index.reserve(expected_events);
 
     // A last segment whose header never fully reached the disk was being created: drop it.
-    if let Some((_, path)) = segments.last() {
+    // Unless the synced mark says the log reaches into it: then records are missing, which
+    // the scan below refuses, and nothing may change on disk before that.
+    if let Some((first, path)) = segments.last() {
         let len = std::fs::metadata(path)?.len();
-        if len <= HEADER_LEN as u64 {
+        let marked_inside = mark.as_ref().is_some_and(|m| m.position >= *first);
+        if len <= HEADER_LEN as u64 && !marked_inside {
             let mut h = vec![0u8; len as usize];
             open_segment(path)?.read_exact_at(&mut h, 0)?;
             if format::parse_header(&h).is_err() {
