@@ -193,6 +193,39 @@ async fn files_created_by_root_go_to_the_data_directory_owner() {
     }
 }
 
+/// The small files read whole by name (`log/SYNCED`, `tokens.json`) are read only as regular
+/// files and up to a size: a FIFO planted there made every open wait forever, and a link to
+/// `/dev/zero` would fill the memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_a_device_in_place_of_a_small_file_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 1 << 20, 3).await;
+    let synced = dir.path().join("log/SYNCED");
+    std::fs::remove_file(&synced).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&synced)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let opened = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        FileStore::open(&opts(dir.path(), 1 << 20)),
+    )
+    .await
+    .expect("the open did not wait for a FIFO");
+    match opened {
+        Err(StoreError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("not a regular file"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_file(&synced).unwrap();
+
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("tokens.json")).unwrap();
+    let err = incidentlog_store::file::tokens::load(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+}
+
 /// Files of the data directory opened by name follow no symlink: a link planted as `LOCK`
 /// (or `tokens.lock`) makes the open fail instead of creating or writing the file it names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

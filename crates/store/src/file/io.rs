@@ -532,6 +532,24 @@ pub(crate) fn new_file_options(dir: &Path) -> OpenOptions {
 /// Opens a file of the data directory by name with `options`: no symlink is followed (root
 /// run on a directory someone else controls must not create, truncate or write through a link
 /// planted there), no wait on a FIFO put in its place, and only a regular file is taken.
+/// The whole of a small file of the data directory read by name (`log/SYNCED`,
+/// `tokens.json`): no symlink followed, only a regular file (a FIFO put there would block the
+/// read forever), at most `max` bytes (a link to `/dev/zero` or a runaway file must not fill
+/// the memory).
+pub(crate) fn read_small_by_name(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_by_name(OpenOptions::new().read(true), path)?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is larger than {max} bytes", path.display()),
+        ));
+    }
+    Ok(bytes)
+}
+
 pub(crate) fn open_by_name(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::custom_flags(options, libc::O_NOFOLLOW | libc::O_NONBLOCK);

@@ -33,13 +33,21 @@ pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 /// Reads the mark; `None` when there is none (a log written before marks existed, or a new one).
 pub(crate) fn read(log_dir: &Path) -> Result<Option<Head>, StoreError> {
     let path = log_dir.join(FILE_NAME);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let bytes = match super::io::read_small_by_name(&path, 4096) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(corrupt(&path, 0, "not a synced mark (not UTF-8)"))
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            ) =>
+        {
+            return Err(corrupt(&path, 0, format!("not a synced mark: {e}")))
         }
         Err(e) => return Err(e.into()),
+    };
+    let Ok(text) = String::from_utf8(bytes) else {
+        return Err(corrupt(&path, 0, "not a synced mark (not UTF-8)"));
     };
     parse(&text).map(Some).ok_or_else(|| {
         corrupt(

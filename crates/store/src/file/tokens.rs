@@ -18,7 +18,7 @@ const LOCK: &str = "tokens.lock";
 /// Every token of the data directory `dir` (none if there is no token file).
 pub fn load(dir: &Path) -> Result<Vec<TokenRecord>, StoreError> {
     let path = dir.join(FILE);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match super::io::read_small_by_name(&path, 64 << 20) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
