@@ -205,7 +205,13 @@ impl Pool {
     /// A usable connection; reconnects the slot when its connection died.
     pub async fn get(&self) -> Result<Arc<PooledConn>, StoreError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slots[i].lock().await;
+        // The slot is held while it reconnects (up to the connect and prepare deadlines): a
+        // caller behind it waits at most one connect's deadline, not one per caller ahead.
+        let Ok(mut slot) = tokio::time::timeout(CONNECT_TIMEOUT, self.slots[i].lock()).await else {
+            return Err(StoreError::Unavailable(format!(
+                "PostgreSQL: no connection within {CONNECT_TIMEOUT:?} (reconnecting)"
+            )));
+        };
         if let Some(conn) = slot.as_ref() {
             if !conn.client.is_closed() {
                 return Ok(Arc::clone(conn));
