@@ -828,6 +828,11 @@ impl AppService {
 
     /// The log position a read at `at` refers to: `None` for the live state.
     pub async fn resolve(&self, at: AsOf) -> Result<Option<u64>, ApiError> {
+        // A time just past may still have events stamped at or before it on their way to the
+        // disk: wait for them, or the same question would get another answer a moment later.
+        if let AsOf::Time(t) = at {
+            lean!(self.inner.store, settle_recorded_at(t))?;
+        }
         self.caught_up().await;
         let position = match at {
             AsOf::Live => return Ok(None),

@@ -389,6 +389,20 @@ pub trait EventStore: Send + Sync + 'static {
         stream_id: StreamId,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Waits until every event recorded at or before `at` is durable (and readable), so that
+    /// [`EventStore::position_at`] gives the same answer for `at` from then on. An event is
+    /// stamped with its `recorded_at` when the writer takes it, and becomes readable after its
+    /// batch's write and sync: without the wait, a question about the last few milliseconds
+    /// missed events that appeared a moment later. A time not yet past (`at >= now`) cannot
+    /// be settled (later appends may still be stamped at or before it): returns at once.
+    fn settle_recorded_at(
+        &self,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = at;
+        async { Ok(()) }
+    }
+
     /// The last global position whose `recorded_at <= at` (0 if none).
     fn position_at(
         &self,
@@ -660,6 +674,10 @@ impl EventStore for Store {
 
     async fn stream_version(&self, stream_id: StreamId) -> Result<u64, StoreError> {
         with_backend!(self, s => s.stream_version(stream_id).await)
+    }
+
+    async fn settle_recorded_at(&self, at: DateTime<Utc>) -> Result<(), StoreError> {
+        with_backend!(self, s => s.settle_recorded_at(at).await)
     }
 
     async fn position_at(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -313,3 +313,39 @@ async fn a_forged_notification_does_not_move_the_head() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Events are stamped under the log's append lock: a question about a time just past waits
+/// for the append transaction in flight (here: a session holding that lock) before the head
+/// it answers from is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_just_past_waits_for_the_append_in_flight() {
+    let Some(url) = test_database("a_time_just_past_waits_for_the_append_in_flight").await else {
+        return;
+    };
+    let store = Arc::new(open(&url).await);
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // The lock of the log in schema `public` (`LogKey`'s unit test: 0x89078c180b4dd722).
+    client
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(-1995994088, 189650722)")
+        .await
+        .unwrap();
+    let t = chrono::Utc::now() - chrono::Duration::milliseconds(1);
+    let settle = tokio::spawn({
+        let store = store.clone();
+        async move { store.settle_recorded_at(t).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !settle.is_finished(),
+        "did not wait for the transaction in flight"
+    );
+    client.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), settle)
+        .await
+        .expect("settled once the transaction ended")
+        .unwrap()
+        .unwrap();
+}

@@ -47,6 +47,9 @@ const LOCK_ATTEMPTS: u32 = 40;
 const QUEUE: usize = 1024;
 
 /// State shared by the store handle, the writer task and readers.
+/// The longest [`EventStore::settle_recorded_at`] waits: a batch's write and sync.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
+
 pub(crate) struct Shared {
     index: RwLock<Index>,
     pub(crate) head_tx: watch::Sender<u64>,
@@ -62,6 +65,11 @@ pub(crate) struct Shared {
     pub(crate) io_busy_ns: AtomicU64,
     /// Of those, in writing and syncing the log file.
     pub(crate) io_disk_ns: AtomicU64,
+    /// The last position the writer has stamped (or is stamping: it may run ahead for the
+    /// moment between raising it and deciding a request). Set before the writer reads the
+    /// clock, so that an event stamped at or before a past time is at or below it
+    /// ([`EventStore::settle_recorded_at`]).
+    pub(crate) stamping_upto: AtomicU64,
     /// When the I/O thread took the batch it is on, in milliseconds after `epoch` (0: idle).
     /// A write or sync that does not return (a hung disk, a hard NFS mount) makes the store
     /// unavailable once it has taken `stalled_after`.
@@ -214,6 +222,7 @@ impl FileStore {
             io_busy_ns: AtomicU64::new(0),
             io_disk_ns: AtomicU64::new(0),
             io_busy_since_ms: AtomicU64::new(0),
+            stamping_upto: AtomicU64::new(head.position),
             epoch: Instant::now(),
             stalled_after: opts.stalled_after,
             spare: Mutex::new(Vec::new()),
@@ -746,6 +755,34 @@ impl EventStore for FileStore {
             self.shared.index().lookup_id(&event_id),
             IdLookup::Absent
         ))
+    }
+
+    async fn settle_recorded_at(&self, at: DateTime<Utc>) -> Result<(), StoreError> {
+        // Read the clock before the writer's mark: whatever it stamps after the mark was read
+        // is stamped later than now, so after `at`.
+        if at >= chrono::Utc::now() {
+            return Ok(());
+        }
+        let mut head = self.shared.head_tx.subscribe();
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        loop {
+            let stamped = self.shared.stamping_upto.load(Ordering::SeqCst);
+            if *head.borrow_and_update() >= stamped {
+                return Ok(());
+            }
+            if let Some(why) = self.unavailable_reason() {
+                return Err(StoreError::Unavailable(why));
+            }
+            // The mark may have run ahead of a request the writer then refused: look again
+            // after a moment even if the head does not move.
+            let step = tokio::time::Instant::now() + Duration::from_millis(1);
+            if step > deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "events stamped before {at} were not durable within {SETTLE_WAIT:?}"
+                )));
+            }
+            let _ = tokio::time::timeout_at(step, head.changed()).await;
+        }
     }
 
     async fn position_at(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -363,6 +363,10 @@ impl Writer {
                 continue;
             }
             let after_failure = stopped;
+            // Raised before the clock is read (`Shared::stamping_upto`), and set to what was
+            // really stamped once the request is decided.
+            let upto = self.next_position + (req.events.len() as u64).max(1) - 1;
+            self.shared.stamping_upto.store(upto, Ordering::SeqCst);
             // An ordinary append is recorded when the writer takes it, after it was decided
             // (a restore re-decides it at that time), and never before the record ahead of it.
             let at = pin.map_or_else(
@@ -378,6 +382,9 @@ impl Writer {
                 last: *last_time,
             };
             let r = self.accept(requests, (mi, ri), req, ctx, times, pin, after_failure);
+            self.shared
+                .stamping_upto
+                .store(self.next_position - 1, Ordering::SeqCst);
             match &r {
                 Ok(o) if !o.duplicate => {
                     *last_time = at;

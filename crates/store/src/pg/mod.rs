@@ -117,6 +117,7 @@ pub struct PgStore {
     durability: Durability,
     /// Opened by `open_read_only`: no writer runs, appends are refused.
     read_only: bool,
+    key: writer::LogKey,
 }
 
 /// What appends to a store opened read-only get.
@@ -208,6 +209,7 @@ impl PgStore {
             closed: AtomicBool::new(false),
             durability,
             read_only,
+            key,
         })
     }
 
@@ -465,6 +467,26 @@ async fn follow_head(shared: Weak<Shared>, config: Config, key: writer::LogKey) 
 }
 
 impl EventStore for PgStore {
+    async fn settle_recorded_at(&self, at: DateTime<Utc>) -> Result<(), StoreError> {
+        if self.read_only || at >= Utc::now() {
+            return Ok(());
+        }
+        // Events are stamped under the log's append lock: once the lock has been had (after
+        // the transaction in flight, of any server, committed), a head read in a new statement
+        // includes everything stamped before now. (Servers whose clocks differ can still stamp
+        // "before" later: `recorded_at` is each server's own clock.)
+        let c = self.pool.get().await?;
+        timed(
+            "settle",
+            OP_TIMEOUT,
+            c.client.batch_execute(&self.key.wait_for_appends_sql()),
+        )
+        .await?;
+        let head = read_head(&c.client).await?;
+        self.shared.advance(head);
+        Ok(())
+    }
+
     async fn restore(&self, appends: Vec<RecordedAppend>) -> Result<Head, StoreError> {
         if appends.is_empty() {
             return Ok(self.head());

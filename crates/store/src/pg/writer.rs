@@ -60,6 +60,16 @@ impl LogKey {
         format!("incidentlog_head_{:016x}", self.0)
     }
 
+    /// One statement that waits for the append transaction in flight, if any, to end: it takes
+    /// the log's append lock and lets it go again at once (its own implicit transaction).
+    pub(crate) fn wait_for_appends_sql(self) -> String {
+        format!(
+            "SELECT pg_advisory_xact_lock({}, {})",
+            (self.0 >> 32) as u32 as i32,
+            self.0 as u32 as i32
+        )
+    }
+
     fn lock_sql(self) -> String {
         // The two-key form (its key space never meets the one-key locks of `schema`), the
         // hash's halves as the int4 keys it takes.

@@ -366,3 +366,43 @@ async fn a_hung_sync_makes_the_store_unavailable() {
         "available again once it returned"
     );
 }
+
+/// An event is stamped when the writer takes it and readable after its sync: a question about
+/// a time just past waits for the events stamped before it (`settle_recorded_at`), so that
+/// `position_at` gives the same answer now as later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_just_past_is_settled_before_it_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = FaultyIo::default();
+    let store = Arc::new(
+        FileStore::open_with_io(&opts(dir.path(), 1 << 20), Arc::new(io.clone()))
+            .await
+            .unwrap(),
+    );
+    let s = Uuid::new_v4();
+    store
+        .append(append_req(s, vec![new_event(0)]))
+        .await
+        .unwrap();
+    io.0.lock().unwrap().sync_delay = Some(std::time::Duration::from_millis(400));
+    let slow = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(append_req(s, vec![new_event(1)])).await }
+    });
+    // Stamped by now, not yet durable.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let t = chrono::Utc::now();
+    assert_eq!(store.head().position, 1, "the sync is still running");
+    store.settle_recorded_at(t).await.unwrap();
+    assert_eq!(
+        store.head().position,
+        2,
+        "settled: the event stamped before t is durable"
+    );
+    assert_eq!(store.position_at(t).await.unwrap(), 2);
+    slow.await.unwrap().unwrap();
+    // A time not yet past is not waited for.
+    io.0.lock().unwrap().sync_delay = None;
+    let future = chrono::Utc::now() + chrono::Duration::seconds(5);
+    store.settle_recorded_at(future).await.unwrap();
+}
