@@ -154,15 +154,26 @@ fn import_export_replay_verify() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.ndjson"));
 
     // Input without line breaks (a binary file, /dev/zero): refused once a line passes 64 MiB,
-    // instead of being read into memory whole.
-    let endless = dir.path().join("one-endless-line.ndjson");
-    let f = std::fs::File::create(&endless).unwrap();
-    f.set_len(65 << 20).unwrap();
+    // instead of being read into memory whole; the lines before it are recorded.
+    let endless = dir.path().join("seed-then-an-endless-line.ndjson");
+    let seed = std::fs::read(seed_path()).unwrap();
+    let seed_lines = seed.iter().filter(|b| **b == b'\n').count();
+    std::fs::write(&endless, &seed).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&endless)
+        .unwrap();
+    f.set_len(seed.len() as u64 + (65 << 20)).unwrap();
     drop(f);
-    let out = cli(&["import", d(&endless), "--data-dir", data_s]);
+    let fresh = dir.path().join("fresh");
+    let out = cli(&["import", d(&endless), "--data-dir", d(&fresh)]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("line 1 is longer than 64 MiB"), "{err}");
+    let expected = format!("line {} is longer than 64 MiB", seed_lines + 1);
+    assert!(err.contains(&expected), "{err}");
+    assert!(err.contains("(10 events appended before)"), "{err}");
+    let log = cli_ok(&["export", "--data-dir", d(&fresh)]);
+    assert_eq!(log.lines().count(), 10, "the lines before it are recorded");
 
     // Export ndjson: the log, recorded events in the SPEC shape.
     let out = cli_ok(&["export", "--data-dir", data_s]);

@@ -1199,6 +1199,11 @@ impl ExportFile {
                 )))
             }
         };
+        // Held while the export runs (and released by the kernel however it ends): how a later
+        // export tells this file from one a killed export left (`remove_stale_temps`).
+        if let Err(e) = file.try_lock() {
+            tracing::debug!("cannot lock {}: {e}", tmp.display());
+        }
         if let Some(m) = existing {
             use std::os::unix::fs::PermissionsExt;
             let mode = m.permissions().mode() & 0o7777;
@@ -1247,9 +1252,10 @@ impl Drop for ExportFile {
 }
 
 /// Removes the temporary files that exports to `path` killed outright (kill -9, the OOM
-/// killer, a power cut) left beside it: `{prefix}PID.tmp`, ours, of a process that no longer
-/// exists. A nightly backup retried after such deaths would otherwise pile up copies of the
-/// log. A file whose PID is alive (an export running now, or the PID reused) is left alone.
+/// killer, a power cut) left beside it: `{prefix}PID.tmp`, ours, that no export holds locked.
+/// A nightly backup retried after such deaths would otherwise pile up copies of the log. A
+/// running export holds its file locked (`flock`, which also holds across PID namespaces:
+/// an export in another container, where its PID means nothing here).
 fn remove_stale_temps(path: &Path, prefix: &std::ffi::OsStr) {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
@@ -1263,21 +1269,26 @@ fn remove_stale_temps(path: &Path, prefix: &std::ffi::OsStr) {
     let me = rustix::process::geteuid().as_raw();
     for entry in entries.flatten() {
         let file_name = entry.file_name();
-        let Some(pid) = file_name
+        let named_like_ours = file_name
             .as_bytes()
             .strip_prefix(prefix.as_bytes())
             .and_then(|rest| rest.strip_suffix(b".tmp"))
-            .and_then(|digits| std::str::from_utf8(digits).ok())
-            .and_then(|digits| digits.parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw)
-        else {
+            .is_some_and(|pid| !pid.is_empty() && pid.iter().all(u8::is_ascii_digit));
+        if !named_like_ours {
             continue;
-        };
+        }
         let ours = entry
             .metadata()
             .is_ok_and(|m| m.file_type().is_file() && m.uid() == me);
-        let dead = rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH);
-        if ours && dead && std::fs::remove_file(entry.path()).is_ok() {
+        if !ours {
+            continue;
+        }
+        // Unlocked: the export that wrote it is gone. (Locked while it is removed, so that
+        // two exports cleaning up at once agree.)
+        let Ok(candidate) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        if candidate.try_lock().is_ok() && std::fs::remove_file(entry.path()).is_ok() {
             tracing::info!(
                 "removed {}, left by an export that was killed",
                 entry.path().display()
@@ -1663,16 +1674,13 @@ mod tests {
     }
 
     /// The temporary file of an export killed outright is removed by the next export to the
-    /// same file; one of a process still alive (an export running now) is left alone, as are
-    /// other files' and other names'.
+    /// same file; one an export holds locked (running now, perhaps in another PID namespace)
+    /// is left alone, as are other files' and other names'.
     #[test]
     fn an_export_removes_what_a_killed_export_left() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("backup.ndjson");
-        let mut gone = std::process::Command::new("true").spawn().unwrap();
-        let dead = gone.id();
-        gone.wait().unwrap();
-        let alive = 1; // init: alive, and not this process (whose own name it would take)
+        let (dead, alive) = (4_000_001, 4_000_002);
         let temp = |name: &str, pid: u32| {
             let p = dir
                 .path()
@@ -1682,6 +1690,10 @@ mod tests {
         };
         let stale = temp("backup.ndjson", dead);
         let running = temp("backup.ndjson", alive);
+        let running_lock = std::fs::File::open(&running).unwrap();
+        running_lock.try_lock().unwrap();
+        let signed = dir.path().join(".backup.ndjson.incidentlog-export-+5.tmp");
+        std::fs::write(&signed, "").unwrap();
         let other_file = temp("other.ndjson", dead);
         let not_a_pid = dir.path().join(".backup.ndjson.incidentlog-export-x1.tmp");
         std::fs::write(&not_a_pid, "").unwrap();
@@ -1689,9 +1701,10 @@ mod tests {
         let staged = ExportFile::create(&path).unwrap();
         staged.commit().unwrap();
         assert!(!stale.exists(), "the killed export's file is removed");
-        for kept in [&running, &other_file, &not_a_pid] {
+        for kept in [&running, &other_file, &not_a_pid, &signed] {
             assert!(kept.exists(), "{} is kept", kept.display());
         }
+        drop(running_lock);
     }
     use tokio::io::AsyncReadExt;
 

@@ -222,6 +222,8 @@ impl Importer<'_> {
         let mut flush = false;
         // The start of a line whose end has not arrived yet, carried into the next batch.
         let mut partial: Vec<u8> = Vec::new();
+        // A line longer than `MAX_IMPORT_LINE`, which ends the input there.
+        let mut too_long: Option<u64> = None;
         let parsers = Parsers::start();
         let mut parsing: VecDeque<Parsing> = VecDeque::new();
         // Batches come back from parsing to be refilled (fresh megabytes for each cost page
@@ -250,7 +252,8 @@ impl Importer<'_> {
                     }
                     // A line may not grow past `MAX_IMPORT_LINE` (a file without line breaks,
                     // `/dev/zero`: the offline import has no body limit to stop it).
-                    let room = MAX_IMPORT_LINE - (batch.bytes.len() - line_start);
+                    // (One byte more than a line may hold: its line break.)
+                    let room = MAX_IMPORT_LINE + 1 - (batch.bytes.len() - line_start);
                     let mut bounded = (&mut input).take(room as u64);
                     let read = bounded.read_until(b'\n', &mut batch.bytes);
                     let n = match deadline {
@@ -272,15 +275,16 @@ impl Importer<'_> {
                         eof = true;
                         break;
                     }
-                    if batch.bytes.len() - line_start >= MAX_IMPORT_LINE
+                    if batch.bytes.len() - line_start > MAX_IMPORT_LINE
                         && !batch.bytes.ends_with(b"\n")
                     {
-                        return Err(ApiError::PayloadTooLarge(format!(
-                            "line {} is longer than {} MiB, the most one line may hold (is the \
-                             input NDJSON?); the import stopped before it",
-                            line_no + 1,
-                            MAX_IMPORT_LINE >> 20
-                        )));
+                        // The lines before it are recorded first (they were read, and may be
+                        // waiting to be parsed and written); the import then stops, saying
+                        // where.
+                        batch.bytes.truncate(line_start);
+                        too_long = Some(line_no + 1);
+                        eof = true;
+                        break;
                     }
                     let mut start = line_start;
                     // A UTF-8 byte order mark before the first line (Windows tools write
@@ -352,6 +356,16 @@ impl Importer<'_> {
         }
         self.write_all_staged().await?;
         progress(line_no);
+        if let Some(line) = too_long {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "line {line} is longer than {} MiB, the most one line may hold (is the input \
+                 NDJSON?); the import stopped there{}",
+                MAX_IMPORT_LINE >> 20,
+                self.stopped_at(line)
+                    .strip_prefix(&format!(" at line {line}"))
+                    .unwrap_or_default()
+            )));
+        }
         Ok(())
     }
 
