@@ -1477,6 +1477,16 @@ async fn an_unencoded_plus_in_a_time_is_explained() {
         .get("/v1/regions?from=2026-01-02T10:00:00%2B02:00")
         .await;
     assert_eq!(encoded.status, StatusCode::OK, "{}", encoded.body);
+    // A space between date and time, without an offset: wrong, but not for a lost `+`.
+    let no_offset = app.get("/v1/regions?from=2026-01-02%2010:00:00").await;
+    assert_eq!(no_offset.status, StatusCode::BAD_REQUEST);
+    assert!(!no_offset.body["detail"].as_str().unwrap().contains("%2B"));
+    // `as_of` is read as strictly as `occurred_at`.
+    for bad in ["2026-01-02T10:00:00.1234567891Z", "2026-01-02T10:30:60Z"] {
+        let r = app.get(&format!("/v1/regions/UA-63?as_of={bad}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+        assert_eq!(r.body["errors"][0]["pointer"], "/as_of", "{bad}");
+    }
 }
 
 /// `--max-sse-clients 0` turns the long-lived answers off: the feed, the ndjson log stream and

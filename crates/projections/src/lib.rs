@@ -42,7 +42,7 @@ pub use projection::{
 };
 pub use region::Region;
 pub use state::IncidentState;
-pub use time::{fmt_micros, OccurredAt, Window};
+pub use time::{fmt_micros, parse_instant, OccurredAt, Window};
 pub use validate::{
     hyphenated_uuid, parse_events, whole_number, MAX_COUNT, MAX_NAME_CHARS, MAX_TEXT_CHARS,
     MAX_URL_BYTES,

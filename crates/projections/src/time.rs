@@ -126,27 +126,7 @@ impl OccurredAt {
         let t = DateTime::parse_from_rfc3339(s).map_err(|_| {
             format!("{s:?} is neither an RFC 3339 timestamp (2026-01-02T10:30:00Z) nor a date (2026-01-02)")
         })?;
-        // chrono reads any number of fraction digits and drops those past the nanosecond: two
-        // times that differ there would be stored alike (and a retry with the other taken for
-        // a repeat). Refused instead.
-        let fraction_digits = s
-            .split_once('.')
-            .map_or(0, |(_, f)| f.bytes().take_while(u8::is_ascii_digit).count());
-        if fraction_digits > 9 {
-            return Err(format!(
-                "{s:?} has {fraction_digits} fraction digits: at most 9 (nanoseconds)"
-            ));
-        }
-        // chrono takes second 60 at the end of any minute; a leap second only ever ends a UTC
-        // day (23:59:60Z, or the same instant in another offset).
-        if t.nanosecond() >= 1_000_000_000 {
-            let utc = t.with_timezone(&Utc);
-            if (utc.hour(), utc.minute()) != (23, 59) {
-                return Err(format!(
-                    "{s:?} has a leap second (:60) where none can be: only at 23:59:60 UTC"
-                ));
-            }
-        }
+        check_rfc3339_reading(s, &t)?;
         let nanos = t
             .timestamp_nanos_opt()
             .ok_or_else(|| format!("{s:?} is out of the supported range (years 1678 to 2261)"))?;
@@ -197,6 +177,40 @@ impl OccurredAt {
     pub fn to_datetime(&self) -> DateTime<Utc> {
         DateTime::from_timestamp_nanos(self.nanos)
     }
+}
+
+/// An RFC 3339 timestamp as an instant (`as_of`), read as strictly as `occurred_at`: at most 9
+/// fraction digits, a leap second only where one can be.
+pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    let t = DateTime::parse_from_rfc3339(s).map_err(|e| e.to_string())?;
+    check_rfc3339_reading(s, &t)?;
+    Ok(t.with_timezone(&Utc))
+}
+
+/// What chrono's RFC 3339 reading lets through and this service does not.
+fn check_rfc3339_reading(s: &str, t: &DateTime<chrono::FixedOffset>) -> Result<(), String> {
+    // chrono reads any number of fraction digits and drops those past the nanosecond: two
+    // times that differ there would be stored alike (and a retry with the other taken for a
+    // repeat). Refused instead.
+    let fraction_digits = s
+        .split_once('.')
+        .map_or(0, |(_, f)| f.bytes().take_while(u8::is_ascii_digit).count());
+    if fraction_digits > 9 {
+        return Err(format!(
+            "{s:?} has {fraction_digits} fraction digits: at most 9 (nanoseconds)"
+        ));
+    }
+    // chrono takes second 60 at the end of any minute; a leap second only ever ends a UTC day
+    // (23:59:60Z, or the same instant in another offset).
+    if t.nanosecond() >= 1_000_000_000 {
+        let utc = t.with_timezone(&Utc);
+        if (utc.hour(), utc.minute()) != (23, 59) {
+            return Err(format!(
+                "{s:?} has a leap second (:60) where none can be: only at 23:59:60 UTC"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Fast path for the forms the log stores (`YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`);

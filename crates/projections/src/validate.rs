@@ -224,16 +224,20 @@ fn string_field<'v, M: JsonMembers>(
 }
 
 /// Characters that show nothing on their own: zero-width spaces and joiners, direction
-/// marks, the word joiner and invisible operators, deprecated format characters, the byte
-/// order mark, the soft hyphen, the combining grapheme joiner, the Hangul fillers, Khmer's
-/// inherent vowels, variation selectors, tag characters, and noncharacters. A text made of
+/// marks (the Arabic letter mark too), bidirectional embeddings, overrides and isolates, the
+/// word joiner and invisible operators, deprecated format characters, the byte order mark,
+/// the soft hyphen, the combining grapheme joiner, the Hangul fillers, Khmer's inherent
+/// vowels, the blank Braille pattern, interlinear annotation marks, musical format controls,
+/// variation selectors, tag characters, and noncharacters. A text made of
 /// these and whitespace is blank to a reader.
 fn invisible(c: char) -> bool {
     matches!(c,
-        '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
-        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{206F}'
-        | '\u{3164}' | '\u{FDD0}'..='\u{FDEF}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
-        | '\u{FFA0}' | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}')
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
+        | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}'
+        | '\u{FDD0}'..='\u{FDEF}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{FFF9}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E007F}'
+        | '\u{E0100}'..='\u{E01EF}')
         || (c as u32) & 0xFFFE == 0xFFFE
 }
 
@@ -424,9 +428,9 @@ fn url_field<M: JsonMembers>(
         head.eq_ignore_ascii_case(scheme)
             .then(|| &s[scheme.len()..])
     });
-    let host_ok = rest
-        .map(|r| r.split(['/', '?', '#']).next().unwrap_or(""))
-        .is_some_and(authority_ok);
+    let authority = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    let host_ok = authority.is_some_and(|a| authority_ok(a) == Ok(true));
+    let port_problem = authority.and_then(|a| authority_ok(a).err());
     if s.len() > MAX_URL_BYTES {
         push(
             errs,
@@ -434,6 +438,9 @@ fn url_field<M: JsonMembers>(
             key,
             format!("is too long: at most {MAX_URL_BYTES} bytes"),
         );
+        None
+    } else if let Some(problem) = port_problem {
+        push(errs, ptr, key, problem);
         None
     } else if !host_ok || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         push(
@@ -448,8 +455,10 @@ fn url_field<M: JsonMembers>(
     }
 }
 
-/// `[userinfo@]host[:port]` with a host, and a port (if any) of at most 65535.
-fn authority_ok(authority: &str) -> bool {
+/// `[userinfo@]host[:port]` with a host (no colon in it unless an IPv6 literal in brackets)
+/// and a port (if any) of digits up to 65535. `Err` names a bad port; `Ok(false)` is any
+/// other problem.
+fn authority_ok(authority: &str) -> Result<bool, &'static str> {
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
     let (host, port) = match host_port.strip_prefix('[') {
         // An IPv6 literal: `[...]` then the port, if any.
@@ -458,23 +467,32 @@ fn authority_ok(authority: &str) -> bool {
                 "" => (addr, None),
                 _ => match rest.strip_prefix(':') {
                     Some(port) => (addr, Some(port)),
-                    None => return false,
+                    None => return Ok(false),
                 },
             },
-            _ => return false,
+            _ => return Ok(false),
         },
-        None => match host_port.rsplit_once(':') {
+        None => match host_port.split_once(':') {
             Some((host, port)) => (host, Some(port)),
             None => (host_port, None),
         },
     };
-    let port_ok = port.is_none_or(|p| {
-        p.is_empty()
-            || (p.len() <= 5
-                && p.bytes().all(|b| b.is_ascii_digit())
-                && p.parse::<u32>().is_ok_and(|n| n <= 65_535))
-    });
-    !host.is_empty() && port_ok
+    if host.is_empty() {
+        return Ok(false);
+    }
+    match port {
+        Some(p) if !p.is_empty() => {
+            let digits = p.bytes().all(|b| b.is_ascii_digit());
+            if !digits {
+                return Err("must be an absolute http(s) URL: its port must be a number");
+            }
+            if p.len() > 5 || p.parse::<u32>().map_or(true, |n| n > 65_535) {
+                return Err("must be an absolute http(s) URL: its port must be at most 65535");
+            }
+            Ok(true)
+        }
+        _ => Ok(true),
+    }
 }
 
 fn coord<M: JsonMembers>(

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use chrono::{DateTime, Utc};
+
 use futures_util::StreamExt;
 use incidentlog_projections::{Region, Window};
 use serde::{Deserialize, Serialize};
@@ -238,8 +238,8 @@ fn as_of(as_of: Option<&str>, at_position: Option<u64>) -> Result<AsOf, ApiError
             "/at_position",
             "give either as_of or at_position, not both",
         )),
-        (Some(t), None) => DateTime::parse_from_rfc3339(t)
-            .map(|t| AsOf::Time(t.with_timezone(&Utc)))
+        (Some(t), None) => incidentlog_projections::parse_instant(t)
+            .map(AsOf::Time)
             .map_err(|e| {
                 let hint = super::query::plus_hint(t);
                 ApiError::bad_field(

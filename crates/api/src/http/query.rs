@@ -51,9 +51,19 @@ pub(crate) fn window(from: Option<&str>, to: Option<&str>) -> Result<Window, Api
 }
 
 /// A `+` in a query string is a space once decoded: a timestamp sent with `+02:00` arrives
-/// with ` 02:00` and fails to parse. The hint for a value holding a space.
+/// with ` 02:00` and fails to parse. The hint for a value ending so (` HH:MM`), not for one
+/// that only uses a space between date and time.
 pub(crate) fn plus_hint(value: &str) -> &'static str {
-    if value.contains(' ') {
+    let b = value.as_bytes();
+    // A time (it has a `:`) then ` HH:MM`.
+    let offset_lost_its_plus = b.len() >= 6 && {
+        let (time, tail) = b.split_at(b.len() - 6);
+        time.contains(&b':')
+            && tail[0] == b' '
+            && tail[3] == b':'
+            && [1, 2, 4, 5].iter().all(|&i| tail[i].is_ascii_digit())
+    };
+    if offset_lost_its_plus {
         " (a + in a query string must be sent as %2B: `+02:00` arrives as ` 02:00`)"
     } else {
         ""

@@ -578,6 +578,11 @@ fn text_of_fillers_tags_and_selectors_alone_is_blank() {
         "\u{FFFE}",
         "\u{17B4}",
         "\u{206A}",
+        "\u{061C}",
+        "\u{202B}\u{202C}",
+        "\u{2066}\u{2069}",
+        "\u{FFF9}\u{1D173}",
+        "\u{2800}",
     ] {
         let e = json!([ev(
             "IncidentReported",
@@ -621,10 +626,13 @@ fn urls_take_any_scheme_case_and_valid_ports_only() {
         "https://[]:80/",
         "https://[::1]x/",
         "ftp://example.com/",
+        "https://example.org:80:90/",
     ] {
         let errs = parse_both(&with_url(bad)).unwrap_err();
         assert_eq!(errs[0].pointer, "/events/0/data/source/url", "{bad}");
     }
+    let errs = parse_both(&with_url("https://example.com:99999/")).unwrap_err();
+    assert!(errs[0].message.contains("at most 65535"), "{errs:?}");
 }
 
 /// The examples of proto-docs/events.md, one per event type, are valid and, appended in the
