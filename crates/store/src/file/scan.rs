@@ -253,6 +253,36 @@ impl AppendState {
     }
 }
 
+/// The most of a last segment's tail (from a bad record on) read to judge it: a torn write is
+/// one batch, far smaller; more would only be a damaged or sparse file's size.
+const TAIL_READ_MAX: u64 = 256 << 20;
+
+/// The offset, relative to `from`, of the first byte of `file` in `from..end` that is not
+/// zero; read 1 MiB at a time, holes skipped (`SEEK_DATA`).
+fn first_nonzero(file: &File, from: u64, end: u64) -> std::io::Result<Option<usize>> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < end {
+        match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
+            Ok(data) => at = data,
+            // No data after `at`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => return Ok(None),
+            // A file system without SEEK_DATA: read on.
+            Err(_) => {}
+        }
+        if at >= end {
+            return Ok(None);
+        }
+        let n = (end - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        if let Some(i) = buf[..n].iter().position(|b| *b != 0) {
+            return Ok(Some((at - from) as usize + i));
+        }
+        at += n as u64;
+    }
+    Ok(None)
+}
+
 /// The most events the tables are sized for before the scan (~1.4 GB of log).
 const MAX_SIZE_HINT: usize = 1 << 22;
 
@@ -410,12 +440,22 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                 if !is_last {
                     return Err(corrupt(path, offset, reason));
                 }
-                // Everything from the bad record to the end of the file, read once.
-                let mut tail = vec![0u8; (file_len - offset) as usize];
+                // Where the first byte that is not zero is (read in pieces: a sparse file can
+                // make the rest of the segment gigabytes of zeros), then what follows the bad
+                // record, up to TAIL_READ_MAX (a torn write is one batch, far smaller), read
+                // once, and (searched only if there is data) where a valid record starts
+                // after the bad one.
+                let first_data = first_nonzero(&file, offset, file_len)?;
+                let kept = (file_len - offset).min(TAIL_READ_MAX);
+                let mut tail = vec![
+                    0u8;
+                    if first_data.is_some() {
+                        kept as usize
+                    } else {
+                        0
+                    }
+                ];
                 file.read_exact_at(&mut tail, offset)?;
-                // Where the first byte that is not zero is, and (searched only if there is
-                // one) where a valid record starts after the bad one.
-                let first_data = tail.iter().position(|b| *b != 0);
                 let later = || {
                     valid_record_in(tail.get(1..).unwrap_or_default())
                         .map(|i| offset + 1 + i as u64)
