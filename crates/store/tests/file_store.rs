@@ -70,7 +70,7 @@ async fn a_huge_sparse_segment_is_damage_not_an_abort() {
     match FileStore::open(&opts(dir.path(), 600)).await.unwrap_err() {
         StoreError::Corrupt { file, reason, .. } => {
             assert_eq!(file, first);
-            assert!(reason.contains("larger than 4 GiB"), "{reason}");
+            assert!(reason.contains("of 4 GiB or more"), "{reason}");
         }
         other => panic!("{other:?}"),
     }
