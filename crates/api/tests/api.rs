@@ -3055,6 +3055,75 @@ async fn import_redecides_a_chunk_staged_on_a_written_chunk_that_did_not_all_lan
     assert_eq!(y_view.body["version"], 2);
 }
 
+/// Once an import has met repeats of recorded events (a re-run), it looks each line's ids up
+/// and decides a line that may be a repeat without folding it into its incident's state:
+/// exact repeats, a reused id with other content (409) and the lines after it all come out as
+/// they would one at a time, in line order.
+#[tokio::test]
+async fn a_rerun_import_decides_possible_repeats_without_folding_them() {
+    let app = app().await;
+    let x = Uuid::new_v4();
+    let (first, second) = (casualties(Uuid::new_v4(), 1), casualties(Uuid::new_v4(), 2));
+    app.append(
+        x,
+        json!({"events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+    )
+    .await;
+    app.append(x, json!({"events": [first.clone()]})).await;
+    app.append(x, json!({"events": [second.clone()]})).await;
+    let line = |v: Value| v.to_string();
+    // First chunk: a repeat (the import starts looking ids up), then new incidents.
+    let mut lines = vec![line(json!({"incident_id": x, "events": [first.clone()]}))];
+    for _ in 0..IMPORT_CHUNK_EVENTS - 1 {
+        lines.push(line(
+            json!({"incident_id": Uuid::new_v4(), "events": [reported(Uuid::new_v4(), "UA-63", "shelling")]}),
+        ));
+    }
+    let reuse_line = lines.len() as u64 + 2;
+    let mut reused = first.clone();
+    reused["data"]["killed"] = json!(9);
+    let y = Uuid::new_v4();
+    let y_report = reported(Uuid::new_v4(), "UA-65", "shelling");
+    let last = casualties(Uuid::new_v4(), 5);
+    lines.extend([
+        line(json!({"incident_id": x, "events": [second]})),
+        line(json!({"incident_id": x, "events": [reused]})),
+        line(json!({"incident_id": y, "events": [y_report.clone()]})),
+        line(json!({"incident_id": x, "expected_version": 3, "events": [last.clone()]})),
+    ]);
+    let report = app
+        .service
+        .import_ndjson(lines.join("\n").as_bytes(), "cli", &|_| {})
+        .await
+        .unwrap();
+    let rejected: Vec<(u64, u16)> = report.rejected.iter().map(|r| (r.line, r.status)).collect();
+    assert_eq!(rejected, [(reuse_line, 409)], "{:?}", report.rejected);
+    assert_eq!(
+        (report.appended, report.duplicates),
+        (IMPORT_CHUNK_EVENTS as u64 - 1 + 2, 2),
+        "{report:?}"
+    );
+    let x_view = app.get(&format!("/v1/incidents/{x}")).await;
+    assert_eq!(x_view.body["version"], 4);
+    assert_eq!(x_view.body["casualties"]["killed"]["best"], 5);
+    // In line order: y's report, then x's last figure, at the end of the log.
+    let head = app.head().await;
+    let tail = app.get(&format!("/v1/events?after={}", head - 2)).await;
+    let ids: Vec<&str> = tail.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            y_report["event_id"].as_str().unwrap(),
+            last["event_id"].as_str().unwrap()
+        ]
+    );
+}
+
 /// Single appends to the incidents of a running import wait for its lock stripes and land;
 /// neither side stalls (the next chunk takes over the stripes of the chunk being written).
 #[tokio::test]

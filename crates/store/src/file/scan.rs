@@ -396,7 +396,11 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
         let file = open_segment(path)?;
         let file_len = file.metadata()?.len();
         if file_len > u64::from(u32::MAX) {
-            return Err(corrupt(path, 0, "segment of 4 GiB or more (its offsets are 32-bit)"));
+            return Err(corrupt(
+                path,
+                0,
+                "segment of 4 GiB or more (its offsets are 32-bit)",
+            ));
         }
         let mut header = [0u8; HEADER_LEN];
         if file_len < HEADER_LEN as u64 {
