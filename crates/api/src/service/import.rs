@@ -142,7 +142,8 @@ struct Importer<'a> {
     spare_lines: Vec<Staged>,
     /// The line being staged (or the first of the parsed batch being prepared).
     at_line: u64,
-    /// Set once the import has met lines that repeat recorded events (a re-run of an import):
+    /// Set once the import has met lines that repeat recorded events (a re-run of an import) or
+    /// reuse their ids:
     /// from then on, each line's ids are looked up first (`may_repeat`), and a line that may be
     /// a repeat is not folded into its incident's state. Folded, a repeat the store then
     /// answered as such made the state wrong: the incident's stream was read and folded again
@@ -158,6 +159,9 @@ struct Pending {
     line: u64,
     cmd: AppendCommand,
     new: Vec<NewEvent>,
+    /// Whether its ids may be looked up (`Importer::probing`): not again for a line that a
+    /// lookup took for a repeat and the store then found new.
+    probe: bool,
 }
 
 #[derive(Default)]
@@ -184,17 +188,23 @@ struct Staged {
     /// `events` keeps their number.
     cmd: AppendCommand,
     events: usize,
-    /// A line that failed validation but repeats recorded event ids, with its validation
-    /// error: the store answers it (an exact repeat: the original outcome; else a conflict),
-    /// in the chunk's one `append_many` instead of a round trip of its own.
-    repeat: Option<ApiError>,
+    /// A line that may repeat recorded event ids, sent as a question (`ExpectedVersion::NEVER`):
+    /// the store answers it (an exact repeat: the original outcome; else a conflict) in the
+    /// chunk's one `append_many` instead of a round trip of its own, and never writes it.
+    repeat: Option<Repeat>,
     /// The line accepted before this one for the same incident in this chunk, if any (a list
     /// per incident without a vector to allocate for each).
     earlier: Option<usize>,
-    /// Accepted but not folded into the incident's state, since it may repeat recorded events
-    /// (`Importer::probing`): an exact repeat leaves the state as decided; a write makes it
-    /// stale.
-    unfolded: bool,
+}
+
+/// What a line sent as a question is, should the store find it is not a repeat after all.
+enum Repeat {
+    /// It failed validation: that error is its answer.
+    Invalid(ApiError),
+    /// It passed (without being folded into its incident's state): it is to be staged again,
+    /// as a new append. Only a lookup's false "maybe" (two ids sharing a 64-bit key, odds of
+    /// ~1e-13 per line) gets here; such a line is recorded after the rest of its chunk.
+    Valid,
 }
 
 impl Staged {
@@ -204,6 +214,7 @@ impl Staged {
             line: self.line,
             cmd: self.cmd,
             new: request.events,
+            probe: true,
         }
     }
 }
@@ -359,7 +370,15 @@ impl Importer<'_> {
                     Parsed::Rejected(err) => self.reject(line, &err),
                     Parsed::Command(cmd, new) => {
                         // Staged directly; only what comes back to be staged again is queued.
-                        if let Step::Again(lines) = self.stage(Pending { line, cmd, new }).await? {
+                        if let Step::Again(lines) = self
+                            .stage(Pending {
+                                line,
+                                cmd,
+                                new,
+                                probe: true,
+                            })
+                            .await?
+                        {
                             self.stage_all(lines).await?;
                         }
                     }
@@ -532,10 +551,12 @@ impl Importer<'_> {
             return Err(ApiError::Internal("staged incident state vanished".into()));
         };
         let version = state.version();
-        let mut unfolded = false;
-        if self.probing {
+        // Once repeats have been met, a line that may be one is decided without being folded
+        // into the state, and asked of the store as a question (below).
+        let mut maybe_repeat = false;
+        if self.probing && p.probe {
             if svc.may_repeat(&p.cmd).await? {
-                unfolded = true;
+                maybe_repeat = true;
                 self.probe_misses = 0;
             } else {
                 self.probe_misses += 1;
@@ -547,13 +568,17 @@ impl Importer<'_> {
         };
         let failure = match p.cmd.expected {
             ExpectedVersion::Exact(n) if n != version => Some(svc.conflict(&p.cmd, version)),
-            _ if unfolded => decide(state, &p.cmd.events, Utc::now(), "/events")
+            _ if maybe_repeat => decide(state, &p.cmd.events, Utc::now(), "/events")
                 .err()
                 .map(ApiError::invalid),
             _ => decide_and_apply(state, &p.cmd.events, Utc::now(), "/events")
                 .err()
                 .map(ApiError::invalid),
         };
+        if maybe_repeat && failure.is_none() {
+            self.ask(p, Repeat::Valid);
+            return self.send_when_full().await;
+        }
         let Some(err) = failure else {
             self.cur.events += p.cmd.events.len();
             self.cur.event_ids.extend(ids());
@@ -571,7 +596,6 @@ impl Importer<'_> {
                 cmd: p.cmd,
                 repeat: None,
                 earlier,
-                unfolded,
             });
             return self.send_when_full().await;
         };
@@ -594,28 +618,33 @@ impl Importer<'_> {
         // reaches: the store answers it in order with the lines before it (an exact repeat:
         // the original outcome; a reuse: a conflict; not recorded after all: the validation
         // error) and never writes it. Anything else is rejected right away.
-        if svc.may_repeat(&p.cmd).await? {
-            self.cur.events += p.cmd.events.len();
-            self.cur.requests.push(AppendRequest {
-                stream_id: id,
-                expected_version: ExpectedVersion::NEVER,
-                events: p.new,
-                recorded_by: self.recorded_by.to_string(),
-            });
-            self.cur.lines.push(Staged {
-                line: p.line,
-                events: p.cmd.events.len(),
-                cmd: p.cmd,
-                repeat: Some(err),
-                earlier: None,
-                unfolded: false,
-            });
+        if maybe_repeat || svc.may_repeat(&p.cmd).await? {
+            self.ask(p, Repeat::Invalid(err));
             return self.send_when_full().await;
         }
         let m = &svc.inner.metrics;
         m.append_batch_size.observe(p.cmd.events.len() as f64);
         self.reject(p.line, &err);
         Ok(Step::Done)
+    }
+
+    /// Queues `p` in the chunk as a question (`ExpectedVersion::NEVER`): answered by the store
+    /// in order with the lines before it, never written, and stopping nothing.
+    fn ask(&mut self, p: Pending, repeat: Repeat) {
+        self.cur.events += p.cmd.events.len();
+        self.cur.requests.push(AppendRequest {
+            stream_id: p.cmd.incident_id,
+            expected_version: ExpectedVersion::NEVER,
+            events: p.new,
+            recorded_by: self.recorded_by.to_string(),
+        });
+        self.cur.lines.push(Staged {
+            line: p.line,
+            events: p.cmd.events.len(),
+            cmd: p.cmd,
+            repeat: Some(repeat),
+            earlier: None,
+        });
     }
 
     /// Once the chunk is full: settles the chunk being written and hands this one over.
@@ -737,17 +766,35 @@ impl Importer<'_> {
                 cmd,
                 events,
                 repeat,
-                unfolded,
                 ..
             } = staged;
             let n = events as u64;
             m.append_batch_size.observe(n as f64);
-            if let Some(err) = repeat {
+            if let Some(repeat) = repeat {
                 if let Err(StoreError::Unavailable(cause)) = &result {
                     return Err(self.store_failed_at(line, cause));
                 }
-                // An exact repeat leaves the incident as it was (it was not folded into the
-                // state).
+                let err = match repeat {
+                    Repeat::Invalid(err) => err,
+                    // New after all (see `Repeat::Valid`): staged again, not looked up.
+                    Repeat::Valid
+                        if matches!(result, Err(StoreError::WrongExpectedVersion { .. })) =>
+                    {
+                        trouble = true;
+                        let new = new_events(&cmd.events);
+                        again.push(Pending {
+                            line,
+                            cmd,
+                            new,
+                            probe: false,
+                        });
+                        continue;
+                    }
+                    // (Unused: the store answered it as a repeat or a conflict.)
+                    Repeat::Valid => ApiError::Internal(String::new()),
+                };
+                // A question changed no state and stopped nothing: an exact repeat counts, a
+                // reuse is rejected.
                 match svc.repeat_answer(&cmd, err, result).await {
                     Ok(outcome) => {
                         self.probing = true;
@@ -756,13 +803,7 @@ impl Importer<'_> {
                         self.report.duplicates += n;
                         m.events_duplicate.fetch_add(n, Relaxed);
                     }
-                    Err(answer) => {
-                        // The store refuses the later lines of this incident in the chunk
-                        // after a failed one: they are decided again.
-                        trouble = true;
-                        failed_incidents.insert(cmd.incident_id);
-                        self.reject(line, &answer);
-                    }
+                    Err(answer) => self.reject(line, &answer),
                 }
                 continue;
             }
@@ -771,19 +812,12 @@ impl Importer<'_> {
                     self.last_position = self.last_position.max(outcome.last_position);
                     // (The metrics counted them when the store answered: `count_written`.)
                     if outcome.duplicate {
-                        // Folded into the state, a repeat made it wrong; unfolded, it was
-                        // decided as what it turned out to be.
-                        if !unfolded {
-                            unsure.insert(cmd.incident_id);
-                        }
+                        // Folded into the state, the repeat made it wrong.
+                        unsure.insert(cmd.incident_id);
                         self.probing = true;
                         self.probe_misses = 0;
                         self.report.duplicates += n;
                     } else {
-                        // Written, but not in the state: it is stale.
-                        if unfolded {
-                            unsure.insert(cmd.incident_id);
-                        }
                         self.report.appended += n;
                     }
                 }
@@ -795,7 +829,12 @@ impl Importer<'_> {
                     failed_incidents.insert(cmd.incident_id);
                     if cmd.expected == ExpectedVersion::Any || stopped {
                         let new = new_events(&cmd.events);
-                        again.push(Pending { line, cmd, new });
+                        again.push(Pending {
+                            line,
+                            cmd,
+                            new,
+                            probe: true,
+                        });
                     } else {
                         let e = svc.conflict(&cmd, actual);
                         self.reject(line, &e);
@@ -808,6 +847,11 @@ impl Importer<'_> {
                 Err(e) => {
                     trouble = true;
                     stopped |= e.is_check_failure();
+                    // A reused id is a recorded id too: look the next lines' ids up.
+                    if matches!(e, StoreError::EventIdConflict { .. }) {
+                        self.probing = true;
+                        self.probe_misses = 0;
+                    }
                     failed_incidents.insert(cmd.incident_id);
                     let e = svc.with_versions(&cmd, e.into()).await;
                     self.reject(line, &e);
