@@ -1178,8 +1178,13 @@ impl ExportFile {
         prefix.push(name);
         prefix.push(".incidentlog-export-");
         remove_stale_temps(path, &prefix);
+        // The PID and a random part: two exports in two containers can have one PID.
+        let random = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+        };
         let mut tmp_name = prefix;
-        tmp_name.push(format!("{}.tmp", std::process::id()));
+        tmp_name.push(format!("{}-{random:016x}.tmp", std::process::id()));
         let tmp = path.with_file_name(tmp_name);
         let file = match std::fs::OpenOptions::new()
             .write(true)
@@ -1202,7 +1207,11 @@ impl ExportFile {
         // Held while the export runs (and released by the kernel however it ends): how a later
         // export tells this file from one a killed export left (`remove_stale_temps`).
         if let Err(e) = file.try_lock() {
-            tracing::debug!("cannot lock {}: {e}", tmp.display());
+            tracing::warn!(
+                "cannot lock {}: {e}; another export to the same file could take it for a \
+                 leftover",
+                tmp.display()
+            );
         }
         if let Some(m) = existing {
             use std::os::unix::fs::PermissionsExt;
@@ -1251,6 +1260,9 @@ impl Drop for ExportFile {
     }
 }
 
+/// How old a leftover temporary file must be to be removed.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Removes the temporary files that exports to `path` killed outright (kill -9, the OOM
 /// killer, a power cut) left beside it: `{prefix}PID.tmp`, ours, that no export holds locked.
 /// A nightly backup retried after such deaths would otherwise pile up copies of the log. A
@@ -1269,17 +1281,33 @@ fn remove_stale_temps(path: &Path, prefix: &std::ffi::OsStr) {
     let me = rustix::process::geteuid().as_raw();
     for entry in entries.flatten() {
         let file_name = entry.file_name();
+        // `PID-RANDOM` (or `PID`, an earlier version's).
         let named_like_ours = file_name
             .as_bytes()
             .strip_prefix(prefix.as_bytes())
             .and_then(|rest| rest.strip_suffix(b".tmp"))
-            .is_some_and(|pid| !pid.is_empty() && pid.iter().all(u8::is_ascii_digit));
+            .is_some_and(|id| {
+                let (pid, random) = match id.iter().position(|b| *b == b'-') {
+                    Some(i) => (&id[..i], &id[i + 1..]),
+                    None => (id, &[][..]),
+                };
+                !pid.is_empty()
+                    && pid.iter().all(u8::is_ascii_digit)
+                    && random.iter().all(u8::is_ascii_hexdigit)
+            });
         if !named_like_ours {
             continue;
         }
-        let ours = entry
-            .metadata()
-            .is_ok_and(|m| m.file_type().is_file() && m.uid() == me);
+        // Ours, and not just made: an export locks its file right after creating it, and one
+        // made in the last few seconds may not be locked yet.
+        let ours = entry.metadata().is_ok_and(|m| {
+            let settled = m
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= STALE_TEMP_AGE);
+            m.file_type().is_file() && m.uid() == me && settled
+        });
         if !ours {
             continue;
         }
@@ -1673,6 +1701,23 @@ mod tests {
         }
     }
 
+    /// Two exports to one file at once (two containers, where both may be PID 1) each get a
+    /// temporary file of their own; the last to finish wins, whole.
+    #[test]
+    fn two_exports_to_one_file_at_once_do_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup.ndjson");
+        let a = ExportFile::create(&path).unwrap();
+        let b = ExportFile::create(&path).unwrap();
+        assert_ne!(a.staged, b.staged);
+        a.file().unwrap().write_all(b"from a\n").unwrap();
+        b.file().unwrap().write_all(b"from b\n").unwrap();
+        a.commit().unwrap();
+        b.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "from b\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
     /// The temporary file of an export killed outright is removed by the next export to the
     /// same file; one an export holds locked (running now, perhaps in another PID namespace)
     /// is left alone, as are other files' and other names'.
@@ -1680,28 +1725,42 @@ mod tests {
     fn an_export_removes_what_a_killed_export_left() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("backup.ndjson");
-        let (dead, alive) = (4_000_001, 4_000_002);
-        let temp = |name: &str, pid: u32| {
+        let (dead, alive) = ("4000001-00ff00ff00ff00ff", "4000002-0123456789abcdef");
+        let aged = |p: &Path| {
+            let a_minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+            let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+            f.set_modified(a_minute_ago).unwrap();
+        };
+        let temp = |name: &str, id: &str| {
             let p = dir
                 .path()
-                .join(format!(".{name}.incidentlog-export-{pid}.tmp"));
+                .join(format!(".{name}.incidentlog-export-{id}.tmp"));
             std::fs::write(&p, "half an export").unwrap();
+            aged(&p);
             p
         };
+        // An earlier version's name (the PID alone), and one just made, not locked yet.
+        let old_style = temp("backup.ndjson", "4000003");
+        let just_made = dir
+            .path()
+            .join(".backup.ndjson.incidentlog-export-4000004-aaaaaaaaaaaaaaaa.tmp");
+        std::fs::write(&just_made, "").unwrap();
         let stale = temp("backup.ndjson", dead);
         let running = temp("backup.ndjson", alive);
         let running_lock = std::fs::File::open(&running).unwrap();
         running_lock.try_lock().unwrap();
-        let signed = dir.path().join(".backup.ndjson.incidentlog-export-+5.tmp");
-        std::fs::write(&signed, "").unwrap();
+        let signed = temp("backup.ndjson", "+5");
         let other_file = temp("other.ndjson", dead);
-        let not_a_pid = dir.path().join(".backup.ndjson.incidentlog-export-x1.tmp");
-        std::fs::write(&not_a_pid, "").unwrap();
+        let not_a_pid = temp("backup.ndjson", "x1");
 
         let staged = ExportFile::create(&path).unwrap();
         staged.commit().unwrap();
         assert!(!stale.exists(), "the killed export's file is removed");
-        for kept in [&running, &other_file, &not_a_pid, &signed] {
+        assert!(
+            !old_style.exists(),
+            "an earlier version's leftover is removed"
+        );
+        for kept in [&running, &other_file, &not_a_pid, &signed, &just_made] {
             assert!(kept.exists(), "{} is kept", kept.display());
         }
         drop(running_lock);

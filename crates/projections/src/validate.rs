@@ -236,8 +236,8 @@ fn invisible(c: char) -> bool {
         | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
         | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}'
         | '\u{FDD0}'..='\u{FDEF}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
-        | '\u{FFF9}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E007F}'
-        | '\u{E0100}'..='\u{E01EF}')
+        | '\u{FFF0}'..='\u{FFFB}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}')
         || (c as u32) & 0xFFFE == 0xFFFE
 }
 
@@ -463,13 +463,20 @@ fn authority_ok(authority: &str) -> Result<bool, &'static str> {
     let (host, port) = match host_port.strip_prefix('[') {
         // An IPv6 literal: `[...]` then the port, if any.
         Some(v6) => match v6.split_once(']') {
-            Some((addr, rest)) if !addr.is_empty() => match rest {
-                "" => (addr, None),
-                _ => match rest.strip_prefix(':') {
-                    Some(port) => (addr, Some(port)),
-                    None => return Ok(false),
-                },
-            },
+            Some((addr, rest))
+                if !addr.is_empty()
+                    && addr
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') =>
+            {
+                match rest {
+                    "" => (addr, None),
+                    _ => match rest.strip_prefix(':') {
+                        Some(port) => (addr, Some(port)),
+                        None => return Ok(false),
+                    },
+                }
+            }
             _ => return Ok(false),
         },
         None => match host_port.split_once(':') {

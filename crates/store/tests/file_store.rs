@@ -88,6 +88,29 @@ async fn a_huge_sparse_segment_is_damage_not_an_abort() {
         .unwrap();
     let store = FileStore::open(&opts(dir.path(), 1 << 20)).await.unwrap();
     assert_eq!(store.verify().await.unwrap().events, store.head().position);
+    store.close().await.unwrap();
+
+    // Bytes far past the log's end (gigabytes of zeros, then data) are no torn write: damage,
+    // named where they are, and left as found.
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 1 << 20, 10).await;
+    let last = segments(dir.path()).last().unwrap().clone();
+    let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    f.set_len(3 << 30).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"GARBAGE", 5 << 29).unwrap();
+    drop(f);
+    match FileStore::open(&opts(dir.path(), 1 << 20))
+        .await
+        .unwrap_err()
+    {
+        StoreError::Corrupt { offset, reason, .. } => {
+            assert_eq!(offset, 5 << 29);
+            assert!(reason.contains("not an interrupted write"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), 3 << 30);
 }
 
 /// A last segment whose header is incomplete is a segment a crash cut while creating it,

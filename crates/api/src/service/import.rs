@@ -35,6 +35,8 @@ const PARSE_AHEAD: usize = 8;
 /// The longest line a bulk import takes (the default bulk body limit): one append of ~200k
 /// events.
 pub const MAX_IMPORT_LINE: usize = 64 << 20;
+/// Bytes a line may have beyond `MAX_IMPORT_LINE`: its LF, a CR before it, a byte order mark.
+const LINE_EXTRAS: usize = 5;
 /// Lines in a row that repeat nothing before an import stops looking up each line's ids.
 const PROBE_PATIENCE: usize = 4096;
 /// Field problems listed per rejected line of a bulk report (its `detail` counts them all).
@@ -280,8 +282,9 @@ impl Importer<'_> {
                     }
                     // A line may not grow past `MAX_IMPORT_LINE` (a file without line breaks,
                     // `/dev/zero`: the offline import has no body limit to stop it).
-                    // (One byte more than a line may hold: its line break.)
-                    let room = MAX_IMPORT_LINE + 1 - (batch.bytes.len() - line_start);
+                    // (A few bytes more than a line may hold: its line break, a CR before it,
+                    // and a byte order mark before the first line.)
+                    let room = MAX_IMPORT_LINE + LINE_EXTRAS - (batch.bytes.len() - line_start);
                     let mut bounded = (&mut input).take(room as u64);
                     let read = bounded.read_until(b'\n', &mut batch.bytes);
                     let n = match deadline {
@@ -303,7 +306,7 @@ impl Importer<'_> {
                         eof = true;
                         break;
                     }
-                    if batch.bytes.len() - line_start > MAX_IMPORT_LINE
+                    if batch.bytes.len() - line_start > MAX_IMPORT_LINE + LINE_EXTRAS - 1
                         && !batch.bytes.ends_with(b"\n")
                     {
                         // The lines before it are recorded first (they were read, and may be

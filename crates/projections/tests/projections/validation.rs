@@ -583,6 +583,8 @@ fn text_of_fillers_tags_and_selectors_alone_is_blank() {
         "\u{2066}\u{2069}",
         "\u{FFF9}\u{1D173}",
         "\u{2800}",
+        "\u{1BCA0}\u{FFF0}",
+        "\u{E0080}\u{E01F0}",
     ] {
         let e = json!([ev(
             "IncidentReported",
@@ -627,6 +629,7 @@ fn urls_take_any_scheme_case_and_valid_ports_only() {
         "https://[::1]x/",
         "ftp://example.com/",
         "https://example.org:80:90/",
+        "https://[zz]/",
     ] {
         let errs = parse_both(&with_url(bad)).unwrap_err();
         assert_eq!(errs[0].pointer, "/events/0/data/source/url", "{bad}");

@@ -763,10 +763,18 @@ impl EventStore for FileStore {
         if at >= chrono::Utc::now() {
             return Ok(());
         }
+        // What the writer has stamped now, not what it stamps while this waits (that is after
+        // `at`): read once, and only lowered (a request it refused gives its positions back).
+        let mut stamped = self.shared.stamping_upto.load(Ordering::SeqCst);
+        // Stamps never go back: once the durable head was stamped after `at`, nothing still on
+        // its way can have been stamped at or before it.
+        if self.shared.index().last_recorded_at > at.timestamp_micros() {
+            return Ok(());
+        }
         let mut head = self.shared.head_tx.subscribe();
         let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
         loop {
-            let stamped = self.shared.stamping_upto.load(Ordering::SeqCst);
+            stamped = stamped.min(self.shared.stamping_upto.load(Ordering::SeqCst));
             if *head.borrow_and_update() >= stamped {
                 return Ok(());
             }

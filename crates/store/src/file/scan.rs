@@ -450,6 +450,19 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                 // once, and (searched only if there is data) where a valid record starts
                 // after the bad one.
                 let first_data = first_nonzero(&file, offset, file_len)?;
+                // Data that far past the log's end is no write a crash cut short (a batch is
+                // far smaller): damage, named where it is.
+                if let Some(first) = first_data.filter(|f| *f as u64 >= TAIL_READ_MAX) {
+                    return Err(corrupt(
+                        path,
+                        offset + first as u64,
+                        format!(
+                            "{reason}, then only zeros for {} MiB, then other bytes: not an \
+                             interrupted write",
+                            first >> 20
+                        ),
+                    ));
+                }
                 let kept = (file_len - offset).min(TAIL_READ_MAX);
                 let mut tail = vec![
                     0u8;

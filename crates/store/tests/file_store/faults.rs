@@ -380,6 +380,7 @@ async fn a_time_just_past_is_settled_before_it_is_answered() {
             .unwrap(),
     );
     let s = Uuid::new_v4();
+    let before_all = chrono::Utc::now() - chrono::Duration::milliseconds(1);
     store
         .append(append_req(s, vec![new_event(0)]))
         .await
@@ -393,6 +394,15 @@ async fn a_time_just_past_is_settled_before_it_is_answered() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let t = chrono::Utc::now();
     assert_eq!(store.head().position, 1, "the sync is still running");
+    // A time before the durable head was stamped: nothing on its way can be at or before it.
+    tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        store.settle_recorded_at(before_all),
+    )
+    .await
+    .expect("no wait for a time the durable head is already past")
+    .unwrap();
+    assert_eq!(store.head().position, 1);
     store.settle_recorded_at(t).await.unwrap();
     assert_eq!(
         store.head().position,
