@@ -57,39 +57,7 @@ fn first_start_prints_an_admin_token_once() {
 /// server keeps ignoring it; SIGTERM still stops it cleanly.
 #[test]
 fn a_server_started_under_nohup_outlives_a_hangup() {
-    use std::io::BufRead;
-    use std::process::Stdio;
-    let dir = temp_dir();
-    let mut child = std::process::Command::new("nohup")
-        .arg(bin())
-        .args([
-            "serve",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run nohup");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let listening = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("listening on"));
-    assert!(listening.is_some(), "the server did not start");
-    send_signal(child.id(), "HUP");
-    std::thread::sleep(Duration::from_millis(700));
-    assert!(
-        child.try_wait().expect("wait").is_none(),
-        "SIGHUP stopped a server started under nohup"
-    );
-    send_signal(child.id(), "TERM");
-    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    keeps_ignoring(std::process::Command::new("nohup"), "HUP");
 }
 
 /// A shell script's `incidentlog serve &` starts with SIGINT ignored (so that a Ctrl-C meant
@@ -97,11 +65,18 @@ fn a_server_started_under_nohup_outlives_a_hangup() {
 /// on SIGTERM as ever.
 #[test]
 fn a_server_started_with_sigint_ignored_keeps_it_ignored() {
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", "trap '' INT; exec \"$0\" \"$@\""]);
+    keeps_ignoring(sh, "INT");
+}
+
+/// Starts `serve` through `launcher` (which leaves `signal` ignored), sends `signal`, and
+/// checks the server is still running; then SIGTERM stops it with exit 0.
+fn keeps_ignoring(mut launcher: std::process::Command, signal: &str) {
     use std::io::BufRead;
     use std::process::Stdio;
     let dir = temp_dir();
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
+    let mut child = launcher
         .arg(bin())
         .args([
             "serve",
@@ -115,7 +90,7 @@ fn a_server_started_with_sigint_ignored_keeps_it_ignored() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("run sh");
+        .expect("run the launcher");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = std::io::BufReader::new(stdout).lines();
     let listening = lines
@@ -123,11 +98,11 @@ fn a_server_started_with_sigint_ignored_keeps_it_ignored() {
         .map_while(Result::ok)
         .find(|l| l.starts_with("listening on"));
     assert!(listening.is_some(), "the server did not start");
-    send_signal(child.id(), "INT");
+    send_signal(child.id(), signal);
     std::thread::sleep(Duration::from_millis(700));
     assert!(
         child.try_wait().expect("wait").is_none(),
-        "SIGINT stopped a server started with SIGINT ignored"
+        "SIG{signal} stopped a server started with SIG{signal} ignored"
     );
     send_signal(child.id(), "TERM");
     assert_eq!(child.wait().expect("wait").code(), Some(0));

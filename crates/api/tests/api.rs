@@ -10,7 +10,7 @@ use axum::Router;
 use chrono::Utc;
 use futures_util::StreamExt;
 use incidentlog_api::auth::{ensure_admin_token, hash_secret, new_secret};
-use incidentlog_api::service::{AppService, IMPORT_CHUNK_EVENTS};
+use incidentlog_api::service::{AppService, ImportReport, IMPORT_CHUNK_EVENTS};
 use incidentlog_api::{router, ServeConfig};
 use incidentlog_store::file::{LogFile, LogIo, RealIo};
 use incidentlog_store::{EventStore, FileStore, OpenOptions, Store, TokenRecord};
@@ -205,6 +205,21 @@ fn denial(event_id: Uuid, claim_id: Uuid) -> Value {
 }
 
 /// The first reported problem points into `prefix`.
+/// Imports `lines` through `service` as `recorded_by`: the report, and its rejected lines as
+/// `(line, status)`.
+async fn import_lines(
+    service: &AppService,
+    lines: &[String],
+    recorded_by: &str,
+) -> (ImportReport, Vec<(u64, u16)>) {
+    let report = service
+        .import_ndjson(lines.join("\n").as_bytes(), recorded_by, &|_| {})
+        .await
+        .unwrap();
+    let rejected = report.rejected.iter().map(|r| (r.line, r.status)).collect();
+    (report, rejected)
+}
+
 fn assert_first_pointer_under(r: &Resp, prefix: &str) {
     assert!(
         r.body["errors"][0]["pointer"]
@@ -2621,12 +2636,8 @@ async fn offline_import_applies_the_same_rules() {
         // Unknown claim.
         json!({"incident_id": id, "events": [denial(Uuid::new_v4(), Uuid::new_v4())]}).to_string(),
     ];
-    let report = offline
-        .import_ndjson(lines.join("\n").as_bytes(), "offline", &|_| {})
-        .await
-        .unwrap();
+    let (report, rejected) = import_lines(&offline, &lines, "offline").await;
     assert_eq!((report.appended, report.duplicates), (1, 2), "{report:?}");
-    let rejected: Vec<(u64, u16)> = report.rejected.iter().map(|r| (r.line, r.status)).collect();
     assert_eq!(rejected, [(3, 409), (4, 422)]);
     assert_eq!(app.head().await, 3);
     app.service.wait_applied(3).await;
@@ -2686,11 +2697,7 @@ async fn offline_import_decides_later_chunks_on_earlier_ones() {
         line(json!({"incident_id": before, "expected_version": 3, "events": [casualties(Uuid::new_v4(), 4)]})),
     ]);
     let offline = AppService::start_offline(app.store.clone()).await.unwrap();
-    let report = offline
-        .import_ndjson(lines.join("\n").as_bytes(), "offline", &|_| {})
-        .await
-        .unwrap();
-    let rejected: Vec<(u64, u16)> = report.rejected.iter().map(|r| (r.line, r.status)).collect();
+    let (report, rejected) = import_lines(&offline, &lines, "offline").await;
     assert_eq!(
         rejected,
         [(2, 409), (later + 1, 422), (later + 2, 409)],
@@ -3036,12 +3043,7 @@ async fn import_redecides_a_chunk_staged_on_a_written_chunk_that_did_not_all_lan
         // Refused on the speculation, accepted on what was recorded.
         line(json!({"incident_id": x, "expected_version": 2, "events": [casualties(Uuid::new_v4(), 5)]})),
     ]);
-    let report = app
-        .service
-        .import_ndjson(lines.join("\n").as_bytes(), "cli", &|_| {})
-        .await
-        .unwrap();
-    let rejected: Vec<(u64, u16)> = report.rejected.iter().map(|r| (r.line, r.status)).collect();
+    let (report, rejected) = import_lines(&app.service, &lines, "cli").await;
     assert_eq!(rejected, [(next, 409)], "{:?}", report.rejected);
     assert_eq!(
         (report.appended, report.duplicates),
@@ -3091,12 +3093,7 @@ async fn a_rerun_import_decides_possible_repeats_without_folding_them() {
         line(json!({"incident_id": y, "events": [y_report.clone()]})),
         line(json!({"incident_id": x, "expected_version": 3, "events": [last.clone()]})),
     ]);
-    let report = app
-        .service
-        .import_ndjson(lines.join("\n").as_bytes(), "cli", &|_| {})
-        .await
-        .unwrap();
-    let rejected: Vec<(u64, u16)> = report.rejected.iter().map(|r| (r.line, r.status)).collect();
+    let (report, rejected) = import_lines(&app.service, &lines, "cli").await;
     assert_eq!(rejected, [(reuse_line, 409)], "{:?}", report.rejected);
     assert_eq!(
         (report.appended, report.duplicates),

@@ -53,6 +53,13 @@ async fn reopen_keeps_everything_across_segments() {
     assert_eq!(all.last().unwrap().hash, store.head().hash);
 }
 
+/// Cuts or extends (sparse) the file at `path` to `len` bytes; the file, open for writing.
+fn resize(path: &Path, len: u64) -> std::fs::File {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(len).unwrap();
+    f
+}
+
 /// A segment whose size is absurd (a sparse file, `truncate -s 1T`, a damaged file system)
 /// is reported as damage naming the file; the tables sized from the files' sizes before the
 /// scan do not ask for memory that size would suggest (the process aborted).
@@ -61,12 +68,7 @@ async fn a_huge_sparse_segment_is_damage_not_an_abort() {
     let dir = tempfile::tempdir().unwrap();
     build_log(dir.path(), 600, 10).await;
     let first = segments(dir.path())[0].clone();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&first)
-        .unwrap()
-        .set_len(1 << 40)
-        .unwrap();
+    resize(&first, 1 << 40);
     match FileStore::open(&opts(dir.path(), 600)).await.unwrap_err() {
         StoreError::Corrupt { file, reason, .. } => {
             assert_eq!(file, first);
@@ -80,12 +82,7 @@ async fn a_huge_sparse_segment_is_damage_not_an_abort() {
     let dir = tempfile::tempdir().unwrap();
     build_log(dir.path(), 1 << 20, 10).await;
     let last = segments(dir.path()).last().unwrap().clone();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&last)
-        .unwrap()
-        .set_len(3 << 30)
-        .unwrap();
+    resize(&last, 3 << 30);
     let store = FileStore::open(&opts(dir.path(), 1 << 20)).await.unwrap();
     assert_eq!(store.verify().await.unwrap().events, store.head().position);
     store.close().await.unwrap();
@@ -95,8 +92,7 @@ async fn a_huge_sparse_segment_is_damage_not_an_abort() {
     let dir = tempfile::tempdir().unwrap();
     build_log(dir.path(), 1 << 20, 10).await;
     let last = segments(dir.path()).last().unwrap().clone();
-    let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
-    f.set_len(3 << 30).unwrap();
+    let f = resize(&last, 3 << 30);
     use std::os::unix::fs::FileExt;
     f.write_all_at(b"GARBAGE", 5 << 29).unwrap();
     drop(f);
@@ -122,12 +118,7 @@ async fn a_headless_last_segment_the_mark_reaches_into_is_left_as_found() {
     build_log(dir.path(), 600, 12).await;
     assert!(dir.path().join("log/SYNCED").exists());
     let last = segments(dir.path()).last().unwrap().clone();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&last)
-        .unwrap()
-        .set_len(10)
-        .unwrap();
+    resize(&last, 10);
     let err = FileStore::open(&opts(dir.path(), 600)).await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     assert_eq!(std::fs::metadata(&last).map(|m| m.len()).ok(), Some(10));
@@ -344,22 +335,14 @@ async fn a_segment_changed_under_a_running_store_refuses_appends() {
             std::fs::remove_file(segments(dir).last().unwrap()).unwrap()
         }),
         ("cut", |dir| {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(segments(dir).last().unwrap())
-                .unwrap();
-            f.set_len(0).unwrap();
+            resize(segments(dir).last().unwrap(), 0);
         }),
         // Cut, then written past by a batch that came before the next check: the file is
         // as long as before, with a hole where the records were.
         ("cut, then written past", |dir| {
             let segment = segments(dir).last().unwrap().clone();
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&segment)
-                .unwrap();
-            let len = f.metadata().unwrap().len();
-            f.set_len(0).unwrap();
+            let len = std::fs::metadata(&segment).unwrap().len();
+            let f = resize(&segment, 0);
             use std::os::unix::fs::FileExt;
             f.write_all_at(b"x", len).unwrap();
         }),

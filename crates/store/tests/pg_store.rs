@@ -26,10 +26,7 @@ async fn several_servers_open_an_empty_database_at_once() {
         .into_iter()
         .map(|r| r.expect("every concurrent open succeeds"))
         .collect();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = connect(&url).await;
     let rows = client
         .query(
             "SELECT version FROM schema_migrations ORDER BY version",
@@ -164,10 +161,7 @@ async fn verify_detects_a_tampered_row() {
     assert_eq!(ok.events, 5);
     assert_eq!(ok.head_hash, store.head().hash);
 
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = connect(&url).await;
     client
         .execute(
             "UPDATE events SET data = '{\"n\":1000}' WHERE position = 3",
@@ -280,10 +274,7 @@ async fn a_forged_notification_does_not_move_the_head() {
         ))
         .await
         .unwrap();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = connect(&url).await;
     // The channel of the log in schema `public` (fixed: `LogKey`'s unit test).
     client
         .batch_execute(&format!(
@@ -323,10 +314,7 @@ async fn a_time_just_past_waits_for_the_append_in_flight() {
         return;
     };
     let store = Arc::new(open(&url).await);
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = connect(&url).await;
     // The lock of the log in schema `public` (`LogKey`'s unit test: 0x89078c180b4dd722).
     client
         .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(-1995994088, 189650722)")

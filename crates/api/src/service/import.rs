@@ -306,7 +306,8 @@ impl Importer<'_> {
                         eof = true;
                         break;
                     }
-                    if batch.bytes.len() - line_start > MAX_IMPORT_LINE + LINE_EXTRAS - 1
+                    // Room used up without a line break.
+                    if batch.bytes.len() - line_start >= MAX_IMPORT_LINE + LINE_EXTRAS
                         && !batch.bytes.ends_with(b"\n")
                     {
                         // The lines before it are recorded first (they were read, and may be
@@ -583,23 +584,10 @@ impl Importer<'_> {
             return self.send_when_full().await;
         }
         let Some(err) = failure else {
-            self.cur.events += p.cmd.events.len();
             self.cur.event_ids.extend(ids());
             let at = self.cur.lines.len();
             let earlier = self.cur.accepted.insert(id, at);
-            self.cur.requests.push(AppendRequest {
-                stream_id: id,
-                expected_version: ExpectedVersion::Exact(version),
-                events: p.new,
-                recorded_by: self.recorded_by.to_string(),
-            });
-            self.cur.lines.push(Staged {
-                line: p.line,
-                events: p.cmd.events.len(),
-                cmd: p.cmd,
-                repeat: None,
-                earlier,
-            });
+            self.queue(p, ExpectedVersion::Exact(version), None, earlier);
             return self.send_when_full().await;
         };
         // The state may be a speculation on the chunk being written: settle that first, then
@@ -634,10 +622,21 @@ impl Importer<'_> {
     /// Queues `p` in the chunk as a question (`ExpectedVersion::NEVER`): answered by the store
     /// in order with the lines before it, never written, and stopping nothing.
     fn ask(&mut self, p: Pending, repeat: Repeat) {
+        self.queue(p, ExpectedVersion::NEVER, Some(repeat), None);
+    }
+
+    /// Queues `p` in the current chunk under `expected`.
+    fn queue(
+        &mut self,
+        p: Pending,
+        expected: ExpectedVersion,
+        repeat: Option<Repeat>,
+        earlier: Option<usize>,
+    ) {
         self.cur.events += p.cmd.events.len();
         self.cur.requests.push(AppendRequest {
             stream_id: p.cmd.incident_id,
-            expected_version: ExpectedVersion::NEVER,
+            expected_version: expected,
             events: p.new,
             recorded_by: self.recorded_by.to_string(),
         });
@@ -645,8 +644,8 @@ impl Importer<'_> {
             line: p.line,
             events: p.cmd.events.len(),
             cmd: p.cmd,
-            repeat: Some(repeat),
-            earlier: None,
+            repeat,
+            earlier,
         });
     }
 

@@ -74,7 +74,7 @@ pub(crate) struct Shared {
     /// A write or sync that does not return (a hung disk, a hard NFS mount) makes the store
     /// unavailable once it has taken `stalled_after`.
     pub(crate) io_busy_since_ms: AtomicU64,
-    pub(crate) epoch: Instant,
+    epoch: Instant,
     stalled_after: Duration,
     /// Emptied batch buffers the I/O thread hands back for the next batches: a bulk batch is
     /// megabytes, and fresh memory for every one cost page faults and zeroing.
@@ -87,6 +87,10 @@ impl Shared {
     }
     pub(crate) fn index_mut(&self) -> RwLockWriteGuard<'_, Index> {
         self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+    /// `at` in milliseconds after the store opened, never 0 (`io_busy_since_ms`'s "idle").
+    pub(crate) fn epoch_ms(&self, at: Instant) -> u64 {
+        at.duration_since(self.epoch).as_millis() as u64 + 1
     }
     pub(crate) fn poison_reason(&self) -> Option<String> {
         self.poisoned
@@ -833,7 +837,7 @@ impl EventStore for FileStore {
         }
         let since = self.shared.io_busy_since_ms.load(Ordering::Relaxed);
         if since != 0 {
-            let now = self.shared.epoch.elapsed().as_millis() as u64 + 1;
+            let now = self.shared.epoch_ms(Instant::now());
             let busy = Duration::from_millis(now.saturating_sub(since));
             if busy >= self.shared.stalled_after {
                 return Some(format!(

@@ -831,7 +831,7 @@ impl IoStage {
 
     fn handle(&mut self, job: Job) {
         let started = Instant::now();
-        let since = started.duration_since(self.shared.epoch).as_millis() as u64 + 1;
+        let since = self.shared.epoch_ms(started);
         self.shared.io_busy_since_ms.store(since, Ordering::Relaxed);
         let Job {
             seq,

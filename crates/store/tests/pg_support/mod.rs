@@ -49,12 +49,18 @@ pub fn with_database(url: &str, db: &str) -> String {
     }
 }
 
+/// A plain client of `url` (its connection driven by a task of its own).
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+}
+
 /// Creates a fresh, empty database and returns its URL.
 pub async fn fresh_database(base: &str) -> String {
-    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-        .await
-        .expect("connect to INCIDENTLOG_TEST_PG");
-    tokio::spawn(connection);
+    let client = connect(base).await;
     let name = format!("il_test_{}", Uuid::new_v4().simple());
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
