@@ -256,6 +256,15 @@ impl Server {
         send_signal(self.pid(), name);
     }
 
+    /// Whether the server has exited, without waiting (still running: None).
+    pub fn has_exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .expect("running")
+            .try_wait()
+            .expect("try_wait")
+    }
+
     pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + TIMEOUT;

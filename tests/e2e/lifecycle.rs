@@ -405,6 +405,60 @@ fn sigterm_does_not_wait_forever_for_a_client_that_stopped_reading() {
     assert_eq!(r.json()["head"], 18_000);
 }
 
+/// A shutdown that waits (here for a request whose body never comes, as it would for a hung
+/// disk) ends at once on a second signal, with exit 130; a signal right after the first (a
+/// process group's and a wrapper's copy of the same stop) is not a second one. What was
+/// acknowledged is there after a restart, and the log verifies.
+#[test]
+fn a_second_signal_quits_a_shutdown_that_waits() {
+    use std::io::Write as _;
+    let (dir, mut srv, t) = server_with_tokens(&["--request-timeout", "60s"]);
+    let incident = new_id();
+    srv.append(
+        &t.reporter,
+        &incident,
+        &batch(
+            json!(0),
+            vec![reported("air_strike", "UA-63", "2026-01-10")],
+        ),
+    )
+    .expect(201);
+    // Holds the shutdown for the grace period (60 s): a body announced but never sent.
+    let mut waiting = std::net::TcpStream::connect(srv.addr).unwrap();
+    write!(
+        waiting,
+        "POST /v1/incidents/{}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"expected_version\"",
+        new_id(),
+        t.reporter
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    srv.signal("TERM");
+    std::thread::sleep(Duration::from_millis(100));
+    srv.signal("TERM");
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(
+        srv.has_exited(),
+        None,
+        "a signal right after the first is the same stop, and the shutdown waits for the request"
+    );
+    let second = Instant::now();
+    srv.signal("INT");
+    let status = srv.wait_exit();
+    assert_eq!(status.code(), Some(130), "a second signal quits with 130");
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        second.elapsed()
+    );
+    drop(waiting);
+    let srv = Server::start(dir.path(), &[]);
+    assert_eq!(srv.log_head(&t.admin).0, 1);
+    srv.get(&format!("/v1/incidents/{incident}"), &t.reader)
+        .expect(200);
+}
+
 /// A server whose log pipe closed (stderr gone: the log collector died, its disk filled)
 /// keeps serving and still stops cleanly: a log line it cannot write is dropped, not a panic.
 #[test]

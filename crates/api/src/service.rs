@@ -448,6 +448,12 @@ impl AppService {
         }
     }
 
+    /// Why the store cannot take appends now, if it knows (a failed or hung write or sync, an
+    /// unreachable database, a close under way).
+    pub fn unavailable_reason(&self) -> Option<String> {
+        self.inner.store.unavailable_reason()
+    }
+
     /// Resolves when the service starts closing (used to end SSE streams).
     pub fn closing(&self) -> watch::Receiver<bool> {
         self.inner.closing.subscribe()
@@ -1298,22 +1304,31 @@ pub async fn rebuild_views<S: EventStore>(
         let want = REPLAY_PAGE.min((target - after) as usize);
         store.read_all_map(after, want, decode_for_fold)
     };
+    // A page takes a few milliseconds to fold: on a blocking thread, not on one of the
+    // runtime's workers, which a live server's requests need (`POST /v1/admin/replay`).
+    let fold = |mut projection: Projection, page: Vec<(u64, FoldInput)>| {
+        tokio::task::spawn_blocking(move || {
+            for (at, decoded) in page.into_iter().take_while(|(at, _)| *at <= target) {
+                apply_logged(&mut projection, at, decoded);
+            }
+            projection
+        })
+    };
+    let folded = |joined: Result<Projection, tokio::task::JoinError>| {
+        joined.map_err(|e| ApiError::Internal(format!("folding the log into the views: {e}")))
+    };
     let mut page = read(0).await?;
     while let Some(last) = page.last().map(|(p, _)| *p) {
         let upto = last.min(target);
-        let fold = async {
-            for (at, decoded) in page.drain(..).take_while(|(at, _)| *at <= target) {
-                apply_logged(&mut projection, at, decoded);
-            }
-        };
         if upto >= target {
-            fold.await;
+            projection = folded(fold(projection, page).await)?;
             position = upto;
             progress(position);
             break;
         }
         // Read the next page while this one is folded.
-        let (next, ()) = futures_util::future::join(read(upto), fold).await;
+        let (next, joined) = futures_util::future::join(read(upto), fold(projection, page)).await;
+        projection = folded(joined)?;
         position = upto;
         progress(position);
         page = next?;
@@ -1321,9 +1336,12 @@ pub async fn rebuild_views<S: EventStore>(
     Ok((projection, position))
 }
 
+/// An event as [`decode_for_fold`] hands it to the views.
+type FoldInput = Result<DecodedEvent, ProjectionError>;
+
 /// An event as the views fold it, with its position, decoded on the thread that read it (a
 /// rebuild's reading threads; the live views' reads of what nobody handed over).
-fn decode_for_fold(e: EventRef<'_>) -> (u64, Result<DecodedEvent, ProjectionError>) {
+fn decode_for_fold(e: EventRef<'_>) -> (u64, FoldInput) {
     (e.global_position, DecodedEvent::decode(&envelope_of(e)))
 }
 

@@ -30,7 +30,8 @@ pub mod exit {
     pub const DAMAGED: u8 = 3;
     /// `import` finished, but some lines were rejected (the report lists them).
     pub const REJECTED: u8 = 4;
-    /// `import` quit at once on a second SIGINT/SIGTERM/SIGHUP (128 + SIGINT, as shells report it).
+    /// `import` or `serve` quit at once on a second SIGINT/SIGTERM/SIGHUP (128 + SIGINT, as
+    /// shells report it).
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -528,7 +529,28 @@ impl StopSignals {
             _ = unless_absent(&mut self.hangup) => "SIGHUP",
         }
     }
+
+    /// Resolves on the next signal that comes at least [`SECOND_SIGNAL_GAP`] after `first`;
+    /// its name. Signals sooner than that count as the first one again: a process manager
+    /// that signals a server's whole process group, and a wrapper script that passes its own
+    /// signal on, deliver one stop twice at once, and that must not turn a clean stop into a
+    /// cut one. (`import`, a command run at a terminal, takes a quick second Ctrl-C as meant.)
+    pub async fn next_after(&mut self, first: std::time::Instant) -> &'static str {
+        loop {
+            let name = self.next().await;
+            if first.elapsed() >= SECOND_SIGNAL_GAP {
+                return name;
+            }
+            tracing::info!(
+                "{name} right after the first signal: counted as the same stop (send it again \
+                 to quit at once)"
+            );
+        }
+    }
 }
+
+/// How long after a server's first stop signal another one counts as a second.
+pub const SECOND_SIGNAL_GAP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The next delivery of a signal listened for; never, for one left ignored.
 async fn unless_absent(signal: &mut Option<tokio::signal::unix::Signal>) {

@@ -449,10 +449,22 @@ impl StopSignal {
                 }
             };
             let name = signals.next().await;
-            tracing::info!("{name} received: shutting down");
+            let first = std::time::Instant::now();
+            tracing::info!(
+                "{name} received: shutting down (a second signal quits at once, without \
+                 waiting for the requests in flight)"
+            );
             tx.send_replace(true);
-            // Hold the channel: `wait` resolves on the value, not on the sender's end.
-            std::future::pending::<()>().await
+            // An operator's way out of a shutdown that waits on a hung disk (or a client's
+            // request for the whole grace period): nothing is lost by it, since an append is
+            // acknowledged only once durable, and an append cut short is a torn tail the next
+            // open cuts off (or, on PostgreSQL, a transaction never committed).
+            let name = signals.next_after(first).await;
+            tracing::error!(
+                "{name} received again: quitting at once; requests in flight get no answer \
+                 (none of their events was acknowledged) and are to be retried"
+            );
+            std::process::exit(i32::from(crate::exit::INTERRUPTED));
         });
         StopSignal(rx)
     }

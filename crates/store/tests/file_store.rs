@@ -999,6 +999,35 @@ async fn a_newer_format_version_is_refused() {
     }
 }
 
+/// A record whose checksums hold but whose `recorded_at` no date can hold (crafted, or a
+/// writer's bug) is damage found at open, not an error at every later read of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_at_out_of_any_date_range_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    build_log(dir.path(), 1 << 20, 1).await;
+    let seg = segments(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let (start, end) = record_spans(&bytes)[0];
+    // `recorded_at_micros` is at byte 80 of the covered part, which follows `len` and its
+    // checksum; the record's last 4 bytes are the covered part's checksum.
+    let covered = start + 8..end - 4;
+    bytes[covered.start + 80..covered.start + 88].copy_from_slice(&i64::MAX.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[covered.clone()]);
+    let masked = crc.rotate_right(15).wrapping_add(0xa282_ead8);
+    bytes[covered.end..end].copy_from_slice(&masked.to_le_bytes());
+    std::fs::write(&seg, &bytes).unwrap();
+    match FileStore::open(&opts(dir.path(), 1 << 20))
+        .await
+        .unwrap_err()
+    {
+        StoreError::Corrupt { offset, reason, .. } => {
+            assert_eq!(offset, start as u64);
+            assert!(reason.contains("recorded_at out of range"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_append_is_cut_whole() {
     let dir = tempfile::tempdir().unwrap();

@@ -917,10 +917,33 @@ pub async fn serve(
     };
     refresher.abort();
     log_summaries.abort();
-    service.close().await?;
+    close_telling_while_it_waits(&service).await?;
     tracing::info!("store closed; bye");
     Ok(())
 }
+
+/// Closes the store (its last appends made durable), saying every [`CLOSE_WAIT_LOG`] that it
+/// still waits, and why when the store knows (a write or sync that has not returned): an
+/// operator facing a silent shutdown cannot tell a hung disk from a hung server.
+async fn close_telling_while_it_waits(service: &AppService) -> Result<(), ApiError> {
+    let close = service.close();
+    tokio::pin!(close);
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(CLOSE_WAIT_LOG, &mut close).await {
+            Ok(result) => return result,
+            Err(_) => tracing::warn!(
+                waited_secs = started.elapsed().as_secs(),
+                store = service.unavailable_reason().as_deref().unwrap_or("busy"),
+                "still closing the store (its last appends are not yet durable); a second \
+                 SIGTERM or SIGINT quits without waiting"
+            ),
+        }
+    }
+}
+
+/// How often a store's close that takes long is reported.
+const CLOSE_WAIT_LOG: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -707,6 +707,10 @@ fn on_record(
             state.start_offset = offset;
         }
     }
+    // A time no reader can turn into a date would fail every read of this record later.
+    if chrono::DateTime::from_timestamp_micros(m.recorded_at).is_none() {
+        return Err(corrupt(path, offset, "recorded_at out of range"));
+    }
     if m.recorded_at < index.last_recorded_at
         || state
             .pending
