@@ -999,6 +999,72 @@ async fn a_newer_format_version_is_refused() {
     }
 }
 
+/// The writer compares a repeat with its recorded copy: read from the page cache when it is
+/// there, and, when it must wait for the disk (the store drops old log pages from the cache,
+/// `log_cache`), with the runtime worker's other tasks handed to another thread. Either way
+/// the repeat is answered as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_is_a_repeat_whether_its_copy_is_cached_or_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(&opts(dir.path(), 1 << 20)).await.unwrap();
+    let s = Uuid::new_v4();
+    let event = new_event(0);
+    let first = store
+        .append(append_req(s, vec![event.clone()]))
+        .await
+        .unwrap();
+    // Later appends, so that the first one's batch is no longer in flight.
+    for i in 1..4 {
+        store
+            .append(append_req(Uuid::new_v4(), vec![new_event(i)]))
+            .await
+            .unwrap();
+    }
+    let repeat = || {
+        let store = &store;
+        let event = event.clone();
+        async move {
+            let again = store.append(append_req(s, vec![event])).await.unwrap();
+            assert!(again.duplicate, "{again:?}");
+            assert_eq!(again.first_position, first.first_position);
+            store.repeat_read_stats()
+        }
+    };
+    assert_eq!(repeat().await, (1, 0), "a recent record is cached");
+
+    // Drop the segment's pages (clean: synced) from the page cache, then repeat. Something
+    // may read them back in between (the kernel's read-ahead): a few tries.
+    let seg = std::fs::File::open(&segments(dir.path())[0]).unwrap();
+    let drop_pages = || rustix::fs::fadvise(&seg, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    let mut read_from_disk = false;
+    for _ in 0..20 {
+        drop_pages();
+        let (_, from_disk) = repeat().await;
+        if from_disk > 0 {
+            read_from_disk = true;
+            break;
+        }
+    }
+    if !read_from_disk {
+        // Only right where this file system never leaves a page out of the cache.
+        drop_pages();
+        let mut probe = [0u8; 64];
+        let dropped = rustix::io::preadv2(
+            &seg,
+            &mut [std::io::IoSliceMut::new(&mut probe)],
+            HEADER_LEN as u64,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        )
+        .is_err_and(|e| e == rustix::io::Errno::AGAIN);
+        assert!(
+            !dropped,
+            "pages were dropped, but the writer never read from the disk"
+        );
+        eprintln!("!!! this file system keeps every page cached: only the cached read is tested");
+    }
+    store.close().await.unwrap();
+}
+
 /// A record whose checksums hold but whose `recorded_at` no date can hold (crafted, or a
 /// writer's bug) is damage found at open, not an error at every later read of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,10 @@ pub(crate) struct Shared {
     /// Batches written and events in them (for the benchmark's events-per-sync figure).
     pub(crate) writes: AtomicU64,
     pub(crate) written_events: AtomicU64,
+    /// Recorded copies of repeated event ids the writer read from the page cache, and those
+    /// it had to read from the disk.
+    pub(crate) repeat_reads_cached: AtomicU64,
+    pub(crate) repeat_reads_from_disk: AtomicU64,
     /// Nanoseconds the I/O thread has spent on batches (for the writer's
     /// [`cohorts::Cohorts`]).
     pub(crate) io_busy_ns: AtomicU64,
@@ -223,6 +227,8 @@ impl FileStore {
             durable_seq: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             written_events: AtomicU64::new(0),
+            repeat_reads_cached: AtomicU64::new(0),
+            repeat_reads_from_disk: AtomicU64::new(0),
             io_busy_ns: AtomicU64::new(0),
             io_disk_ns: AtomicU64::new(0),
             io_busy_since_ms: AtomicU64::new(0),
@@ -289,6 +295,16 @@ impl FileStore {
         (
             self.shared.writes.load(Ordering::Relaxed),
             self.shared.written_events.load(Ordering::Relaxed),
+        )
+    }
+
+    /// (from the page cache, from the disk): how the writer read the recorded copies of
+    /// repeated event ids since open.
+    #[doc(hidden)]
+    pub fn repeat_read_stats(&self) -> (u64, u64) {
+        (
+            self.shared.repeat_reads_cached.load(Ordering::Relaxed),
+            self.shared.repeat_reads_from_disk.load(Ordering::Relaxed),
         )
     }
 
@@ -450,7 +466,47 @@ pub(crate) fn read_record(
 ) -> Result<(RecordMeta, RecordedEvent), StoreError> {
     let mut buf = vec![0u8; (loc.end - loc.start) as usize];
     loc.file.read_exact_at(&mut buf, loc.start)?;
-    let v = format::parse_record(&buf)
+    record_of(loc, &buf, head)
+}
+
+/// [`read_record`] for the writer task, which runs on one of the runtime's workers (a
+/// repeat's recorded copy, compared with it): a record in the page cache (the retry of a
+/// recent append, the usual case) is read at once; one that would wait for the disk (a
+/// repeat of an old event whose pages were dropped) is read with the worker's other tasks
+/// handed to another thread meanwhile, so that requests do not wait on that read.
+pub(crate) fn read_record_on_worker(
+    loc: &Location,
+    stats: &Shared,
+) -> Result<(RecordMeta, RecordedEvent), StoreError> {
+    let mut buf = vec![0u8; (loc.end - loc.start) as usize];
+    let cached = {
+        let mut slice = [std::io::IoSliceMut::new(&mut buf)];
+        let flags = rustix::io::ReadWriteFlags::NOWAIT;
+        // Short, or EAGAIN (not all cached), or not supported here: read the usual way.
+        rustix::io::preadv2(&*loc.file, &mut slice, loc.start, flags).ok()
+            == Some((loc.end - loc.start) as usize)
+    };
+    if cached {
+        stats.repeat_reads_cached.fetch_add(1, Ordering::Relaxed);
+        return record_of(loc, &buf, None);
+    }
+    stats.repeat_reads_from_disk.fetch_add(1, Ordering::Relaxed);
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(|| read_record(loc, None))
+    } else {
+        read_record(loc, None)
+    }
+}
+
+/// The record that `buf`, read at `loc`, holds.
+fn record_of(
+    loc: &Location,
+    buf: &[u8],
+    head: Option<Head>,
+) -> Result<(RecordMeta, RecordedEvent), StoreError> {
+    let v = format::parse_record(buf)
         .map_err(|e| scan::corrupt(&loc.path, loc.start, format!("{e:?}")))?;
     let hash = match head {
         Some(h) if h.position == v.meta.position => h.hash,

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::format::{self, RecordMeta, HEADER_LEN};
 use super::index::{IdLookup, MixState, Segment, MAX_POSITION};
 use super::io::{LogFile, LogIo};
-use super::{read_record, Shared};
+use super::{read_record_on_worker, Shared};
 use crate::{AppendOutcome, AppendRequest, Durability, ExpectedVersion, Head, StoreError};
 
 /// A batch stops growing at this many events or bytes (a single larger append still goes).
@@ -531,7 +531,7 @@ impl Writer {
             }
         };
         let Some(loc) = loc else { return Ok(None) };
-        let (meta, event) = read_record(&loc, None)?;
+        let (meta, event) = read_record_on_worker(&loc, &self.shared)?;
         if meta.event_id != *id {
             return Ok(None);
         }
