@@ -466,18 +466,30 @@ pub(crate) fn read_record(
 ) -> Result<(RecordMeta, RecordedEvent), StoreError> {
     let mut buf = vec![0u8; (loc.end - loc.start) as usize];
     loc.file.read_exact_at(&mut buf, loc.start)?;
-    record_of(loc, &buf, head)
+    let v = format::parse_record(&buf)
+        .map_err(|e| scan::corrupt(&loc.path, loc.start, format!("{e:?}")))?;
+    let hash = match head {
+        Some(h) if h.position == v.meta.position => h.hash,
+        _ => v.hash(),
+    };
+    let event = v
+        .to_event(hash)
+        .map_err(|r| scan::corrupt(&loc.path, loc.start, r))?;
+    Ok((v.meta, event))
 }
 
-/// [`read_record`] for the writer task, which runs on one of the runtime's workers (a
-/// repeat's recorded copy, compared with it): a record in the page cache (the retry of a
-/// recent append, the usual case) is read at once; one that would wait for the disk (a
-/// repeat of an old event whose pages were dropped) is read with the worker's other tasks
-/// handed to another thread meanwhile, so that requests do not wait on that read.
-pub(crate) fn read_record_on_worker(
+/// Reads the durable record at `loc` for the writer task, which runs on one of the runtime's
+/// workers (a repeat's recorded copy, to compare with it), and hands its fields and event to
+/// `f`. The chain hash is not computed (a comparison needs none; the `hash` `f` sees is
+/// zeros). A record in the page cache (the retry of a recent append, the usual case) is read
+/// at once; one that would wait for the disk (a repeat of an old event whose pages were
+/// dropped) is read with the worker's other tasks handed to another thread meanwhile, so that
+/// requests do not wait on that read.
+pub(crate) fn read_on_worker<T>(
     loc: &Location,
     stats: &Shared,
-) -> Result<(RecordMeta, RecordedEvent), StoreError> {
+    f: impl FnOnce(&RecordMeta, EventRef<'_>) -> T,
+) -> Result<T, StoreError> {
     let mut buf = vec![0u8; (loc.end - loc.start) as usize];
     let cached = {
         let mut slice = [std::io::IoSliceMut::new(&mut buf)];
@@ -488,34 +500,20 @@ pub(crate) fn read_record_on_worker(
     };
     if cached {
         stats.repeat_reads_cached.fetch_add(1, Ordering::Relaxed);
-        return record_of(loc, &buf, None);
-    }
-    stats.repeat_reads_from_disk.fetch_add(1, Ordering::Relaxed);
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread {
-        tokio::task::block_in_place(|| read_record(loc, None))
     } else {
-        read_record(loc, None)
+        stats.repeat_reads_from_disk.fetch_add(1, Ordering::Relaxed);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(|| loc.file.read_exact_at(&mut buf, loc.start))?;
+        } else {
+            loc.file.read_exact_at(&mut buf, loc.start)?;
+        }
     }
-}
-
-/// The record that `buf`, read at `loc`, holds.
-fn record_of(
-    loc: &Location,
-    buf: &[u8],
-    head: Option<Head>,
-) -> Result<(RecordMeta, RecordedEvent), StoreError> {
-    let v = format::parse_record(buf)
+    let v = format::parse_record(&buf)
         .map_err(|e| scan::corrupt(&loc.path, loc.start, format!("{e:?}")))?;
-    let hash = match head {
-        Some(h) if h.position == v.meta.position => h.hash,
-        _ => v.hash(),
-    };
-    let event = v
-        .to_event(hash)
-        .map_err(|r| scan::corrupt(&loc.path, loc.start, r))?;
-    Ok((v.meta, event))
+    v.with_event([0; 32], |e| f(&v.meta, e))
+        .map_err(|r| scan::corrupt(&loc.path, loc.start, r))
 }
 
 /// `recorded_at` of the durable record at `loc`, from its checked fixed fields.

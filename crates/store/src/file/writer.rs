@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::format::{self, RecordMeta, HEADER_LEN};
 use super::index::{IdLookup, MixState, Segment, MAX_POSITION};
 use super::io::{LogFile, LogIo};
-use super::{read_record_on_worker, Shared};
+use super::{read_on_worker, Shared};
 use crate::{AppendOutcome, AppendRequest, Durability, ExpectedVersion, Head, StoreError};
 
 /// A batch stops growing at this many events or bytes (a single larger append still goes).
@@ -531,19 +531,17 @@ impl Writer {
             }
         };
         let Some(loc) = loc else { return Ok(None) };
-        let (meta, event) = read_record_on_worker(&loc, &self.shared)?;
-        if meta.event_id != *id {
-            return Ok(None);
-        }
-        Ok(Some(Existing {
-            position: meta.position,
-            stream_id: meta.stream_id,
-            stream_version: meta.stream_version,
-            event_type: event.event_type,
-            data: event.data.get().to_string(),
-            append_index: meta.append_index,
-            append_len: meta.append_len,
-        }))
+        read_on_worker(&loc, &self.shared, |meta, event| {
+            (meta.event_id == *id).then(|| Existing {
+                position: meta.position,
+                stream_id: meta.stream_id,
+                stream_version: meta.stream_version,
+                event_type: event.event_type.to_string(),
+                data: event.data.get().to_string(),
+                append_index: meta.append_index,
+                append_len: meta.append_len,
+            })
+        })
     }
 
     /// Validates one request against the log and the batch so far; encodes it when accepted.
