@@ -409,6 +409,15 @@ impl AppService {
         }
     }
 
+    /// How the file store's writer read the recorded copies of repeated event ids since open:
+    /// (from the page cache, from the disk). `None` on PostgreSQL.
+    pub fn store_repeat_read_stats(&self) -> Option<(u64, u64)> {
+        match &*self.inner.store {
+            Store::File(f) => Some(f.repeat_read_stats()),
+            _ => None,
+        }
+    }
+
     /// The store's durable head position.
     pub fn store_head(&self) -> u64 {
         self.inner.store.head().position

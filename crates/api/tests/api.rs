@@ -2401,6 +2401,20 @@ async fn metrics_and_health() {
         text.contains("incidentlog_store_batched_events_total 1\n"),
         "{text}"
     );
+    // The repeat and the reuses were compared with the recorded copy (each read once, from
+    // the page cache, unless its batch was still in the writer's hands).
+    let repeat_reads = |from: &str| -> u64 {
+        let series = format!("incidentlog_store_repeat_reads_total{{from=\"{from}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series}in {text}"))
+    };
+    let (cached, from_disk) = (repeat_reads("page_cache"), repeat_reads("disk"));
+    assert!(
+        (1..=3).contains(&(cached + from_disk)),
+        "{cached} + {from_disk}"
+    );
     assert!(
         text.contains("incidentlog_events_appended_total 1"),
         "{text}"

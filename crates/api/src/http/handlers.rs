@@ -1070,6 +1070,17 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
              # TYPE incidentlog_store_batched_events_total counter\nincidentlog_store_batched_events_total {events}"
         );
     }
+    if let Some((cached, from_disk)) = state.service.store_repeat_read_stats() {
+        use std::fmt::Write as _;
+        // Reads of the disk on the append path: repeats of events whose pages left the cache.
+        let _ = writeln!(
+            out,
+            "# HELP incidentlog_store_repeat_reads_total Recorded copies of repeated event ids the file store's writer read to compare, by where it found them.\n\
+             # TYPE incidentlog_store_repeat_reads_total counter\n\
+             incidentlog_store_repeat_reads_total{{from=\"page_cache\"}} {cached}\n\
+             incidentlog_store_repeat_reads_total{{from=\"disk\"}} {from_disk}"
+        );
+    }
     let mut r = out.into_response();
     r.headers_mut().insert(
         CONTENT_TYPE,
