@@ -489,12 +489,36 @@ fn flags_come_from_incidentlog_env_vars() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("\"env-desk\""), "{text}");
-    // A bad value in the environment is a usage error, like a bad flag.
+    // A bad value in the environment is a usage error, like a bad flag, and the error names
+    // the variable it came from (not only the flag that reads it).
     let out = cli_with_env(
         &["token", "list"],
         &[("INCIDENTLOG_STORE", "mysql://nope".as_ref())],
     );
     assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INCIDENTLOG_STORE"), "{stderr}");
+    let out = cli_with_env(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("INCIDENTLOG_RATE_LIMIT", "fast".as_ref())],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'fast'") && stderr.contains("INCIDENTLOG_RATE_LIMIT"),
+        "{stderr}"
+    );
+    // The same value on the command line: the flag is named, no variable.
+    let out = cli_with_env(
+        &["serve", "--rate-limit", "fast"],
+        &[("INCIDENTLOG_RATE_LIMIT", "10".as_ref())],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--rate-limit") && !stderr.contains("INCIDENTLOG_RATE_LIMIT"),
+        "{stderr}"
+    );
     // Switches take the usual spellings from the environment: 1/0, yes/no, on/off, true/false.
     for (value, json) in [("1", true), ("yes", true), ("0", false), ("off", false)] {
         let out = cli_with_env(
@@ -1099,6 +1123,32 @@ fn damage_under_a_running_server_stops_its_appends() {
         (503, json!("unavailable"))
     );
     // No clean stop, however orderly the shutdown.
+    assert_eq!(srv.terminate().code(), Some(1));
+}
+
+/// A segment deleted under a server that takes no appends is noticed all the same (the idle
+/// store looks once a second): `/readyz` says `unavailable` and the shutdown exits 1, instead
+/// of "stopped cleanly" with the acknowledged events gone at the next start.
+#[test]
+fn a_segment_deleted_under_an_idle_server_is_noticed() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    cli_ok(&["import", d(&seed_path()), "--data-dir", d(&data)]);
+    let token = create_token(&data, "desk", "admin");
+    let mut srv = Server::start(&data, &[]);
+    for segment in segments(&data) {
+        std::fs::remove_file(segment).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = srv.get("/readyz", &token);
+        if r.status == 503 {
+            assert_eq!(r.json()["status"], json!("unavailable"), "{}", r.text());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_eq!(srv.terminate().code(), Some(1));
 }
 

@@ -113,7 +113,7 @@ impl ServiceMetrics {
     pub fn render(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "# HELP incidentlog_append_batch_size Events per append request.\n# TYPE incidentlog_append_batch_size histogram"
+            "# HELP incidentlog_append_batch_size Events per append written (a request or a bulk line; repeats and refused ones not counted).\n# TYPE incidentlog_append_batch_size histogram"
         );
         self.append_batch_size
             .render(out, "incidentlog_append_batch_size", "");

@@ -607,11 +607,11 @@ impl AppService {
     fn appended(&self, cmd: &AppendCommand, outcome: AppendOutcome) -> Appended {
         let n = cmd.events.len() as u64;
         let m = &self.inner.metrics;
-        m.append_batch_size.observe(n as f64);
         if outcome.duplicate {
             m.events_duplicate.fetch_add(n, Relaxed);
         } else {
             m.events_appended.fetch_add(n, Relaxed);
+            m.append_batch_size.observe(n as f64);
         }
         Appended {
             response: AppendResponse {
@@ -1119,12 +1119,6 @@ impl AppService {
             Integrity::Damaged(what) => Some(what.clone()),
             _ => None,
         }
-    }
-
-    /// Resolves once the integrity check after start has finished.
-    pub async fn integrity_checked(&self) {
-        let mut integrity = self.inner.integrity.subscribe();
-        let _ = integrity.wait_for(|i| *i != Integrity::Checking).await;
     }
 
     /// Changes whenever a replay swaps in rebuilt views (see `Inner::views_generation`).

@@ -62,6 +62,13 @@ async fn app_on(config: ServeConfig, io: Arc<dyn LogIo>) -> App {
     let reporter = add_token(&store, "rep", "reporter").await;
     let reader = add_token(&store, "ro", "reader").await;
     let service = AppService::start(store.clone()).await.unwrap();
+    // Ready as a client would wait for it: the integrity check after start has run (the
+    // probes do not wait for it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while service.readiness() == "starting" {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let router = router(service.clone(), &config);
     App {
         _dir: dir,
@@ -1812,6 +1819,16 @@ async fn cors_lets_listed_pages_read_answers_and_preflights_need_no_token() {
         .is_none());
     assert_eq!(res.headers()["x-request-id"], "client-chosen-7");
     assert_eq!(res.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    // An id with a quote or a backslash would break the log line it goes into: replaced.
+    for hostile in [r#"a"b=c"#, r"a\b"] {
+        let mut with_id = preflight("https://elsewhere.example");
+        with_id
+            .headers_mut()
+            .insert("x-request-id", hostile.parse().unwrap());
+        let res = app.router.clone().oneshot(with_id).await.unwrap();
+        let id = res.headers()["x-request-id"].to_str().unwrap();
+        assert!(!id.is_empty() && id != hostile, "{id}");
+    }
     // ... and is counted, under its method's "other".
     let metrics = app.get_as("/metrics", None).await.body;
     let metrics = metrics.as_str().unwrap_or_default();
@@ -2417,6 +2434,12 @@ async fn metrics_and_health() {
     );
     assert!(
         text.contains("incidentlog_events_appended_total 1"),
+        "{text}"
+    );
+    // Only the append written: not the repeat, not the refused reuses.
+    assert!(
+        text.contains("incidentlog_append_batch_size_count 1\n")
+            && text.contains("incidentlog_append_batch_size_sum 1\n"),
         "{text}"
     );
     assert!(text.contains("incidentlog_sse_subscribers 0"), "{text}");

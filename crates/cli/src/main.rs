@@ -295,12 +295,20 @@ impl clap::builder::TypedValueParser for BackendParser {
     fn parse_ref(
         &self,
         cmd: &clap::Command,
-        _arg: Option<&clap::Arg>,
+        arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<Backend, clap::Error> {
         let invalid = |msg: String| {
             let mut cmd = cmd.clone();
-            cmd.error(clap::error::ErrorKind::ValueValidation, msg)
+            let mut e = cmd.error(clap::error::ErrorKind::ValueValidation, msg);
+            // Which flag it was (the message says it), for `exit_with_usage_error`.
+            if let Some(arg) = arg {
+                e.insert(
+                    clap::error::ContextKind::InvalidArg,
+                    clap::error::ContextValue::String(arg.to_string()),
+                );
+            }
+            e
         };
         let s = value
             .to_str()
@@ -589,6 +597,60 @@ const SCRIPT_VARIABLES: [&str; 6] = [
     "INCIDENTLOG_PG_BIN",
 ];
 
+/// Prints clap's error and exits with its code, naming the environment variable a bad value
+/// came from: clap names the flag (`--rate-limit <PER_SEC>`) even when the value was set
+/// through `INCIDENTLOG_RATE_LIMIT`, and an operator looking at a unit file would not find it.
+fn exit_with_usage_error(e: clap::Error) -> ! {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let from_env = variable_of_bad_value(&e, &args, |name| std::env::var_os(name).is_some());
+    match from_env {
+        Some(name) => {
+            let rendered = e.render().to_string();
+            let (first, rest) = rendered.split_once('\n').unwrap_or((&rendered, ""));
+            eprint!("{first} (set by the environment variable {name})\n{rest}");
+            std::process::exit(e.exit_code());
+        }
+        None => e.exit(),
+    }
+}
+
+/// The `INCIDENTLOG_*` variable that gave the value `e` refuses: the flag `e` names reads it,
+/// it is set (`is_set`), and the command line (`args`) does not give the flag itself.
+fn variable_of_bad_value(
+    e: &clap::Error,
+    args: &[String],
+    is_set: impl Fn(&str) -> bool,
+) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation | ErrorKind::InvalidUtf8
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .or_else(|| cmd.get_subcommands().find_map(|sub| env_of(sub, long)))
+    }
+    let name = env_of(&Cli::command(), long)?;
+    let flag = format!("--{long}");
+    let on_command_line = args
+        .iter()
+        .any(|a| *a == flag || a.starts_with(&format!("{flag}=")));
+    (!on_command_line && is_set(&name)).then_some(name)
+}
+
 /// `INCIDENTLOG_*` variables that no flag of any command reads: most likely a misspelt
 /// setting (`INCIDENTLOG_CORS_ORIGIN` for `INCIDENTLOG_CORS_ORIGINS`), which would otherwise
 /// be ignored without a word.
@@ -615,7 +677,10 @@ fn unknown_settings(vars: impl Iterator<Item = String>) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => exit_with_usage_error(e),
+    };
     init_logging(cli.log.as_deref());
     let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
     for name in unknown_settings(names) {

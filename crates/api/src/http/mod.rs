@@ -252,12 +252,70 @@ async fn preflight(State(state): State<AppState>, req: Request, next: Next) -> R
     response
 }
 
-/// The client's `x-request-id`, if it is one we can echo (short, visible ASCII).
+/// The client's `x-request-id`, if it is one we can echo and log as it is (short, visible
+/// ASCII without quotes or backslashes, which would break a log line's `key=value` form).
 fn client_request_id(req: &Request) -> Option<HeaderValue> {
     req.headers()
         .get("x-request-id")
-        .filter(|v| v.len() <= 64 && !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .filter(|v| {
+            v.len() <= 64
+                && !v.is_empty()
+                && v.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\'))
+        })
         .cloned()
+}
+
+/// A request's target as its log lines show it: printable ASCII only (anything else, quotes,
+/// backslashes and spaces percent-encoded, so that a path cannot forge or break a line), and
+/// the values of query parameters that look like credentials (`?access_token=...`, a client
+/// that put its token in the URL) replaced, so that no secret reaches the log.
+fn loggable_target(uri: &axum::http::Uri) -> String {
+    use std::fmt::Write as _;
+    fn push_escaped(out: &mut String, s: &str) {
+        for b in s.bytes() {
+            if b.is_ascii_graphic() && !matches!(b, b'"' | b'\\') {
+                out.push(char::from(b));
+            } else {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    let mut out = String::with_capacity(uri.path().len() + 16);
+    push_escaped(&mut out, uri.path());
+    if let Some(query) = uri.query() {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            push_escaped(&mut out, key);
+            if pair.contains('=') {
+                out.push('=');
+                if looks_secret(key, value) {
+                    out.push_str("REDACTED");
+                } else {
+                    push_escaped(&mut out, value);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a query parameter may hold a credential: by its name, or a value shaped like this
+/// server's tokens.
+fn looks_secret(key: &str, value: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "token", "secret", "password", "passwd", "auth", "key", "sig", "session", "bearer",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+        || value.starts_with("il_")
+        || value.to_ascii_lowercase().starts_with("bearer")
 }
 
 /// The headers of every answer: its request id; JSON (or text) as labelled, never to be sniffed
@@ -638,7 +696,7 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let route = route_of(req.uri().path());
     let method = req.method().clone();
-    let uri = req.uri().clone();
+    let uri = loggable_target(req.uri());
     let mut response = match route {
         // Ops endpoints are open.
         Some("/healthz" | "/readyz" | "/metrics") => next.run(req).await,
@@ -680,7 +738,10 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
             None => {}
         }
     } else {
-        tracing::debug!(request_id = %rid, %method, %uri, status = status.as_u16(), "request");
+        tracing::debug!(
+            request_id = %rid, %method, route = route.unwrap_or("-"), %uri,
+            status = status.as_u16(), micros = started.elapsed().as_micros() as u64, "request"
+        );
     }
     stamp(response.headers_mut(), request_id);
     state
@@ -948,6 +1009,30 @@ const CLOSE_WAIT_LOG: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_logged_target_is_printable_ascii_without_secrets() {
+        let logged = |target: &str| loggable_target(&target.parse().unwrap());
+        assert_eq!(
+            logged("/v1/regions/UA-63?as_of=2026-01-05T00:00:00Z&limit=5"),
+            "/v1/regions/UA-63?as_of=2026-01-05T00:00:00Z&limit=5"
+        );
+        // A client that put its token in the URL: the value never reaches the log.
+        assert_eq!(
+            logged("/v1/regions?access_token=il_feedface&x=1"),
+            "/v1/regions?access_token=REDACTED&x=1"
+        );
+        assert_eq!(logged("/v1/events?t=il_cafe"), "/v1/events?t=REDACTED");
+        assert_eq!(
+            logged("/v1/events?Api-Key=abc"),
+            "/v1/events?Api-Key=REDACTED"
+        );
+        // Bytes that could break or forge a line: percent-encoded.
+        // (The parser takes raw UTF-8 in a path, as hyper hands it over.)
+        let uri = axum::http::Uri::try_from("/v1/x\u{2028}\u{202e}y".as_bytes()).unwrap();
+        assert_eq!(loggable_target(&uri), "/v1/x%E2%80%A8%E2%80%AEy");
+        assert_eq!(logged("/v1/a%20b?q=%22"), "/v1/a%20b?q=%22");
+    }
 
     #[test]
     fn internal_error_lines_are_limited_per_second_and_the_rest_counted() {

@@ -613,8 +613,6 @@ impl Importer<'_> {
             self.ask(p, Repeat::Invalid(err));
             return self.send_when_full().await;
         }
-        let m = &svc.inner.metrics;
-        m.append_batch_size.observe(p.cmd.events.len() as f64);
         self.reject(p.line, &err);
         Ok(Step::Done)
     }
@@ -771,7 +769,6 @@ impl Importer<'_> {
                 ..
             } = staged;
             let n = events as u64;
-            m.append_batch_size.observe(n as f64);
             if let Some(repeat) = repeat {
                 if let Err(StoreError::Unavailable(cause)) = &result {
                     return Err(self.store_failed_at(line, cause));
@@ -821,6 +818,7 @@ impl Importer<'_> {
                         self.report.duplicates += n;
                     } else {
                         self.report.appended += n;
+                        m.append_batch_size.observe(n as f64);
                     }
                 }
                 // Another process wrote to the incident between validation and write (or an

@@ -69,7 +69,15 @@ pub(crate) struct Job {
     /// Answers to give once durable (or `Unavailable` for all if the write fails).
     replies: Vec<(oneshot::Sender<Results>, Results)>,
     close: Option<oneshot::Sender<Result<(), StoreError>>>,
+    /// No batch: a look at the active segment on an idle store ([`IDLE_CHECK`]).
+    check_idle: bool,
 }
+
+/// How often an idle store looks whether its active segment is still in place
+/// (`LogFile::check_in_place`; before every batch otherwise): a segment deleted or replaced
+/// while no append comes makes `/readyz` say `unavailable` within about this long, and a
+/// shutdown then says the stop was not clean, instead of finding out at the next start.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
@@ -194,6 +202,7 @@ impl Writer {
         let mut busy = false;
         let mut input_done = false;
         let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
+        let mut next_idle_check = tokio::time::Instant::now() + IDLE_CHECK;
         loop {
             if !busy {
                 if let Some(b) = building.take() {
@@ -211,6 +220,7 @@ impl Writer {
                         seg_len: self.seg_len,
                         replies: Vec::new(),
                         close: Some(reply),
+                        check_idle: false,
                     };
                     // If the I/O thread is gone the reply is dropped: close then reports Ok.
                     busy = self.jobs.send(job).await.is_ok();
@@ -247,6 +257,23 @@ impl Writer {
                     let end = self.drain(&mut rx, Some(msg), &mut building, !busy).await;
                     input_done |= end.0;
                     close = close.or(end.1);
+                }
+                _ = tokio::time::sleep_until(next_idle_check),
+                    if !busy && building.is_none() && accepting && self.unavailable().is_none() =>
+                {
+                    next_idle_check = tokio::time::Instant::now() + IDLE_CHECK;
+                    let job = Job {
+                        seq: self.seq,
+                        roll: None,
+                        buf: Vec::new(),
+                        entries: Vec::new(),
+                        head: Head::default(),
+                        seg_len: self.seg_len,
+                        replies: Vec::new(),
+                        close: None,
+                        check_idle: true,
+                    };
+                    busy = self.jobs.send(job).await.is_ok();
                 }
                 // Unreachable by construction (an idle I/O thread means we accept input).
                 else => break,
@@ -479,6 +506,7 @@ impl Writer {
             seg_len: self.seg_len,
             replies: replies.into_iter().zip(results).collect(),
             close: None,
+            check_idle: false,
         };
         self.inflight.push_back(Overlay {
             seq: self.seq,
@@ -840,12 +868,17 @@ impl IoStage {
             seg_len,
             replies,
             close,
+            check_idle,
         } = job;
         // Declared after `replies`, so dropped before them when unwinding: an appender that
         // sees its answer dropped finds the store already refusing appends.
         let _poison_on_unwind = PoisonOnUnwind(self.shared.clone());
         let written = match self.shared.poison_reason() {
             Some(why) => Err(why),
+            None if check_idle => match self.file.as_mut() {
+                Some(file) => file.check_in_place(),
+                None => Ok(()),
+            },
             None => self.write(roll, &buf, seg_len),
         };
         match &written {
@@ -876,7 +909,12 @@ impl IoStage {
             }
             Err(why) => {
                 if self.shared.poison_reason().is_none() {
-                    tracing::error!(reason = %why, "log write failed: refusing appends until the store is reopened");
+                    let what = if check_idle {
+                        "the log's active segment is not in place"
+                    } else {
+                        "log write failed"
+                    };
+                    tracing::error!(reason = %why, "{what}: refusing appends until the store is reopened");
                     self.shared.set_poisoned(why.clone());
                 }
             }
