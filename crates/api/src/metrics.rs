@@ -2,7 +2,8 @@
 //! so that recording is lock-free on the request path.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency buckets.
@@ -75,8 +76,12 @@ impl Histogram {
 
 /// Metrics of the application layer (appends and the live projection).
 pub struct ServiceMetrics {
-    /// Events per append request (single appends and each bulk line).
+    /// Events per append written (single appends and each bulk line; not repeats).
     pub append_batch_size: Histogram,
+    /// The file store's batches: one write and (strict) one fdatasync each.
+    pub store_write_seconds: Arc<Histogram>,
+    /// Whether the store reports its writes (the file store), so the histogram is shown.
+    pub store_writes_observed: AtomicBool,
     /// Time the store took to make an append (or a bulk chunk) durable: write + sync,
     /// including the wait for the group commit.
     pub store_append_seconds: Histogram,
@@ -98,6 +103,8 @@ impl Default for ServiceMetrics {
     fn default() -> Self {
         ServiceMetrics {
             append_batch_size: Histogram::new(&SIZE_BUCKETS),
+            store_write_seconds: Arc::new(Histogram::new(&LATENCY_BUCKETS)),
+            store_writes_observed: AtomicBool::new(false),
             store_append_seconds: Histogram::new(&LATENCY_BUCKETS),
             events_appended: AtomicU64::new(0),
             events_duplicate: AtomicU64::new(0),
@@ -123,6 +130,14 @@ impl ServiceMetrics {
         );
         self.store_append_seconds
             .render(out, "incidentlog_store_append_seconds", "");
+        if self.store_writes_observed.load(Relaxed) {
+            let _ = writeln!(
+                out,
+                "# HELP incidentlog_store_write_seconds Time of one write batch of the file store: its write and, with strict durability, its fdatasync (the sync latency).\n# TYPE incidentlog_store_write_seconds histogram"
+            );
+            self.store_write_seconds
+                .render(out, "incidentlog_store_write_seconds", "");
+        }
         for (name, help, v) in [
             (
                 "incidentlog_events_appended_total",

@@ -367,6 +367,12 @@ impl AppService {
             "live views caught up"
         );
         let inner = Arc::new(Inner::new(store, projection, position, true));
+        if let Store::File(f) = &*inner.store {
+            let histogram = inner.metrics.store_write_seconds.clone();
+            if f.observe_writes(move |took| histogram.observe_duration(took)) {
+                inner.metrics.store_writes_observed.store(true, Relaxed);
+            }
+        }
         inner.tokens.reload(&inner.store).await?;
         let handle = tokio::spawn(follow(inner.clone(), position));
         *lock(&inner.follower) = Some(handle);

@@ -2436,6 +2436,11 @@ async fn metrics_and_health() {
         text.contains("incidentlog_events_appended_total 1"),
         "{text}"
     );
+    // The one batch the store wrote and synced, timed.
+    assert!(
+        text.contains("incidentlog_store_write_seconds_count 1\n"),
+        "{text}"
+    );
     // Only the append written: not the repeat, not the refused reuses.
     assert!(
         text.contains("incidentlog_append_batch_size_count 1\n")

@@ -47,6 +47,9 @@ const LOCK_ATTEMPTS: u32 = 40;
 const QUEUE: usize = 1024;
 
 /// State shared by the store handle, the writer task and readers.
+/// See [`FileStore::observe_writes`].
+pub(crate) type WriteObserver = Box<dyn Fn(Duration) + Send + Sync>;
+
 /// The longest [`EventStore::settle_recorded_at`] waits: a batch's write and sync.
 const SETTLE_WAIT: Duration = Duration::from_secs(5);
 
@@ -64,6 +67,8 @@ pub(crate) struct Shared {
     /// it had to read from the disk.
     pub(crate) repeat_reads_cached: AtomicU64,
     pub(crate) repeat_reads_from_disk: AtomicU64,
+    /// Told how long each batch's write and sync took ([`FileStore::observe_writes`]).
+    pub(crate) write_observer: std::sync::OnceLock<WriteObserver>,
     /// Nanoseconds the I/O thread has spent on batches (for the writer's
     /// [`cohorts::Cohorts`]).
     pub(crate) io_busy_ns: AtomicU64,
@@ -229,6 +234,7 @@ impl FileStore {
             written_events: AtomicU64::new(0),
             repeat_reads_cached: AtomicU64::new(0),
             repeat_reads_from_disk: AtomicU64::new(0),
+            write_observer: std::sync::OnceLock::new(),
             io_busy_ns: AtomicU64::new(0),
             io_disk_ns: AtomicU64::new(0),
             io_busy_since_ms: AtomicU64::new(0),
@@ -296,6 +302,13 @@ impl FileStore {
             self.shared.writes.load(Ordering::Relaxed),
             self.shared.written_events.load(Ordering::Relaxed),
         )
+    }
+
+    /// Calls `observe` (on the log's I/O thread: it must be quick) with the time each batch's
+    /// write and, with strict durability, its `fdatasync` took; for a latency histogram. One
+    /// observer per open store: a second call changes nothing and returns false.
+    pub fn observe_writes(&self, observe: impl Fn(Duration) + Send + Sync + 'static) -> bool {
+        self.shared.write_observer.set(Box::new(observe)).is_ok()
     }
 
     /// (from the page cache, from the disk): how the writer read the recorded copies of

@@ -973,11 +973,15 @@ impl IoStage {
                     .map_err(|e| format!("fdatasync failed: {e}")),
                 false => Ok(()),
             });
-        let disk = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let took = started.elapsed();
+        let disk = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.shared.io_disk_ns.fetch_add(disk, Ordering::Relaxed);
         match written {
             Ok(()) => {
                 self.unsynced |= !strict;
+                if let Some(observe) = self.shared.write_observer.get() {
+                    observe(took);
+                }
                 Ok(())
             }
             Err(why) => {
