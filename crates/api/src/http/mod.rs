@@ -696,7 +696,9 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let route = route_of(req.uri().path());
     let method = req.method().clone();
-    let uri = loggable_target(req.uri());
+    // Made loggable only when a line is written (the fields of a disabled level are never
+    // evaluated).
+    let uri = req.uri().clone();
     let mut response = match route {
         // Ops endpoints are open.
         Some("/healthz" | "/readyz" | "/metrics") => next.run(req).await,
@@ -718,10 +720,10 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     if let Some(InternalDetail(detail)) = response.extensions_mut().remove::<InternalDetail>() {
         match ERROR_LINES.allow() {
             Some(0) => {
-                tracing::error!(request_id = %rid, %method, %uri, error = %detail, "internal error")
+                tracing::error!(request_id = %rid, %method, uri = %loggable_target(&uri), error = %detail, "internal error")
             }
             Some(suppressed) => tracing::error!(
-                request_id = %rid, %method, %uri, error = %detail, suppressed,
+                request_id = %rid, %method, uri = %loggable_target(&uri), error = %detail, suppressed,
                 "internal error (and `suppressed` more since the last one logged)"
             ),
             None => {}
@@ -729,17 +731,17 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     } else if status.is_server_error() {
         match FAILED_LINES.allow() {
             Some(0) => tracing::warn!(
-                request_id = %rid, %method, %uri, status = status.as_u16(), "request failed"
+                request_id = %rid, %method, uri = %loggable_target(&uri), status = status.as_u16(), "request failed"
             ),
             Some(suppressed) => tracing::warn!(
-                request_id = %rid, %method, %uri, status = status.as_u16(), suppressed,
+                request_id = %rid, %method, uri = %loggable_target(&uri), status = status.as_u16(), suppressed,
                 "request failed (and `suppressed` more since the last one logged)"
             ),
             None => {}
         }
     } else {
         tracing::debug!(
-            request_id = %rid, %method, route = route.unwrap_or("-"), %uri,
+            request_id = %rid, %method, route = route.unwrap_or("-"), uri = %loggable_target(&uri),
             status = status.as_u16(), micros = started.elapsed().as_micros() as u64, "request"
         );
     }
