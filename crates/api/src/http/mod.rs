@@ -728,7 +728,9 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
             ),
             None => {}
         }
-    } else if status.is_server_error() {
+    } else if status.is_server_error() && route != Some("/readyz") {
+        // (A `/readyz` 503 is its answer, `starting` or `unavailable`, not a failure: a
+        // probe polling through a long start or an outage must not fill the log.)
         match FAILED_LINES.allow() {
             Some(0) => tracing::warn!(
                 request_id = %rid, %method, uri = %loggable_target(&uri), status = status.as_u16(), "request failed"
