@@ -1131,6 +1131,12 @@ impl AppService {
         }
     }
 
+    /// Resolves once the integrity check after start has finished.
+    pub async fn integrity_checked(&self) {
+        let mut integrity = self.inner.integrity.subscribe();
+        let _ = integrity.wait_for(|i| *i != Integrity::Checking).await;
+    }
+
     /// Changes whenever a replay swaps in rebuilt views (see `Inner::views_generation`).
     pub fn views_generation(&self) -> u64 {
         self.inner.views_generation.load(Relaxed)

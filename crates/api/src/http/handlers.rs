@@ -963,9 +963,14 @@ pub(crate) async fn admin_verify(
 async fn health(state: &AppState) -> HealthResponse {
     // A probe answers promptly (an orchestrator's probe gives up after 1 s by default): at
     // most a short wait for the views to include what was acknowledged, so that `position`
-    // counts it; none for the integrity check after start, which may take seconds on a
-    // large log (`starting` until it is done).
-    let _ = tokio::time::timeout(HEALTH_WAIT, state.service.caught_up()).await;
+    // counts it, and for the integrity check after start, which is done in a moment on a
+    // small log (a probe right after the start sees `ok`) but may take seconds on a large
+    // one (`starting` until it is done).
+    let _ = tokio::time::timeout(HEALTH_WAIT, async {
+        state.service.caught_up().await;
+        state.service.integrity_checked().await;
+    })
+    .await;
     HealthResponse {
         status: state.service.readiness(),
         position: state.service.applied_position(),
