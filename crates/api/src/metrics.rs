@@ -2,7 +2,7 @@
 //! so that recording is lock-free on the request path.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,10 +78,9 @@ impl Histogram {
 pub struct ServiceMetrics {
     /// Events per append written (single appends and each bulk line; not repeats).
     pub append_batch_size: Histogram,
-    /// The file store's batches: one write and (strict) one fdatasync each.
+    /// The file store's batches: one write and (strict) one fdatasync each (rendered with
+    /// the file store's other figures).
     pub store_write_seconds: Arc<Histogram>,
-    /// Whether the store reports its writes (the file store), so the histogram is shown.
-    pub store_writes_observed: AtomicBool,
     /// Time the store took to make an append (or a bulk chunk) durable: write + sync,
     /// including the wait for the group commit.
     pub store_append_seconds: Histogram,
@@ -104,7 +103,6 @@ impl Default for ServiceMetrics {
         ServiceMetrics {
             append_batch_size: Histogram::new(&SIZE_BUCKETS),
             store_write_seconds: Arc::new(Histogram::new(&LATENCY_BUCKETS)),
-            store_writes_observed: AtomicBool::new(false),
             store_append_seconds: Histogram::new(&LATENCY_BUCKETS),
             events_appended: AtomicU64::new(0),
             events_duplicate: AtomicU64::new(0),
@@ -130,14 +128,6 @@ impl ServiceMetrics {
         );
         self.store_append_seconds
             .render(out, "incidentlog_store_append_seconds", "");
-        if self.store_writes_observed.load(Relaxed) {
-            let _ = writeln!(
-                out,
-                "# HELP incidentlog_store_write_seconds Time of one write batch of the file store: its write and, with strict durability, its fdatasync (the sync latency).\n# TYPE incidentlog_store_write_seconds histogram"
-            );
-            self.store_write_seconds
-                .render(out, "incidentlog_store_write_seconds", "");
-        }
         for (name, help, v) in [
             (
                 "incidentlog_events_appended_total",

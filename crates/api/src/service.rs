@@ -369,9 +369,7 @@ impl AppService {
         let inner = Arc::new(Inner::new(store, projection, position, true));
         if let Store::File(f) = &*inner.store {
             let histogram = inner.metrics.store_write_seconds.clone();
-            if f.observe_writes(move |took| histogram.observe_duration(took)) {
-                inner.metrics.store_writes_observed.store(true, Relaxed);
-            }
+            f.observe_writes(move |took| histogram.observe_duration(took));
         }
         inner.tokens.reload(&inner.store).await?;
         let handle = tokio::spawn(follow(inner.clone(), position));
@@ -406,20 +404,11 @@ impl AppService {
         &self.inner.metrics
     }
 
-    /// The file store's group commit since open: (batches written, events written); `None`
-    /// on PostgreSQL (one transaction per batch, see its own statistics).
-    pub fn store_write_stats(&self) -> Option<(u64, u64)> {
+    /// The file store, for its own statistics (`None` on PostgreSQL: one transaction per
+    /// batch, see the database's statistics).
+    pub fn file_store(&self) -> Option<&incidentlog_store::FileStore> {
         match &*self.inner.store {
-            Store::File(f) => Some(f.write_stats()),
-            _ => None,
-        }
-    }
-
-    /// How the file store's writer read the recorded copies of repeated event ids since open:
-    /// (from the page cache, from the disk). `None` on PostgreSQL.
-    pub fn store_repeat_read_stats(&self) -> Option<(u64, u64)> {
-        match &*self.inner.store {
-            Store::File(f) => Some(f.repeat_read_stats()),
+            Store::File(f) => Some(f),
             _ => None,
         }
     }

@@ -625,7 +625,6 @@ fn variable_of_bad_value(
     is_set: impl Fn(&str) -> bool,
 ) -> Option<String> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    use clap::CommandFactory;
     if !matches!(
         e.kind(),
         ErrorKind::InvalidValue | ErrorKind::ValueValidation | ErrorKind::InvalidUtf8
@@ -636,14 +635,9 @@ fn variable_of_bad_value(
         return None;
     };
     let long = arg.split_whitespace().next()?.strip_prefix("--")?;
-    fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
-        cmd.get_arguments()
-            .find(|a| a.get_long() == Some(long))
-            .and_then(|a| a.get_env())
-            .map(|env| env.to_string_lossy().into_owned())
-            .or_else(|| cmd.get_subcommands().find_map(|sub| env_of(sub, long)))
-    }
-    let name = env_of(&Cli::command(), long)?;
+    let name = flag_variables()
+        .into_iter()
+        .find_map(|(flag, env)| (flag.as_deref() == Some(long)).then_some(env))?;
     let flag = format!("--{long}");
     let on_command_line = args
         .iter()
@@ -651,23 +645,32 @@ fn variable_of_bad_value(
     (!on_command_line && is_set(&name)).then_some(name)
 }
 
+/// Every flag of every command that reads an environment variable: (its long name, the
+/// variable).
+fn flag_variables() -> Vec<(Option<String>, String)> {
+    use clap::CommandFactory;
+    fn collect(cmd: &clap::Command, out: &mut Vec<(Option<String>, String)>) {
+        for arg in cmd.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                let long = arg.get_long().map(str::to_string);
+                out.push((long, env.to_string_lossy().into_owned()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            collect(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    collect(&Cli::command(), &mut out);
+    out
+}
+
 /// `INCIDENTLOG_*` variables that no flag of any command reads: most likely a misspelt
 /// setting (`INCIDENTLOG_CORS_ORIGIN` for `INCIDENTLOG_CORS_ORIGINS`), which would otherwise
 /// be ignored without a word.
 fn unknown_settings(vars: impl Iterator<Item = String>) -> Vec<String> {
-    use clap::CommandFactory;
-    fn collect(cmd: &clap::Command, known: &mut std::collections::HashSet<String>) {
-        for arg in cmd.get_arguments() {
-            if let Some(env) = arg.get_env() {
-                known.insert(env.to_string_lossy().into_owned());
-            }
-        }
-        for sub in cmd.get_subcommands() {
-            collect(sub, known);
-        }
-    }
-    let mut known = std::collections::HashSet::new();
-    collect(&Cli::command(), &mut known);
+    let known: std::collections::HashSet<String> =
+        flag_variables().into_iter().map(|(_, env)| env).collect();
     let mut unknown: Vec<String> = vars
         .filter(|v| v.starts_with("INCIDENTLOG_") && !known.contains(v))
         .filter(|v| !SCRIPT_VARIABLES.iter().any(|s| v.starts_with(s)))

@@ -984,8 +984,7 @@ async fn a_newer_format_version_is_refused() {
     let seg = segments(dir.path())[0].clone();
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[8] = 2; // format_version = 2, with a valid header checksum
-    let crc = crc32c::crc32c(&bytes[0..28]);
-    let masked = crc.rotate_right(15).wrapping_add(0xa282_ead8);
+    let masked = masked_crc(&bytes[0..28]);
     bytes[28..32].copy_from_slice(&masked.to_le_bytes());
     std::fs::write(&seg, &bytes).unwrap();
     match FileStore::open(&opts(dir.path(), 1 << 20))
@@ -1078,8 +1077,7 @@ async fn a_recorded_at_out_of_any_date_range_is_damage() {
     // checksum; the record's last 4 bytes are the covered part's checksum.
     let covered = start + 8..end - 4;
     bytes[covered.start + 80..covered.start + 88].copy_from_slice(&i64::MAX.to_le_bytes());
-    let crc = crc32c::crc32c(&bytes[covered.clone()]);
-    let masked = crc.rotate_right(15).wrapping_add(0xa282_ead8);
+    let masked = masked_crc(&bytes[covered.clone()]);
     bytes[covered.end..end].copy_from_slice(&masked.to_le_bytes());
     std::fs::write(&seg, &bytes).unwrap();
     match FileStore::open(&opts(dir.path(), 1 << 20))

@@ -1062,27 +1062,30 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
-    if let Some((batches, events)) = state.service.store_write_stats() {
+    if let Some(file) = state.service.file_store() {
         use std::fmt::Write as _;
         // Events per batch is the group-commit factor (one write, and with strict
-        // durability one fdatasync, per batch).
+        // durability one fdatasync, per batch); repeats read from the disk are disk reads on
+        // the append path (events whose pages left the cache).
+        let (batches, events) = file.write_stats();
+        let (cached, from_disk) = file.repeat_read_stats();
         let _ = writeln!(
             out,
             "# HELP incidentlog_store_batches_total Write batches of the file store since open (one write and, strict, one fdatasync each).\n\
              # TYPE incidentlog_store_batches_total counter\nincidentlog_store_batches_total {batches}\n\
              # HELP incidentlog_store_batched_events_total Events written in those batches.\n\
-             # TYPE incidentlog_store_batched_events_total counter\nincidentlog_store_batched_events_total {events}"
-        );
-    }
-    if let Some((cached, from_disk)) = state.service.store_repeat_read_stats() {
-        use std::fmt::Write as _;
-        // Reads of the disk on the append path: repeats of events whose pages left the cache.
-        let _ = writeln!(
-            out,
-            "# HELP incidentlog_store_repeat_reads_total Recorded copies of repeated event ids the file store's writer read to compare, by where it found them.\n\
+             # TYPE incidentlog_store_batched_events_total counter\nincidentlog_store_batched_events_total {events}\n\
+             # HELP incidentlog_store_repeat_reads_total Recorded copies of repeated event ids the file store's writer read to compare, by where it found them.\n\
              # TYPE incidentlog_store_repeat_reads_total counter\n\
              incidentlog_store_repeat_reads_total{{from=\"page_cache\"}} {cached}\n\
-             incidentlog_store_repeat_reads_total{{from=\"disk\"}} {from_disk}"
+             incidentlog_store_repeat_reads_total{{from=\"disk\"}} {from_disk}\n\
+             # HELP incidentlog_store_write_seconds Time of one write batch of the file store: its write and, with strict durability, its fdatasync (the sync latency).\n\
+             # TYPE incidentlog_store_write_seconds histogram"
+        );
+        state.service.metrics().store_write_seconds.render(
+            &mut out,
+            "incidentlog_store_write_seconds",
+            "",
         );
     }
     let mut r = out.into_response();

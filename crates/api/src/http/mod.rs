@@ -257,14 +257,14 @@ async fn preflight(State(state): State<AppState>, req: Request, next: Next) -> R
 fn client_request_id(req: &Request) -> Option<HeaderValue> {
     req.headers()
         .get("x-request-id")
-        .filter(|v| {
-            v.len() <= 64
-                && !v.is_empty()
-                && v.as_bytes()
-                    .iter()
-                    .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\'))
-        })
+        .filter(|v| v.len() <= 64 && !v.is_empty() && v.as_bytes().iter().copied().all(log_safe))
         .cloned()
+}
+
+/// A byte a log line can hold as it is: visible ASCII but for the quote and the backslash,
+/// which would break its `key=value` form.
+fn log_safe(b: u8) -> bool {
+    b.is_ascii_graphic() && !matches!(b, b'"' | b'\\')
 }
 
 /// A request's target as its log lines show it: printable ASCII only (anything else, quotes,
@@ -275,7 +275,7 @@ fn loggable_target(uri: &axum::http::Uri) -> String {
     use std::fmt::Write as _;
     fn push_escaped(out: &mut String, s: &str) {
         for b in s.bytes() {
-            if b.is_ascii_graphic() && !matches!(b, b'"' | b'\\') {
+            if log_safe(b) {
                 out.push(char::from(b));
             } else {
                 let _ = write!(out, "%{b:02X}");

@@ -120,6 +120,16 @@ pub(crate) struct RecordMeta {
     pub append_len: u32,
 }
 
+/// Why a record whose `recorded_at` no date can hold is refused.
+pub(crate) const RECORDED_AT_OUT_OF_RANGE: &str = "recorded_at out of range";
+
+impl RecordMeta {
+    /// `recorded_at` as a time; `None` when no date can hold it (a crafted record).
+    pub(crate) fn recorded_at_time(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        chrono::DateTime::from_timestamp_micros(self.recorded_at)
+    }
+}
+
 #[derive(Serialize)]
 struct BodyRef<'a> {
     #[serde(rename = "type")]
@@ -287,8 +297,10 @@ impl RecordView<'_> {
                 serde_json::from_slice(self.json).map_err(|e| format!("bad record body: {e}"))?
             }
         };
-        let recorded_at = chrono::DateTime::from_timestamp_micros(self.meta.recorded_at)
-            .ok_or_else(|| "recorded_at out of range".to_string())?;
+        let recorded_at = self
+            .meta
+            .recorded_at_time()
+            .ok_or_else(|| RECORDED_AT_OUT_OF_RANGE.to_string())?;
         Ok(f(EventRef {
             global_position: self.meta.position,
             stream_id: self.meta.stream_id,

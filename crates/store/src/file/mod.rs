@@ -46,13 +46,13 @@ const LOCK_ATTEMPTS: u32 = 40;
 /// Queued append messages before appenders wait (backpressure).
 const QUEUE: usize = 1024;
 
-/// State shared by the store handle, the writer task and readers.
 /// See [`FileStore::observe_writes`].
 pub(crate) type WriteObserver = Box<dyn Fn(Duration) + Send + Sync>;
 
 /// The longest [`EventStore::settle_recorded_at`] waits: a batch's write and sync.
 const SETTLE_WAIT: Duration = Duration::from_secs(5);
 
+/// State shared by the store handle, the writer task and readers.
 pub(crate) struct Shared {
     index: RwLock<Index>,
     pub(crate) head_tx: watch::Sender<u64>,
@@ -306,9 +306,9 @@ impl FileStore {
 
     /// Calls `observe` (on the log's I/O thread: it must be quick) with the time each batch's
     /// write and, with strict durability, its `fdatasync` took; for a latency histogram. One
-    /// observer per open store: a second call changes nothing and returns false.
-    pub fn observe_writes(&self, observe: impl Fn(Duration) + Send + Sync + 'static) -> bool {
-        self.shared.write_observer.set(Box::new(observe)).is_ok()
+    /// observer per open store: a second call changes nothing.
+    pub fn observe_writes(&self, observe: impl Fn(Duration) + Send + Sync + 'static) {
+        let _ = self.shared.write_observer.set(Box::new(observe));
     }
 
     /// (from the page cache, from the disk): how the writer read the recorded copies of

@@ -708,8 +708,8 @@ fn on_record(
         }
     }
     // A time no reader can turn into a date would fail every read of this record later.
-    if chrono::DateTime::from_timestamp_micros(m.recorded_at).is_none() {
-        return Err(corrupt(path, offset, "recorded_at out of range"));
+    if m.recorded_at_time().is_none() {
+        return Err(corrupt(path, offset, format::RECORDED_AT_OUT_OF_RANGE));
     }
     if m.recorded_at < index.last_recorded_at
         || state

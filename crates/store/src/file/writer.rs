@@ -211,19 +211,12 @@ impl Writer {
                 }
                 if let Some(reply) = close.take() {
                     self.closed = true;
-                    let job = Job {
-                        seq: self.seq,
-                        roll: None,
-                        buf: Vec::new(),
-                        entries: Vec::new(),
-                        head: Head::default(),
-                        seg_len: self.seg_len,
-                        replies: Vec::new(),
-                        close: Some(reply),
-                        check_idle: false,
-                    };
                     // If the I/O thread is gone the reply is dropped: close then reports Ok.
-                    busy = self.jobs.send(job).await.is_ok();
+                    busy = self
+                        .jobs
+                        .send(self.job_without_batch(Some(reply)))
+                        .await
+                        .is_ok();
                     continue;
                 }
                 if input_done {
@@ -262,24 +255,29 @@ impl Writer {
                     if !busy && building.is_none() && accepting && self.unavailable().is_none() =>
                 {
                     next_idle_check = tokio::time::Instant::now() + IDLE_CHECK;
-                    let job = Job {
-                        seq: self.seq,
-                        roll: None,
-                        buf: Vec::new(),
-                        entries: Vec::new(),
-                        head: Head::default(),
-                        seg_len: self.seg_len,
-                        replies: Vec::new(),
-                        close: None,
-                        check_idle: true,
-                    };
-                    busy = self.jobs.send(job).await.is_ok();
+                    busy = self.jobs.send(self.job_without_batch(None)).await.is_ok();
                 }
                 // Unreachable by construction (an idle I/O thread means we accept input).
                 else => break,
             }
         }
         // Dropping `jobs` lets the I/O thread finish (and sync what relaxed mode left).
+    }
+
+    /// A job that writes nothing: the close (`close`), or else the idle store's look at its
+    /// active segment.
+    fn job_without_batch(&self, close: Option<oneshot::Sender<Result<(), StoreError>>>) -> Job {
+        Job {
+            seq: self.seq,
+            roll: None,
+            buf: Vec::new(),
+            entries: Vec::new(),
+            head: Head::default(),
+            seg_len: self.seg_len,
+            replies: Vec::new(),
+            check_idle: close.is_none(),
+            close,
+        }
     }
 
     /// Adds `first` (a received message, or `None` to only poll) and whatever else is queued

@@ -58,6 +58,14 @@ pub fn forget_synced(data_dir: &Path) {
     std::fs::remove_file(synced_mark(data_dir)).unwrap();
 }
 
+/// The store's checksum of `bytes` (CRC32C, masked as LevelDB masks it), for tests that edit a
+/// segment and keep its checksums valid.
+pub fn masked_crc(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(bytes)
+        .rotate_right(15)
+        .wrapping_add(0xa282_ead8)
+}
+
 /// Byte ranges `(start, end)` of the records of one segment's bytes (trusting `len`; a zero
 /// `len` is no record: the zeros a running store reserves after its last one).
 pub fn record_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
