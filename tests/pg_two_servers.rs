@@ -265,6 +265,137 @@ fn two_servers_on_one_database_see_the_same_log_views_feeds_and_tokens() {
     assert_eq!((n_a, &hash_a), (n_b, &hash_b));
 }
 
+/// libfaketime, which runs a process with its clock moved (`FAKETIME`); `None` when it is not
+/// installed (`scripts/test.sh` installs it as root): skipped loudly, or a failure with
+/// `CI=true`. `INCIDENTLOG_TEST_FAKETIME` names another copy.
+fn faketime_lib() -> Option<String> {
+    let found = std::env::var("INCIDENTLOG_TEST_FAKETIME")
+        .ok()
+        .into_iter()
+        .chain(
+            [
+                "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+            ]
+            .map(String::from),
+        )
+        .find(|p| Path::new(p).is_file());
+    if found.is_none() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "libfaketime is not installed and CI=true (apt-get install faketime)"
+        );
+        eprintln!(
+            "\n########## SKIPPED: libfaketime is not installed (apt-get install faketime, or \
+             run `make test` as root) ##########\n"
+        );
+    }
+    found
+}
+
+fn recorded_at_of(server: &Server, token: &str, position: u64) -> chrono::DateTime<chrono::Utc> {
+    let r = server.get(&format!("/v1/events?after={}&limit=1", position - 1), token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let at = r.json()["events"][0]["recorded_at"]
+        .as_str()
+        .expect("recorded_at")
+        .to_string();
+    at.parse()
+        .unwrap_or_else(|e| panic!("recorded_at {at}: {e}"))
+}
+
+/// Two servers whose clocks differ by an hour stamp appends from one clock, the database's:
+/// an `as_of` one server has answered keeps its answer whichever server appends next. When
+/// each server stamped with its own clock, the server an hour behind stamped its append
+/// `max(its clock, the log's last recorded_at)`, i.e. at or before a time the other server had
+/// already answered for, and that answer changed.
+#[test]
+fn servers_whose_clocks_differ_stamp_appends_from_the_database_clock() {
+    let Some(base) = pg_base() else {
+        return;
+    };
+    let Some(faketime) = faketime_lib() else {
+        return;
+    };
+    let url = fresh_database(&base);
+    let (dir_a, dir_b) = (temp_dir(), temp_dir());
+    let admin = token_create(&url, dir_a.path(), "root", "admin");
+    let a = Server::start(dir_a.path(), &["--store", &url]);
+    let b = Server::start_with_env(
+        dir_b.path(),
+        &["--store", &url],
+        &[
+            ("LD_PRELOAD", &faketime),
+            ("FAKETIME", "-1h"),
+            // Timers and timeouts keep the real monotonic clock.
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    // Server b's own clock really is an hour behind (its HTTP `Date` header).
+    let r = b.get("/healthz", &admin);
+    let date = r.header("date").expect("a Date header").to_string();
+    let b_clock = chrono::DateTime::parse_from_rfc2822(&date)
+        .unwrap_or_else(|e| panic!("Date {date}: {e}"))
+        .with_timezone(&chrono::Utc);
+    let behind = chrono::Utc::now() - b_clock;
+    assert!(
+        behind > chrono::TimeDelta::minutes(50),
+        "server b's clock is not behind (Date: {date}): is libfaketime working?"
+    );
+
+    let incident = new_id();
+    let r = a.append(
+        &admin,
+        &incident,
+        &batch(
+            json!(0),
+            vec![reported("missile_strike", "UA-63", "2025-03-01T04:15:00Z")],
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let first = recorded_at_of(&a, &admin, 1);
+    // A moment the log has passed; server a answers for it.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let moment = first + chrono::TimeDelta::milliseconds(500);
+    let as_of = format!(
+        "/v1/incidents/{incident}?as_of={}",
+        moment
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            .replace('+', "%2B")
+    );
+    let before = a.get(&as_of, &admin);
+    assert_eq!(before.status, 200, "{}", before.text());
+    assert_eq!(before.json()["version"], json!(1));
+
+    // Server b, an hour behind, appends the next event.
+    let r = b.append(
+        &admin,
+        &incident,
+        &batch(json!(1), vec![casualties("Ministry", 3)]),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let second = recorded_at_of(&a, &admin, 2);
+    assert!(
+        second > moment,
+        "b's append was stamped {second}, at or before {moment}, which a answered for already"
+    );
+    assert!(
+        second - first < chrono::TimeDelta::minutes(5),
+        "b's append was stamped {second}, not from the database's clock (first: {first})"
+    );
+    // The answer for that moment is the same on both servers, and as before.
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let after = eventually(server, &admin, &format!("/v1/incidents/{incident}"), |v| {
+            v["version"] == json!(2)
+        });
+        assert_eq!(after["version"], json!(2));
+        let again = server.get(&as_of, &admin);
+        assert_eq!(again.status, 200, "{}", again.text());
+        assert_eq!(again.json(), before.json(), "as_of on server {name}");
+    }
+}
+
 const OUTAGE_CHILD_MARK: &str = "INCIDENTLOG_PG_OUTAGE_CHILD";
 
 /// The database goes away under load: the server answers 503 (never hangs, never acknowledges

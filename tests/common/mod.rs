@@ -160,9 +160,21 @@ impl Server {
         server
     }
 
+    /// [`Server::start`] with extra environment variables for the process.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let server = Server::spawn(data_dir, extra, env);
+        server.wait_ready();
+        server
+    }
+
     /// [`Server::start`] without waiting for `/readyz` (for servers that may never be ready).
     pub fn start_unready(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::spawn(data_dir, extra, &[])
+    }
+
+    fn spawn(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = command()
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)

@@ -48,6 +48,22 @@ fn every_error_status_records_nothing() {
     });
     srv.get("/v1/events?after=minus-one", &t.reader)
         .expect_problem(400);
+    // Positions and counts are digits only: Rust's integer parse would take a sign.
+    for query in [
+        "/v1/events?after=%2B1",
+        "/v1/events?limit=%2B5",
+        "/v1/events/stream?after=%2B1",
+        "/v1/regions/UA-63?at_position=%2B1",
+        "/v1/incidents?limit=%2B5",
+    ] {
+        let p = srv.get(query, &t.reader).expect_problem(400);
+        let name = query.split(['?', '=']).nth(1).unwrap_or_default();
+        assert_eq!(
+            p["errors"][0]["pointer"],
+            json!(format!("/{name}")),
+            "{query}: {p}"
+        );
+    }
     srv.get("/v1/incidents/not-a-uuid", &t.reader)
         .expect_problem(400);
 

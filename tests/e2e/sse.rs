@@ -89,6 +89,15 @@ fn catch_up_then_live_without_gap_or_duplicate() {
     append_one(srv.addr, &t.reporter);
     read_until(&mut resumed, 27, 28);
 
+    // A Last-Event-ID that is not one position is refused, not resumed from elsewhere: twice
+    // (once the first was taken), or with a sign.
+    for ids in [&["5", "7"][..], &["+5"], &["5, 7"], &["-1"]] {
+        let mut headers = vec![("Authorization", auth.as_str())];
+        headers.extend(ids.iter().map(|id| ("Last-Event-ID", *id)));
+        let refused = SseStream::open(srv.addr, "/v1/events/stream", &headers);
+        assert_eq!(refused.status, 400, "Last-Event-ID {ids:?}");
+    }
+
     // The feed needs a token like any read.
     let anon = SseStream::open(srv.addr, "/v1/events/stream", &[]);
     assert_eq!(anon.status, 401);

@@ -11,10 +11,19 @@ const SLACK_MICROS: i64 = 1_000_000;
 /// At most one warning this often while it lasts.
 const EVERY: Duration = Duration::from_secs(60);
 
-/// Logs, at most once a minute, that this machine's clock (`now`) is behind the log's latest
+/// Whose clock stamps the appends.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Clock {
+    /// This machine's (the file store).
+    Machine,
+    /// The database server's (PostgreSQL: one clock for every server of the log).
+    Database,
+}
+
+/// Logs, at most once a minute, that the stamping clock (`now`) is behind the log's latest
 /// `recorded_at` (`latest`, both microseconds since the epoch): new appends are stamped with
 /// that later time until the clock passes it.
-pub(crate) fn warn_if_behind(now: i64, latest: i64) {
+pub(crate) fn warn_if_behind(clock: Clock, now: i64, latest: i64) {
     let Some(behind) = behind(now, latest) else {
         return;
     };
@@ -26,11 +35,15 @@ pub(crate) fn warn_if_behind(now: i64, latest: i64) {
     *warned = Some(Instant::now());
     let latest = chrono::DateTime::from_timestamp_micros(latest)
         .map_or_else(|| latest.to_string(), |t| t.to_rfc3339());
+    let whose = match clock {
+        Clock::Machine => "this machine's clock",
+        Clock::Database => "the database server's clock",
+    };
     tracing::warn!(
         behind = ?behind,
         latest = %latest,
-        "this machine's clock is behind the log's latest recorded_at: new appends are stamped \
-         with that time until the clock passes it (was the clock ahead, or set back?)"
+        "{whose} is behind the log's latest recorded_at: new appends are stamped with that \
+         time until the clock passes it (was the clock ahead, or set back?)"
     );
 }
 

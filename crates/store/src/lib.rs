@@ -393,8 +393,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`EventStore::position_at`] gives the same answer for `at` from then on. An event is
     /// stamped with its `recorded_at` when the writer takes it, and becomes readable after its
     /// batch's write and sync: without the wait, a question about the last few milliseconds
-    /// missed events that appeared a moment later. A time not yet past (`at >= now`) cannot
-    /// be settled (later appends may still be stamped at or before it): returns at once.
+    /// missed events that appeared a moment later. A time not yet past by the clock that
+    /// stamps (`at >= now`) cannot be settled (later appends may still be stamped at or
+    /// before it): the file store returns at once; PostgreSQL, whose stamping clock is the
+    /// database's, always waits for the append in flight.
     fn settle_recorded_at(
         &self,
         at: DateTime<Utc>,

@@ -270,6 +270,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// A number in a query string (a position, a count): ASCII digits only. Rust's integer parse
+/// also takes a leading `+` (`after=%2B5`), which is no position a client was ever given;
+/// the same rule as for `Last-Event-ID` ([`position_digits`]).
+pub(crate) fn digits<'de, D, N>(d: D) -> Result<Option<N>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    N: std::str::FromStr,
+    N::Err: std::fmt::Display,
+{
+    let text = <Option<String> as serde::Deserialize>::deserialize(d)?;
+    text.map(|t| position_digits(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// `text` as a number of ASCII digits (no sign, no space).
+pub(crate) fn position_digits<N>(text: &str) -> Result<N, String>
+where
+    N: std::str::FromStr,
+    N::Err: std::fmt::Display,
+{
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("invalid digit found in string".to_owned());
+    }
+    text.parse::<N>().map_err(|e| e.to_string())
+}
+
 /// A 400 for a query string that does not deserialize, with a pointer to the parameter when
 /// axum's message names it (`Failed to deserialize query string: NAME: MESSAGE`, or serde's
 /// "duplicate field `NAME`" / "unknown field `NAME`, expected ..."). Any name a client sent

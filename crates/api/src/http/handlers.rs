@@ -229,6 +229,7 @@ pub(crate) async fn bulk_import(
 #[serde(deny_unknown_fields)]
 pub(crate) struct AsOfParams {
     as_of: Option<String>,
+    #[serde(default, deserialize_with = "super::extract::digits")]
     at_position: Option<u64>,
 }
 
@@ -355,6 +356,7 @@ pub(crate) struct ListParams {
     from: Option<String>,
     to: Option<String>,
     status: Option<String>,
+    #[serde(default, deserialize_with = "super::extract::digits")]
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -444,7 +446,9 @@ pub(crate) struct NoParams {}
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LogParams {
+    #[serde(default, deserialize_with = "super::extract::digits")]
     after: Option<u64>,
+    #[serde(default, deserialize_with = "super::extract::digits")]
     limit: Option<usize>,
 }
 
@@ -685,6 +689,7 @@ impl LongStream {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StreamParams {
+    #[serde(default, deserialize_with = "super::extract::digits")]
     after: Option<u64>,
 }
 
@@ -710,12 +715,20 @@ pub(crate) async fn stream(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamParams>,
 ) -> Result<Response, ApiError> {
-    let last_event_id = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => Some(
+    // Two headers are refused, as two `Authorization` headers are: which one a reconnect
+    // meant is unknown, and it must not silently start elsewhere.
+    let mut ids = headers.get_all("last-event-id").iter();
+    let last_event_id = match (ids.next(), ids.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "Last-Event-ID must be given once: which one to resume after is unknown",
+            ))
+        }
+        (Some(v), None) => Some(
             v.to_str()
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+                .and_then(|s| super::extract::position_digits::<u64>(s.trim()).ok())
                 .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a global position"))?,
         ),
     };
@@ -782,6 +795,7 @@ pub(crate) struct SummaryParams {
     from: Option<String>,
     to: Option<String>,
     as_of: Option<String>,
+    #[serde(default, deserialize_with = "super::extract::digits")]
     at_position: Option<u64>,
 }
 

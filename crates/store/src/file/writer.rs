@@ -397,7 +397,7 @@ impl Writer {
             let at = pin.map_or_else(
                 || {
                     let now = chrono::Utc::now().timestamp_micros();
-                    crate::clock::warn_if_behind(now, *last_time);
+                    crate::clock::warn_if_behind(crate::clock::Clock::Machine, now, *last_time);
                     now.max(*last_time)
                 },
                 |p| p.recorded_at,

@@ -467,14 +467,15 @@ async fn follow_head(shared: Weak<Shared>, config: Config, key: writer::LogKey) 
 }
 
 impl EventStore for PgStore {
-    async fn settle_recorded_at(&self, at: DateTime<Utc>) -> Result<(), StoreError> {
-        if self.read_only || at >= Utc::now() {
+    async fn settle_recorded_at(&self, _at: DateTime<Utc>) -> Result<(), StoreError> {
+        if self.read_only {
             return Ok(());
         }
-        // Events are stamped under the log's append lock: once the lock has been had (after
-        // the transaction in flight, of any server, committed), a head read in a new statement
-        // includes everything stamped before now. (Servers whose clocks differ can still stamp
-        // "before" later: `recorded_at` is each server's own clock.)
+        // Events are stamped under the log's append lock with the database's clock: once the
+        // lock has been had (after the transaction in flight, of any server, committed), a
+        // head read in a new statement includes everything stamped before that moment, and
+        // whatever commits later is stamped after it. No shortcut for an `at` this server's
+        // clock has not reached: the database's clock, which stamps, may have.
         let c = self.pool.get().await?;
         timed(
             "settle",

@@ -153,8 +153,13 @@ impl WriterConn {
                     client.batch_execute("SET synchronous_commit TO on").await?;
                 }
             }
+            // The database's clock with the head (one row even for an empty log): every
+            // server of the log stamps appends from this one clock, so a time the log has
+            // passed stays passed whichever server appends next.
             let head = client.prepare(
-                "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1",
+                "SELECT clock_timestamp(), h.position, h.hash, h.recorded_at FROM (SELECT 1) AS one \
+                 LEFT JOIN (SELECT position, hash, recorded_at FROM events \
+                 ORDER BY position DESC LIMIT 1) AS h ON true",
             );
             let ids = client.prepare(
                 "SELECT event_id, position, stream_id, stream_version, event_type, data, \
@@ -426,6 +431,8 @@ enum RecordedAt<'a> {
 struct Locked {
     head: Head,
     last_recorded_at: Option<DateTime<Utc>>,
+    /// The database's clock, read under the lock: what appends are stamped with.
+    db_now: DateTime<Utc>,
     /// Rows of the `ids` statement for the batch's event ids.
     id_rows: Vec<tokio_postgres::Row>,
     /// Each stream's current version (0: none).
@@ -477,23 +484,27 @@ async fn lock_and_read<'r>(
     streams.dedup();
     let (_, head_row, id_rows, version_rows) = futures_util::future::try_join4(
         c.client.batch_execute(&c.lock_sql),
-        c.client.query_opt(&c.head, &[]),
+        c.client.query_one(&c.head, &[]),
         c.client.query(&c.ids, &[&all_ids]),
         c.client.query(&c.versions, &[&streams]),
     )
     .await
     .map_err(db_error)?;
-    let (head, last_recorded_at) = match &head_row {
-        Some(row) => {
-            let p: i64 = row.get(0);
-            let h: &[u8] = row.get(1);
+    let db_now: DateTime<Utc> = head_row
+        .try_get(0)
+        .map_err(|e| StoreError::Unavailable(format!("PostgreSQL: the database's clock: {e}")))?;
+    let (head, last_recorded_at) = match head_row.get::<_, Option<i64>>(1) {
+        Some(p) => {
+            let h: &[u8] = head_row
+                .try_get(2)
+                .map_err(|e| super::record::corrupt(p, format!("hash: {e}")))?;
             let hash: [u8; 32] = h
                 .try_into()
                 .map_err(|_| super::record::corrupt(p, "hash is not 32 bytes"))?;
             // A time chrono cannot hold (written by hand: 'infinity') is damage, not a panic
             // of the writer task.
-            let at: DateTime<Utc> = row
-                .try_get(2)
+            let at: DateTime<Utc> = head_row
+                .try_get(3)
                 .map_err(|e| super::record::corrupt(p, format!("recorded_at: {e}")))?;
             let position = u64::try_from(p).unwrap_or(0);
             (Head { position, hash }, Some(at))
@@ -511,6 +522,7 @@ async fn lock_and_read<'r>(
     Ok(Locked {
         head,
         last_recorded_at,
+        db_now,
         id_rows,
         versions,
     })
@@ -591,14 +603,22 @@ async fn commit_batch_inner(
     let Locked {
         head,
         last_recorded_at,
+        db_now,
         id_rows,
         mut versions,
     } = lock_and_read(c, requests.iter().copied()).await?;
     let (mut position, mut prev_hash) = (head.position, head.hash);
-    let now = truncate_to_micros(Utc::now());
+    // Stamped from the database's clock, not this server's: with servers whose clocks differ,
+    // a server behind would otherwise stamp "before" a time another server has already
+    // answered an `as_of` for, and that answer would change.
+    let now = truncate_to_micros(db_now);
     let recorded_at = match last_recorded_at {
         Some(last) if last > now => {
-            crate::clock::warn_if_behind(now.timestamp_micros(), last.timestamp_micros());
+            crate::clock::warn_if_behind(
+                crate::clock::Clock::Database,
+                now.timestamp_micros(),
+                last.timestamp_micros(),
+            );
             last
         }
         _ => now,
@@ -691,6 +711,7 @@ async fn restore_batch_inner(
     let Locked {
         head,
         last_recorded_at: mut last_at,
+        db_now: _,
         id_rows,
         mut versions,
     } = lock_and_read(c, appends.iter().map(|a| &a.request)).await?;
