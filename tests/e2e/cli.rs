@@ -440,6 +440,39 @@ fn tokens_help_and_usage_errors() {
     assert!(t["revoked_at"].is_string(), "{t}");
     let out = cli(&["token", "revoke", "--data-dir", data, "--name", "nobody"]);
     assert_eq!(out.status.code(), Some(1));
+    // Revoking again says so (and is no error).
+    let again = cli_ok(&["token", "revoke", "--data-dir", data, "--name", "desk"]);
+    assert!(
+        again.starts_with("desk was already revoked (at "),
+        "{again}"
+    );
+    // Revoking the last admin warns: only `token create` opens the admin API again (a first
+    // start makes no admin while any token, revoked or not, exists), and `serve` says so.
+    create_token(dir.path(), "boss", "admin");
+    let out = cli(&["token", "revoke", "--data-dir", data, "--name", "boss"]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("boss was the last active admin token"),
+        "{err}"
+    );
+    let mut serve = command()
+        .args(["serve", "--data-dir", data, "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut stdout = std::io::BufReader::new(serve.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).expect("read stdout");
+        assert!(n > 0, "serve exited before it listened");
+    }
+    let _ = serve.kill();
+    let out = serve.wait_with_output().expect("serve's stderr");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no admin token is active"), "{err}");
 
     // Help explains the flags; a bad flag is a usage error (2).
     let help = cli_ok(&["serve", "--help"]);
@@ -517,6 +550,33 @@ fn flags_come_from_incidentlog_env_vars() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("--rate-limit") && !stderr.contains("INCIDENTLOG_RATE_LIMIT"),
+        "{stderr}"
+    );
+    // Flags in conflict name the variable that set one of them, the user's own errors too.
+    let out = cli_with_env(
+        &["replay", "--as-of", "2026-01-01T00:00:00Z"],
+        &[
+            ("INCIDENTLOG_DATA_DIR", data_dir),
+            ("INCIDENTLOG_AT_POSITION", "5".as_ref()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--at-position is set by the environment variable INCIDENTLOG_AT_POSITION"),
+        "{stderr}"
+    );
+    let out = cli_with_env(
+        &["export"],
+        &[
+            ("INCIDENTLOG_DATA_DIR", data_dir),
+            ("INCIDENTLOG_REGION", "UA-63".as_ref()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--region is set by the environment variable INCIDENTLOG_REGION"),
         "{stderr}"
     );
     // Switches take the usual spellings from the environment: 1/0, yes/no, on/off, true/false.
@@ -1183,6 +1243,17 @@ fn restore_rebuilds_an_exported_log_exactly() {
         serde_json::from_str::<Value>(&out).unwrap()["digest"].clone()
     };
 
+    // `import` of an export refuses every line, and points to `restore`.
+    let out = cli(&[
+        "import",
+        d(&export),
+        "--data-dir",
+        d(&dir.path().join("imported")),
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`incidentlog restore FILE`"), "{stderr}");
+
     let restored = dir.path().join("restored");
     let out = cli_ok(&["restore", d(&export), "--data-dir", d(&restored)]);
     assert!(out.contains("restored:  12 events"), "{out}");
@@ -1491,6 +1562,18 @@ fn exports_select_incidents_and_go_back_in_time() {
     assert_eq!(prefix[..], log[..seed_events as usize]);
     let prefix_as_of = cli_ok(&["export", "--data-dir", data_s, "--as-of", &cut_at]);
     assert_eq!(prefix_as_of.lines().count() as u64, seed_events);
+    // A cut inside an append (the seed's first line is one append of two events) is written
+    // as asked, with a note that `restore` will refuse it; a cut between appends has none.
+    for (position, inside) in [("1", true), ("2", false), (cut.as_str(), false)] {
+        let out = cli(&["export", "--data-dir", data_s, "--at-position", position]);
+        assert!(out.status.success(), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains("is inside an append"),
+            inside,
+            "--at-position {position}: {stderr}"
+        );
+    }
     assert!(cli_ok(&[
         "export",
         "--data-dir",
@@ -1719,6 +1802,33 @@ fn exports_are_owner_only_and_a_cut_off_export_fails() {
     let text = std::fs::read_to_string(&appended).unwrap();
     assert!(text.starts_with("prior content\n{"), "{text}");
     assert_eq!(text.lines().count(), 11, "{text}");
+
+    // A device or a FIFO (feeding a compressor) is no file to sync: the export succeeds.
+    for format in ["ndjson", "csv"] {
+        let out = cli(&[
+            "export",
+            "--data-dir",
+            data_s,
+            "--format",
+            format,
+            "-o",
+            "/dev/null",
+        ]);
+        assert!(out.status.success(), "-o /dev/null ({format}): {out:?}");
+    }
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).expect("read the FIFO"))
+    };
+    let out = cli(&["export", "--data-dir", data_s, "-o", d(&fifo)]);
+    assert!(out.status.success(), "-o FIFO: {out:?}");
+    assert_eq!(reader.join().expect("reader").lines().count(), 10);
 }
 
 /// Ctrl-C during `incidentlog import` stops it between two lines, once the chunk being

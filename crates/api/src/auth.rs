@@ -115,6 +115,15 @@ pub async fn ensure_admin_token(store: &Store) -> Result<Option<String>, ApiErro
     }
 }
 
+/// Whether any token of `records` may still call the admin API. Revoked tokens count as
+/// tokens (a first start makes no new admin once any exist), so revoking the last admin
+/// leaves a store that only `incidentlog token create` can open to an admin again.
+pub fn has_active_admin(records: &[TokenRecord]) -> bool {
+    records
+        .iter()
+        .any(|t| t.revoked_at.is_none() && t.role == Role::Admin.as_str())
+}
+
 /// Who is making a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {

@@ -67,22 +67,27 @@ enum Cmd {
         /// Number of events (the last line may overshoot by one event).
         #[arg(long)]
         events: u64,
+        /// The NDJSON file to write (lines of POST /v1/events).
         #[arg(long)]
         out: PathBuf,
         /// Also write the same events as COPY text rows
         /// (incident_id, stream_version, event_id, event_type, data, recorded_by).
         #[arg(long)]
         copy_out: Option<PathBuf>,
+        /// Seed of the generator: the same seed writes the same file.
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
     /// Write a pgbench script inserting one event row per transaction (the row of one
     /// single-event HTTP append), and the DDL of the peer table.
     PgbenchScript {
+        /// The pgbench script to write.
         #[arg(long)]
         out: PathBuf,
+        /// The SQL that creates the peer table, to write.
         #[arg(long)]
         ddl_out: PathBuf,
+        /// Seed of the generator: the same seed writes the same script.
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -91,10 +96,13 @@ enum Cmd {
     Append {
         #[command(flatten)]
         t: Target,
+        /// Keep-alive connections, each with one request at a time.
         #[arg(long, default_value_t = 64)]
         connections: usize,
+        /// How long to run, in seconds.
         #[arg(long, default_value_t = 10.0)]
         duration_secs: f64,
+        /// Stop after this many requests in all.
         #[arg(long, default_value_t = 5_000_000)]
         max_requests: u64,
         /// Two events per request (IncidentReported then CasualtiesReported).
@@ -106,8 +114,10 @@ enum Cmd {
         /// Stop every connection as soon as the server goes away (kill drills).
         #[arg(long)]
         stop_on_disconnect: bool,
+        /// Seed of the generator: the same seed sends the same requests.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Name of the figures in the `BENCH` output lines.
         #[arg(long, default_value = "http_append")]
         name: String,
     },
@@ -115,6 +125,7 @@ enum Cmd {
     Import {
         #[command(flatten)]
         t: Target,
+        /// The NDJSON file to send (as `gen` writes it).
         #[arg(long)]
         file: PathBuf,
         /// Body size in MiB (the server's bulk limit is 64 MiB).
@@ -123,6 +134,7 @@ enum Cmd {
         /// Concurrent bodies. 1 keeps the file's order (lines use exact expected versions).
         #[arg(long, default_value_t = 1)]
         connections: usize,
+        /// Name of the figures in the `BENCH` output lines.
         #[arg(long, default_value = "http_import")]
         name: String,
     },
@@ -130,15 +142,19 @@ enum Cmd {
     Get {
         #[command(flatten)]
         t: Target,
+        /// Keep-alive connections, each with one request at a time.
         #[arg(long, default_value_t = 64)]
         connections: usize,
+        /// How long to run, in seconds.
         #[arg(long, default_value_t = 5.0)]
         duration_secs: f64,
+        /// Stop after this many requests in all.
         #[arg(long, default_value_t = 5_000_000)]
         max_requests: u64,
         /// Path(s) to request, e.g. `/v1/regions/{region}`.
         #[arg(long, required = true)]
         path: Vec<String>,
+        /// Name of the figures in the `BENCH` output lines.
         #[arg(long, default_value = "http_get")]
         name: String,
     },
@@ -147,6 +163,7 @@ enum Cmd {
     CheckAcks {
         #[command(flatten)]
         t: Target,
+        /// Files of acknowledged event ids, one per line (as `append --ack-file` writes them).
         #[arg(long, required = true, num_args = 1..)]
         acks: Vec<PathBuf>,
         /// Also fail when the log holds events that were never acknowledged (when every
@@ -164,27 +181,34 @@ enum Cmd {
     Hostile {
         #[command(flatten)]
         t: Target,
+        /// Hostile requests to send.
         #[arg(long, default_value_t = 1200)]
         count: usize,
         /// Slow clients held open at once.
         #[arg(long, default_value_t = 64)]
         slow_clients: usize,
+        /// How long the slow clients trickle, in seconds.
         #[arg(long, default_value_t = 5.0)]
         slow_secs: f64,
         /// Server pid, for the resident memory check.
         #[arg(long)]
         pid: Option<u32>,
+        /// Fail when the server's resident memory grows past this many MiB.
         #[arg(long, default_value_t = 512)]
         rss_limit_mib: u64,
+        /// Seed of the generator: the same seed sends the same requests.
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
     /// The disk's own limit: one ~300-byte write + fdatasync per op, single writer.
     Fsync {
+        /// Directory to write the scratch file in (on the disk to measure).
         #[arg(long)]
         dir: PathBuf,
+        /// How long to measure, in seconds.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Stop after this many write + fdatasync operations.
         #[arg(long, default_value_t = 1_000_000)]
         max_ops: u64,
     },

@@ -53,6 +53,23 @@ fn progress_bar(len: Option<u64>, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// A progress bar over `len` bytes, its message (`{n} WHAT`) set by the caller.
+fn progress_bar_bytes(len: u64, what: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()).with_style(
+        ProgressStyle::with_template(
+            "{spinner} [{wide_bar}] {bytes}/{total_bytes}, {msg} ({eta} left)",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("0 {what}"));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
 // ---------------------------------------------------------------------------------------------
 // replay
 
@@ -320,6 +337,8 @@ struct ReadAhead {
     /// Chunks read through go back to the reading thread to be filled again: a fresh megabyte
     /// per read costs its zeroing and page faults.
     used: std::sync::mpsc::Sender<Vec<u8>>,
+    /// Bytes the import has taken so far (for a progress bar over a file's size).
+    consumed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 const READ_CHUNK: usize = 1 << 20;
@@ -356,7 +375,13 @@ impl ReadAhead {
             chunk: Vec::new(),
             at: 0,
             used,
+            consumed: Arc::default(),
         })
+    }
+
+    /// The count of bytes taken, as it grows.
+    fn consumed(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.consumed.clone()
     }
 }
 
@@ -387,7 +412,10 @@ impl tokio::io::AsyncBufRead for ReadAhead {
 
     fn consume(self: std::pin::Pin<&mut Self>, n: usize) {
         let this = self.get_mut();
-        this.at = (this.at + n).min(this.chunk.len());
+        let n = n.min(this.chunk.len() - this.at);
+        this.at += n;
+        this.consumed
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -434,14 +462,23 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
     let service = AppService::start_offline(store.clone())
         .await
         .context("cannot start the service")?;
-    // Lines are only known as they are read: a spinner with a count for big inputs.
-    let bar = if size.is_none_or(|s| s >= 4 << 20) {
-        progress_bar(None, "lines")
-    } else {
-        indicatif::ProgressBar::hidden()
+    // A file of known size: a bar over its bytes, with the lines so far. Standard input (or
+    // a pipe): a spinner with the count of lines.
+    let consumed = reader.consumed();
+    let (bar, by_bytes) = match size {
+        Some(s) if s >= 4 << 20 => (progress_bar_bytes(s, "lines"), true),
+        Some(_) => (indicatif::ProgressBar::hidden(), false),
+        None => (progress_bar(None, "lines"), false),
     };
     let progress_bar = bar.clone();
-    let progress = move |n: u64| progress_bar.set_position(n);
+    let progress = move |n: u64| {
+        if by_bytes {
+            progress_bar.set_position(consumed.load(std::sync::atomic::Ordering::Relaxed));
+            progress_bar.set_message(format!("{n} lines"));
+        } else {
+            progress_bar.set_position(n);
+        }
+    };
     // Ctrl-C (or SIGTERM) stops the import between two lines, once the chunk being written is
     // durable, and says where: running it again imports the rest.
     let interrupted = stop_imports_on_signal(&service)?;
@@ -470,11 +507,29 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &report)?;
     writeln!(out)?;
+    drop(out);
+    if report.rejected.iter().any(looks_like_an_exported_event) {
+        crate::say(format_args!(
+            "note: the rejected lines look like an `incidentlog export` (recorded events, with \
+             global_position and hash): `incidentlog restore FILE` rebuilds a log from one; \
+             `import` takes the lines of POST /v1/events ({{\"incident_id\", \"events\": [...]}})"
+        ));
+    }
     Ok(if report.rejected.is_empty() {
         exit::OK
     } else {
         exit::REJECTED
     })
+}
+
+/// A line refused for carrying the fields only a recorded event has.
+fn looks_like_an_exported_event(line: &incidentlog_api::service::RejectedLine) -> bool {
+    let unknown = |pointer: &str| {
+        line.errors
+            .iter()
+            .any(|e| e.pointer == pointer && e.message == "unknown field")
+    };
+    unknown("/global_position") && unknown("/hash")
 }
 
 /// A task that asks `service`'s imports to stop on the first SIGINT, SIGTERM or SIGHUP (installed
@@ -998,8 +1053,21 @@ impl ExportArgs {
 pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
     let query = match args.query() {
         Ok(q) if (q.is_some() || args.include_retracted) && args.format == ExportFormat::Ndjson => {
+            let behind = crate::flags_from_environment(&[
+                "region",
+                "kind",
+                "claim-status",
+                "from",
+                "to",
+                "include-retracted",
+            ]);
+            let note = if behind.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", crate::set_by(&behind))
+            };
             crate::say(format_args!(
-                "error: --region, --kind, --claim-status, --from, --to and --include-retracted select incident views: use them with --format csv or geojson (the ndjson log is whole, or cut with --as-of/--at-position)"
+                "error: --region, --kind, --claim-status, --from, --to and --include-retracted select incident views: use them with --format csv or geojson (the ndjson log is whole, or cut with --as-of/--at-position){note}"
             ));
             return Ok(exit::USAGE);
         }
@@ -1053,7 +1121,35 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
             .commit()
             .with_context(|| format!("cannot write the export to {to}"))?;
     }
+    if args.format == ExportFormat::Ndjson
+        && head < log_head
+        && !cut_between_appends(&store, head).await
+    {
+        crate::say(format_args!(
+            "note: position {head} is inside an append (its events go on after it): `restore` \
+             refuses this export, which holds part of it; --at-position at the append's last \
+             event, or --as-of, cuts between appends"
+        ));
+    }
     Ok(exit::OK)
+}
+
+/// Whether the event at `position` ends its append (a log cut after it can be restored).
+/// A read that fails says nothing: the export itself is complete.
+async fn cut_between_appends(store: &incidentlog_store::Store, position: u64) -> bool {
+    if position == 0 {
+        return true;
+    }
+    let after = position.saturating_sub(2);
+    let want = usize::try_from(position - after).unwrap_or(2);
+    let Ok(events) = store.read_all(after, want).await else {
+        return true;
+    };
+    match events.as_slice() {
+        [e] => incidentlog_store::ends_an_append(&[0; 32], e),
+        [before, e] => incidentlog_store::ends_an_append(&before.hash, e),
+        _ => true,
+    }
 }
 
 /// Writes the export of the log up to `head` to `out`.
@@ -1232,7 +1328,11 @@ impl ExportFile {
 
     /// Syncs the complete export and puts it in place.
     fn commit(mut self) -> anyhow::Result<()> {
-        self.file.sync_all()?;
+        // Only a regular file has anything to sync: fsync of a pipe or a device (`-o
+        // /dev/null`, a FIFO feeding gzip) fails with EINVAL after every byte went through.
+        if self.file.metadata()?.file_type().is_file() {
+            self.file.sync_all()?;
+        }
         let Some(tmp) = self.staged.take() else {
             return Ok(());
         };
@@ -1605,9 +1705,23 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
         }
         TokenCommand::Revoke { store, name } => {
             let access = TokenAccess::open(&store, TokenMode::Edit).await?;
-            checked_table(&access).await?;
+            let mut tokens = checked_table(&access).await?;
+            if let Some(at) = tokens
+                .iter()
+                .find(|t| t.name == name)
+                .and_then(|t| t.revoked_at)
+            {
+                access.close().await?;
+                let at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                writeln!(
+                    std::io::stdout().lock(),
+                    "{name} was already revoked (at {at})"
+                )?;
+                return Ok(exit::OK);
+            }
+            let at = Utc::now();
             let found = access
-                .revoke(&name, Utc::now())
+                .revoke(&name, at)
                 .await
                 .with_context(|| format!("cannot revoke token {name:?}"))?;
             access.close().await?;
@@ -1615,6 +1729,17 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<u8> {
                 bail!("no token named {name:?}");
             }
             writeln!(std::io::stdout().lock(), "revoked {name}")?;
+            let had_admin = incidentlog_api::auth::has_active_admin(&tokens);
+            for t in tokens.iter_mut().filter(|t| t.name == name) {
+                t.revoked_at = Some(at);
+            }
+            if had_admin && !incidentlog_api::auth::has_active_admin(&tokens) {
+                tracing::warn!(
+                    "{name} was the last active admin token: the admin API now answers 403 to \
+                     every token, until `{} --name NAME --role admin` makes another",
+                    crate::serve::token_command_hint(&store)
+                );
+            }
         }
     }
     Ok(exit::OK)

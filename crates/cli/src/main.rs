@@ -605,16 +605,90 @@ fn exit_with_usage_error(e: clap::Error) -> ! {
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let from_env = variable_of_bad_value(&e, &args, |name| std::env::var_os(name).is_some());
-    match from_env {
-        Some(name) => {
-            let rendered = e.render().to_string();
-            let (first, rest) = rendered.split_once('\n').unwrap_or((&rendered, ""));
-            eprint!("{first} (set by the environment variable {name})\n{rest}");
+    let is_set = |name: &str| std::env::var_os(name).is_some();
+    let rendered = e.render().to_string();
+    let (first, rest) = rendered.split_once('\n').unwrap_or((&rendered, ""));
+    if let Some(name) = variable_of_bad_value(&e, &args, is_set) {
+        eprint!("{first} (set by the environment variable {name})\n{rest}");
+        std::process::exit(e.exit_code());
+    }
+    if e.kind() == clap::error::ErrorKind::ArgumentConflict {
+        let flags = conflicting_flags(&e);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let behind = variables_behind(&flags, &args, is_set);
+        if !behind.is_empty() {
+            eprint!("{first} ({})\n{rest}", set_by(&behind));
             std::process::exit(e.exit_code());
         }
-        None => e.exit(),
     }
+    e.exit()
+}
+
+/// The long names (without `--`) of the flags a conflict error names.
+fn conflicting_flags(e: &clap::Error) -> Vec<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let mut named = Vec::new();
+    for kind in [ContextKind::InvalidArg, ContextKind::PriorArg] {
+        match e.get(kind) {
+            Some(ContextValue::String(s)) => named.push(s.clone()),
+            Some(ContextValue::Strings(v)) => named.extend(v.iter().cloned()),
+            _ => {}
+        }
+    }
+    named
+        .iter()
+        .filter_map(|a| a.split_whitespace().next()?.strip_prefix("--"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Of the flags `longs` (names without `--`), those given by their `INCIDENTLOG_*` variable
+/// rather than on the command line (`args`): `(flag, variable)`, for errors that name a flag
+/// the user never typed.
+pub(crate) fn variables_behind(
+    longs: &[&str],
+    args: &[String],
+    is_set: impl Fn(&str) -> bool,
+) -> Vec<(String, String)> {
+    let variables = flag_variables();
+    longs
+        .iter()
+        .filter_map(|long| {
+            let name = variables
+                .iter()
+                .find_map(|(flag, env)| (flag.as_deref() == Some(*long)).then_some(env))?;
+            let flag = format!("--{long}");
+            let on_command_line = args
+                .iter()
+                .any(|a| *a == flag || a.starts_with(&format!("{flag}=")));
+            (!on_command_line && is_set(name)).then(|| (flag, name.clone()))
+        })
+        .collect()
+}
+
+/// "--a is set by the environment variable A, --b by B".
+pub(crate) fn set_by(behind: &[(String, String)]) -> String {
+    behind
+        .iter()
+        .enumerate()
+        .map(|(i, (flag, var))| {
+            if i == 0 {
+                format!("{flag} is set by the environment variable {var}")
+            } else {
+                format!("{flag} by {var}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// [`variables_behind`] for this process's command line and environment.
+pub(crate) fn flags_from_environment(longs: &[&str]) -> Vec<(String, String)> {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    variables_behind(longs, &args, |name| std::env::var_os(name).is_some())
 }
 
 /// The `INCIDENTLOG_*` variable that gave the value `e` refuses: the flag `e` names reads it,
@@ -635,14 +709,9 @@ fn variable_of_bad_value(
         return None;
     };
     let long = arg.split_whitespace().next()?.strip_prefix("--")?;
-    let name = flag_variables()
-        .into_iter()
-        .find_map(|(flag, env)| (flag.as_deref() == Some(long)).then_some(env))?;
-    let flag = format!("--{long}");
-    let on_command_line = args
-        .iter()
-        .any(|a| *a == flag || a.starts_with(&format!("{flag}=")));
-    (!on_command_line && is_set(&name)).then_some(name)
+    variables_behind(&[long], args, is_set)
+        .pop()
+        .map(|(_, name)| name)
 }
 
 /// Every flag of every command that reads an environment variable: (its long name, the

@@ -345,7 +345,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
                 tracing::warn!(error = %e, "could not reload the tokens after the first one");
             }
         }
-        None => tracing::debug!("tokens exist; no first admin token created"),
+        None => match store.tokens().await {
+            Ok(tokens) if !incidentlog_api::auth::has_active_admin(&tokens) => tracing::warn!(
+                "no admin token is active (every one was revoked): the admin API answers 403 to every \
+                 token; create one with `{} --name NAME --role admin`",
+                token_command_hint(&args.store)
+            ),
+            _ => tracing::debug!("tokens exist; no first admin token created"),
+        },
     }
     if stop.arrived() {
         tracing::info!("the signal came during the start-up: stopping before serving");
@@ -378,7 +385,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
 
 /// The `token create` command for this server's store, as far as it can be shown (a
 /// PostgreSQL URL may hold a password: named, not printed).
-fn token_command_hint(store: &StoreArgs) -> String {
+pub(crate) fn token_command_hint(store: &StoreArgs) -> String {
     match &store.store {
         Backend::Postgres(_) => {
             "incidentlog token create --store <this server's postgres:// URL>".to_string()

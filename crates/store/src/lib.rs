@@ -33,7 +33,7 @@ pub mod pg;
 pub mod restore;
 mod subscription;
 pub use file::FileStore;
-pub use restore::{RecordedAppend, Regrouper};
+pub use restore::{ends_an_append, RecordedAppend, Regrouper};
 pub use subscription::{subscribe, subscribe_map};
 
 /// Identifies a stream (for incidentlog: an incident).

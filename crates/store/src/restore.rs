@@ -65,6 +65,19 @@ fn hash_as(prev: &[u8; 32], e: &RecordedEvent, index: usize, len: usize) -> [u8;
     chain_hash(prev, &RecordFields::of(e, index as u32, len as u32))
 }
 
+/// Whether `event`, chained after `prev` (the hash of the event before it in the log), is the
+/// last event of its append, so that a log cut after it holds whole appends (what
+/// [`Regrouper`] and `restore` need). Its hash tells: each index the event could have in its
+/// append is tried (an append's events are consecutive versions of one stream, so fewer than
+/// its `stream_version`).
+pub fn ends_an_append(prev: &[u8; 32], event: &RecordedEvent) -> bool {
+    let most = event.stream_version.min(event.global_position);
+    (0..most).any(|i| {
+        let i = i as usize;
+        hash_as(prev, event, i, i + 1) == event.hash
+    })
+}
+
 impl Default for Regrouper {
     fn default() -> Regrouper {
         Regrouper::new()
@@ -293,5 +306,42 @@ mod tests {
         }
         let err = regroup(back_in_time).unwrap_err().to_string();
         assert!(err.contains("recorded before"), "{err}");
+    }
+
+    /// The ends of appends are told from the hashes alone: a log of appends of 1, 3 and 2
+    /// events (stream a: one, then three; stream b: two).
+    #[test]
+    fn an_append_s_last_event_is_known_by_its_hash() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let appends: [(StreamId, u64, usize); 3] = [(a, 1, 1), (a, 2, 3), (b, 1, 2)];
+        let at = DateTime::from_timestamp_micros(1_767_225_600_000_000).unwrap_or_default();
+        let mut log = Vec::new();
+        let mut prev = [0u8; 32];
+        for (stream_id, first_version, len) in appends {
+            for i in 0..len {
+                let mut e = RecordedEvent {
+                    global_position: log.len() as u64 + 1,
+                    stream_id,
+                    stream_version: first_version + i as u64,
+                    event_id: Uuid::new_v4(),
+                    event_type: "Thing".into(),
+                    data: RawValue::from_string("{}".into()).unwrap(),
+                    recorded_at: at,
+                    recorded_by: "desk".into(),
+                    hash: [0; 32],
+                };
+                e.hash = hash_as(&prev, &e, i, len);
+                prev = e.hash;
+                log.push(e);
+            }
+        }
+        let mut prev = [0u8; 32];
+        let mut ends = Vec::new();
+        for e in &log {
+            ends.push(ends_an_append(&prev, e));
+            prev = e.hash;
+        }
+        assert_eq!(ends, [true, false, false, true, false, true]);
+        assert_eq!(regroup(log).unwrap(), 3);
     }
 }
