@@ -1222,14 +1222,42 @@ async fn acknowledged_events_missing_from_the_end_are_refused() {
     let store = FileStore::open(&opts(src.path(), 600)).await.unwrap();
     assert_eq!(store.head().position, ids.len() as u64);
     let text = std::fs::read_to_string(synced_mark(src.path())).unwrap();
-    assert_eq!(
-        text,
-        format!(
-            "incidentlog-synced-v1 {} {}\n",
-            ids.len(),
-            store.head().hash_hex()
-        )
+    assert_eq!(text, mark_text(ids.len() as u64, &store.head().hash_hex()));
+    store.close().await.unwrap();
+    drop(store);
+
+    // One hex digit of the mark flipped (a bad sector, not an edit of the log): its checksum
+    // says the mark is damaged, not that the log changed under it.
+    let mut words: Vec<String> = text.split(' ').map(str::to_string).collect();
+    let digit = if words[2].starts_with('0') { "1" } else { "0" };
+    words[2].replace_range(..1, digit);
+    let flipped = words.join(" ");
+    assert_ne!(flipped, text);
+    std::fs::write(synced_mark(src.path()), &flipped).unwrap();
+    let (_, _, reason) = refused(src.path(), true).await;
+    assert!(
+        reason.contains("the synced mark itself is damaged") && !reason.contains("history"),
+        "{reason}"
     );
+    // A mark of the format before checksums (v1) still reads; the next mark is v2.
+    let v1 = text.rsplit_once(' ').unwrap().0.replace("-v2 ", "-v1 ") + "\n";
+    std::fs::write(synced_mark(src.path()), &v1).unwrap();
+    let store = FileStore::open(&opts(src.path(), 600)).await.unwrap();
+    store
+        .append(append_req(Uuid::new_v4(), vec![new_event(999)]))
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(synced_mark(src.path())).unwrap(),
+        mark_text(ids.len() as u64 + 1, &store.head().hash_hex())
+    );
+}
+
+/// The text of a synced mark (v2: with the CRC32C of its words).
+fn mark_text(position: u64, hash_hex: &str) -> String {
+    let words = format!("incidentlog-synced-v2 {position} {hash_hex}");
+    format!("{words} {:08x}\n", crc32c::crc32c(words.as_bytes()))
 }
 
 /// A store dropped without `close` while appends are still queued (their callers gone) keeps
@@ -1293,7 +1321,7 @@ async fn the_synced_mark_follows_an_open_log() {
             .await
             .unwrap();
     }
-    let want = format!("incidentlog-synced-v1 3 {}\n", store.head().hash_hex());
+    let want = mark_text(3, &store.head().hash_hex());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while std::fs::read_to_string(synced_mark(dir.path()))
         .ok()

@@ -26,7 +26,10 @@ pub(crate) const FILE_NAME: &str = "SYNCED";
 /// New marks are written under this prefix and a random suffix (two stores of one process
 /// may overlap for a moment: never one file for both), then renamed.
 const TMP_PREFIX: &str = "SYNCED.tmp-";
-const MAGIC: &str = "incidentlog-synced-v1";
+/// Marks are written as v2: v1's words and a CRC32C of them, so that damage to the mark
+/// itself is told from a log that changed under it. v1 marks (no checksum) are still read.
+const MAGIC: &str = "incidentlog-synced-v2";
+const MAGIC_V1: &str = "incidentlog-synced-v1";
 /// The mark is rewritten at most this often.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 
@@ -49,29 +52,68 @@ pub(crate) fn read(log_dir: &Path) -> Result<Option<Head>, StoreError> {
     let Ok(text) = String::from_utf8(bytes) else {
         return Err(corrupt(&path, 0, "not a synced mark (not UTF-8)"));
     };
-    parse(&text).map(Some).ok_or_else(|| {
-        corrupt(
+    match parse(&text) {
+        Ok(head) => Ok(Some(head)),
+        Err(Unreadable::Damaged) => Err(corrupt(
+            &path,
+            0,
+            format!(
+                "the synced mark itself is damaged (its checksum does not match its words: \
+                 {:?}), which says nothing of the log; remove {} to open the log without it \
+                 (`incidentlog verify` then checks the log's chain)",
+                text.trim_end(),
+                path.display()
+            ),
+        )),
+        Err(Unreadable::NotAMark) => Err(corrupt(
             &path,
             0,
             format!("not a synced mark: {:?}", text.trim_end()),
-        )
-    })
+        )),
+    }
 }
 
-fn parse(text: &str) -> Option<Head> {
-    let mut words = text.strip_suffix('\n')?.split(' ');
-    let (magic, position, hash) = (words.next()?, words.next()?, words.next()?);
-    if magic != MAGIC || words.next().is_some() {
-        return None;
-    }
-    Some(Head {
-        position: position.parse().ok().filter(|p| *p > 0)?,
-        hash: from_hex_32(hash)?,
+/// Why a mark's text cannot be read.
+#[derive(Debug, PartialEq)]
+enum Unreadable {
+    /// Not the shape of a mark.
+    NotAMark,
+    /// A v2 mark whose checksum fails: the file was damaged (a flipped bit, a bad sector).
+    Damaged,
+}
+
+fn parse(text: &str) -> Result<Head, Unreadable> {
+    let line = text.strip_suffix('\n').ok_or(Unreadable::NotAMark)?;
+    let words: Vec<&str> = line.split(' ').collect();
+    let (position, hash) = match words[..] {
+        [MAGIC_V1, position, hash] => (position, hash),
+        [MAGIC, position, hash, crc] => {
+            let covered = &line[..line.len() - crc.len() - 1];
+            let crc = u32::from_str_radix(crc, 16)
+                .ok()
+                .filter(|_| crc.len() == 8)
+                .ok_or(Unreadable::NotAMark)?;
+            if crc != crc32c::crc32c(covered.as_bytes()) {
+                return Err(Unreadable::Damaged);
+            }
+            (position, hash)
+        }
+        _ => return Err(Unreadable::NotAMark),
+    };
+    Ok(Head {
+        position: position
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or(Unreadable::NotAMark)?,
+        hash: from_hex_32(hash).ok_or(Unreadable::NotAMark)?,
     })
 }
 
 fn encode(head: &Head) -> String {
-    format!("{MAGIC} {} {}\n", head.position, head.hash_hex())
+    let words = format!("{MAGIC} {} {}", head.position, head.hash_hex());
+    let crc = crc32c::crc32c(words.as_bytes());
+    format!("{words} {crc:08x}\n")
 }
 
 /// Writes the mark: a new file, synced, renamed over the old one, the directory synced.
@@ -300,7 +342,12 @@ mod tests {
             position: 42,
             hash: [7; 32],
         };
-        assert_eq!(parse(&encode(&head)), Some(head));
+        let text = encode(&head);
+        assert!(text.starts_with("incidentlog-synced-v2 42 0707"), "{text}");
+        assert_eq!(parse(&text), Ok(head));
+        // A mark of the format before checksums still reads.
+        let v1 = "incidentlog-synced-v1 42 0707070707070707070707070707070707070707070707070707070707070707\n";
+        assert_eq!(parse(v1), Ok(head));
         for bad in [
             "",
             "incidentlog-synced-v1 42\n",
@@ -308,8 +355,25 @@ mod tests {
             "incidentlog-synced-v2 42 0707070707070707070707070707070707070707070707070707070707070707\n",
             "incidentlog-synced-v1 42 0707070707070707070707070707070707070707070707070707070707070707",
             "incidentlog-synced-v1 42 07 x\n",
+            "incidentlog-synced-v3 42 0707070707070707070707070707070707070707070707070707070707070707\n",
         ] {
-            assert_eq!(parse(bad), None, "{bad:?}");
+            assert_eq!(parse(bad), Err(Unreadable::NotAMark), "{bad:?}");
+        }
+        // Any one character of a v2 mark changed (but the checksum's own, which then reads as
+        // another number or none): damage to the mark, not a mark of another log.
+        let words = text.len() - 10;
+        for i in 0..words {
+            let mut damaged = text.clone().into_bytes();
+            damaged[i] = if damaged[i] == b'1' { b'2' } else { b'1' };
+            let damaged = String::from_utf8(damaged).unwrap();
+            let parsed = parse(&damaged);
+            assert!(
+                parsed == Err(Unreadable::Damaged) || parsed == Err(Unreadable::NotAMark),
+                "{damaged:?}: {parsed:?}"
+            );
+            if damaged.starts_with(MAGIC) && damaged.split(' ').count() == 4 {
+                assert_eq!(parsed, Err(Unreadable::Damaged), "{damaged:?}");
+            }
         }
     }
 
