@@ -503,7 +503,11 @@ fn write_request(
     body: Option<&[u8]>,
     close: bool,
 ) -> std::io::Result<()> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    // The address, unless the caller names a host of its own.
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
     if close {
         head.push_str("Connection: close\r\n");
     }

@@ -92,3 +92,73 @@ fn public_read_lets_anonymous_gets_through_only() {
     // A bad token is still refused, even for a read.
     assert_eq!(srv.get("/v1/regions", "il_bogus").status, 401);
 }
+
+/// DNS rebinding: a page of another site whose name the attacker points at a server on a
+/// loopback address sends that name as `Host`. Without a token such a request is refused
+/// (421) unless the name is allowed (on loopback, by default, localhost and 127.0.0.1), so a
+/// `--public-read` log cannot be read from any web page. A request with a token passes (a
+/// page cannot hold one).
+#[test]
+fn requests_without_a_token_are_answered_only_for_allowed_host_names() {
+    let (_dir, srv, t) = server_with_tokens(&["--public-read"]);
+    let port = srv.addr.port();
+    let with_host = |host: &str, token: &str| {
+        let mut req = srv.req("GET", "/v1/regions").header("Host", host);
+        if !token.is_empty() {
+            req = req.token(token);
+        }
+        req.send()
+    };
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LOCALHOST.:{port}"),
+        format!("[::1]:{port}"),
+        "localhost".to_string(),
+        "10.0.0.7".to_string(),
+    ] {
+        assert_eq!(with_host(&host, "").status, 200, "{host}");
+    }
+    for host in [format!("attacker.example:{port}"), "intranet".to_string()] {
+        let p = with_host(&host, "").expect_problem(421);
+        assert!(
+            p["detail"].as_str().unwrap().contains("--allowed-host"),
+            "{p}"
+        );
+        assert_eq!(
+            with_host(&host, &t.reader).status,
+            200,
+            "{host} with a token"
+        );
+    }
+    // The ops endpoints too (a page could otherwise read /metrics).
+    let r = srv
+        .req("GET", "/metrics")
+        .header("Host", "attacker.example")
+        .send();
+    assert_eq!(r.status, 421);
+
+    // Names the operator allows (a reverse proxy's public name), or any.
+    let (_dir, named, _) =
+        server_with_tokens(&["--public-read", "--allowed-host", "incidents.example.org"]);
+    let get = |srv: &Server, host: &str| {
+        srv.req("GET", "/v1/regions")
+            .header("Host", host)
+            .send()
+            .status
+    };
+    assert_eq!(get(&named, "incidents.example.org:443"), 200);
+    assert_eq!(
+        get(&named, "10.0.0.7"),
+        200,
+        "an address, never a rebinding"
+    );
+    assert_eq!(get(&named, "app.localhost"), 200);
+    assert_eq!(
+        get(&named, "other.example.org"),
+        421,
+        "only the names given"
+    );
+    let (_dir, any, _) = server_with_tokens(&["--public-read", "--allowed-host", "*"]);
+    assert_eq!(get(&any, "attacker.example"), 200);
+}

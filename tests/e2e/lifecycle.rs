@@ -744,3 +744,62 @@ fn sigterm_during_the_start_up_stops_cleanly_before_serving() {
     drop(srv);
     cli_ok(&["verify", "--data-dir", data_s]);
 }
+
+/// Log lines carry the server's own request id, which no client can make, then the client's
+/// (`request_id=3f9c01aa-4/client-7`): a client's id may repeat another request's, or take
+/// the server's form, and must not pass for either in the log. The answer echoes the
+/// client's id.
+#[test]
+fn logged_request_ids_are_the_server_s_own_then_the_client_s() {
+    use std::io::Read as _;
+    let dir = temp_dir();
+    let mut serve = command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "debug",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut stdout = std::io::BufReader::new(serve.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let addr: std::net::SocketAddr = loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).expect("read stdout");
+        assert!(n > 0, "serve exited before it listened");
+        if let Some(a) = line.split("listening on http://").nth(1) {
+            break a.trim().parse().expect("an address");
+        }
+    };
+    let forged = "00000000-5";
+    let r = Req::new(addr, "GET", "/healthz")
+        .header("x-request-id", forged)
+        .send();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some(forged));
+    send_signal(serve.id(), "TERM");
+    let mut err = String::new();
+    serve
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    let _ = serve.wait();
+    let logged: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("route=\"/healthz\""))
+        .filter_map(|l| l.split("request_id=").nth(1)?.split(' ').next())
+        .collect();
+    assert_eq!(logged.len(), 1, "{err}");
+    let (server_id, client_id) = logged[0].split_once('/').expect("server/client");
+    assert_eq!(client_id, forged);
+    assert_ne!(server_id, forged);
+    assert!(!server_id.is_empty());
+}

@@ -140,6 +140,14 @@ fn seed_scenario_summaries_restart_and_replay() {
         .admin_token
         .clone()
         .expect("a first start prints `admin token: SECRET`");
+    // The secret is printed once, on its own line: never inside a command to paste, which
+    // would leave it in shell history and process listings.
+    let lines_with_it = srv
+        .startup_stdout
+        .iter()
+        .filter(|l| l.contains(&admin))
+        .count();
+    assert_eq!(lines_with_it, 1, "{:?}", srv.startup_stdout);
     import_seed(&srv, &admin);
     check_summaries(&srv, &admin);
 

@@ -2,7 +2,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use incidentlog_projections::{FieldError, ProjectionError};
+use incidentlog_projections::{FieldError, Problems, ProjectionError};
 use incidentlog_store::StoreError;
 use serde::Serialize;
 use uuid::Uuid;
@@ -47,11 +47,16 @@ pub enum ApiError {
     /// 415.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 421: a request without a token named a host this server does not answer for (DNS
+    /// rebinding).
+    #[error("{0}")]
+    MisdirectedHost(String),
     /// 422: an invalid event or parameter, one pointer per problem.
     #[error("{detail}")]
     Unprocessable {
         detail: String,
-        errors: Vec<FieldError>,
+        /// The first problems, and how many there were.
+        errors: Problems,
     },
     /// 429 with `Retry-After` (whole seconds, at least 1); `why` is the detail.
     #[error("{why}")]
@@ -128,27 +133,47 @@ impl ApiError {
 
     /// A 422. The detail names the first few problems too, so that a bulk report (whose
     /// lines carry the same detail) reads on its own.
-    pub fn invalid(errors: Vec<FieldError>) -> Self {
+    pub fn invalid(errors: impl Into<Problems>) -> Self {
         const NAMED: usize = 3;
+        let errors = errors.into();
         let named = |e: &FieldError| format!("{}: {}", e.pointer, e.message);
-        let detail = match errors.as_slice() {
-            [one] => named(one),
-            many => {
+        let detail = match (errors.kept(), errors.len()) {
+            ([one], 1) => named(one),
+            (many, total) => {
                 let first: Vec<String> = many.iter().take(NAMED).map(named).collect();
-                let more = match many.len().saturating_sub(NAMED) {
+                let more = match total.saturating_sub(NAMED) {
                     0 => String::new(),
                     n => format!("; and {n} more"),
                 };
-                format!("{} problems: {}{more}", many.len(), first.join("; "))
+                format!("{total} problems: {}{more}", first.join("; "))
             }
         };
         ApiError::Unprocessable { detail, errors }
     }
 
+    /// Keeps only the first `n` field problems (their count stays): a bulk report lists a
+    /// few per line, and thousands of rejected lines may wait to be reported.
+    pub fn keep_first_field_errors(&mut self, n: usize) {
+        match self {
+            ApiError::BadRequest { errors, .. } => errors.truncate(n),
+            ApiError::Unprocessable { errors, .. } => errors.keep_first(n),
+            _ => {}
+        }
+    }
+
+    /// How many field problems there were, listed or not.
+    pub fn field_errors_total(&self) -> usize {
+        match self {
+            ApiError::Unprocessable { errors, .. } => errors.len(),
+            other => other.field_errors().len(),
+        }
+    }
+
     /// The per-field problems (400 and 422), as the problem document lists them.
     pub fn field_errors(&self) -> &[FieldError] {
         match self {
-            ApiError::BadRequest { errors, .. } | ApiError::Unprocessable { errors, .. } => errors,
+            ApiError::BadRequest { errors, .. } => errors,
+            ApiError::Unprocessable { errors, .. } => errors.kept(),
             _ => &[],
         }
     }
@@ -164,6 +189,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_)
@@ -192,8 +218,12 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         let status = self.status();
         let (errors, expected, actual, event_id, position) = match self {
-            ApiError::BadRequest { errors, .. } | ApiError::Unprocessable { errors, .. } => (
-                errors.iter().take(MAX_LISTED_ERRORS).cloned().collect(),
+            ApiError::BadRequest { .. } | ApiError::Unprocessable { .. } => (
+                self.field_errors()
+                    .iter()
+                    .take(MAX_LISTED_ERRORS)
+                    .cloned()
+                    .collect(),
                 None,
                 None,
                 None,
@@ -224,12 +254,13 @@ impl ApiError {
             409 => "conflict",
             413 => "payload-too-large",
             415 => "unsupported-media-type",
+            421 => "misdirected-request",
             422 => "invalid",
             429 => "rate-limited",
             503 => "unavailable",
             _ => "internal",
         };
-        let total = self.field_errors().len();
+        let total = self.field_errors_total();
         Problem {
             problem_type: format!("https://incidentlog.dev/problems/{slug}"),
             title: status.canonical_reason().unwrap_or("Error").to_string(),
@@ -354,7 +385,7 @@ impl From<StoreError> for ApiError {
             },
             StoreError::InvalidInput(msg) => ApiError::Unprocessable {
                 detail: msg.clone(),
-                errors: vec![field_error("/events", msg)],
+                errors: vec![field_error("/events", msg)].into(),
             },
             StoreError::Unavailable(cause) => ApiError::StoreUnavailable {
                 during: String::new(),

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use incidentlog_projections::{
     decide, decide_and_apply, fold_incident, hyphenated_uuid, parse_events, whole_number,
     DecodedEvent, Envelope, IncidentPage, IncidentQuery, IncidentState, IncidentView, Json,
-    JsonMembers, JsonValue, Projection, ProjectionError, Region, RegionSummary, TypedEvent, Window,
+    JsonMembers, JsonValue, Problems, Projection, ProjectionError, Region, RegionSummary,
+    TypedEvent, Window,
 };
 use incidentlog_store::{
     AppendOutcome, AppendRequest, EventRef, EventStore, ExpectedVersion, Head, NewEvent,
@@ -150,7 +151,7 @@ pub fn parse_command(
             "expected a JSON object",
         )]));
     };
-    let mut errors = Vec::new();
+    let mut errors = Problems::default();
     // In key order, whatever order the body has them in.
     let mut keys: Vec<&str> = obj.keys().collect();
     keys.sort_unstable();
@@ -210,8 +211,8 @@ pub fn parse_command(
         }
         Some(v) if matches!(v, Json::Array(_)) => match parse_events(v, "/events") {
             Ok(events) => Some(events),
-            Err(mut e) => {
-                errors.append(&mut e);
+            Err(e) => {
+                errors.append(e);
                 None
             }
         },

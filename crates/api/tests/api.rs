@@ -496,6 +496,71 @@ async fn invalid_events_are_422_with_pointers() {
     );
 }
 
+/// A body dense with problems (`{}` for each event: three problems in three bytes) is
+/// answered with the first 100 listed and all of them counted, in the detail and in
+/// `errors_total`: the server keeps only what it lists (a security audit saw a 64 MiB bulk
+/// line of empty objects take it past 10 GB). A bulk line of more than a million JSON values
+/// is refused as a whole, before any tree that size is built.
+#[tokio::test]
+async fn bodies_dense_with_problems_are_counted_not_kept() {
+    let app = app().await;
+    let id = Uuid::new_v4();
+    let events = vec!["{}"; 100_000].join(",");
+    let r = app
+        .post_as(
+            &format!("/v1/incidents/{id}/events"),
+            Some(&app.reporter.clone()),
+            "application/json",
+            format!(r#"{{"events": [{events}]}}"#),
+        )
+        .await;
+    assert_problem(&r, 422);
+    assert_eq!(
+        r.body["errors"].as_array().unwrap().len(),
+        100,
+        "{}",
+        r.body["detail"]
+    );
+    assert_eq!(r.body["errors_total"], 300_000);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("300000 problems: /events/0/event_id"),
+        "{}",
+        r.body["detail"]
+    );
+
+    let line = format!(r#"{{"incident_id": "{id}", "events": [{events}]}}"#);
+    let huge = format!(
+        r#"{{"incident_id": "{id}", "events": [{}]}}"#,
+        vec!["{}"; incidentlog_projections::MAX_JSON_VALUES].join(",")
+    );
+    let r = app.import(format!("{line}\n{huge}\n")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let rejected = r.body["rejected"].as_array().unwrap();
+    assert_eq!(rejected[0]["status"], 422);
+    assert_eq!(rejected[0]["errors"].as_array().unwrap().len(), 20);
+    assert!(
+        rejected[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("300000 problems"),
+        "{}",
+        rejected[0]["detail"]
+    );
+    assert_eq!(rejected[1]["status"], 400);
+    assert!(
+        rejected[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("more than 1000000 JSON values"),
+        "{}",
+        rejected[1]["detail"]
+    );
+    assert_eq!(app.head().await, 0);
+}
+
 #[tokio::test]
 async fn a_retraction_as_duplicate_of_itself_is_422_even_in_the_creating_batch() {
     let app = app().await;

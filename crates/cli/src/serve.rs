@@ -210,6 +210,46 @@ pub struct ServeArgs {
         value_parser = parse_origin
     )]
     pub cors_origins: Vec<String>,
+
+    /// Host name that requests without a token may use (the `Host` header, any port), e.g.
+    /// incidents.example.org, besides IP addresses and localhost, which are always allowed;
+    /// repeat the flag, or separate with commas in the variable. `*` allows any. Without it:
+    /// on a loopback --listen address, only those; on any other, any name. A page of another
+    /// site whose name points at this server (DNS rebinding) is refused (421), so it cannot
+    /// read a --public-read log. Requests with a token are not checked: a page cannot hold
+    /// one. Behind a reverse proxy on loopback that passes the public name on, name it here.
+    #[arg(
+        long = "allowed-host",
+        env = "INCIDENTLOG_ALLOWED_HOSTS",
+        value_name = "HOST",
+        value_delimiter = ',',
+        value_parser = parse_host_name
+    )]
+    pub allowed_hosts: Vec<String>,
+}
+
+/// `*`, or a host name or IP address as a `Host` header names it (without a port).
+fn parse_host_name(s: &str) -> Result<String, String> {
+    let name = s.trim();
+    let bare = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    let ok = name == "*"
+        || bare.parse::<std::net::IpAddr>().is_ok()
+        || (!bare.is_empty()
+            && bare.len() <= 253
+            && bare
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a host name (letters, digits, `-` and `.`), an IP address or `*`; \
+             give no port"
+        ))
+    }
 }
 
 /// `*`, or a web origin: `http(s)://host[:port]`, nothing after it, in the form browsers send
@@ -313,6 +353,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         header_read_timeout: args.header_read_timeout,
         send_timeout: args.send_timeout,
         cors_origins: args.cors_origins,
+        allowed_hosts: args.allowed_hosts,
     };
     // Before the first admin token: a start that fails on a taken port, or on a log that
     // cannot be served (a damaged PostgreSQL log), must not have printed (and stored) a token
@@ -432,7 +473,8 @@ fn print_first_token(secret: &str, listen: SocketAddr, hint: &str) -> std::io::R
         out,
         "admin token: {secret}\n\
          (first start: this admin token is shown only now and only its hash is stored; keep it.\n \
-         use it as `curl -H 'Authorization: Bearer {secret}' {url}/v1/regions`,\n \
+         use it as `curl -H \"Authorization: Bearer $TOKEN\" {url}/v1/regions` with TOKEN set to it\n \
+         (not typed into the command line, where shell history and `ps` would keep it),\n \
          and create more with `{hint} --name NAME --role reader|reporter|admin`)"
     )?;
     out.flush()

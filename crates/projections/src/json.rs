@@ -11,11 +11,18 @@
 //! `String` and every object in a `BTreeMap`).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+
+/// Most values (of any kind, nested or not) one text may hold: a tree costs ~32 bytes per
+/// value however few bytes the text spends on it (`[{},{},...]`: 3), so without a bound a
+/// 64 MiB bulk line of empty objects became a tree of ~1 GB (a security audit). A million
+/// values is ~30,000 events in one line; more is refused (400), as text too deep is.
+pub const MAX_JSON_VALUES: usize = 1_000_000;
 
 /// A JSON value borrowed from the text it was parsed from.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,7 +55,8 @@ impl<'a> Json<'a> {
     fn parse<R: serde_json::de::Read<'a>>(
         mut de: serde_json::Deserializer<R>,
     ) -> Result<Json<'a>, serde_json::Error> {
-        let v = Json::deserialize(&mut de)?;
+        let budget = Cell::new(MAX_JSON_VALUES);
+        let v = JsonSeed(&budget).deserialize(&mut de)?;
         de.end()?;
         Ok(v)
     }
@@ -144,16 +152,35 @@ impl JsonMembers for Map<String, Value> {
 
 impl<'de> Deserialize<'de> for Json<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(JsonVisitor)
+        JsonSeed(&Cell::new(MAX_JSON_VALUES)).deserialize(d)
     }
 }
 
-struct JsonVisitor;
+/// One value of a text, charged to the text's budget of [`MAX_JSON_VALUES`].
+#[derive(Clone, Copy)]
+struct JsonSeed<'b>(&'b Cell<usize>);
+
+impl<'de> DeserializeSeed<'de> for JsonSeed<'_> {
+    type Value = Json<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
+        let left = self.0.get();
+        if left == 0 {
+            return Err(de::Error::custom(format_args!(
+                "more than {MAX_JSON_VALUES} JSON values in one text (split a bulk line's \
+                 events over several lines)"
+            )));
+        }
+        self.0.set(left - 1);
+        d.deserialize_any(JsonVisitor(self.0))
+    }
+}
+
+struct JsonVisitor<'b>(&'b Cell<usize>);
 
 /// Members of an object checked for a repeated key by a linear scan; beyond, by a set.
 const SCAN_MAX: usize = 16;
 
-impl<'de> Visitor<'de> for JsonVisitor {
+impl<'de> Visitor<'de> for JsonVisitor<'_> {
     type Value = Json<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -195,7 +222,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(item) = seq.next_element()? {
+        while let Some(item) = seq.next_element_seed(JsonSeed(self.0))? {
             items.push(item);
         }
         Ok(Json::Array(items))
@@ -222,7 +249,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
             if repeated {
                 return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
             }
-            let value = map.next_value()?;
+            let value = map.next_value_seed(JsonSeed(self.0))?;
             members.push((key, value));
         }
         Ok(Json::Object(JsonObject(members)))
@@ -295,6 +322,20 @@ mod tests {
             panic!("an array")
         };
         assert!(matches!(&a[4], Json::String(Cow::Owned(s)) if s == "x\u{e9}\n"));
+    }
+
+    /// At most [`MAX_JSON_VALUES`] values, counted at every depth, object members included.
+    #[test]
+    fn a_text_holds_at_most_max_json_values() {
+        let values = |n: usize| format!("[{}]", vec!["{}"; n - 1].join(","));
+        assert!(Json::from_slice(values(MAX_JSON_VALUES).as_bytes()).is_ok());
+        let err = Json::from_slice(values(MAX_JSON_VALUES + 1).as_bytes())
+            .expect_err("one value too many")
+            .to_string();
+        assert!(err.contains("more than 1000000 JSON values"), "{err}");
+        // Nested and in objects alike: {"a": [..]} holds the object, the array and its items.
+        let nested = format!(r#"{{"a": [{}]}}"#, vec!["0"; MAX_JSON_VALUES - 1].join(","));
+        assert!(Json::from_slice(nested.as_bytes()).is_err());
     }
 
     #[test]

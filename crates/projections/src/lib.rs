@@ -35,7 +35,7 @@ pub use events::{
     Location, LocationPrecision, Sha256, Source, SourceAdded, SourceKind, TimePrecision,
     TypedEvent, EVENT_TYPES,
 };
-pub use json::{Json, JsonMembers, JsonObject, JsonValue};
+pub use json::{Json, JsonMembers, JsonObject, JsonValue, MAX_JSON_VALUES};
 pub use projection::{
     fold_incident, DecodedEvent, IncidentPage, IncidentQuery, MemoryUsage, Projection,
     DEFAULT_LIMIT, MAX_LIMIT,
@@ -44,8 +44,8 @@ pub use region::Region;
 pub use state::IncidentState;
 pub use time::{fmt_micros, parse_instant, OccurredAt, Window};
 pub use validate::{
-    hyphenated_uuid, parse_events, whole_number, MAX_COUNT, MAX_NAME_CHARS, MAX_TEXT_CHARS,
-    MAX_URL_BYTES,
+    hyphenated_uuid, parse_events, whole_number, Problems, MAX_COUNT, MAX_NAME_CHARS,
+    MAX_TEXT_CHARS, MAX_URL_BYTES, PROBLEMS_KEPT,
 };
 pub use view::{
     AssessmentView, ByKind, CasualtiesView, ClaimCounts, ClaimView, CorrectionView, DenialView,

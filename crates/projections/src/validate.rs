@@ -10,6 +10,75 @@ use crate::events::*;
 use crate::json::{JsonMembers, JsonValue};
 use crate::{FieldError, OccurredAt, Region};
 
+/// Field problems an answer can list; more are counted, not kept.
+pub const PROBLEMS_KEPT: usize = 100;
+
+/// The problems found in a request: the first [`PROBLEMS_KEPT`] kept, every one counted. A
+/// body of a million bad fields (`{"events": [{}, {}, ...]}`, three problems per three bytes)
+/// kept them all once, ~150 bytes each: a 64 MiB bulk line took the server past 10 GB.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Problems {
+    kept: Vec<FieldError>,
+    total: usize,
+}
+
+impl Problems {
+    pub fn push(&mut self, e: FieldError) {
+        self.push_with(|| e);
+    }
+
+    /// [`Problems::push`] that builds the problem (its pointer's text) only when it is kept.
+    pub fn push_with(&mut self, e: impl FnOnce() -> FieldError) {
+        self.total += 1;
+        if self.kept.len() < PROBLEMS_KEPT {
+            self.kept.push(e());
+        }
+    }
+
+    /// Every problem found, kept or not.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The first problems, in the order found.
+    pub fn kept(&self) -> &[FieldError] {
+        &self.kept
+    }
+
+    /// Keeps only the first `n` (their count stays).
+    pub fn keep_first(&mut self, n: usize) {
+        self.kept.truncate(n);
+        self.kept.shrink_to_fit();
+    }
+
+    /// Adds `other`'s problems after these.
+    pub fn append(&mut self, other: Problems) {
+        let uncounted = other.total - other.kept.len();
+        for e in other.kept {
+            self.push(e);
+        }
+        self.total += uncounted;
+    }
+
+    pub fn into_kept(self) -> Vec<FieldError> {
+        self.kept
+    }
+}
+
+impl From<Vec<FieldError>> for Problems {
+    fn from(all: Vec<FieldError>) -> Problems {
+        let mut p = Problems::default();
+        for e in all {
+            p.push(e);
+        }
+        p
+    }
+}
+
 /// Longest accepted name-like text (source names, actors, localities), in characters.
 pub const MAX_NAME_CHARS: usize = 300;
 /// Longest accepted free text (summary, statement, reason, evidence), in characters.
@@ -24,19 +93,21 @@ pub const MAX_COUNT: u64 = 10_000_000;
 pub fn parse_events<V: JsonValue>(
     events: &V,
     pointer_prefix: &str,
-) -> Result<Vec<TypedEvent>, Vec<FieldError>> {
-    let mut errs = Vec::new();
+) -> Result<Vec<TypedEvent>, Problems> {
+    let mut errs = Problems::default();
     let Some(items) = events.as_array() else {
         return Err(vec![FieldError::new(
             pointer_prefix,
             "must be an array of events",
-        )]);
+        )]
+        .into());
     };
     if items.is_empty() {
         return Err(vec![FieldError::new(
             pointer_prefix,
             "must contain at least one event",
-        )]);
+        )]
+        .into());
     }
     let mut out: Vec<TypedEvent> = Vec::with_capacity(items.len());
     // Event id -> index in `items`, for the duplicate check (not needed for one event).
@@ -69,11 +140,7 @@ pub fn parse_events<V: JsonValue>(
     }
 }
 
-fn parse_one<V: JsonValue>(
-    item: &V,
-    ptr: &Ptr<'_>,
-    errs: &mut Vec<FieldError>,
-) -> Option<TypedEvent> {
+fn parse_one<V: JsonValue>(item: &V, ptr: &Ptr<'_>, errs: &mut Problems) -> Option<TypedEvent> {
     let m = object(item, ptr, &["event_id", "type", "data"], errs)?;
     let event_id = uuid_field(m, "event_id", ptr, true, errs);
     let ty = match m
@@ -157,8 +224,8 @@ impl std::fmt::Display for Ptr<'_> {
     }
 }
 
-fn push(errs: &mut Vec<FieldError>, ptr: &Ptr<'_>, key: &str, msg: impl Into<String>) {
-    errs.push(FieldError::new(Ptr::Key(ptr, key).to_string(), msg));
+fn push(errs: &mut Problems, ptr: &Ptr<'_>, key: &str, msg: impl Into<String>) {
+    errs.push_with(|| FieldError::new(Ptr::Key(ptr, key).to_string(), msg));
 }
 
 /// `v` must be an object with only `allowed` keys; every unknown key is reported.
@@ -166,10 +233,10 @@ fn object<'v, V: JsonValue>(
     v: &'v V,
     ptr: &Ptr<'_>,
     allowed: &[&str],
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<&'v V::Object> {
     let Some(m) = v.as_object() else {
-        errs.push(FieldError::new(ptr.to_string(), "must be a JSON object"));
+        errs.push_with(|| FieldError::new(ptr.to_string(), "must be a JSON object"));
         return None;
     };
     // Reported in key order whatever order the body has them in (as a `Value`'s map keeps
@@ -193,7 +260,7 @@ fn present<'v, M: JsonMembers>(
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<&'v M::Value> {
     match m.get(key) {
         Some(v) if !v.is_null() => Some(v),
@@ -211,7 +278,7 @@ fn string_field<'v, M: JsonMembers>(
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<&'v str> {
     let v = present(m, key, ptr, required, errs)?;
     match v.as_str() {
@@ -251,7 +318,7 @@ fn text<M: JsonMembers>(
     required: bool,
     max: usize,
     multiline: bool,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<Cow<'static, str>> {
     let s = string_field(m, key, ptr, required, errs)?;
     if s.chars().all(|c| c.is_whitespace() || invisible(c)) {
@@ -294,7 +361,7 @@ fn name<M: JsonMembers>(
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<Cow<'static, str>> {
     text(m, key, ptr, required, MAX_NAME_CHARS, false, errs)
 }
@@ -304,7 +371,7 @@ fn long_text<M: JsonMembers>(
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<Cow<'static, str>> {
     text(m, key, ptr, required, MAX_TEXT_CHARS, true, errs)
 }
@@ -316,7 +383,7 @@ fn parsed_field<T, M: JsonMembers>(
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
     parse: impl FnOnce(&str) -> Result<T, String>,
 ) -> Option<T> {
     let s = string_field(m, key, ptr, required, errs)?;
@@ -334,7 +401,7 @@ fn enum_field<T: std::str::FromStr<Err = String>, M: JsonMembers>(
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<T> {
     parsed_field(m, key, ptr, required, errs, str::parse)
 }
@@ -362,7 +429,7 @@ fn uuid_field<M: JsonMembers>(
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<Uuid> {
     let s = string_field(m, key, ptr, required, errs)?;
     match hyphenated_uuid(s) {
@@ -379,12 +446,7 @@ fn uuid_field<M: JsonMembers>(
     }
 }
 
-fn count<M: JsonMembers>(
-    m: &M,
-    key: &str,
-    ptr: &Ptr<'_>,
-    errs: &mut Vec<FieldError>,
-) -> Option<u32> {
+fn count<M: JsonMembers>(m: &M, key: &str, ptr: &Ptr<'_>, errs: &mut Problems) -> Option<u32> {
     let v = present(m, key, ptr, false, errs)?;
     match v.as_number() {
         Some(n) => {
@@ -419,7 +481,7 @@ fn url_field<M: JsonMembers>(
     m: &M,
     key: &str,
     ptr: &Ptr<'_>,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<Cow<'static, str>> {
     let s = string_field(m, key, ptr, false, errs)?;
     // Schemes are case-insensitive (RFC 3986, 3.1).
@@ -507,7 +569,7 @@ fn coord<M: JsonMembers>(
     key: &str,
     ptr: &Ptr<'_>,
     limit: f64,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<f64> {
     let v = present(m, key, ptr, true, errs)?;
     match v.as_number().and_then(serde_json::Number::as_f64) {
@@ -535,7 +597,7 @@ fn source<M: JsonMembers>(
     key: &str,
     ptr: &Ptr<'_>,
     required: bool,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<Source<'static>> {
     let v = present(m, key, ptr, required, errs)?;
     let sptr = Ptr::Key(ptr, key);
@@ -581,7 +643,7 @@ fn source<M: JsonMembers>(
     })
 }
 
-fn location<M: JsonMembers>(m: &M, ptr: &Ptr<'_>, errs: &mut Vec<FieldError>) -> Option<Location> {
+fn location<M: JsonMembers>(m: &M, ptr: &Ptr<'_>, errs: &mut Problems) -> Option<Location> {
     let v = present(m, "location", ptr, false, errs)?;
     let lptr = Ptr::Key(ptr, "location");
     let l = object(v, &lptr, &["lat", "lon", "precision"], errs)?;
@@ -600,7 +662,7 @@ fn location<M: JsonMembers>(m: &M, ptr: &Ptr<'_>, errs: &mut Vec<FieldError>) ->
 }
 
 /// Runs `build` only when the fields parsed since `before` raised no error.
-fn finish<T>(errs: &[FieldError], before: usize, build: impl FnOnce() -> Option<T>) -> Option<T> {
+fn finish<T>(errs: &Problems, before: usize, build: impl FnOnce() -> Option<T>) -> Option<T> {
     if errs.len() > before {
         None
     } else {
@@ -613,7 +675,7 @@ fn finish<T>(errs: &[FieldError], before: usize, build: impl FnOnce() -> Option<
 fn incident_reported<V: JsonValue>(
     v: &V,
     p: &Ptr<'_>,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<IncidentReported<'static>> {
     let before = errs.len();
     let m = object(
@@ -670,7 +732,7 @@ fn incident_reported<V: JsonValue>(
 fn casualties<V: JsonValue>(
     v: &V,
     p: &Ptr<'_>,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<CasualtiesReported<'static>> {
     let before = errs.len();
     let m = object(
@@ -774,11 +836,7 @@ fn casualties<V: JsonValue>(
     })
 }
 
-fn claim_made<V: JsonValue>(
-    v: &V,
-    p: &Ptr<'_>,
-    errs: &mut Vec<FieldError>,
-) -> Option<ClaimMade<'static>> {
+fn claim_made<V: JsonValue>(v: &V, p: &Ptr<'_>, errs: &mut Problems) -> Option<ClaimMade<'static>> {
     let before = errs.len();
     let m = object(
         v,
@@ -811,7 +869,7 @@ fn claim_made<V: JsonValue>(
 fn claim_denied<V: JsonValue>(
     v: &V,
     p: &Ptr<'_>,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<ClaimDenied<'static>> {
     let before = errs.len();
     let m = object(v, p, &["claim_id", "by", "statement", "source"], errs)?;
@@ -832,7 +890,7 @@ fn claim_denied<V: JsonValue>(
 fn claim_assessed<V: JsonValue>(
     v: &V,
     p: &Ptr<'_>,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<ClaimAssessed<'static>> {
     let before = errs.len();
     let m = object(v, p, &["claim_id", "assessment", "by", "evidence"], errs)?;
@@ -853,7 +911,7 @@ fn claim_assessed<V: JsonValue>(
 fn source_added<V: JsonValue>(
     v: &V,
     p: &Ptr<'_>,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<SourceAdded<'static>> {
     let before = errs.len();
     let m = object(v, p, &["source"], errs)?;
@@ -864,7 +922,7 @@ fn source_added<V: JsonValue>(
 fn corrected<V: JsonValue>(
     v: &V,
     p: &Ptr<'_>,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<IncidentCorrected<'static>> {
     let before = errs.len();
     const FIELDS: [&str; 9] = [
@@ -931,7 +989,7 @@ fn corrected<V: JsonValue>(
 fn retracted<V: JsonValue>(
     v: &V,
     p: &Ptr<'_>,
-    errs: &mut Vec<FieldError>,
+    errs: &mut Problems,
 ) -> Option<IncidentRetracted<'static>> {
     let before = errs.len();
     let m = object(v, p, &["reason", "duplicate_of"], errs)?;

@@ -882,7 +882,7 @@ pub(crate) async fn region(
 ) -> Result<Response, ApiError> {
     let region = Region::parse(&code).map_err(|m| ApiError::Unprocessable {
         detail: format!("/code: {m}"),
-        errors: vec![crate::error::field_error("/code", m)],
+        errors: vec![crate::error::field_error("/code", m)].into(),
     })?;
     cached_summary(&state, region.code().to_string(), q, |window, at| {
         let (summary, position) = state.service.region_summary_at(&region, window, at);

@@ -84,6 +84,14 @@ pub struct ServeConfig {
     /// `https://dashboard.example.org`; `*` allows any. Empty: no CORS headers (browsers then
     /// let only same-origin pages read the answers).
     pub cors_origins: Vec<String>,
+    /// Host names (`Host` without its port) that requests without a token may use, besides
+    /// IP addresses and `localhost` (and `*.localhost`), which are always allowed; `*`
+    /// allows any. Empty: only those when `listen` is a loopback address, any name on other
+    /// addresses. A page on another site whose name the attacker points at this address
+    /// (DNS rebinding) sends its own name: without this check, under `--public-read` it
+    /// could read the whole log of a server on a laptop. A request with a token passes
+    /// whatever its `Host`: a page cannot hold one.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -107,8 +115,58 @@ impl Default for ServeConfig {
             header_read_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
+}
+
+impl ServeConfig {
+    /// The host names requests without a token may use besides IP addresses and
+    /// `localhost` (lowercase, no trailing dot), or `None` for any name (see
+    /// [`ServeConfig::allowed_hosts`]).
+    pub fn anonymous_hosts(&self) -> Option<Vec<String>> {
+        if self.allowed_hosts.iter().any(|h| h == "*") {
+            return None;
+        }
+        if self.allowed_hosts.is_empty() && !self.listen.ip().is_loopback() {
+            return None;
+        }
+        Some(self.allowed_hosts.iter().map(|h| host_key(h)).collect())
+    }
+}
+
+/// Whether `name` (a [`host_key`]) is one no DNS rebinding can send: an IP address (a page
+/// is fetched from a name, or from its own server's address), or `localhost` and its
+/// subdomains, which resolve to this machine alone (RFC 6761).
+fn always_allowed_host(name: &str) -> bool {
+    name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+}
+
+/// A host name as compared: lowercase, without a trailing dot or IPv6 brackets.
+fn host_key(name: &str) -> String {
+    let name = name.trim_end_matches('.');
+    let name = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    name.to_ascii_lowercase()
+}
+
+/// The host name a request names (HTTP/2's authority, else `Host`), without its port; `None`
+/// when it names none (HTTP/1.0).
+fn request_host(req: &Request) -> Option<String> {
+    if let Some(host) = req.uri().host() {
+        return Some(host_key(host));
+    }
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    let name = match host.rsplit_once(':') {
+        // `[::1]:8080`, `localhost:8080`; a bare IPv6 literal has no brackets to split on.
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host,
+    };
+    Some(host_key(name))
 }
 
 /// Shared by every handler (one `Arc` clone per extractor, not one per field).
@@ -138,6 +196,8 @@ pub(crate) struct Shared {
     /// Bulk bodies per client: one (see `extract::NdjsonBody`).
     pub bulk_per_client: quota::Quota<quota::Client>,
     pub limiter: Arc<ratelimit::RateLimiter>,
+    /// [`ServeConfig::anonymous_hosts`], resolved once.
+    pub anonymous_hosts: Option<Vec<String>>,
     /// Turns true when the server stops accepting: SSE streams end.
     pub stopping: watch::Receiver<bool>,
     pub summaries: cache::SummaryCache,
@@ -183,6 +243,7 @@ fn build_app(service: AppService, config: &ServeConfig, stopping: watch::Receive
             config.rate_limit_per_sec,
             config.rate_limit_burst,
         )),
+        anonymous_hosts: config.anonymous_hosts(),
         stopping,
         summaries: cache::SummaryCache::default(),
     }));
@@ -689,17 +750,48 @@ impl LineLimit {
 /// The one middleware (each `from_fn` layer clones the inner service per request, so there is
 /// only one): request id, auth and limits for the API routes, metrics, logging of internal
 /// errors with the request id.
+/// Whether a request may go on with the host it names: any with a token (a page cannot hold
+/// one), and without one, only an allowed host (or none named: no browser sends that).
+fn host_allowed(state: &AppState, req: &Request) -> bool {
+    let Some(hosts) = &state.anonymous_hosts else {
+        return true;
+    };
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        return true;
+    }
+    request_host(req).is_none_or(|name| always_allowed_host(&name) || hosts.contains(&name))
+}
+
 async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let request_id = client_request_id(&req).unwrap_or_else(new_request_id);
+    let client_id = client_request_id(&req);
+    let server_id = new_request_id();
+    // Logged: the server's own id, which no client can make (a client's may repeat another
+    // request's, or take the server's own form), then the client's, so that a search for
+    // either finds the line. The answer echoes the client's id, or gives the server's.
+    let logged_id = match &client_id {
+        Some(client) => {
+            HeaderValue::from_bytes(&[server_id.as_bytes(), b"/", client.as_bytes()].concat())
+                .unwrap_or_else(|_| server_id.clone())
+        }
+        None => server_id.clone(),
+    };
+    let request_id = client_id.unwrap_or(server_id);
     // For what logs after the answer has started (a streamed answer's error).
-    req.extensions_mut().insert(RequestId(request_id.clone()));
+    req.extensions_mut().insert(RequestId(logged_id.clone()));
     let route = route_of(req.uri().path());
     let method = req.method().clone();
     // Made loggable only when a line is written (the fields of a disabled level are never
     // evaluated).
     let uri = req.uri().clone();
     let mut response = match route {
+        _ if !host_allowed(&state, &req) => ApiError::MisdirectedHost(format!(
+            "this server answers requests without a token only for IP addresses, localhost \
+             and the host names of --allowed-host, and {:?} is not one: a page of another \
+             site whose name points here must not read it (DNS rebinding)",
+            request_host(&req).unwrap_or_default()
+        ))
+        .into_response(),
         // Ops endpoints are open.
         Some("/healthz" | "/readyz" | "/metrics") => next.run(req).await,
         None => unknown_path(&state, req, next).await,
@@ -716,7 +808,7 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
             .appends_rejected
             .fetch_add(1, Relaxed);
     }
-    let rid = request_id.to_str().unwrap_or("-");
+    let rid = logged_id.to_str().unwrap_or("-");
     if let Some(InternalDetail(detail)) = response.extensions_mut().remove::<InternalDetail>() {
         match ERROR_LINES.allow() {
             Some(0) => {

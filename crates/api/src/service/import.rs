@@ -1049,7 +1049,12 @@ impl LineBatch {
                                 let new = new_events(&cmd.events);
                                 Parsed::Command(cmd, new)
                             }
-                            Err(e) => Parsed::Rejected(e),
+                            Err(mut e) => {
+                                // Thousands of rejected lines may wait here to be reported:
+                                // each keeps the few problems its report lists.
+                                e.keep_first_field_errors(LINE_ERRORS_LISTED);
+                                Parsed::Rejected(e)
+                            }
                         },
                     }
                 };

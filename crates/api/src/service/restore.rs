@@ -108,7 +108,7 @@ impl RestoreCheck {
             .collect::<Result<_, String>>()
             .map_err(|why| format!("the append at position {first}: {why}"))?;
         let typed = parse_events(&serde_json::Value::Array(events), "/events")
-            .map_err(|errs| describe(first, &errs))?;
+            .map_err(|errs| describe(first, errs.kept()))?;
         for (i, (t, e)) in typed.iter().zip(&append.request.events).enumerate() {
             if t.canonical_data().get() != e.data.get() {
                 return Err(format!(

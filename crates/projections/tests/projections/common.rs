@@ -91,7 +91,7 @@ impl Log {
                 json!({"event_id": Uuid::from_u128(0xe0000000_0000_4000_8000_000000000000 | self.next_event), "type": t, "data": d})
             })
             .collect();
-        let typed = parse_events(&Value::Array(body), "/events")?;
+        let typed = parse_events(&Value::Array(body), "/events").map_err(Problems::into_kept)?;
         decide(&self.state(incident), &typed, now(), "/events")?;
         let base = self.version(incident);
         for (version, t) in (base + 1..).zip(typed) {

@@ -123,6 +123,7 @@ fn parse(t: &str, data: &Value) -> Result<Vec<TypedEvent>, Vec<FieldError>> {
         &json!([{"event_id": "a1c3e0b4-6f2d-4e8a-9b1c-000000000101", "type": t, "data": data}]),
         "/events",
     )
+    .map_err(Problems::into_kept)
 }
 
 #[test]

@@ -58,7 +58,7 @@ fn parse_both(events: &Value) -> Result<Vec<TypedEvent>, Vec<FieldError>> {
             "the borrowed tree of {text} decodes differently"
         );
     }
-    by_value
+    by_value.map_err(Problems::into_kept)
 }
 
 /// (events array, expected [(pointer, message fragment)]); an empty list means "accepted".
@@ -670,4 +670,21 @@ fn the_examples_in_events_md_are_accepted_in_order() {
     for id in &ids {
         assert!(!seed.contains(id.as_str()), "{id} is a seed event's id too");
     }
+}
+
+/// Every problem is counted, only the first [`PROBLEMS_KEPT`] are kept: memory follows what an
+/// answer lists, not what a body holds.
+#[test]
+fn problems_are_counted_but_only_the_first_are_kept() {
+    let events = Value::Array(vec![json!({}); 10_000]);
+    let err = parse_events(&events, "/events").expect_err("no event is valid");
+    assert_eq!(err.len(), 30_000);
+    assert_eq!(err.kept().len(), PROBLEMS_KEPT);
+    assert_eq!(err.kept()[0].pointer, "/events/0/event_id");
+    let mut more = Problems::default();
+    more.push(FieldError::new("/x", "first"));
+    more.append(err);
+    assert_eq!(more.len(), 30_001);
+    assert_eq!(more.kept()[0].pointer, "/x");
+    assert_eq!(more.kept().len(), PROBLEMS_KEPT);
 }
