@@ -396,6 +396,228 @@ fn servers_whose_clocks_differ_stamp_appends_from_the_database_clock() {
     }
 }
 
+/// The environment that runs a process with its clock moved by `offset` (`-1h`, `+1h`).
+fn clock_moved<'a>(faketime: &'a str, offset: &'a str) -> [(&'a str, &'a str); 3] {
+    [
+        ("LD_PRELOAD", faketime),
+        ("FAKETIME", offset),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]
+}
+
+/// Decisions about "the future" use the clock that stamps the log, the database's: an
+/// `occurred_at` 24.5 hours ahead is refused by a server whose own clock runs an hour ahead
+/// (it accepted it, and the log it made could not be restored: its check uses
+/// `recorded_at`), and one 23.5 hours ahead is taken by a server an hour behind (it refused
+/// it). And `restore` checks a log against the database's clock, not its machine's: one
+/// just recorded restores from a machine an hour behind.
+#[test]
+fn the_future_is_the_database_clock_s_future() {
+    let Some(base) = pg_base() else {
+        return;
+    };
+    let Some(faketime) = faketime_lib() else {
+        return;
+    };
+    let url = fresh_database(&base);
+    let (dir_a, dir_b) = (temp_dir(), temp_dir());
+    let admin = token_create(&url, dir_a.path(), "root", "admin");
+    let ahead = Server::start_with_env(
+        dir_a.path(),
+        &["--store", &url],
+        &clock_moved(&faketime, "+1h"),
+    );
+    let behind = Server::start_with_env(
+        dir_b.path(),
+        &["--store", &url],
+        &clock_moved(&faketime, "-1h"),
+    );
+    let at = |hours: f64| {
+        (chrono::Utc::now() + chrono::TimeDelta::seconds((hours * 3600.0) as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let r = ahead.append(
+        &admin,
+        &new_id(),
+        &batch(json!(0), vec![reported("shelling", "UA-63", &at(24.5))]),
+    );
+    assert_eq!(
+        r.status,
+        422,
+        "a day and a half hour ahead, by the database's clock: {}",
+        r.text()
+    );
+    let r = behind.append(
+        &admin,
+        &new_id(),
+        &batch(json!(0), vec![reported("shelling", "UA-63", &at(23.5))]),
+    );
+    assert_eq!(
+        r.status,
+        201,
+        "less than a day ahead by the database's clock: {}",
+        r.text()
+    );
+    let lines = format!(
+        "{}\n",
+        json!({"incident_id": new_id(), "events": [reported("shelling", "UA-63", &at(23.5))]})
+    );
+    let out = command()
+        .envs(clock_moved(&faketime, "-1h"))
+        .args(["import", "-", "--store", &url, "--data-dir"])
+        .arg(dir_a.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(lines.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("run import");
+    assert!(
+        out.status.success(),
+        "import from a machine an hour behind: {out:?}"
+    );
+    drop((ahead, behind));
+
+    // The log, just recorded, restores from a machine whose clock is an hour behind.
+    let export = dir_a.path().join("log.ndjson");
+    cli_ok(&[
+        "export",
+        "--store",
+        &url,
+        "-o",
+        export.to_str().expect("utf-8"),
+    ]);
+    let copy = fresh_database(&base);
+    let out = command()
+        .envs(clock_moved(&faketime, "-1h"))
+        .args(["restore", export.to_str().expect("utf-8"), "--store", &copy])
+        .output()
+        .expect("run restore");
+    assert!(
+        out.status.success(),
+        "restore from a machine an hour behind: {out:?}"
+    );
+}
+
+/// `restore` into a PostgreSQL log that a server is writing is refused: it writes events
+/// recorded in the past, and the server would change what it answered about those moments.
+/// Once the server stopped, the same restore runs.
+#[test]
+fn restore_waits_for_the_servers_of_a_log_to_stop() {
+    let Some(base) = pg_base() else {
+        return;
+    };
+    let url = fresh_database(&base);
+    let dir = temp_dir();
+    let admin = token_create(&url, dir.path(), "root", "admin");
+    let server = Server::start(dir.path(), &["--store", &url]);
+    let r = server.append(
+        &admin,
+        &new_id(),
+        &batch(json!(0), vec![reported("shelling", "UA-63", "2026-01-02")]),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let export = dir.path().join("log.ndjson");
+    cli_ok(&[
+        "export",
+        "--store",
+        &url,
+        "-o",
+        export.to_str().expect("utf-8"),
+    ]);
+    let restore = || cli(&["restore", export.to_str().expect("utf-8"), "--store", &url]);
+    let out = restore();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is writing to this log"), "{stderr}");
+    drop(server);
+    // The server's connections end with it (a moment after the kill).
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let out = restore();
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "restore still refused: {out:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `as_of` reads wait on the log's append lock (for the append in flight): they take turns
+/// on a connection of their own, so that reads that need no lock are not held up behind
+/// them. With the lock held elsewhere for 5 s and eight `as_of` reads waiting, a page of
+/// the log still answers at once (behind them on the four read connections, it waited the
+/// whole 5 s).
+#[test]
+fn reads_do_not_wait_behind_as_of_reads_waiting_for_the_append_lock() {
+    let Some(base) = pg_base() else {
+        return;
+    };
+    let url = fresh_database(&base);
+    let dir = temp_dir();
+    let admin = token_create(&url, dir.path(), "root", "admin");
+    let server = Server::start(dir.path(), &["--store", &url]);
+    let incident = new_id();
+    let r = server.append(
+        &admin,
+        &incident,
+        &batch(json!(0), vec![reported("shelling", "UA-63", "2026-01-02")]),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    // The log's append lock (LogKey: FNV-1a of "incidentlog:" and the schema), held by a
+    // psql session for 5 s.
+    let mut key: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"incidentlog:public" {
+        key ^= u64::from(*b);
+        key = key.wrapping_mul(0x0100_0000_01b3);
+    }
+    let (hi, lo) = ((key >> 32) as u32 as i32, key as u32 as i32);
+    let holder = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            psql(
+                &url,
+                &format!("SELECT pg_advisory_lock({hi}, {lo}), pg_sleep(5), pg_advisory_unlock({hi}, {lo})"),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let as_of = chrono::Utc::now()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        .replace('+', "%2B");
+    let waiting: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, admin, path) = (
+                server.addr,
+                admin.clone(),
+                format!("/v1/incidents/{incident}?as_of={as_of}"),
+            );
+            std::thread::spawn(move || Req::new(addr, "GET", &path).token(&admin).send().status)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let r = server.get("/v1/events?after=0&limit=1", &admin);
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        took < Duration::from_secs(2),
+        "a page of the log waited {took:?} behind as_of reads"
+    );
+    holder.join().expect("psql");
+    for w in waiting {
+        assert_eq!(w.join().expect("an as_of read"), 200);
+    }
+}
+
 const OUTAGE_CHILD_MARK: &str = "INCIDENTLOG_PG_OUTAGE_CHILD";
 
 /// The database goes away under load: the server answers 503 (never hangs, never acknowledges

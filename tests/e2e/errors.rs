@@ -408,7 +408,8 @@ fn one_address_cannot_take_every_connection() {
     };
     let ask = |mut s: TcpStream| {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let _ =
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         let mut answer = Vec::new();
         match s.read_to_end(&mut answer) {
             Ok(_) => String::from_utf8_lossy(&answer).into_owned(),

@@ -503,14 +503,18 @@ impl AppService {
     /// past that append and waits here until the views have applied it. Under write load
     /// this is one follower step (well under a millisecond); on a quiet log it returns at once.
     pub async fn caught_up(&self) {
-        // A store that cannot be reached (PostgreSQL down) may not feed the views either: wait
-        // briefly (a failed file store still can: its log is readable), not the full while.
-        let limit = match self.inner.store.unavailable_reason() {
+        self.wait_applied_for(self.inner.store.head().position, self.read_wait())
+            .await;
+    }
+
+    /// How long a read waits for the views: a store that cannot be reached (PostgreSQL down)
+    /// may not feed them either, so briefly then (a failed file store still can: its log is
+    /// readable), not the full while.
+    fn read_wait(&self) -> Duration {
+        match self.inner.store.unavailable_reason() {
             Some(_) => UNAVAILABLE_READ_WAIT,
             None => READ_YOUR_WRITES_WAIT,
-        };
-        self.wait_applied_for(self.inner.store.head().position, limit)
-            .await;
+        }
     }
 
     /// Waits until the live views include `position`.
@@ -627,7 +631,7 @@ impl AppService {
     ) -> Result<AppendOutcome, ApiError> {
         let started = Instant::now();
         for attempt in 0u32.. {
-            let version = if is_new_incident_append(cmd) {
+            let version = if is_new_incident_append(cmd, self.inner.store.now()) {
                 // No lookup of the version: decided on the empty state and written with
                 // expected version 0, the store's own checks (event ids first, then the
                 // version) give the answer the lookup would: an exact repeat is a duplicate,
@@ -642,7 +646,8 @@ impl AppService {
                         return self.unless_repeat(cmd, recorded_by, err).await;
                     }
                 }
-                if let Err(errors) = decide(&state, &cmd.events, Utc::now(), "/events") {
+                if let Err(errors) = decide(&state, &cmd.events, self.inner.store.now(), "/events")
+                {
                     return self
                         .unless_repeat(cmd, recorded_by, ApiError::invalid(errors))
                         .await;
@@ -850,8 +855,19 @@ impl AppService {
             AsOf::Time(t) => lean!(self.inner.store, position_at(t))?,
             AsOf::Position(p) => p,
         };
-        // Beyond what the views have applied: clamp (everything acknowledged is applied).
-        Ok(Some(position.min(self.applied_position())))
+        // Beyond the durable head: clamped to it. Within it, the views must have applied it:
+        // an answer from an earlier position would change when asked again (the views of a
+        // server whose database went away stay behind the head it had seen).
+        let position = position.min(self.inner.store.head().position);
+        self.wait_applied_for(position, self.read_wait()).await;
+        let applied = self.applied_position();
+        if applied < position {
+            return Err(ApiError::Unavailable(format!(
+                "the views have applied the log up to position {applied}, not yet {position}: \
+                 try again"
+            )));
+        }
+        Ok(Some(position))
     }
 
     /// The view of one incident, live or as of a time/position; `NotFound` when it has no
@@ -1241,12 +1257,12 @@ pub(crate) fn stripe_index(id: Uuid) -> usize {
 /// `expected_version: 0` with events the empty state accepts: decided without reading the
 /// incident. (When the empty state refuses them, the general path runs, which checks the
 /// version before the events.)
-fn is_new_incident_append(cmd: &AppendCommand) -> bool {
+fn is_new_incident_append(cmd: &AppendCommand, now: DateTime<Utc>) -> bool {
     cmd.expected == ExpectedVersion::Exact(0)
         && decide(
             &IncidentState::with_id(cmd.incident_id),
             &cmd.events,
-            Utc::now(),
+            now,
             "/events",
         )
         .is_ok()

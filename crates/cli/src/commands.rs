@@ -833,9 +833,29 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
     // The decisions run on a thread of their own while this one reads and regroups.
     let (to_check, appends) =
         std::sync::mpsc::sync_channel::<(incidentlog_store::RecordedAppend, Lines)>(1024);
+    if let incidentlog_store::Backend::Postgres(url) = &args.store.store {
+        if incidentlog_store::pg::log_has_writers(url)
+            .await
+            .context("cannot tell whether servers write to the log")?
+        {
+            bail!(
+                "a server (or an import) is writing to this log: stop it first. A restore writes \
+                 events recorded in the past, and a running server would then change what it \
+                 answered about those moments (as_of)"
+            );
+        }
+    }
     let allow_clock_ahead = args.allow_clock_ahead;
+    // The clock that will stamp the appends after the restored ones: on PostgreSQL the
+    // database's, whatever this machine's says.
+    let now = args
+        .store
+        .store
+        .now()
+        .await
+        .context("cannot read the clock of the store's appends")?;
     let checker = std::thread::spawn(move || -> anyhow::Result<()> {
-        let mut check = incidentlog_api::service::RestoreCheck::new(Utc::now());
+        let mut check = incidentlog_api::service::RestoreCheck::new(now);
         if allow_clock_ahead {
             check = check.allowing_clock_ahead();
         }

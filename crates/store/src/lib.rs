@@ -418,6 +418,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// process sharing the backend).
     fn watch_head(&self) -> watch::Receiver<u64>;
 
+    /// The time by the clock that stamps this log's `recorded_at`: this machine's for the
+    /// file store; for PostgreSQL the database's, estimated from its last reading (the
+    /// writer reads it with every batch, and `as_of` settles read it too). What decisions
+    /// about "the future" (an `occurred_at` more than a day ahead, a restored log recorded
+    /// ahead) must use, so that servers whose own clocks differ decide alike, and a log one
+    /// of them accepted restores.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
     /// Why the store cannot take appends now, if it knows: closed, a write or sync failed and
     /// it refuses appends until reopened (the file store), or the database is unreachable for
     /// now (PostgreSQL: cleared by itself once it answers again). Readiness reports it.
@@ -499,6 +509,17 @@ pub enum Backend {
     File,
     /// PostgreSQL at this URL.
     Postgres(String),
+}
+
+impl Backend {
+    /// The time by the clock that stamps this backend's appends ([`EventStore::now`]),
+    /// without opening a store (nothing is created): for checks that come before it.
+    pub async fn now(&self) -> Result<DateTime<Utc>, StoreError> {
+        match self {
+            Backend::File => Ok(Utc::now()),
+            Backend::Postgres(url) => pg::database_clock(url).await,
+        }
+    }
 }
 
 impl FromStr for Backend {
@@ -692,6 +713,10 @@ impl EventStore for Store {
 
     fn watch_head(&self) -> watch::Receiver<u64> {
         with_backend!(self, s => s.watch_head())
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        with_backend!(self, s => s.now())
     }
 
     fn unavailable_reason(&self) -> Option<String> {

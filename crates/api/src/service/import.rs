@@ -570,12 +570,14 @@ impl Importer<'_> {
         let Some(state) = self.cur.states.get_mut(&id) else {
             return Err(ApiError::Internal("staged incident state vanished".into()));
         };
+        // The clock that stamps the log (on PostgreSQL, the database's), as for an append.
+        let now = svc.inner.store.now();
         let failure = match p.cmd.expected {
             ExpectedVersion::Exact(n) if n != version => Some(svc.conflict(&p.cmd, version)),
-            _ if maybe_repeat => decide(state, &p.cmd.events, Utc::now(), "/events")
+            _ if maybe_repeat => decide(state, &p.cmd.events, now, "/events")
                 .err()
                 .map(ApiError::invalid),
-            _ => decide_and_apply(state, &p.cmd.events, Utc::now(), "/events")
+            _ => decide_and_apply(state, &p.cmd.events, now, "/events")
                 .err()
                 .map(ApiError::invalid),
         };

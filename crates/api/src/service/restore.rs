@@ -56,8 +56,9 @@ fn describe(first_position: u64, errs: &[FieldError]) -> String {
 }
 
 impl RestoreCheck {
-    /// `now`: this machine's clock (no restored event may be recorded later than it, give or
-    /// take [`RESTORE_MAX_CLOCK_SKEW`]).
+    /// `now`: the clock that will stamp the store's next appends (this machine's for the file
+    /// store, the database's for PostgreSQL): no restored event may be recorded later than
+    /// it, give or take [`RESTORE_MAX_CLOCK_SKEW`].
     pub fn new(now: DateTime<Utc>) -> RestoreCheck {
         RestoreCheck {
             states: HashMap::new(),
@@ -77,7 +78,7 @@ impl RestoreCheck {
         let first = append.first_position;
         if append.recorded_at > self.latest {
             return Err(format!(
-                "the append at position {first} was recorded at {}, later than this machine's clock allows: every new append would be stamped with that time (is this clock right? if the clock that recorded the log ran ahead, --allow-clock-ahead restores it anyway)",
+                "the append at position {first} was recorded at {}, later than this machine's clock allows (the database's, on PostgreSQL): every new append would be stamped with that time (is this clock right? if the clock that recorded the log ran ahead, --allow-clock-ahead restores it anyway)",
                 crate::wire::format_time(&append.recorded_at)
             ));
         }

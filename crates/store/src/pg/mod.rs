@@ -19,7 +19,7 @@ mod schema;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -63,9 +63,25 @@ pub(crate) struct Shared {
     head_tx: watch::Sender<u64>,
     /// Why the head follower cannot reach the database, while it cannot (readiness).
     unreachable: Mutex<Option<String>>,
+    /// The database's clock minus this machine's, in microseconds, as last read: the
+    /// database's clock stamps `recorded_at` ([`EventStore::now`]).
+    clock_offset_micros: AtomicI64,
 }
 
 impl Shared {
+    /// Notes a reading of the database's clock (`db`) just received. (Off by the time the
+    /// answer took to come back, a millisecond or less: the decisions it serves allow a
+    /// minute or a day.)
+    pub(crate) fn observe_db_clock(&self, db: DateTime<Utc>) {
+        let offset = (db - Utc::now()).num_microseconds().unwrap_or(0);
+        self.clock_offset_micros.store(offset, Ordering::Relaxed);
+    }
+
+    fn db_now(&self) -> DateTime<Utc> {
+        let offset = self.clock_offset_micros.load(Ordering::Relaxed);
+        Utc::now() + chrono::TimeDelta::microseconds(offset)
+    }
+
     /// Moves the known durable head forward (never back).
     pub(crate) fn advance(&self, head: Head) {
         let mut current = match self.head.lock() {
@@ -107,10 +123,57 @@ impl Shared {
     }
 }
 
+/// Whether a process writes the log at `url` (a server, an import): each holds the log's
+/// writers' lock, shared, while it runs. `restore` writes events recorded in the past: a
+/// server would then change what it answered about those moments, so it refuses.
+pub async fn log_has_writers(url: &str) -> Result<bool, StoreError> {
+    let client = conn::connect(&parse_config(url)?).await?;
+    let exists: bool = timed(
+        "open",
+        OP_TIMEOUT,
+        client.query_one("SELECT to_regclass('events') IS NOT NULL", &[]),
+    )
+    .await?
+    .get(0);
+    if !exists {
+        return Ok(false);
+    }
+    let key = log_key(&client).await?;
+    let row = timed(
+        "open",
+        OP_TIMEOUT,
+        client.query_one(
+            &format!("SELECT pg_try_advisory_lock({})", key.writers_lock()),
+            &[],
+        ),
+    )
+    .await?;
+    // Taken alone: nobody writes (the lock goes with this connection).
+    Ok(!row.get::<_, bool>(0))
+}
+
+/// The database's clock now (see [`crate::Backend::now`]).
+pub(crate) async fn database_clock(url: &str) -> Result<DateTime<Utc>, StoreError> {
+    let client = conn::connect(&parse_config(url)?).await?;
+    let row = timed(
+        "read the clock",
+        OP_TIMEOUT,
+        client.query_one("SELECT clock_timestamp()", &[]),
+    )
+    .await?;
+    Ok(row.get(0))
+}
+
 /// An [`EventStore`] on a PostgreSQL database.
 pub struct PgStore {
     shared: Arc<Shared>,
     pool: Arc<Pool>,
+    /// `as_of` settles take turns on a connection of their own (each waits on the log's
+    /// append lock: on the read connections, a few would hold up every other read), and
+    /// the database time of the last one's lock (a later settle for a time before it has
+    /// nothing to wait for).
+    settles: tokio::sync::Mutex<Option<DateTime<Utc>>>,
+    settle_conn: Pool,
     writer: mpsc::Sender<Msg>,
     versions: mpsc::Sender<VersionAsk>,
     closed: AtomicBool,
@@ -177,6 +240,13 @@ impl PgStore {
         }
         let head = read_head(&client).await?;
         let key = log_key(&client).await?;
+        let db_clock: DateTime<Utc> = timed(
+            "open",
+            OP_TIMEOUT,
+            client.query_one("SELECT clock_timestamp()", &[]),
+        )
+        .await?
+        .get(0);
         drop(client);
 
         let (head_tx, _) = watch::channel(head.position);
@@ -184,7 +254,9 @@ impl PgStore {
             head: Mutex::new(head),
             head_tx,
             unreachable: Mutex::new(None),
+            clock_offset_micros: AtomicI64::new(0),
         });
+        shared.observe_db_clock(db_clock);
         let (tx, rx) = mpsc::channel(1024);
         if !read_only {
             tokio::spawn(writer::run(
@@ -198,12 +270,15 @@ impl PgStore {
         if !read_only {
             tokio::spawn(follow_head(Arc::downgrade(&shared), config.clone(), key));
         }
+        let settle_conn = Pool::new(config.clone(), 1);
         let pool = Arc::new(Pool::new(config, READ_CONNECTIONS));
         let (versions, asks) = mpsc::channel(4096);
         tokio::spawn(read_versions(Arc::clone(&pool), asks));
         Ok(PgStore {
             shared,
             pool,
+            settles: tokio::sync::Mutex::new(None),
+            settle_conn,
             writer: tx,
             versions,
             closed: AtomicBool::new(false),
@@ -392,10 +467,16 @@ async fn follow_head(shared: Weak<Shared>, config: Config, key: writer::LogKey) 
         }
         match conn::connect_listening(&config).await {
             Ok((client, mut notifications)) => {
+                // With the LISTEN, the writers' lock, shared, for as long as this connection
+                // lives: `restore` asks for it alone, and refuses while any process writes.
                 let listen = timed(
                     "LISTEN",
                     OP_TIMEOUT,
-                    client.batch_execute(&format!("LISTEN {}", key.head_channel())),
+                    client.batch_execute(&format!(
+                        "LISTEN {}; SELECT pg_advisory_lock_shared({})",
+                        key.head_channel(),
+                        key.writers_lock()
+                    )),
                 )
                 .await;
                 if let Err(e) = listen {
@@ -467,7 +548,7 @@ async fn follow_head(shared: Weak<Shared>, config: Config, key: writer::LogKey) 
 }
 
 impl EventStore for PgStore {
-    async fn settle_recorded_at(&self, _at: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn settle_recorded_at(&self, at: DateTime<Utc>) -> Result<(), StoreError> {
         if self.read_only {
             return Ok(());
         }
@@ -476,15 +557,30 @@ impl EventStore for PgStore {
         // head read in a new statement includes everything stamped before that moment, and
         // whatever commits later is stamped after it. No shortcut for an `at` this server's
         // clock has not reached: the database's clock, which stamps, may have.
-        let c = self.pool.get().await?;
-        timed(
+        let mut settled = tokio::time::timeout(OP_TIMEOUT, self.settles.lock())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "PostgreSQL: settle waited {OP_TIMEOUT:?} for the ones before it"
+                ))
+            })?;
+        // A settle that had the lock after `at` (while this one waited its turn) covers it.
+        if settled.is_some_and(|locked_at| locked_at > at) {
+            return Ok(());
+        }
+        let c = self.settle_conn.get().await?;
+        // The clock is read while the lock is held (the subquery, volatile, runs first).
+        let locked_at: DateTime<Utc> = timed(
             "settle",
             OP_TIMEOUT,
-            c.client.batch_execute(&self.key.wait_for_appends_sql()),
+            c.client.query_one(&self.key.settle_sql(), &[]),
         )
-        .await?;
+        .await?
+        .get(0);
+        self.shared.observe_db_clock(locked_at);
         let head = read_head(&c.client).await?;
         self.shared.advance(head);
+        *settled = Some(locked_at);
         Ok(())
     }
 
@@ -651,6 +747,10 @@ impl EventStore for PgStore {
 
     fn head(&self) -> Head {
         self.shared.head()
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.shared.db_now()
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {

@@ -62,9 +62,17 @@ impl LogKey {
 
     /// One statement that waits for the append transaction in flight, if any, to end: it takes
     /// the log's append lock and lets it go again at once (its own implicit transaction).
-    pub(crate) fn wait_for_appends_sql(self) -> String {
+    /// The one-key advisory lock every writing process of this log holds shared (see
+    /// `log_has_writers`); apart from the two-key append lock and the migrations' own key.
+    pub(crate) fn writers_lock(self) -> i64 {
+        (self.0 ^ 0x7772_6974_6572_7321) as i64 // "writers!"
+    }
+
+    /// Waits for the append in flight (takes the log's append lock, released at the end of
+    /// the statement) and answers the database's clock read while the lock was held.
+    pub(crate) fn settle_sql(self) -> String {
         format!(
-            "SELECT pg_advisory_xact_lock({}, {})",
+            "SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock({}, {})) AS locked",
             (self.0 >> 32) as u32 as i32,
             self.0 as u32 as i32
         )
@@ -283,10 +291,10 @@ pub(crate) async fn run(
         };
 
         let result = match conn.as_ref().filter(|c| !c.client.is_closed()) {
-            Some(c) => commit_batch(c, &jobs).await,
+            Some(c) => commit_batch(c, &jobs, &shared).await,
             None => match WriterConn::open(&config, durability, key).await {
                 Ok(c) => {
-                    let r = commit_batch(&c, &jobs).await;
+                    let r = commit_batch(&c, &jobs, &shared).await;
                     conn = Some(c);
                     r
                 }
@@ -584,13 +592,15 @@ type BatchResult = (Vec<Result<AppendOutcome, StoreError>>, Option<Head>);
 async fn commit_batch(
     c: &WriterConn,
     jobs: &[(Vec<AppendRequest>, Reply)],
+    shared: &Shared,
 ) -> Result<BatchResult, StoreError> {
-    transaction(c, "append", commit_batch_inner(c, jobs)).await
+    transaction(c, "append", commit_batch_inner(c, jobs, shared)).await
 }
 
 async fn commit_batch_inner(
     c: &WriterConn,
     jobs: &[(Vec<AppendRequest>, Reply)],
+    shared: &Shared,
 ) -> Result<BatchResult, StoreError> {
     let requests: Vec<&AppendRequest> = jobs.iter().flat_map(|(r, _)| r.iter()).collect();
     // Which call (job) each request came from: requests of one call depend on each other
@@ -607,6 +617,7 @@ async fn commit_batch_inner(
         id_rows,
         mut versions,
     } = lock_and_read(c, requests.iter().copied()).await?;
+    shared.observe_db_clock(db_now);
     let (mut position, mut prev_hash) = (head.position, head.hash);
     // Stamped from the database's clock, not this server's: with servers whose clocks differ,
     // a server behind would otherwise stamp "before" a time another server has already
