@@ -509,9 +509,10 @@ fn the_future_is_the_database_clock_s_future() {
 
 /// `restore` into a PostgreSQL log that a server is writing is refused: it writes events
 /// recorded in the past, and the server would change what it answered about those moments.
-/// Once the server stopped, the same restore runs.
+/// Once the server stopped, the same restore runs. (And no server starts while a restore
+/// runs: `a_sole_writer_excludes_every_other_writer_both_ways` in the store's tests.)
 #[test]
-fn restore_waits_for_the_servers_of_a_log_to_stop() {
+fn restore_is_refused_while_a_server_writes_the_log() {
     let Some(base) = pg_base() else {
         return;
     };
@@ -537,7 +538,10 @@ fn restore_waits_for_the_servers_of_a_log_to_stop() {
     let out = restore();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("is writing to this log"), "{stderr}");
+    assert!(
+        stderr.contains("another process writes this log"),
+        "{stderr}"
+    );
     drop(server);
     // The server's connections end with it (a moment after the kill).
     let deadline = Instant::now() + TIMEOUT;
@@ -611,6 +615,18 @@ fn reads_do_not_wait_behind_as_of_reads_waiting_for_the_append_lock() {
     assert!(
         took < Duration::from_secs(2),
         "a page of the log waited {took:?} behind as_of reads"
+    );
+    // A time the database's clock has not reached has nothing to wait for.
+    let started = Instant::now();
+    let r = server.get(
+        &format!("/v1/incidents/{incident}?as_of=2100-01-01T00:00:00Z"),
+        &admin,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "an as_of in the future waited {took:?} for the append lock"
     );
     holder.join().expect("psql");
     for w in waiting {
@@ -860,6 +876,18 @@ fn readiness_notices_a_hung_database_within_seconds() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // An `as_of` read, which waits on the database for the append in flight, answers 503
+    // at once while it is known to be away, not after the database call's deadline.
+    let started = Instant::now();
+    let as_of = (chrono::Utc::now() - chrono::TimeDelta::seconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let r = server.get(&format!("/v1/regions?as_of={as_of}"), &admin);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "an as_of read took {:?} on a hung database",
+        started.elapsed()
+    );
     drop(resume);
     eventually(&server, &admin, "/readyz", |v| v["status"] == "ok");
 }

@@ -131,10 +131,17 @@ fn requests_without_a_token_are_answered_only_for_allowed_host_names() {
             "{host} with a token"
         );
     }
-    // The ops endpoints too (a page could otherwise read /metrics).
+    // The ops endpoints too (a page could otherwise read /metrics), whose answers no token
+    // guards: a made-up `Authorization` header does not let a request past there.
     let r = srv
         .req("GET", "/metrics")
         .header("Host", "attacker.example")
+        .send();
+    assert_eq!(r.status, 421);
+    let r = srv
+        .req("GET", "/metrics")
+        .header("Host", "attacker.example")
+        .header("Authorization", "x")
         .send();
     assert_eq!(r.status, 421);
 

@@ -833,18 +833,16 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
     // The decisions run on a thread of their own while this one reads and regroups.
     let (to_check, appends) =
         std::sync::mpsc::sync_channel::<(incidentlog_store::RecordedAppend, Lines)>(1024);
-    if let incidentlog_store::Backend::Postgres(url) = &args.store.store {
-        if incidentlog_store::pg::log_has_writers(url)
-            .await
-            .context("cannot tell whether servers write to the log")?
-        {
-            bail!(
-                "a server (or an import) is writing to this log: stop it first. A restore writes \
-                 events recorded in the past, and a running server would then change what it \
-                 answered about those moments (as_of)"
-            );
-        }
-    }
+    // On PostgreSQL the store is opened first, as the log's sole writer: that refuses while
+    // a server writes the log, and keeps servers from starting until the restore ends,
+    // checks included. (The file store's lock does as much; it is opened after the check, so
+    // that a file refused creates no data directory.)
+    let early = match &args.store.store {
+        incidentlog_store::Backend::Postgres(_) => Some(Arc::new(
+            crate::open_store_as_sole_writer(&args.store, &args.write).await?,
+        )),
+        incidentlog_store::Backend::File => None,
+    };
     let allow_clock_ahead = args.allow_clock_ahead;
     // The clock that will stamp the appends after the restored ones: on PostgreSQL the
     // database's, whatever this machine's says.
@@ -886,7 +884,10 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
     checked_ok?;
     let file_head = read?;
 
-    let store = Arc::new(open_store(&args.store, &args.write).await?);
+    let store = match early {
+        Some(store) => store,
+        None => Arc::new(crate::open_store_as_sole_writer(&args.store, &args.write).await?),
+    };
     let store_head = store.head();
     // A store that already holds a beginning of this log (an interrupted restore) goes on
     // from there; any other content is refused.

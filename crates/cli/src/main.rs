@@ -351,19 +351,28 @@ fn describe_store_value(s: &str) -> String {
 /// Opens the store the flags name, for writing (`serve`, `import`, `token`): a missing file
 /// store is created, a torn tail is cut.
 pub async fn open_store(store: &StoreArgs, write: &WriteArgs) -> anyhow::Result<Store> {
-    open_store_as(store, write, false).await
+    open_store_as(store, write, false, false).await
+}
+
+/// Opens the store as the log's only writer (`restore`: see `OpenOptions::sole_writer`).
+pub async fn open_store_as_sole_writer(
+    store: &StoreArgs,
+    write: &WriteArgs,
+) -> anyhow::Result<Store> {
+    open_store_as(store, write, false, true).await
 }
 
 /// Opens the store for reading only (`verify`, `replay`, `export`): the file store must
 /// exist and nothing on disk changes (a torn tail is left in place; `verify` reports it).
 pub async fn open_store_read_only(store: &StoreArgs) -> anyhow::Result<Store> {
-    open_store_as(store, &WriteArgs::default(), true).await
+    open_store_as(store, &WriteArgs::default(), true, false).await
 }
 
 async fn open_store_as(
     store: &StoreArgs,
     write: &WriteArgs,
     read_only: bool,
+    sole_writer: bool,
 ) -> anyhow::Result<Store> {
     if matches!(store.store, Backend::File) && store.data_dir.exists() && !store.data_dir.is_dir() {
         anyhow::bail!("--data-dir {} is not a directory", store.data_dir.display());
@@ -374,6 +383,7 @@ async fn open_store_as(
         durability: write.durability.into(),
         segment_size: write.segment_size,
         read_only,
+        sole_writer,
         log_cache: write.log_cache.0,
         ..OpenOptions::new(&store.data_dir)
     };

@@ -583,6 +583,11 @@ pub struct OpenOptions {
     /// File store: a write and sync of the log that has not returned after this long (a hung
     /// disk, a hard NFS mount) makes the store unavailable: `/readyz` says so.
     pub stalled_after: std::time::Duration,
+    /// This process will be the log's only writer (`restore`). PostgreSQL: the open takes the
+    /// log's writers' lock alone and holds it until the store is dropped, and fails while
+    /// any other process writes the log; other writing opens fail while it is held. (The
+    /// file store's directory lock already admits one process.)
+    pub sole_writer: bool,
 }
 
 impl OpenOptions {
@@ -596,6 +601,7 @@ impl OpenOptions {
             read_only: false,
             log_cache: Some(DEFAULT_LOG_CACHE),
             stalled_after: DEFAULT_STALLED_AFTER,
+            sole_writer: false,
         }
     }
 }
@@ -627,6 +633,9 @@ impl Store {
             Backend::Postgres(url) if opts.read_only => {
                 Ok(Store::Postgres(pg::PgStore::open_read_only(url).await?))
             }
+            Backend::Postgres(url) if opts.sole_writer => Ok(Store::Postgres(
+                pg::PgStore::open_sole_writer(url, opts.durability).await?,
+            )),
             Backend::Postgres(url) => Ok(Store::Postgres(
                 pg::PgStore::open(url, opts.durability).await?,
             )),

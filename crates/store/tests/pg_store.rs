@@ -337,3 +337,54 @@ async fn a_time_just_past_waits_for_the_append_in_flight() {
         .unwrap()
         .unwrap();
 }
+
+/// A restore opens as the log's sole writer: not while another process writes the log, and
+/// no writer opens while it runs (it writes events recorded in the past: a server running
+/// meanwhile would change what it answered about those moments). Readers open alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sole_writer_excludes_every_other_writer_both_ways() {
+    let Some(url) = test_database("a_sole_writer_excludes_every_other_writer_both_ways").await
+    else {
+        return;
+    };
+    let writer = PgStore::open(&url, Durability::Strict)
+        .await
+        .expect("a writer");
+    // Its follower takes the shared lock a moment after the open.
+    let mut refused = None;
+    for _ in 0..100 {
+        match PgStore::open_sole_writer(&url, Durability::Strict).await {
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+            Ok(sole) => drop(sole),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = refused.expect("a sole writer opened beside a writer");
+    assert!(
+        refused.contains("another process writes this log"),
+        "{refused}"
+    );
+    writer.close().await.expect("close");
+    drop(writer);
+
+    let mut sole = None;
+    for _ in 0..100 {
+        if let Ok(s) = PgStore::open_sole_writer(&url, Durability::Strict).await {
+            sole = Some(s);
+            break;
+        }
+        // The closed writer's sessions end a moment later.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sole = sole.expect("the sole writer opens once the writer is gone");
+    let err = PgStore::open(&url, Durability::Strict)
+        .await
+        .expect_err("a writer opened beside the sole writer")
+        .to_string();
+    assert!(err.contains("a restore is writing this log"), "{err}");
+    PgStore::open_read_only(&url).await.expect("a reader opens");
+    drop(sole);
+}

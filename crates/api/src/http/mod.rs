@@ -153,12 +153,14 @@ fn host_key(name: &str) -> String {
 }
 
 /// The host name a request names (HTTP/2's authority, else `Host`), without its port; `None`
-/// when it names none (HTTP/1.0).
+/// when it names none (HTTP/1.0). A `Host` that is not text names no allowed host (`""`).
 fn request_host(req: &Request) -> Option<String> {
     if let Some(host) = req.uri().host() {
         return Some(host_key(host));
     }
-    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    let Ok(host) = req.headers().get(header::HOST)?.to_str() else {
+        return Some(String::new());
+    };
     let name = match host.rsplit_once(':') {
         // `[::1]:8080`, `localhost:8080`; a bare IPv6 literal has no brackets to split on.
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
@@ -750,13 +752,16 @@ impl LineLimit {
 /// The one middleware (each `from_fn` layer clones the inner service per request, so there is
 /// only one): request id, auth and limits for the API routes, metrics, logging of internal
 /// errors with the request id.
-/// Whether a request may go on with the host it names: any with a token (a page cannot hold
-/// one), and without one, only an allowed host (or none named: no browser sends that).
-fn host_allowed(state: &AppState, req: &Request) -> bool {
+/// Whether a request may go on with the host it names: any with a token on a route that
+/// checks it (a page cannot hold one: a made-up one gets 401 there), and otherwise only an
+/// allowed host, or none named (no browser sends that). The ops endpoints check no token, so
+/// an `Authorization` header of any kind does not let a request to them past.
+fn host_allowed(state: &AppState, req: &Request, route: Option<&str>) -> bool {
     let Some(hosts) = &state.anonymous_hosts else {
         return true;
     };
-    if req.headers().contains_key(header::AUTHORIZATION) {
+    let checks_tokens = !matches!(route, Some("/healthz" | "/readyz" | "/metrics"));
+    if checks_tokens && req.headers().contains_key(header::AUTHORIZATION) {
         return true;
     }
     request_host(req).is_none_or(|name| always_allowed_host(&name) || hosts.contains(&name))
@@ -785,7 +790,7 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     // evaluated).
     let uri = req.uri().clone();
     let mut response = match route {
-        _ if !host_allowed(&state, &req) => ApiError::MisdirectedHost(format!(
+        _ if !host_allowed(&state, &req, route) => ApiError::MisdirectedHost(format!(
             "this server answers requests without a token only for IP addresses, localhost \
              and the host names of --allowed-host, and {:?} is not one: a page of another \
              site whose name points here must not read it (DNS rebinding)",

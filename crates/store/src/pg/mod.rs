@@ -123,35 +123,6 @@ impl Shared {
     }
 }
 
-/// Whether a process writes the log at `url` (a server, an import): each holds the log's
-/// writers' lock, shared, while it runs. `restore` writes events recorded in the past: a
-/// server would then change what it answered about those moments, so it refuses.
-pub async fn log_has_writers(url: &str) -> Result<bool, StoreError> {
-    let client = conn::connect(&parse_config(url)?).await?;
-    let exists: bool = timed(
-        "open",
-        OP_TIMEOUT,
-        client.query_one("SELECT to_regclass('events') IS NOT NULL", &[]),
-    )
-    .await?
-    .get(0);
-    if !exists {
-        return Ok(false);
-    }
-    let key = log_key(&client).await?;
-    let row = timed(
-        "open",
-        OP_TIMEOUT,
-        client.query_one(
-            &format!("SELECT pg_try_advisory_lock({})", key.writers_lock()),
-            &[],
-        ),
-    )
-    .await?;
-    // Taken alone: nobody writes (the lock goes with this connection).
-    Ok(!row.get::<_, bool>(0))
-}
-
 /// The database's clock now (see [`crate::Backend::now`]).
 pub(crate) async fn database_clock(url: &str) -> Result<DateTime<Utc>, StoreError> {
     let client = conn::connect(&parse_config(url)?).await?;
@@ -174,6 +145,8 @@ pub struct PgStore {
     /// nothing to wait for).
     settles: tokio::sync::Mutex<Option<DateTime<Utc>>>,
     settle_conn: Pool,
+    /// The session that holds the writers' lock alone, for a sole writer (`restore`).
+    _sole_writer: Option<tokio_postgres::Client>,
     writer: mpsc::Sender<Msg>,
     versions: mpsc::Sender<VersionAsk>,
     closed: AtomicBool,
@@ -182,6 +155,19 @@ pub struct PgStore {
     read_only: bool,
     key: writer::LogKey,
 }
+
+/// How a store is opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    ReadOnly,
+    Writer,
+    SoleWriter,
+}
+
+/// Why a sole writer (`restore`) cannot open.
+const OTHER_WRITERS: &str = "another process writes this log (a server, an import or a restore)";
+/// Why a writer cannot open, or a server is not ready, while a restore runs.
+const RESTORING: &str = "a restore is writing this log: wait for it to end";
 
 /// What appends to a store opened read-only get.
 const READ_ONLY: &str = "the store was opened read-only: appends are refused";
@@ -199,7 +185,16 @@ impl PgStore {
     /// Connects, applies missing migrations, reads the head and starts the writer and the head
     /// follower. `url` is a `postgres://` or `postgresql://` URL (libpq key=value works too).
     pub async fn open(url: &str, durability: Durability) -> Result<PgStore, StoreError> {
-        PgStore::open_as(url, durability, false).await
+        PgStore::open_as(url, durability, Mode::Writer).await
+    }
+
+    /// [`PgStore::open`] for the log's only writer (`restore`, see
+    /// `OpenOptions::sole_writer`).
+    pub async fn open_sole_writer(
+        url: &str,
+        durability: Durability,
+    ) -> Result<PgStore, StoreError> {
+        PgStore::open_as(url, durability, Mode::SoleWriter).await
     }
 
     /// Opens for reading only (the offline `verify`, `replay`, `export`, `token list`): creates
@@ -208,14 +203,11 @@ impl PgStore {
     /// current. Nothing follows the head after it is read: such a command reads the log up to
     /// where it stood when it began.
     pub async fn open_read_only(url: &str) -> Result<PgStore, StoreError> {
-        PgStore::open_as(url, Durability::Strict, true).await
+        PgStore::open_as(url, Durability::Strict, Mode::ReadOnly).await
     }
 
-    async fn open_as(
-        url: &str,
-        durability: Durability,
-        read_only: bool,
-    ) -> Result<PgStore, StoreError> {
+    async fn open_as(url: &str, durability: Durability, mode: Mode) -> Result<PgStore, StoreError> {
+        let read_only = mode == Mode::ReadOnly;
         let config = parse_config(url)?;
         let client = conn::connect(&config).await?;
         // Event data is UTF-8 text: another server encoding would refuse some of it at insert
@@ -238,8 +230,55 @@ impl PgStore {
         } else {
             schema::migrate(&client).await?;
         }
-        let head = read_head(&client).await?;
         let key = log_key(&client).await?;
+        // The writers' lock: a restore (the sole writer) holds it alone, every other writing
+        // process shared (its follower's connection, for as long as that lives). A restore
+        // writes events recorded in the past: a server running meanwhile would change what
+        // it answered about those moments.
+        let sole_writer = match mode {
+            Mode::ReadOnly => None,
+            Mode::SoleWriter => {
+                let guard = conn::connect(&config).await?;
+                let alone: bool = timed(
+                    "open",
+                    OP_TIMEOUT,
+                    guard.query_one(
+                        &format!("SELECT pg_try_advisory_lock({})", key.writers_lock()),
+                        &[],
+                    ),
+                )
+                .await?
+                .get(0);
+                if !alone {
+                    return Err(StoreError::Unavailable(format!(
+                        "{OTHER_WRITERS}: stop them first (a restore writes events recorded in \
+                         the past, and a running server would change what it answered about \
+                         those moments)"
+                    )));
+                }
+                Some(guard)
+            }
+            Mode::Writer => {
+                let row = timed(
+                    "open",
+                    OP_TIMEOUT,
+                    client.query_one(
+                        &format!(
+                            "SELECT pg_try_advisory_lock_shared({0}) \
+                             AND pg_advisory_unlock_shared({0})",
+                            key.writers_lock()
+                        ),
+                        &[],
+                    ),
+                )
+                .await?;
+                if !row.get::<_, bool>(0) {
+                    return Err(StoreError::Unavailable(RESTORING.to_owned()));
+                }
+                None
+            }
+        };
+        let head = read_head(&client).await?;
         let db_clock: DateTime<Utc> = timed(
             "open",
             OP_TIMEOUT,
@@ -268,7 +307,12 @@ impl PgStore {
             ));
         }
         if !read_only {
-            tokio::spawn(follow_head(Arc::downgrade(&shared), config.clone(), key));
+            tokio::spawn(follow_head(
+                Arc::downgrade(&shared),
+                config.clone(),
+                key,
+                sole_writer.is_none(),
+            ));
         }
         let settle_conn = Pool::new(config.clone(), 1);
         let pool = Arc::new(Pool::new(config, READ_CONNECTIONS));
@@ -279,6 +323,7 @@ impl PgStore {
             pool,
             settles: tokio::sync::Mutex::new(None),
             settle_conn,
+            _sole_writer: sole_writer,
             writer: tx,
             versions,
             closed: AtomicBool::new(false),
@@ -460,26 +505,48 @@ async fn log_key(client: &tokio_postgres::Client) -> Result<writer::LogKey, Stor
 }
 
 /// Follows appends of every process: LISTEN on a dedicated connection, poll as the fallback.
-async fn follow_head(shared: Weak<Shared>, config: Config, key: writer::LogKey) {
+async fn follow_head(
+    shared: Weak<Shared>,
+    config: Config,
+    key: writer::LogKey,
+    shares_writers_lock: bool,
+) {
     loop {
         if shared.strong_count() == 0 {
             return;
         }
         match conn::connect_listening(&config).await {
             Ok((client, mut notifications)) => {
-                // With the LISTEN, the writers' lock, shared, for as long as this connection
-                // lives: `restore` asks for it alone, and refuses while any process writes.
                 let listen = timed(
                     "LISTEN",
                     OP_TIMEOUT,
-                    client.batch_execute(&format!(
-                        "LISTEN {}; SELECT pg_advisory_lock_shared({})",
-                        key.head_channel(),
-                        key.writers_lock()
-                    )),
+                    client.batch_execute(&format!("LISTEN {}", key.head_channel())),
                 )
                 .await;
-                if let Err(e) = listen {
+                // With the LISTEN, the writers' lock, shared, for as long as this connection
+                // lives: a restore asks for it alone. Not to be had: a restore runs (it began
+                // while this connection was down); not ready until it ends.
+                let shared_lock = match &listen {
+                    Ok(()) if shares_writers_lock => timed(
+                        "writers' lock",
+                        OP_TIMEOUT,
+                        client.query_one(
+                            &format!("SELECT pg_try_advisory_lock_shared({})", key.writers_lock()),
+                            &[],
+                        ),
+                    )
+                    .await
+                    .map(|row| row.get::<_, bool>(0)),
+                    _ => Ok(true),
+                };
+                if let Ok(false) = shared_lock {
+                    if let Some(s) = shared.upgrade() {
+                        s.set_unreachable(Some(RESTORING.to_owned()));
+                    }
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                    continue;
+                }
+                if let Err(e) = listen.and(shared_lock.map(drop)) {
                     tracing::debug!(error = %e, "LISTEN failed");
                     if let Some(s) = shared.upgrade() {
                         s.set_unreachable(Some(format!("LISTEN failed: {e}")));
@@ -557,6 +624,21 @@ impl EventStore for PgStore {
         // head read in a new statement includes everything stamped before that moment, and
         // whatever commits later is stamped after it. No shortcut for an `at` this server's
         // clock has not reached: the database's clock, which stamps, may have.
+        let arrived = self.shared.db_now();
+        // A time the database's clock has not reached (a second's margin for the estimate):
+        // later appends may still be stamped before it, so there is nothing to settle; the
+        // answer is the state so far.
+        if at > arrived + chrono::TimeDelta::seconds(1) {
+            return Ok(());
+        }
+        let unreachable = || {
+            self.shared
+                .unreachable()
+                .map(|why| StoreError::Unavailable(format!("PostgreSQL: {why}")))
+        };
+        if let Some(e) = unreachable() {
+            return Err(e);
+        }
         let mut settled = tokio::time::timeout(OP_TIMEOUT, self.settles.lock())
             .await
             .map_err(|_| {
@@ -564,19 +646,34 @@ impl EventStore for PgStore {
                     "PostgreSQL: settle waited {OP_TIMEOUT:?} for the ones before it"
                 ))
             })?;
-        // A settle that had the lock after `at` (while this one waited its turn) covers it.
-        if settled.is_some_and(|locked_at| locked_at > at) {
+        // A settle that had the lock after `at`, or after this one arrived (for a time just
+        // now, whose answer is the state so far anyway), while this one waited its turn,
+        // covers it.
+        if settled.is_some_and(|locked_at| locked_at > at.min(arrived)) {
             return Ok(());
         }
+        // The one before failed on a database that hung: this one would wait as long.
+        if let Some(e) = unreachable() {
+            return Err(e);
+        }
         let c = self.settle_conn.get().await?;
-        // The clock is read while the lock is held (the subquery, volatile, runs first).
-        let locked_at: DateTime<Utc> = timed(
-            "settle",
-            OP_TIMEOUT,
-            c.client.query_one(&self.key.settle_sql(), &[]),
-        )
-        .await?
-        .get(0);
+        // The clock is read while the lock is held (the subquery, volatile, runs first). A
+        // database that stops answering meanwhile (the head follower notices in 2 s) ends
+        // the wait, not the full deadline.
+        let sql = self.key.settle_sql();
+        let query = timed("settle", OP_TIMEOUT, c.client.query_one(&sql, &[]));
+        tokio::pin!(query);
+        let row = loop {
+            tokio::select! {
+                row = &mut query => break row?,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if let Some(e) = unreachable() {
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let locked_at: DateTime<Utc> = row.get(0);
         self.shared.observe_db_clock(locked_at);
         let head = read_head(&c.client).await?;
         self.shared.advance(head);
