@@ -144,6 +144,13 @@ fn requests_without_a_token_are_answered_only_for_allowed_host_names() {
         .header("Authorization", "x")
         .send();
     assert_eq!(r.status, 421);
+    // Two `Host` headers: which one counts is unknown, so neither does.
+    let r = srv
+        .req("GET", "/healthz")
+        .header("Host", "localhost")
+        .header("Host", "attacker.example")
+        .send();
+    assert_eq!(r.status, 421);
 
     // Names the operator allows (a reverse proxy's public name), or any.
     let (_dir, named, _) =

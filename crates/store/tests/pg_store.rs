@@ -388,3 +388,77 @@ async fn a_sole_writer_excludes_every_other_writer_both_ways() {
     PgStore::open_read_only(&url).await.expect("a reader opens");
     drop(sole);
 }
+
+/// A writer that lost its shared hold on the writers' lock (its follower's connection was
+/// cut, and a restore took the lock meanwhile) cannot append: every append transaction asks
+/// for the lock itself. Before, such a server went on acknowledging appends into the middle of
+/// the restore, which then failed for good ("the store holds a different log").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_cannot_append_while_a_restore_holds_the_log() {
+    let Some(url) = test_database("a_writer_cannot_append_while_a_restore_holds_the_log").await
+    else {
+        return;
+    };
+    let writer = PgStore::open(&url, Durability::Strict)
+        .await
+        .expect("a writer");
+    writer
+        .append(request(
+            Uuid::new_v4(),
+            ExpectedVersion::Exact(0),
+            vec![new_event(1)],
+        ))
+        .await
+        .expect("an append");
+    let admin = connect(&url).await;
+    let holders = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' \
+                   AND granted AND database = (SELECT oid FROM pg_database \
+                   WHERE datname = current_database())";
+    // Cut the connection that holds the writer's share, then restore as the sole writer in
+    // the moment before it is taken again.
+    let mut sole = None;
+    for _ in 0..100 {
+        for row in admin.query(holders, &[]).await.expect("pg_locks") {
+            let pid: i32 = row.get(0);
+            let _ = admin
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .await;
+        }
+        if let Ok(s) = PgStore::open_sole_writer(&url, Durability::Strict).await {
+            sole = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sole = sole.expect("a sole writer once the writer's share was cut");
+    let err = writer
+        .append(request(
+            Uuid::new_v4(),
+            ExpectedVersion::Exact(0),
+            vec![new_event(2)],
+        ))
+        .await
+        .expect_err("an append while a restore holds the log")
+        .to_string();
+    assert!(err.contains("a restore is writing this log"), "{err}");
+    assert_eq!(sole.head().position, 1, "nothing was written");
+    drop(sole);
+    // The restore gone, the writer appends again.
+    let mut appended = false;
+    for _ in 0..100 {
+        if writer
+            .append(request(
+                Uuid::new_v4(),
+                ExpectedVersion::Exact(0),
+                vec![new_event(3)],
+            ))
+            .await
+            .is_ok()
+        {
+            appended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(appended, "the writer never appended again");
+}

@@ -158,7 +158,12 @@ fn request_host(req: &Request) -> Option<String> {
     if let Some(host) = req.uri().host() {
         return Some(host_key(host));
     }
-    let Ok(host) = req.headers().get(header::HOST)?.to_str() else {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        // None, or two: which one a proxy would act on is unknown (RFC 9112: a 400).
+        return req.headers().contains_key(header::HOST).then(String::new);
+    };
+    let Ok(host) = host.to_str() else {
         return Some(String::new());
     };
     let name = match host.rsplit_once(':') {

@@ -19,7 +19,7 @@ mod schema;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -63,9 +63,10 @@ pub(crate) struct Shared {
     head_tx: watch::Sender<u64>,
     /// Why the head follower cannot reach the database, while it cannot (readiness).
     unreachable: Mutex<Option<String>>,
-    /// The database's clock minus this machine's, in microseconds, as last read: the
-    /// database's clock stamps `recorded_at` ([`EventStore::now`]).
-    clock_offset_micros: AtomicI64,
+    /// The database's clock as last read, and when (this machine's monotonic clock, which
+    /// no step of the wall clock moves): the database's clock stamps `recorded_at`
+    /// ([`EventStore::now`]).
+    db_clock: Mutex<(DateTime<Utc>, std::time::Instant)>,
 }
 
 impl Shared {
@@ -73,13 +74,13 @@ impl Shared {
     /// answer took to come back, a millisecond or less: the decisions it serves allow a
     /// minute or a day.)
     pub(crate) fn observe_db_clock(&self, db: DateTime<Utc>) {
-        let offset = (db - Utc::now()).num_microseconds().unwrap_or(0);
-        self.clock_offset_micros.store(offset, Ordering::Relaxed);
+        *self.db_clock.lock().unwrap_or_else(|p| p.into_inner()) = (db, std::time::Instant::now());
     }
 
+    /// The database's clock now, as estimated from its last reading.
     fn db_now(&self) -> DateTime<Utc> {
-        let offset = self.clock_offset_micros.load(Ordering::Relaxed);
-        Utc::now() + chrono::TimeDelta::microseconds(offset)
+        let (db, at) = *self.db_clock.lock().unwrap_or_else(|p| p.into_inner());
+        db + chrono::TimeDelta::from_std(at.elapsed()).unwrap_or_default()
     }
 
     /// Moves the known durable head forward (never back).
@@ -145,8 +146,6 @@ pub struct PgStore {
     /// nothing to wait for).
     settles: tokio::sync::Mutex<Option<DateTime<Utc>>>,
     settle_conn: Pool,
-    /// The session that holds the writers' lock alone, for a sole writer (`restore`).
-    _sole_writer: Option<tokio_postgres::Client>,
     writer: mpsc::Sender<Msg>,
     versions: mpsc::Sender<VersionAsk>,
     closed: AtomicBool,
@@ -165,9 +164,10 @@ enum Mode {
 }
 
 /// Why a sole writer (`restore`) cannot open.
-const OTHER_WRITERS: &str = "another process writes this log (a server, an import or a restore)";
+pub(crate) const OTHER_WRITERS: &str =
+    "another process writes this log (a server, an import, a token command or a restore)";
 /// Why a writer cannot open, or a server is not ready, while a restore runs.
-const RESTORING: &str = "a restore is writing this log: wait for it to end";
+pub(crate) const RESTORING: &str = "a restore is writing this log: wait for it to end";
 
 /// What appends to a store opened read-only get.
 const READ_ONLY: &str = "the store was opened read-only: appends are refused";
@@ -238,25 +238,7 @@ impl PgStore {
         let sole_writer = match mode {
             Mode::ReadOnly => None,
             Mode::SoleWriter => {
-                let guard = conn::connect(&config).await?;
-                let alone: bool = timed(
-                    "open",
-                    OP_TIMEOUT,
-                    guard.query_one(
-                        &format!("SELECT pg_try_advisory_lock({})", key.writers_lock()),
-                        &[],
-                    ),
-                )
-                .await?
-                .get(0);
-                if !alone {
-                    return Err(StoreError::Unavailable(format!(
-                        "{OTHER_WRITERS}: stop them first (a restore writes events recorded in \
-                         the past, and a running server would change what it answered about \
-                         those moments)"
-                    )));
-                }
-                Some(guard)
+                Some(writer::WriterConn::open(&config, durability, key, true).await?)
             }
             Mode::Writer => {
                 let row = timed(
@@ -293,10 +275,10 @@ impl PgStore {
             head: Mutex::new(head),
             head_tx,
             unreachable: Mutex::new(None),
-            clock_offset_micros: AtomicI64::new(0),
+            db_clock: Mutex::new((db_clock, std::time::Instant::now())),
         });
-        shared.observe_db_clock(db_clock);
         let (tx, rx) = mpsc::channel(1024);
+        let shares_writers_lock = sole_writer.is_none();
         if !read_only {
             tokio::spawn(writer::run(
                 Arc::downgrade(&shared),
@@ -304,6 +286,7 @@ impl PgStore {
                 durability,
                 key,
                 rx,
+                sole_writer,
             ));
         }
         if !read_only {
@@ -311,7 +294,7 @@ impl PgStore {
                 Arc::downgrade(&shared),
                 config.clone(),
                 key,
-                sole_writer.is_none(),
+                shares_writers_lock,
             ));
         }
         let settle_conn = Pool::new(config.clone(), 1);
@@ -323,7 +306,6 @@ impl PgStore {
             pool,
             settles: tokio::sync::Mutex::new(None),
             settle_conn,
-            _sole_writer: sole_writer,
             writer: tx,
             versions,
             closed: AtomicBool::new(false),

@@ -126,7 +126,7 @@ pub(crate) enum Msg {
     Close(oneshot::Sender<()>),
 }
 
-struct WriterConn {
+pub(crate) struct WriterConn {
     client: Client,
     head: Statement,
     ids: Statement,
@@ -137,15 +137,41 @@ struct WriterConn {
     notify: Statement,
     /// Takes this log's append lock (`LogKey`).
     lock_sql: String,
+    /// An ordinary writer's: asks, in each append transaction, for the log's writers' lock
+    /// shared (`None` for the sole writer, whose session holds it alone).
+    writers_sql: Option<String>,
 }
 
 impl WriterConn {
-    async fn open(
+    /// Connects and prepares. The sole writer (`restore`) first takes the writers' lock alone
+    /// for this session: its transactions run where the lock is held, so that if the session
+    /// is lost, so is the right to write (a new one must take the lock again).
+    pub(crate) async fn open(
         config: &Config,
         durability: Durability,
         key: LogKey,
+        sole_writer: bool,
     ) -> Result<WriterConn, StoreError> {
         let client = connect(config).await?;
+        if sole_writer {
+            let alone: bool = timed(
+                "writers' lock",
+                OP_TIMEOUT,
+                client.query_one(
+                    &format!("SELECT pg_try_advisory_lock({})", key.writers_lock()),
+                    &[],
+                ),
+            )
+            .await?
+            .get(0);
+            if !alone {
+                return Err(StoreError::Unavailable(format!(
+                    "{}: stop them first (a restore writes events recorded in the past, and a \
+                     running server would change what it answered about those moments)",
+                    super::OTHER_WRITERS
+                )));
+            }
+        }
         let prepare = async {
             if durability == Durability::Relaxed {
                 // The operator accepted losing the latest appends on a crash.
@@ -209,6 +235,12 @@ impl WriterConn {
             insert_restored,
             notify,
             lock_sql: key.lock_sql(),
+            writers_sql: (!sole_writer).then(|| {
+                format!(
+                    "SELECT pg_try_advisory_xact_lock_shared({})",
+                    key.writers_lock()
+                )
+            }),
         })
     }
 }
@@ -220,8 +252,11 @@ pub(crate) async fn run(
     durability: Durability,
     key: LogKey,
     mut rx: mpsc::Receiver<Msg>,
+    first_conn: Option<WriterConn>,
 ) {
-    let mut conn: Option<WriterConn> = None;
+    // The sole writer's first session was opened (and the lock taken) by the open.
+    let sole_writer = first_conn.is_some();
+    let mut conn: Option<WriterConn> = first_conn;
     let mut pending: Option<Msg> = None;
     loop {
         let first = match pending.take() {
@@ -244,7 +279,7 @@ pub(crate) async fn run(
                 };
                 let result = match conn.as_ref().filter(|c| !c.client.is_closed()) {
                     Some(c) => restore_batch(c, &appends).await,
-                    None => match WriterConn::open(&config, durability, key).await {
+                    None => match WriterConn::open(&config, durability, key, sole_writer).await {
                         Ok(c) => {
                             let r = restore_batch(&c, &appends).await;
                             conn = Some(c);
@@ -292,7 +327,7 @@ pub(crate) async fn run(
 
         let result = match conn.as_ref().filter(|c| !c.client.is_closed()) {
             Some(c) => commit_batch(c, &jobs, &shared).await,
-            None => match WriterConn::open(&config, durability, key).await {
+            None => match WriterConn::open(&config, durability, key, sole_writer).await {
                 Ok(c) => {
                     let r = commit_batch(&c, &jobs, &shared).await;
                     conn = Some(c);
@@ -490,14 +525,30 @@ async fn lock_and_read<'r>(
     let mut streams: Vec<StreamId> = requests.map(|r| r.stream_id).collect();
     streams.sort_unstable();
     streams.dedup();
-    let (_, head_row, id_rows, version_rows) = futures_util::future::try_join4(
+    // An ordinary writer's transaction also asks for the writers' lock, shared: refused while
+    // a restore holds it, whatever this process's other connections hold or lost.
+    let writers = async {
+        match &c.writers_sql {
+            Some(sql) => c
+                .client
+                .query_one(sql.as_str(), &[])
+                .await
+                .map(|row| row.get::<_, bool>(0)),
+            None => Ok(true),
+        }
+    };
+    let (_, writers_ok, head_row, id_rows, version_rows) = futures_util::future::try_join5(
         c.client.batch_execute(&c.lock_sql),
+        writers,
         c.client.query_one(&c.head, &[]),
         c.client.query(&c.ids, &[&all_ids]),
         c.client.query(&c.versions, &[&streams]),
     )
     .await
     .map_err(db_error)?;
+    if !writers_ok {
+        return Err(StoreError::Unavailable(super::RESTORING.to_owned()));
+    }
     let db_now: DateTime<Utc> = head_row
         .try_get(0)
         .map_err(|e| StoreError::Unavailable(format!("PostgreSQL: the database's clock: {e}")))?;
