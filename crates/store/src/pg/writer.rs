@@ -60,10 +60,10 @@ impl LogKey {
         format!("incidentlog_head_{:016x}", self.0)
     }
 
-    /// One statement that waits for the append transaction in flight, if any, to end: it takes
-    /// the log's append lock and lets it go again at once (its own implicit transaction).
-    /// The one-key advisory lock every writing process of this log holds shared (see
-    /// `log_has_writers`); apart from the two-key append lock and the migrations' own key.
+    /// The one-key advisory lock of this log's writers: every ordinary writing process holds
+    /// it shared (and each append transaction asks for it), a restore alone (see
+    /// `OpenOptions::sole_writer`); apart from the two-key append lock and the migrations' own
+    /// key.
     pub(crate) fn writers_lock(self) -> i64 {
         (self.0 ^ 0x7772_6974_6572_7321) as i64 // "writers!"
     }
