@@ -140,6 +140,37 @@ pub fn copy_dir(from: &Path, to: &Path) {
 // ---------------------------------------------------------------------------------------------
 // The server
 
+/// `incidentlog serve --listen 127.0.0.1:0 ARGS...` with its standard error kept, once it
+/// listens: the process and its address. [`stop_and_read_stderr`] ends it.
+pub fn serve_keeping_stderr(args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = command()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn incidentlog serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        let n = stdout.read_line(&mut line).expect("read serve's stdout");
+        assert!(n > 0, "serve exited before it listened");
+        if let Some(a) = line.split("listening on http://").nth(1) {
+            break a.trim().parse().expect("an address");
+        }
+    };
+    (child, addr)
+}
+
+/// Stops a server of [`serve_keeping_stderr`] with SIGTERM; its standard error.
+pub fn stop_and_read_stderr(child: Child) -> String {
+    send_signal(child.id(), "TERM");
+    let out = child.wait_with_output().expect("serve's stderr");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A running `incidentlog serve`, killed on drop if still running.
 pub struct Server {
     child: Option<Child>,

@@ -456,22 +456,8 @@ fn tokens_help_and_usage_errors() {
         err.contains("boss was the last active admin token"),
         "{err}"
     );
-    let mut serve = command()
-        .args(["serve", "--data-dir", data, "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
-    let mut stdout = std::io::BufReader::new(serve.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    while !line.contains("listening on") {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stdout, &mut line).expect("read stdout");
-        assert!(n > 0, "serve exited before it listened");
-    }
-    let _ = serve.kill();
-    let out = serve.wait_with_output().expect("serve's stderr");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (serve, _) = serve_keeping_stderr(&["--data-dir", data]);
+    let err = stop_and_read_stderr(serve);
     assert!(err.contains("no admin token is active"), "{err}");
 
     // Help explains the flags; a bad flag is a usage error (2).

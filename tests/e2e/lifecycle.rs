@@ -751,47 +751,16 @@ fn sigterm_during_the_start_up_stops_cleanly_before_serving() {
 /// client's id.
 #[test]
 fn logged_request_ids_are_the_server_s_own_then_the_client_s() {
-    use std::io::Read as _;
     let dir = temp_dir();
-    let mut serve = command()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log",
-            "debug",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
-    let mut stdout = std::io::BufReader::new(serve.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    let addr: std::net::SocketAddr = loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut stdout, &mut line).expect("read stdout");
-        assert!(n > 0, "serve exited before it listened");
-        if let Some(a) = line.split("listening on http://").nth(1) {
-            break a.trim().parse().expect("an address");
-        }
-    };
+    let data = dir.path().to_str().expect("utf-8 path");
+    let (serve, addr) = serve_keeping_stderr(&["--log", "debug", "--data-dir", data]);
     let forged = "00000000-5";
     let r = Req::new(addr, "GET", "/healthz")
         .header("x-request-id", forged)
         .send();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-request-id"), Some(forged));
-    send_signal(serve.id(), "TERM");
-    let mut err = String::new();
-    serve
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read stderr");
-    let _ = serve.wait();
+    let err = stop_and_read_stderr(serve);
     let logged: Vec<&str> = err
         .lines()
         .filter(|l| l.contains("route=\"/healthz\""))

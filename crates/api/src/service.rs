@@ -631,7 +631,9 @@ impl AppService {
     ) -> Result<AppendOutcome, ApiError> {
         let started = Instant::now();
         for attempt in 0u32.. {
-            let version = if is_new_incident_append(cmd, self.inner.store.now()) {
+            // The clock that stamps the log decides what is "the future" (`EventStore::now`).
+            let now = self.inner.store.now();
+            let version = if is_new_incident_append(cmd, now) {
                 // No lookup of the version: decided on the empty state and written with
                 // expected version 0, the store's own checks (event ids first, then the
                 // version) give the answer the lookup would: an exact repeat is a duplicate,
@@ -646,8 +648,7 @@ impl AppService {
                         return self.unless_repeat(cmd, recorded_by, err).await;
                     }
                 }
-                if let Err(errors) = decide(&state, &cmd.events, self.inner.store.now(), "/events")
-                {
+                if let Err(errors) = decide(&state, &cmd.events, now, "/events") {
                     return self
                         .unless_repeat(cmd, recorded_by, ApiError::invalid(errors))
                         .await;
@@ -846,18 +847,21 @@ impl AppService {
     pub async fn resolve(&self, at: AsOf) -> Result<Option<u64>, ApiError> {
         // A time just past may still have events stamped at or before it on their way to the
         // disk: wait for them, or the same question would get another answer a moment later.
-        if let AsOf::Time(t) = at {
-            lean!(self.inner.store, settle_recorded_at(t))?;
-        }
-        self.caught_up().await;
         let position = match at {
-            AsOf::Live => return Ok(None),
-            AsOf::Time(t) => lean!(self.inner.store, position_at(t))?,
+            AsOf::Live => {
+                self.caught_up().await;
+                return Ok(None);
+            }
+            AsOf::Time(t) => {
+                lean!(self.inner.store, settle_recorded_at(t))?;
+                lean!(self.inner.store, position_at(t))?
+            }
             AsOf::Position(p) => p,
         };
-        // Beyond the durable head: clamped to it. Within it, the views must have applied it:
-        // an answer from an earlier position would change when asked again (the views of a
-        // server whose database went away stay behind the head it had seen).
+        // Beyond the durable head: clamped to it. Within it, the views must have applied it
+        // (one wait, for that position only): an answer from an earlier position would change
+        // when asked again (the views of a server whose database went away stay behind the
+        // head it had seen).
         let position = position.min(self.inner.store.head().position);
         self.wait_applied_for(position, self.read_wait()).await;
         let applied = self.applied_position();

@@ -845,13 +845,8 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
     };
     let allow_clock_ahead = args.allow_clock_ahead;
     // The clock that will stamp the appends after the restored ones: on PostgreSQL the
-    // database's, whatever this machine's says.
-    let now = args
-        .store
-        .store
-        .now()
-        .await
-        .context("cannot read the clock of the store's appends")?;
+    // database's (the store opened above read it), whatever this machine's says.
+    let now = early.as_ref().map_or_else(Utc::now, |store| store.now());
     let checker = std::thread::spawn(move || -> anyhow::Result<()> {
         let mut check = incidentlog_api::service::RestoreCheck::new(now);
         if allow_clock_ahead {

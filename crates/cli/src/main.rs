@@ -611,10 +611,7 @@ const SCRIPT_VARIABLES: [&str; 6] = [
 /// came from: clap names the flag (`--rate-limit <PER_SEC>`) even when the value was set
 /// through `INCIDENTLOG_RATE_LIMIT`, and an operator looking at a unit file would not find it.
 fn exit_with_usage_error(e: clap::Error) -> ! {
-    let args: Vec<String> = std::env::args_os()
-        .skip(1)
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
+    let args = command_line();
     let is_set = |name: &str| std::env::var_os(name).is_some();
     let rendered = e.render().to_string();
     let (first, rest) = rendered.split_once('\n').unwrap_or((&rendered, ""));
@@ -694,11 +691,17 @@ pub(crate) fn set_by(behind: &[(String, String)]) -> String {
 
 /// [`variables_behind`] for this process's command line and environment.
 pub(crate) fn flags_from_environment(longs: &[&str]) -> Vec<(String, String)> {
-    let args: Vec<String> = std::env::args_os()
+    variables_behind(longs, &command_line(), |name| {
+        std::env::var_os(name).is_some()
+    })
+}
+
+/// This process's arguments after the program's name.
+fn command_line() -> Vec<String> {
+    std::env::args_os()
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    variables_behind(longs, &args, |name| std::env::var_os(name).is_some())
+        .collect()
 }
 
 /// The `INCIDENTLOG_*` variable that gave the value `e` refuses: the flag `e` names reads it,

@@ -394,9 +394,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// stamped with its `recorded_at` when the writer takes it, and becomes readable after its
     /// batch's write and sync: without the wait, a question about the last few milliseconds
     /// missed events that appeared a moment later. A time not yet past by the clock that
-    /// stamps (`at >= now`) cannot be settled (later appends may still be stamped at or
-    /// before it): the file store returns at once; PostgreSQL, whose stamping clock is the
-    /// database's, always waits for the append in flight.
+    /// stamps ([`EventStore::now`]) cannot be settled (later appends may still be stamped at
+    /// or before it): returns at once (PostgreSQL: more than a second ahead of its estimate
+    /// of the database's clock).
     fn settle_recorded_at(
         &self,
         at: DateTime<Utc>,
@@ -509,17 +509,6 @@ pub enum Backend {
     File,
     /// PostgreSQL at this URL.
     Postgres(String),
-}
-
-impl Backend {
-    /// The time by the clock that stamps this backend's appends ([`EventStore::now`]),
-    /// without opening a store (nothing is created): for checks that come before it.
-    pub async fn now(&self) -> Result<DateTime<Utc>, StoreError> {
-        match self {
-            Backend::File => Ok(Utc::now()),
-            Backend::Postgres(url) => pg::database_clock(url).await,
-        }
-    }
 }
 
 impl FromStr for Backend {

@@ -754,24 +754,23 @@ impl LineLimit {
     }
 }
 
+/// The host a request names, when it may not go on with it (DNS rebinding): a request with a
+/// token on a route that checks it goes on (a page cannot hold one: a made-up one gets 401
+/// there); any other only with an allowed host, or none named (no browser sends that). The
+/// ops endpoints check no token, so an `Authorization` header of any kind does not let a
+/// request to them past.
+fn foreign_host(state: &AppState, req: &Request, route: Option<&str>) -> Option<String> {
+    let hosts = state.anonymous_hosts.as_ref()?;
+    let checks_tokens = !matches!(route, Some("/healthz" | "/readyz" | "/metrics"));
+    if checks_tokens && req.headers().contains_key(header::AUTHORIZATION) {
+        return None;
+    }
+    request_host(req).filter(|name| !always_allowed_host(name) && !hosts.contains(name))
+}
+
 /// The one middleware (each `from_fn` layer clones the inner service per request, so there is
 /// only one): request id, auth and limits for the API routes, metrics, logging of internal
 /// errors with the request id.
-/// Whether a request may go on with the host it names: any with a token on a route that
-/// checks it (a page cannot hold one: a made-up one gets 401 there), and otherwise only an
-/// allowed host, or none named (no browser sends that). The ops endpoints check no token, so
-/// an `Authorization` header of any kind does not let a request to them past.
-fn host_allowed(state: &AppState, req: &Request, route: Option<&str>) -> bool {
-    let Some(hosts) = &state.anonymous_hosts else {
-        return true;
-    };
-    let checks_tokens = !matches!(route, Some("/healthz" | "/readyz" | "/metrics"));
-    if checks_tokens && req.headers().contains_key(header::AUTHORIZATION) {
-        return true;
-    }
-    request_host(req).is_none_or(|name| always_allowed_host(&name) || hosts.contains(&name))
-}
-
 async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let client_id = client_request_id(&req);
@@ -794,12 +793,12 @@ async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     // Made loggable only when a line is written (the fields of a disabled level are never
     // evaluated).
     let uri = req.uri().clone();
+    let foreign = foreign_host(&state, &req, route);
     let mut response = match route {
-        _ if !host_allowed(&state, &req, route) => ApiError::MisdirectedHost(format!(
+        _ if let Some(host) = foreign => ApiError::MisdirectedHost(format!(
             "this server answers requests without a token only for IP addresses, localhost \
-             and the host names of --allowed-host, and {:?} is not one: a page of another \
-             site whose name points here must not read it (DNS rebinding)",
-            request_host(&req).unwrap_or_default()
+             and the host names of --allowed-host, and {host:?} is not one: a page of another \
+             site whose name points here must not read it (DNS rebinding)"
         ))
         .into_response(),
         // Ops endpoints are open.

@@ -124,18 +124,6 @@ impl Shared {
     }
 }
 
-/// The database's clock now (see [`crate::Backend::now`]).
-pub(crate) async fn database_clock(url: &str) -> Result<DateTime<Utc>, StoreError> {
-    let client = conn::connect(&parse_config(url)?).await?;
-    let row = timed(
-        "read the clock",
-        OP_TIMEOUT,
-        client.query_one("SELECT clock_timestamp()", &[]),
-    )
-    .await?;
-    Ok(row.get(0))
-}
-
 /// An [`EventStore`] on a PostgreSQL database.
 pub struct PgStore {
     shared: Arc<Shared>,
@@ -604,8 +592,8 @@ impl EventStore for PgStore {
         // Events are stamped under the log's append lock with the database's clock: once the
         // lock has been had (after the transaction in flight, of any server, committed), a
         // head read in a new statement includes everything stamped before that moment, and
-        // whatever commits later is stamped after it. No shortcut for an `at` this server's
-        // clock has not reached: the database's clock, which stamps, may have.
+        // whatever commits later is stamped after it. Whether `at` has passed is the
+        // database's clock's to say (estimated), not this server's.
         let arrived = self.shared.db_now();
         // A time the database's clock has not reached (a second's margin for the estimate):
         // later appends may still be stamped before it, so there is nothing to settle; the
