@@ -259,6 +259,8 @@ drill_damage() {
 # --------------------------------------------------------------------------------------------
 drill_pg() {
   if [[ -z "${INCIDENTLOG_TEST_PG:-}" || -z "${INCIDENTLOG_TEST_PG_CTL:-}" ]]; then
+    # In CI the drill runs under scripts/with-postgres.sh, which sets both: not to run is a failure.
+    [[ "${CI:-}" != "true" ]] || die "CI=true but no throwaway PostgreSQL (INCIDENTLOG_TEST_PG and INCIDENTLOG_TEST_PG_CTL): run under scripts/with-postgres.sh"
     echo "SKIPPED (no throwaway PostgreSQL)"
     return 0
   fi

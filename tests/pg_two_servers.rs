@@ -38,11 +38,26 @@ fn pg_base() -> Option<String> {
 
 /// Runs one SQL statement through `psql` on `url`.
 fn psql(url: &str, sql: &str) {
+    psql_output(url, sql);
+}
+
+/// `sql`'s rows, unaligned and without headers.
+fn psql_output(url: &str, sql: &str) -> String {
     let psql = std::env::var("INCIDENTLOG_TEST_PG_BIN")
         .map(|b| Path::new(&b).join("psql"))
         .unwrap_or_else(|_| "psql".into());
     let out = Command::new(&psql)
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            url,
+            "-c",
+            sql,
+        ])
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", psql.display()));
     assert!(
@@ -50,6 +65,7 @@ fn psql(url: &str, sql: &str) {
         "{sql}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Creates a database with a random name through `psql`; returns its URL.
@@ -332,17 +348,8 @@ fn servers_whose_clocks_differ_stamp_appends_from_the_database_clock() {
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ],
     );
-    // Server b's own clock really is an hour behind (its HTTP `Date` header).
-    let r = b.get("/healthz", &admin);
-    let date = r.header("date").expect("a Date header").to_string();
-    let b_clock = chrono::DateTime::parse_from_rfc2822(&date)
-        .unwrap_or_else(|e| panic!("Date {date}: {e}"))
-        .with_timezone(&chrono::Utc);
-    let behind = chrono::Utc::now() - b_clock;
-    assert!(
-        behind > chrono::TimeDelta::minutes(50),
-        "server b's clock is not behind (Date: {date}): is libfaketime working?"
-    );
+    // Server b's own clock really is an hour behind.
+    assert_clock_moved(&b, -1);
 
     let incident = new_id();
     let r = a.append(
@@ -396,6 +403,21 @@ fn servers_whose_clocks_differ_stamp_appends_from_the_database_clock() {
     }
 }
 
+/// Checks that `server`'s own clock is `hours` (+1 or -1) off this machine's, by its HTTP
+/// `Date` header: without it a test of moved clocks passes on unmoved ones too.
+fn assert_clock_moved(server: &Server, hours: i64) {
+    let r = server.get("/healthz", "");
+    let date = r.header("date").expect("a Date header").to_string();
+    let clock = chrono::DateTime::parse_from_rfc2822(&date)
+        .unwrap_or_else(|e| panic!("Date {date}: {e}"))
+        .with_timezone(&chrono::Utc);
+    let moved = (clock - chrono::Utc::now()) * hours.signum() as i32;
+    assert!(
+        moved > chrono::TimeDelta::minutes(50) && moved < chrono::TimeDelta::minutes(70),
+        "the server's clock is not {hours} h off (Date: {date}): is libfaketime working?"
+    );
+}
+
 /// The environment that runs a process with its clock moved by `offset` (`-1h`, `+1h`).
 fn clock_moved<'a>(faketime: &'a str, offset: &'a str) -> [(&'a str, &'a str); 3] {
     [
@@ -432,6 +454,8 @@ fn the_future_is_the_database_clock_s_future() {
         &["--store", &url],
         &clock_moved(&faketime, "-1h"),
     );
+    assert_clock_moved(&ahead, 1);
+    assert_clock_moved(&behind, -1);
     let at = |hours: f64| {
         (chrono::Utc::now() + chrono::TimeDelta::seconds((hours * 3600.0) as i64))
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -559,7 +583,7 @@ fn restore_is_refused_while_a_server_writes_the_log() {
 /// on a connection of their own, so that reads that need no lock are not held up behind
 /// them. With the lock held elsewhere for 5 s and eight `as_of` reads waiting, a page of
 /// the log still answers at once (behind them on the four read connections, it waited the
-/// whole 5 s).
+/// whole 5 s). The lock is the server's own: no `as_of` read ends while psql holds it.
 #[test]
 fn reads_do_not_wait_behind_as_of_reads_waiting_for_the_append_lock() {
     let Some(base) = pg_base() else {
@@ -593,7 +617,22 @@ fn reads_do_not_wait_behind_as_of_reads_waiting_for_the_append_lock() {
             )
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    let lock_held = || {
+        psql_output(
+            &url,
+            &format!(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid = '{hi}'::oid AND objid = '{lo}'::oid AND objsubid = 2"
+            ),
+        )
+        .trim()
+            == "1"
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lock_held() {
+        assert!(Instant::now() < deadline, "psql never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let as_of = chrono::Utc::now()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         .replace('+', "%2B");
@@ -628,6 +667,16 @@ fn reads_do_not_wait_behind_as_of_reads_waiting_for_the_append_lock() {
         took < Duration::from_secs(2),
         "an as_of in the future waited {took:?} for the append lock"
     );
+    // Checked in this order, a finished read is one that ended while the lock was held.
+    let finished = waiting.iter().filter(|w| w.is_finished()).count();
+    assert!(
+        lock_held(),
+        "the lock was let go before the check (the host is too slow for this test's 5 s)"
+    );
+    assert_eq!(
+        finished, 0,
+        "as_of reads answered while the log's append lock was held: not the lock they wait on"
+    );
     holder.join().expect("psql");
     for w in waiting {
         assert_eq!(w.join().expect("an as_of read"), 200);
@@ -636,12 +685,6 @@ fn reads_do_not_wait_behind_as_of_reads_waiting_for_the_append_lock() {
 
 const OUTAGE_CHILD_MARK: &str = "INCIDENTLOG_PG_OUTAGE_CHILD";
 
-/// The database goes away under load: the server answers 503 (never hangs, never acknowledges
-/// what it cannot prove), recovers by itself when the database returns, and keeps every
-/// acknowledged event. The scenario stops its cluster, so it runs in a child process under a
-/// private cluster of its own (`scripts/with-postgres.sh`), leaving the shared one alone.
-/// A row edited behind the store's back is damage to every command that reads it, as on the
-/// file store: `verify`, `replay` and both exports exit 3 (not 1) and name the position.
 /// `expected_version: "any"` never mismatches, however hot the incident: writers on two
 /// servers appending to one incident all get 201, none a 409 (a lost race is decided again;
 /// an audit saw 1-4 409s in 640 such appends when the retries were 16 in a row).
@@ -892,6 +935,8 @@ fn readiness_notices_a_hung_database_within_seconds() {
     eventually(&server, &admin, "/readyz", |v| v["status"] == "ok");
 }
 
+/// A row edited behind the store's back is damage to every command that reads it, as on the
+/// file store: `verify`, `replay` and both exports exit 3 (not 1) and name the position.
 #[test]
 fn a_tampered_row_is_damage_to_every_offline_command() {
     let Some(base) = pg_base() else {
@@ -985,6 +1030,10 @@ fn servers_started_together_on_an_empty_database_share_one_first_token() {
     }
 }
 
+/// The database goes away under load: the server answers 503 (never hangs, never acknowledges
+/// what it cannot prove), recovers by itself when the database returns, and keeps every
+/// acknowledged event. The scenario stops its cluster, so it runs in a child process under a
+/// private cluster of its own (`scripts/with-postgres.sh`), leaving the shared one alone.
 #[test]
 fn serve_answers_503_while_the_database_is_away_and_recovers() {
     if pg_base().is_none() {

@@ -364,6 +364,46 @@ impl Drop for Server {
     }
 }
 
+/// The value of an unlabelled metric in the server's `/metrics` (which needs no token).
+pub fn metric(srv: &Server, name: &str) -> f64 {
+    let r = srv.get("/metrics", "");
+    r.expect(200);
+    let text = r.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
+}
+
+/// Waits until process `pid` handles signal `number` (2 INT, 15 TERM): its caught-signals
+/// mask in `/proc/PID/status` has the bit. Before that the signal's default action would
+/// kill it, and a test that sends one after a fixed sleep tests that instead on a slow day.
+pub fn wait_until_handled(pid: u32, number: u32) {
+    let status = format!("/proc/{pid}/status");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let caught = std::fs::read_to_string(&status)
+            .ok()
+            .and_then(|s| {
+                let mask = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SigCgt:"))?
+                    .trim()
+                    .to_string();
+                u64::from_str_radix(&mask, 16).ok()
+            })
+            .unwrap_or(0);
+        if caught & (1 << (number - 1)) != 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "signal {number} never handled by {pid}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Sends signal `name` (`TERM`, `INT`, ...) to process `pid` (through `kill(1)`, so no
 /// unsafe code here).
 pub fn send_signal(pid: u32, name: &str) {

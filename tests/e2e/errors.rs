@@ -251,6 +251,114 @@ fn every_error_status_records_nothing() {
     });
 }
 
+/// A bulk body sent in chunks (no declared length) that passes `--bulk-body-limit` is a 413
+/// that records none of its lines, though every line before the limit is valid: the body is
+/// held whole until its import is answered. The same lines under the limit are all recorded,
+/// so the 413's "nothing" is the limit's doing.
+#[test]
+fn a_chunked_bulk_body_past_the_limit_records_none_of_its_lines() {
+    use std::io::{BufReader, Write};
+    const LIMIT: usize = 64 * 1024;
+    let limit = LIMIT.to_string();
+    let (_dir, srv, t) = server_with_tokens(&["--bulk-body-limit", &limit]);
+    let (text, ids) = new_incident_lines(600);
+    assert!(text.len() > 2 * LIMIT, "{} bytes", text.len());
+
+    records_nothing(&srv, &t.admin, "a chunked bulk body past the limit", || {
+        let mut conn = std::net::TcpStream::connect(srv.addr).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            conn,
+            "POST /v1/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n",
+            srv.addr, t.reporter
+        )
+        .unwrap();
+        // The server may answer and stop reading once the limit is passed.
+        let mut sent = Ok(());
+        for piece in text.as_bytes().chunks(4096) {
+            sent = write!(conn, "{:x}\r\n", piece.len())
+                .and_then(|()| conn.write_all(piece))
+                .and_then(|()| conn.write_all(b"\r\n"));
+            if sent.is_err() {
+                break;
+            }
+        }
+        if sent.is_ok() {
+            let _ = conn.write_all(b"0\r\n\r\n");
+        }
+        let r = read_response(&mut BufReader::new(conn), false).expect("an answer");
+        r.expect_problem(413);
+    });
+    for id in ids.iter().take(3) {
+        srv.get(&format!("/v1/incidents/{id}"), &t.reader)
+            .expect_problem(404);
+    }
+
+    // The first lines alone, under the limit, are valid and recorded.
+    let under: String = text
+        .split_inclusive('\n')
+        .scan(0usize, |len, line| {
+            *len += line.len();
+            (*len < LIMIT).then_some(line)
+        })
+        .collect();
+    let lines = under.lines().count();
+    assert!(lines > 100, "{lines} lines");
+    let r = srv
+        .req("POST", "/v1/events")
+        .token(&t.reporter)
+        .body("application/x-ndjson", under.into_bytes())
+        .send();
+    r.expect(200);
+    assert_eq!(srv.log_head(&t.admin).0, lines as u64, "{}", r.text());
+}
+
+/// Paths no route serves and methods a route does not take, on the real binary: 404 and 405
+/// as problem+json, nothing recorded.
+#[test]
+fn unknown_paths_and_methods_are_404_and_405_and_record_nothing() {
+    let (_dir, srv, t) = server_with_tokens(&[]);
+    let incident = new_id();
+    let body = serde_json::to_vec(&batch(
+        json!(0),
+        vec![reported("shelling", "UA-63", "2026-01-05")],
+    ))
+    .unwrap();
+    records_nothing(&srv, &t.admin, "404 and 405", || {
+        for path in [
+            "/v1/nope",
+            "/nope",
+            &format!("/v1/incidents/{incident}/nope"),
+        ] {
+            srv.req("POST", path)
+                .token(&t.reporter)
+                .body("application/json", body.clone())
+                .send()
+                .expect_problem(404);
+        }
+        for (method, path) in [
+            ("PUT", format!("/v1/incidents/{incident}/events")),
+            ("DELETE", format!("/v1/incidents/{incident}/events")),
+            ("PATCH", format!("/v1/incidents/{incident}")),
+            ("POST", "/v1/regions".to_string()),
+            ("POST", "/v1/incidents".to_string()),
+        ] {
+            srv.req(method, &path)
+                .token(&t.reporter)
+                .body("application/json", body.clone())
+                .send()
+                .expect_problem(405);
+        }
+    });
+    // The same body at the right method and path is taken.
+    srv.req("POST", &format!("/v1/incidents/{incident}/events"))
+        .token(&t.reporter)
+        .body("application/json", body)
+        .send()
+        .expect(201);
+}
+
 /// A body that stops arriving is answered 408 (problem+json) after `--request-timeout` and
 /// records nothing; a body that arrives in two parts within it is appended (the server takes
 /// a body that came with its head without arming the timer, and arms it otherwise).

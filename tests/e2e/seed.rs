@@ -284,3 +284,27 @@ fn live_views_equal_rebuilt_views_after_corrections_and_retractions() {
     let srv = Server::start(dir.path(), &[]);
     assert_eq!(snapshot(&srv, &t.reader), live);
 }
+
+/// The binary serves the OpenAPI document checked in as `proto-docs/openapi.json` (the
+/// in-process test `checked_in_openapi_is_current` keeps that file equal to the code's;
+/// this one checks what the real server answers).
+#[test]
+fn the_binary_serves_the_checked_in_openapi_document() {
+    let (_dir, srv, t) = server_with_tokens(&[]);
+    let r = srv.get("/openapi.json", &t.reader);
+    r.expect(200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{:?}",
+        r.header("content-type")
+    );
+    let served: Value = r.json();
+    let checked_in: Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join("proto-docs/openapi.json"))
+            .expect("proto-docs/openapi.json"),
+    )
+    .expect("proto-docs/openapi.json is JSON");
+    assert_eq!(served, checked_in, "regenerate proto-docs/openapi.json");
+    assert_eq!(served["openapi"], "3.1.0");
+}

@@ -1,5 +1,6 @@
 //! The live feed: catch-up from `after`, then live, ids consecutive with no gap and no
-//! duplicate across the switch, while appends race with it; resume with Last-Event-ID.
+//! duplicate across the switch, with appends racing the reader and the switch itself;
+//! resume with Last-Event-ID.
 
 use serde_json::{json, Value};
 
@@ -65,7 +66,8 @@ fn catch_up_then_live_without_gap_or_duplicate() {
     let caught_up = read_until(&mut feed, 3, 6);
     assert_eq!(caught_up[0]["type"], "IncidentReported");
 
-    // Appends racing with the reader: every one arrives, in order, once.
+    // Appends racing with the reader, once live: every one arrives, in order, once (the race
+    // with the switch itself: `appends_racing_the_switch_to_live_arrive_once_in_order`).
     let addr = srv.addr;
     let token = t.reporter.clone();
     let writer = std::thread::spawn(move || {
@@ -101,6 +103,44 @@ fn catch_up_then_live_without_gap_or_duplicate() {
     // The feed needs a token like any read.
     let anon = SseStream::open(srv.addr, "/v1/events/stream", &[]);
     assert_eq!(anon.status, 401);
+}
+
+/// The switch from catch-up to live while appends land: the feed opens on a log longer than
+/// its catch-up reads with a writer already appending, so appends land during the catch-up,
+/// at the switch and after it; every position arrives once, in order.
+#[test]
+fn appends_racing_the_switch_to_live_arrive_once_in_order() {
+    let (_dir, srv, t) = server_with_tokens(&[]);
+    const BACKLOG: u64 = 1_500;
+    const APPENDS: u64 = 150; // two events each
+    let (lines, _) = new_incident_lines(BACKLOG as usize);
+    srv.req("POST", "/v1/events")
+        .token(&t.reporter)
+        .body("application/x-ndjson", lines.into_bytes())
+        .send()
+        .expect(200);
+    let started = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let writer = {
+        let (addr, token, started) = (srv.addr, t.reporter.clone(), started.clone());
+        std::thread::spawn(move || {
+            started.wait();
+            for _ in 0..APPENDS {
+                append_one(addr, &token);
+            }
+        })
+    };
+    started.wait();
+    let auth = format!("Bearer {}", t.reader);
+    let mut feed = SseStream::open(
+        srv.addr,
+        "/v1/events/stream?after=0",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(feed.status, 200);
+    let events = read_until(&mut feed, 1, BACKLOG + 2 * APPENDS);
+    writer.join().unwrap();
+    assert_eq!(events.len() as u64, BACKLOG + 2 * APPENDS);
+    assert_eq!(srv.log_head(&t.admin).0, BACKLOG + 2 * APPENDS);
 }
 
 #[test]

@@ -59,7 +59,6 @@ impl FromStr for Role {
     }
 }
 
-/// A new random secret (192 bits from the OS), or an error when the OS has no randomness.
 /// Whether `name` may name a token (and so be an event's `recorded_by`): 1 to 64 of letters,
 /// digits and `- _ . @`.
 pub fn is_token_name(name: &str) -> bool {
@@ -67,20 +66,12 @@ pub fn is_token_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.chars().all(ok_char)
 }
 
+/// A new random secret (192 bits from the OS), or an error when the OS has no randomness.
 pub fn try_new_secret() -> Result<String, ApiError> {
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes)
         .map_err(|e| ApiError::Internal(format!("no randomness from the OS: {e}")))?;
     Ok(format!("il_{}", incidentlog_store::to_hex(&bytes)))
-}
-
-/// A new random secret. Panics only when the operating system cannot provide randomness,
-/// in which case no secret could be made safely anyway.
-pub fn new_secret() -> String {
-    match try_new_secret() {
-        Ok(s) => s,
-        Err(e) => panic!("{e}"),
-    }
 }
 
 /// The stored form of a secret.

@@ -11,7 +11,7 @@ pub mod service;
 pub mod wire;
 
 pub use error::{field_error, ApiError, Problem};
-pub use http::{bind, router, serve, ServeConfig, ROUTES};
+pub use http::{bind, router, serve, AllowedHost, AllowedOrigin, ServeConfig, ROUTES};
 
 use utoipa::OpenApi as _;
 

@@ -9,7 +9,7 @@ use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use chrono::Utc;
 use futures_util::StreamExt;
-use incidentlog_api::auth::{ensure_admin_token, hash_secret, new_secret};
+use incidentlog_api::auth::{ensure_admin_token, hash_secret, try_new_secret};
 use incidentlog_api::service::{AppService, ImportReport, IMPORT_CHUNK_EVENTS};
 use incidentlog_api::{router, ServeConfig};
 use incidentlog_store::file::{LogFile, LogIo, RealIo};
@@ -29,7 +29,7 @@ struct App {
 }
 
 async fn add_token(store: &Store, name: &str, role: &str) -> String {
-    let secret = new_secret();
+    let secret = try_new_secret().expect("randomness");
     store
         .add_token(TokenRecord {
             name: name.into(),
@@ -211,7 +211,6 @@ fn denial(event_id: Uuid, claim_id: Uuid) -> Value {
         "claim_id": claim_id, "by": "Other ministry"}})
 }
 
-/// The first reported problem points into `prefix`.
 /// Imports `lines` through `service` as `recorded_by`: the report, and its rejected lines as
 /// `(line, status)`.
 async fn import_lines(
@@ -1323,12 +1322,15 @@ async fn auth_matrix() {
     assert_eq!(v.body["ok"], true);
     assert_eq!(v.body["events"], 1);
     assert_eq!(v.body["head_hash"].as_str().unwrap().len(), 64);
+    // Read before the replay, which swaps its rebuilt views in: afterwards the "live" digest
+    // would be the rebuilt one, and the comparison could not fail.
+    let live = app.service.live_digest().await.1;
     let replay = app
         .post_as("/v1/admin/replay", Some(&admin), "application/json", "")
         .await;
     assert_eq!(replay.status, StatusCode::OK, "{}", replay.body);
     assert_eq!(replay.body["events"], 1);
-    assert_eq!(replay.body["digest"], app.service.live_digest().await.1);
+    assert_eq!(replay.body["digest"], live);
 
     // A token created after start works at once; a revoked one stops working on reload.
     let late = add_token(&app.store, "late", "reader").await;
@@ -1574,6 +1576,17 @@ async fn an_unencoded_plus_in_a_time_is_explained() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
         assert_eq!(r.body["errors"][0]["pointer"], "/as_of", "{bad}");
     }
+    // What is wrong is said: a word gets the expected form, a date alone the instant meant.
+    let r = app.get("/v1/regions?as_of=garbage").await;
+    let detail = r.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("such as 2026-01-05T14:30:00Z"), "{detail}");
+    let r = app.get("/v1/regions?as_of=2026-01-02").await;
+    let detail = r.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("a date alone is not an instant")
+            && detail.contains("2026-01-02T23:59:59.999999Z"),
+        "{detail}"
+    );
 }
 
 /// `--max-sse-clients 0` turns the long-lived answers off: the feed, the ndjson log stream and
@@ -1839,7 +1852,7 @@ async fn incidents_list_as_csv_and_geojson_in_blocks() {
 async fn cors_lets_listed_pages_read_answers_and_preflights_need_no_token() {
     let page = "https://dashboard.example.org";
     let app = app_with(ServeConfig {
-        cors_origins: vec![page.to_string()],
+        cors_origins: vec![page.parse().expect("an origin")],
         ..ServeConfig::default()
     })
     .await;
@@ -2664,6 +2677,8 @@ async fn admin_replay_finishes_when_the_newest_event_is_one_the_views_skip() {
     .await
     .expect("the live views pass the event they skip");
     let admin = app.admin.clone();
+    // Before the replay, which swaps its rebuilt views in (see `auth_matrix`).
+    let live = app.service.live_digest().await.1;
     let replay = tokio::time::timeout(
         Duration::from_secs(10),
         app.post_as("/v1/admin/replay", Some(&admin), "application/json", ""),
@@ -2671,7 +2686,7 @@ async fn admin_replay_finishes_when_the_newest_event_is_one_the_views_skip() {
     .await
     .expect("the admin replay finishes");
     assert_eq!(replay.status, StatusCode::OK, "{}", replay.body);
-    assert_eq!(replay.body["digest"], app.service.live_digest().await.1);
+    assert_eq!(replay.body["digest"], live);
 }
 
 #[test]
@@ -3667,4 +3682,48 @@ async fn paths_ending_with_a_slash_are_unknown_paths() {
             .await;
         assert_problem(&r, 404);
     }
+}
+
+/// A long read of the views (every region's summary at a past position, a listing's scan)
+/// runs off the runtime's workers: with the only worker's runtime, an append is still
+/// answered while such a read is held. (Run on the worker, the read held it, and with it
+/// every task behind it: an audit saw another token's appends fall to 5/s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn long_view_reads_leave_the_workers_to_other_requests() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let app = app().await;
+    let (started, read_started) = tokio::sync::oneshot::channel();
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    // Ends the read after 20 s whatever happens: a read that held the only worker would
+    // otherwise hang the test (the runtime's timers need a worker too).
+    let gave_up = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (release, gave_up) = (release.clone(), gave_up.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(20));
+            gave_up.store(true, SeqCst);
+            let _ = release.send(());
+        })
+    };
+    let long = tokio::spawn({
+        let service = app.service.clone();
+        async move {
+            service
+                .off_workers(move |_| {
+                    let _ = started.send(());
+                    held.recv().is_ok()
+                })
+                .await
+        }
+    });
+    read_started.await.expect("the long read starts");
+    let r = app.append_fresh().await;
+    assert!(
+        !gave_up.load(SeqCst),
+        "the append waited for the long read of the views to end"
+    );
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    release.send(()).unwrap();
+    assert!(long.await.unwrap().unwrap());
+    drop(watchdog);
 }

@@ -37,7 +37,7 @@ pub fn event_decoding(data: &[u8]) {
     if let Some((&pick, rest)) = data.split_first() {
         if let Ok(text) = std::str::from_utf8(rest) {
             let event_type = EVENT_TYPES[pick as usize % EVENT_TYPES.len()];
-            let _ = IncidentEvent::decode(event_type, text);
+            let _ = IncidentEvent::decode(1, event_type, text);
             if let Ok(raw) = serde_json::from_str::<Box<RawValue>>(text) {
                 let env = Envelope {
                     global_position: 1,

@@ -1,4 +1,4 @@
-//! The offline commands: replay, verify, import, export, token.
+//! The offline commands: replay, verify, import, export, restore, token.
 
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -1298,12 +1298,18 @@ impl ExportFile {
         let mut tmp_name = prefix;
         tmp_name.push(format!("{}-{random:016x}.tmp", std::process::id()));
         let tmp = path.with_file_name(tmp_name);
-        let file = match std::fs::OpenOptions::new()
+        // Named for the signal handler before it exists: a signal right after the create
+        // removes it too (before one, the handler's remove finds nothing).
+        *EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()) = Some(tmp.clone());
+        let created = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&tmp)
-        {
+            .open(&tmp);
+        if created.is_err() {
+            EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+        let file = match created {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && existing.is_some() => {
                 return Ok(None)
@@ -1330,7 +1336,6 @@ impl ExportFile {
             let mode = m.permissions().mode() & 0o7777;
             let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
         }
-        *EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()) = Some(tmp.clone());
         Ok(Some(ExportFile {
             path: path.to_path_buf(),
             file,
@@ -1352,11 +1357,14 @@ impl ExportFile {
         let Some(tmp) = self.staged.take() else {
             return Ok(());
         };
-        EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Err(e) = std::fs::rename(&tmp, &self.path) {
+        // The handler keeps the name until the rename is done: a signal before it removes
+        // the temporary file (after it, its remove finds nothing).
+        let renamed = std::fs::rename(&tmp, &self.path);
+        if renamed.is_err() {
             let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
         }
+        EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()).take();
+        renamed?;
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),

@@ -1,5 +1,5 @@
 //! `incidentlog`: the event-sourced conflict-incident log. One binary: the HTTP server and the
-//! offline tools (replay, verify, import, export, tokens). Each command is a thin call into
+//! offline tools (replay, verify, import, export, restore, tokens). Each command is a thin call into
 //! `incidentlog-api`'s service layer, the store and the projections.
 #![forbid(unsafe_code)]
 

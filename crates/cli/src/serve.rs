@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::builder::BoolishValueParser;
 use clap::Args;
 use incidentlog_api::service::AppService;
-use incidentlog_api::ServeConfig;
+use incidentlog_api::{AllowedHost, AllowedOrigin, ServeConfig};
 use incidentlog_store::{Backend, EventStore};
 
 use crate::{exit, open_store, parse_bytes, parse_duration, StoreArgs, WriteArgs};
@@ -207,9 +207,9 @@ pub struct ServeArgs {
         env = "INCIDENTLOG_CORS_ORIGINS",
         value_name = "ORIGIN",
         value_delimiter = ',',
-        value_parser = parse_origin
+        value_parser = clap::value_parser!(AllowedOrigin)
     )]
-    pub cors_origins: Vec<String>,
+    pub cors_origins: Vec<AllowedOrigin>,
 
     /// Host name that requests without a token may use (the `Host` header, any port), e.g.
     /// incidents.example.org, besides IP addresses and localhost, which are always allowed;
@@ -223,85 +223,9 @@ pub struct ServeArgs {
         env = "INCIDENTLOG_ALLOWED_HOSTS",
         value_name = "HOST",
         value_delimiter = ',',
-        value_parser = parse_host_name
+        value_parser = clap::value_parser!(AllowedHost)
     )]
-    pub allowed_hosts: Vec<String>,
-}
-
-/// `*`, or a host name or IP address as a `Host` header names it (without a port).
-fn parse_host_name(s: &str) -> Result<String, String> {
-    let name = s.trim();
-    let bare = name
-        .strip_prefix('[')
-        .and_then(|n| n.strip_suffix(']'))
-        .unwrap_or(name);
-    let ok = name == "*"
-        || bare.parse::<std::net::IpAddr>().is_ok()
-        || (!bare.is_empty()
-            && bare.len() <= 253
-            && bare
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
-    if ok {
-        Ok(name.to_string())
-    } else {
-        Err(format!(
-            "{s:?} is not a host name (letters, digits, `-` and `.`), an IP address or `*`; \
-             give no port"
-        ))
-    }
-}
-
-/// `*`, or a web origin: `http(s)://host[:port]`, nothing after it, in the form browsers send
-/// in `Origin` (lower case, no default port), since anything else could never match.
-fn parse_origin(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    if s == "*" {
-        return Ok(s.to_string());
-    }
-    let lower = s.to_ascii_lowercase();
-    let (scheme, rest, default_port) = if let Some(rest) = lower.strip_prefix("https://") {
-        ("https", rest, 443)
-    } else if let Some(rest) = lower.strip_prefix("http://") {
-        ("http", rest, 80)
-    } else {
-        return Err(format!(
-            "{s:?} is not an origin: expected https://host[:port] (or *)"
-        ));
-    };
-    let not_an_origin = || {
-        format!(
-            "{s:?} is not an origin: expected scheme://host[:port] (port 1-65535, no leading zero), without a path, a trailing slash or spaces"
-        )
-    };
-    // The port follows the last ':' after an IPv6 literal's ']' (if any).
-    let host_end = rest.rfind(']').map_or(0, |i| i + 1);
-    let (host, port) = match rest[host_end..].rfind(':') {
-        Some(i) => (&rest[..host_end + i], Some(&rest[host_end + i + 1..])),
-        None => (rest, None),
-    };
-    let host_ok = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
-    if !host_ok {
-        return Err(not_an_origin());
-    }
-    match port {
-        None => Ok(format!("{scheme}://{host}")),
-        Some(p) => {
-            let n: u16 = p
-                .parse()
-                .ok()
-                .filter(|n| *n > 0 && !p.starts_with('0'))
-                .ok_or_else(not_an_origin)?;
-            if n == default_port {
-                Ok(format!("{scheme}://{host}"))
-            } else {
-                Ok(format!("{scheme}://{host}:{n}"))
-            }
-        }
-    }
+    pub allowed_hosts: Vec<AllowedHost>,
 }
 
 /// Largest count a limit takes (far above any machine's capacity; the limits are semaphores,
@@ -328,13 +252,9 @@ fn count() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_LIMIT)
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
-    // Before anything else: a SIGTERM, SIGINT or SIGHUP during the start-up (opening a large log,
-    // cutting a torn tail, building the views) stops the server once the start-up is done,
-    // instead of killing it half-way with the signal's default action.
-    let stop = StopSignal::listen();
-    let store = Arc::new(open_store(&args.store, &args.write).await?);
-    let config = ServeConfig {
+/// The server's settings from its flags and variables.
+fn serve_config(args: &ServeArgs) -> ServeConfig {
+    ServeConfig {
         listen: args.listen,
         public_read: args.public_read,
         body_limit: usize::try_from(args.body_limit).unwrap_or(usize::MAX),
@@ -352,9 +272,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
         max_connections_per_address: args.max_connections_per_address,
         header_read_timeout: args.header_read_timeout,
         send_timeout: args.send_timeout,
-        cors_origins: args.cors_origins,
-        allowed_hosts: args.allowed_hosts,
-    };
+        cors_origins: args.cors_origins.clone(),
+        allowed_hosts: args.allowed_hosts.clone(),
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<u8> {
+    // Before anything else: a SIGTERM, SIGINT or SIGHUP during the start-up (opening a large log,
+    // cutting a torn tail, building the views) stops the server once the start-up is done,
+    // instead of killing it half-way with the signal's default action.
+    let stop = StopSignal::listen();
+    let store = Arc::new(open_store(&args.store, &args.write).await?);
+    let config = serve_config(&args);
     // Before the first admin token: a start that fails on a taken port, or on a log that
     // cannot be served (a damaged PostgreSQL log), must not have printed (and stored) a token
     // nobody will see again.
@@ -531,7 +460,34 @@ impl StopSignal {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_origin;
+    /// The flags' defaults are written for `--help` ("1MiB", "30s"); they must be the
+    /// service's own defaults, or a server started with no flags would differ from one built
+    /// in code.
+    #[test]
+    fn flag_defaults_are_the_service_defaults() {
+        use clap::{CommandFactory, Parser};
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: super::ServeArgs,
+        }
+        // A flag's variable set in the environment would count as given.
+        let set: Vec<_> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .filter(|v| std::env::var_os(v).is_some())
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        if !set.is_empty() {
+            eprintln!("SKIPPED: {} set in the environment", set.join(", "));
+            return;
+        }
+        let cli = Cli::try_parse_from(["serve"]).expect("no flag needed");
+        assert_eq!(
+            format!("{:?}", super::serve_config(&cli.serve)),
+            format!("{:?}", incidentlog_api::ServeConfig::default())
+        );
+    }
 
     #[test]
     fn body_limits_are_at_least_one_byte() {
@@ -539,32 +495,5 @@ mod tests {
         assert!(super::body_limit("0MiB").is_err());
         assert_eq!(super::body_limit("1"), Ok(1));
         assert_eq!(super::body_limit("64MiB"), Ok(64 << 20));
-    }
-
-    #[test]
-    fn origins_take_the_form_browsers_send() {
-        for (given, taken) in [
-            ("https://Dash.Example.org", "https://dash.example.org"),
-            ("https://dash.example.org:443", "https://dash.example.org"),
-            ("http://localhost:80", "http://localhost"),
-            ("http://localhost:3000", "http://localhost:3000"),
-            ("https://[::1]:8443", "https://[::1]:8443"),
-            ("*", "*"),
-        ] {
-            assert_eq!(parse_origin(given).as_deref(), Ok(taken), "{given}");
-        }
-        for bad in [
-            "dash.example.org",
-            "https://dash.example.org/",
-            "https://dash.example.org/app",
-            "https://a.example.org:99999",
-            "https://a.example.org:08443",
-            "https://a.example.org:0",
-            "https://a.example.org:",
-            "https://",
-            "ftp://a.example.org",
-        ] {
-            assert!(parse_origin(bad).is_err(), "{bad}");
-        }
     }
 }

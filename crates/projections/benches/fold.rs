@@ -278,7 +278,9 @@ fn main() {
 
     let t = Instant::now();
     for r in &log {
-        std::hint::black_box(IncidentEvent::decode(r.event_type, r.data.get()).expect("decodes"));
+        std::hint::black_box(
+            IncidentEvent::decode(0, r.event_type, r.data.get()).expect("decodes"),
+        );
     }
     let dt = t.elapsed().as_secs_f64();
     println!(
@@ -368,7 +370,7 @@ fn main() {
     );
 
     let t = Instant::now();
-    let d = proj.digest();
+    let d = proj.digest_on(2); // as the server and `replay` do on two cores
     println!("BENCH digest_ms={:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     eprintln!("digest {d}");
 }

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use uuid::Uuid;
 
-use crate::{OccurredAt, Region};
+use crate::{OccurredAt, ProjectionError, Region};
 
 macro_rules! wire_enum {
     ($(#[$m:meta])* $name:ident { $($var:ident = $s:literal),+ $(,)? }) => {
@@ -438,10 +438,14 @@ impl<'a> IncidentEvent<'a> {
         }
     }
 
-    /// Decodes stored data (the fast path of the fold: serde straight into the typed structs;
-    /// unknown fields are an error).
-    /// Strings without escapes are borrowed from `data`.
-    pub fn decode(event_type: &str, data: &'a str) -> Result<IncidentEvent<'a>, DecodeError> {
+    /// Decodes the stored data of the event at `position` (the fast path of the fold: serde
+    /// straight into the typed structs; unknown fields are an error; the position is for the
+    /// error to name). Strings without escapes are borrowed from `data`.
+    pub fn decode(
+        position: u64,
+        event_type: &str,
+        data: &'a str,
+    ) -> Result<IncidentEvent<'a>, ProjectionError> {
         use serde_json::from_str as de;
         let r = match event_type {
             "IncidentReported" => de(data).map(IncidentEvent::IncidentReported),
@@ -452,9 +456,18 @@ impl<'a> IncidentEvent<'a> {
             "SourceAdded" => de(data).map(IncidentEvent::SourceAdded),
             "IncidentCorrected" => de(data).map(IncidentEvent::IncidentCorrected),
             "IncidentRetracted" => de(data).map(IncidentEvent::IncidentRetracted),
-            _ => return Err(DecodeError::UnknownType),
+            _ => {
+                return Err(ProjectionError::UnknownType {
+                    position,
+                    event_type: event_type.to_owned(),
+                })
+            }
         };
-        r.map_err(|e| DecodeError::Data(e.to_string()))
+        r.map_err(|e| ProjectionError::Decode {
+            position,
+            event_type: event_type.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// The data as JSON (`to_raw_value` wraps what it wrote without parsing it again).
@@ -648,13 +661,6 @@ impl IncidentEvent<'_> {
             }),
         }
     }
-}
-
-/// Why stored data did not decode.
-#[derive(Debug)]
-pub enum DecodeError {
-    UnknownType,
-    Data(String),
 }
 
 /// A validated event of an append request.

@@ -37,8 +37,8 @@ pub use events::{
 };
 pub use json::{Json, JsonMembers, JsonObject, JsonValue, MAX_JSON_VALUES};
 pub use projection::{
-    fold_incident, DecodedEvent, IncidentPage, IncidentQuery, MemoryUsage, Projection,
-    DEFAULT_LIMIT, MAX_LIMIT,
+    fold_incident, DecodedEvent, IncidentPage, IncidentPager, IncidentQuery, MemoryUsage,
+    Projection, DEFAULT_LIMIT, MAX_LIMIT,
 };
 pub use region::Region;
 pub use state::IncidentState;

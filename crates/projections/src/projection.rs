@@ -17,9 +17,8 @@ use crate::{Envelope, FieldError, ProjectionError, Region, Window};
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
-/// Incidents per block of the digest's serialization, and the most threads it uses.
+/// Incidents per block of the digest's serialization.
 const DIGEST_BLOCK: usize = 1024;
-const DIGEST_THREADS: usize = 2;
 
 /// Filters of `GET /v1/incidents`.
 #[derive(Clone, Debug, Default)]
@@ -43,6 +42,100 @@ pub struct IncidentQuery {
 pub struct IncidentPage {
     pub incidents: Vec<IncidentView>,
     pub next_cursor: Option<String>,
+}
+
+/// A page of [`Projection::incidents`] built over several looks at the projection, each
+/// scanning a bounded number of incidents, so that a caller holding a lock per look lets
+/// writers in between (a filter that matches few incidents otherwise scans them all under
+/// one hold). Each incident is as the look that found it saw it; incidents are taken in
+/// order of first appearance, so one look resumes where the last one stopped.
+#[derive(Debug)]
+pub struct IncidentPager {
+    limit: usize,
+    /// The first position of the last incident looked at.
+    after: u64,
+    /// Matches so far, with their first position; one more than `limit` tells that there is
+    /// a next page.
+    found: Vec<(u64, IncidentView)>,
+    done: bool,
+}
+
+impl IncidentPager {
+    /// A pager for `q`'s page (its limit and cursor checked).
+    pub fn new(q: &IncidentQuery) -> Result<IncidentPager, FieldError> {
+        // Above the maximum is clamped, as `GET /v1/events` does; 0 cannot make a page.
+        let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+        if limit == 0 {
+            return Err(FieldError::new(
+                "/limit",
+                format!("must be between 1 and {MAX_LIMIT} (more is taken as {MAX_LIMIT})"),
+            ));
+        }
+        let after = match &q.cursor {
+            None => 0,
+            Some(c) => decode_cursor(c).ok_or_else(|| {
+                FieldError::new(
+                    "/cursor",
+                    "is not a cursor this server returned (use next_cursor as is)",
+                )
+            })?,
+        };
+        Ok(IncidentPager {
+            limit,
+            after,
+            found: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// Whether the page is complete.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Looks at up to `max_scanned` more incidents of `p` for `q` (the query the pager was
+    /// made for).
+    pub fn scan(&mut self, p: &Projection, q: &IncidentQuery, max_scanned: usize) {
+        if self.done {
+            return;
+        }
+        let start = p
+            .slots
+            .partition_point(|s| s.state.first_position <= self.after);
+        for (scanned, slot) in p.slots.iter_from(start).enumerate() {
+            if scanned == max_scanned {
+                return;
+            }
+            self.after = slot.state.first_position;
+            if matching_slots(std::iter::once(slot), q, false)
+                .next()
+                .is_none()
+            {
+                continue;
+            }
+            if let Some(v) = IncidentView::from_state(&slot.state) {
+                self.found.push((slot.state.first_position, v));
+                if self.found.len() > self.limit {
+                    break;
+                }
+            }
+        }
+        self.done = true;
+    }
+
+    /// The page: at most `limit` incidents, and a cursor when another one matched after them.
+    pub fn finish(mut self) -> IncidentPage {
+        let next_cursor = if self.found.len() > self.limit {
+            self.found.truncate(self.limit);
+            self.found.last().map(|(first, _)| encode_cursor(*first))
+        } else {
+            None
+        };
+        IncidentPage {
+            incidents: self.found.into_iter().map(|(_, v)| v).collect(),
+            next_cursor,
+        }
+    }
 }
 
 /// The slots of `slots` whose incident passes `q`'s filters.
@@ -285,46 +378,26 @@ impl Projection {
             .filter_map(|slot| IncidentView::from_state(&slot.state))
     }
 
-    /// One page of incidents matching `q`.
+    /// One page of incidents matching `q`, in one look (see [`IncidentPager`] for one over
+    /// several).
     pub fn incidents(&self, q: &IncidentQuery) -> Result<IncidentPage, FieldError> {
-        // Above the maximum is clamped, as `GET /v1/events` does; 0 cannot make a page.
-        let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-        if limit == 0 {
-            return Err(FieldError::new(
-                "/limit",
-                format!("must be between 1 and {MAX_LIMIT} (more is taken as {MAX_LIMIT})"),
-            ));
-        }
-        let after = match &q.cursor {
-            None => 0,
-            Some(c) => decode_cursor(c).ok_or_else(|| {
-                FieldError::new(
-                    "/cursor",
-                    "is not a cursor this server returned (use next_cursor as is)",
-                )
-            })?,
-        };
-        let start = self
-            .slots
-            .partition_point(|s| s.state.first_position <= after);
-        let mut matching = matching_slots(self.slots.iter_from(start), q, false);
-        let mut incidents = Vec::new();
-        let mut last = 0;
-        for s in matching.by_ref().take(limit) {
-            if let Some(v) = IncidentView::from_state(&s.state) {
-                incidents.push(v);
-                last = s.state.first_position;
-            }
-        }
-        let next_cursor = if incidents.len() == limit && matching.next().is_some() {
-            Some(encode_cursor(last))
-        } else {
-            None
-        };
-        Ok(IncidentPage {
-            incidents,
-            next_cursor,
-        })
+        let mut pager = IncidentPager::new(q)?;
+        pager.scan(self, q, usize::MAX);
+        Ok(pager.finish())
+    }
+
+    /// The regions with an incident recorded at or before `at_position` (default: now;
+    /// clamped to the projection's position), sorted by code: those
+    /// [`Projection::region_summaries`] looks at.
+    pub fn regions_recorded(&self, at_position: Option<u64>) -> Vec<Region> {
+        let p = self.clamp(at_position);
+        self.summaries
+            .index
+            .values()
+            .map(|i| &self.summaries.regions[*i as usize])
+            .filter(|r| r.first_position <= p)
+            .map(|r| r.region)
+            .collect()
     }
 
     fn clamp(&self, at_position: Option<u64>) -> u64 {
@@ -350,13 +423,11 @@ impl Projection {
         window: &Window,
         at_position: Option<u64>,
     ) -> Vec<RegionSummary> {
+        // What a caller that takes a lock per region does (the api's `region_summaries_at`).
         let p = self.clamp(at_position);
-        self.summaries
-            .index
-            .values()
-            .map(|i| &self.summaries.regions[*i as usize])
-            .filter(|r| r.first_position <= p)
-            .map(|r| r.summary(&self.summaries, window, p))
+        self.regions_recorded(Some(p))
+            .iter()
+            .filter_map(|r| self.region_summary(r, window, Some(p)))
             .filter(|s| s.incidents > 0)
             .collect()
     }
@@ -365,19 +436,18 @@ impl Projection {
     /// as one JSON line each, every region's summary. Equal states give equal digests on any
     /// machine.
     ///
-    /// The views are serialized in blocks on up to two threads and hashed in
-    /// order, so the byte stream (and the digest) is the same as a one-thread, line-by-line
-    /// serialization; hashing whole blocks also lets BLAKE3 use its wide SIMD path, where tiny
-    /// `update`s from a JSON writer would not.
+    /// The views are serialized in blocks and hashed in order, so the byte stream (and the
+    /// digest) is the same as a line-by-line serialization; hashing whole blocks also lets
+    /// BLAKE3 use its wide SIMD path, where tiny `update`s from a JSON writer would not. On
+    /// the calling thread: [`Projection::digest_on`] spreads the serialization over threads.
     pub fn digest(&self) -> String {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, DIGEST_THREADS);
-        self.digest_on(threads)
+        self.digest_on(1)
     }
 
-    /// [`Projection::digest`] serialized on `threads` threads (any count gives the same digest;
-    /// tests check that).
+    /// [`Projection::digest`] serialized on `threads` threads (1: the calling thread; more:
+    /// that many scoped threads, the caller hashing). Any count gives the same digest (tests
+    /// check that). The caller knows how many cores it has: this crate asks the machine
+    /// nothing.
     pub fn digest_on(&self, threads: usize) -> String {
         let mut h = blake3::Hasher::new();
         // v2: recorded times always with six fraction digits (v1 let chrono drop trailing zeros).

@@ -787,17 +787,7 @@ impl IncidentState {
 }
 
 pub(crate) fn decode_envelope<'a>(e: &Envelope<'a>) -> Result<IncidentEvent<'a>, ProjectionError> {
-    IncidentEvent::decode(e.event_type, e.data.get()).map_err(|err| match err {
-        DecodeError::UnknownType => ProjectionError::UnknownType {
-            position: e.global_position,
-            event_type: e.event_type.to_owned(),
-        },
-        DecodeError::Data(message) => ProjectionError::Decode {
-            position: e.global_position,
-            event_type: e.event_type.to_owned(),
-            message,
-        },
-    })
+    IncidentEvent::decode(e.global_position, e.event_type, e.data.get())
 }
 
 /// Bytes a heap allocation of `n` bytes really takes with a glibc-style allocator (8 bytes

@@ -259,7 +259,8 @@ impl StoreError {
     }
 }
 
-/// The operations every backend offers. Written once, tested once (`tests/conformance`).
+/// The operations every backend offers. Written once, tested once
+/// (`tests/common/conformance.rs`).
 pub trait EventStore: Send + Sync + 'static {
     /// Appends one batch atomically.
     ///

@@ -243,9 +243,18 @@ fn as_of(as_of: Option<&str>, at_position: Option<u64>) -> Result<AsOf, ApiError
             .map(AsOf::Time)
             .map_err(|e| {
                 let hint = super::query::plus_hint(t);
+                // chrono's own words ("premature end of input" for any word) say little.
+                let date_alone = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok();
+                let what = if date_alone {
+                    format!("a date alone is not an instant (the end of that day in UTC is {t}T23:59:59.999999Z)")
+                } else {
+                    e
+                };
                 ApiError::bad_field(
                     "/as_of",
-                    format!("expected an RFC 3339 timestamp: {e}{hint}"),
+                    format!(
+                        "expected an RFC 3339 timestamp such as 2026-01-05T14:30:00Z: {what}{hint}"
+                    ),
                 )
             }),
         (None, Some(p)) => Ok(AsOf::Position(p)),
@@ -821,8 +830,8 @@ pub(crate) async fn regions(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<SummaryParams>,
 ) -> Result<Response, ApiError> {
-    cached_summary(&state, "*".to_string(), q, |window, at| {
-        let (regions, position) = state.service.region_summaries_at(window, at);
+    cached_summary(&state, "*".to_string(), q, |service, window, at| {
+        let (regions, position) = service.region_summaries_at(window, at);
         #[derive(Serialize)]
         struct Body<T> {
             regions: T,
@@ -833,12 +842,19 @@ pub(crate) async fn regions(
 }
 
 /// Serves a summary body for `scope` from the per-position cache, or computes it with
-/// `compute(window, at_position)` and caches it: one path for one region and for all.
+/// `compute(service, window, at_position)` off the runtime's workers (all regions at a past
+/// position take ~30 ms) and caches it: one path for one region and for all.
 async fn cached_summary(
     state: &AppState,
     scope: String,
     q: SummaryParams,
-    compute: impl FnOnce(&Window, Option<u64>) -> Result<(axum::body::Bytes, u64), ApiError>,
+    compute: impl FnOnce(
+            &crate::service::AppService,
+            &Window,
+            Option<u64>,
+        ) -> Result<(axum::body::Bytes, u64), ApiError>
+        + Send
+        + 'static,
 ) -> Result<Response, ApiError> {
     let window = window(&q)?;
     let at = state
@@ -853,7 +869,10 @@ async fn cached_summary(
     {
         return Ok(json_bytes(body));
     }
-    let (body, position) = compute(&window, at)?;
+    let (body, position) = state
+        .service
+        .off_workers(move |service| compute(service, &window, at))
+        .await??;
     state.summaries.put(key, position, generation, body.clone());
     Ok(json_bytes(body))
 }
@@ -884,13 +903,18 @@ pub(crate) async fn region(
         detail: format!("/code: {m}"),
         errors: vec![crate::error::field_error("/code", m)].into(),
     })?;
-    cached_summary(&state, region.code().to_string(), q, |window, at| {
-        let (summary, position) = state.service.region_summary_at(&region, window, at);
-        let summary = summary.ok_or_else(|| {
-            ApiError::NotFound(format!("nothing recorded for region {}", region.code()))
-        })?;
-        Ok((to_json(&summary)?, position))
-    })
+    cached_summary(
+        &state,
+        region.code().to_string(),
+        q,
+        move |service, window, at| {
+            let (summary, position) = service.region_summary_at(&region, window, at);
+            let summary = summary.ok_or_else(|| {
+                ApiError::NotFound(format!("nothing recorded for region {}", region.code()))
+            })?;
+            Ok((to_json(&summary)?, position))
+        },
+    )
     .await
 }
 

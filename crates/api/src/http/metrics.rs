@@ -28,7 +28,7 @@ const METHODS: &[&str] = &["GET", "POST", "HEAD", "other"];
 
 /// Statuses the API answers with; anything else is counted under "other".
 const STATUSES: &[u16] = &[
-    200, 201, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 500, 503, 0,
+    200, 201, 400, 401, 403, 404, 405, 408, 409, 413, 415, 421, 422, 429, 500, 503, 0,
 ];
 
 pub struct HttpMetrics {

@@ -4,6 +4,7 @@ mod cache;
 mod extract;
 mod handlers;
 mod metrics;
+mod names;
 mod query;
 mod quota;
 mod ratelimit;
@@ -30,6 +31,8 @@ use crate::service::AppService;
 
 pub(crate) use handlers::ApiDoc;
 pub use metrics::ROUTES;
+use names::host_key;
+pub use names::{AllowedHost, AllowedOrigin};
 
 /// Server settings (flags and `INCIDENTLOG_*` variables of the binary map onto these).
 #[derive(Clone, Debug)]
@@ -83,7 +86,7 @@ pub struct ServeConfig {
     /// Origins of browser pages allowed to call the API (CORS), e.g.
     /// `https://dashboard.example.org`; `*` allows any. Empty: no CORS headers (browsers then
     /// let only same-origin pages read the answers).
-    pub cors_origins: Vec<String>,
+    pub cors_origins: Vec<AllowedOrigin>,
     /// Host names (`Host` without its port) that requests without a token may use, besides
     /// IP addresses and `localhost` (and `*.localhost`), which are always allowed; `*`
     /// allows any. Empty: only those when `listen` is a loopback address, any name on other
@@ -91,7 +94,7 @@ pub struct ServeConfig {
     /// (DNS rebinding) sends its own name: without this check, under `--public-read` it
     /// could read the whole log of a server on a laptop. A request with a token passes
     /// whatever its `Host`: a page cannot hold one.
-    pub allowed_hosts: Vec<String>,
+    pub allowed_hosts: Vec<AllowedHost>,
 }
 
 impl Default for ServeConfig {
@@ -125,13 +128,16 @@ impl ServeConfig {
     /// `localhost` (lowercase, no trailing dot), or `None` for any name (see
     /// [`ServeConfig::allowed_hosts`]).
     pub fn anonymous_hosts(&self) -> Option<Vec<String>> {
-        if self.allowed_hosts.iter().any(|h| h == "*") {
-            return None;
-        }
         if self.allowed_hosts.is_empty() && !self.listen.ip().is_loopback() {
             return None;
         }
-        Some(self.allowed_hosts.iter().map(|h| host_key(h)).collect())
+        self.allowed_hosts
+            .iter()
+            .map(|h| match h {
+                AllowedHost::Any => None,
+                AllowedHost::Name(name) => Some(name.clone()),
+            })
+            .collect()
     }
 }
 
@@ -140,16 +146,6 @@ impl ServeConfig {
 /// subdomains, which resolve to this machine alone (RFC 6761).
 fn always_allowed_host(name: &str) -> bool {
     name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
-}
-
-/// A host name as compared: lowercase, without a trailing dot or IPv6 brackets.
-fn host_key(name: &str) -> String {
-    let name = name.trim_end_matches('.');
-    let name = name
-        .strip_prefix('[')
-        .and_then(|n| n.strip_suffix(']'))
-        .unwrap_or(name);
-    name.to_ascii_lowercase()
 }
 
 /// The host name a request names (HTTP/2's authority, else `Host`), without its port; `None`
@@ -403,15 +399,20 @@ fn stamp(headers: &mut axum::http::HeaderMap, request_id: HeaderValue) {
 /// CORS for the browser pages of `cors_origins` (`*`: any page), outside the gate: a preflight
 /// carries no token and is answered here, and every answer (a 401 or 429 too) says which pages
 /// may read it. Tokens travel in `Authorization`, never in cookies, so no credentials mode.
-fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+fn cors(origins: &[AllowedOrigin]) -> Option<tower_http::cors::CorsLayer> {
     use tower_http::cors::{AllowOrigin, CorsLayer};
     if origins.is_empty() {
         return None;
     }
-    let allow = if origins.iter().any(|o| o == "*") {
+    let allow = if origins.contains(&AllowedOrigin::Any) {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        // Parsed to ASCII letters, digits and `:/.-[]`: each is a header value (were one
+        // not, leaving it out would only narrow the list).
+        AllowOrigin::list(origins.iter().filter_map(|o| match o {
+            AllowedOrigin::Origin(o) => HeaderValue::from_str(o).ok(),
+            AllowedOrigin::Any => None,
+        }))
     };
     Some(
         CorsLayer::new()

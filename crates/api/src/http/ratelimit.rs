@@ -1,4 +1,5 @@
-//! Per-token token buckets: `rate` requests per second on average, bursts up to `burst`.
+//! Token buckets per client (a token, or for anonymous reads an address's /64 or IPv4
+//! address: `quota::Client`): `rate` requests per second on average, bursts up to `burst`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -486,19 +486,24 @@ fn canonical_data_is_deterministic_with_defaults_filled() {
     .unwrap()
     {
         let bytes = e.canonical_data();
-        let back = IncidentEvent::decode(e.event_type(), bytes.get()).unwrap();
+        let back = IncidentEvent::decode(1, e.event_type(), bytes.get()).unwrap();
         assert_eq!(back, e.event);
     }
 }
 
 #[test]
 fn stored_data_is_decoded_strictly() {
-    assert!(IncidentEvent::decode("SourceAdded", r#"{"source":{"name":"x"},"more":1}"#).is_err());
     assert!(
-        IncidentEvent::decode("SourceAdded", r#"{"source":{"name":"x","colour":"red"}}"#).is_err()
+        IncidentEvent::decode(1, "SourceAdded", r#"{"source":{"name":"x"},"more":1}"#).is_err()
     );
-    assert!(IncidentEvent::decode("Unknown", r#"{}"#).is_err());
-    assert!(IncidentEvent::decode("IncidentRetracted", r#"{"reason":"dup"}"#).is_ok());
+    assert!(IncidentEvent::decode(
+        1,
+        "SourceAdded",
+        r#"{"source":{"name":"x","colour":"red"}}"#
+    )
+    .is_err());
+    assert!(IncidentEvent::decode(1, "Unknown", r#"{}"#).is_err());
+    assert!(IncidentEvent::decode(1, "IncidentRetracted", r#"{"reason":"dup"}"#).is_ok());
 }
 
 #[test]

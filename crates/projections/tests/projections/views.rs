@@ -621,6 +621,57 @@ fn listing_filters_and_cursor() {
         assert!(!paged.is_empty());
         assert_eq!(matching(&q), paged, "{q:?}");
     }
+    // A page built over several looks of a few incidents each (the server takes the views'
+    // lock once per look) is the page of one look, cursor included, page after page.
+    let in_looks = |q: &IncidentQuery, k: usize| -> IncidentPage {
+        let mut pager = IncidentPager::new(q).unwrap();
+        let mut looks = 0;
+        while !pager.is_done() {
+            pager.scan(&p, q, k);
+            looks += 1;
+            assert!(looks <= 100, "a scan of {k} makes no progress");
+        }
+        pager.finish()
+    };
+    for base in [
+        IncidentQuery::default(),
+        IncidentQuery {
+            region: Some(Region::parse("UA-63").unwrap()),
+            kind: Some(Kind::DroneStrike),
+            ..Default::default()
+        },
+        IncidentQuery {
+            claim_status: Some(ClaimStatus::Unverified),
+            ..Default::default()
+        },
+        IncidentQuery {
+            claim_status: Some(ClaimStatus::Disputed),
+            ..Default::default()
+        },
+        IncidentQuery {
+            window: Window::parse(Some("2026-01-03"), None).unwrap(),
+            ..Default::default()
+        },
+    ] {
+        for limit in [1, 2, 7, 25] {
+            let mut cursor = None;
+            loop {
+                let q = IncidentQuery {
+                    limit: Some(limit),
+                    cursor: cursor.clone(),
+                    ..base.clone()
+                };
+                let one = p.incidents(&q).unwrap();
+                for k in [1, 2, 3, 5, 1000] {
+                    assert_eq!(in_looks(&q, k), one, "{q:?}, looks of {k}");
+                }
+                match one.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+        }
+    }
     // exactly one page: no cursor
     assert_eq!(
         p.incidents(&IncidentQuery {

@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -105,20 +105,8 @@ pub(crate) fn parse_header(h: &[u8]) -> Result<u64, String> {
     Ok(u64_at(h, 12))
 }
 
-/// Fixed fields of one record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RecordMeta {
-    pub position: u64,
-    pub prev_hash: [u8; 32],
-    pub stream_id: Uuid,
-    pub event_id: Uuid,
-    pub stream_version: u64,
-    pub recorded_at: i64,
-    /// Index of this event in its append (0-based) and the append's event count: recovery
-    /// uses them to cut an append that was only partly written.
-    pub append_index: u32,
-    pub append_len: u32,
-}
+/// Fixed fields of one record: what its chain hash covers before the body.
+pub(crate) type RecordMeta = crate::chain::CoveredHead;
 
 /// Why a record whose `recorded_at` no date can hold is refused.
 pub(crate) const RECORDED_AT_OUT_OF_RANGE: &str = "recorded_at out of range";
@@ -128,14 +116,6 @@ impl RecordMeta {
     pub(crate) fn recorded_at_time(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         chrono::DateTime::from_timestamp_micros(self.recorded_at)
     }
-}
-
-#[derive(Serialize)]
-struct BodyRef<'a> {
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    recorded_by: &'a str,
-    data: &'a RawValue,
 }
 
 #[derive(Deserialize)]
@@ -167,20 +147,7 @@ pub(crate) fn encode_record(
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEAD]);
     let covered_start = out.len();
-    out.extend_from_slice(&meta.position.to_le_bytes());
-    out.extend_from_slice(&meta.prev_hash);
-    out.extend_from_slice(meta.stream_id.as_bytes());
-    out.extend_from_slice(meta.event_id.as_bytes());
-    out.extend_from_slice(&meta.stream_version.to_le_bytes());
-    out.extend_from_slice(&meta.recorded_at.to_le_bytes());
-    out.extend_from_slice(&meta.append_index.to_le_bytes());
-    out.extend_from_slice(&meta.append_len.to_le_bytes());
-    let body = BodyRef {
-        event_type,
-        recorded_by,
-        data,
-    };
-    if let Err(e) = serde_json::to_writer(&mut *out, &body) {
+    if let Err(e) = crate::chain::write_covered(out, meta, event_type, recorded_by, data) {
         out.truncate(start);
         return Err(e.to_string());
     }
@@ -388,14 +355,22 @@ pub fn fuzz_decode(bytes: &[u8]) -> usize {
 mod tests {
     use super::*;
 
+    /// The body as records hold it: what `write_covered` writes after the fixed fields.
     fn encode_body(event_type: &str, recorded_by: &str, data: &str) -> Vec<u8> {
         let data = RawValue::from_string(data.to_string()).unwrap();
-        serde_json::to_vec(&BodyRef {
-            event_type,
-            recorded_by,
-            data: &data,
-        })
-        .unwrap()
+        let head = RecordMeta {
+            position: 1,
+            prev_hash: [0; 32],
+            stream_id: Uuid::nil(),
+            event_id: Uuid::nil(),
+            stream_version: 1,
+            recorded_at: 0,
+            append_index: 0,
+            append_len: 1,
+        };
+        let mut covered = Vec::new();
+        crate::chain::write_covered(&mut covered, &head, event_type, recorded_by, &data).unwrap();
+        covered.split_off(FIXED)
     }
 
     #[test]

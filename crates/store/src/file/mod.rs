@@ -3,7 +3,9 @@
 //! Layout of a data directory:
 //! - `log/<first position, 20 digits>.seg`: segments (format in `format.rs` and
 //!   `proto-docs/storage-format.md`);
-//! - `tokens.json`: API tokens, replaced atomically;
+//! - `log/SYNCED`: the last position known synced and its hash (`synced.rs`), so that a log
+//!   cut short of what was acknowledged is refused rather than served;
+//! - `tokens.json`: API tokens, replaced atomically; `tokens.lock`: held while they are edited;
 //! - `LOCK`: held (flock), like the directory itself, while a process has the store open.
 
 mod cohorts;

@@ -544,6 +544,8 @@ pub(crate) fn recover(log_dir: &Path, read_only: bool) -> Result<Recovered, Stor
                     reason,
                     "torn tail in the last segment: ignored, left in place (opened read-only)"
                 );
+                // Replaces a torn header of a newer segment, if any: `verify` reports one
+                // damage, and this one is where the records end.
                 torn_tail = Some(TornTail {
                     file: path.clone(),
                     offset,

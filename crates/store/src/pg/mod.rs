@@ -23,13 +23,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::{MAX_APPEND_BYTES, MAX_EVENT_BYTES};
+
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::Config;
 use uuid::Uuid;
 
 use self::conn::{parse_config, timed, Pool, OP_TIMEOUT};
-use self::record::{corrupt, from_row, stored_from_row};
+use self::record::{corrupt, from_row, stored_from_row, to_u64};
 use self::writer::Msg;
 use crate::{
     AppendOutcome, AppendRequest, Durability, EventStore, Head, RecordedAppend, RecordedEvent,
@@ -39,10 +41,6 @@ use crate::{
 /// The newest database schema version this build knows.
 pub const SCHEMA_VERSION: i32 = schema::SCHEMA_VERSION;
 
-/// Largest event (type + data + recorded_by bytes), as in the file store.
-pub const MAX_EVENT_BYTES: usize = crate::MAX_EVENT_BYTES;
-/// Largest single append (each event counted with the file store's per-record overhead).
-pub const MAX_APPEND_BYTES: usize = crate::MAX_APPEND_BYTES;
 /// A head poll unanswered this long makes the store unavailable for readiness while it waits
 /// (the poll itself waits up to `OP_TIMEOUT`: /readyz said ok through the first 15 s of a
 /// hung database).
@@ -393,13 +391,17 @@ fn head_from_row(row: Option<&tokio_postgres::Row>) -> Result<Head, StoreError> 
     let Some(row) = row else {
         return Ok(Head::default());
     };
-    let position: i64 = row.get(0);
-    let hash: &[u8] = row.get(1);
+    let position: i64 = row
+        .try_get(0)
+        .map_err(|e| corrupt(0, format!("head position: {e}")))?;
+    let hash: &[u8] = row
+        .try_get(1)
+        .map_err(|e| corrupt(position, format!("hash: {e}")))?;
     let hash: [u8; 32] = hash
         .try_into()
         .map_err(|_| corrupt(position, "hash is not 32 bytes"))?;
     Ok(Head {
-        position: u64::try_from(position).unwrap_or(0),
+        position: to_u64(position, position, "position")?,
         hash,
     })
 }

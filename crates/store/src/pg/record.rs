@@ -38,7 +38,9 @@ pub(crate) fn corrupt(position: i64, reason: impl Into<String>) -> StoreError {
     }
 }
 
-fn to_u64(position: i64, v: i64, what: &str) -> Result<u64, StoreError> {
+/// A position, version or count read from the database (`what`, in the row at `position`): a
+/// negative one is damage, named as such, never taken as 0.
+pub(crate) fn to_u64(position: i64, v: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| corrupt(position, format!("negative {what} {v}")))
 }
 
@@ -49,7 +51,9 @@ pub(crate) fn from_row(row: &Row) -> Result<RecordedEvent, StoreError> {
 
 /// Decodes a row selected with the event columns of `conn`, append bounds included.
 pub(crate) fn stored_from_row(row: &Row) -> Result<StoredEvent, StoreError> {
-    let position: i64 = row.get(0);
+    let position: i64 = row
+        .try_get(0)
+        .map_err(|e| corrupt(0, format!("undecodable row: {e}")))?;
     let bad = |e: tokio_postgres::Error| corrupt(position, format!("undecodable row: {e}"));
     let data: String = row.try_get(5).map_err(bad)?;
     let data = RawValue::from_string(data)
@@ -60,11 +64,14 @@ pub(crate) fn stored_from_row(row: &Row) -> Result<StoredEvent, StoreError> {
         .map_err(|_| corrupt(position, "hash is not 32 bytes"))?;
     let append_first: i64 = row.try_get(9).map_err(bad)?;
     let append_last: i64 = row.try_get(10).map_err(bad)?;
-    let (append_index, append_len) = match (
-        u32::try_from(position - append_first),
-        u32::try_from(append_last - append_first + 1),
-    ) {
-        (Ok(i), Ok(n)) if i < n => (i, n),
+    // Checked: the bounds of a row edited by hand can be anything.
+    let index = position.checked_sub(append_first).map(u32::try_from);
+    let len = append_last
+        .checked_sub(append_first)
+        .and_then(|d| d.checked_add(1))
+        .map(u32::try_from);
+    let (append_index, append_len) = match (index, len) {
+        (Some(Ok(i)), Some(Ok(n))) if i < n => (i, n),
         _ => return Err(corrupt(position, "position outside its append")),
     };
     let event = RecordedEvent {

@@ -4,7 +4,7 @@
 //! transaction:
 //!
 //! ```text
-//! BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(LOCK_CLASS, log's OID);
+//! BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(hi32(LogKey), lo32(LogKey));
 //! read head (position, hash, recorded_at), known event ids, stream versions   -- pipelined
 //! decide every request in memory; assign positions head+1.. ; chain the hashes
 //! INSERT ... SELECT * FROM unnest(arrays); SELECT pg_notify(head); COMMIT     -- pipelined
@@ -565,7 +565,7 @@ async fn lock_and_read<'r>(
             let at: DateTime<Utc> = head_row
                 .try_get(3)
                 .map_err(|e| super::record::corrupt(p, format!("recorded_at: {e}")))?;
-            let position = u64::try_from(p).unwrap_or(0);
+            let position = super::record::to_u64(p, p, "position")?;
             (Head { position, hash }, Some(at))
         }
         None => (Head::default(), None),
@@ -573,10 +573,12 @@ async fn lock_and_read<'r>(
     let mut versions: HashMap<StreamId, u64> = HashMap::with_capacity(version_rows.len());
     for row in &version_rows {
         let v: Option<i64> = row.get(1);
-        versions.insert(
-            row.get(0),
-            v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
-        );
+        // No row: a new stream (version 0). A negative version is damage, not a new stream.
+        let v = match v {
+            Some(v) => super::record::to_u64(0, v, "stream_version")?,
+            None => 0,
+        };
+        versions.insert(row.get(0), v);
     }
     Ok(Locked {
         head,

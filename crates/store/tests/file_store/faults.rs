@@ -385,13 +385,16 @@ async fn a_time_just_past_is_settled_before_it_is_answered() {
         .append(append_req(s, vec![new_event(0)]))
         .await
         .unwrap();
+    let writes_before = io.0.lock().unwrap().writes;
     io.0.lock().unwrap().sync_delay = Some(std::time::Duration::from_millis(400));
     let slow = tokio::spawn({
         let store = store.clone();
         async move { store.append(append_req(s, vec![new_event(1)])).await }
     });
-    // Stamped by now, not yet durable.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Stamped once written (the writer stamps, then writes, then syncs), not yet durable.
+    while io.0.lock().unwrap().writes == writes_before {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     let t = chrono::Utc::now();
     assert_eq!(store.head().position, 1, "the sync is still running");
     // A time before the durable head was stamped: nothing on its way can be at or before it.
