@@ -1587,6 +1587,17 @@ async fn an_unencoded_plus_in_a_time_is_explained() {
             && detail.contains("2026-01-02T23:59:59.999999Z"),
         "{detail}"
     );
+    for (bad, says) in [
+        ("2026-02-30", "2026-02-30 is not a date of the calendar"),
+        ("2026-01-02T10:00:00", "the time has no offset"),
+        ("2026-1-2", "such as 2026-01-05T14:30:00Z"),
+    ] {
+        let r = app.get(&format!("/v1/regions?as_of={bad}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+        let detail = r.body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(says), "{bad}: {detail}");
+        assert!(!detail.contains("2026-1-2T23"), "{bad}: {detail}");
+    }
 }
 
 /// `--max-sse-clients 0` turns the long-lived answers off: the feed, the ndjson log stream and
@@ -3709,7 +3720,7 @@ async fn long_view_reads_leave_the_workers_to_other_requests() {
         let service = app.service.clone();
         async move {
             service
-                .off_workers(move |_| {
+                .off_workers("a reader", move |_| {
                     let _ = started.send(());
                     held.recv().is_ok()
                 })
@@ -3726,4 +3737,54 @@ async fn long_view_reads_leave_the_workers_to_other_requests() {
     release.send(()).unwrap();
     assert!(long.await.unwrap().unwrap());
     drop(watchdog);
+}
+
+/// Long reads take turns per caller first: a caller whose reads fill every turn and queue
+/// more does not keep another caller's one read waiting behind all of them. When one of the
+/// busy caller's reads ends, the other caller's read is the next to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_view_reads_take_turns_per_caller() {
+    let app = app().await;
+    let turns = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut releases = std::collections::HashMap::new();
+    let mut reads = Vec::new();
+    let mut read = |caller: &'static str, name: String| {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        releases.insert(name.clone(), release);
+        let (service, started_tx) = (app.service.clone(), started_tx.clone());
+        reads.push(tokio::spawn(async move {
+            service
+                .off_workers(caller, move |_| {
+                    let _ = started_tx.send(name);
+                    let _ = held.recv_timeout(Duration::from_secs(30));
+                })
+                .await
+        }));
+    };
+    // The busy caller takes every turn...
+    for i in 0..turns {
+        read("token busy", format!("busy {i}"));
+    }
+    for _ in 0..turns {
+        started.recv().await.expect("a read starts");
+    }
+    // ...and queues as many again; then the quiet caller asks once.
+    for i in turns..2 * turns {
+        read("token busy", format!("busy {i}"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    read("token quiet", "quiet".to_string());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    releases["busy 0"].send(()).unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(30), started.recv())
+        .await
+        .expect("a read starts once a turn is free");
+    assert_eq!(next.as_deref(), Some("quiet"));
+    for release in releases.values() {
+        let _ = release.send(());
+    }
+    for r in reads {
+        r.await.unwrap().unwrap();
+    }
 }

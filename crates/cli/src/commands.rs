@@ -1245,8 +1245,24 @@ struct ExportFile {
     staged: Option<PathBuf>,
 }
 
-/// The temporary file of the export in progress, for the signal handler to remove.
-static EXPORT_TEMP: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+/// Where the export to a file stands, for the signal handler.
+enum ExportStage {
+    /// No temporary file (yet, or any more after a failure).
+    Idle,
+    /// Written to this temporary file: a signal removes it, and the export is incomplete.
+    Staged(PathBuf),
+    /// Renamed into place, in this directory: a signal syncs the directory, and the export
+    /// is complete.
+    Done(PathBuf),
+}
+
+/// The export in progress, for the signal handler; held by the rename, so that a signal
+/// during it finds the export before or after, never half-way.
+static EXPORT_STAGE: std::sync::Mutex<ExportStage> = std::sync::Mutex::new(ExportStage::Idle);
+
+fn export_stage() -> std::sync::MutexGuard<'static, ExportStage> {
+    EXPORT_STAGE.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl ExportFile {
     fn create(path: &Path) -> anyhow::Result<ExportFile> {
@@ -1300,14 +1316,14 @@ impl ExportFile {
         let tmp = path.with_file_name(tmp_name);
         // Named for the signal handler before it exists: a signal right after the create
         // removes it too (before one, the handler's remove finds nothing).
-        *EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()) = Some(tmp.clone());
+        *export_stage() = ExportStage::Staged(tmp.clone());
         let created = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp);
         if created.is_err() {
-            EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()).take();
+            *export_stage() = ExportStage::Idle;
         }
         let file = match created {
             Ok(f) => f,
@@ -1357,18 +1373,24 @@ impl ExportFile {
         let Some(tmp) = self.staged.take() else {
             return Ok(());
         };
-        // The handler keeps the name until the rename is done: a signal before it removes
-        // the temporary file (after it, its remove finds nothing).
-        let renamed = std::fs::rename(&tmp, &self.path);
-        if renamed.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()).take();
-        renamed?;
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
+        {
+            // A signal now waits for the rename's outcome: the temporary file removed and
+            // the export incomplete, or the export complete.
+            let mut stage = export_stage();
+            let renamed = std::fs::rename(&tmp, &self.path);
+            *stage = match renamed {
+                Ok(()) => ExportStage::Done(dir.to_path_buf()),
+                Err(_) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    ExportStage::Idle
+                }
+            };
+            renamed?;
+        }
         std::fs::File::open(dir).and_then(|d| d.sync_all())?;
         Ok(())
     }
@@ -1379,7 +1401,7 @@ impl Drop for ExportFile {
     fn drop(&mut self) {
         if let Some(tmp) = &self.staged {
             let _ = std::fs::remove_file(tmp);
-            EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()).take();
+            *export_stage() = ExportStage::Idle;
         }
     }
 }
@@ -1451,13 +1473,34 @@ fn remove_stale_temps(path: &Path, prefix: &std::ffi::OsStr) {
 
 /// SIGINT, SIGTERM or SIGHUP during an export: its temporary file is removed before the
 /// process ends (as the signal's default action would end it: no partial file, and none to
-/// pile up beside a backup a cron job keeps retrying).
+/// pile up beside a backup a cron job keeps retrying), exit 1. A signal that comes once the
+/// export is in place ends it with exit 0: the file is complete (an audit saw exit 1, "the
+/// export is incomplete", with the complete file already in place of the backup).
 fn remove_export_temp_on_signal() -> anyhow::Result<()> {
     let mut signals = crate::StopSignals::install().context("cannot listen for signals")?;
     tokio::spawn(async move {
         let name = signals.next().await;
-        if let Some(tmp) = EXPORT_TEMP.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = std::fs::remove_file(tmp);
+        match std::mem::replace(&mut *export_stage(), ExportStage::Idle) {
+            ExportStage::Done(dir) => match std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
+                Ok(()) => {
+                    crate::say(format_args!(
+                        "interrupted ({name}) as the export ended: the file is complete"
+                    ));
+                    std::process::exit(i32::from(exit::OK));
+                }
+                Err(e) => {
+                    crate::say(format_args!(
+                        "error: interrupted ({name}) as the export ended: the file is in \
+                         place, but syncing {} failed: {e}",
+                        dir.display()
+                    ));
+                    std::process::exit(i32::from(exit::FAILURE));
+                }
+            },
+            ExportStage::Staged(tmp) => {
+                let _ = std::fs::remove_file(tmp);
+            }
+            ExportStage::Idle => {}
         }
         crate::say(format_args!(
             "error: interrupted ({name}): the export is incomplete"

@@ -233,6 +233,40 @@ pub(crate) struct AsOfParams {
     at_position: Option<u64>,
 }
 
+/// What is wrong with an `as_of` that chrono refused, in words a caller can act on where
+/// chrono's say little ("premature end of input" for a word, a date, a time without offset).
+fn as_of_mistake(t: &str, chrono_says: String) -> String {
+    let date_shaped = |b: &[u8]| {
+        b.len() == 10
+            && b.iter().enumerate().all(|(i, c)| {
+                if i == 4 || i == 7 {
+                    *c == b'-'
+                } else {
+                    c.is_ascii_digit()
+                }
+            })
+    };
+    let b = t.as_bytes();
+    if date_shaped(b) {
+        return if chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok() {
+            format!(
+                "a date alone is not an instant (the end of that day in UTC is \
+                 {t}T23:59:59.999999Z)"
+            )
+        } else {
+            format!("{t} is not a date of the calendar")
+        };
+    }
+    let time_without_offset = b.len() > 10
+        && date_shaped(&b[..10])
+        && matches!(b[10], b'T' | b't' | b' ')
+        && !t[10..].contains(['Z', 'z', '+', '-']);
+    if time_without_offset {
+        return "the time has no offset: end it with Z (UTC) or an offset such as +02:00".into();
+    }
+    chrono_says
+}
+
 fn as_of(as_of: Option<&str>, at_position: Option<u64>) -> Result<AsOf, ApiError> {
     match (as_of, at_position) {
         (Some(_), Some(_)) => Err(ApiError::bad_field(
@@ -243,10 +277,8 @@ fn as_of(as_of: Option<&str>, at_position: Option<u64>) -> Result<AsOf, ApiError
             .map(AsOf::Time)
             .map_err(|e| {
                 let hint = super::query::plus_hint(t);
-                // chrono's own words ("premature end of input" for any word) say little.
-                let date_alone = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok();
-                let what = if date_alone {
-                    format!("a date alone is not an instant (the end of that day in UTC is {t}T23:59:59.999999Z)")
+                let what = if hint.is_empty() {
+                    as_of_mistake(t, e)
                 } else {
                     e
                 };
@@ -440,7 +472,10 @@ pub(crate) async fn incidents(
             .insert(VARY, HeaderValue::from_static("accept"));
         return Ok(r);
     }
-    let page = state.service.incidents(&query).await?;
+    let page = state
+        .service
+        .incidents(&caller(&principal, &extensions), &query)
+        .await?;
     let mut r = json(StatusCode::OK, &page);
     r.headers_mut()
         .insert(VARY, HeaderValue::from_static("accept"));
@@ -812,6 +847,19 @@ fn window(q: &SummaryParams) -> Result<Window, ApiError> {
     super::query::window(q.from.as_deref(), q.to.as_deref())
 }
 
+/// Whose long reads of the views take turns together (`AppService::off_workers`): the
+/// token's, or an anonymous caller's address share's, as the other per-client shares.
+fn caller(principal: &Principal, extensions: &axum::http::Extensions) -> String {
+    let address = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    match Client::of(principal, address) {
+        Client::Token(name) => format!("token {name}"),
+        Client::Address(ip) => format!("address {ip}"),
+        Client::Anonymous => "anonymous".to_owned(),
+    }
+}
+
 /// Summaries of every region with incidents.
 #[utoipa::path(
     get, path = "/v1/regions", tag = "views",
@@ -828,16 +876,25 @@ fn window(q: &SummaryParams) -> Result<Window, ApiError> {
 )]
 pub(crate) async fn regions(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    extensions: axum::http::Extensions,
     ApiQuery(q): ApiQuery<SummaryParams>,
 ) -> Result<Response, ApiError> {
-    cached_summary(&state, "*".to_string(), q, |service, window, at| {
-        let (regions, position) = service.region_summaries_at(window, at);
-        #[derive(Serialize)]
-        struct Body<T> {
-            regions: T,
-        }
-        Ok((to_json(&Body { regions })?, position))
-    })
+    let caller = caller(&principal, &extensions);
+    cached_summary(
+        &state,
+        &caller,
+        "*".to_string(),
+        q,
+        |service, window, at| {
+            let (regions, position) = service.region_summaries_at(window, at);
+            #[derive(Serialize)]
+            struct Body<T> {
+                regions: T,
+            }
+            Ok((to_json(&Body { regions })?, position))
+        },
+    )
     .await
 }
 
@@ -846,6 +903,7 @@ pub(crate) async fn regions(
 /// position take ~30 ms) and caches it: one path for one region and for all.
 async fn cached_summary(
     state: &AppState,
+    caller: &str,
     scope: String,
     q: SummaryParams,
     compute: impl FnOnce(
@@ -871,7 +929,7 @@ async fn cached_summary(
     }
     let (body, position) = state
         .service
-        .off_workers(move |service| compute(service, &window, at))
+        .off_workers(caller, move |service| compute(service, &window, at))
         .await??;
     state.summaries.put(key, position, generation, body.clone());
     Ok(json_bytes(body))
@@ -896,6 +954,8 @@ async fn cached_summary(
 )]
 pub(crate) async fn region(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    extensions: axum::http::Extensions,
     ApiPath(code): ApiPath<String>,
     ApiQuery(q): ApiQuery<SummaryParams>,
 ) -> Result<Response, ApiError> {
@@ -903,8 +963,10 @@ pub(crate) async fn region(
         detail: format!("/code: {m}"),
         errors: vec![crate::error::field_error("/code", m)].into(),
     })?;
+    let caller = caller(&principal, &extensions);
     cached_summary(
         &state,
+        &caller,
         region.code().to_string(),
         q,
         move |service, window, at| {
