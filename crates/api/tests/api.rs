@@ -1032,7 +1032,7 @@ async fn views_fed_by_hand_overs_and_by_the_log_equal_a_rebuild() {
 
     let events = 4 * 15 * 5 + 300 + 30;
     assert_eq!(app.head().await, events);
-    let (position, live) = app.service.live_digest().await;
+    let (position, live) = app.service.live_digest().await.unwrap();
     assert_eq!(position, events);
     let (rebuilt, _) = incidentlog_api::service::replay(&*app.store, None, &|_| {})
         .await
@@ -1103,7 +1103,7 @@ async fn a_live_bulk_import_hands_its_recorded_events_to_the_views() {
     assert_eq!(report.rejected.len(), 1, "{report:?}");
     assert_eq!(app.head().await, appended);
     app.service.caught_up().await;
-    let (position, live) = app.service.live_digest().await;
+    let (position, live) = app.service.live_digest().await.unwrap();
     assert_eq!(position, appended);
     let (rebuilt, _) = incidentlog_api::service::replay(&*app.store, None, &|_| {})
         .await
@@ -1324,7 +1324,7 @@ async fn auth_matrix() {
     assert_eq!(v.body["head_hash"].as_str().unwrap().len(), 64);
     // Read before the replay, which swaps its rebuilt views in: afterwards the "live" digest
     // would be the rebuilt one, and the comparison could not fail.
-    let live = app.service.live_digest().await.1;
+    let live = app.service.live_digest().await.unwrap().1;
     let replay = app
         .post_as("/v1/admin/replay", Some(&admin), "application/json", "")
         .await;
@@ -1591,12 +1591,16 @@ async fn an_unencoded_plus_in_a_time_is_explained() {
         ("2026-02-30", "2026-02-30 is not a date of the calendar"),
         ("2026-01-02T10:00:00", "the time has no offset"),
         ("2026-1-2", "such as 2026-01-05T14:30:00Z"),
+        ("2026-01-02T25:00:00", "such as 2026-01-05T14:30:00Z"),
     ] {
         let r = app.get(&format!("/v1/regions?as_of={bad}")).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
         let detail = r.body["detail"].as_str().unwrap_or_default();
         assert!(detail.contains(says), "{bad}: {detail}");
         assert!(!detail.contains("2026-1-2T23"), "{bad}: {detail}");
+        if bad.contains("25:00") {
+            assert!(!detail.contains("no offset"), "{bad}: {detail}");
+        }
     }
 }
 
@@ -2689,7 +2693,7 @@ async fn admin_replay_finishes_when_the_newest_event_is_one_the_views_skip() {
     .expect("the live views pass the event they skip");
     let admin = app.admin.clone();
     // Before the replay, which swaps its rebuilt views in (see `auth_matrix`).
-    let live = app.service.live_digest().await.1;
+    let live = app.service.live_digest().await.unwrap().1;
     let replay = tokio::time::timeout(
         Duration::from_secs(10),
         app.post_as("/v1/admin/replay", Some(&admin), "application/json", ""),
@@ -3786,5 +3790,72 @@ async fn long_view_reads_take_turns_per_caller() {
     }
     for r in reads {
         r.await.unwrap().unwrap();
+    }
+    // Their entries go with their last reads.
+    assert_eq!(app.service.long_read_callers(), 0);
+}
+
+/// A long read whose request is cut off (its client gone) keeps its turn until its work on
+/// the blocking thread ends: otherwise every cut-off request would start one more ~30 ms
+/// computation while the earlier ones still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_long_read_keeps_its_turn_until_its_work_ends() {
+    let app = app().await;
+    let turns = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let mut releases = Vec::new();
+    let mut cut_off = Vec::new();
+    for i in 0..turns {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        releases.push(release);
+        let (service, started_tx) = (app.service.clone(), started_tx.clone());
+        cut_off.push(tokio::spawn(async move {
+            service
+                .off_workers(&format!("token cut-{i}"), move |_| {
+                    let _ = started_tx.send(i);
+                    let _ = held.recv_timeout(Duration::from_secs(30));
+                })
+                .await
+        }));
+        started.recv().await.expect("a read starts");
+    }
+    // Every request cut off while its work runs on.
+    for task in &cut_off {
+        task.abort();
+    }
+    for task in cut_off {
+        assert!(task.await.unwrap_err().is_cancelled());
+    }
+    let (service, started_tx) = (app.service.clone(), started_tx.clone());
+    let next = tokio::spawn(async move {
+        service
+            .off_workers("token next", move |_| {
+                let _ = started_tx.send(usize::MAX);
+            })
+            .await
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), started.recv())
+            .await
+            .is_err(),
+        "a read started while the cut-off reads' work still held every turn"
+    );
+    releases[0].send(()).unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(30), started.recv())
+        .await
+        .expect("a turn comes free when a cut-off read's work ends");
+    assert_eq!(first, Some(usize::MAX));
+    next.await.unwrap().unwrap();
+    for release in &releases[1..] {
+        let _ = release.send(());
+    }
+    // The cut-off reads' entries go when their work ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.service.long_read_callers() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a caller's entry stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

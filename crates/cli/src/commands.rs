@@ -1133,9 +1133,8 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot write the export to {to}"))?;
     drop(out);
     if let Some(staged) = staged {
-        staged
-            .commit()
-            .with_context(|| format!("cannot write the export to {to}"))?;
+        // Its errors say whether the earlier file is still there.
+        staged.commit()?;
     }
     if args.format == ExportFormat::Ndjson
         && head < log_head
@@ -1314,17 +1313,20 @@ impl ExportFile {
         let mut tmp_name = prefix;
         tmp_name.push(format!("{}-{random:016x}.tmp", std::process::id()));
         let tmp = path.with_file_name(tmp_name);
-        // Named for the signal handler before it exists: a signal right after the create
-        // removes it too (before one, the handler's remove finds nothing).
-        *export_stage() = ExportStage::Staged(tmp.clone());
-        let created = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp);
-        if created.is_err() {
-            *export_stage() = ExportStage::Idle;
-        }
+        // Created under the stage's lock, which the signal handler takes too: a signal finds
+        // the file not yet made, or made and named for removal.
+        let created = {
+            let mut stage = export_stage();
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp);
+            if created.is_ok() {
+                *stage = ExportStage::Staged(tmp.clone());
+            }
+            created
+        };
         let file = match created {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && existing.is_some() => {
@@ -1363,12 +1365,25 @@ impl ExportFile {
         self.file.try_clone().context("cannot open the export file")
     }
 
-    /// Syncs the complete export and puts it in place.
+    /// Syncs the complete export and puts it in place. An error before the rename leaves the earlier
+    /// file as it was; one after it says that the export is in place.
     fn commit(mut self) -> anyhow::Result<()> {
+        let unwritten = |e: std::io::Error| {
+            anyhow::anyhow!(
+                "cannot write the export to {} ({e}): nothing was replaced",
+                self.path.display()
+            )
+        };
         // Only a regular file has anything to sync: fsync of a pipe or a device (`-o
         // /dev/null`, a FIFO feeding gzip) fails with EINVAL after every byte went through.
-        if self.file.metadata()?.file_type().is_file() {
-            self.file.sync_all()?;
+        if self
+            .file
+            .metadata()
+            .map_err(unwritten)?
+            .file_type()
+            .is_file()
+        {
+            self.file.sync_all().map_err(unwritten)?;
         }
         let Some(tmp) = self.staged.take() else {
             return Ok(());
@@ -1389,9 +1404,20 @@ impl ExportFile {
                     ExportStage::Idle
                 }
             };
-            renamed?;
+            renamed.map_err(unwritten)?;
         }
-        std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+        // FILE is the new export now, whatever happens next: an error says so (the earlier
+        // backup is gone), not that the export could not be written.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "the export is complete at {}, in place of the earlier file, but syncing \
+                     its directory {} failed ({e}): a power cut could still undo the rename",
+                    self.path.display(),
+                    dir.display()
+                )
+            })?;
         Ok(())
     }
 }

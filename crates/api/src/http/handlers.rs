@@ -257,10 +257,13 @@ fn as_of_mistake(t: &str, chrono_says: String) -> String {
             format!("{t} is not a date of the calendar")
         };
     }
+    // A valid date and time that only lacks its offset (not one whose hour is 25).
     let time_without_offset = b.len() > 10
         && date_shaped(&b[..10])
         && matches!(b[10], b'T' | b't' | b' ')
-        && !t[10..].contains(['Z', 'z', '+', '-']);
+        && ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M"].iter().any(|f| {
+            chrono::NaiveDateTime::parse_from_str(&format!("{} {}", &t[..10], &t[11..]), f).is_ok()
+        });
     if time_without_offset {
         return "the time has no offset: end it with Z (UTC) or an offset such as +02:00".into();
     }
@@ -1019,7 +1022,7 @@ pub(crate) async fn admin_digest(
     State(state): State<AppState>,
     ApiQuery(_): ApiQuery<NoParams>,
 ) -> Result<Response, ApiError> {
-    let (position, digest) = state.service.live_digest().await;
+    let (position, digest) = state.service.live_digest().await?;
     Ok(json(StatusCode::OK, &DigestResponse { position, digest }))
 }
 
