@@ -389,17 +389,23 @@ fn records_on_disk(data_dir: &Path) -> usize {
 }
 
 fn records_in(segment: &Path) -> usize {
-    let bytes = std::fs::read(segment).unwrap();
-    let (mut at, mut n) = (32, 0); // after the segment header
+    record_starts(&std::fs::read(segment).unwrap()).0.len()
+}
+
+/// Where each record of a segment's bytes starts, and where the records end (the first
+/// length of 0, a served segment's reserve, or the end of the bytes).
+fn record_starts(bytes: &[u8]) -> (Vec<usize>, usize) {
+    let mut starts = Vec::new();
+    let mut at = 32; // after the segment header
     while at + 4 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         if len == 0 {
             break;
         }
-        n += 1;
+        starts.push(at);
         at += len + 12;
     }
-    n
+    (starts, at)
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -747,14 +753,8 @@ pub(crate) fn edit_recorded_by(bytes: &mut [u8], start: usize) -> (usize, u8) {
 pub(crate) fn last_segment_records(data_dir: &Path) -> (std::path::PathBuf, Vec<u8>, Vec<usize>) {
     let path = segments(data_dir).pop().expect("a segment file");
     let bytes = std::fs::read(&path).unwrap();
-    let mut starts = Vec::new();
-    let mut at = 32; // segment header
-    while at < bytes.len() {
-        starts.push(at);
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        at += len + 12;
-    }
-    assert_eq!(at, bytes.len(), "records end where the file ends");
+    let (starts, end) = record_starts(&bytes);
+    assert_eq!(end, bytes.len(), "records end where the file ends");
     (path, bytes, starts)
 }
 

@@ -415,9 +415,16 @@ struct Inner {
     table_blocks: Arc<tokio::sync::Semaphore>,
 }
 
+/// The machine's cores, asked once: `available_parallelism` reads the cgroup's files each
+/// time, and a new caller's first long read needs the count.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Long reads of the views run at once: as many as the machine has cores.
 fn view_read_turns() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    cores()
 }
 
 /// The integrity check after start (checksums and the whole hash chain).
@@ -1476,7 +1483,7 @@ fn apply_logged(p: &mut Projection, at: u64, decoded: Result<DecodedEvent, Proje
 /// Threads for a digest's serialization: two, or one on a one-core machine (the digest
 /// figures in `proto-docs/projections.md` were measured with two).
 fn digest_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+    cores().min(2)
 }
 
 fn report_of(p: &Projection, events: u64, started: Instant) -> ReplayReport {

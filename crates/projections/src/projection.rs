@@ -107,10 +107,7 @@ impl IncidentPager {
                 return;
             }
             self.after = slot.state.first_position;
-            if matching_slots(std::iter::once(slot), q, false)
-                .next()
-                .is_none()
-            {
+            if !matches(slot, q, false) {
                 continue;
             }
             if let Some(v) = IncidentView::from_state(&slot.state) {
@@ -144,20 +141,23 @@ fn matching_slots<'a>(
     q: &'a IncidentQuery,
     any_status: bool,
 ) -> impl Iterator<Item = &'a Slot> + 'a {
+    slots.filter(move |s| matches(s, q, any_status))
+}
+
+/// Whether `slot`'s incident passes `q`'s filters (`any_status`: whatever `q.status` says).
+fn matches(slot: &Slot, q: &IncidentQuery, any_status: bool) -> bool {
     let status = q.status.unwrap_or(IncidentStatus::Active);
-    slots.filter(move |s| {
-        let st = &s.state;
-        let Some(core) = st.core.as_deref() else {
-            return false;
-        };
-        let retracted = st.retraction.is_some();
-        (any_status || retracted == (status == IncidentStatus::Retracted))
-            && q.region.is_none_or(|r| r == core.region)
-            && q.kind.is_none_or(|k| k == core.kind)
-            && q.window.contains(core.occurred_at)
-            && q.claim_status
-                .is_none_or(|cs| st.claims.iter().any(|c| c.status() == cs))
-    })
+    let st = &slot.state;
+    let Some(core) = st.core.as_deref() else {
+        return false;
+    };
+    let retracted = st.retraction.is_some();
+    (any_status || retracted == (status == IncidentStatus::Retracted))
+        && q.region.is_none_or(|r| r == core.region)
+        && q.kind.is_none_or(|k| k == core.kind)
+        && q.window.contains(core.occurred_at)
+        && q.claim_status
+            .is_none_or(|cs| st.claims.iter().any(|c| c.status() == cs))
 }
 
 #[derive(Clone, Debug)]

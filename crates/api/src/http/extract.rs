@@ -172,13 +172,9 @@ impl FromRequest<AppState> for NdjsonBody {
         // A wrong content type is answered at once, not after waiting for a slot.
         check_media(&req, Media::Ndjson)?;
         check_declared_length(&req, state, Media::Ndjson)?;
-        let address = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|axum::extract::ConnectInfo(addr)| addr.ip());
         // The gate puts the caller in every API request (bulk imports need a token).
         let client = match req.extensions().get::<crate::auth::Principal>() {
-            Some(principal) => super::quota::Client::of(principal, address),
+            Some(principal) => super::quota::Client::of_request(principal, req.extensions()),
             None => super::quota::Client::Anonymous,
         };
         let Some(client) = state.bulk_per_client.take(client) else {

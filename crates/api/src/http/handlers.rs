@@ -1,9 +1,7 @@
 //! Route handlers. Each one parses its input into typed values, calls the service, and
 //! serializes the answer; errors are `ApiError` (problem+json).
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, VARY};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -687,10 +685,8 @@ impl LongStream {
                 .into_response(),
             ));
         }
-        let address = extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
-        let Some(client_slot) = state.sse_per_client.take(Client::of(&principal, address)) else {
+        let client = Client::of_request(&principal, extensions);
+        let Some(client_slot) = state.sse_per_client.take(client) else {
             return Err(Box::new(
                 ApiError::RateLimited {
                     retry_after_secs: 5,
@@ -853,14 +849,7 @@ fn window(q: &SummaryParams) -> Result<Window, ApiError> {
 /// Whose long reads of the views take turns together (`AppService::off_workers`): the
 /// token's, or an anonymous caller's address share's, as the other per-client shares.
 fn caller(principal: &Principal, extensions: &axum::http::Extensions) -> String {
-    let address = extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
-    match Client::of(principal, address) {
-        Client::Token(name) => format!("token {name}"),
-        Client::Address(ip) => format!("address {ip}"),
-        Client::Anonymous => "anonymous".to_owned(),
-    }
+    Client::of_request(principal, extensions).to_string()
 }
 
 /// Summaries of every region with incidents.

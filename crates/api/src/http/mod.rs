@@ -494,10 +494,7 @@ fn credentials(
 ) -> Result<Credentials, ApiError> {
     let required = required_role(req.method(), req.uri().path(), route);
     let anonymous_ok = anonymous_ok(state, req.method(), req.uri().path());
-    let client_ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+    let client_ip = quota::peer_address(req.extensions());
     let presented = match bearer(req) {
         None => None,
         Some(Err(e)) => return Err(e),
@@ -598,13 +595,9 @@ async fn guarded(state: &AppState, route: &str, mut req: Request, next: Next) ->
     }
     // The client's own share first: one at its cap is told to slow down, and waits for no
     // server-wide slot that others need.
-    let address = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
     let Some(client_share) = state
         .in_flight_per_client
-        .take(quota::Client::of(&principal, address))
+        .take(quota::Client::of_request(&principal, req.extensions()))
     else {
         return ApiError::RateLimited {
             retry_after_secs: 1,

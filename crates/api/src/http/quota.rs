@@ -26,6 +26,28 @@ impl Client {
             (None, None) => Client::Anonymous,
         }
     }
+
+    /// The client of a request made by `principal`, from the request's extensions.
+    pub(crate) fn of_request(principal: &Principal, extensions: &axum::http::Extensions) -> Client {
+        Client::of(principal, peer_address(extensions))
+    }
+}
+
+/// The address a request came from (`None` in-process, where no connection gave one).
+pub(crate) fn peer_address(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|axum::extract::ConnectInfo(addr)| addr.ip())
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::Token(name) => write!(f, "token {name}"),
+            Client::Address(ip) => write!(f, "address {ip}"),
+            Client::Anonymous => f.write_str("anonymous"),
+        }
+    }
 }
 
 /// The address a per-address share (and rate limit) is kept for: IPv4 as is, IPv4-mapped IPv6
